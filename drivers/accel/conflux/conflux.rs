@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Driver for the Conflux accelerator.
+
+mod driver;
+
+kernel::module_pci_driver! {
+    type: driver::ConfluxDriver,
+    name: "conflux",
+    authors: ["The Conflux developers"],
+    description: "Conflux accelerator",
+    license: "GPL v2",
+}
