@@ -1,0 +1,53 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# Conflux: build and test entry points. The repository is an overlay onto a
+# pristine Linux 7.3 tree; everything downloaded or built lives in the cache
+# ($(CONFLUX_CACHE), default ~/.cache/conflux). KSRC=/path/to/linux-7.3 uses
+# your own tree instead of the one `make setup` fetches.
+
+ifneq ($(KERNELRELEASE),)
+# Invoked by Kbuild (make -C <tree> M=<this repository>): see Kbuild.
+include $(src)/Kbuild
+else
+
+SHELL := /bin/bash
+export CONFLUX_CACHE ?= $(HOME)/.cache/conflux
+MK := $(CURDIR)/mk
+
+.PHONY: help setup overlay kunit guest check patches patches-check clean
+
+help:
+	@echo "make setup          install what is missing and fetch Linux 7.3 (idempotent)"
+	@echo "make check          run every test (runs setup first when anything is missing)"
+	@echo "make kunit          build the UML kernel and run the KUnit suites"
+	@echo "make guest          build the x86_64 guest kernel and the conflux module"
+	@echo "make patches        write the upstreamable git format-patch series"
+	@echo "make patches-check  apply that series to a pristine tree with git am and compare"
+	@echo "make overlay        lay the overlay onto the build tree"
+	@echo "make clean          remove build output from the cache (keeps the source)"
+
+setup:
+	@$(MK)/setup.sh
+
+overlay:
+	@$(MK)/overlay.sh
+
+kunit:
+	@$(MK)/kunit.sh
+
+guest:
+	@$(MK)/guest.sh
+
+check:
+	@$(MK)/check.sh
+
+patches:
+	@$(MK)/patches.sh
+
+patches-check:
+	@$(MK)/patches.sh --check
+
+clean:
+	rm -rf $(CONFLUX_CACHE)/build $(CONFLUX_CACHE)/tree $(CONFLUX_CACHE)/tree-ksrc-*
+
+endif

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# make guest: the x86_64 guest kernel (bzImage) and its modules, conflux.ko
+# among them, for the QEMU rig. Config: allnoconfig + the rig's fragment.
+STEP=guest
+. "$(dirname "$0")/common.sh"
+
+"$TOP/mk/overlay.sh"
+TREE=$(build_tree)
+OUT=${GUEST_BUILD:-$CACHE/build/guest${KSRC:+-$(basename "$TREE")}}
+FRAG=$TOP/tools/testing/conflux/rig/guest.config
+mkdir -p "$OUT"
+
+# Generate the config beside the build, and install it only when it differs,
+# so that an unchanged fragment leaves the build untouched.
+say "configuring $OUT"
+CFG=$OUT/.config-gen
+run_logged "$OUT/config.log" "allnoconfig + $(basename "$FRAG")" \
+	make -C "$TREE" ARCH=x86_64 O="$CFG" KCONFIG_ALLCONFIG="$FRAG" allnoconfig
+missing=$(grep -E '^CONFIG_' "$FRAG" | while read -r line; do
+	grep -qxF "$line" "$CFG/.config" || echo "$line"
+done)
+[ -z "$missing" ] || die "options of $FRAG not in the generated config (unmet dependencies?): $missing"
+cmp -s "$CFG/.config" "$OUT/.config" || cp "$CFG/.config" "$OUT/.config"
+
+say "building bzImage and modules (about 11 minutes from scratch)"
+run_logged "$OUT/build.log" "guest build" \
+	make -C "$TREE" ARCH=x86_64 O="$OUT" -j"$(nproc)" CLIPPY=1 bzImage modules
+rm -rf "$OUT/modroot"
+run_logged "$OUT/modules_install.log" "modules_install" \
+	make -C "$TREE" ARCH=x86_64 O="$OUT" INSTALL_MOD_PATH="$OUT/modroot" modules_install
+ko=$(find "$OUT/modroot" -name 'conflux.ko*' | head -n 1)
+[ -n "$ko" ] || die "conflux.ko was not built"
+say "kernel: $OUT/arch/x86/boot/bzImage"
+say "modules: $OUT/modroot (conflux: ${ko#"$OUT/modroot/"})"
