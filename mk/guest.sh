@@ -29,7 +29,20 @@ run_logged "$OUT/build.log" "guest build" \
 rm -rf "$OUT/modroot"
 run_logged "$OUT/modules_install.log" "modules_install" \
 	make -C "$TREE" ARCH=x86_64 O="$OUT" INSTALL_MOD_PATH="$OUT/modroot" modules_install
-ko=$(find "$OUT/modroot" -name 'conflux.ko*' | head -n 1)
-[ -n "$ko" ] || die "conflux.ko was not built"
 say "kernel: $OUT/arch/x86/boot/bzImage"
-say "modules: $OUT/modroot (conflux: ${ko#"$OUT/modroot/"})"
+passed=0 failed=0
+ko=$(find "$OUT/modroot" -name 'conflux.ko*' | head -n 1)
+if [ -n "$ko" ] && modinfo "$ko" | grep -qx 'alias:.*pci:v00001AF4d00001110.*'; then
+	say "PASS module: ${ko#"$OUT/modroot/"} built, matches PCI 1af4:1110"
+	passed=$((passed + 1))
+else
+	say "FAIL module: conflux.ko missing from $OUT/modroot or without its PCI alias"
+	failed=$((failed + 1))
+fi
+if python3 "$TOP/mk/build_warnings.py" "$OUT/build.log" "$TREE" guest | grep -v passed,; then
+	passed=$((passed + 1))
+else
+	failed=$((failed + 1))
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

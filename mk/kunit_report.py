@@ -11,6 +11,9 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import build_warnings  # noqa: E402
+
 # A report from lockdep, KASAN, UBSAN, debug-objects, list debugging or any
 # WARN()/BUG() anywhere in the kernel log.
 CHECKER = re.compile(
@@ -124,32 +127,12 @@ def main():
         passed += 1
         print("[kunit] PASS kernel log: no lockdep, debug-objects, WARN or BUG report")
 
-    # Compiler warnings in the files the overlay provides.
-    ours = set()
-    manifest = os.path.join(args.tree, ".conflux-overlay")
-    if os.path.exists(manifest):
-        ours = set(open(manifest).read().split())
-    blocks, cur = [], None
-    for line in open(args.build_log, errors="replace") if os.path.exists(args.build_log) else []:
-        if re.match(r"^(warning|error)(\[|:)", line) or ": warning:" in line:
-            cur = [line.rstrip()]
-            blocks.append(cur)
-        elif cur is not None:
-            if not line.strip():
-                cur = None
-            else:
-                cur.append(line.rstrip())
-    mine = [b for b in blocks if any(p in "\n".join(b) for p in ours if not p.endswith(".rst"))]
-    if mine:
+    # Compiler and Clippy warnings in the files the overlay provides.
+    if build_warnings.report(args.build_log, args.tree, "kunit"):
+        passed += 1
+    else:
         failed += 1
         failures.append("build: warnings in Conflux files")
-        print("[kunit] FAIL build: warnings in Conflux files:")
-        for b in mine[:10]:
-            print("    " + "\n    ".join(b[:12]))
-    else:
-        passed += 1
-        print(f"[kunit] PASS build: no compiler or clippy warning in Conflux files"
-              f" ({len(blocks)} elsewhere in the tree)")
 
     for f in failures:
         print(f"[kunit] failed: {f}")
