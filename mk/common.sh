@@ -8,7 +8,7 @@ CACHE=${CONFLUX_CACHE:-$HOME/.cache/conflux}
 
 # The Linux 7.3 source the overlay is laid onto.
 LINUX_PKG=linux-source-7.3
-LINUX_PIN=7.3.4-1~bpo13+1
+LINUX_PIN=${CONFLUX_LINUX_PIN:-7.3.4-1~bpo13+1}
 LINUX_SUITE=trixie-backports
 BINDGEN_VERSION=0.73.2
 LLVM_VERSION=19

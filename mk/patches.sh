@@ -14,7 +14,10 @@ PRISTINE=$(pristine_tree)
 [ -n "$PRISTINE" ] && [ -f "$PRISTINE/Makefile" ] || die "no Linux 7.3 source: run make setup (or set KSRC)"
 OUT=${PATCHES_OUT:-$CACHE/outgoing}
 WORK=$CACHE/patches-work
-GIT=(git -c user.name="Conflux developers" -c user.email="conflux@localhost"
+# Commits are signed off by whoever runs this (the repository's git identity).
+NAME=$(git -C "$TOP" config user.name || echo "Conflux developers")
+EMAIL=$(git -C "$TOP" config user.email || echo "conflux@localhost")
+GIT=(git -c user.name="$NAME" -c user.email="$EMAIL"
      -c commit.gpgsign=false -c core.autocrlf=false)
 export GIT_COMMITTER_DATE="2026-01-01T00:00:00Z"
 
@@ -43,7 +46,7 @@ generate() {
 			claimed+=("$f")
 		done
 		(cd "$WORK" && "${GIT[@]}" add -A &&
-			"${GIT[@]}" commit -q --amend --no-edit --allow-empty)
+			"${GIT[@]}" commit -q --amend --no-edit --reset-author --allow-empty)
 	done < <(series_lines)
 	# Every new file of the overlay must belong to a commit.
 	local missing
@@ -59,7 +62,7 @@ generate() {
 	)
 	[ -z "$missing" ] || die "new files no line of patches/series claims: $missing"
 	rm -rf "$OUT" && mkdir -p "$OUT"
-	(cd "$WORK" && "${GIT[@]}" format-patch -q --zero-commit --no-signature -o "$OUT" HEAD~"$(series_lines | wc -l)"..HEAD)
+	(cd "$WORK" && "${GIT[@]}" format-patch -q --signoff --zero-commit --no-signature -o "$OUT" HEAD~"$(series_lines | wc -l)"..HEAD)
 	say "$(ls "$OUT" | wc -l) patches in $OUT:"
 	ls "$OUT" | sed 's/^/    /'
 }
@@ -70,11 +73,11 @@ check() {
 		say "making a git repository of the pristine tree at $am (once, about 2 minutes)"
 		rm -rf "$am"
 		cp -a "$PRISTINE" "$am"
-		(cd "$am" && rm -rf .git && "${GIT[@]}" init -q . && "${GIT[@]}" add -A &&
+		(cd "$am" && rm -rf .git && "${GIT[@]}" init -q . && "${GIT[@]}" add -A -f &&
 			"${GIT[@]}" commit -q -m "Linux $(make -s kernelversion)" && git tag pristine)
 		echo "$PRISTINE" >"$am/.git/conflux-base"
 	fi
-	(cd "$am" && git am --abort >/dev/null 2>&1; git reset -q --hard pristine && git clean -qfdx)
+	(cd "$am" && git am --abort >/dev/null 2>&1 || true; git reset -q --hard pristine && git clean -qfdx)
 	(cd "$am" && "${GIT[@]}" am -q "$OUT"/*.patch) || die "the series does not apply with git am to $am"
 	say "git am: $(cd "$am" && git rev-list --count pristine..HEAD) commits applied to pristine Linux"
 	"$TOP/mk/overlay.sh" >/dev/null
