@@ -49,7 +49,10 @@
 
 use crate::{
     bindings,
-    device::Device,
+    device::{
+        Device,
+        DeviceContext, //
+    },
     page::PAGE_SIZE,
     prelude::*, //
 };
@@ -155,7 +158,7 @@ impl SegmentLimits {
     /// `dma_get_seg_boundary()` (64 KiB and no boundary for a device without `dma_parms`).
     ///
     /// Returns [`EINVAL`] if the device's limits are impossible to satisfy (see [`Self::new`]).
-    pub fn of_device<Ctx: crate::device::DeviceContext>(dev: &Device<Ctx>) -> Result<Self> {
+    pub fn of_device<Ctx: DeviceContext>(dev: &Device<Ctx>) -> Result<Self> {
         // SAFETY: `dev.as_raw()` is a valid `struct device` by the type invariant of `Device`;
         // `dma_get_max_seg_size()` only reads its `dma_parms`.
         let max = unsafe { bindings::dma_get_max_seg_size(dev.as_raw()) };
@@ -213,7 +216,7 @@ pub struct SegmentPlan<I: Iterator<Item = DmaRange>> {
     run: Option<Run>,
 }
 
-impl<I: Iterator<Item = DmaRange> + Clone> SegmentPlan<I> {
+impl<I: Iterator<Item = DmaRange>> SegmentPlan<I> {
     /// Plans the segmentation of `ranges` for an importer with `limits`.
     ///
     /// Returns [`EINVAL`] when `ranges` is empty.
@@ -230,19 +233,19 @@ impl<I: Iterator<Item = DmaRange> + Clone> SegmentPlan<I> {
         })
     }
 
+    /// The limits the plan honours.
+    #[inline]
+    pub fn limits(&self) -> SegmentLimits {
+        self.limits
+    }
+}
+
+impl<I: Iterator<Item = DmaRange> + Clone> SegmentPlan<I> {
     /// The number of segments the plan yields, without consuming it.
     ///
     /// Use it to size a table before filling it from the same plan.
     pub fn count_segments(&self) -> usize {
         Iterator::count(self.clone())
-    }
-}
-
-impl<I: Iterator<Item = DmaRange>> SegmentPlan<I> {
-    /// The limits the plan honours.
-    #[inline]
-    pub fn limits(&self) -> SegmentLimits {
-        self.limits
     }
 }
 
@@ -315,6 +318,10 @@ mod tests {
         };
     }
 
+    fn seg(addr: u64, len: u32) -> Segment {
+        Segment { addr, len }
+    }
+
     fn limits(max: u64, boundary: u64) -> Result<SegmentLimits> {
         SegmentLimits::new(u32::try_from(max)?, boundary)
     }
@@ -385,7 +392,10 @@ mod tests {
             }
         }
         ensure!(seg_left == 0, "segment {} runs past the input\n", count);
-        ensure!(segs.next().is_none(), "segments left after the input ends\n");
+        ensure!(
+            segs.next().is_none(),
+            "segments left after the input ends\n"
+        );
         Ok(count)
     }
 
@@ -461,7 +471,12 @@ mod tests {
         }
         let n = check_valid(input, lim, segs.iter().copied())?;
         let min = closed_form(input, lim);
-        ensure!(u128::from(n) == min, "{} segments where {} suffice\n", n, min);
+        ensure!(
+            u128::from(n) == min,
+            "{} segments where {} suffice\n",
+            n,
+            min
+        );
         Ok(segs)
     }
 
@@ -662,9 +677,9 @@ mod tests {
         let segs = plan_checked(&ranges(&[(0xfe00, 9 * KIB)])?, lim)?;
         // 512 bytes up to the 64 KiB boundary, then 4 KiB, 4 KiB and 512 bytes.
         assert_eq!(segs.len(), 4);
-        assert_eq!(segs[0], Segment { addr: 0xfe00, len: 512 });
-        assert_eq!(segs[1], Segment { addr: 0x1_0000, len: 4096 });
-        assert_eq!(segs[3], Segment { addr: 0x1_2000, len: 512 });
+        assert_eq!(segs[0], seg(0xfe00, 512));
+        assert_eq!(segs[1], seg(0x1_0000, 4096));
+        assert_eq!(segs[3], seg(0x1_2000, 512));
         Ok(())
     }
 
@@ -687,9 +702,9 @@ mod tests {
         let lim = limits(u64::from(u32::MAX), 4 * GIB - 1)?;
         let segs = plan_checked(&ranges(&[(4 * GIB - MIB, 4 * GIB + MIB)])?, lim)?;
         assert_eq!(segs.len(), 3);
-        assert_eq!(segs[0], Segment { addr: 4 * GIB - MIB, len: MIB as u32 });
-        assert_eq!(segs[1], Segment { addr: 4 * GIB, len: u32::MAX });
-        assert_eq!(segs[2], Segment { addr: 8 * GIB - 1, len: 1 });
+        assert_eq!(segs[0], seg(4 * GIB - MIB, MIB as u32));
+        assert_eq!(segs[1], seg(4 * GIB, u32::MAX));
+        assert_eq!(segs[2], seg(8 * GIB - 1, 1));
         Ok(())
     }
 
@@ -711,7 +726,7 @@ mod tests {
         let lim = limits(64 * KIB, MIB - 1)?;
         let segs = plan_checked(&ranges(&[(0x8000_3000, 4 * MIB + 12 * KIB)])?, lim)?;
         assert_eq!(segs.len(), 65);
-        assert_eq!(segs[15], Segment { addr: 0x800f_3000, len: 0xd000 });
+        assert_eq!(segs[15], seg(0x800f_3000, 0xd000));
         Ok(())
     }
 
@@ -722,7 +737,7 @@ mod tests {
         assert_eq!(r.last(), u64::MAX);
         let segs = plan_checked(&[r], lim)?;
         assert_eq!(segs.len(), 1);
-        assert_eq!(segs[0], Segment { addr: u64::MAX - (8 * KIB - 1), len: 8 * 1024 });
+        assert_eq!(segs[0], seg(u64::MAX - (8 * KIB - 1), 8 * 1024));
         Ok(())
     }
 
@@ -734,7 +749,7 @@ mod tests {
         let input = ranges(&[(base, 100 * KIB), (base + 100 * KIB, 156 * KIB)])?;
         let segs = plan_checked(&input, lim)?;
         assert_eq!(segs.len(), 4);
-        assert_eq!(segs[3], Segment { addr: u64::MAX - (64 * KIB - 1), len: 64 * 1024 });
+        assert_eq!(segs[3], seg(u64::MAX - (64 * KIB - 1), 64 * 1024));
         Ok(())
     }
 
@@ -743,7 +758,7 @@ mod tests {
         let lim = limits(4 * KIB, 4 * KIB - 1)?;
         let segs = plan_checked(&ranges(&[(u64::MAX, 1)])?, lim)?;
         assert_eq!(segs.len(), 1);
-        assert_eq!(segs[0], Segment { addr: u64::MAX, len: 1 });
+        assert_eq!(segs[0], seg(u64::MAX, 1));
         Ok(())
     }
 
@@ -753,7 +768,7 @@ mod tests {
         let lim = limits(64 * KIB, NO_BOUNDARY)?;
         let segs = plan_checked(&ranges(&[(u64::MAX - 4095, 4096), (0, 4096)])?, lim)?;
         assert_eq!(segs.len(), 2);
-        assert_eq!(segs[1], Segment { addr: 0, len: 4096 });
+        assert_eq!(segs[1], seg(0, 4096));
         Ok(())
     }
 
@@ -784,7 +799,10 @@ mod tests {
     fn impossible_limits_are_errors() {
         let page = PAGE_SIZE as u64;
         assert_eq!(SegmentLimits::new(0, NO_BOUNDARY), Err(EINVAL));
-        assert_eq!(SegmentLimits::new(page as u32 - 1, NO_BOUNDARY), Err(EINVAL));
+        assert_eq!(
+            SegmentLimits::new(page as u32 - 1, NO_BOUNDARY),
+            Err(EINVAL)
+        );
         assert_eq!(SegmentLimits::new(64 * 1024, page / 2 - 1), Err(EINVAL));
         assert_eq!(SegmentLimits::new(64 * 1024, 0), Err(EINVAL));
         // Masks that are not of the form 2^n - 1.
@@ -800,7 +818,7 @@ mod tests {
         let input = ranges(&[(0x10_0000, 4096), (0x10_1000, 4096), (0x10_2000, 8192)])?;
         let segs = plan_checked(&input, lim)?;
         assert_eq!(segs.len(), 1);
-        assert_eq!(segs[0], Segment { addr: 0x10_0000, len: 16384 });
+        assert_eq!(segs[0], seg(0x10_0000, 16384));
         Ok(())
     }
 
@@ -851,7 +869,7 @@ mod tests {
         let mut plan = SegmentPlan::new(input.iter().copied(), lim)?;
         assert_eq!(plan.count_segments(), 10);
         assert_eq!(plan.count_segments(), 10);
-        assert_eq!(plan.next(), Some(Segment { addr: 0, len: 4096 }));
+        assert_eq!(plan.next(), Some(seg(0, 4096)));
         assert_eq!(plan.count_segments(), 9);
         Ok(())
     }

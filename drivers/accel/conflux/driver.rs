@@ -18,7 +18,10 @@ pub(crate) struct ConfluxDriver;
 kernel::pci_device_table!(
     PCI_TABLE,
     <ConfluxDriver as pci::Driver>::IdInfo,
-    [(pci::DeviceId::from_id(pci::Vendor::REDHAT_QUMRANET, 0x1110), ())]
+    [(
+        pci::DeviceId::from_id(pci::Vendor::REDHAT_QUMRANET, 0x1110),
+        ()
+    )]
 );
 
 impl pci::Driver for ConfluxDriver {
@@ -33,7 +36,7 @@ impl pci::Driver for ConfluxDriver {
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         dev_info!(
             pdev,
-            "ivshmem-doorbell function ({}, {:#06x}): device interface not implemented, not binding\n",
+            "ivshmem-doorbell device ({}, {:#06x}): no Conflux interface yet, not binding\n",
             pdev.vendor_id(),
             pdev.device_id()
         );
