@@ -55,7 +55,7 @@ run_logged() {
 			sleep 1
 		done
 		kill -0 $pid 2>/dev/null || break
-		say "$what: $((SECONDS - start)) s, $(grep -cE '^  [A-Z]' "$log" || true) build steps so far"
+		say "$what: $((SECONDS - start)) s, $(grep -cE '^ +[A-Z]' "$log" || true) build steps so far"
 	done
 	local rc=0
 	wait $pid || rc=$?

@@ -7,8 +7,14 @@
 STEP=kunit
 . "$(dirname "$0")/common.sh"
 
-"$TOP/mk/overlay.sh"
-TREE=$(build_tree)
+# CONFLUX_TREE builds a tree that already carries the work (the git am tree
+# of `make patches-check BUILD=1`) as it is, without the overlay step.
+if [ -n "${CONFLUX_TREE:-}" ]; then
+	TREE=$CONFLUX_TREE
+else
+	"$TOP/mk/overlay.sh"
+	TREE=$(build_tree)
+fi
 OUT=${KUNIT_BUILD:-$CACHE/build/kunit${KSRC:+-$(basename "$TREE")}}
 mkdir -p "$OUT"
 KUNIT=("$TREE/tools/testing/kunit/kunit.py")
@@ -32,4 +38,4 @@ python3 "${KUNIT[@]}" exec "${ARGS[@]}" --timeout=900 --json="$OUT/results.json"
 	${KUNIT_FILTER:+"$KUNIT_FILTER"} >"$OUT/exec.log" 2>&1
 set -e
 python3 "$TOP/mk/kunit_report.py" --json "$OUT/results.json" --log "$OUT/test.log" \
-	--exec-log "$OUT/exec.log" --build-log "$OUT/build.log" --top "$TOP" --tree "$TREE"
+	--exec-log "$OUT/exec.log" --build-log "$OUT/build.log" --top "$TOP" --tree "$(build_tree)"

@@ -94,7 +94,7 @@ check() {
 	say "the git am tree is identical to the build tree in all $(wc -l <"$tree/.conflux-overlay") overlay files"
 	if [ -n "${BUILD:-}" ]; then
 		say "building and running KUnit from the git am tree (BUILD=1)"
-		KSRC=$am CONFLUX_CACHE=$CACHE "$TOP/mk/kunit.sh"
+		CONFLUX_TREE=$am KUNIT_BUILD=$CACHE/build/kunit-amcheck "$TOP/mk/kunit.sh"
 	fi
 }
 
