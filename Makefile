@@ -14,7 +14,7 @@ SHELL := /bin/bash
 export CONFLUX_CACHE ?= $(HOME)/.cache/conflux
 MK := $(CURDIR)/mk
 
-.PHONY: help setup overlay kunit guest style check patches patches-check clean
+.PHONY: help setup overlay kunit guest style emu check patches patches-check clean
 
 help:
 	@echo "make setup          install what is missing and fetch Linux 7.3 (idempotent)"
@@ -22,6 +22,7 @@ help:
 	@echo "make kunit          build the UML kernel and run the KUnit suites"
 	@echo "make guest          build the x86_64 guest kernel and the conflux module"
 	@echo "make style          rustfmt and checkpatch --strict (part of check)"
+	@echo "make emu            the device model's cargo tests, clippy, fmt (part of check)"
 	@echo "make patches        write the upstreamable git format-patch series"
 	@echo "make patches-check  apply that series to a pristine tree with git am and compare"
 	@echo "make overlay        lay the overlay onto the build tree"
@@ -35,6 +36,9 @@ overlay:
 
 kunit:
 	@$(MK)/kunit.sh
+
+emu:
+	@$(MK)/emu.sh
 
 style:
 	@$(MK)/style.sh

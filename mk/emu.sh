@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Host-side Rust under tools/testing/conflux: cargo test, clippy -D warnings
+# and cargo fmt --check. Ends with "N passed, N failed".
+STEP=emu
+. "$(dirname "$0")/common.sh"
+
+cd "$TOP/tools/testing/conflux"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/build/cargo}
+passed=0 failed=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+say "cargo test"
+if cargo test --locked --quiet >"$log" 2>&1; then rc=0; else rc=$?; fi
+while read -r p f; do
+	passed=$((passed + p))
+	failed=$((failed + f))
+done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$log")
+grep -E '^(test .* FAILED|failures:|---- )' "$log" | head -n 40 || true
+if [ "$rc" -ne 0 ] && ! grep -q '^test result: FAILED' "$log"; then
+	tail -n 40 "$log"
+	say "FAIL cargo test did not run (exit $rc)"
+	failed=$((failed + 1))
+fi
+say "cargo test: $passed passed, $failed failed"
+
+if cargo clippy --locked --quiet --all-targets -- -D warnings >"$log" 2>&1; then
+	say "PASS cargo clippy --all-targets -D warnings"
+	passed=$((passed + 1))
+else
+	head -n 40 "$log"
+	say "FAIL cargo clippy"
+	failed=$((failed + 1))
+fi
+if cargo fmt --check >"$log" 2>&1; then
+	say "PASS cargo fmt --check"
+	passed=$((passed + 1))
+else
+	head -n 40 "$log"
+	say "FAIL cargo fmt --check"
+	failed=$((failed + 1))
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
