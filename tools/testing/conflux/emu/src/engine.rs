@@ -18,9 +18,6 @@ use crate::{
     ring::{Command, Op, Ring, Slot},
 };
 
-/// Largest piece of data the engine moves at once.
-pub const CHUNK: usize = 64 << 10;
-
 /// The device's counters, as published at `CNT_*` (each wraps at 2^64).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -112,6 +109,15 @@ enum Source {
     Pattern(u64),
 }
 
+/// One piece of a transfer, inside one page of each operand.
+#[derive(Clone, Copy)]
+enum Piece {
+    /// Copy from this route, which is at this virtual address.
+    Copy(Route, u64),
+    /// Fill with this pattern, already in phase with the piece.
+    Fill(u64),
+}
+
 /// The command engine of one device.
 pub struct Engine {
     topology: Arc<Topology>,
@@ -124,7 +130,6 @@ pub struct Engine {
     fence: u64,
     error: Option<ErrorRecord>,
     counters: Counters,
-    bounce: Vec<u8>,
 }
 
 impl fmt::Debug for Engine {
@@ -169,7 +174,6 @@ impl Engine {
             fence: 0,
             error: None,
             counters: Counters::default(),
-            bounce: vec![0; CHUNK + 8],
         })
     }
 
@@ -186,6 +190,27 @@ impl Engine {
         Self {
             clock: Box::new(clock),
             ..self
+        }
+    }
+
+    /// Moves the device into `topology`, where it has the same index and a
+    /// BAR2 of the same size (for instance once its bus address is known).
+    /// Its state and the control block are kept.
+    pub fn set_topology(&mut self, topology: Arc<Topology>) -> Result<(), ConfigError> {
+        match topology.bar(self.dev) {
+            Some(bar) if bar.size == self.layout.bar_size => {
+                self.topology = topology;
+                Ok(())
+            }
+            Some(bar) => Err(ConfigError(format!(
+                "device {}: BAR2 of {:#x} bytes in the new topology, {:#x} in the old one",
+                self.dev, bar.size, self.layout.bar_size
+            ))),
+            None => Err(ConfigError(format!(
+                "no device {} in a topology of {}",
+                self.dev,
+                topology.devices()
+            ))),
         }
     }
 
@@ -453,8 +478,10 @@ impl Engine {
         ))
     }
 
-    /// Moves `len` bytes from `src` to virtual address `dst`, page by page,
-    /// in pieces of at most [`CHUNK`] bytes, in ascending address order.
+    /// Moves `len` bytes from `src` to virtual address `dst` in ascending
+    /// address order, in pieces that end at the next page boundary of
+    /// either operand; each piece is one [`Memory::copy`] or
+    /// [`Memory::fill`].
     fn transfer<M: Memory + ?Sized>(
         &mut self,
         mem: &mut M,
@@ -463,39 +490,43 @@ impl Engine {
         dst: u64,
         len: u64,
     ) -> Result<(), Fault> {
-        if let Source::Pattern(p) = src {
-            let p = p.to_le_bytes();
-            self.bounce
-                .iter_mut()
-                .zip(p.iter().cycle())
-                .for_each(|(b, v)| *b = *v);
-        }
         let mut done = 0;
         while done < len {
-            let mut n = (len - done).min(CHUNK as u64);
-            let from = match src {
+            let mut n = len - done;
+            let piece = match src {
                 Source::Va(s) => {
                     let (route, room) = self.access(mem, mmu, s + done, false)?;
                     n = n.min(room);
-                    Some((route, s + done))
+                    Piece::Copy(route, s + done)
                 }
-                Source::Pattern(_) => None,
+                Source::Pattern(p) => Piece::Fill(p.rotate_right(8 * (done % 8) as u32)),
             };
             let (to, room) = self.access(mem, mmu, dst + done, true)?;
             n = n.min(room);
-            let count = n as usize;
-            let data = match from {
-                Some((r, va)) => {
-                    let buf = &mut self.bounce[..count];
-                    mem.read(r.target, r.offset, buf)
-                        .map_err(|e| bus_fault("reading", e).at(va))?;
-                    &self.bounce[..count]
+            // A piece lies inside one page, so it fits in a usize.
+            let count = usize::try_from(n).map_err(|_| {
+                Fault::new(Cause::Bus, format!("a piece of {n:#x} bytes")).at(dst + done)
+            })?;
+            let write_fault = |e| bus_fault("writing", e).at(dst + done);
+            let from = match piece {
+                Piece::Copy(r, va) => {
+                    mem.copy(r.target, r.offset, to.target, to.offset, count)
+                        .map_err(|e| {
+                            if e.target == r.target && e.offset == r.offset {
+                                bus_fault("reading", e).at(va)
+                            } else {
+                                write_fault(e)
+                            }
+                        })?;
+                    Some(r.path)
                 }
-                None => &self.bounce[(done % 8) as usize..][..count],
+                Piece::Fill(p) => {
+                    mem.fill(to.target, to.offset, count, p)
+                        .map_err(write_fault)?;
+                    None
+                }
             };
-            mem.write(to.target, to.offset, data)
-                .map_err(|e| bus_fault("writing", e).at(dst + done))?;
-            self.charge(from.map(|(r, _)| r.path), to.path, n);
+            self.charge(from, to.path, n);
             done += n;
         }
         Ok(())

@@ -44,6 +44,8 @@ enum Kind {
     RootPort,
     SwitchUpstream,
     SwitchDownstream,
+    /// A bridge whose secondary bus takes any number of children.
+    Bridge,
     Device,
 }
 
@@ -156,10 +158,12 @@ impl Topology {
         self.nodes.len() - 1
     }
 
-    /// Takes a free root port or switch downstream port for a new child.
+    /// Takes a free root port or switch downstream port, or the secondary
+    /// bus of a bridge, for a new child.
     fn plug(&self, port: Port) -> Result<usize, ConfigError> {
-        match self.nodes.get(port.0) {
-            Some(n) if matches!(n.kind, Kind::RootPort | Kind::SwitchDownstream) => {}
+        match self.nodes.get(port.0).map(|n| n.kind) {
+            Some(Kind::Bridge) => return Ok(port.0),
+            Some(Kind::RootPort | Kind::SwitchDownstream) => {}
             _ => {
                 return Err(ConfigError(format!(
                     "{port:?} is not a root or downstream port"
@@ -170,6 +174,20 @@ impl Topology {
             return Err(ConfigError(format!("{port:?} already has a link partner")));
         }
         Ok(port.0)
+    }
+
+    /// Takes the root bus (`None`) or a port as [`Topology::plug`] does.
+    fn plug_at(&self, parent: Option<Port>) -> Result<Option<usize>, ConfigError> {
+        parent.map(|p| self.plug(p)).transpose()
+    }
+
+    /// Adds a PCI-to-PCI bridge -- a root port, a switch port or a
+    /// conventional bridge, as a bus walk finds them -- on the root bus
+    /// (`parent` is `None`) or below `parent`. The returned port stands for
+    /// its secondary bus, which takes any number of bridges and devices.
+    pub fn add_bridge(&mut self, parent: Option<Port>) -> Result<Port, ConfigError> {
+        let parent = self.plug_at(parent)?;
+        Ok(Port(self.add_node(Kind::Bridge, parent)))
     }
 
     /// Adds a root port of the root complex.
@@ -208,6 +226,14 @@ impl Topology {
 
     /// Plugs a device with `bar` into `port`; returns the device's index.
     pub fn add_device(&mut self, port: Port, bar: Bar) -> Result<usize, ConfigError> {
+        self.add_device_at(Some(port), bar)
+    }
+
+    /// Plugs a device with `bar` below `parent`, or on the root bus when
+    /// `parent` is `None` (an integrated endpoint: it has no upstream bridge
+    /// and reaches other devices only through the host bridge); returns the
+    /// device's index.
+    pub fn add_device_at(&mut self, parent: Option<Port>, bar: Bar) -> Result<usize, ConfigError> {
         Layout::new(bar.size)?;
         if !bar.base.is_multiple_of(bar.size) {
             return Err(ConfigError(format!(
@@ -216,7 +242,8 @@ impl Topology {
             )));
         }
         self.claim(bar.base, bar.size)?;
-        let node = self.add_node(Kind::Device, Some(self.plug(port)?));
+        let parent = self.plug_at(parent)?;
+        let node = self.add_node(Kind::Device, parent);
         self.devices.push((node, bar));
         Ok(self.devices.len() - 1)
     }
@@ -527,6 +554,66 @@ mod tests {
             offset: 0,
         }];
         assert!(Topology::rig("switch3+rp1", &bars, &bad_ram).is_err());
+    }
+
+    #[test]
+    fn generic_bridges_give_the_rig_decisions() {
+        // The rig as a bus walk sees it: every port is a plain bridge.
+        for name in RIGS {
+            let zen = name.ends_with("-zen");
+            let mut t = Topology::new(zen);
+            let rp0 = t.add_bridge(None).unwrap();
+            let up = t.add_bridge(Some(rp0)).unwrap();
+            let downs: Vec<_> = (0..3).map(|_| t.add_bridge(Some(up)).unwrap()).collect();
+            let rp1 = t.add_bridge(None).unwrap();
+            let bars = rig_bars();
+            for (port, bar) in downs.iter().chain([&rp1]).zip(bars) {
+                t.add_device(*port, bar).unwrap();
+            }
+            for r in RAM {
+                t.add_ram(r).unwrap();
+            }
+            let named = rig(name);
+            for a in 0..4 {
+                for b in 0..4 {
+                    assert_eq!(t.p2p(a, b), named.p2p(a, b), "{name}: {a} <-> {b}");
+                }
+                assert_eq!(
+                    t.route(a, vram(a ^ 1), 4096),
+                    named.route(a, vram(a ^ 1), 4096)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn conventional_bridges_and_integrated_endpoints() {
+        let bar = |i: u64| Bar {
+            base: i * 4 * MIB,
+            size: 4 * MIB,
+        };
+        let mut t = Topology::new(false);
+        let br = t.add_bridge(None).unwrap();
+        let a = t.add_device(br, bar(0)).unwrap();
+        let b = t.add_device(br, bar(1)).unwrap();
+        let below = t.add_bridge(Some(br)).unwrap();
+        let c = t.add_device_at(Some(below), bar(2)).unwrap();
+        let root = t.add_device_at(None, bar(3)).unwrap();
+        let other = t.add_device_at(None, bar(4)).unwrap();
+        assert_eq!(t.p2p(a, b), P2p::BusAddr { distance: 2 });
+        assert_eq!(t.p2p(a, c), P2p::BusAddr { distance: 3 });
+        assert_eq!(t.p2p(root, root), P2p::BusAddr { distance: 0 });
+        assert_eq!(t.p2p(root, a), P2p::NotSupported);
+        assert_eq!(t.p2p(root, other), P2p::NotSupported);
+        // A root or downstream port still takes one link partner.
+        let rp = t.add_root_port();
+        t.add_bridge(Some(rp)).unwrap();
+        assert!(t.add_bridge(Some(rp)).is_err());
+        assert!(t.add_bridge(Some(Port(99))).is_err());
+        let mut zen = Topology::new(true);
+        let x = zen.add_device_at(None, bar(0)).unwrap();
+        let y = zen.add_device_at(None, bar(1)).unwrap();
+        assert_eq!(zen.p2p(x, y), P2p::ThruHostBridge);
     }
 
     #[test]

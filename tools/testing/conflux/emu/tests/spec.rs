@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 
 use conflux_emu::{
+    engine::Counters,
     fault::Cause,
     regs::{self, bar0, ctrl, pte, slot},
+    server::{self, SERVE_OPTIONS},
 };
 
 const SPEC: &str = concat!(
@@ -290,4 +292,53 @@ fn page_table_entry_table() {
         .map(|l| (u64::from(l), format!("{}..{}", 20 + 9 * l, 12 + 9 * l)))
         .collect();
     assert_eq!(levels, want);
+}
+
+/// The text of `section` (up to the next section title), with every run of
+/// white space made one space.
+fn section_text(section: &str) -> String {
+    let doc = std::fs::read_to_string(SPEC).unwrap();
+    let lines: Vec<&str> = doc.lines().collect();
+    let title = |i: usize| {
+        lines
+            .get(i + 1)
+            .is_some_and(|u| u.len() >= 3 && u.chars().all(|c| c == '=') && !lines[i].is_empty())
+    };
+    let start = (0..lines.len())
+        .find(|&i| lines[i] == section && title(i))
+        .unwrap_or_else(|| panic!("no section {section:?}"));
+    let end = (start + 2..lines.len())
+        .find(|&i| title(i))
+        .unwrap_or(lines.len());
+    lines[start + 2..end]
+        .join(" ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn server_section() {
+    let text = section_text("The server");
+    let usage: Vec<&str> = server::USAGE.split_whitespace().collect();
+    // The usage, up to the explanation of BYTES, is the documented one.
+    let synopsis = usage[1..usage.iter().position(|w| *w == "BYTES:").unwrap()].join(" ");
+    assert!(
+        text.contains(&synopsis),
+        "{synopsis:?} is not in the specification"
+    );
+    for opt in SERVE_OPTIONS {
+        assert!(
+            synopsis.contains(&format!("{opt} ")),
+            "{opt} is not in the usage"
+        );
+    }
+    assert!(text.contains(&format!("``{}``", server::READY)));
+    // The counters line, with N for every number.
+    let line = server::counters_line(7, &Counters::default())
+        .replace("dev7", "dev{i}")
+        .replace(" 0 ", " N ");
+    assert!(text.contains(&line), "{line:?} is not in the specification");
+    assert!(text.contains("``host memcpy SIZE: R MB/s``"));
+    assert!(text.contains("``DIR/dev{i}.sock``"));
 }

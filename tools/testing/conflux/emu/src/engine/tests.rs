@@ -1103,3 +1103,50 @@ fn fuzz_random_slots_and_page_tables() {
         assert!(causes.contains(&cause), "no {cause} seen");
     }
 }
+
+#[test]
+fn set_topology_keeps_the_state_and_changes_the_routes() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    assert_eq!(
+        d.run(&[fill(W4K, 100, rep(7)), fence(5, false)]).error,
+        None
+    );
+    // Device 3 is unreachable, until the host bridge routes P2P.
+    d.expect_error(copy(W4K, wbus(3), 8), Cause::PeerUnreachable, wbus(3));
+    let before = (d.eng.tail(), d.eng.fence_seqno(), d.eng.counters());
+    d.eng.set_topology(topology("switch3+rp1-zen")).unwrap();
+    assert_eq!(
+        (d.eng.tail(), d.eng.fence_seqno(), d.eng.counters()),
+        before
+    );
+    assert_eq!(d.reg32(ctrl::STATUS), ctrl::STATUS_READY);
+    assert_eq!(d.run(&[copy(W4K, wbus(3), 8)]).error, None);
+    assert_eq!(d.mem.bars[3][(VRAM_OFFSET + DATA) as usize..][..8], [7; 8]);
+    // The device must be there, with a BAR2 of the same size.
+    let small = Arc::new(
+        Topology::rig(
+            "switch3+rp1",
+            &BASES.map(|base| Bar {
+                base,
+                size: BAR_SIZE / 2,
+            }),
+            &[RAM],
+        )
+        .unwrap(),
+    );
+    let e = d.eng.set_topology(small).unwrap_err();
+    assert!(e.0.contains("device 0"), "{e}");
+    let mut one = Topology::new(false);
+    let rp = one.add_root_port();
+    let mut eng = Engine::new(topology("switch3+rp1"), 2).unwrap();
+    one.add_device(
+        rp,
+        Bar {
+            base: 0,
+            size: BAR_SIZE,
+        },
+    )
+    .unwrap();
+    let e = eng.set_topology(Arc::new(one)).unwrap_err();
+    assert!(e.0.contains("no device 2"), "{e}");
+}

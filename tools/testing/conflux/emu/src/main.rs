@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `conflux-emu`: the server of the Conflux device model (`serve`) and a
+//! host memory bandwidth probe (`memcpy-bench`). See
+//! `Documentation/accel/conflux/device.rst`, section "The server".
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+use std::{io::Write, process::ExitCode};
+
+use conflux_emu::{
+    bench,
+    server::{self, counters_line, human_size, parse_size, Config, Server, READY, USAGE},
+};
+
+/// Exit status of errors at startup.
+const STARTUP: u8 = 2;
+
+fn main() -> ExitCode {
+    let args: Result<Vec<String>, _> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect();
+    let args = match args {
+        Ok(a) => a,
+        Err(a) => {
+            eprintln!("conflux-emu: argument {a:?} is not UTF-8");
+            return ExitCode::from(STARTUP);
+        }
+    };
+    match args.split_first() {
+        Some((cmd, rest)) if cmd == "serve" => serve(rest),
+        Some((cmd, rest)) if cmd == "memcpy-bench" => memcpy_bench(rest),
+        Some((cmd, _)) if cmd == "--help" || cmd == "-h" => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some((cmd, _)) => {
+            eprintln!("conflux-emu: unknown command {cmd:?}\n{USAGE}");
+            ExitCode::from(STARTUP)
+        }
+        None => {
+            eprintln!("{USAGE}");
+            ExitCode::from(STARTUP)
+        }
+    }
+}
+
+fn serve(args: &[String]) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("conflux-emu serve: {e}\n{USAGE}");
+            return ExitCode::from(STARTUP);
+        }
+    };
+    let mut server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("conflux-emu serve: {e}");
+            return ExitCode::from(STARTUP);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{READY}").and_then(|_| out.flush()) {
+        eprintln!("conflux-emu serve: writing the ready line: {e}");
+    }
+    drop(out);
+    let result = server.run();
+    let counters = server.counters();
+    // Removes the sockets.
+    drop(server);
+    for (i, c) in counters.iter().enumerate() {
+        eprintln!("{}", counters_line(i, c));
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("conflux-emu serve: waiting for events: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn memcpy_bench(args: &[String]) -> ExitCode {
+    let size = server::options(args, &["--size"]).and_then(|o| {
+        let (_, v) = o.first().ok_or("missing option --size")?;
+        let n = parse_size(v).map_err(|e| format!("--size: {e}"))?;
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("--size: {v:?} is not a buffer size"))
+    });
+    let size = match size {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("conflux-emu memcpy-bench: {e}\n{USAGE}");
+            return ExitCode::from(STARTUP);
+        }
+    };
+    let rate = bench::host_memcpy(size);
+    println!(
+        "host memcpy {}: {:.0} MB/s",
+        human_size(size as u64),
+        rate / 1e6
+    );
+    ExitCode::SUCCESS
+}
