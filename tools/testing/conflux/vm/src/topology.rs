@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The rig's named PCIe topologies and the QEMU command line for them.
+
+use std::path::Path;
+
+/// A named rig: where each accelerator sits and which CPU model the guest
+/// sees (the kernel allows P2P through the host bridge only on AMD Zen and
+/// later, or on whitelisted bridges).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Topology {
+    name: &'static str,
+    cpu: &'static str,
+}
+
+/// The bridge each accelerator `cfx<i>` is plugged into.
+const SWITCH3_RP1_SLOTS: [&str; 4] = ["dp0", "dp1", "dp2", "rp1"];
+
+/// The bridges: a root port with a switch of three downstream ports, and a
+/// second root port.
+const SWITCH3_RP1_BRIDGES: [&str; 6] = [
+    "pcie-root-port,id=rp0,chassis=1,slot=0",
+    "x3130-upstream,id=up0,bus=rp0",
+    "xio3130-downstream,id=dp0,bus=up0,chassis=2,slot=0",
+    "xio3130-downstream,id=dp1,bus=up0,chassis=3,slot=1",
+    "xio3130-downstream,id=dp2,bus=up0,chassis=4,slot=2",
+    "pcie-root-port,id=rp1,chassis=5,slot=1",
+];
+
+impl Topology {
+    /// The topology called `name`.
+    pub fn by_name(name: &str) -> Result<Self, String> {
+        match name {
+            "switch3+rp1" => Ok(Self {
+                name: "switch3+rp1",
+                cpu: "qemu64",
+            }),
+            "switch3+rp1-zen" => Ok(Self {
+                name: "switch3+rp1-zen",
+                cpu: "EPYC",
+            }),
+            _ => Err(format!(
+                "unknown topology {name:?}: switch3+rp1 and switch3+rp1-zen exist"
+            )),
+        }
+    }
+
+    /// Its name, as `conflux-emu --topology` takes it.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// How many accelerators it has.
+    pub fn devices(&self) -> usize {
+        SWITCH3_RP1_SLOTS.len()
+    }
+
+    /// QEMU's arguments for this rig, minus `-kernel` and `-initrd`: TCG,
+    /// guest RAM shared through `dir/guest-ram`, QMP at `dir/qmp.sock`, the
+    /// bridges, and accelerator `i` as `ivshmem-doorbell` `cfx<i>` on
+    /// `dir/dev<i>.sock`.
+    pub fn qemu_args(&self, dir: &Path, mem: u64) -> Vec<String> {
+        let d = dir.display();
+        let mut a: Vec<String> = [
+            "-accel",
+            "tcg",
+            "-machine",
+            "q35,memory-backend=ram",
+            "-cpu",
+            self.cpu,
+            "-smp",
+            "1",
+            "-m",
+            &format!("{}M", mem >> 20),
+            "-object",
+            &format!("memory-backend-file,id=ram,size={mem},mem-path={d}/guest-ram,share=on"),
+            "-append",
+            "console=ttyS0 panic=-1 oops=panic",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-net",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-qmp",
+            &format!("unix:{d}/qmp.sock,server=on,wait=off"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for b in SWITCH3_RP1_BRIDGES {
+            a.extend(["-device".into(), b.into()]);
+        }
+        for (i, bus) in SWITCH3_RP1_SLOTS.iter().enumerate() {
+            a.extend([
+                "-chardev".into(),
+                format!("socket,id=c{i},path={d}/dev{i}.sock"),
+                "-device".into(),
+                format!("ivshmem-doorbell,chardev=c{i},vectors=2,id=cfx{i},bus={bus}"),
+            ]);
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            Topology::by_name("switch3+rp1").map(|t| t.cpu),
+            Ok("qemu64")
+        );
+        assert_eq!(
+            Topology::by_name("switch3+rp1-zen").map(|t| t.cpu),
+            Ok("EPYC")
+        );
+        assert!(Topology::by_name("switch4").is_err());
+    }
+
+    #[test]
+    fn devices_on_their_bridges() -> Result<(), String> {
+        let a = Topology::by_name("switch3+rp1")?.qemu_args(Path::new("/r"), 512 << 20);
+        let joined = a.join(" ");
+        for (i, bus) in ["dp0", "dp1", "dp2", "rp1"].iter().enumerate() {
+            let dev = format!("ivshmem-doorbell,chardev=c{i},vectors=2,id=cfx{i},bus={bus}");
+            assert!(joined.contains(&dev), "{dev}");
+            assert!(joined.contains(&format!("path=/r/dev{i}.sock")));
+        }
+        assert!(joined.contains("size=536870912,mem-path=/r/guest-ram,share=on"));
+        assert!(joined.contains("-m 512M"));
+        Ok(())
+    }
+}
