@@ -7,7 +7,8 @@ STEP=setup
 
 DEBS=(build-essential flex bison bc cpio kmod libelf-dev libssl-dev python3
       git xz-utils ca-certificates debian-archive-keyring
-      "libclang-$LLVM_VERSION-dev" "clang-$LLVM_VERSION")
+      "libclang-$LLVM_VERSION-dev" "clang-$LLVM_VERSION"
+      qemu-system-x86 busybox-static)
 
 as_root() {
 	if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
@@ -36,6 +37,12 @@ install_rust() {
 	else
 		say "rust-src: installing"
 		rustup component add rust-src
+	fi
+	if rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+		say "Rust target x86_64-unknown-linux-musl (static guest programs): present"
+	else
+		say "Rust target x86_64-unknown-linux-musl (static guest programs): installing"
+		rustup target add x86_64-unknown-linux-musl
 	fi
 	if [ "$(bindgen --version 2>/dev/null)" = "bindgen $BINDGEN_VERSION" ]; then
 		say "bindgen-cli $BINDGEN_VERSION: present"

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# make rig-smoke: boot the QEMU rig on both topologies and run the raw guest
+# tool (no kernel driver) against the device model; compare the 64 MiB
+# peer-to-peer copy with the host's memcpy; check that the launcher leaves no
+# process or file behind after success, failure, timeout and SIGTERM.
+STEP=rig
+. "$(dirname "$0")/common.sh"
+
+GUEST=${GUEST_BUILD:-$CACHE/build/guest}
+[ -f "$GUEST/arch/x86/boot/bzImage" ] || "$TOP/mk/guest.sh" >/dev/null
+KERNEL=$GUEST/arch/x86/boot/bzImage
+MODULES=$GUEST/modroot
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/build/cargo}
+say "building conflux-emu, conflux-vm (host) and conflux-raw (static guest program)"
+(cd "$TOP/tools/testing/conflux" &&
+	cargo build --locked --quiet --release -p conflux-emu -p conflux-vm &&
+	cargo build --locked --quiet --release -p conflux-raw --target x86_64-unknown-linux-musl) ||
+	die "cargo build failed"
+BIN=$CARGO_TARGET_DIR/release
+RAW=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/conflux-raw
+
+passed=0 failed=0
+pass() { say "PASS $*"; passed=$((passed + 1)); }
+fail() { say "FAIL $*"; failed=$((failed + 1)); }
+
+vm() {
+	"$BIN/conflux-vm" run --kernel "$KERNEL" --modules "$MODULES" --emu "$BIN/conflux-emu" "$@"
+}
+
+# Nothing of a launcher run may survive it: no model or QEMU process, no
+# run directory (sockets, guest RAM, initramfs).
+leftovers() {
+	local procs dirs
+	procs=$(pgrep -f "conflux-emu serve --run-dir /dev/shm/conflux-vm\.|qemu-system-x86_64 .*conflux-vm\." || true)
+	dirs=$(find /dev/shm -maxdepth 1 -name 'conflux-vm.*' 2>/dev/null || true)
+	[ -z "$procs$dirs" ] && return 1
+	echo "processes: ${procs:-none}; files: ${dirs:-none}"
+}
+check_clean() {
+	local what=$1 left
+	if left=$(leftovers); then
+		fail "cleanup after $what: $left"
+		pkill -9 -f "conflux-emu serve --run-dir /dev/shm/conflux-vm\." || true
+		pkill -9 -f "qemu-system-x86_64 .*conflux-vm\." || true
+		rm -rf /dev/shm/conflux-vm.*
+	else
+		pass "cleanup after $what: no process, socket or file left"
+	fi
+}
+leftovers >/dev/null && die "conflux-vm leftovers from an earlier run: $(leftovers)"
+
+memcpy=$("$BIN/conflux-emu" memcpy-bench --size 64M) || die "conflux-emu memcpy-bench failed"
+memcpy_mbs=$(sed -nE 's/.*: ([0-9]+) MB\/s$/\1/p' <<<"$memcpy")
+say "$memcpy"
+
+for topo in switch3+rp1 switch3+rp1-zen; do
+	say "booting $topo and running conflux-raw"
+	log=$(mktemp)
+	start=$SECONDS
+	set +e
+	vm --topology "$topo" --add "$RAW" --timeout 600 -- conflux-raw --topology "$topo" 2>&1 | tee "$log" | sed "s/^/    [$topo] /"
+	rc=${PIPESTATUS[0]}
+	set -e
+	say "$topo: guest command exited $rc after $((SECONDS - start)) s"
+	n=$(grep -cE '^(PASS|FAIL) ' "$log" || true)
+	[ "$n" -gt 0 ] || fail "$topo: conflux-raw ran no test (launcher exit $rc)"
+	while read -r line; do
+		case $line in
+		PASS*) pass "$topo: ${line#PASS }" ;;
+		FAIL*) fail "$topo: ${line#FAIL }" ;;
+		esac
+	done < <(grep -E '^(PASS|FAIL) ' "$log")
+	p2p=$(sed -nE 's/^BENCH p2p copy 64 MiB: ([0-9]+) MB\/s$/\1/p' "$log")
+	if [ -n "$p2p" ] && [ -n "$memcpy_mbs" ]; then
+		line="$topo: 64 MiB P2P copy $p2p MB/s beside host memcpy $memcpy_mbs MB/s (needs at least half)"
+		if [ $((p2p * 2)) -ge "$memcpy_mbs" ]; then pass "$line"; else fail "$line"; fi
+	else
+		fail "$topo: no P2P bandwidth figure"
+	fi
+	[ "$rc" -eq 0 ] || fail "$topo: launcher exit status $rc"
+	rm -f "$log"
+	check_clean "a run on $topo"
+done
+
+set +e
+vm --timeout 300 -- false >/dev/null 2>&1
+rc=$?
+set -e
+if [ "$rc" -eq 1 ]; then pass "a failing guest command's status (1) is returned"; else fail "guest 'false' gave $rc, expected 1"; fi
+check_clean "a failing command"
+
+set +e
+vm --timeout 5 -- sleep 600 >/dev/null 2>&1
+rc=$?
+set -e
+if [ "$rc" -eq 124 ]; then pass "timeout: exit 124"; else fail "timeout gave $rc, expected 124"; fi
+check_clean "a timeout"
+
+# The launcher itself in the background (not a shell function), so that the
+# signal reaches it.
+"$BIN/conflux-vm" run --kernel "$KERNEL" --modules "$MODULES" --emu "$BIN/conflux-emu" \
+	--timeout 300 -- sleep 600 >/dev/null 2>&1 &
+pid=$!
+sleep 8
+kill -TERM "$pid"
+set +e
+wait "$pid"
+rc=$?
+set -e
+if [ "$rc" -eq 125 ]; then pass "SIGTERM: the launcher stops with 125"; else fail "SIGTERM gave $rc, expected 125"; fi
+check_clean "SIGTERM"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
