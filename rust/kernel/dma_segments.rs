@@ -23,6 +23,10 @@
 //! The plan is an iterator: it allocates nothing and can be walked once to size a table
 //! ([`SegmentPlan::count_segments`]) and once more to fill it.
 //!
+//! [`DmaSGTable`] is such a table: an owned `struct sg_table` that holds only DMA addresses, one
+//! entry per segment of a plan, for exporters of memory that has no `struct page` (device memory
+//! behind a PCI BAR, for instance).
+//!
 //! # Examples
 //!
 //! ```
@@ -48,15 +52,23 @@
 //! ```
 
 use crate::{
+    alloc::Flags,
     bindings,
     device::{
         Device,
         DeviceContext, //
     },
+    dma::DmaAddress,
+    error::to_result,
     page::PAGE_SIZE,
-    prelude::*, //
+    prelude::*,
+    scatterlist::SGTable,
+    types::Opaque, //
 };
-use core::iter::Peekable;
+use core::{
+    iter::Peekable,
+    ops::Deref, //
+};
 
 /// A contiguous range of DMA (bus) addresses.
 ///
@@ -292,6 +304,147 @@ impl<I: Iterator<Item = DmaRange>> Iterator for SegmentPlan<I> {
         Some(seg)
     }
 }
+
+/// An owned scatter-gather table that holds only DMA addresses: no pages, no CPU list.
+///
+/// Each entry is one segment of a [`SegmentPlan`], so the table honours the importer's maximum
+/// segment size and segment boundary. As in the tables `dma_buf_phys_vec_to_sgt()` builds,
+/// `orig_nents` is 0, which tells importers that there is no CPU list to use; `nents` is the
+/// number of entries. The entries' page fields are empty.
+///
+/// The table lives at a stable address and can be handed to C code (a dma-buf `map_dma_buf`
+/// callback returns it) with [`DmaSGTable::into_raw`] and taken back with
+/// [`DmaSGTable::from_raw`]. Dropping it frees every entry, chained chunks included.
+///
+/// # Invariants
+///
+/// `sgt` holds a `struct sg_table` allocated by `sg_alloc_table()` for `nents` entries, every one
+/// of them filled with a segment, with `orig_nents == 0`. Nothing modifies it after construction.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::dma_segments::{DmaRange, DmaSGTable, SegmentLimits, SegmentPlan};
+///
+/// // 12 KiB followed by a contiguous 4 KiB, for an importer that takes 8 KiB segments.
+/// let ranges = [DmaRange::new(0x1_0000, 0x3000)?, DmaRange::new(0x1_3000, 0x1000)?];
+/// let limits = SegmentLimits::new(0x2000, u64::MAX)?;
+/// let table = DmaSGTable::new(SegmentPlan::new(ranges.iter().copied(), limits)?, GFP_KERNEL)?;
+///
+/// assert_eq!(table.nents(), 2);
+/// assert!(table.iter().map(|e| e.dma_len()).eq([0x2000, 0x2000]));
+/// # Ok::<(), Error>(())
+/// ```
+pub struct DmaSGTable {
+    sgt: KBox<Opaque<bindings::sg_table>>,
+}
+
+impl DmaSGTable {
+    /// Allocates a table with one entry per segment of `plan` and fills it.
+    ///
+    /// Returns [`ENOMEM`] if the table cannot be allocated, and [`EOVERFLOW`] if the plan has
+    /// more than `u32::MAX` segments or an address that does not fit in a [`DmaAddress`].
+    pub fn new<I: Iterator<Item = DmaRange> + Clone>(
+        plan: SegmentPlan<I>,
+        flags: Flags,
+    ) -> Result<Self> {
+        let mut nents = 0u32;
+        for seg in plan.clone() {
+            // OVERFLOW: `seg.len >= 1` and the segment ends inside the 64-bit address space.
+            DmaAddress::try_from(seg.addr + u64::from(seg.len - 1)).map_err(|_| EOVERFLOW)?;
+            nents = nents.checked_add(1).ok_or(EOVERFLOW)?;
+        }
+        let sgt = KBox::new(Opaque::<bindings::sg_table>::zeroed(), flags)?;
+        // SAFETY: `sgt.get()` is a valid, zeroed `struct sg_table`; `nents` is at least 1 because
+        // a plan is never empty.
+        to_result(unsafe { bindings::sg_alloc_table(sgt.get(), nents, flags.as_raw()) })?;
+        // SAFETY: `sg_alloc_table()` succeeded, so `sgl` is the first of `nents` entries.
+        let mut sg = unsafe { (*sgt.get()).sgl };
+        for seg in plan {
+            if sg.is_null() {
+                break;
+            }
+            // SAFETY: `sg` is one of the `nents` entries `sg_alloc_table()` initialised (zeroed
+            // but for the chain and end markers, which these fields do not touch); the plan
+            // yields exactly `nents` segments, as the count walked an identical copy.
+            // The writes are what the `sg_dma_address()` and `sg_dma_len()` lvalues expand to.
+            unsafe {
+                // CAST: every address fits in a `DmaAddress`, as checked above.
+                (*sg).dma_address = seg.addr as DmaAddress;
+                #[cfg(CONFIG_NEED_SG_DMA_LENGTH)]
+                {
+                    (*sg).dma_length = seg.len;
+                }
+                #[cfg(not(CONFIG_NEED_SG_DMA_LENGTH))]
+                {
+                    (*sg).length = seg.len;
+                }
+                sg = bindings::sg_next(sg);
+            }
+        }
+        // SAFETY: `sgt` is a valid table; `nents` stays as `sg_alloc_table()` set it.
+        unsafe { (*sgt.get()).orig_nents = 0 };
+        // INVARIANT: allocated for `nents` entries, all filled, `orig_nents` cleared.
+        Ok(Self { sgt })
+    }
+
+    /// The number of entries.
+    pub fn nents(&self) -> u32 {
+        // SAFETY: `self.sgt` is a valid `struct sg_table` by the type invariants.
+        unsafe { (*self.sgt.get()).nents }
+    }
+
+    /// Gives up ownership of the table, to C code that returns it through [`Self::from_raw`].
+    pub fn into_raw(self) -> *mut bindings::sg_table {
+        let sgt = core::mem::ManuallyDrop::new(self);
+        // SAFETY: `sgt` is never dropped, so the box is moved out exactly once.
+        let sgt = unsafe { core::ptr::read(&sgt.sgt) };
+        KBox::into_raw(sgt).cast()
+    }
+
+    /// Takes back a table given up with [`Self::into_raw`].
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must come from [`Self::into_raw`] and must not be used by anyone else afterwards.
+    pub unsafe fn from_raw(ptr: *mut bindings::sg_table) -> Self {
+        // SAFETY: By the safety requirements, `ptr` is the pointer of a `KBox` that
+        // `into_raw()` leaked; `Opaque<sg_table>` is `repr(transparent)` over `sg_table`.
+        let sgt = unsafe { KBox::from_raw(ptr.cast::<Opaque<bindings::sg_table>>()) };
+        // INVARIANT: the table is the one `into_raw()` gave up, unchanged.
+        Self { sgt }
+    }
+}
+
+impl Deref for DmaSGTable {
+    type Target = SGTable;
+
+    fn deref(&self) -> &SGTable {
+        // SAFETY: `self.sgt` is a valid `struct sg_table` for as long as `self` is borrowed, and
+        // nothing modifies it after construction (type invariants).
+        unsafe { SGTable::from_raw(self.sgt.get()) }
+    }
+}
+
+impl Drop for DmaSGTable {
+    fn drop(&mut self) {
+        // `sg_free_table()` frees `orig_nents` entries: with the 0 that marks a DMA-only table it
+        // would free none and leak the list, so the count comes back first.
+        // SAFETY: `self.sgt` is a valid table allocated by `sg_alloc_table()` for `nents`
+        // entries (type invariants), freed exactly once, here.
+        unsafe {
+            let sgt = self.sgt.get();
+            (*sgt).orig_nents = (*sgt).nents;
+            bindings::sg_free_table(sgt);
+        }
+    }
+}
+
+// SAFETY: `DmaSGTable` owns its table and entries; nothing in them is tied to a task.
+unsafe impl Send for DmaSGTable {}
+
+// SAFETY: `DmaSGTable` is never modified after construction; `&DmaSGTable` only reads.
+unsafe impl Sync for DmaSGTable {}
 
 #[cfg(CONFIG_RUST_DMA_SEGMENTS_KUNIT_TEST)]
 #[macros::kunit_tests(rust_dma_segments)]
@@ -892,6 +1045,71 @@ mod tests {
         let lim = SegmentLimits::of_device(fdev.as_ref())?;
         assert_eq!(lim.max_seg_size(), 64 * 1024);
         assert_eq!(lim.seg_boundary_mask(), u64::MAX);
+        Ok(())
+    }
+
+    /// Checks a table's entries against `input` and `lim` like a plan's segments.
+    fn check_table(input: &[DmaRange], lim: SegmentLimits, table: &DmaSGTable) -> Result<u64> {
+        let mut entries = table.iter().map(|e| Segment {
+            addr: e.dma_address(),
+            len: e.dma_len() as u32,
+        });
+        let n = check_valid(input, lim, entries.by_ref())?;
+        ensure!(
+            n == u64::from(table.nents()),
+            "{} entries, nents {}\n",
+            n,
+            table.nents()
+        );
+        Ok(n)
+    }
+
+    #[test]
+    fn table_for_64k_1m_importer_unaligned_buffer() -> Result {
+        // The conformance case: 4 MiB + 12 KiB, unaligned, 64 KiB max, 1 MiB boundary.
+        let lim = limits(64 * KIB, MIB - 1)?;
+        let input = ranges(&[(0x8000_3000, 4 * MIB + 12 * KIB)])?;
+        let table = DmaSGTable::new(SegmentPlan::new(input.iter().copied(), lim)?, GFP_KERNEL)?;
+        assert_eq!(check_table(&input, lim, &table)?, 65);
+        // SAFETY: the table is valid while `table` lives; only read here.
+        assert_eq!(unsafe { (*table.sgt.get()).orig_nents }, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn table_chained_1g_in_2m_chunks() -> Result {
+        // 1 GiB of 2 MiB chunks, every other one contiguous with the previous: 64 KiB segments,
+        // 1 MiB boundary, 16384 entries, far more than one chunk of a chained list.
+        let lim = limits(64 * KIB, MIB - 1)?;
+        let mut list = KVec::with_capacity(512, GFP_KERNEL)?;
+        let mut addr = 0x1_0000_0000u64;
+        for i in 0..512u64 {
+            list.push(DmaRange::new(addr, 2 * MIB)?, GFP_KERNEL)?;
+            addr += if i % 2 == 0 { 2 * MIB } else { 6 * MIB };
+        }
+        let table = DmaSGTable::new(SegmentPlan::new(list.iter().copied(), lim)?, GFP_KERNEL)?;
+        assert_eq!(check_table(&list, lim, &table)?, 16384);
+        Ok(())
+    }
+
+    #[test]
+    fn table_round_trip_through_raw() -> Result {
+        let lim = limits(4 * KIB, NO_BOUNDARY)?;
+        let input = ranges(&[(0x2000, 40 * KIB)])?;
+        let table = DmaSGTable::new(SegmentPlan::new(input.iter().copied(), lim)?, GFP_KERNEL)?;
+        let raw = table.into_raw();
+        // SAFETY: `raw` comes from `into_raw()` and is not used afterwards.
+        let table = unsafe { DmaSGTable::from_raw(raw) };
+        assert_eq!(check_table(&input, lim, &table)?, 10);
+        Ok(())
+    }
+
+    #[test]
+    fn table_single_byte_at_top() -> Result {
+        let lim = limits(4 * KIB, 4 * KIB - 1)?;
+        let input = ranges(&[(u64::MAX, 1)])?;
+        let table = DmaSGTable::new(SegmentPlan::new(input.iter().copied(), lim)?, GFP_KERNEL)?;
+        assert_eq!(check_table(&input, lim, &table)?, 1);
         Ok(())
     }
 }
