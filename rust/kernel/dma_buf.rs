@@ -1,0 +1,758 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! DMA buffers shared between devices and drivers (dma-buf), exporter and importer sides.
+//!
+//! C header: [`include/linux/dma-buf.h`](srctree/include/linux/dma-buf.h)
+//!
+//! An exporter implements [`Exporter`] and calls [`DmaBuf::export`]; the dma-buf core calls back
+//! into it for every attachment: attach, pin, map (returning a [`DmaSGTable`] whose entries honour
+//! the importing device's segment limits, [`Attachment::limits`]), unmap, unpin, detach, and
+//! release when the last reference goes.
+//!
+//! An importer implements [`Importer`] and attaches dynamically with [`ImportAttachment::new`].
+//! Mapping and pinning need the buffer's reservation lock, which a [`ResvGuard`] proves: a
+//! [`Mapping`] borrows the guard, so it is unmapped before the lock is released. The exporter
+//! calls every importer's [`Importer::invalidate_mappings`] (with the lock held) when the
+//! buffer moves ([`DmaBuf::invalidate_mappings`]).
+
+use crate::{
+    alloc::Flags,
+    bindings,
+    device::Device,
+    dma::DataDirection,
+    dma_resv::{
+        DmaResv,
+        ResvGuard, //
+    },
+    dma_segments::{
+        DmaSGTable,
+        SegmentLimits, //
+    },
+    error::{
+        from_err_ptr,
+        to_result, //
+    },
+    prelude::*,
+    scatterlist::SGTable,
+    sync::aref::{
+        ARef,
+        AlwaysRefCounted, //
+    },
+    types::Opaque, //
+    ThisModule,
+};
+use core::{
+    marker::PhantomData,
+    ops::Deref,
+    ptr::NonNull, //
+};
+
+/// A dma-buf, reference counted through its file.
+///
+/// # Invariants
+///
+/// The inner `struct dma_buf` is exported and its file's reference count is non-zero for as long
+/// as a `&DmaBuf` exists.
+#[repr(transparent)]
+pub struct DmaBuf(Opaque<bindings::dma_buf>);
+
+// SAFETY: A dma-buf is shared between tasks by design; its state is protected by its
+// reservation lock and the core's locks.
+unsafe impl Send for DmaBuf {}
+
+// SAFETY: As above.
+unsafe impl Sync for DmaBuf {}
+
+// SAFETY: `get_dma_buf()` and `dma_buf_put()` take and drop references to the buffer's file,
+// which releases the buffer when the last one goes.
+unsafe impl AlwaysRefCounted for DmaBuf {
+    fn inc_ref(&self) {
+        // SAFETY: The buffer is valid by the type invariants.
+        unsafe { bindings::get_dma_buf(self.as_raw()) };
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: The caller owns a reference (safety requirements of `dec_ref`).
+        unsafe { bindings::dma_buf_put(obj.cast().as_ptr()) };
+    }
+}
+
+/// Casts the C direction the core passes to a [`DataDirection`].
+fn direction(dir: bindings::dma_data_direction) -> DataDirection {
+    match dir {
+        bindings::dma_data_direction::DMA_TO_DEVICE => DataDirection::ToDevice,
+        bindings::dma_data_direction::DMA_FROM_DEVICE => DataDirection::FromDevice,
+        bindings::dma_data_direction::DMA_NONE => DataDirection::None,
+        _ => DataDirection::Bidirectional,
+    }
+}
+
+impl DmaBuf {
+    /// Exports a buffer of `size` bytes backed by `exporter`, with its own reservation object.
+    ///
+    /// `module` (the exporter's `THIS_MODULE`) is kept loaded while the buffer exists.
+    pub fn export<E: Exporter>(
+        exporter: E,
+        size: usize,
+        module: &'static ThisModule,
+        flags: Flags,
+    ) -> Result<ARef<Self>> {
+        let private = KBox::into_raw(KBox::new(exporter, flags)?);
+        let info = bindings::dma_buf_export_info {
+            exp_name: E::NAME.as_char_ptr(),
+            owner: module.as_ptr(),
+            ops: &ExporterOps::<E>::OPS,
+            size,
+            // CAST: `O_RDWR` fits in an `int`.
+            flags: bindings::O_RDWR as i32,
+            resv: core::ptr::null_mut(),
+            priv_: private.cast(),
+        };
+        // SAFETY: `info` is a valid export description; `OPS` is a static vtable whose callbacks
+        // find `E` through `priv`.
+        let ret = from_err_ptr(unsafe { bindings::dma_buf_export(&info) });
+        match ret {
+            // SAFETY: The new buffer holds one reference (its file's), which the `ARef` takes.
+            Ok(buf) => Ok(unsafe { ARef::from_raw(NonNull::new_unchecked(buf.cast())) }),
+            Err(e) => {
+                // SAFETY: Not exported, so `release` will never run: the box is still ours.
+                drop(unsafe { KBox::from_raw(private) });
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes a reference to the buffer behind file descriptor `fd` (an importer's entry point).
+    pub fn get(fd: i32) -> Result<ARef<Self>> {
+        // SAFETY: `dma_buf_get()` checks that `fd` is a dma-buf and takes a reference.
+        let buf = from_err_ptr(unsafe { bindings::dma_buf_get(fd) })?;
+        // SAFETY: The reference taken just above is handed to the `ARef`.
+        Ok(unsafe { ARef::from_raw(NonNull::new_unchecked(buf.cast())) })
+    }
+
+    /// The `struct dma_buf` this wraps.
+    pub fn as_raw(&self) -> *mut bindings::dma_buf {
+        self.0.get()
+    }
+
+    /// The buffer's size in bytes.
+    pub fn size(&self) -> usize {
+        // SAFETY: The buffer is valid; `size` never changes.
+        unsafe { (*self.as_raw()).size }
+    }
+
+    /// The buffer's reservation object.
+    pub fn resv(&self) -> &DmaResv {
+        // SAFETY: A buffer's reservation object lives as long as the buffer.
+        unsafe { DmaResv::from_raw((*self.as_raw()).resv) }
+    }
+
+    /// Installs a new file descriptor for the buffer in the current task, taking a reference.
+    pub fn fd(&self, flags: u32) -> Result<i32> {
+        self.inc_ref();
+        // CAST: `O_*` flags fit in an `int`.
+        // SAFETY: The reference taken above goes to the file descriptor on success.
+        let fd = unsafe { bindings::dma_buf_fd(self.as_raw(), flags as i32) };
+        if fd < 0 {
+            // SAFETY: Undoes the reference taken above, which the failed call did not consume.
+            unsafe { Self::dec_ref(NonNull::from(self)) };
+            return Err(Error::from_errno(fd));
+        }
+        Ok(fd)
+    }
+
+    fn is_locked_by(&self, guard: &ResvGuard<'_>) -> Result {
+        if guard.resv().as_raw() == self.resv().as_raw() {
+            Ok(())
+        } else {
+            Err(EINVAL)
+        }
+    }
+
+    /// Tells every dynamic importer that its mappings are stale (the buffer is moving): each
+    /// importer's [`Importer::invalidate_mappings`] has run when this returns. Needs the
+    /// buffer's reservation lock; returns [`EINVAL`] for a guard of another object.
+    pub fn invalidate_mappings(&self, guard: &ResvGuard<'_>) -> Result {
+        self.is_locked_by(guard)?;
+        // SAFETY: The buffer is valid and its reservation lock is held (checked above).
+        unsafe { bindings::dma_buf_invalidate_mappings(self.as_raw()) };
+        Ok(())
+    }
+}
+
+/// An attachment of a device to a dma-buf, as the exporter's callbacks see it.
+///
+/// # Invariants
+///
+/// The inner `struct dma_buf_attachment` is attached, to a valid buffer and device.
+#[repr(transparent)]
+pub struct Attachment(Opaque<bindings::dma_buf_attachment>);
+
+impl Attachment {
+    /// # Safety
+    ///
+    /// `ptr` must point to an attached `struct dma_buf_attachment` valid for `'a`.
+    unsafe fn from_raw<'a>(ptr: *mut bindings::dma_buf_attachment) -> &'a Self {
+        // SAFETY: `repr(transparent)`; validity is guaranteed by the caller.
+        unsafe { &*ptr.cast() }
+    }
+
+    fn as_raw(&self) -> *mut bindings::dma_buf_attachment {
+        self.0.get()
+    }
+
+    /// The importing device.
+    pub fn device(&self) -> &Device {
+        // SAFETY: An attachment's device is valid while attached (type invariants).
+        unsafe { Device::from_raw((*self.as_raw()).dev) }
+    }
+
+    /// Whether the importer attached dynamically (it handles invalidation).
+    pub fn is_dynamic(&self) -> bool {
+        // SAFETY: The attachment is valid.
+        unsafe { !(*self.as_raw()).importer_ops.is_null() }
+    }
+
+    /// Whether the importer accepts peer-to-peer (PCI BAR) addresses.
+    pub fn peer2peer(&self) -> bool {
+        // SAFETY: The attachment is valid.
+        unsafe { (*self.as_raw()).peer2peer }
+    }
+
+    /// The importing device's DMA segment limits, for the tables mapped for it.
+    pub fn limits(&self) -> Result<SegmentLimits> {
+        SegmentLimits::of_device(self.device())
+    }
+}
+
+/// The exporter side of a dma-buf.
+///
+/// Callbacks other than `attach` and `detach` run with the buffer's reservation lock held.
+pub trait Exporter: Send + Sync + Sized + 'static {
+    /// The exporter's name, shown in debugfs.
+    const NAME: &'static CStr;
+
+    /// A new attachment; an error refuses it.
+    fn attach(&self, _attachment: &Attachment) -> Result {
+        Ok(())
+    }
+
+    /// An attachment goes away.
+    fn detach(&self, _attachment: &Attachment) {}
+
+    /// Keeps the buffer where it is while the attachment is pinned.
+    fn pin(&self, _attachment: &Attachment) -> Result {
+        Ok(())
+    }
+
+    /// Undoes a [`Exporter::pin`].
+    fn unpin(&self, _attachment: &Attachment) {}
+
+    /// Maps the buffer for the attachment's device: its entries must honour
+    /// [`Attachment::limits`].
+    fn map(&self, attachment: &Attachment, dir: DataDirection) -> Result<DmaSGTable>;
+
+    /// Unmaps a table [`Exporter::map`] returned; dropping it frees it.
+    fn unmap(&self, _attachment: &Attachment, table: DmaSGTable, _dir: DataDirection) {
+        drop(table);
+    }
+}
+
+struct ExporterOps<E: Exporter>(PhantomData<E>);
+
+impl<E: Exporter> ExporterOps<E> {
+    const OPS: bindings::dma_buf_ops = bindings::dma_buf_ops {
+        attach: Some(Self::attach),
+        detach: Some(Self::detach),
+        pin: Some(Self::pin),
+        unpin: Some(Self::unpin),
+        map_dma_buf: Some(Self::map),
+        unmap_dma_buf: Some(Self::unmap),
+        release: Some(Self::release),
+        // SAFETY: All-zeroes (`None`) is valid for the remaining callbacks.
+        ..unsafe { core::mem::zeroed() }
+    };
+
+    /// # Safety
+    ///
+    /// `buf` must be a buffer exported by [`DmaBuf::export::<E>`], not yet released.
+    unsafe fn exporter<'a>(buf: *mut bindings::dma_buf) -> &'a E {
+        // SAFETY: `priv` is the `KBox<E>` that `export()` leaked, freed only by `release`.
+        unsafe { &*(*buf).priv_.cast::<E>() }
+    }
+
+    extern "C" fn attach(
+        buf: *mut bindings::dma_buf,
+        att: *mut bindings::dma_buf_attachment,
+    ) -> i32 {
+        // SAFETY: The core calls with our buffer and a valid attachment.
+        let (e, a) = unsafe { (Self::exporter(buf), Attachment::from_raw(att)) };
+        match e.attach(a) {
+            Ok(()) => 0,
+            Err(err) => err.to_errno(),
+        }
+    }
+
+    extern "C" fn detach(buf: *mut bindings::dma_buf, att: *mut bindings::dma_buf_attachment) {
+        // SAFETY: As in `attach`.
+        let (e, a) = unsafe { (Self::exporter(buf), Attachment::from_raw(att)) };
+        e.detach(a);
+    }
+
+    extern "C" fn pin(att: *mut bindings::dma_buf_attachment) -> i32 {
+        // SAFETY: The attachment is valid and its buffer is ours.
+        let (e, a) = unsafe { (Self::exporter((*att).dmabuf), Attachment::from_raw(att)) };
+        match e.pin(a) {
+            Ok(()) => 0,
+            Err(err) => err.to_errno(),
+        }
+    }
+
+    extern "C" fn unpin(att: *mut bindings::dma_buf_attachment) {
+        // SAFETY: As in `pin`.
+        let (e, a) = unsafe { (Self::exporter((*att).dmabuf), Attachment::from_raw(att)) };
+        e.unpin(a);
+    }
+
+    extern "C" fn map(
+        att: *mut bindings::dma_buf_attachment,
+        dir: bindings::dma_data_direction,
+    ) -> *mut bindings::sg_table {
+        // SAFETY: As in `pin`.
+        let (e, a) = unsafe { (Self::exporter((*att).dmabuf), Attachment::from_raw(att)) };
+        match e.map(a, direction(dir)) {
+            Ok(table) => table.into_raw(),
+            Err(err) => err.to_ptr(),
+        }
+    }
+
+    extern "C" fn unmap(
+        att: *mut bindings::dma_buf_attachment,
+        sgt: *mut bindings::sg_table,
+        dir: bindings::dma_data_direction,
+    ) {
+        // SAFETY: As in `pin`; `sgt` is a table `map` returned with `into_raw()`, given back once.
+        let (e, a, t) = unsafe {
+            (
+                Self::exporter((*att).dmabuf),
+                Attachment::from_raw(att),
+                DmaSGTable::from_raw(sgt),
+            )
+        };
+        e.unmap(a, t, direction(dir));
+    }
+
+    extern "C" fn release(buf: *mut bindings::dma_buf) {
+        // SAFETY: The last reference is gone: nothing uses the exporter any more, and `priv` is
+        // the box `export()` leaked.
+        drop(unsafe { KBox::from_raw((*buf).priv_.cast::<E>()) });
+    }
+}
+
+/// The importer side of a dynamic attachment.
+pub trait Importer: Send + Sync + 'static {
+    /// Whether the importer accepts peer-to-peer (PCI BAR) addresses in its tables.
+    const ALLOW_PEER2PEER: bool;
+
+    /// The buffer is moving: the importer must stop using its mappings (and unmap them) before
+    /// returning. Called with the buffer's reservation lock held.
+    fn invalidate_mappings(&self, attachment: &Attachment);
+}
+
+struct ImporterOps<I: Importer>(PhantomData<I>);
+
+impl<I: Importer> ImporterOps<I> {
+    const OPS: bindings::dma_buf_attach_ops = bindings::dma_buf_attach_ops {
+        allow_peer2peer: I::ALLOW_PEER2PEER,
+        invalidate_mappings: Some(Self::invalidate),
+    };
+
+    extern "C" fn invalidate(att: *mut bindings::dma_buf_attachment) {
+        // SAFETY: `importer_priv` is the pinned `I` of the `ImportAttachment` that owns this
+        // attachment, alive until it detaches.
+        let (i, a) = unsafe {
+            (
+                &*(*att).importer_priv.cast::<I>(),
+                Attachment::from_raw(att),
+            )
+        };
+        i.invalidate_mappings(a);
+    }
+}
+
+/// A device's dynamic attachment to a dma-buf; detaches when dropped.
+///
+/// Dropping it takes the buffer's reservation lock: do not drop it while holding that lock.
+///
+/// # Invariants
+///
+/// `attachment` is attached to `buf` with `ImporterOps::<I>::OPS` and `importer` as its private
+/// data.
+pub struct ImportAttachment<I: Importer> {
+    attachment: NonNull<bindings::dma_buf_attachment>,
+    buf: ARef<DmaBuf>,
+    importer: Pin<KBox<I>>,
+}
+
+// SAFETY: The attachment is owned by this value; the core serialises its use with the
+// reservation lock.
+unsafe impl<I: Importer> Send for ImportAttachment<I> {}
+
+// SAFETY: `&ImportAttachment` only allows operations that take or require the lock.
+unsafe impl<I: Importer> Sync for ImportAttachment<I> {}
+
+impl<I: Importer> ImportAttachment<I> {
+    /// Attaches `dev` to `buf` dynamically, with `importer` handling invalidation.
+    pub fn new(buf: &DmaBuf, dev: &Device, importer: I, flags: Flags) -> Result<Self> {
+        let importer = KBox::pin(importer, flags)?;
+        let private: *const I = &*importer;
+        // SAFETY: `buf` and `dev` are valid; the ops are static and `private` stays valid (and
+        // pinned) until the attachment is detached in `drop`.
+        let att = from_err_ptr(unsafe {
+            bindings::dma_buf_dynamic_attach(
+                buf.as_raw(),
+                dev.as_raw(),
+                &ImporterOps::<I>::OPS,
+                private.cast_mut().cast(),
+            )
+        })?;
+        Ok(Self {
+            // SAFETY: `from_err_ptr` returned a valid pointer.
+            attachment: unsafe { NonNull::new_unchecked(att) },
+            buf: buf.into(),
+            importer,
+        })
+    }
+
+    /// The attachment, as the exporter sees it.
+    pub fn attachment(&self) -> &Attachment {
+        // SAFETY: Attached while `self` lives (type invariants).
+        unsafe { Attachment::from_raw(self.attachment.as_ptr()) }
+    }
+
+    /// The buffer.
+    pub fn buf(&self) -> &DmaBuf {
+        &self.buf
+    }
+
+    /// The importer.
+    pub fn importer(&self) -> &I {
+        &self.importer
+    }
+
+    /// Pins the buffer for this attachment. Needs the buffer's reservation lock.
+    pub fn pin(&self, guard: &ResvGuard<'_>) -> Result {
+        self.buf.is_locked_by(guard)?;
+        // SAFETY: Attached, and the buffer's lock is held (checked above).
+        to_result(unsafe { bindings::dma_buf_pin(self.attachment.as_ptr()) })
+    }
+
+    /// Unpins the buffer. Needs the buffer's reservation lock.
+    pub fn unpin(&self, guard: &ResvGuard<'_>) -> Result {
+        self.buf.is_locked_by(guard)?;
+        // SAFETY: As in `pin`.
+        unsafe { bindings::dma_buf_unpin(self.attachment.as_ptr()) };
+        Ok(())
+    }
+
+    /// Maps the buffer for the device. Needs the buffer's reservation lock, which the returned
+    /// [`Mapping`] borrows: it is unmapped before the lock can be released.
+    pub fn map<'g>(&'g self, guard: &'g ResvGuard<'_>, dir: DataDirection) -> Result<Mapping<'g>> {
+        self.buf.is_locked_by(guard)?;
+        // SAFETY: Attached, and the buffer's lock is held (checked above).
+        let sgt = from_err_ptr(unsafe {
+            bindings::dma_buf_map_attachment(self.attachment.as_ptr(), dir.into())
+        })?;
+        Ok(Mapping {
+            attachment: self.attachment,
+            sgt,
+            dir,
+            _guard: PhantomData,
+        })
+    }
+}
+
+impl<I: Importer> Drop for ImportAttachment<I> {
+    fn drop(&mut self) {
+        // SAFETY: Attached to `buf` (type invariants); detached exactly once, here. The importer
+        // box outlives the call.
+        unsafe { bindings::dma_buf_detach(self.buf.as_raw(), self.attachment.as_ptr()) };
+    }
+}
+
+/// A mapped table of an [`ImportAttachment`], valid while the reservation lock is held;
+/// unmapped when dropped.
+///
+/// # Invariants
+///
+/// `sgt` is the table `dma_buf_map_attachment()` returned for `attachment` and `dir`, and the
+/// buffer's reservation lock is held for `'g`.
+pub struct Mapping<'g> {
+    attachment: NonNull<bindings::dma_buf_attachment>,
+    sgt: *mut bindings::sg_table,
+    dir: DataDirection,
+    _guard: PhantomData<&'g ()>,
+}
+
+impl Deref for Mapping<'_> {
+    type Target = SGTable;
+
+    fn deref(&self) -> &SGTable {
+        // SAFETY: The table is valid until unmapped in `drop` (type invariants).
+        unsafe { SGTable::from_raw(self.sgt) }
+    }
+}
+
+impl Drop for Mapping<'_> {
+    fn drop(&mut self) {
+        // SAFETY: Mapped for this attachment and direction, with the lock held (type invariants);
+        // unmapped exactly once, here.
+        unsafe {
+            bindings::dma_buf_unmap_attachment(self.attachment.as_ptr(), self.sgt, self.dir.into())
+        };
+    }
+}
+
+#[cfg(CONFIG_RUST_DMA_BUF_KUNIT_TEST)]
+#[macros::kunit_tests(rust_dma_buf)]
+mod tests {
+    use super::*;
+    use crate::{
+        device::Bound,
+        dma_segments::{
+            DmaRange,
+            SegmentPlan, //
+        },
+        faux,
+        sync::Arc, //
+    };
+    use core::sync::atomic::{
+        AtomicU32,
+        Ordering, //
+    };
+
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+
+    #[derive(Default)]
+    struct Calls {
+        attach: AtomicU32,
+        detach: AtomicU32,
+        pin: AtomicU32,
+        unpin: AtomicU32,
+        map: AtomicU32,
+        unmap: AtomicU32,
+        release: AtomicU32,
+    }
+
+    fn n(c: &AtomicU32) -> u32 {
+        c.load(Ordering::Relaxed)
+    }
+
+    fn inc(c: &AtomicU32) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Device memory at a fixed bus address, 4 MiB + 12 KiB starting unaligned, mapped for each
+    /// importer under its own segment limits.
+    struct TestExporter {
+        calls: Arc<Calls>,
+    }
+
+    const BASE: u64 = 0x8000_3000;
+    const SIZE: u64 = 4 * MIB + 12 * KIB;
+
+    impl Exporter for TestExporter {
+        const NAME: &'static CStr = c"rust-dma-buf-test";
+
+        fn attach(&self, _a: &Attachment) -> Result {
+            inc(&self.calls.attach);
+            Ok(())
+        }
+
+        fn detach(&self, _a: &Attachment) {
+            inc(&self.calls.detach);
+        }
+
+        fn pin(&self, _a: &Attachment) -> Result {
+            inc(&self.calls.pin);
+            Ok(())
+        }
+
+        fn unpin(&self, _a: &Attachment) {
+            inc(&self.calls.unpin);
+        }
+
+        fn map(&self, a: &Attachment, _dir: DataDirection) -> Result<DmaSGTable> {
+            inc(&self.calls.map);
+            let ranges = [DmaRange::new(BASE, SIZE)?];
+            DmaSGTable::new(
+                SegmentPlan::new(ranges.iter().copied(), a.limits()?)?,
+                GFP_KERNEL,
+            )
+        }
+
+        fn unmap(&self, _a: &Attachment, table: DmaSGTable, _dir: DataDirection) {
+            inc(&self.calls.unmap);
+            drop(table);
+        }
+    }
+
+    impl Drop for TestExporter {
+        fn drop(&mut self) {
+            inc(&self.calls.release);
+        }
+    }
+
+    struct TestImporter {
+        invalidations: AtomicU32,
+    }
+
+    impl Importer for TestImporter {
+        const ALLOW_PEER2PEER: bool = true;
+
+        fn invalidate_mappings(&self, _a: &Attachment) {
+            inc(&self.invalidations);
+        }
+    }
+
+    fn importer() -> TestImporter {
+        TestImporter {
+            invalidations: AtomicU32::new(0),
+        }
+    }
+
+    /// A faux device with DMA parameters chosen by the test.
+    struct ImportingDevice {
+        reg: faux::Registration,
+        parms: KBox<bindings::device_dma_parameters>,
+    }
+
+    impl ImportingDevice {
+        fn new(max_seg: u32, boundary: u64) -> Result<Self> {
+            let reg = faux::Registration::new(c"rust-dma-buf-importer", None)?;
+            // SAFETY: All-zeroes is a valid `struct device_dma_parameters`.
+            let mut parms: KBox<bindings::device_dma_parameters> =
+                KBox::new(unsafe { core::mem::zeroed() }, GFP_KERNEL)?;
+            parms.max_segment_size = max_seg;
+            parms.segment_boundary_mask = crate::ffi::c_ulong::try_from(boundary)?;
+            let dev: &faux::Device<Bound> = reg.as_ref();
+            let dev: &Device<Bound> = dev.as_ref();
+            // SAFETY: The device is valid; `parms` outlives its use (reset in `drop`).
+            unsafe { (*dev.as_raw()).dma_parms = &mut *parms };
+            Ok(Self { reg, parms })
+        }
+
+        fn device(&self) -> &Device {
+            let dev: &faux::Device<Bound> = self.reg.as_ref();
+            let dev: &Device<Bound> = dev.as_ref();
+            dev
+        }
+    }
+
+    impl Drop for ImportingDevice {
+        fn drop(&mut self) {
+            // SAFETY: The device is valid; nobody else uses its `dma_parms`.
+            unsafe { (*self.device().as_raw()).dma_parms = core::ptr::null_mut() };
+            let _ = &self.parms;
+        }
+    }
+
+    // SAFETY: A null module pointer stands for code built into the kernel, as these tests are.
+    static BUILTIN: ThisModule = unsafe { ThisModule::from_ptr(core::ptr::null_mut()) };
+
+    fn export() -> Result<(ARef<DmaBuf>, Arc<Calls>)> {
+        let calls = Arc::new(Calls::default(), GFP_KERNEL)?;
+        let exporter = TestExporter {
+            calls: calls.clone(),
+        };
+        let buf = DmaBuf::export(exporter, SIZE as usize, &BUILTIN, GFP_KERNEL)?;
+        Ok((buf, calls))
+    }
+
+    #[test]
+    fn lifecycle() -> Result {
+        let dev = ImportingDevice::new(64 * 1024, u64::MAX)?;
+        let (buf, calls) = export()?;
+        assert_eq!(buf.size(), SIZE as usize);
+        {
+            let att = ImportAttachment::new(&buf, dev.device(), importer(), GFP_KERNEL)?;
+            assert_eq!(n(&calls.attach), 1);
+            assert!(att.attachment().is_dynamic());
+            assert!(att.attachment().peer2peer());
+            let guard = buf.resv().lock();
+            att.pin(&guard)?;
+            {
+                let map = att.map(&guard, DataDirection::Bidirectional)?;
+                assert_eq!(n(&calls.map), 1);
+                assert!(map.iter().count() > 0);
+            }
+            assert_eq!(n(&calls.unmap), 1);
+            att.unpin(&guard)?;
+            assert_eq!((n(&calls.pin), n(&calls.unpin)), (1, 1));
+        }
+        assert_eq!(n(&calls.detach), 1);
+        assert_eq!(n(&calls.release), 0);
+        drop(buf);
+        // The last reference went with the file: the core releases the buffer once its final
+        // fput runs.
+        // SAFETY: FFI call without safety requirements.
+        unsafe { bindings::flush_delayed_fput() };
+        assert_eq!(n(&calls.release), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn importer_with_64k_segments_1m_boundary_gets_conforming_entries() -> Result {
+        let dev = ImportingDevice::new(64 * 1024, MIB - 1)?;
+        let (buf, _calls) = export()?;
+        let att = ImportAttachment::new(&buf, dev.device(), importer(), GFP_KERNEL)?;
+        let guard = buf.resv().lock();
+        let map = att.map(&guard, DataDirection::Bidirectional)?;
+        let (mut entries, mut next, mut bad) = (0u32, BASE, 0u32);
+        for e in map.iter() {
+            let (addr, len) = (e.dma_address(), e.dma_len());
+            let last = addr + len - 1;
+            if len > 64 * KIB || addr / MIB != last / MIB || addr != next {
+                bad += 1;
+            }
+            next = addr + len;
+            entries += 1;
+        }
+        assert_eq!(bad, 0);
+        assert_eq!(entries, 65);
+        assert_eq!(next, BASE + SIZE);
+        Ok(())
+    }
+
+    #[test]
+    fn invalidate_reaches_every_dynamic_importer() -> Result {
+        let dev = ImportingDevice::new(64 * 1024, u64::MAX)?;
+        let (buf, _calls) = export()?;
+        let a = ImportAttachment::new(&buf, dev.device(), importer(), GFP_KERNEL)?;
+        let b = ImportAttachment::new(&buf, dev.device(), importer(), GFP_KERNEL)?;
+        {
+            let guard = buf.resv().lock();
+            buf.invalidate_mappings(&guard)?;
+            // Both ran before the call returned, with the lock held.
+            assert_eq!(n(&a.importer().invalidations), 1);
+            assert_eq!(n(&b.importer().invalidations), 1);
+        }
+        // A guard of another object is refused.
+        let other = KBox::pin_init(DmaResv::new(), GFP_KERNEL)?;
+        assert_eq!(buf.invalidate_mappings(&other.lock()), Err(EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn map_with_another_objects_lock_is_refused() -> Result {
+        let dev = ImportingDevice::new(64 * 1024, u64::MAX)?;
+        let (buf, calls) = export()?;
+        let att = ImportAttachment::new(&buf, dev.device(), importer(), GFP_KERNEL)?;
+        let other = KBox::pin_init(DmaResv::new(), GFP_KERNEL)?;
+        let guard = other.lock();
+        assert!(matches!(att.map(&guard, DataDirection::ToDevice), Err(e) if e == EINVAL));
+        assert_eq!(n(&calls.map), 0);
+        Ok(())
+    }
+}
