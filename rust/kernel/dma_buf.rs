@@ -4,10 +4,11 @@
 //!
 //! C header: [`include/linux/dma-buf.h`](srctree/include/linux/dma-buf.h)
 //!
-//! An exporter implements [`Exporter`] and calls [`DmaBuf::export`]; the dma-buf core calls back
+//! An exporter implements [`Exporter`] and calls [`Exported::export`]; the dma-buf core calls back
 //! into it for every attachment: attach, pin, map (returning a [`DmaSGTable`] whose entries honour
 //! the importing device's segment limits, [`Attachment::limits`]), unmap, unpin, detach, and
-//! release when the last reference goes.
+//! release when the last reference goes. [`Exported::revoke`] takes the memory away from every
+//! importer: their mappings are invalidated and later maps fail with [`ENODEV`].
 //!
 //! An importer implements [`Importer`] and attaches dynamically with [`ImportAttachment::new`].
 //! Mapping and pinning need the buffer's reservation lock, which a [`ResvGuard`] proves: a
@@ -44,7 +45,11 @@ use crate::{
 use core::{
     marker::PhantomData,
     ops::Deref,
-    ptr::NonNull, //
+    ptr::NonNull,
+    sync::atomic::{
+        AtomicBool,
+        Ordering, //
+    },
 };
 
 /// A dma-buf, reference counted through its file.
@@ -88,40 +93,6 @@ fn direction(dir: bindings::dma_data_direction) -> DataDirection {
 }
 
 impl DmaBuf {
-    /// Exports a buffer of `size` bytes backed by `exporter`, with its own reservation object.
-    ///
-    /// `module` (the exporter's `THIS_MODULE`) is kept loaded while the buffer exists.
-    pub fn export<E: Exporter>(
-        exporter: E,
-        size: usize,
-        module: &'static ThisModule,
-        flags: Flags,
-    ) -> Result<ARef<Self>> {
-        let private = KBox::into_raw(KBox::new(exporter, flags)?);
-        let info = bindings::dma_buf_export_info {
-            exp_name: E::NAME.as_char_ptr(),
-            owner: module.as_ptr(),
-            ops: &ExporterOps::<E>::OPS,
-            size,
-            // CAST: `O_RDWR` fits in an `int`.
-            flags: bindings::O_RDWR as i32,
-            resv: core::ptr::null_mut(),
-            priv_: private.cast(),
-        };
-        // SAFETY: `info` is a valid export description; `OPS` is a static vtable whose callbacks
-        // find `E` through `priv`.
-        let ret = from_err_ptr(unsafe { bindings::dma_buf_export(&info) });
-        match ret {
-            // SAFETY: The new buffer holds one reference (its file's), which the `ARef` takes.
-            Ok(buf) => Ok(unsafe { ARef::from_raw(NonNull::new_unchecked(buf.cast())) }),
-            Err(e) => {
-                // SAFETY: Not exported, so `release` will never run: the box is still ours.
-                drop(unsafe { KBox::from_raw(private) });
-                Err(e)
-            }
-        }
-    }
-
     /// Takes a reference to the buffer behind file descriptor `fd` (an importer's entry point).
     pub fn get(fd: i32) -> Result<ARef<Self>> {
         // SAFETY: `dma_buf_get()` checks that `fd` is a dma-buf and takes a reference.
@@ -177,6 +148,110 @@ impl DmaBuf {
         // SAFETY: The buffer is valid and its reservation lock is held (checked above).
         unsafe { bindings::dma_buf_invalidate_mappings(self.as_raw()) };
         Ok(())
+    }
+}
+
+/// What an exported buffer's `priv` points to: the exporter and its revocation state.
+struct Private<E> {
+    exporter: E,
+    revoked: AtomicBool,
+}
+
+/// A buffer as its exporter holds it: a [`DmaBuf`] reference that can also revoke the buffer.
+///
+/// # Invariants
+///
+/// `buf` was exported by [`Exported::export`] with `ExporterOps::<E>::OPS`, so its `priv` is a
+/// `Private<E>`.
+pub struct Exported<E: Exporter> {
+    buf: ARef<DmaBuf>,
+    _exporter: PhantomData<E>,
+}
+
+impl<E: Exporter> Exported<E> {
+    /// Exports a buffer of `size` bytes backed by `exporter`, with its own reservation object.
+    ///
+    /// `module` (the exporter's `THIS_MODULE`) is kept loaded while the buffer exists.
+    pub fn export(
+        exporter: E,
+        size: usize,
+        module: &'static ThisModule,
+        flags: Flags,
+    ) -> Result<Self> {
+        let private = KBox::into_raw(KBox::new(
+            Private {
+                exporter,
+                revoked: AtomicBool::new(false),
+            },
+            flags,
+        )?);
+        let info = bindings::dma_buf_export_info {
+            exp_name: E::NAME.as_char_ptr(),
+            owner: module.as_ptr(),
+            ops: &ExporterOps::<E>::OPS,
+            size,
+            // CAST: `O_RDWR` fits in an `int`.
+            flags: bindings::O_RDWR as i32,
+            resv: core::ptr::null_mut(),
+            priv_: private.cast(),
+        };
+        // SAFETY: `info` is a valid export description; `OPS` is a static vtable whose callbacks
+        // find the `Private<E>` through `priv`.
+        match from_err_ptr(unsafe { bindings::dma_buf_export(&info) }) {
+            Ok(buf) => {
+                // SAFETY: The new buffer holds one reference (its file's), which the `ARef`
+                // takes; `buf` is not null.
+                let buf = unsafe { ARef::from_raw(NonNull::new_unchecked(buf.cast())) };
+                // INVARIANT: exported with `ExporterOps::<E>::OPS` and a `Private<E>`.
+                Ok(Self {
+                    buf,
+                    _exporter: PhantomData,
+                })
+            }
+            Err(e) => {
+                // SAFETY: Not exported, so `release` will never run: the box is still ours.
+                drop(unsafe { KBox::from_raw(private) });
+                Err(e)
+            }
+        }
+    }
+
+    fn private(&self) -> &Private<E> {
+        // SAFETY: `priv` is a `Private<E>` (type invariants), freed only when the buffer is
+        // released, which the reference in `self.buf` prevents.
+        unsafe { &*(*self.buf.as_raw()).priv_.cast::<Private<E>>() }
+    }
+
+    /// The exporter.
+    pub fn exporter(&self) -> &E {
+        &self.private().exporter
+    }
+
+    /// Another reference to the buffer, for importers and file descriptors.
+    pub fn buf(&self) -> ARef<DmaBuf> {
+        self.buf.clone()
+    }
+
+    /// Revokes the buffer (its memory is going away, for example because the device is being
+    /// unbound): every importer's mappings are invalidated before this returns, and every later
+    /// pin or map fails with [`ENODEV`]. Needs the buffer's reservation lock.
+    pub fn revoke(&self, guard: &ResvGuard<'_>) -> Result {
+        self.buf.is_locked_by(guard)?;
+        self.private().revoked.store(true, Ordering::Release);
+        self.buf.invalidate_mappings(guard)
+    }
+
+    /// Whether the buffer has been revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.private().revoked.load(Ordering::Acquire)
+    }
+}
+
+impl<E: Exporter> Deref for Exported<E> {
+    type Target = DmaBuf;
+
+    fn deref(&self) -> &DmaBuf {
+        &self.buf
     }
 }
 
@@ -275,10 +350,19 @@ impl<E: Exporter> ExporterOps<E> {
 
     /// # Safety
     ///
-    /// `buf` must be a buffer exported by [`DmaBuf::export::<E>`], not yet released.
+    /// `buf` must be a buffer exported by [`Exported::<E>::export`], not yet released.
+    unsafe fn private<'a>(buf: *mut bindings::dma_buf) -> &'a Private<E> {
+        // SAFETY: `priv` is the `KBox<Private<E>>` that `export()` leaked, freed only by
+        // `release`.
+        unsafe { &*(*buf).priv_.cast::<Private<E>>() }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`Self::private`].
     unsafe fn exporter<'a>(buf: *mut bindings::dma_buf) -> &'a E {
-        // SAFETY: `priv` is the `KBox<E>` that `export()` leaked, freed only by `release`.
-        unsafe { &*(*buf).priv_.cast::<E>() }
+        // SAFETY: Guaranteed by the caller.
+        unsafe { &Self::private(buf).exporter }
     }
 
     extern "C" fn attach(
@@ -301,8 +385,11 @@ impl<E: Exporter> ExporterOps<E> {
 
     extern "C" fn pin(att: *mut bindings::dma_buf_attachment) -> i32 {
         // SAFETY: The attachment is valid and its buffer is ours.
-        let (e, a) = unsafe { (Self::exporter((*att).dmabuf), Attachment::from_raw(att)) };
-        match e.pin(a) {
+        let (p, a) = unsafe { (Self::private((*att).dmabuf), Attachment::from_raw(att)) };
+        if p.revoked.load(Ordering::Acquire) {
+            return ENODEV.to_errno();
+        }
+        match p.exporter.pin(a) {
             Ok(()) => 0,
             Err(err) => err.to_errno(),
         }
@@ -319,8 +406,11 @@ impl<E: Exporter> ExporterOps<E> {
         dir: bindings::dma_data_direction,
     ) -> *mut bindings::sg_table {
         // SAFETY: As in `pin`.
-        let (e, a) = unsafe { (Self::exporter((*att).dmabuf), Attachment::from_raw(att)) };
-        match e.map(a, direction(dir)) {
+        let (p, a) = unsafe { (Self::private((*att).dmabuf), Attachment::from_raw(att)) };
+        if p.revoked.load(Ordering::Acquire) {
+            return ENODEV.to_ptr();
+        }
+        match p.exporter.map(a, direction(dir)) {
             Ok(table) => table.into_raw(),
             Err(err) => err.to_ptr(),
         }
@@ -345,7 +435,7 @@ impl<E: Exporter> ExporterOps<E> {
     extern "C" fn release(buf: *mut bindings::dma_buf) {
         // SAFETY: The last reference is gone: nothing uses the exporter any more, and `priv` is
         // the box `export()` leaked.
-        drop(unsafe { KBox::from_raw((*buf).priv_.cast::<E>()) });
+        drop(unsafe { KBox::from_raw((*buf).priv_.cast::<Private<E>>()) });
     }
 }
 
@@ -661,12 +751,12 @@ mod tests {
     // SAFETY: A null module pointer stands for code built into the kernel, as these tests are.
     static BUILTIN: ThisModule = unsafe { ThisModule::from_ptr(core::ptr::null_mut()) };
 
-    fn export() -> Result<(ARef<DmaBuf>, Arc<Calls>)> {
+    fn export() -> Result<(Exported<TestExporter>, Arc<Calls>)> {
         let calls = Arc::new(Calls::default(), GFP_KERNEL)?;
         let exporter = TestExporter {
             calls: calls.clone(),
         };
-        let buf = DmaBuf::export(exporter, SIZE as usize, &BUILTIN, GFP_KERNEL)?;
+        let buf = Exported::export(exporter, SIZE as usize, &BUILTIN, GFP_KERNEL)?;
         Ok((buf, calls))
     }
 
@@ -741,6 +831,25 @@ mod tests {
         // A guard of another object is refused.
         let other = KBox::pin_init(DmaResv::new(), GFP_KERNEL)?;
         assert_eq!(buf.invalidate_mappings(&other.lock()), Err(EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn revoked_buffer_refuses_maps() -> Result {
+        let dev = ImportingDevice::new(64 * 1024, u64::MAX)?;
+        let (buf, calls) = export()?;
+        let att = ImportAttachment::new(&buf, dev.device(), importer(), GFP_KERNEL)?;
+        let guard = buf.resv().lock();
+        drop(att.map(&guard, DataDirection::ToDevice)?);
+        assert!(!buf.is_revoked());
+        buf.revoke(&guard)?;
+        assert!(buf.is_revoked());
+        // The importer was told before `revoke()` returned.
+        assert_eq!(n(&att.importer().invalidations), 1);
+        assert!(matches!(att.map(&guard, DataDirection::ToDevice), Err(e) if e == ENODEV));
+        assert_eq!(att.pin(&guard), Err(ENODEV));
+        // The exporter's own map and pin were not reached.
+        assert_eq!((n(&calls.map), n(&calls.pin)), (1, 0));
         Ok(())
     }
 
