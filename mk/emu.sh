@@ -25,21 +25,20 @@ if [ "$rc" -ne 0 ] && ! grep -q '^test result: FAILED' "$log"; then
 fi
 say "cargo test: $passed passed, $failed failed"
 
-if cargo clippy --locked --quiet --all-targets -- -D warnings >"$log" 2>&1; then
-	say "PASS cargo clippy --all-targets -D warnings"
-	passed=$((passed + 1))
-else
-	head -n 40 "$log"
-	say "FAIL cargo clippy"
-	failed=$((failed + 1))
-fi
-if cargo fmt --check >"$log" 2>&1; then
-	say "PASS cargo fmt --check"
-	passed=$((passed + 1))
-else
-	head -n 40 "$log"
-	say "FAIL cargo fmt --check"
-	failed=$((failed + 1))
-fi
+# One counted check: a command that must succeed quietly.
+check() {
+	local what=$1
+	shift
+	if "$@" >"$log" 2>&1; then
+		say "PASS $what"
+		passed=$((passed + 1))
+	else
+		head -n 40 "$log"
+		say "FAIL $what"
+		failed=$((failed + 1))
+	fi
+}
+check "cargo clippy --all-targets -D warnings" cargo clippy --locked --quiet --all-targets -- -D warnings
+check "cargo fmt --check" cargo fmt --check
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
