@@ -23,6 +23,16 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Every cause, in the order of their codes.
+    pub const ALL: [Cause; 6] = [
+        Cause::Translation,
+        Cause::Permission,
+        Cause::PeerUnreachable,
+        Cause::Bus,
+        Cause::Malformed,
+        Cause::RingState,
+    ];
+
     /// The value stored in `ERR_CAUSE`.
     pub const fn code(self) -> u32 {
         self as u32

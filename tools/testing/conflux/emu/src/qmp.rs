@@ -364,22 +364,27 @@ mod tests {
                     })
                 );
             }
-            // The switch peers reach each other at distance 4.
-            for a in 0..3 {
-                for b in 0..3 {
-                    let distance = if a == b { 0 } else { 4 };
-                    assert_eq!(t.p2p(a, b), P2p::BusAddr { distance }, "{a} <-> {b}");
+            // The learned fabric decides every pair exactly like the named rig with the same
+            // BARs: switch peers at distance 4, cfx3 only through a host bridge that allows it.
+            let bars: Vec<Bar> = BASES
+                .iter()
+                .map(|&base| Bar {
+                    base,
+                    size: 64 * MIB,
+                })
+                .collect();
+            let name = if zen {
+                "switch3+rp1-zen"
+            } else {
+                "switch3+rp1"
+            };
+            let rig = Topology::rig(name, &bars, &q35_ram(512 * MIB)).unwrap();
+            for a in 0..4 {
+                for b in 0..4 {
+                    assert_eq!(t.p2p(a, b), rig.p2p(a, b), "{a} <-> {b}");
                 }
-                // cfx3 only through the host bridge, if it allows it.
-                let across = if zen {
-                    P2p::ThruHostBridge
-                } else {
-                    P2p::NotSupported
-                };
-                assert_eq!(t.p2p(a, 3), across);
-                assert_eq!(t.p2p(3, a), across);
             }
-            assert_eq!(t.p2p(3, 3), P2p::BusAddr { distance: 0 });
+            assert_eq!(t.p2p(0, 1), P2p::BusAddr { distance: 4 });
             // Routing follows: cfx1 from cfx0, cfx3 from cfx2 (zen only).
             let vram = |i: usize| BASES[i] + crate::regs::VRAM_OFFSET;
             assert_eq!(t.route(0, vram(1), 4096).unwrap().path, Route::Peer);

@@ -253,15 +253,10 @@ fn error_table() {
         .iter()
         .map(|r| (num(&r[0]), r[1].clone()))
         .collect();
-    let causes = [
-        Cause::Translation,
-        Cause::Permission,
-        Cause::PeerUnreachable,
-        Cause::Bus,
-        Cause::Malformed,
-        Cause::RingState,
-    ];
-    assert_eq!(got, causes.map(|c| (u64::from(c.code()), c.to_string())));
+    assert_eq!(
+        got,
+        Cause::ALL.map(|c| (u64::from(c.code()), c.to_string()))
+    );
 }
 
 #[test]

@@ -1092,14 +1092,7 @@ fn fuzz_random_slots_and_page_tables() {
         moved.iter().all(|&n| n > MIB),
         "bytes moved (local, p2p, system): {moved:?}"
     );
-    for cause in [
-        Cause::Translation,
-        Cause::Permission,
-        Cause::PeerUnreachable,
-        Cause::Bus,
-        Cause::Malformed,
-        Cause::RingState,
-    ] {
+    for cause in Cause::ALL {
         assert!(causes.contains(&cause), "no {cause} seen");
     }
 }
