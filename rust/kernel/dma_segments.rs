@@ -314,12 +314,14 @@ impl<I: Iterator<Item = DmaRange>> Iterator for SegmentPlan<I> {
 ///
 /// The table lives at a stable address and can be handed to C code (a dma-buf `map_dma_buf`
 /// callback returns it) with [`DmaSGTable::into_raw`] and taken back with
-/// [`DmaSGTable::from_raw`]. Dropping it frees every entry, chained chunks included.
+/// [`DmaSGTable::from_raw`]. Dropping it frees every entry, chained chunks included, and then
+/// drops its backing ([`DmaSGTable::with_backing`]): the DMA mappings the addresses came from.
 ///
 /// # Invariants
 ///
-/// `sgt` holds a `struct sg_table` allocated by `sg_alloc_table()` for `nents` entries, every one
-/// of them filled with a segment, with `orig_nents == 0`. Nothing modifies it after construction.
+/// `inner.sgt` holds a `struct sg_table` allocated by `sg_alloc_table()` for `nents` entries,
+/// every one of them filled with a segment, with `orig_nents == 0`. Nothing modifies it after
+/// construction. `inner.backing` is dropped only after the table has been freed.
 ///
 /// # Examples
 ///
@@ -336,7 +338,15 @@ impl<I: Iterator<Item = DmaRange>> Iterator for SegmentPlan<I> {
 /// # Ok::<(), Error>(())
 /// ```
 pub struct DmaSGTable {
-    sgt: KBox<Opaque<bindings::sg_table>>,
+    inner: KBox<TableBox>,
+}
+
+/// The allocation behind a [`DmaSGTable`]: the table first, so that a pointer to it is a pointer
+/// to the whole box, then whatever keeps the table's addresses valid.
+#[repr(C)]
+struct TableBox {
+    sgt: Opaque<bindings::sg_table>,
+    backing: Option<KBox<dyn Send + Sync>>,
 }
 
 impl DmaSGTable {
@@ -354,7 +364,14 @@ impl DmaSGTable {
             DmaAddress::try_from(seg.addr + u64::from(seg.len - 1)).map_err(|_| EOVERFLOW)?;
             nents = nents.checked_add(1).ok_or(EOVERFLOW)?;
         }
-        let sgt = KBox::new(Opaque::<bindings::sg_table>::zeroed(), flags)?;
+        let inner = KBox::new(
+            TableBox {
+                sgt: Opaque::zeroed(),
+                backing: None,
+            },
+            flags,
+        )?;
+        let sgt = &inner.sgt;
         // SAFETY: `sgt.get()` is a valid, zeroed `struct sg_table`; `nents` is at least 1 because
         // a plan is never empty.
         to_result(unsafe { bindings::sg_alloc_table(sgt.get(), nents, flags.as_raw()) })?;
@@ -385,21 +402,30 @@ impl DmaSGTable {
         // SAFETY: `sgt` is a valid table; `nents` stays as `sg_alloc_table()` set it.
         unsafe { (*sgt.get()).orig_nents = 0 };
         // INVARIANT: allocated for `nents` entries, all filled, `orig_nents` cleared.
-        Ok(Self { sgt })
+        Ok(Self { inner })
+    }
+
+    /// Makes the table own `backing`, dropped only after the table has been freed: the DMA
+    /// mappings its addresses come from, for instance, so that dropping the table unmaps exactly
+    /// what was mapped for it.
+    pub fn with_backing(mut self, backing: KBox<dyn Send + Sync>) -> Self {
+        self.inner.backing = Some(backing);
+        self
     }
 
     /// The number of entries.
     pub fn nents(&self) -> u32 {
-        // SAFETY: `self.sgt` is a valid `struct sg_table` by the type invariants.
-        unsafe { (*self.sgt.get()).nents }
+        // SAFETY: `self.inner.sgt` is a valid `struct sg_table` by the type invariants.
+        unsafe { (*self.inner.sgt.get()).nents }
     }
 
     /// Gives up ownership of the table, to C code that returns it through [`Self::from_raw`].
     pub fn into_raw(self) -> *mut bindings::sg_table {
-        let sgt = core::mem::ManuallyDrop::new(self);
-        // SAFETY: `sgt` is never dropped, so the box is moved out exactly once.
-        let sgt = unsafe { core::ptr::read(&sgt.sgt) };
-        KBox::into_raw(sgt).cast()
+        let table = core::mem::ManuallyDrop::new(self);
+        // SAFETY: `table` is never dropped, so the box is moved out exactly once.
+        let inner = unsafe { core::ptr::read(&table.inner) };
+        // CAST: `TableBox` is `repr(C)` with the `repr(transparent)` table first.
+        KBox::into_raw(inner).cast()
     }
 
     /// Takes back a table given up with [`Self::into_raw`].
@@ -408,11 +434,11 @@ impl DmaSGTable {
     ///
     /// `ptr` must come from [`Self::into_raw`] and must not be used by anyone else afterwards.
     pub unsafe fn from_raw(ptr: *mut bindings::sg_table) -> Self {
-        // SAFETY: By the safety requirements, `ptr` is the pointer of a `KBox` that
-        // `into_raw()` leaked; `Opaque<sg_table>` is `repr(transparent)` over `sg_table`.
-        let sgt = unsafe { KBox::from_raw(ptr.cast::<Opaque<bindings::sg_table>>()) };
+        // SAFETY: By the safety requirements, `ptr` is the pointer of the `KBox<TableBox>` that
+        // `into_raw()` leaked: the table is the first field of the `repr(C)` box.
+        let inner = unsafe { KBox::from_raw(ptr.cast::<TableBox>()) };
         // INVARIANT: the table is the one `into_raw()` gave up, unchanged.
-        Self { sgt }
+        Self { inner }
     }
 }
 
@@ -420,9 +446,9 @@ impl Deref for DmaSGTable {
     type Target = SGTable;
 
     fn deref(&self) -> &SGTable {
-        // SAFETY: `self.sgt` is a valid `struct sg_table` for as long as `self` is borrowed, and
-        // nothing modifies it after construction (type invariants).
-        unsafe { SGTable::from_raw(self.sgt.get()) }
+        // SAFETY: `self.inner.sgt` is a valid `struct sg_table` for as long as `self` is
+        // borrowed, and nothing modifies it after construction (type invariants).
+        unsafe { SGTable::from_raw(self.inner.sgt.get()) }
     }
 }
 
@@ -430,10 +456,11 @@ impl Drop for DmaSGTable {
     fn drop(&mut self) {
         // `sg_free_table()` frees `orig_nents` entries: with the 0 that marks a DMA-only table it
         // would free none and leak the list, so the count comes back first.
-        // SAFETY: `self.sgt` is a valid table allocated by `sg_alloc_table()` for `nents`
+        // The backing, if any, goes after the table, when `inner` is dropped.
+        // SAFETY: `self.inner.sgt` is a valid table allocated by `sg_alloc_table()` for `nents`
         // entries (type invariants), freed exactly once, here.
         unsafe {
-            let sgt = self.sgt.get();
+            let sgt = self.inner.sgt.get();
             (*sgt).orig_nents = (*sgt).nents;
             bindings::sg_free_table(sgt);
         }
@@ -1072,7 +1099,7 @@ mod tests {
         let table = DmaSGTable::new(SegmentPlan::new(input.iter().copied(), lim)?, GFP_KERNEL)?;
         assert_eq!(check_table(&input, lim, &table)?, 65);
         // SAFETY: the table is valid while `table` lives; only read here.
-        assert_eq!(unsafe { (*table.sgt.get()).orig_nents }, 0);
+        assert_eq!(unsafe { (*table.inner.sgt.get()).orig_nents }, 0);
         Ok(())
     }
 
