@@ -272,7 +272,7 @@ impl Attachment {
         unsafe { &*ptr.cast() }
     }
 
-    fn as_raw(&self) -> *mut bindings::dma_buf_attachment {
+    pub(crate) fn as_raw(&self) -> *mut bindings::dma_buf_attachment {
         self.0.get()
     }
 

@@ -1,0 +1,1009 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! PCI peer-to-peer DMA: BAR memory providers, the route from a provider to a client device, bus
+//! addresses, host-bridge mappings of MMIO, and the dma-buf tables of BAR memory.
+//!
+//! C header: [`include/linux/pci-p2pdma.h`](srctree/include/linux/pci-p2pdma.h)
+//!
+//! A device that shares memory behind one of its BARs gets a [`Provider`] for that BAR
+//! ([`Provider::of_bar`]), valid while the device stays bound. The kernel decides from the PCI
+//! topology how a client device reaches the provider's memory, a [`MapType`]
+//! ([`Provider::map_type`]):
+//!
+//! - [`MapType::BusAddress`]: both sit below one PCI switch (a common upstream bridge); the
+//!   client uses bus addresses ([`Provider::bus_address`]) and the traffic never reaches the host
+//!   bridge;
+//! - [`MapType::ThroughHostBridge`]: the host bridge forwards peer-to-peer traffic between its
+//!   root ports (some AMD Zen and Intel parts); the client maps the MMIO with the DMA API
+//!   ([`MmioMapping`]);
+//! - [`MapType::NotSupported`]: no peer-to-peer route; the exporter has to fall back (to system
+//!   memory, say) or refuse.
+//!
+//! [`Provider::map_attachment`] is the `map_dma_buf` of an exporter of BAR memory: it picks the
+//! route for the attachment's device, refuses with [`EOPNOTSUPP`] or [`EXDEV`] and a one-line
+//! reason in the log when there is none, and builds a [`DmaSGTable`] split by the importer's
+//! maximum segment size **and** segment boundary; dropping the table undoes any mapping made for
+//! it. Unlike `dma_buf_phys_vec_to_sgt()`, which emits one entry per physical range however large,
+//! every entry it returns is one the importer can take.
+
+use crate::{
+    alloc::Flags,
+    bindings,
+    device::{
+        self,
+        Bound, //
+    },
+    dma::{
+        DataDirection,
+        DmaAddress, //
+    },
+    dma_segments::DmaRange,
+    pci,
+    prelude::*,
+    sync::aref::ARef,
+    types::Opaque, //
+};
+
+#[cfg(CONFIG_DMA_SHARED_BUFFER)]
+use crate::{
+    dma_buf::Attachment,
+    dma_segments::{
+        DmaSGTable,
+        SegmentPlan, //
+    },
+};
+
+/// How a client device reaches a provider's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapType {
+    /// Through PCI switches, with bus addresses.
+    BusAddress,
+    /// Through the host bridge, with addresses the DMA API maps for the client.
+    ThroughHostBridge,
+    /// No peer-to-peer route.
+    NotSupported,
+}
+
+impl MapType {
+    #[cfg(CONFIG_PCI_P2PDMA)]
+    fn from_raw(t: bindings::pci_p2pdma_map_type) -> Self {
+        match t {
+            bindings::pci_p2pdma_map_type_PCI_P2PDMA_MAP_BUS_ADDR => Self::BusAddress,
+            bindings::pci_p2pdma_map_type_PCI_P2PDMA_MAP_THRU_HOST_BRIDGE => {
+                Self::ThroughHostBridge
+            }
+            _ => Self::NotSupported,
+        }
+    }
+
+    /// A short name, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BusAddress => "bus-address",
+            Self::ThroughHostBridge => "host-bridge",
+            Self::NotSupported => "not-supported",
+        }
+    }
+}
+
+/// The peer-to-peer provider of one memory BAR of a PCI device (`struct p2pdma_provider`).
+///
+/// # Invariants
+///
+/// The inner `struct p2pdma_provider` was returned by `pcim_p2pdma_provider()` for a memory BAR of
+/// a bound device; it stays valid while the device is bound, which a reference to it never
+/// outlives (it borrows the `&pci::Device<Bound>` it came from).
+#[repr(transparent)]
+pub struct Provider(Opaque<bindings::p2pdma_provider>);
+
+impl Provider {
+    /// Sets `pdev` up for peer-to-peer DMA (`pcim_p2pdma_init()`, undone when the driver unbinds)
+    /// and returns the provider of its BAR `bar`.
+    ///
+    /// Returns [`EINVAL`] if `bar` is not one of the device's memory BARs, and [`EOPNOTSUPP`] if
+    /// the kernel is built without `CONFIG_PCI_P2PDMA` or the device's BARs cannot be mapped.
+    pub fn of_bar<'a>(pdev: &'a pci::Device<Bound>, bar: u32) -> Result<&'a Self> {
+        if bar >= bindings::PCI_STD_NUM_BARS {
+            dev_err!(
+                pdev.as_ref(),
+                "p2pdma: provider for BAR {}: no such BAR (there are {})\n",
+                bar,
+                bindings::PCI_STD_NUM_BARS
+            );
+            return Err(EINVAL);
+        }
+        Self::of_valid_bar(pdev, bar)
+    }
+
+    #[cfg(CONFIG_PCI_P2PDMA)]
+    fn of_valid_bar<'a>(pdev: &'a pci::Device<Bound>, bar: u32) -> Result<&'a Self> {
+        // SAFETY: `pdev` is a valid, bound device: its device resources are released at unbind.
+        crate::error::to_result(unsafe { bindings::pcim_p2pdma_init(pdev.as_raw()) })?;
+        // SAFETY: `pdev` is valid and set up for P2P just above; `bar` is below
+        // `PCI_STD_NUM_BARS`, so the cast cannot truncate.
+        let p = unsafe { bindings::pcim_p2pdma_provider(pdev.as_raw(), bar as i32) };
+        if p.is_null() {
+            dev_err!(
+                pdev.as_ref(),
+                "p2pdma: provider for BAR {}: not a memory BAR\n",
+                bar
+            );
+            return Err(EINVAL);
+        }
+        // SAFETY: `p` is valid while `pdev` stays bound, for at least `'a`; `Provider` is
+        // `repr(transparent)`.
+        // INVARIANT: returned by `pcim_p2pdma_provider()` for a bound device, borrowed for `'a`.
+        Ok(unsafe { &*p.cast::<Self>() })
+    }
+
+    #[cfg(not(CONFIG_PCI_P2PDMA))]
+    fn of_valid_bar<'a>(pdev: &'a pci::Device<Bound>, _bar: u32) -> Result<&'a Self> {
+        dev_err!(
+            pdev.as_ref(),
+            "p2pdma: the kernel is built without CONFIG_PCI_P2PDMA\n"
+        );
+        Err(EOPNOTSUPP)
+    }
+
+    fn as_raw(&self) -> *mut bindings::p2pdma_provider {
+        self.0.get()
+    }
+
+    /// The device whose BAR this is.
+    pub fn owner(&self) -> &device::Device {
+        // SAFETY: The provider is valid (type invariants) and its owner is the bound device it
+        // came from, alive for at least as long.
+        unsafe { device::Device::from_raw((*self.as_raw()).owner) }
+    }
+
+    /// How `client` reaches this provider's memory. The kernel computes it from the topology
+    /// once per pair and caches it; computing it may log why there is no route.
+    pub fn map_type(&self, client: &device::Device) -> MapType {
+        #[cfg(CONFIG_PCI_P2PDMA)]
+        {
+            // SAFETY: Both are valid; the function only reads them.
+            MapType::from_raw(unsafe {
+                bindings::pci_p2pdma_map_type(self.as_raw(), client.as_raw())
+            })
+        }
+        #[cfg(not(CONFIG_PCI_P2PDMA))]
+        {
+            let _ = client;
+            MapType::NotSupported
+        }
+    }
+
+    /// The bus address of the byte at CPU physical address `phys` of this BAR, for a client
+    /// with [`MapType::BusAddress`] (`pci_p2pdma_bus_addr_map()`).
+    pub fn bus_address(&self, phys: u64) -> DmaAddress {
+        // SAFETY: The provider is valid (type invariants); `bus_offset` never changes.
+        let offset = unsafe { (*self.as_raw()).bus_offset };
+        // The offset is a difference of two addresses, negative on some platforms: the sum wraps
+        // exactly as in C.
+        phys.wrapping_add(offset)
+    }
+
+    /// The route for `attachment`'s device, or a refusal, with its reason in the log:
+    /// [`EOPNOTSUPP`] if the importer does not accept peer-to-peer addresses, [`EXDEV`] if the
+    /// topology has no peer-to-peer route between the two devices.
+    #[cfg(CONFIG_DMA_SHARED_BUFFER)]
+    pub fn route(&self, attachment: &Attachment) -> Result<MapType> {
+        let importer = attachment.device();
+        if !attachment.peer2peer() {
+            dev_info!(
+                self.owner(),
+                "p2pdma: no BAR memory for {}: the importer does not accept peer-to-peer addresses (-EOPNOTSUPP)\n",
+                importer.name()
+            );
+            return Err(EOPNOTSUPP);
+        }
+        match self.map_type(importer) {
+            MapType::NotSupported => {
+                dev_info!(
+                    self.owner(),
+                    "p2pdma: no BAR memory for {}: no peer-to-peer route between the devices (-EXDEV)\n",
+                    importer.name()
+                );
+                Err(EXDEV)
+            }
+            route => Ok(route),
+        }
+    }
+
+    /// Maps BAR memory at the CPU physical `ranges` of this provider's BAR for `attachment`.
+    ///
+    /// Picks the route with [`Provider::route`] (so it fails with [`EOPNOTSUPP`] or [`EXDEV`]
+    /// where there is none: the exporter can fall back then); translates to bus addresses, or
+    /// maps each range for the importer through the host bridge; and builds a table whose every
+    /// entry honours the importer's maximum segment size and segment boundary. Dropping the table
+    /// unmaps what was mapped for it; so does every error path.
+    #[cfg(CONFIG_DMA_SHARED_BUFFER)]
+    pub fn map_attachment(
+        &self,
+        ranges: &[DmaRange],
+        attachment: &Attachment,
+        dir: DataDirection,
+        flags: Flags,
+    ) -> Result<DmaSGTable> {
+        if ranges.is_empty() {
+            dev_err!(
+                self.owner(),
+                "p2pdma: map for {}: no physical range\n",
+                attachment.device().name()
+            );
+            return Err(EINVAL);
+        }
+        let route = self.route(attachment)?;
+        let limits = attachment.limits()?;
+        if route == MapType::BusAddress {
+            let mut bus = KVec::with_capacity(ranges.len(), flags)?;
+            for r in ranges {
+                bus.push(DmaRange::new(self.bus_address(r.addr()), r.len())?, flags)?;
+            }
+            return DmaSGTable::new(SegmentPlan::new(bus.iter().copied(), limits)?, flags);
+        }
+        let mut mapping = KBox::new(
+            MmioMapping::new(attachment.device(), dir, ranges.len(), flags)?,
+            flags,
+        )?;
+        for r in ranges {
+            mapping.map(*r)?;
+        }
+        let table = DmaSGTable::new(
+            SegmentPlan::new(mapping.ranges().iter().copied(), limits)?,
+            flags,
+        )?;
+        Ok(table.with_backing(mapping))
+    }
+}
+
+/// The peer-to-peer distance from `provider` to every client: the largest of the distances, or
+/// [`None`] if one of the clients has no route (`pci_p2pdma_distance_many()`). With `verbose`,
+/// the kernel logs why a client has none.
+pub fn distance(
+    provider: &pci::Device,
+    clients: &[&device::Device],
+    verbose: bool,
+) -> Result<Option<u32>> {
+    #[cfg(CONFIG_PCI_P2PDMA)]
+    {
+        let mut raw = KVec::with_capacity(clients.len(), GFP_KERNEL)?;
+        for c in clients {
+            raw.push(c.as_raw(), GFP_KERNEL)?;
+        }
+        let n = i32::try_from(raw.len())?;
+        // SAFETY: `provider` and every client are valid; `raw` holds `n` device pointers.
+        let d = unsafe {
+            bindings::pci_p2pdma_distance_many(provider.as_raw(), raw.as_mut_ptr(), n, verbose)
+        };
+        Ok(u32::try_from(d).ok())
+    }
+    #[cfg(not(CONFIG_PCI_P2PDMA))]
+    {
+        let _ = (provider, clients, verbose);
+        Ok(None)
+    }
+}
+
+/// MMIO ranges mapped for DMA by one device, through the host bridge (`dma_map_resource()`);
+/// dropping it unmaps every one.
+///
+/// The device must stay bound to its driver while the mapping exists; an importer detaches from
+/// a dma-buf before it unbinds, so the mappings of its attachments satisfy this.
+///
+/// # Invariants
+///
+/// Every entry of `mapped` is a DMA range that `dma_map_resource(dev, _, len, dir, 0)` returned
+/// and that has not been unmapped; `mapped` never grows beyond the capacity reserved at creation.
+pub struct MmioMapping {
+    dev: ARef<device::Device>,
+    dir: DataDirection,
+    mapped: KVec<DmaRange>,
+}
+
+impl MmioMapping {
+    /// A mapping for `dev`, with room for `capacity` ranges, empty.
+    pub fn new(
+        dev: &device::Device,
+        dir: DataDirection,
+        capacity: usize,
+        flags: Flags,
+    ) -> Result<Self> {
+        Ok(Self {
+            dev: dev.into(),
+            dir,
+            mapped: KVec::with_capacity(capacity, flags)?,
+        })
+    }
+
+    /// Maps the MMIO range at CPU physical addresses `phys` and returns its DMA range.
+    ///
+    /// Returns [`ENOSPC`] beyond the capacity given at creation, [`EOVERFLOW`] if `phys` does not
+    /// fit the platform's addresses, and [`EIO`] if the DMA API cannot map it for the device.
+    pub fn map(&mut self, phys: DmaRange) -> Result<DmaRange> {
+        if self.mapped.len() == self.mapped.capacity() {
+            return Err(ENOSPC);
+        }
+        let addr = bindings::phys_addr_t::try_from(phys.addr()).map_err(|_| EOVERFLOW)?;
+        let len = usize::try_from(phys.len()).map_err(|_| EOVERFLOW)?;
+        let dev = self.dev.as_raw();
+        // SAFETY: `dev` is a valid device (it holds a reference); the range is MMIO.
+        let dma = unsafe { bindings::dma_map_resource(dev, addr, len, self.dir.into(), 0) };
+        // SAFETY: `dma` was just returned for `dev`.
+        if unsafe { bindings::dma_mapping_error(dev, dma) } != 0 {
+            dev_err!(
+                &*self.dev,
+                "p2pdma: cannot map MMIO {:#x}+{:#x} through the host bridge\n",
+                phys.addr(),
+                phys.len()
+            );
+            return Err(EIO);
+        }
+        let range = match DmaRange::new(dma, phys.len()) {
+            Ok(r) => r,
+            Err(e) => {
+                // SAFETY: `dma` was mapped just above with these arguments, and is not kept.
+                unsafe { bindings::dma_unmap_resource(dev, dma, len, self.dir.into(), 0) };
+                return Err(e);
+            }
+        };
+        // INVARIANT: room was checked above, so the push cannot fail and lose the mapping.
+        self.mapped.push(range, GFP_NOWAIT)?;
+        Ok(range)
+    }
+
+    /// The DMA ranges mapped so far, in order.
+    pub fn ranges(&self) -> &[DmaRange] {
+        &self.mapped
+    }
+}
+
+impl Drop for MmioMapping {
+    fn drop(&mut self) {
+        for r in self.mapped.iter().rev() {
+            // CAST: every mapped range was created from a `usize` length and a `dma_addr_t`.
+            // SAFETY: `r` is mapped for `dev` with these arguments (type invariants) and is
+            // unmapped once, here.
+            unsafe {
+                bindings::dma_unmap_resource(
+                    self.dev.as_raw(),
+                    r.addr() as DmaAddress,
+                    r.len() as usize,
+                    self.dir.into(),
+                    0,
+                )
+            };
+        }
+    }
+}
+
+/// These tests need real PCI devices: they run in the guest of the Conflux QEMU rig, whose
+/// accelerators are at 0000:03:00.0, 04:00.0 and 05:00.0 behind one switch and at 06:00.0 on
+/// another root port. Each case registers a driver for them and runs in the probe of 03:00.0,
+/// the provider, then fails that probe so that nothing stays bound or set up.
+#[cfg(CONFIG_RUST_PCI_P2PDMA_KUNIT_TEST)]
+#[macros::kunit_tests(rust_pci_p2pdma)]
+mod tests {
+    use super::*;
+    use crate::{
+        device::Core,
+        device_id::IdArray,
+        dma_buf::{
+            Exported,
+            Exporter,
+            ImportAttachment,
+            Importer, //
+        },
+        dma_segments::SegmentLimits,
+        driver,
+        error::to_result,
+        faux,
+        scatterlist::SGTable,
+        time::{
+            Instant,
+            Monotonic, //
+        },
+        ThisModule,
+    };
+    use core::{
+        ptr::NonNull,
+        sync::atomic::{
+            AtomicI32,
+            AtomicU32,
+            Ordering, //
+        },
+    };
+
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    const PROVIDER: u16 = 0x0300;
+    const SWITCH_PEER: u16 = 0x0400;
+    const SWITCH_PEER_2: u16 = 0x0500;
+    const OTHER_PORT: u16 = 0x0600;
+    const VRAM_BAR: u32 = 2;
+    /// The importers' limits: 64 KiB segments that do not cross 1 MiB boundaries.
+    const SEG: u32 = 64 * 1024;
+    const BOUNDARY: u64 = MIB - 1;
+
+    /// Fails the probe body with a message naming the check.
+    macro_rules! check {
+        ($cond:expr, $what:literal) => {
+            if !$cond {
+                pr_err!(
+                    "rust_pci_p2pdma: {}: failed: {}\n",
+                    $what,
+                    stringify!($cond)
+                );
+                return Err(EBADMSG);
+            }
+        };
+    }
+
+    // SAFETY: A null module pointer stands for code built into the kernel, as these tests are.
+    static BUILTIN: ThisModule = unsafe { ThisModule::from_ptr(core::ptr::null_mut()) };
+
+    const NOT_RUN: i32 = 1;
+    static OUTCOME: AtomicI32 = AtomicI32::new(NOT_RUN);
+
+    /// The accelerators' PCI ID (an ivshmem-doorbell function).
+    static IDS: IdArray<pci::DeviceId, (), 1> = IdArray::new([(
+        pci::DeviceId::from_id(pci::Vendor::REDHAT_QUMRANET, 0x1110),
+        &(),
+    )]);
+
+    /// A driver for the rig's accelerators that runs case `CASE` in the probe of the provider.
+    struct Probe<const CASE: u32>;
+
+    impl<const CASE: u32> pci::Driver for Probe<CASE> {
+        type IdInfo = ();
+        type Data<'bound> = Self;
+        const ID_TABLE: pci::IdTable<()> = &IDS;
+
+        fn probe<'bound>(
+            pdev: &'bound pci::Device<Core<'_>>,
+            _info: Option<&'bound ()>,
+        ) -> impl PinInit<Self, Error> + 'bound {
+            if pdev.dev_id() == PROVIDER && OUTCOME.load(Ordering::Relaxed) == NOT_RUN {
+                let r = match CASE {
+                    0 => routes(pdev),
+                    1 => importers(pdev),
+                    2 => benchmark(pdev),
+                    _ => bad_bars(pdev),
+                };
+                OUTCOME.store(r.map_or_else(|e| e.to_errno(), |()| 0), Ordering::Relaxed);
+            }
+            Err(ENODEV)
+        }
+    }
+
+    fn run<const CASE: u32>() -> Result {
+        OUTCOME.store(NOT_RUN, Ordering::Relaxed);
+        let reg = KBox::pin_init(
+            driver::Registration::<pci::Adapter<Probe<CASE>>>::new(c"rust-p2pdma-test", &BUILTIN),
+            GFP_KERNEL,
+        )?;
+        drop(reg);
+        match OUTCOME.load(Ordering::Relaxed) {
+            NOT_RUN => {
+                pr_err!("rust_pci_p2pdma: no accelerator probed at 0000:03:00.0\n");
+                Err(ENODEV)
+            }
+            0 => Ok(()),
+            e => Err(Error::from_errno(e)),
+        }
+    }
+
+    /// A device of the rig, by bus/device/function.
+    fn pci_dev(devid: u16) -> Result<ARef<pci::Device>> {
+        // SAFETY: FFI call without safety requirements; it returns a new reference or NULL.
+        let p = unsafe {
+            bindings::pci_get_domain_bus_and_slot(0, u32::from(devid >> 8), u32::from(devid & 0xff))
+        };
+        let Some(p) = NonNull::new(p.cast::<pci::Device>()) else {
+            pr_err!("rust_pci_p2pdma: no PCI device at 0000:{:04x}.0\n", devid);
+            return Err(ENODEV);
+        };
+        // SAFETY: `p` carries the reference taken for us; `pci::Device` is `repr(transparent)`.
+        Ok(unsafe { ARef::from_raw(p) })
+    }
+
+    fn dev(p: &pci::Device) -> &device::Device {
+        p.as_ref()
+    }
+
+    /// Importer-side DMA limits and a 64-bit DMA mask set on a device for the duration of a case,
+    /// restored on drop.
+    struct Limits {
+        dev: ARef<device::Device>,
+        own: Option<KBox<bindings::device_dma_parameters>>,
+        saved: (u32, crate::ffi::c_ulong, u64),
+    }
+
+    impl Limits {
+        fn set(dev: &device::Device, max_seg: u32, boundary: u64) -> Result<Self> {
+            let raw = dev.as_raw();
+            let mut own = None;
+            // SAFETY: `raw` is a valid device; the test is the only user of its DMA parameters and
+            // mask while it runs (nothing is bound to it).
+            unsafe {
+                if (*raw).dma_parms.is_null() {
+                    // SAFETY: All-zeroes is a valid `struct device_dma_parameters`.
+                    let mut p: KBox<bindings::device_dma_parameters> =
+                        KBox::new(core::mem::zeroed(), GFP_KERNEL)?;
+                    (*raw).dma_parms = &mut *p;
+                    own = Some(p);
+                }
+                let parms = (*raw).dma_parms;
+                let mask = if (*raw).dma_mask.is_null() {
+                    0
+                } else {
+                    *(*raw).dma_mask
+                };
+                let saved = (
+                    (*parms).max_segment_size,
+                    (*parms).segment_boundary_mask,
+                    mask,
+                );
+                (*parms).max_segment_size = max_seg;
+                (*parms).segment_boundary_mask = crate::ffi::c_ulong::try_from(boundary)?;
+                if !(*raw).dma_mask.is_null() {
+                    to_result(bindings::dma_set_mask(raw, u64::MAX))?;
+                }
+                Ok(Self {
+                    dev: dev.into(),
+                    own,
+                    saved,
+                })
+            }
+        }
+    }
+
+    impl Drop for Limits {
+        fn drop(&mut self) {
+            let raw = self.dev.as_raw();
+            // SAFETY: As in `set`; `own`, if any, is what `dma_parms` points to until reset here.
+            unsafe {
+                if self.own.is_some() {
+                    (*raw).dma_parms = core::ptr::null_mut();
+                } else {
+                    (*(*raw).dma_parms).max_segment_size = self.saved.0;
+                    (*(*raw).dma_parms).segment_boundary_mask = self.saved.1;
+                }
+                if !(*raw).dma_mask.is_null() {
+                    *(*raw).dma_mask = self.saved.2;
+                }
+            }
+        }
+    }
+
+    /// Whether an entry honours the importer's limits.
+    fn conforms(addr: u64, len: u64, limits: SegmentLimits) -> bool {
+        let mask = limits.seg_boundary_mask();
+        len <= u64::from(limits.max_seg_size()) && addr & !mask == (addr + len - 1) & !mask
+    }
+
+    /// Checks that `table`'s entries honour `limits` and tile `expect` exactly, in order.
+    fn tiles(table: &SGTable, expect: &[DmaRange], limits: SegmentLimits) -> Result<u32> {
+        let (mut i, mut next, mut left, mut entries) = (0usize, 0u64, 0u64, 0u32);
+        for e in table.iter() {
+            let (addr, len) = (e.dma_address(), e.dma_len());
+            if left == 0 {
+                check!(i < expect.len(), "entries beyond the expected ranges");
+                (next, left) = (expect[i].addr(), expect[i].len());
+                i += 1;
+            }
+            check!(
+                addr == next && len <= left,
+                "entries tile the expected ranges"
+            );
+            check!(
+                conforms(addr, len, limits),
+                "entry within the maximum segment size and segment boundary"
+            );
+            (next, left) = (addr + len, left - len);
+            entries += 1;
+        }
+        check!(
+            i == expect.len() && left == 0,
+            "entries cover every expected range"
+        );
+        Ok(entries)
+    }
+
+    /// 4 MiB + 12 KiB of VRAM, in two pieces, the first starting unaligned.
+    fn bar_ranges(pdev: &pci::Device<Bound>) -> Result<[DmaRange; 2]> {
+        let bar = pdev.resource_start(VRAM_BAR)?;
+        Ok([
+            DmaRange::new(bar + 0x40_3000, 3 * MIB)?,
+            DmaRange::new(bar + 0x80_0000, MIB + 12 * KIB)?,
+        ])
+    }
+
+    /// Where the exporter's fallback puts the buffer: system memory (addresses for the check).
+    const SYSMEM: u64 = 0x1_2340_0000;
+
+    /// Exports BAR memory through the provider, and falls back to system memory where the
+    /// provider refuses.
+    struct BarExporter {
+        provider: *const Provider,
+        ranges: [DmaRange; 2],
+        fallbacks: AtomicU32,
+        refusal: AtomicI32,
+    }
+
+    // SAFETY: The provider is only read, and outlives every buffer of the cases (they are gone
+    // before the probe that owns it returns).
+    unsafe impl Send for BarExporter {}
+
+    // SAFETY: As above.
+    unsafe impl Sync for BarExporter {}
+
+    impl BarExporter {
+        fn size(&self) -> u64 {
+            self.ranges.iter().map(|r| r.len()).sum()
+        }
+    }
+
+    impl Exporter for BarExporter {
+        const NAME: &'static CStr = c"rust-p2pdma-test";
+
+        fn map(&self, a: &Attachment, dir: DataDirection) -> Result<DmaSGTable> {
+            // SAFETY: See the `Send` implementation.
+            let provider = unsafe { &*self.provider };
+            match provider.map_attachment(&self.ranges, a, dir, GFP_KERNEL) {
+                Err(e) if e == EXDEV || e == EOPNOTSUPP => {
+                    self.refusal.store(e.to_errno(), Ordering::Relaxed);
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    let sys = [DmaRange::new(SYSMEM, self.size())?];
+                    DmaSGTable::new(
+                        SegmentPlan::new(sys.iter().copied(), a.limits()?)?,
+                        GFP_KERNEL,
+                    )
+                }
+                r => r,
+            }
+        }
+    }
+
+    struct TestImporter<const P2P: bool>;
+
+    impl<const P2P: bool> Importer for TestImporter<P2P> {
+        const ALLOW_PEER2PEER: bool = P2P;
+
+        fn invalidate_mappings(&self, _a: &Attachment) {}
+    }
+
+    fn routes(pdev: &pci::Device<Bound>) -> Result {
+        let provider = Provider::of_bar(pdev, VRAM_BAR)?;
+        check!(
+            core::ptr::eq(provider.owner(), dev(pdev)),
+            "the provider belongs to the device"
+        );
+        let peer = pci_dev(SWITCH_PEER)?;
+        let peer2 = pci_dev(SWITCH_PEER_2)?;
+        let other = pci_dev(OTHER_PORT)?;
+        let fx = faux::Registration::new(c"rust-p2pdma-nonpci", None)?;
+        let fdev: &faux::Device<Bound> = fx.as_ref();
+        let fdev: &device::Device<Bound> = fdev.as_ref();
+
+        check!(
+            provider.map_type(dev(&peer)) == MapType::BusAddress,
+            "a device behind the same switch uses bus addresses"
+        );
+        check!(
+            provider.map_type(dev(&peer2)) == MapType::BusAddress,
+            "so does the third device behind the switch"
+        );
+        check!(
+            provider.map_type(fdev) == MapType::NotSupported,
+            "a device that is not PCI has no route"
+        );
+        let far = provider.map_type(dev(&other));
+        pr_info!(
+            "rust_pci_p2pdma: route 0000:03:00.0 -> 0000:06:00.0: {}\n",
+            far.name()
+        );
+        check!(
+            far != MapType::BusAddress,
+            "a device on another root port never uses bus addresses"
+        );
+
+        let near = distance(pdev, &[dev(&peer), dev(&peer2)], false)?;
+        check!(
+            near.is_some_and(|d| d > 0),
+            "the switch peers have a distance"
+        );
+        let farther = distance(pdev, &[dev(&peer), dev(&other)], false)?;
+        check!(
+            farther.is_some() == (far == MapType::ThroughHostBridge),
+            "a distance exists across root ports exactly when the host bridge routes"
+        );
+        if let (Some(n), Some(f)) = (near, farther) {
+            check!(f > n, "the host-bridge route is longer");
+        }
+
+        let bar = pdev.resource_start(VRAM_BAR)?;
+        // The rig's host bridge does not translate: bus and CPU addresses are the same.
+        check!(
+            provider.bus_address(bar + 0x1234) == bar + 0x1234,
+            "bus addresses of the rig's BARs"
+        );
+        Ok(())
+    }
+
+    fn importers(pdev: &pci::Device<Bound>) -> Result {
+        let provider = Provider::of_bar(pdev, VRAM_BAR)?;
+        let ranges = bar_ranges(pdev)?;
+        let peer = pci_dev(SWITCH_PEER)?;
+        let peer2 = pci_dev(SWITCH_PEER_2)?;
+        let other = pci_dev(OTHER_PORT)?;
+        let fx = faux::Registration::new(c"rust-p2pdma-importer", None)?;
+        let fdev: &faux::Device<Bound> = fx.as_ref();
+        let fdev: &device::Device<Bound> = fdev.as_ref();
+        let fdev: &device::Device = fdev;
+        let limits = SegmentLimits::new(SEG, BOUNDARY)?;
+        let _l = [
+            Limits::set(dev(&peer), SEG, BOUNDARY)?,
+            Limits::set(dev(&peer2), SEG, BOUNDARY)?,
+            Limits::set(dev(&other), SEG, BOUNDARY)?,
+            Limits::set(fdev, SEG, BOUNDARY)?,
+        ];
+        let exporter = BarExporter {
+            provider: core::ptr::from_ref(provider),
+            ranges,
+            fallbacks: AtomicU32::new(0),
+            refusal: AtomicI32::new(0),
+        };
+        let size = usize::try_from(exporter.size())?;
+        let buf = Exported::export(exporter, size, &BUILTIN, GFP_KERNEL)?;
+        let fallbacks = || buf.exporter().fallbacks.load(Ordering::Relaxed);
+        let refusal = || buf.exporter().refusal.load(Ordering::Relaxed);
+        let dir = DataDirection::Bidirectional;
+
+        // Behind the switch: bus addresses, split for the importer.
+        let bus = [
+            DmaRange::new(provider.bus_address(ranges[0].addr()), ranges[0].len())?,
+            DmaRange::new(provider.bus_address(ranges[1].addr()), ranges[1].len())?,
+        ];
+        {
+            let att = ImportAttachment::new(&buf, dev(&peer), TestImporter::<true>, GFP_KERNEL)?;
+            let guard = buf.resv().lock();
+            let map = att.map(&guard, dir)?;
+            let n = tiles(&map, &bus, limits)?;
+            pr_info!(
+                "rust_pci_p2pdma: 0000:04:00.0 (64 KiB / 1 MiB): {} bus-address entries\n",
+                n
+            );
+            // 3 MiB from 0x...403000 and 1 MiB + 12 KiB from a 1 MiB boundary, in 64 KiB pieces
+            // that also stop at every 1 MiB boundary.
+            check!(n == 49 + 17, "the minimum number of entries");
+            check!(fallbacks() == 0, "no fallback for a switch peer");
+        }
+
+        // On the other root port: through the host bridge if the platform allows it.
+        {
+            let att = ImportAttachment::new(&buf, dev(&other), TestImporter::<true>, GFP_KERNEL)?;
+            let guard = buf.resv().lock();
+            let map = att.map(&guard, dir)?;
+            if provider.map_type(dev(&other)) == MapType::ThroughHostBridge {
+                // Without an IOMMU the DMA API maps MMIO one to one.
+                tiles(&map, &ranges, limits)?;
+                check!(fallbacks() == 0, "no fallback through the host bridge");
+            } else {
+                tiles(&map, &[DmaRange::new(SYSMEM, exporter_size(&buf))?], limits)?;
+                check!(fallbacks() == 1, "fallback when there is no route");
+                check!(refusal() == EXDEV.to_errno(), "no route is -EXDEV");
+            }
+        }
+        let before = fallbacks();
+
+        // Not a PCI device: refused, the exporter falls back to system memory.
+        {
+            let att = ImportAttachment::new(&buf, fdev, TestImporter::<true>, GFP_KERNEL)?;
+            let guard = buf.resv().lock();
+            let direct = provider.map_attachment(&ranges, att.attachment(), dir, GFP_KERNEL);
+            check!(
+                matches!(direct, Err(e) if e == EXDEV),
+                "a non-PCI importer is refused with -EXDEV"
+            );
+            let map = att.map(&guard, dir)?;
+            tiles(&map, &[DmaRange::new(SYSMEM, exporter_size(&buf))?], limits)?;
+            check!(
+                fallbacks() == before + 1,
+                "the fallback ran for the non-PCI importer"
+            );
+            check!(refusal() == EXDEV.to_errno(), "and was told -EXDEV");
+        }
+
+        // An importer that does not take peer-to-peer addresses, although it could.
+        {
+            let att = ImportAttachment::new(&buf, dev(&peer2), TestImporter::<false>, GFP_KERNEL)?;
+            check!(
+                !att.attachment().peer2peer(),
+                "the attachment is not peer2peer"
+            );
+            let guard = buf.resv().lock();
+            let map = att.map(&guard, dir)?;
+            tiles(&map, &[DmaRange::new(SYSMEM, exporter_size(&buf))?], limits)?;
+            check!(
+                fallbacks() == before + 2,
+                "the fallback ran for the non-P2P importer"
+            );
+            check!(
+                refusal() == EOPNOTSUPP.to_errno(),
+                "and was told -EOPNOTSUPP"
+            );
+        }
+
+        // Revoked: every map fails with -ENODEV, whatever the route.
+        {
+            let att = ImportAttachment::new(&buf, dev(&peer), TestImporter::<true>, GFP_KERNEL)?;
+            let guard = buf.resv().lock();
+            buf.revoke(&guard)?;
+            check!(
+                matches!(att.map(&guard, dir), Err(e) if e == ENODEV),
+                "maps fail with -ENODEV after revoke"
+            );
+        }
+        drop(buf);
+        // SAFETY: FFI call without safety requirements.
+        unsafe { bindings::flush_delayed_fput() };
+        Ok(())
+    }
+
+    fn exporter_size(buf: &Exported<BarExporter>) -> u64 {
+        buf.exporter().size()
+    }
+
+    /// Counts the entries of `table` and those that break `limits`.
+    fn violations(table: &SGTable, limits: SegmentLimits) -> (u64, u64) {
+        let (mut n, mut bad) = (0, 0);
+        for e in table.iter() {
+            n += 1;
+            if !conforms(e.dma_address(), e.dma_len(), limits) {
+                bad += 1;
+            }
+        }
+        (n, bad)
+    }
+
+    fn benchmark(pdev: &pci::Device<Bound>) -> Result {
+        const CHUNK: u64 = 2 * MIB;
+        const CHUNKS: u64 = GIB / CHUNK;
+        const ROUNDS: u32 = 5;
+        let provider = Provider::of_bar(pdev, VRAM_BAR)?;
+        let bar = pdev.resource_start(VRAM_BAR)?;
+        let bar_len = pdev.resource_len(VRAM_BAR)?;
+        check!(
+            bar_len >= GIB,
+            "a VRAM BAR of at least 1 GiB (boot the rig with --bar-size 1G)"
+        );
+        // 1 GiB in 2 MiB chunks, scattered over the BAR as a VRAM allocator leaves them.
+        let mut ranges = KVec::with_capacity(CHUNKS as usize, GFP_KERNEL)?;
+        let mut phys = KVec::with_capacity(CHUNKS as usize, GFP_KERNEL)?;
+        for i in 0..CHUNKS {
+            let addr = bar + (i * 7 % CHUNKS) * CHUNK;
+            ranges.push(DmaRange::new(addr, CHUNK)?, GFP_KERNEL)?;
+            phys.push(
+                bindings::phys_vec {
+                    paddr: addr,
+                    len: CHUNK as usize,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        let peer = pci_dev(SWITCH_PEER)?;
+        let _l = Limits::set(dev(&peer), SEG, BOUNDARY)?;
+        let limits = SegmentLimits::new(SEG, BOUNDARY)?;
+        let exporter = BarExporter {
+            provider: core::ptr::from_ref(provider),
+            ranges: [
+                DmaRange::new(bar, CHUNK)?,
+                DmaRange::new(bar + CHUNK, CHUNK)?,
+            ],
+            fallbacks: AtomicU32::new(0),
+            refusal: AtomicI32::new(0),
+        };
+        let buf = Exported::export(exporter, usize::try_from(GIB)?, &BUILTIN, GFP_KERNEL)?;
+        let dir = DataDirection::Bidirectional;
+        let (mut ours, mut theirs) = ((0, 0, i64::MAX), (0, 0, i64::MAX));
+        {
+            let att = ImportAttachment::new(&buf, dev(&peer), TestImporter::<true>, GFP_KERNEL)?;
+            // Held throughout: `dma_buf_phys_vec_to_sgt()` asserts it, as the core does for
+            // `map_attachment()` when it runs as the exporter's map.
+            let _guard = buf.resv().lock();
+            for _ in 0..ROUNDS {
+                let start = Instant::<Monotonic>::now();
+                let table = provider.map_attachment(&ranges, att.attachment(), dir, GFP_KERNEL)?;
+                let ns = start.elapsed().as_nanos();
+                let (n, bad) = violations(&table, limits);
+                ours = (n, bad, ours.2.min(ns));
+                drop(table);
+
+                let start = Instant::<Monotonic>::now();
+                // SAFETY: The attachment is valid and its buffer's lock is held (`_guard`); the
+                // provider is valid; `phys` holds `CHUNKS` ranges covering `GIB` bytes.
+                let sgt = unsafe {
+                    bindings::dma_buf_phys_vec_to_sgt(
+                        att.attachment().as_raw(),
+                        provider.as_raw(),
+                        phys.as_mut_ptr(),
+                        phys.len(),
+                        GIB as usize,
+                        dir.into(),
+                    )
+                };
+                let ns = start.elapsed().as_nanos();
+                let sgt = crate::error::from_err_ptr(sgt)?;
+                // SAFETY: `sgt` is a valid table until freed below.
+                let (n, bad) = violations(unsafe { SGTable::from_raw(sgt) }, limits);
+                theirs = (n, bad, theirs.2.min(ns));
+                // `dma_buf_free_sgt()` frees the table with `sg_free_table()`, which frees
+                // `orig_nents` entries: 0 in the tables it builds, so it would leak their chained
+                // chunks. Give it the count first.
+                // SAFETY: `sgt` came from `dma_buf_phys_vec_to_sgt()` for this attachment, under
+                // the same lock, and is freed once.
+                unsafe {
+                    (*sgt).orig_nents = (*sgt).nents;
+                    bindings::dma_buf_free_sgt(att.attachment().as_raw(), sgt, dir.into());
+                }
+            }
+        }
+        drop(buf);
+        // SAFETY: FFI call without safety requirements.
+        unsafe { bindings::flush_delayed_fput() };
+        let per = |t: (u64, u64, i64)| t.2 / i64::try_from(t.0.max(1)).unwrap_or(i64::MAX);
+        pr_info!(
+            "rust_pci_p2pdma: bench 1 GiB in 2 MiB chunks for a 64 KiB / 1 MiB importer: conflux {} entries, {} violating, {} ns/entry; upstream dma_buf_phys_vec_to_sgt {} entries, {} violating, {} ns/entry\n",
+            ours.0,
+            ours.1,
+            per(ours),
+            theirs.0,
+            theirs.1,
+            per(theirs)
+        );
+        check!(ours.1 == 0, "no violating entry from Conflux");
+        check!(
+            ours.0 == GIB / u64::from(SEG),
+            "the minimum number of entries"
+        );
+        check!(theirs.0 == CHUNKS, "upstream emits one entry per chunk");
+        Ok(())
+    }
+
+    fn bad_bars(pdev: &pci::Device<Bound>) -> Result {
+        check!(
+            matches!(Provider::of_bar(pdev, 6), Err(e) if e == EINVAL),
+            "BAR 6 does not exist"
+        );
+        // BAR 2 is 64-bit: BAR 3 is its upper half, not a BAR of its own.
+        check!(
+            matches!(Provider::of_bar(pdev, 3), Err(e) if e == EINVAL),
+            "BAR 3 is not a memory BAR"
+        );
+        check!(Provider::of_bar(pdev, VRAM_BAR).is_ok(), "BAR 2 is");
+        Ok(())
+    }
+
+    #[test]
+    fn routes_follow_the_topology() -> Result {
+        run::<0>()
+    }
+
+    #[test]
+    fn bar_memory_reaches_each_importer_by_its_route() -> Result {
+        run::<1>()
+    }
+
+    #[test]
+    fn benchmark_against_dma_buf_phys_vec_to_sgt() -> Result {
+        run::<2>()
+    }
+
+    #[test]
+    fn bad_bars_are_refused() -> Result {
+        run::<3>()
+    }
+}
