@@ -55,6 +55,7 @@ Boots the rig, runs COMMAND with /bin/sh in the guest, returns its status.
   --mem SIZE         guest RAM, default 512M
   --add PATH         copy a host file to the guest's /usr/bin (repeatable)
   --timeout SECS     give up after SECS seconds, default 300
+  --append ARGS      more kernel command-line arguments (repeatable)
   --verbose          also print the kernel's boot log
 
 Exit status: the command's; 124 on timeout; 125 when the rig failed;
@@ -77,6 +78,7 @@ struct Options {
     add: Vec<PathBuf>,
     timeout: Duration,
     verbose: bool,
+    append: Vec<String>,
     command: Vec<String>,
 }
 
@@ -109,6 +111,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         add: Vec::new(),
         timeout: Duration::from_secs(300),
         verbose: false,
+        append: Vec::new(),
         command: Vec::new(),
     };
     while let Some(a) = it.next() {
@@ -131,6 +134,13 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     Duration::from_secs(v.parse().map_err(|_| format!("invalid --timeout {v:?}"))?);
             }
             "--verbose" => o.verbose = true,
+            "--append" => {
+                let v = val()?;
+                if v.trim().is_empty() || v.contains(['\n', '\0']) {
+                    return Err(format!("invalid --append {v:?}"));
+                }
+                o.append.push(v);
+            }
             "--" => {
                 o.command = it.by_ref().cloned().collect();
             }
@@ -352,7 +362,7 @@ fn run(o: &Options) -> Result<u8, String> {
     });
 
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(o.topology.qemu_args(&dir, o.mem))
+        .args(o.topology.qemu_args(&dir, o.mem, &o.append))
         .arg("-kernel")
         .arg(&o.kernel)
         .arg("-initrd")
@@ -491,5 +501,9 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert!(e.contains("ring"), "{e}");
+        let e = parse_args(&args(&["run", "--append", " "]))
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("invalid --append"), "{e}");
     }
 }

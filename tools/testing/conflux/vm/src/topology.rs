@@ -59,8 +59,13 @@ impl Topology {
     /// guest RAM shared through `dir/guest-ram`, QMP at `dir/qmp.sock`, the
     /// bridges, and accelerator `i` as `ivshmem-doorbell` `cfx<i>` on
     /// `dir/dev<i>.sock`.
-    pub fn qemu_args(&self, dir: &Path, mem: u64) -> Vec<String> {
+    pub fn qemu_args(&self, dir: &Path, mem: u64, append: &[String]) -> Vec<String> {
         let d = dir.display();
+        let mut cmdline = String::from("console=ttyS0 panic=-1 oops=panic");
+        for a in append {
+            cmdline.push(' ');
+            cmdline.push_str(a);
+        }
         let mut a: Vec<String> = [
             "-accel",
             "tcg",
@@ -75,7 +80,7 @@ impl Topology {
             "-object",
             &format!("memory-backend-file,id=ram,size={mem},mem-path={d}/guest-ram,share=on"),
             "-append",
-            "console=ttyS0 panic=-1 oops=panic",
+            &cmdline,
             "-display",
             "none",
             "-vga",
@@ -127,7 +132,11 @@ mod tests {
 
     #[test]
     fn devices_on_their_bridges() -> Result<(), String> {
-        let a = Topology::by_name("switch3+rp1")?.qemu_args(Path::new("/r"), 512 << 20);
+        let a = Topology::by_name("switch3+rp1")?.qemu_args(
+            Path::new("/r"),
+            512 << 20,
+            &["kunit.enable=1".into()],
+        );
         let joined = a.join(" ");
         for (i, bus) in ["dp0", "dp1", "dp2", "rp1"].iter().enumerate() {
             let dev = format!("ivshmem-doorbell,chardev=c{i},vectors=2,id=cfx{i},bus={bus}");
@@ -136,6 +145,14 @@ mod tests {
         }
         assert!(joined.contains("size=536870912,mem-path=/r/guest-ram,share=on"));
         assert!(joined.contains("-m 512M"));
+        let cmdline = a
+            .iter()
+            .position(|s| s == "-append")
+            .map(|i| a[i + 1].as_str());
+        assert_eq!(
+            cmdline,
+            Some("console=ttyS0 panic=-1 oops=panic kunit.enable=1")
+        );
         Ok(())
     }
 }
