@@ -14,7 +14,7 @@ SHELL := /bin/bash
 export CONFLUX_CACHE ?= $(HOME)/.cache/conflux
 MK := $(CURDIR)/mk
 
-.PHONY: help setup overlay kunit guest style emu rig-smoke check patches patches-check clean
+.PHONY: help setup overlay kunit guest style emu rig-smoke rig-kunit check patches patches-check clean
 
 help:
 	@echo "make setup          install what is missing and fetch Linux 7.3 (idempotent)"
@@ -24,6 +24,7 @@ help:
 	@echo "make style          rustfmt and checkpatch --strict (part of check)"
 	@echo "make emu            the device model's cargo tests, clippy, fmt (part of check)"
 	@echo "make rig-smoke      boot the QEMU rig, test the device model from the guest (part of check)"
+	@echo "make rig-kunit      run the KUnit suites that need PCI devices in the rig's guest (part of check)"
 	@echo "make patches        write the upstreamable git format-patch series"
 	@echo "make patches-check  apply that series to a pristine tree with git am and compare"
 	@echo "make overlay        lay the overlay onto the build tree"
@@ -40,6 +41,9 @@ kunit:
 
 rig-smoke:
 	@$(MK)/rig.sh
+
+rig-kunit:
+	@$(MK)/rigkunit.sh
 
 emu:
 	@$(MK)/emu.sh

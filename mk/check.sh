@@ -9,7 +9,7 @@ STEP=check
 start=$SECONDS
 "$TOP/mk/setup.sh"
 total_p=0 total_f=0 total_s=0 broken=()
-for step in style emu kunit guest rig; do
+for step in style emu kunit guest rigkunit rig; do
 	log=$(mktemp)
 	set +e
 	"$TOP/mk/$step.sh" 2>&1 | tee "$log"

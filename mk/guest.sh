@@ -17,7 +17,7 @@ say "configuring $OUT"
 CFG=$OUT/.config-gen
 run_logged "$OUT/config.log" "allnoconfig + $(basename "$FRAG")" \
 	make -C "$TREE" ARCH=x86_64 O="$CFG" KCONFIG_ALLCONFIG="$FRAG" allnoconfig
-missing=$(grep -E '^CONFIG_' "$FRAG" | while read -r line; do
+missing=$(grep -E '^(CONFIG_|# CONFIG_[A-Z0-9_]+ is not set$)' "$FRAG" | while read -r line; do
 	grep -qxF "$line" "$CFG/.config" || echo "$line"
 done)
 [ -z "$missing" ] || die "options of $FRAG not in the generated config (unmet dependencies?): $missing"

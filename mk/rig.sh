@@ -7,47 +7,7 @@
 STEP=rig
 . "$(dirname "$0")/common.sh"
 
-GUEST=${GUEST_BUILD:-$CACHE/build/guest}
-[ -f "$GUEST/arch/x86/boot/bzImage" ] || "$TOP/mk/guest.sh" >/dev/null
-KERNEL=$GUEST/arch/x86/boot/bzImage
-MODULES=$GUEST/modroot
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/build/cargo}
-say "building conflux-emu, conflux-vm (host) and conflux-raw (static guest program)"
-(cd "$TOP/tools/testing/conflux" &&
-	cargo build --locked --quiet --release -p conflux-emu -p conflux-vm &&
-	cargo build --locked --quiet --release -p conflux-raw --target x86_64-unknown-linux-musl) ||
-	die "cargo build failed"
-BIN=$CARGO_TARGET_DIR/release
-RAW=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/conflux-raw
-
-passed=0 failed=0
-pass() { say "PASS $*"; passed=$((passed + 1)); }
-fail() { say "FAIL $*"; failed=$((failed + 1)); }
-
-vm() {
-	"$BIN/conflux-vm" run --kernel "$KERNEL" --modules "$MODULES" --emu "$BIN/conflux-emu" "$@"
-}
-
-# Nothing of a launcher run may survive it: no model or QEMU process, no
-# run directory (sockets, guest RAM, initramfs).
-leftovers() {
-	local procs dirs
-	procs=$(pgrep -f "conflux-emu serve --run-dir /dev/shm/conflux-vm\.|qemu-system-x86_64 .*conflux-vm\." || true)
-	dirs=$(find /dev/shm -maxdepth 1 -name 'conflux-vm.*' 2>/dev/null || true)
-	[ -z "$procs$dirs" ] && return 1
-	echo "processes: ${procs:-none}; files: ${dirs:-none}"
-}
-check_clean() {
-	local what=$1 left
-	if left=$(leftovers); then
-		fail "cleanup after $what: $left"
-		pkill -9 -f "conflux-emu serve --run-dir /dev/shm/conflux-vm\." || true
-		pkill -9 -f "qemu-system-x86_64 .*conflux-vm\." || true
-		rm -rf /dev/shm/conflux-vm.*
-	else
-		pass "cleanup after $what: no process, socket or file left"
-	fi
-}
+. "$TOP/mk/rig-lib.sh"
 leftovers >/dev/null && die "conflux-vm leftovers from an earlier run: $(leftovers)"
 
 memcpy=$("$BIN/conflux-emu" memcpy-bench --size 64M) || die "conflux-emu memcpy-bench failed"
