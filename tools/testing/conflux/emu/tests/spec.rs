@@ -12,10 +12,14 @@ use conflux_emu::{
     server::{self, SERVE_OPTIONS},
 };
 
-const SPEC: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../../Documentation/accel/conflux/device.rst"
-);
+/// The specification, found from the package's directory as cargo gives it
+/// when it runs the test (the compile-time value may name another checkout
+/// that shared the target directory).
+fn spec_path() -> String {
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    format!("{dir}/../../../../Documentation/accel/conflux/device.rst")
+}
 
 /// The simple tables of a reStructuredText document: (section title, rows
 /// of cells), header and continuation lines left out.
@@ -60,7 +64,7 @@ fn tables(doc: &str) -> Vec<(String, Vec<Vec<String>>)> {
 
 /// The rows of the `n`th table of `section`.
 fn table(section: &str, n: usize) -> Vec<Vec<String>> {
-    let doc = std::fs::read_to_string(SPEC).unwrap();
+    let doc = std::fs::read_to_string(spec_path()).unwrap();
     let found: Vec<_> = tables(&doc)
         .into_iter()
         .filter(|(s, _)| s == section)
@@ -129,7 +133,7 @@ fn control_block_table() {
         assert_eq!(w[0].1 % w[0].2, 0);
         assert!(w[0].1 + w[0].2 <= w[1].1, "{} overlaps {}", w[0].0, w[1].0);
     }
-    let doc = std::fs::read_to_string(SPEC).unwrap();
+    let doc = std::fs::read_to_string(spec_path()).unwrap();
     for (what, v) in [
         ("VERSION", VERSION_VALUE),
         ("STATUS READY", STATUS_READY),
@@ -292,7 +296,7 @@ fn page_table_entry_table() {
 /// The text of `section` (up to the next section title), with every run of
 /// white space made one space.
 fn section_text(section: &str) -> String {
-    let doc = std::fs::read_to_string(SPEC).unwrap();
+    let doc = std::fs::read_to_string(spec_path()).unwrap();
     let lines: Vec<&str> = doc.lines().collect();
     let title = |i: usize| {
         lines
