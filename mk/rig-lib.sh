@@ -2,7 +2,8 @@
 # Sourced by the steps that boot the QEMU rig (after common.sh): builds the
 # host tools and the static guest program, and defines vm (conflux-vm run
 # with the rig's kernel and modules), pass/fail counting and the check that
-# a launcher run left nothing behind.
+# a launcher run left nothing behind; refuses to start over leftovers of an
+# earlier run.
 
 GUEST=${GUEST_BUILD:-$CACHE/build/guest}
 [ -f "$GUEST/arch/x86/boot/bzImage" ] || "$TOP/mk/guest.sh" >/dev/null
@@ -45,3 +46,6 @@ check_clean() {
 		pass "cleanup after $what: no process, socket or file left"
 	fi
 }
+if leftovers >/dev/null; then
+	die "conflux-vm leftovers from an earlier run: $(leftovers)"
+fi

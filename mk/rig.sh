@@ -8,7 +8,6 @@ STEP=rig
 . "$(dirname "$0")/common.sh"
 
 . "$TOP/mk/rig-lib.sh"
-leftovers >/dev/null && die "conflux-vm leftovers from an earlier run: $(leftovers)"
 
 memcpy=$("$BIN/conflux-emu" memcpy-bench --size 64M) || die "conflux-emu memcpy-bench failed"
 memcpy_mbs=$(sed -nE 's/.*: ([0-9]+) MB\/s$/\1/p' <<<"$memcpy")

@@ -9,7 +9,6 @@ STEP=rig-kunit
 . "$(dirname "$0")/common.sh"
 
 . "$TOP/mk/rig-lib.sh"
-leftovers >/dev/null && die "conflux-vm leftovers from an earlier run: $(leftovers)"
 TREE=$(build_tree)
 SUITES=rust_pci_p2pdma
 OUT=$GUEST/kunit
