@@ -674,12 +674,14 @@ mod tests {
         }
 
         fn map(&self, a: &Attachment, _dir: DataDirection) -> Result<DmaSGTable> {
-            inc(&self.calls.map);
             let ranges = [DmaRange::new(BASE, SIZE)?];
-            DmaSGTable::new(
+            let table = DmaSGTable::new(
                 SegmentPlan::new(ranges.iter().copied(), a.limits()?)?,
                 GFP_KERNEL,
-            )
+            )?;
+            // Counts the tables handed out, which `unmap` must all get back.
+            inc(&self.calls.map);
+            Ok(table)
         }
 
         fn unmap(&self, _a: &Attachment, table: DmaSGTable, _dir: DataDirection) {
@@ -850,6 +852,58 @@ mod tests {
         assert_eq!(att.pin(&guard), Err(ENODEV));
         // The exporter's own map and pin were not reached.
         assert_eq!((n(&calls.map), n(&calls.pin)), (1, 0));
+        Ok(())
+    }
+
+    /// Export, attach, pin, map, unmap, unpin, detach and release once; returns the number of
+    /// entries mapped.
+    fn lifecycle_once(dev: &ImportingDevice, calls: &Arc<Calls>) -> Result<usize> {
+        let exporter = TestExporter {
+            calls: calls.clone(),
+        };
+        let buf = Exported::export(exporter, SIZE as usize, &BUILTIN, GFP_KERNEL)?;
+        let att = ImportAttachment::new(&buf, dev.device(), importer(), GFP_KERNEL)?;
+        let guard = buf.resv().lock();
+        att.pin(&guard)?;
+        let entries = att
+            .map(&guard, DataDirection::Bidirectional)
+            .map(|m| m.iter().count());
+        att.unpin(&guard)?;
+        entries
+    }
+
+    #[cfg(all(CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS))]
+    #[test]
+    fn allocation_failures_leave_nothing_behind() -> Result {
+        let dev = ImportingDevice::new(64 * 1024, MIB - 1)?;
+        let calls = Arc::new(Calls::default(), GFP_KERNEL)?;
+        let mut runs = 0;
+        let walk = crate::fault_inject::walk_allocations(
+            1000,
+            || lifecycle_once(&dev, &calls),
+            |result, failed| {
+                runs += 1;
+                // SAFETY: FFI call without safety requirements.
+                unsafe { bindings::flush_delayed_fput() };
+                // Whichever allocation failed, everything that was set up was torn down.
+                assert_eq!(n(&calls.release), runs);
+                assert_eq!(n(&calls.attach), n(&calls.detach));
+                assert_eq!(n(&calls.pin), n(&calls.unpin));
+                assert_eq!(n(&calls.map), n(&calls.unmap));
+                match result {
+                    Err(e) => assert!(failed && e == ENOMEM),
+                    Ok(entries) => assert_eq!(entries, 65),
+                }
+                Ok(())
+            },
+        )?;
+        pr_info!(
+            "rust_dma_buf: {} allocations failed in turn, {} recovered, each undone\n",
+            walk.failed,
+            walk.recovered
+        );
+        // Export, attach and map allocate at least once each.
+        assert!(walk.failed >= 3);
         Ok(())
     }
 

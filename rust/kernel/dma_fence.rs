@@ -614,4 +614,31 @@ mod tests {
         );
         Ok(())
     }
+
+    #[cfg(all(CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS))]
+    #[test]
+    fn signalling_never_allocates() -> Result {
+        let ctx = FenceContext::<Timeline>::new();
+        let walk = crate::fault_inject::walk_allocations(
+            10,
+            || ctx.new_fence(GFP_KERNEL),
+            |result, failed| {
+                if let Err(e) = result {
+                    assert!(failed && e == ENOMEM);
+                }
+                Ok(())
+            },
+        )?;
+        assert_eq!((walk.failed, walk.recovered), (1, 0));
+        let job = ctx.new_fence(GFP_KERNEL)?;
+        let mut cb = counter()?;
+        assert_eq!(cb.as_mut().register(job.fence()), Ok(true));
+        // With the very next allocation set to fail, signalling and its callback still run.
+        let armed = crate::fault_inject::FailNth::arm(1)?;
+        job.signal();
+        assert!(!armed.fired());
+        drop(armed);
+        assert_eq!(calls(&cb), 1);
+        Ok(())
+    }
 }

@@ -541,4 +541,42 @@ mod tests {
         assert_eq!(backoffs.load(Ordering::Relaxed), 1);
         Ok(())
     }
+
+    #[cfg(all(CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS))]
+    #[test]
+    fn allocation_failures_add_no_fence_and_hold_no_lock() -> Result {
+        let a = KBox::pin_init(DmaResv::new(), GFP_KERNEL)?;
+        let b = KBox::pin_init(DmaResv::new(), GFP_KERNEL)?;
+        let ctx = FenceContext::<Timeline>::new();
+        let walk = crate::fault_inject::walk_allocations(
+            100,
+            || {
+                let job = ctx.new_fence(GFP_KERNEL)?;
+                let mut set = ResvSet::lock(&[&a, &b], true, GFP_KERNEL)?;
+                set.reserve_fences(2)?;
+                set.add_fence(job.fence(), Usage::Write)?;
+                Ok(job)
+            },
+            |result, failed| {
+                // The walk checked that the set's locks were dropped.
+                match result {
+                    Err(e) => {
+                        assert!(failed && e == ENOMEM);
+                        // No fence was added to either object.
+                        assert!(a.test_signaled(Usage::Bookkeep));
+                        assert!(b.test_signaled(Usage::Bookkeep));
+                    }
+                    Ok(job) => {
+                        assert!(!a.test_signaled(Usage::Write));
+                        assert!(!b.test_signaled(Usage::Write));
+                        job.signal();
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        // The fence, the acquire set and both objects' fence arrays allocate.
+        assert!(walk.failed >= 3);
+        Ok(())
+    }
 }

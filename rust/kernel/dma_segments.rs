@@ -1103,19 +1103,56 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn table_chained_1g_in_2m_chunks() -> Result {
-        // 1 GiB of 2 MiB chunks, every other one contiguous with the previous: 64 KiB segments,
-        // 1 MiB boundary, 16384 entries, far more than one chunk of a chained list.
-        let lim = limits(64 * KIB, MIB - 1)?;
+    /// 1 GiB of 2 MiB chunks, every other one contiguous with the previous.
+    fn one_gib_in_2m_chunks() -> Result<KVec<DmaRange>> {
         let mut list = KVec::with_capacity(512, GFP_KERNEL)?;
         let mut addr = 0x1_0000_0000u64;
         for i in 0..512u64 {
             list.push(DmaRange::new(addr, 2 * MIB)?, GFP_KERNEL)?;
             addr += if i % 2 == 0 { 2 * MIB } else { 6 * MIB };
         }
+        Ok(list)
+    }
+
+    #[test]
+    fn table_chained_1g_in_2m_chunks() -> Result {
+        // 64 KiB segments, 1 MiB boundary: 16384 entries, far more than one chunk of a chained
+        // list.
+        let lim = limits(64 * KIB, MIB - 1)?;
+        let list = one_gib_in_2m_chunks()?;
         let table = DmaSGTable::new(SegmentPlan::new(list.iter().copied(), lim)?, GFP_KERNEL)?;
         assert_eq!(check_table(&list, lim, &table)?, 16384);
+        Ok(())
+    }
+
+    #[cfg(all(CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS))]
+    #[test]
+    fn table_allocation_failures() -> Result {
+        // The chained 1 GiB table: every chunk of the chain is an allocation that can fail, and
+        // a failure part-way must free the chunks already allocated.
+        let lim = limits(64 * KIB, MIB - 1)?;
+        let list = one_gib_in_2m_chunks()?;
+        let walk = crate::fault_inject::walk_allocations(
+            1000,
+            || DmaSGTable::new(SegmentPlan::new(list.iter().copied(), lim)?, GFP_KERNEL),
+            |result, failed| {
+                match result {
+                    Err(e) => assert!(failed && e == ENOMEM),
+                    Ok(table) => assert_eq!(check_table(&list, lim, &table)?, 16384),
+                }
+                Ok(())
+            },
+        )?;
+        pr_info!(
+            "rust_dma_segments: chained table: {} allocations failed in turn, {} recovered\n",
+            walk.failed,
+            walk.recovered
+        );
+        // Each chunk of the chain holds one entry less than a page of entries (the last one
+        // links to the next chunk); the table also has its own box.
+        let per_page = crate::page::PAGE_SIZE / core::mem::size_of::<bindings::scatterlist>();
+        let chunks = 16383u32.div_ceil(u32::try_from(per_page)? - 1);
+        assert_eq!(walk.failed, chunks + 1);
         Ok(())
     }
 

@@ -470,7 +470,10 @@ mod tests {
                     0 => routes(pdev),
                     1 => importers(pdev),
                     2 => benchmark(pdev),
-                    _ => bad_bars(pdev),
+                    3 => bad_bars(pdev),
+                    #[cfg(all(CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS))]
+                    4 => allocation_failures(pdev),
+                    _ => Err(EINVAL),
                 };
                 OUTCOME.store(r.map_or_else(|e| e.to_errno(), |()| 0), Ordering::Relaxed);
             }
@@ -644,6 +647,18 @@ mod tests {
         fn size(&self) -> u64 {
             self.ranges.iter().map(|r| r.len()).sum()
         }
+
+        /// Exports `ranges` of the provider's BAR as one buffer.
+        fn export(provider: &Provider, ranges: [DmaRange; 2]) -> Result<Exported<Self>> {
+            let exporter = Self {
+                provider: core::ptr::from_ref(provider),
+                ranges,
+                fallbacks: AtomicU32::new(0),
+                refusal: AtomicI32::new(0),
+            };
+            let size = usize::try_from(exporter.size())?;
+            Exported::export(exporter, size, &BUILTIN, GFP_KERNEL)
+        }
     }
 
     impl Exporter for BarExporter {
@@ -750,14 +765,7 @@ mod tests {
             Limits::set(dev(&other), SEG, BOUNDARY)?,
             Limits::set(fdev, SEG, BOUNDARY)?,
         ];
-        let exporter = BarExporter {
-            provider: core::ptr::from_ref(provider),
-            ranges,
-            fallbacks: AtomicU32::new(0),
-            refusal: AtomicI32::new(0),
-        };
-        let size = usize::try_from(exporter.size())?;
-        let buf = Exported::export(exporter, size, &BUILTIN, GFP_KERNEL)?;
+        let buf = BarExporter::export(provider, ranges)?;
         let fallbacks = || buf.exporter().fallbacks.load(Ordering::Relaxed);
         let refusal = || buf.exporter().refusal.load(Ordering::Relaxed);
         let dir = DataDirection::Bidirectional;
@@ -897,16 +905,14 @@ mod tests {
         let peer = pci_dev(SWITCH_PEER)?;
         let _l = Limits::set(dev(&peer), SEG, BOUNDARY)?;
         let limits = SegmentLimits::new(SEG, BOUNDARY)?;
-        let exporter = BarExporter {
-            provider: core::ptr::from_ref(provider),
-            ranges: [
+        // The buffer only provides the attachment: both builders map the 1 GiB below.
+        let buf = BarExporter::export(
+            provider,
+            [
                 DmaRange::new(bar, CHUNK)?,
                 DmaRange::new(bar + CHUNK, CHUNK)?,
             ],
-            fallbacks: AtomicU32::new(0),
-            refusal: AtomicI32::new(0),
-        };
-        let buf = Exported::export(exporter, usize::try_from(GIB)?, &BUILTIN, GFP_KERNEL)?;
+        )?;
         let dir = DataDirection::Bidirectional;
         let (mut ours, mut theirs) = ((0, 0, i64::MAX), (0, 0, i64::MAX));
         {
@@ -985,6 +991,86 @@ mod tests {
         );
         check!(Provider::of_bar(pdev, VRAM_BAR).is_ok(), "BAR 2 is");
         Ok(())
+    }
+
+    /// Every allocation of `map_attachment()` fails in turn, for the switch peer (bus addresses)
+    /// and the device on the other root port (the host bridge, or no route).
+    #[cfg(all(CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS))]
+    fn allocation_failures(pdev: &pci::Device<Bound>) -> Result {
+        use crate::fault_inject::{
+            debugfs_file_data,
+            walk_allocations, //
+        };
+
+        let provider = Provider::of_bar(pdev, VRAM_BAR)?;
+        let ranges = bar_ranges(pdev)?;
+        let peer = pci_dev(SWITCH_PEER)?;
+        let other = pci_dev(OTHER_PORT)?;
+        let limits = SegmentLimits::new(SEG, BOUNDARY)?;
+        let _l = [
+            Limits::set(dev(&peer), SEG, BOUNDARY)?,
+            Limits::set(dev(&other), SEG, BOUNDARY)?,
+        ];
+        let buf = BarExporter::export(provider, ranges)?;
+        // DMA-API debugging tracks every mapping: entries in use = total - free.
+        let total = debugfs_file_data(c"dma-api", c"nr_total_entries")?.cast::<u32>();
+        let free = debugfs_file_data(c"dma-api", c"num_free_entries")?.cast::<u32>();
+        // SAFETY: `kernel/dma/debug.c` created these files over its static counters, which live
+        // as long as the kernel; a racy read is enough while this case is the only DMA user.
+        let in_use = || unsafe {
+            core::ptr::read_volatile(total).wrapping_sub(core::ptr::read_volatile(free))
+        };
+        let dir = DataDirection::Bidirectional;
+        let bus = [
+            DmaRange::new(provider.bus_address(ranges[0].addr()), ranges[0].len())?,
+            DmaRange::new(provider.bus_address(ranges[1].addr()), ranges[1].len())?,
+        ];
+        for importer in [&peer, &other] {
+            let att = ImportAttachment::new(&buf, dev(importer), TestImporter::<true>, GFP_KERNEL)?;
+            let route = provider.map_type(dev(importer));
+            let before = in_use();
+            let walk = walk_allocations(
+                1000,
+                || provider.map_attachment(&ranges, att.attachment(), dir, GFP_KERNEL),
+                |result, failed| {
+                    // A table that was built is checked and dropped in its arm.
+                    match (result, route) {
+                        (Err(e), MapType::NotSupported) => {
+                            check!(e == EXDEV, "no route stays -EXDEV")
+                        }
+                        (Err(e), _) => check!(failed && e == ENOMEM, "a failure is -ENOMEM"),
+                        (Ok(table), MapType::BusAddress) => {
+                            check!(tiles(&table, &bus, limits)? == 66, "bus-address table")
+                        }
+                        (Ok(table), _) => {
+                            check!(tiles(&table, &ranges, limits)? == 66, "host-bridge table");
+                            check!(in_use() > before, "the table holds its mappings");
+                        }
+                    }
+                    check!(in_use() == before, "no DMA mapping is left behind");
+                    Ok(())
+                },
+            )?;
+            pr_info!(
+                "rust_pci_p2pdma: {}: route {}: {} allocations failed in turn, each undone\n",
+                dev(importer).name(),
+                route.name(),
+                walk.failed
+            );
+            if route != MapType::NotSupported {
+                check!(walk.failed >= 2, "the table and its box can fail");
+            }
+        }
+        drop(buf);
+        // SAFETY: FFI call without safety requirements.
+        unsafe { bindings::flush_delayed_fput() };
+        Ok(())
+    }
+
+    #[cfg(all(CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS))]
+    #[test]
+    fn allocation_failures_undo_every_mapping() -> Result {
+        run::<4>()
     }
 
     #[test]
