@@ -23,7 +23,7 @@ help:
 	@echo "make guest          build the x86_64 guest kernel and the conflux module"
 	@echo "make style          rustfmt and checkpatch --strict (part of check)"
 	@echo "make emu            the device model's cargo tests, clippy, fmt (part of check)"
-	@echo "make rig-smoke      boot the QEMU rig, test the device model from the guest (part of check)"
+	@echo "make rig-smoke      boot the QEMU rig, test the device model and the driver from the guest (part of check)"
 	@echo "make rig-kunit      run the KUnit suites that need PCI devices in the rig's guest (part of check)"
 	@echo "make patches        write the upstreamable git format-patch series"
 	@echo "make patches-check  apply that series to a pristine tree with git am and compare"

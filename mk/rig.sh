@@ -2,12 +2,27 @@
 # SPDX-License-Identifier: GPL-2.0
 # make rig-smoke: boot the QEMU rig on both topologies and run the raw guest
 # tool (no kernel driver) against the device model; compare the 64 MiB
-# peer-to-peer copy with the host's memcpy; check that the launcher leaves no
-# process or file behind after success, failure, timeout and SIGTERM.
+# peer-to-peer copy with the host's memcpy; load conflux.ko on both topologies
+# (bind, accel nodes, unbind, unload, reload); check that the launcher leaves
+# no process or file behind after success, failure, timeout and SIGTERM.
 STEP=rig
 . "$(dirname "$0")/common.sh"
 
 . "$TOP/mk/rig-lib.sh"
+
+# guest_results LABEL LOG WHY-NONE: counts the guest's "PASS ..." and
+# "FAIL ..." lines of LOG; a log without any is a failure.
+guest_results() {
+	local n line
+	n=$(grep -cE '^(PASS|FAIL) ' "$2" || true)
+	[ "$n" -gt 0 ] || fail "$1: $3"
+	while read -r line; do
+		case $line in
+		PASS*) pass "$1: ${line#PASS }" ;;
+		FAIL*) fail "$1: ${line#FAIL }" ;;
+		esac
+	done < <(grep -E '^(PASS|FAIL) ' "$2")
+}
 
 memcpy=$("$BIN/conflux-emu" memcpy-bench --size 64M) || die "conflux-emu memcpy-bench failed"
 memcpy_mbs=$(sed -nE 's/.*: ([0-9]+) MB\/s$/\1/p' <<<"$memcpy")
@@ -22,14 +37,7 @@ for topo in switch3+rp1 switch3+rp1-zen; do
 	rc=${PIPESTATUS[0]}
 	set -e
 	say "$topo: guest command exited $rc after $((SECONDS - start)) s"
-	n=$(grep -cE '^(PASS|FAIL) ' "$log" || true)
-	[ "$n" -gt 0 ] || fail "$topo: conflux-raw ran no test (launcher exit $rc)"
-	while read -r line; do
-		case $line in
-		PASS*) pass "$topo: ${line#PASS }" ;;
-		FAIL*) fail "$topo: ${line#FAIL }" ;;
-		esac
-	done < <(grep -E '^(PASS|FAIL) ' "$log")
+	guest_results "$topo" "$log" "conflux-raw ran no test (launcher exit $rc)"
 	p2p=$(sed -nE 's/^BENCH p2p copy 64 MiB: ([0-9]+) MB\/s$/\1/p' "$log")
 	if [ -n "$p2p" ] && [ -n "$memcpy_mbs" ]; then
 		line="$topo: 64 MiB P2P copy $p2p MB/s beside host memcpy $memcpy_mbs MB/s (needs at least half)"
@@ -40,6 +48,23 @@ for topo in switch3+rp1 switch3+rp1-zen; do
 	[ "$rc" -eq 0 ] || fail "$topo: launcher exit status $rc"
 	rm -f "$log"
 	check_clean "a run on $topo"
+done
+
+# The driver: conflux.ko binds every device of the topology, gives each an
+# accel node, and unbinds, unloads and reloads cleanly.
+DRIVER_TEST=$TOP/tools/testing/conflux/rig/driver-test.sh
+for topo in switch3+rp1 switch3+rp1-zen; do
+	say "booting $topo and loading conflux.ko"
+	log=$(mktemp)
+	set +e
+	vm --topology "$topo" --add "$DRIVER_TEST" --timeout 600 -- sh /usr/bin/driver-test.sh 4 2>&1 |
+		tee "$log" | sed "s/^/    [$topo driver] /"
+	rc=${PIPESTATUS[0]}
+	set -e
+	guest_results "$topo driver" "$log" "the driver test ran no check (launcher exit $rc)"
+	[ "$rc" -eq 0 ] || fail "$topo: driver test launcher exit status $rc"
+	rm -f "$log"
+	check_clean "the driver test on $topo"
 done
 
 set +e

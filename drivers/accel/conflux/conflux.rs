@@ -3,6 +3,9 @@
 //! Driver for the Conflux accelerator.
 
 mod driver;
+mod file;
+mod gem;
+mod regs;
 
 kernel::module_pci_driver! {
     type: driver::ConfluxDriver,
