@@ -78,26 +78,20 @@ kernel::pci_device_table!(
     )]
 );
 
-/// Reads a 64-bit identification or layout field of the control block.
+/// Reads the 64-bit identification or layout field at `OFFSET` of the control block.
 ///
 /// The kernel's I/O regions allow accesses of at most 4-byte alignment, so the field is read as
 /// two 32-bit halves. These fields only change in a reset, which this driver alone requests and
 /// does not run concurrently, so both halves belong to the same value.
-fn read_ident64(ctl: &pci::Bar<'_, { regs::CTL_SIZE }>, offset: usize) -> u64 {
-    let lo = ctl.try_read32(offset);
-    let hi = ctl.try_read32(offset + 4);
-    match (lo, hi) {
-        (Ok(lo), Ok(hi)) => u64::from(hi) << 32 | u64::from(lo),
-        // Out of the mapped block: a caller bug, seen as a value no check accepts.
-        _ => u64::MAX,
-    }
+fn read_ident64<const OFFSET: usize>(ctl: &pci::Bar<'_, { regs::CTL_SIZE }>) -> u64 {
+    u64::from(ctl.read32(OFFSET + 4)) << 32 | u64::from(ctl.read32(OFFSET))
 }
 
 impl<'bound> Hw<'bound> {
     /// Maps the BARs and checks that the function is a Conflux device this driver supports.
     fn new(pdev: &'bound pci::Device<Bound>) -> Result<Self> {
         let ctl = pdev.iomap_region_sized::<{ regs::CTL_SIZE }>(regs::CTL_BAR, c"conflux/ctl")?;
-        let signature = read_ident64(&ctl, regs::SIGNATURE);
+        let signature = read_ident64::<{ regs::SIGNATURE }>(&ctl);
         if signature != regs::SIGNATURE_VALUE {
             dev_info!(
                 pdev,
@@ -120,10 +114,10 @@ impl<'bound> Hw<'bound> {
         let info = DeviceInfo {
             version,
             caps: ctl.read32(regs::CAPS),
-            vram_offset: read_ident64(&ctl, regs::VRAM_OFFSET),
-            vram_size: read_ident64(&ctl, regs::VRAM_SIZE),
+            vram_offset: read_ident64::<{ regs::VRAM_OFFSET }>(&ctl),
+            vram_size: read_ident64::<{ regs::VRAM_SIZE }>(&ctl),
         };
-        let bar_size = read_ident64(&ctl, regs::BAR_SIZE);
+        let bar_size = read_ident64::<{ regs::BAR_SIZE }>(&ctl);
         let bar_len = pdev.resource_len(regs::CTL_BAR)?;
         let vram_fits = match info.vram_offset.checked_add(info.vram_size) {
             Some(end) => end <= bar_len,

@@ -26,7 +26,7 @@ pub(crate) const BAR_SIZE: usize = 0x010;
 pub(crate) const VRAM_OFFSET: usize = 0x018;
 /// `VRAM_SIZE`: size of VRAM.
 pub(crate) const VRAM_SIZE: usize = 0x020;
-/// `STATUS`: see [`Status`].
+/// `STATUS`: 0 OFF, 1 READY, 2 ERROR, 3 RESETTING.
 pub(crate) const STATUS: usize = 0x060;
 /// `CONTROL`: bit 0 requests a reset; the device clears it when the reset is done.
 pub(crate) const CONTROL: usize = 0x064;
@@ -40,5 +40,5 @@ pub(crate) const VERSION_MAJOR: u32 = 1;
 /// The capabilities of a version 1.0 device: COPY, FILL, FENCE, TIMESTAMP, MMU_2M, PEER_P2P.
 pub(crate) const CAPS_V1: u32 = 0x3f;
 
-/// `STATUS` values.
+/// `STATUS` of a device that executes commands.
 pub(crate) const STATUS_READY: u32 = 1;
