@@ -3,8 +3,10 @@
 //! Driver for the Conflux accelerator.
 
 mod driver;
+mod engine;
 mod file;
 mod gem;
+mod mmu;
 mod regs;
 
 kernel::module_pci_driver! {

@@ -14,28 +14,45 @@ use kernel::{
     },
     drm::{
         self,
-        gem, //
+        gem,
+        ioctl, //
     },
     io::Io,
+    irq,
     pci,
     prelude::*,
-    time::{
-        delay::fsleep,
-        Delta,
-        Instant,
-        Monotonic, //
+    ptr::Alignment,
+    sizes::{
+        SZ_2M,
+        SZ_4K, //
     },
+    sync::Arc, //
 };
 
 use crate::{
+    engine::{
+        Command,
+        CompletionIrq,
+        Engine,
+        ErrorIrq,
+        MAX_JOB_COMMANDS, //
+    },
     file::File,
     gem::Bo,
+    mmu::{
+        PageTables,
+        Target,
+        Vram,
+        VramIo, //
+    },
     regs, //
 };
 
-/// How long a reset may take. The device model may run under an emulator without
-/// acceleration, where a doorbell takes milliseconds.
-const RESET_TIMEOUT: Delta = Delta::from_secs(5);
+/// Where the kernel's own address space maps VRAM: the last level-3 entry, above every address
+/// userspace can use.
+pub(crate) const KERNEL_VA_BASE: u64 = 511 << 39;
+/// The lowest virtual address userspace can bind a buffer at.
+pub(crate) const USER_VA_START: u64 = SZ_2M as u64;
 
 /// The Conflux PCI driver.
 pub(crate) struct ConfluxDriver;
@@ -56,17 +73,29 @@ pub(crate) struct DeviceInfo {
     pub(crate) vram_size: u64,
 }
 
-/// A bound device's hardware: its mapped BARs.
+/// A bound device: its engine, its VRAM and the kernel's address space, which maps all of VRAM
+/// at [`KERNEL_VA_BASE`] so that the engine can scrub it.
 pub(crate) struct Hw<'bound> {
-    pdev: &'bound pci::Device<Bound>,
-    doorbell: pci::Bar<'bound, { regs::DOORBELL_BAR_SIZE }>,
-    ctl: pci::Bar<'bound, { regs::CTL_SIZE }>,
-    info: DeviceInfo,
+    pub(crate) pdev: &'bound pci::Device<Bound>,
+    pub(crate) engine: Arc<Engine<'bound>>,
+    pub(crate) info: DeviceInfo,
+    pub(crate) vram: Vram,
+    kernel_vm: PageTables,
 }
 
-/// What the PCI driver keeps while bound: the accel device's registration.
+/// What the PCI driver keeps while bound.
+///
+/// Fields drop in declaration order: the accel device goes first, so no ioctl runs any more;
+/// then the interrupt handlers; the vectors they borrow go last.
+#[pin_data]
 pub(crate) struct Probed<'bound> {
     _reg: drm::Registration<'bound, ConfluxDrm>,
+    #[pin]
+    _completion: irq::Registration<'bound, CompletionIrq<'bound>>,
+    #[pin]
+    _error: irq::ThreadedRegistration<'bound, ErrorIrq<'bound>>,
+    vectors: pci::IrqVectorRegistration<'bound>,
+    engine: Arc<Engine<'bound>>,
 }
 
 kernel::pci_device_table!(
@@ -87,97 +116,142 @@ fn read_ident64<const OFFSET: usize>(ctl: &pci::Bar<'_, { regs::CTL_SIZE }>) -> 
     u64::from(ctl.read32(OFFSET + 4)) << 32 | u64::from(ctl.read32(OFFSET))
 }
 
+/// Maps the BARs, checks that the function is a Conflux device this driver supports and
+/// returns its engine, reset.
+fn identify<'bound>(pdev: &'bound pci::Device<Bound>) -> Result<Arc<Engine<'bound>>> {
+    let ctl = pdev.iomap_region_sized::<{ regs::CTL_SIZE }>(regs::CTL_BAR, c"conflux/ctl")?;
+    let signature = read_ident64::<{ regs::SIGNATURE }>(&ctl);
+    if signature != regs::SIGNATURE_VALUE {
+        dev_info!(
+            pdev,
+            "probe: BAR2 signature {:#018x} is not \"CNFXACCL\": a plain ivshmem device, not binding\n",
+            signature
+        );
+        return Err(ENODEV);
+    }
+    let version = ctl.read32(regs::VERSION);
+    if version >> 16 != regs::VERSION_MAJOR {
+        dev_err!(
+            pdev,
+            "probe: device interface version {}.{} is not supported (needs {}.x)\n",
+            version >> 16,
+            version & 0xffff,
+            regs::VERSION_MAJOR
+        );
+        return Err(ENODEV);
+    }
+    let info = DeviceInfo {
+        version,
+        caps: ctl.read32(regs::CAPS),
+        vram_offset: read_ident64::<{ regs::VRAM_OFFSET }>(&ctl),
+        vram_size: read_ident64::<{ regs::VRAM_SIZE }>(&ctl),
+    };
+    let bar_size = read_ident64::<{ regs::BAR_SIZE }>(&ctl);
+    let bar_len = pdev.resource_len(regs::CTL_BAR)?;
+    let vram_fits = match info.vram_offset.checked_add(info.vram_size) {
+        Some(end) => end <= bar_len,
+        None => false,
+    };
+    let aligned = info.vram_offset % SZ_2M as u64 == 0 && info.vram_size % SZ_2M as u64 == 0;
+    if bar_size != bar_len || !vram_fits || !aligned {
+        dev_err!(
+            pdev,
+            "probe: inconsistent layout: BAR_SIZE {:#x}, BAR2 length {:#x}, VRAM {:#x}+{:#x}\n",
+            bar_size,
+            bar_len,
+            info.vram_offset,
+            info.vram_size
+        );
+        return Err(EIO);
+    }
+    if info.caps & regs::CAPS_V1 != regs::CAPS_V1 {
+        dev_err!(
+            pdev,
+            "probe: capabilities {:#x} lack some of version 1.0's {:#x}\n",
+            info.caps,
+            regs::CAPS_V1
+        );
+        return Err(ENODEV);
+    }
+    let doorbell = pdev.iomap_region_sized::<{ regs::DOORBELL_BAR_SIZE }>(
+        regs::DOORBELL_BAR,
+        c"conflux/doorbell",
+    )?;
+    Engine::new(pdev, doorbell, ctl, info)
+}
+
 impl<'bound> Hw<'bound> {
-    /// Maps the BARs and checks that the function is a Conflux device this driver supports.
-    fn new(pdev: &'bound pci::Device<Bound>) -> Result<Self> {
-        let ctl = pdev.iomap_region_sized::<{ regs::CTL_SIZE }>(regs::CTL_BAR, c"conflux/ctl")?;
-        let signature = read_ident64::<{ regs::SIGNATURE }>(&ctl);
-        if signature != regs::SIGNATURE_VALUE {
-            dev_info!(
-                pdev,
-                "probe: BAR2 signature {:#018x} is not \"CNFXACCL\": a plain ivshmem device, not binding\n",
-                signature
-            );
-            return Err(ENODEV);
-        }
-        let version = ctl.read32(regs::VERSION);
-        if version >> 16 != regs::VERSION_MAJOR {
-            dev_err!(
-                pdev,
-                "probe: device interface version {}.{} is not supported (needs {}.x)\n",
-                version >> 16,
-                version & 0xffff,
-                regs::VERSION_MAJOR
-            );
-            return Err(ENODEV);
-        }
-        let info = DeviceInfo {
-            version,
-            caps: ctl.read32(regs::CAPS),
-            vram_offset: read_ident64::<{ regs::VRAM_OFFSET }>(&ctl),
-            vram_size: read_ident64::<{ regs::VRAM_SIZE }>(&ctl),
-        };
-        let bar_size = read_ident64::<{ regs::BAR_SIZE }>(&ctl);
-        let bar_len = pdev.resource_len(regs::CTL_BAR)?;
-        let vram_fits = match info.vram_offset.checked_add(info.vram_size) {
-            Some(end) => end <= bar_len,
-            None => false,
-        };
-        if bar_size != bar_len || !vram_fits {
-            dev_err!(
-                pdev,
-                "probe: inconsistent layout: BAR_SIZE {:#x}, BAR2 length {:#x}, VRAM {:#x}+{:#x}\n",
-                bar_size,
-                bar_len,
-                info.vram_offset,
-                info.vram_size
-            );
-            return Err(EIO);
-        }
-        if info.caps & regs::CAPS_V1 != regs::CAPS_V1 {
-            dev_err!(
-                pdev,
-                "probe: capabilities {:#x} lack some of version 1.0's {:#x}\n",
-                info.caps,
-                regs::CAPS_V1
-            );
-            return Err(ENODEV);
-        }
-        let doorbell = pdev.iomap_region_sized::<{ regs::DOORBELL_BAR_SIZE }>(
-            regs::DOORBELL_BAR,
-            c"conflux/doorbell",
+    /// Zeroes all of VRAM that is not allocated.
+    fn scrub_free(&self) -> Result {
+        let free = self
+            .vram
+            .alloc(self.vram.avail(), Alignment::new::<SZ_4K>())?;
+        self.scrub(free.iter().map(|b| (b.offset(), b.size())))
+    }
+
+    /// Sets up VRAM and the kernel's address space on a reset engine.
+    fn new(pdev: &'bound pci::Device<Bound>, engine: Arc<Engine<'bound>>) -> Result<Self> {
+        let info = engine.info();
+        let vram = Vram::new(info.vram_size)?;
+        let io = VramIo::new(engine.bar2(), info.vram_offset)?;
+        let mut kernel_vm = PageTables::new(&vram, &io)?;
+        kernel_vm.map(
+            &vram,
+            &io,
+            KERNEL_VA_BASE,
+            Target::Vram(0),
+            info.vram_size,
+            true,
         )?;
         Ok(Self {
             pdev,
-            doorbell,
-            ctl,
+            engine,
             info,
+            vram,
+            kernel_vm,
         })
     }
 
-    /// Resets the device: every queued command is discarded and the error record cleared.
-    fn reset(&self) -> Result {
-        self.ctl.write32(regs::CONTROL_RESET, regs::CONTROL);
-        self.doorbell.write32(0, regs::DOORBELL);
-        let start = Instant::<Monotonic>::now();
-        loop {
-            let control = self.ctl.read32(regs::CONTROL);
-            let status = self.ctl.read32(regs::STATUS);
-            if control == 0 && status == regs::STATUS_READY {
-                return Ok(());
+    /// Zeroes the VRAM ranges `(offset, len)` with the engine and waits for it.
+    ///
+    /// The wait is not interruptible: the memory is freed or handed out only after the engine
+    /// wrote it, so that a late fill never overwrites data of its next user.
+    pub(crate) fn scrub(&self, ranges: impl Iterator<Item = (u64, u64)>) -> Result {
+        let mut commands = KVec::new();
+        let mut last = None;
+        let submitted = (|| -> Result {
+            for (offset, len) in ranges {
+                let mut done = 0;
+                while done < len {
+                    let piece = (len - done).min(regs::MAX_COMMAND_LEN);
+                    commands.push(
+                        Command::Fill {
+                            dst: KERNEL_VA_BASE + offset + done,
+                            len: piece,
+                            pattern: 0,
+                        },
+                        GFP_KERNEL,
+                    )?;
+                    done += piece;
+                    if commands.len() == MAX_JOB_COMMANDS {
+                        let job = core::mem::take(&mut commands);
+                        last = Some(self.engine.submit(self.kernel_vm.root(), job)?);
+                    }
+                }
             }
-            if start.elapsed() > RESET_TIMEOUT {
-                dev_err!(
-                    self.pdev,
-                    "reset: not done after {} ms (CONTROL {:#x}, STATUS {})\n",
-                    RESET_TIMEOUT.as_millis(),
-                    control,
-                    status
-                );
-                return Err(ETIMEDOUT);
+            if !commands.is_empty() {
+                let job = core::mem::take(&mut commands);
+                last = Some(self.engine.submit(self.kernel_vm.root(), job)?);
             }
-            fsleep(Delta::from_millis(1));
+            Ok(())
+        })();
+        // Jobs complete in order: the last one's fence covers the others. It is waited for even
+        // when a later submission failed, so that no fill outlives this call.
+        if let Some(fence) = last {
+            self.engine.wait(&fence, false)?;
+            fence.status()?;
         }
+        submitted
     }
 }
 
@@ -191,25 +265,71 @@ impl pci::Driver for ConfluxDriver {
         pdev: &'bound pci::Device<Core<'_>>,
         _info: Option<&'bound Self::IdInfo>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-        pdev.enable_device_mem()?;
-        pdev.set_master();
-        let hw = Hw::new(pdev)?;
-        hw.reset()?;
-        let info = hw.info;
-        let drm = drm::UnregisteredDevice::<ConfluxDrm>::new(pdev, Ok(()))?;
-        // SAFETY: The registration is kept in the driver's bound data and dropped at unbind; it
-        // is never forgotten.
-        let reg = unsafe { drm::Registration::new(pdev.as_ref(), drm, hw, 0)? };
-        dev_info!(
-            pdev,
-            "Conflux {}.{}, {} MiB of VRAM at BAR2 + {:#x}, capabilities {:#x}\n",
-            info.version >> 16,
-            info.version & 0xffff,
-            info.vram_size >> 20,
-            info.vram_offset,
-            info.caps
-        );
-        Ok(Probed { _reg: reg })
+        try_pin_init!(Probed {
+            engine: {
+                pdev.enable_device_mem()?;
+                pdev.set_master();
+                identify(pdev)?
+            },
+            vectors: pdev.alloc_irq_vectors(
+                2,
+                2,
+                pci::IrqTypes::default().with(pci::IrqType::MsiX),
+            )?,
+            _completion <- {
+                // SAFETY: `vectors` is initialised and pinned with the rest of `Probed`, which
+                // lives until unbind; the handlers that borrow it are declared before it, so
+                // they are dropped first.
+                let vectors: &'bound pci::IrqVectorRegistration<'bound> =
+                    unsafe { &*core::ptr::from_mut(vectors) };
+                let request = vectors.index(regs::VECTOR_COMPLETION)?.into();
+                // SAFETY: The registration is kept in the driver's bound data, never forgotten.
+                unsafe {
+                    irq::Registration::new(
+                        request,
+                        irq::Flags::TRIGGER_NONE,
+                        c"conflux-completion",
+                        Ok::<_, Error>(CompletionIrq(engine.clone())),
+                    )
+                }
+            },
+            _error <- {
+                // SAFETY: As for `_completion`.
+                let vectors: &'bound pci::IrqVectorRegistration<'bound> =
+                    unsafe { &*core::ptr::from_mut(vectors) };
+                let request = vectors.index(regs::VECTOR_ERROR)?.into();
+                // SAFETY: The registration is kept in the driver's bound data, never forgotten.
+                unsafe {
+                    irq::ThreadedRegistration::new(
+                        request,
+                        irq::Flags::ONESHOT,
+                        c"conflux-error",
+                        Ok::<_, Error>(ErrorIrq(engine.clone())),
+                    )
+                }
+            },
+            _reg: {
+                let hw = Hw::new(pdev, engine.clone())?;
+                let info = hw.info;
+                // Zero what an earlier driver or user left in VRAM; this also proves that the
+                // engine runs jobs and signals their fences from the completion interrupt.
+                hw.scrub_free()?;
+                let drm = drm::UnregisteredDevice::<ConfluxDrm>::new(pdev, Ok(()))?;
+                // SAFETY: The registration is kept in the driver's bound data and dropped at
+                // unbind; it is never forgotten.
+                let reg = unsafe { drm::Registration::new(pdev.as_ref(), drm, hw, 0)? };
+                dev_info!(
+                    pdev,
+                    "Conflux {}.{}, {} MiB of VRAM at BAR2 + {:#x}, capabilities {:#x}\n",
+                    info.version >> 16,
+                    info.version & 0xffff,
+                    info.vram_size >> 20,
+                    info.vram_offset,
+                    info.caps
+                );
+                reg
+            },
+        })
     }
 }
 
@@ -230,6 +350,10 @@ impl drm::Driver for ConfluxDrm {
     type ParentDevice<Ctx: DeviceContext> = pci::Device<Ctx>;
 
     const INFO: drm::DriverInfo = INFO;
-    const IOCTLS: &'static [drm::ioctl::DrmIoctlDescriptor] = &[];
     const FEAT_COMPUTE_ACCEL: bool = true;
+
+    kernel::declare_drm_ioctls! {
+        (CONFLUX_GET_INFO, drm_conflux_get_info, ioctl::RENDER_ALLOW, File::get_info),
+        (CONFLUX_BO_CREATE, drm_conflux_bo_create, ioctl::RENDER_ALLOW, File::bo_create),
+    }
 }
