@@ -66,3 +66,14 @@ run_logged() {
 	fi
 	say "$what: done in $((SECONDS - start)) s"
 }
+
+# Sanitised uAPI headers of the build tree (`make headers`), for the userspace
+# built against include/uapi/drm/conflux_accel.h; exports CONFLUX_UAPI_INCLUDE.
+uapi_headers() {
+	"$TOP/mk/overlay.sh" >/dev/null || die "overlay failed"
+	local out=$CACHE/build/uapi
+	mkdir -p "$out"
+	run_logged "$out/headers.log" "uAPI headers (make headers)" \
+		make -s -C "$(build_tree)" ARCH=x86_64 O="$out" headers
+	export CONFLUX_UAPI_INCLUDE=$out/usr/include
+}

@@ -5,6 +5,7 @@
 STEP=emu
 . "$(dirname "$0")/common.sh"
 
+uapi_headers
 cd "$TOP/tools/testing/conflux"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/build/cargo}
 passed=0 failed=0

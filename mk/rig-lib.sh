@@ -10,13 +10,15 @@ GUEST=${GUEST_BUILD:-$CACHE/build/guest}
 KERNEL=$GUEST/arch/x86/boot/bzImage
 MODULES=$GUEST/modroot
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/build/cargo}
-say "building conflux-emu, conflux-vm (host) and conflux-raw (static guest program)"
+uapi_headers
+say "building conflux-emu, conflux-vm (host), conflux-raw and conflux (static guest programs)"
 (cd "$TOP/tools/testing/conflux" &&
 	cargo build --locked --quiet --release -p conflux-emu -p conflux-vm &&
-	cargo build --locked --quiet --release -p conflux-raw --target x86_64-unknown-linux-musl) ||
+	cargo build --locked --quiet --release -p conflux-raw -p conflux --target x86_64-unknown-linux-musl) ||
 	die "cargo build failed"
 BIN=$CARGO_TARGET_DIR/release
-RAW=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/conflux-raw
+GBIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release
+RAW=$GBIN/conflux-raw
 
 passed=0 failed=0
 pass() { say "PASS $*"; passed=$((passed + 1)); }

@@ -57,7 +57,8 @@ for topo in switch3+rp1 switch3+rp1-zen; do
 	say "booting $topo and loading conflux.ko"
 	log=$(mktemp)
 	set +e
-	vm --topology "$topo" --add "$DRIVER_TEST" --timeout 600 -- sh /usr/bin/driver-test.sh 4 2>&1 |
+	vm --topology "$topo" --add "$DRIVER_TEST" --add "$GBIN/conflux" --add "$GBIN/conflux-uapi-test" \
+		--timeout 600 -- sh /usr/bin/driver-test.sh 4 2>&1 |
 		tee "$log" | sed "s/^/    [$topo driver] /"
 	rc=${PIPESTATUS[0]}
 	set -e

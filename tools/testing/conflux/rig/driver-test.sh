@@ -29,6 +29,52 @@ expect "devices bound to conflux" "$(bound)" "$want"
 expect "accel nodes" "$(nodes)" "$want"
 expect "accel nodes that open" "$(opens)" "$want"
 expect "probe log lines" "$(dmesg | grep -c 'conflux 0000:.*: Conflux 1\.0, ')" "$want"
+vectors=$(grep -c 'conflux-completion\|conflux-error' /proc/interrupts)
+expect "MSI-X vectors requested" "$vectors" $((want * 2))
+
+# The uAPI and the command-line tool.
+if [ -x /usr/bin/conflux-uapi-test ]; then
+	conflux-uapi-test | grep -E '^(PASS|FAIL) '
+else
+	bad "conflux-uapi-test is not in the guest"
+fi
+if ! [ -x /usr/bin/conflux ]; then
+	bad "conflux is not in the guest"
+else
+	out=$(conflux info 2>&1)
+	n=$(echo "$out" | grep -c ': Conflux 1\.0, capabilities 0x3f')
+	expect "conflux info: devices described" "$n" "$want"
+	out=$(conflux --json info 2>&1)
+	n=$(echo "$out" | grep -o '"vram_size":132120576' | wc -l)
+	expect "conflux --json info: one object per device" "$n" "$want"
+	out=$(conflux --device /dev/accel/accel0 alloc 64M 2>&1)
+	case $out in
+	*"took 67108864 bytes of VRAM, zeroed by the engine (67108864 bytes);"*\
+	*"after close 67108864 of 67108864"*)
+		ok "conflux alloc 64M: $out" ;;
+	*) bad "conflux alloc 64M: $out" ;;
+	esac
+	out=$(conflux --device /dev/accel/accel0 alloc 0 2>&1)
+	rc=$?
+	case "$rc $out" in
+	"1 conflux: /dev/accel/accel0: DRM_IOCTL_CONFLUX_BO_CREATE (size 0x0): "*"(EINVAL)")
+		ok "conflux alloc 0 names the device, the call and the error: $out" ;;
+	*) bad "conflux alloc 0: exit $rc: $out" ;;
+	esac
+	out=$(conflux --device /dev/accel/accel99 info 2>&1)
+	rc=$?
+	case "$rc $out" in
+	"1 conflux: /dev/accel/accel99: open: "*) ok "conflux on a missing node: $out" ;;
+	*) bad "conflux on a missing node: exit $rc: $out" ;;
+	esac
+	conflux frobnicate >/dev/null 2>&1
+	expect "conflux with an unknown command: exit status" "$?" 2
+	if conflux --help >/tmp/help && grep -q '^usage: conflux' /tmp/help; then
+		ok "conflux --help"
+	else
+		bad "conflux --help"
+	fi
+fi
 
 # Unbind one device while a file of it is open: the node goes, the file stays
 # usable until closed, the other devices stay.
