@@ -51,14 +51,15 @@ for topo in switch3+rp1 switch3+rp1-zen; do
 done
 
 # The driver: conflux.ko binds every device of the topology, gives each an
-# accel node, and unbinds, unloads and reloads cleanly.
+# accel node, declines the plain ivshmem function, and unbinds, unloads and
+# reloads cleanly.
 DRIVER_TEST=$TOP/tools/testing/conflux/rig/driver-test.sh
 for topo in switch3+rp1 switch3+rp1-zen; do
 	say "booting $topo and loading conflux.ko"
 	log=$(mktemp)
 	set +e
-	vm --topology "$topo" --add "$DRIVER_TEST" --add "$GBIN/conflux" --add "$GBIN/conflux-uapi-test" \
-		--timeout 600 -- sh /usr/bin/driver-test.sh 4 2>&1 |
+	vm --topology "$topo" --plain-ivshmem --add "$DRIVER_TEST" --add "$GBIN/conflux" \
+		--add "$GBIN/conflux-uapi-test" --timeout 600 -- sh /usr/bin/driver-test.sh 4 1 2>&1 |
 		tee "$log" | sed "s/^/    [$topo driver] /"
 	rc=${PIPESTATUS[0]}
 	set -e

@@ -85,8 +85,9 @@ struct drm_conflux_get_info {
  *
  * Errors: -EINVAL for a size of 0 or unknown flags, a missing placement or
  * a non-zero handle; -ENOSPC when VRAM has no room for the buffer; -EINTR
- * or -ERESTARTSYS when a signal interrupted the wait for the engine (nothing
- * was created); -EIO or -ETIMEDOUT when the engine failed to zero it.
+ * when a signal arrived while the call waited for room in the engine's ring
+ * (nothing was created); -EIO or -ETIMEDOUT when the engine failed to zero
+ * the memory.
  */
 struct drm_conflux_bo_create {
 	__u64 size;

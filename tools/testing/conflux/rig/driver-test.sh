@@ -6,8 +6,10 @@
 # unbinds a device while a file is open, and unloads and reloads the module.
 # Prints one "PASS ..." or "FAIL ..." line per check.
 #
-# Usage: driver-test.sh DEVICES
+# Usage: driver-test.sh DEVICES PLAIN: the topology's Conflux devices, and
+# how many plain ivshmem functions (same PCI ID, no signature) it also has.
 want=$1
+plain=$2
 ok() { echo "PASS $*"; }
 bad() { echo "FAIL $*"; }
 expect() { # expect WHAT GOT WANT
@@ -29,6 +31,13 @@ expect "devices bound to conflux" "$(bound)" "$want"
 expect "accel nodes" "$(nodes)" "$want"
 expect "accel nodes that open" "$(opens)" "$want"
 expect "probe log lines" "$(dmesg | grep -c 'conflux 0000:.*: Conflux 1\.0, ')" "$want"
+funcs=0
+for d in /sys/bus/pci/devices/*; do
+	[ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1af4:0x1110 ] && funcs=$((funcs + 1))
+done
+expect "ivshmem functions (1af4:1110)" "$funcs" $((want + plain))
+declined=$(dmesg | grep -c 'not "CNFXACCL": a plain ivshmem device, not binding')
+expect "plain ivshmem functions declined, with a log line" "$declined" "$plain"
 vectors=$(grep -c 'conflux-completion\|conflux-error' /proc/interrupts)
 expect "MSI-X vectors requested" "$vectors" $((want * 2))
 
@@ -48,10 +57,10 @@ else
 	n=$(echo "$out" | grep -o '"vram_size":132120576' | wc -l)
 	expect "conflux --json info: one object per device" "$n" "$want"
 	out=$(conflux --device /dev/accel/accel0 alloc 64M 2>&1)
+	took='took 67108864 bytes of VRAM, zeroed by the engine (67108864 bytes);'
+	freed='after close 67108864 of 67108864 bytes available again'
 	case $out in
-	*"took 67108864 bytes of VRAM, zeroed by the engine (67108864 bytes);"*\
-	*"after close 67108864 of 67108864"*)
-		ok "conflux alloc 64M: $out" ;;
+	*"$took"*"$freed"*) ok "conflux alloc 64M: $out" ;;
 	*) bad "conflux alloc 64M: $out" ;;
 	esac
 	out=$(conflux --device /dev/accel/accel0 alloc 0 2>&1)

@@ -212,6 +212,16 @@ pub struct Bo<'a> {
     pub size: u64,
 }
 
+impl Bo<'_> {
+    /// Gives up ownership of the handle without closing it: it stays valid until it is closed
+    /// or the device's file is closed.
+    pub fn into_handle(self) -> u32 {
+        let handle = self.handle;
+        std::mem::forget(self);
+        handle
+    }
+}
+
 impl Drop for Bo<'_> {
     fn drop(&mut self) {
         let mut args = uapi::drm_gem_close {

@@ -56,6 +56,8 @@ Boots the rig, runs COMMAND with /bin/sh in the guest, returns its status.
   --add PATH         copy a host file to the guest's /usr/bin (repeatable)
   --timeout SECS     give up after SECS seconds, default 300
   --append ARGS      more kernel command-line arguments (repeatable)
+  --plain-ivshmem    add a plain ivshmem function (same PCI ID, no Conflux
+                     signature) on the root bus
   --verbose          also print the kernel's boot log
 
 Exit status: the command's; 124 on timeout; 125 when the rig failed;
@@ -79,6 +81,7 @@ struct Options {
     timeout: Duration,
     verbose: bool,
     append: Vec<String>,
+    plain_ivshmem: bool,
     command: Vec<String>,
 }
 
@@ -112,6 +115,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         timeout: Duration::from_secs(300),
         verbose: false,
         append: Vec::new(),
+        plain_ivshmem: false,
         command: Vec::new(),
     };
     while let Some(a) = it.next() {
@@ -134,6 +138,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     Duration::from_secs(v.parse().map_err(|_| format!("invalid --timeout {v:?}"))?);
             }
             "--verbose" => o.verbose = true,
+            "--plain-ivshmem" => o.plain_ivshmem = true,
             "--append" => {
                 let v = val()?;
                 if v.trim().is_empty() || v.contains(['\n', '\0']) {
@@ -362,7 +367,10 @@ fn run(o: &Options) -> Result<u8, String> {
     });
 
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(o.topology.qemu_args(&dir, o.mem, &o.append))
+        .args(
+            o.topology
+                .qemu_args(&dir, o.mem, &o.append, o.plain_ivshmem),
+        )
         .arg("-kernel")
         .arg(&o.kernel)
         .arg("-initrd")

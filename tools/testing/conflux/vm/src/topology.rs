@@ -58,8 +58,10 @@ impl Topology {
     /// QEMU's arguments for this rig, minus `-kernel` and `-initrd`: TCG,
     /// guest RAM shared through `dir/guest-ram`, QMP at `dir/qmp.sock`, the
     /// bridges, and accelerator `i` as `ivshmem-doorbell` `cfx<i>` on
-    /// `dir/dev<i>.sock`.
-    pub fn qemu_args(&self, dir: &Path, mem: u64, append: &[String]) -> Vec<String> {
+    /// `dir/dev<i>.sock`. With `plain`, also a plain ivshmem function
+    /// (`ivshmem-plain`, the same PCI ID, 4 MiB of zeroed shared memory, no
+    /// Conflux signature) on the root bus, which a driver must decline.
+    pub fn qemu_args(&self, dir: &Path, mem: u64, append: &[String], plain: bool) -> Vec<String> {
         let d = dir.display();
         let mut cmdline = String::from("console=ttyS0 panic=-1 oops=panic");
         for a in append {
@@ -109,6 +111,14 @@ impl Topology {
                 format!("ivshmem-doorbell,chardev=c{i},vectors=2,id=cfx{i},bus={bus}"),
             ]);
         }
+        if plain {
+            a.extend([
+                "-object".into(),
+                "memory-backend-ram,id=plainmem,size=4M,share=on".into(),
+                "-device".into(),
+                "ivshmem-plain,memdev=plainmem,id=plain0,bus=pcie.0".into(),
+            ]);
+        }
         a
     }
 }
@@ -136,6 +146,7 @@ mod tests {
             Path::new("/r"),
             512 << 20,
             &["kunit.enable=1".into()],
+            false,
         );
         let joined = a.join(" ");
         for (i, bus) in ["dp0", "dp1", "dp2", "rp1"].iter().enumerate() {
@@ -153,6 +164,17 @@ mod tests {
             cmdline,
             Some("console=ttyS0 panic=-1 oops=panic kunit.enable=1")
         );
+        assert!(!joined.contains("ivshmem-plain"));
+        Ok(())
+    }
+
+    #[test]
+    fn plain_ivshmem_function() -> Result<(), String> {
+        let a = Topology::by_name("switch3+rp1")?.qemu_args(Path::new("/r"), 512 << 20, &[], true);
+        let joined = a.join(" ");
+        assert!(joined.contains("-object memory-backend-ram,id=plainmem,size=4M,share=on"));
+        assert!(joined.contains("-device ivshmem-plain,memdev=plainmem,id=plain0,bus=pcie.0"));
+        assert_eq!(joined.matches("ivshmem-doorbell").count(), 4);
         Ok(())
     }
 }

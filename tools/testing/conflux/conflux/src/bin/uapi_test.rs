@@ -195,6 +195,52 @@ fn test_device(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     Ok(())
 }
 
+/// Unbinds the device at `path` from the driver while a file of it is open with a buffer in
+/// VRAM, then binds it again: the file sees ENODEV, closing it frees the buffer after the
+/// device is gone, and the device comes back with all of its VRAM.
+fn unbind_with_buffer(t: &mut Tally, path: &std::path::Path) -> Result<(), Error> {
+    let dev = Device::open(path)?;
+    let name = path.display().to_string();
+    let Some(pci) = dev.pci_address() else {
+        t.check(&format!("{name}: PCI address"), false, "not found in sysfs");
+        return Ok(());
+    };
+    let avail = dev.info()?.vram_avail;
+    let handle = dev.bo_create(8 * MIB)?.into_handle();
+    let sysfs = |file: &str| {
+        std::fs::write(format!("/sys/bus/pci/drivers/conflux/{file}"), &pci).map_err(|e| Error {
+            device: pci.clone(),
+            call: format!("write /sys/bus/pci/drivers/conflux/{file}"),
+            error: e,
+        })
+    };
+    sysfs("unbind")?;
+    t.errno(
+        &format!("{name}: GET_INFO after its device was unbound, with buffer {handle} open"),
+        dev.info(),
+        libc::ENODEV,
+    );
+    // Closing the file frees the buffer's VRAM into the allocator of a device that is gone.
+    drop(dev);
+    sysfs("bind")?;
+    let back = conflux::devices()
+        .into_iter()
+        .filter_map(|p| Device::open(p).ok())
+        .find(|d| d.pci_address().as_deref() == Some(pci.as_str()));
+    match back {
+        Some(d) => {
+            let info = d.info()?;
+            t.check(
+                &format!("{pci}: bound again, with all of its VRAM available"),
+                info.vram_avail == avail,
+                format!("{} available, {} before", info.vram_avail, avail),
+            );
+        }
+        None => t.check(&format!("{pci}: bound again"), false, "no accel node"),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let mut t = Tally {
         passed: 0,
@@ -206,14 +252,23 @@ fn main() -> ExitCode {
         !found.is_empty(),
         found.len(),
     );
-    for path in found {
-        match Device::open(&path) {
+    for path in found.iter() {
+        match Device::open(path) {
             Ok(dev) => {
                 if let Err(e) = test_device(&mut t, &dev) {
                     t.check(&format!("{}: uAPI calls", path.display()), false, e);
                 }
             }
             Err(e) => t.check(&format!("{}: open", path.display()), false, e),
+        }
+    }
+    if let Some(path) = found.first() {
+        if let Err(e) = unbind_with_buffer(&mut t, path) {
+            t.check(
+                &format!("{}: unbind with a buffer", path.display()),
+                false,
+                e,
+            );
         }
     }
     println!("{} passed, {} failed", t.passed, t.failed);
