@@ -460,18 +460,23 @@ impl<'bound> Engine<'bound> {
         }
     }
 
-    /// Fails job `seqno` with [`ETIMEDOUT`] if it is still the oldest job in flight.
+    /// Called when job `seqno` did not complete within [`JOB_TIMEOUT_MS`]: fails the oldest job
+    /// in flight with [`ETIMEDOUT`] if it is that job or an earlier one, which has been in flight
+    /// at least as long, and recovers the engine.
     fn timed_out(&self, seqno: u64) {
         let mut ring = self.ring.lock();
         self.complete();
-        if self.pending.lock().front().map(|job| job.seqno) != Some(seqno) {
-            // Done, or an earlier job holds it up: that one times out first.
+        let Some(oldest) = self.pending.lock().front().map(|job| job.seqno) else {
+            return;
+        };
+        if oldest > seqno {
+            // Job `seqno` completed meanwhile.
             return;
         }
         dev_err!(
             self.pdev,
             "engine: job {} did not complete in {} ms; resetting\n",
-            seqno,
+            oldest,
             JOB_TIMEOUT_MS
         );
         if let Err(e) = self.recover(&mut ring, ETIMEDOUT) {
