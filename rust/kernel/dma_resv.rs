@@ -396,6 +396,19 @@ impl<'a> ResvSet<'a> {
         }
         Ok(())
     }
+
+    /// Adds `fence` to every object, with the usage `usage` gives for it, into slots reserved
+    /// with [`Self::reserve_fences`]; returns [`ENOSPC`], adding nothing, when an object has no
+    /// slot.
+    pub fn add_fence_with(&mut self, fence: &Fence, usage: impl Fn(&DmaResv) -> Usage) -> Result {
+        if self.reserved.contains(&0) {
+            return Err(ENOSPC);
+        }
+        for (obj, r) in self.locked.iter().zip(self.reserved.iter_mut()) {
+            add(obj, r, fence, usage(obj))?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for ResvSet<'_> {
