@@ -8,6 +8,7 @@ mod file;
 mod gem;
 mod mmu;
 mod regs;
+mod vm;
 
 kernel::module_pci_driver! {
     type: driver::ConfluxDriver,

@@ -181,6 +181,11 @@ fn identify<'bound>(pdev: &'bound pci::Device<Bound>) -> Result<Arc<Engine<'boun
 }
 
 impl<'bound> Hw<'bound> {
+    /// CPU access to VRAM, to write page tables.
+    pub(crate) fn vram_io(&self) -> Result<VramIo<'_>> {
+        VramIo::new(self.engine.bar2(), self.info.vram_offset)
+    }
+
     /// Zeroes all of VRAM that is not allocated.
     fn scrub_free(&self) -> Result {
         let free = self
@@ -351,9 +356,15 @@ impl drm::Driver for ConfluxDrm {
 
     const INFO: drm::DriverInfo = INFO;
     const FEAT_COMPUTE_ACCEL: bool = true;
+    const FEAT_SYNCOBJ: bool = true;
 
     kernel::declare_drm_ioctls! {
         (CONFLUX_GET_INFO, drm_conflux_get_info, ioctl::RENDER_ALLOW, File::get_info),
         (CONFLUX_BO_CREATE, drm_conflux_bo_create, ioctl::RENDER_ALLOW, File::bo_create),
+        (CONFLUX_VM_BIND, drm_conflux_vm_bind, ioctl::RENDER_ALLOW, File::vm_bind),
+        (CONFLUX_SUBMIT, drm_conflux_submit, ioctl::RENDER_ALLOW, File::submit),
+        (CONFLUX_WAIT, drm_conflux_wait, ioctl::RENDER_ALLOW, File::wait),
+        (CONFLUX_BO_READ, drm_conflux_bo_rw, ioctl::RENDER_ALLOW, File::bo_read),
+        (CONFLUX_BO_WRITE, drm_conflux_bo_rw, ioctl::RENDER_ALLOW, File::bo_write),
     }
 }

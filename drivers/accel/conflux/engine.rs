@@ -74,6 +74,8 @@ impl FenceTimeline for Timeline {
 /// fills.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Command {
+    /// Copies `len` bytes from `src` to `dst`; the two ranges do not overlap.
+    Copy { src: u64, dst: u64, len: u64 },
     /// Writes `len` bytes at `dst`, repeating the little-endian bytes of `pattern`.
     Fill { dst: u64, len: u64, pattern: u64 },
 }
@@ -82,6 +84,7 @@ impl Command {
     /// The slot's opcode and operands.
     fn encode(&self) -> (u32, [u64; 3]) {
         match *self {
+            Command::Copy { src, dst, len } => (regs::OP_COPY, [src, dst, len]),
             Command::Fill { dst, len, pattern } => (regs::OP_FILL, [dst, len, pattern]),
         }
     }
@@ -104,6 +107,8 @@ struct Pending {
     jobs: KVec<Option<Job>>,
     first: usize,
     len: usize,
+    /// When the oldest job became the oldest: the time the engine has had for it.
+    front_since: Instant<Monotonic>,
 }
 
 impl Pending {
@@ -116,6 +121,7 @@ impl Pending {
             jobs,
             first: 0,
             len: 0,
+            front_since: Instant::now(),
         })
     }
 
@@ -148,6 +154,9 @@ impl Pending {
         match self.jobs.get_mut((self.first + self.len) % MAX_JOBS) {
             Some(slot) => {
                 *slot = Some(job);
+                if self.len == 0 {
+                    self.front_since = Instant::now();
+                }
                 self.len += 1;
                 Ok(())
             }
@@ -162,6 +171,7 @@ impl Pending {
         let job = self.jobs.get_mut(self.first).and_then(Option::take);
         self.first = (self.first + 1) % MAX_JOBS;
         self.len -= 1;
+        self.front_since = Instant::now();
         job
     }
 }
@@ -351,11 +361,50 @@ impl<'bound> Engine<'bound> {
     ///
     /// Returns [`ERESTARTSYS`] when an interruptible wait is interrupted by a signal.
     pub(crate) fn wait(&self, fence: &Fence, interruptible: bool) -> Result {
+        self.wait_for(fence, interruptible, None).map(|_| ())
+    }
+
+    /// Waits at most `timeout_ms` milliseconds (without limit for `None`) for `fence` of this
+    /// engine and returns whether it signalled. While it waits, a job that has been the oldest
+    /// in flight for [`JOB_TIMEOUT_MS`] is failed and the engine recovered.
+    pub(crate) fn wait_for(
+        &self,
+        fence: &Fence,
+        interruptible: bool,
+        timeout_ms: Option<u64>,
+    ) -> Result<bool> {
+        let start = Instant::<Monotonic>::now();
         loop {
-            if fence.wait_timeout(interruptible, msecs_to_jiffies(JOB_TIMEOUT_MS))? {
-                return Ok(());
+            let step = match timeout_ms {
+                None => JOB_TIMEOUT_MS,
+                Some(limit) => {
+                    let waited = u64::try_from(start.elapsed().as_millis()).unwrap_or(0);
+                    let left = limit.saturating_sub(waited);
+                    if left == 0 {
+                        return Ok(fence.is_signaled());
+                    }
+                    u32::try_from(left).unwrap_or(u32::MAX).min(JOB_TIMEOUT_MS)
+                }
+            };
+            if fence.wait_timeout(interruptible, msecs_to_jiffies(step))? {
+                return Ok(true);
             }
-            self.timed_out(fence.seqno());
+            self.check_timeout();
+        }
+    }
+
+    /// Fails the oldest job when it has been the oldest for [`JOB_TIMEOUT_MS`].
+    pub(crate) fn check_timeout(&self) {
+        let expired = {
+            let pending = self.pending.lock();
+            let age = pending.front_since.elapsed().as_millis();
+            pending
+                .front()
+                .filter(|_| age >= i64::from(JOB_TIMEOUT_MS))
+                .map(|job| job.seqno)
+        };
+        if let Some(seqno) = expired {
+            self.timed_out(seqno);
         }
     }
 

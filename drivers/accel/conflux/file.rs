@@ -3,16 +3,33 @@
 //! An open file of a Conflux accel device, and its ioctls.
 
 use kernel::{
+    dma_fence::Fence,
+    dma_resv::{
+        DmaResv,
+        ResvSet, //
+    },
     drm::{
         self,
         gem::{
             self,
             BaseObject, //
         },
+        syncobj::SyncObj,
         Registered, //
     },
+    new_mutex,
     prelude::*,
     sizes::SZ_4K,
+    sync::{
+        aref::ARef,
+        Mutex, //
+    },
+    time::msecs_to_jiffies,
+    transmute::FromBytes,
+    uaccess::{
+        UserPtr,
+        UserSlice, //
+    },
     uapi, //
 };
 
@@ -23,28 +40,108 @@ use crate::{
         KERNEL_VA_BASE,
         USER_VA_START, //
     },
+    engine::{
+        Command,
+        JOB_TIMEOUT_MS,
+        MAX_JOB_COMMANDS, //
+    },
     gem::Bo,
+    vm::{
+        self,
+        BindOp,
+        Object,
+        Vm, //
+    },
 };
 
 /// The accel device of a Conflux device.
 pub(crate) type ConfluxDevice<Ctx = drm::Normal> = drm::Device<ConfluxDrm, Ctx>;
 
+/// The most failed jobs whose result a file keeps for WAIT.
+const KEPT_FAILURES: usize = 256;
+
+/// The jobs of a file that WAIT may ask about.
+///
+/// # Invariants
+///
+/// `jobs` holds, in job order, every job up to `last` that has not completed successfully, but
+/// for failed jobs beyond the [`KEPT_FAILURES`] most recent.
+struct Jobs {
+    last: u64,
+    jobs: KVec<(u64, ARef<Fence>)>,
+}
+
 /// A client of the accel device.
-pub(crate) struct File;
+#[pin_data]
+pub(crate) struct File {
+    /// The file's VM, created at its first use.
+    #[pin]
+    vm: Mutex<Option<KBox<Vm>>>,
+    #[pin]
+    jobs: Mutex<Jobs>,
+}
+
+/// A `drm_conflux_vm_bind_op` as read from userspace.
+#[repr(transparent)]
+struct RawBindOp(uapi::drm_conflux_vm_bind_op);
+
+// SAFETY: The structure has only integer fields and no padding, so any bytes are a valid value.
+unsafe impl FromBytes for RawBindOp {}
+
+/// A `drm_conflux_cmd` as read from userspace.
+#[repr(transparent)]
+struct RawCmd(uapi::drm_conflux_cmd);
+
+// SAFETY: The structure has only integer fields and no padding, so any bytes are a valid value.
+unsafe impl FromBytes for RawCmd {}
+
+/// Reads `count` elements of `T` from the user array at `addr`.
+fn read_array<T: FromBytes>(addr: u64, count: u32) -> Result<KVec<T>> {
+    let count = usize::try_from(count)?;
+    let len = count.checked_mul(core::mem::size_of::<T>()).ok_or(EINVAL)?;
+    let mut reader = UserSlice::new(UserPtr::from_addr(usize::try_from(addr)?), len).reader();
+    let mut out = KVec::with_capacity(count, GFP_KERNEL)?;
+    for _ in 0..count {
+        out.push(reader.read::<T>()?, GFP_KERNEL)?;
+    }
+    Ok(out)
+}
+
+/// Checks that `va..va + len` lies in the range userspace can bind, and returns its end.
+fn user_range(va: u64, len: u64) -> Option<u64> {
+    let end = va.checked_add(len)?;
+    (len != 0 && va >= USER_VA_START && end <= KERNEL_VA_BASE).then_some(end)
+}
 
 /// A DRM file of a Conflux accel device.
 pub(crate) type DrmFile = drm::File<File>;
 
 // The uAPI structures have the sizes the header documents, on both sides: userspace checks
 // the same numbers.
-const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_get_info>() == 88);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_get_info>() == 112);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_create>() == 16);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind_op>() == 40);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind>() == 24);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_cmd>() == 32);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_submit>() == 40);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_wait>() == 24);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
+const _: () = assert!(uapi::DRM_CONFLUX_MAX_CMDS as usize == MAX_JOB_COMMANDS);
 
 impl drm::file::DriverFile for File {
     type Driver = ConfluxDrm;
 
     fn open(_dev: &drm::Device<ConfluxDrm>) -> Result<Pin<KBox<Self>>> {
-        Ok(KBox::new(Self, GFP_KERNEL)?.into())
+        KBox::try_pin_init(
+            try_pin_init!(Self {
+                vm <- new_mutex!(None),
+                jobs <- new_mutex!(Jobs {
+                    last: 0,
+                    jobs: KVec::new(),
+                }),
+            }),
+            GFP_KERNEL,
+        )
     }
 }
 
@@ -54,7 +151,7 @@ impl File {
         _dev: &ConfluxDevice<Registered>,
         hw: &Hw<'_>,
         args: &mut uapi::drm_conflux_get_info,
-        _file: &DrmFile,
+        file: &DrmFile,
     ) -> Result<u32> {
         if args.flags != 0 || args.pad != 0 {
             dev_dbg!(
@@ -66,6 +163,12 @@ impl File {
             return Err(EINVAL);
         }
         let counters = hw.engine.counters()?;
+        let (vm_2m_entries, vm_4k_entries, spares) = file
+            .inner()
+            .vm
+            .lock()
+            .as_ref()
+            .map_or((0, 0, 0), |vm| vm.pages());
         *args = uapi::drm_conflux_get_info {
             flags: 0,
             version: hw.info.version,
@@ -80,6 +183,9 @@ impl File {
             sysmem_bytes: counters.sysmem_bytes,
             commands: counters.commands,
             errors: counters.errors,
+            vm_2m_entries,
+            vm_4k_entries,
+            vm_spare_tables: spares as u64,
         };
         Ok(0)
     }
@@ -126,9 +232,373 @@ impl File {
             );
         })?;
         hw.scrub(vram.iter().map(|b| (b.offset(), b.size())))?;
-        let obj = gem::Object::<Bo>::new(dev, usize::try_from(size)?, vram)?;
+        let obj = gem::Object::<Bo>::new(dev, usize::try_from(size)?, Some(vram))?;
         args.handle = obj.create_handle(file)?;
         args.size = size;
         Ok(0)
     }
+
+    /// Runs `f` on the file's VM, which it creates at the first call.
+    fn with_vm<R>(
+        &self,
+        dev: &ConfluxDevice<Registered>,
+        hw: &Hw<'_>,
+        f: impl FnOnce(&mut Vm) -> Result<R>,
+    ) -> Result<R> {
+        let mut vm = self.vm.lock();
+        let vm = match &mut *vm {
+            Some(vm) => vm,
+            slot => slot.insert(KBox::new(Vm::new(dev, hw)?, GFP_KERNEL)?),
+        };
+        f(vm)
+    }
+
+    /// `DRM_IOCTL_CONFLUX_VM_BIND`.
+    pub(crate) fn vm_bind(
+        dev: &ConfluxDevice<Registered>,
+        hw: &Hw<'_>,
+        args: &mut uapi::drm_conflux_vm_bind,
+        file: &DrmFile,
+    ) -> Result<u32> {
+        if args.flags != 0 || args.pad != 0 {
+            dev_dbg!(
+                hw.pdev,
+                "VM_BIND: flags {:#x}, pad {:#x}: must be 0\n",
+                args.flags,
+                args.pad
+            );
+            return Err(EINVAL);
+        }
+        if args.num_ops == 0 || args.num_ops > uapi::DRM_CONFLUX_MAX_BIND_OPS {
+            dev_dbg!(hw.pdev, "VM_BIND: num_ops {} is not valid\n", args.num_ops);
+            return Err(EINVAL);
+        }
+        if args.vm_id != 0 {
+            dev_dbg!(hw.pdev, "VM_BIND: vm_id {}: no such VM\n", args.vm_id);
+            return Err(ENOENT);
+        }
+        let raw = read_array::<RawBindOp>(args.ops, args.num_ops)?;
+        let mut ops = KVec::with_capacity(raw.len(), GFP_KERNEL)?;
+        let page = SZ_4K as u64;
+        for (i, RawBindOp(op)) in raw.iter().enumerate() {
+            let aligned = (op.va | op.range | op.bo_offset) % page == 0;
+            let in_range = user_range(op.va, op.range).is_some();
+            let known = match op.op {
+                uapi::DRM_CONFLUX_BIND_MAP => op.flags & !uapi::DRM_CONFLUX_BIND_READONLY == 0,
+                uapi::DRM_CONFLUX_BIND_UNMAP => (op.flags | op.handle) == 0 && op.bo_offset == 0,
+                _ => false,
+            };
+            if !aligned || !in_range || !known || op.pad != 0 {
+                dev_dbg!(
+                    hw.pdev,
+                    "VM_BIND: operation {}: op {} flags {:#x} handle {} pad {:#x} bo_offset {:#x} va {:#x} range {:#x} is not valid\n",
+                    i,
+                    op.op,
+                    op.flags,
+                    op.handle,
+                    op.pad,
+                    op.bo_offset,
+                    op.va,
+                    op.range
+                );
+                return Err(EINVAL);
+            }
+            let checked = if op.op == uapi::DRM_CONFLUX_BIND_MAP {
+                let bo = Object::lookup_handle(file, op.handle).inspect_err(|_| {
+                    dev_dbg!(
+                        hw.pdev,
+                        "VM_BIND: operation {}: no buffer {}\n",
+                        i,
+                        op.handle
+                    );
+                })?;
+                let fits = op
+                    .bo_offset
+                    .checked_add(op.range)
+                    .is_some_and(|end| end <= bo.size() as u64);
+                if !fits {
+                    dev_dbg!(
+                        hw.pdev,
+                        "VM_BIND: operation {}: {:#x} bytes at offset {:#x} exceed buffer {} of {:#x} bytes\n",
+                        i,
+                        op.range,
+                        op.bo_offset,
+                        op.handle,
+                        bo.size()
+                    );
+                    return Err(EINVAL);
+                }
+                BindOp::Map {
+                    va: op.va,
+                    range: op.range,
+                    bo,
+                    offset: op.bo_offset,
+                    writable: op.flags & uapi::DRM_CONFLUX_BIND_READONLY == 0,
+                }
+            } else {
+                BindOp::Unmap {
+                    va: op.va,
+                    range: op.range,
+                }
+            };
+            ops.push(checked, GFP_KERNEL)?;
+        }
+        file.inner().with_vm(dev, hw, |vm| vm.bind(hw, &ops))?;
+        Ok(0)
+    }
+
+    /// `DRM_IOCTL_CONFLUX_SUBMIT`.
+    pub(crate) fn submit(
+        dev: &ConfluxDevice<Registered>,
+        hw: &Hw<'_>,
+        args: &mut uapi::drm_conflux_submit,
+        file: &DrmFile,
+    ) -> Result<u32> {
+        if args.flags != 0 || args.pad != 0 || args.job != 0 {
+            dev_dbg!(
+                hw.pdev,
+                "SUBMIT: flags {:#x}, pad {:#x}, job {}: must be 0\n",
+                args.flags,
+                args.pad,
+                args.job
+            );
+            return Err(EINVAL);
+        }
+        if args.num_cmds == 0 || args.num_cmds > uapi::DRM_CONFLUX_MAX_CMDS {
+            dev_dbg!(hw.pdev, "SUBMIT: num_cmds {} is not valid\n", args.num_cmds);
+            return Err(EINVAL);
+        }
+        if args.vm_id != 0 {
+            dev_dbg!(hw.pdev, "SUBMIT: vm_id {}: no such VM\n", args.vm_id);
+            return Err(ENOENT);
+        }
+        let raw = read_array::<RawCmd>(args.cmds, args.num_cmds)?;
+        let mut commands = KVec::with_capacity(raw.len(), GFP_KERNEL)?;
+        // The ranges the commands read and write.
+        let mut ranges = KVec::with_capacity(2 * raw.len(), GFP_KERNEL)?;
+        for (i, RawCmd(cmd)) in raw.iter().enumerate() {
+            let len_ok = cmd.len <= uapi::DRM_CONFLUX_MAX_CMD_LEN;
+            let dst_end = user_range(cmd.dst, cmd.len).filter(|_| len_ok);
+            let command = match (cmd.op, dst_end) {
+                (uapi::DRM_CONFLUX_CMD_COPY, Some(dst_end)) => user_range(cmd.src, cmd.len)
+                    .filter(|&src_end| src_end <= cmd.dst || dst_end <= cmd.src)
+                    .map(|src_end| {
+                        (
+                            Command::Copy {
+                                src: cmd.src,
+                                dst: cmd.dst,
+                                len: cmd.len,
+                            },
+                            Some((cmd.src, src_end, false)),
+                            (cmd.dst, dst_end, true),
+                        )
+                    }),
+                (uapi::DRM_CONFLUX_CMD_FILL, Some(dst_end)) => Some((
+                    Command::Fill {
+                        dst: cmd.dst,
+                        len: cmd.len,
+                        pattern: cmd.src,
+                    },
+                    None,
+                    (cmd.dst, dst_end, true),
+                )),
+                _ => None,
+            };
+            let Some((command, src, dst)) = command.filter(|_| cmd.pad == 0) else {
+                dev_dbg!(
+                    hw.pdev,
+                    "SUBMIT: command {}: op {} pad {:#x} src {:#x} dst {:#x} len {:#x}: invalid\n",
+                    i,
+                    cmd.op,
+                    cmd.pad,
+                    cmd.src,
+                    cmd.dst,
+                    cmd.len
+                );
+                return Err(EINVAL);
+            };
+            commands.push(command, GFP_KERNEL)?;
+            if let Some(src) = src {
+                ranges.push(src, GFP_KERNEL)?;
+            }
+            ranges.push(dst, GFP_KERNEL)?;
+        }
+        let out = match args.out_syncobj {
+            0 => None,
+            handle => Some(SyncObj::lookup(file, handle).inspect_err(|_| {
+                dev_dbg!(hw.pdev, "SUBMIT: no out-syncobj {}\n", handle);
+            })?),
+        };
+        if args.in_syncobj != 0 {
+            let handle = args.in_syncobj;
+            let syncobj = SyncObj::lookup(file, handle).inspect_err(|_| {
+                dev_dbg!(hw.pdev, "SUBMIT: no in-syncobj {}\n", handle);
+            })?;
+            let fence = syncobj.fence().ok_or_else(|| {
+                dev_dbg!(hw.pdev, "SUBMIT: in-syncobj {} has no fence\n", handle);
+                EINVAL
+            })?;
+            fence.wait(true)?;
+            fence.status().inspect_err(|e| {
+                dev_dbg!(hw.pdev, "SUBMIT: the in-fence failed: {:?}\n", e);
+            })?;
+        }
+        let fence = file.inner().with_vm(dev, hw, |vm| {
+            let buffers = vm.buffers(&ranges)?;
+            let mut resvs = KVec::with_capacity(buffers.len(), GFP_KERNEL)?;
+            for (bo, _) in buffers.iter() {
+                resvs.push(bo.dma_resv(), GFP_KERNEL)?;
+            }
+            let mut locked = ResvSet::lock(&resvs, true, GFP_KERNEL)?;
+            locked.reserve_fences(1)?;
+            let fence = hw.engine.submit(vm.root(), commands)?;
+            let written = |resv: &DmaResv| {
+                buffers
+                    .iter()
+                    .any(|(bo, w)| *w && core::ptr::eq(bo.dma_resv(), resv))
+            };
+            // Cannot fail: a slot was reserved on every object.
+            locked.add_fence_with(&fence, |resv| vm::usage(written(resv)))?;
+            vm.set_last(fence.clone());
+            Ok(fence)
+        })?;
+        if let Some(out) = out {
+            out.replace_fence(Some(&fence));
+        }
+        let inner = file.inner();
+        let mut jobs = inner.jobs.lock();
+        jobs.last += 1;
+        let job = jobs.last;
+        // Forget the jobs that completed successfully, and the oldest failures.
+        jobs.jobs.retain(|(_, f)| !matches!(f.status(), Ok(true)));
+        let failed = jobs.jobs.iter().filter(|(_, f)| f.is_signaled()).count();
+        if failed >= KEPT_FAILURES {
+            if let Some(i) = jobs.jobs.iter().position(|(_, f)| f.is_signaled()) {
+                let _ = jobs.jobs.remove(i);
+            }
+        }
+        // Without memory for the entry, WAIT reports the job as complete when it is.
+        let _ = jobs.jobs.push((job, fence), GFP_KERNEL);
+        args.job = job;
+        Ok(0)
+    }
+
+    /// `DRM_IOCTL_CONFLUX_WAIT`.
+    pub(crate) fn wait(
+        _dev: &ConfluxDevice<Registered>,
+        hw: &Hw<'_>,
+        args: &mut uapi::drm_conflux_wait,
+        file: &DrmFile,
+    ) -> Result<u32> {
+        let inner = file.inner();
+        let fence = {
+            let jobs = inner.jobs.lock();
+            if args.flags != 0 || args.pad != 0 || args.job == 0 || args.job > jobs.last {
+                dev_dbg!(
+                    hw.pdev,
+                    "WAIT: job {} (last {}), flags {:#x}, pad {:#x} is not valid\n",
+                    args.job,
+                    jobs.last,
+                    args.flags,
+                    args.pad
+                );
+                return Err(EINVAL);
+            }
+            match jobs.jobs.iter().find(|(job, _)| *job == args.job) {
+                Some((_, fence)) => fence.clone(),
+                // It completed successfully.
+                None => return Ok(0),
+            }
+        };
+        let timeout_ms = u64::try_from(args.timeout_ns)
+            .ok()
+            .map(|ns| ns.div_ceil(1_000_000));
+        if !hw.engine.wait_for(&fence, true, timeout_ms)? {
+            return Err(ETIME);
+        }
+        fence.status()?;
+        Ok(0)
+    }
+
+    /// `DRM_IOCTL_CONFLUX_BO_READ`.
+    pub(crate) fn bo_read(
+        _dev: &ConfluxDevice<Registered>,
+        hw: &Hw<'_>,
+        args: &mut uapi::drm_conflux_bo_rw,
+        file: &DrmFile,
+    ) -> Result<u32> {
+        bo_rw(hw, args, file, false)
+    }
+
+    /// `DRM_IOCTL_CONFLUX_BO_WRITE`.
+    pub(crate) fn bo_write(
+        _dev: &ConfluxDevice<Registered>,
+        hw: &Hw<'_>,
+        args: &mut uapi::drm_conflux_bo_rw,
+        file: &DrmFile,
+    ) -> Result<u32> {
+        bo_rw(hw, args, file, true)
+    }
+}
+
+/// Copies between a buffer and user memory, for BO_READ and BO_WRITE.
+fn bo_rw(hw: &Hw<'_>, args: &uapi::drm_conflux_bo_rw, file: &DrmFile, write: bool) -> Result<u32> {
+    const CHUNK: usize = 64 * 1024;
+    let call = if write { "BO_WRITE" } else { "BO_READ" };
+    if args.flags != 0 || args.size == 0 || (args.offset | args.size) % 4 != 0 {
+        dev_dbg!(
+            hw.pdev,
+            "{}: flags {:#x}, offset {:#x}, size {:#x} are not valid\n",
+            call,
+            args.flags,
+            args.offset,
+            args.size
+        );
+        return Err(EINVAL);
+    }
+    let bo = Object::lookup_handle(file, args.handle).inspect_err(|_| {
+        dev_dbg!(hw.pdev, "{}: no buffer {}\n", call, args.handle);
+    })?;
+    let segments = bo.segments(args.offset, args.size).inspect_err(|_| {
+        dev_dbg!(
+            hw.pdev,
+            "{}: {:#x} bytes at {:#x} exceed buffer {} of {:#x} bytes\n",
+            call,
+            args.size,
+            args.offset,
+            args.handle,
+            bo.size()
+        );
+    })?;
+    // A write waits for readers and writers, a read for writers.
+    let usage = vm::usage(!write);
+    while !bo
+        .dma_resv()
+        .wait_timeout(usage, true, msecs_to_jiffies(JOB_TIMEOUT_MS))?
+    {
+        hw.engine.check_timeout();
+    }
+    let io = hw.vram_io()?;
+    let user = UserSlice::new(
+        UserPtr::from_addr(usize::try_from(args.data)?),
+        usize::try_from(args.size)?,
+    );
+    let (mut reader, mut writer) = user.reader_writer();
+    let mut buf = KVec::from_elem(0u8, CHUNK, GFP_KERNEL)?;
+    for (at, len) in segments {
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from(len - done)?.min(CHUNK);
+            let chunk = buf.get_mut(..n).ok_or(EINVAL)?;
+            if write {
+                reader.read_slice(chunk)?;
+                io.write(at + done, chunk)?;
+            } else {
+                io.read(at + done, chunk)?;
+                writer.write_slice(chunk)?;
+            }
+            done += n as u64;
+        }
+    }
+    Ok(0)
 }

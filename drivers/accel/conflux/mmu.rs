@@ -116,6 +116,34 @@ impl<'a> VramIo<'a> {
         })
     }
 
+    /// Reads the VRAM bytes at `offset`, a multiple of 4, into `out`, whose length is one.
+    pub(crate) fn read(&self, offset: u64, out: &mut [u8]) -> Result {
+        let mut at = self
+            .base
+            .checked_add(usize::try_from(offset)?)
+            .ok_or(EINVAL)?;
+        for word in out.chunks_exact_mut(4) {
+            word.copy_from_slice(&self.bar2.try_read32(at)?.to_le_bytes());
+            at = at.checked_add(4).ok_or(EINVAL)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data`, whose length is a multiple of 4, to VRAM at `offset`, a multiple of 4.
+    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> Result {
+        let mut at = self
+            .base
+            .checked_add(usize::try_from(offset)?)
+            .ok_or(EINVAL)?;
+        for word in data.chunks_exact(4) {
+            let mut bytes = [0u8; 4];
+            bytes.copy_from_slice(word);
+            self.bar2.try_write32(u32::from_le_bytes(bytes), at)?;
+            at = at.checked_add(4).ok_or(EINVAL)?;
+        }
+        Ok(())
+    }
+
     fn write32(&self, value: u32, offset: u64) -> Result {
         self.bar2.try_write32(
             value,
@@ -212,11 +240,25 @@ pub(crate) enum Target {
 }
 
 /// A device address space: four levels of page tables in VRAM.
+///
+/// Tables are taken from `spare` before any is allocated. An owner that unmaps parts of 2 MiB
+/// entries keeps at least one spare table per 2 MiB entry ([`Self::reserve`], [`Self::trim`]),
+/// so that splitting one never allocates.
 pub(crate) struct PageTables {
     root: KBox<Table>,
+    spare: KVec<KBox<Table>>,
     /// Leaf entries mapped with 2 MiB pages, and with 4 KiB pages.
     pub(crate) huge_pages: u64,
     pub(crate) small_pages: u64,
+}
+
+/// The number of `1 << shift` aligned regions that `va..va + len` touches.
+fn regions(va: u64, len: u64, shift: u32) -> usize {
+    match len {
+        0 => 0,
+        // CAST: at most 2^27 regions of 2 MiB in the 48-bit space.
+        _ => (((va + len - 1) >> shift) - (va >> shift) + 1) as usize,
+    }
 }
 
 impl PageTables {
@@ -224,9 +266,39 @@ impl PageTables {
     pub(crate) fn new(vram: &Vram, io: &VramIo<'_>) -> Result<Self> {
         Ok(Self {
             root: Table::new(vram, io)?,
+            spare: KVec::new(),
             huge_pages: 0,
             small_pages: 0,
         })
+    }
+
+    /// The most tables that mapping `va..va + len` can take, counting for each 2 MiB region
+    /// either its level-0 table or the spare that a 2 MiB entry keeps.
+    pub(crate) fn tables_for(va: u64, len: u64) -> usize {
+        regions(va, len, 21) + regions(va, len, 30) + regions(va, len, 39)
+    }
+
+    /// Allocates `count` more spare tables. On failure the spares allocated stay until
+    /// [`Self::trim`].
+    pub(crate) fn reserve(&mut self, vram: &Vram, io: &VramIo<'_>, count: usize) -> Result {
+        self.spare.reserve(count, GFP_KERNEL)?;
+        for _ in 0..count {
+            let table = Table::new(vram, io)?;
+            self.spare.push_within_capacity(table).map_err(|_| ENOMEM)?;
+        }
+        Ok(())
+    }
+
+    /// Frees the spare tables beyond one per 2 MiB entry.
+    pub(crate) fn trim(&mut self) {
+        while self.spare.len() as u64 > self.huge_pages {
+            drop(self.spare.pop());
+        }
+    }
+
+    /// Spare tables held, for [`Self::trim`]'s callers and tests.
+    pub(crate) fn spares(&self) -> usize {
+        self.spare.len()
     }
 
     /// The VRAM offset of the level-3 table, for `MMU_ROOT`.
@@ -270,7 +342,7 @@ impl PageTables {
             if let Err(e) =
                 self.set_leaf(vram, io, cur, level, flags | (addr & regs::PTE_ADDR_MASK))
             {
-                self.unmap(io, va, done);
+                self.unmap(vram, io, va, done);
                 return Err(e);
             }
             done += level_size(level);
@@ -287,6 +359,7 @@ impl PageTables {
         level: u32,
         entry: u64,
     ) -> Result {
+        let spare = &mut self.spare;
         let mut table = &mut self.root;
         for l in (level + 1..=3).rev() {
             let i = level_index(va, l);
@@ -294,7 +367,10 @@ impl PageTables {
                 return Err(EEXIST);
             }
             if table.children.get(i).is_some_and(Option::is_none) {
-                let child = Table::new(vram, io)?;
+                let child = match spare.pop() {
+                    Some(child) => child,
+                    None => Table::new(vram, io)?,
+                };
                 let dir = regs::PTE_VALID | (child.offset & regs::PTE_ADDR_MASK);
                 if let Some(slot) = table.children.get_mut(i) {
                     *slot = Some(child);
@@ -308,6 +384,21 @@ impl PageTables {
                 .ok_or(EINVAL)?;
         }
         let i = level_index(va, level);
+        let empty_child = table
+            .children
+            .get(i)
+            .and_then(Option::as_ref)
+            .is_some_and(|child| child.entries.iter().all(|&e| e == 0));
+        if empty_child {
+            // A level-0 table left empty by unmaps gives way to a 2 MiB entry, and becomes a
+            // spare. The directory entry is cleared first, so the device never walks a mix of
+            // the two entries.
+            table.set(io, i, 0)?;
+            if let Some(child) = table.children.get_mut(i).and_then(Option::take) {
+                // Without room in the pool, the table is freed.
+                let _ = spare.push(child, GFP_KERNEL);
+            }
+        }
         if table.entry(i) & regs::PTE_VALID != 0
             || table.children.get(i).is_some_and(Option::is_some)
         {
@@ -323,39 +414,78 @@ impl PageTables {
         Ok(())
     }
 
-    /// Unmaps `va..va + len`, which [`Self::map`] mapped as a whole or in aligned pieces. Never
-    /// allocates and never fails; tables left empty stay allocated for later mappings.
-    pub(crate) fn unmap(&mut self, io: &VramIo<'_>, va: u64, len: u64) {
-        let mut done = 0;
-        while done < len {
-            let cur = va + done;
-            let step = self.clear_leaf(io, cur).unwrap_or(level_size(0));
-            done += step;
+    /// Unmaps `va..va + len`. A 2 MiB entry that the range covers only in part is split into
+    /// 4 KiB entries first, in a spare table. Never fails; tables left empty stay allocated for
+    /// later mappings. Only when no spare is left and VRAM is full, a 2 MiB entry is cleared
+    /// whole, which [`Self::reserve`] prevents.
+    pub(crate) fn unmap(&mut self, vram: &Vram, io: &VramIo<'_>, va: u64, len: u64) {
+        let end = va.saturating_add(len);
+        let mut cur = va;
+        while cur < end {
+            cur = self.clear(vram, io, cur, end);
         }
     }
 
-    /// Clears the leaf that maps `va` and returns the size it mapped.
-    fn clear_leaf(&mut self, io: &VramIo<'_>, va: u64) -> Option<u64> {
+    /// Clears the leaf that maps `cur`, splitting it if it extends outside `cur..end`, and
+    /// returns the address where the next leaf may start.
+    fn clear(&mut self, vram: &Vram, io: &VramIo<'_>, cur: u64, end: u64) -> u64 {
+        let spare = &mut self.spare;
         let mut table = &mut self.root;
         for level in (0..=3).rev() {
-            let i = level_index(va, level);
+            let size = level_size(level);
+            let base = cur & !(size - 1);
+            let next = base.saturating_add(size);
+            let i = level_index(cur, level);
             let entry = table.entry(i);
             if entry & regs::PTE_VALID == 0 {
-                return None;
+                // Nothing is mapped in this entry's range.
+                return next;
             }
             if level == 0 || entry & regs::PTE_LEAF != 0 {
-                // A write to VRAM through the BAR only fails outside the BAR, which the table
-                // is not.
+                if level == 1 && (base < cur || next > end) {
+                    let child = match spare.pop() {
+                        Some(child) => Some(child),
+                        None => Table::new(vram, io).ok(),
+                    };
+                    if let Some(mut child) = child {
+                        let flags = regs::PTE_VALID | (entry & regs::PTE_WRITABLE);
+                        let addr = entry & regs::PTE_ADDR_MASK;
+                        for k in 0..regs::TABLE_ENTRIES {
+                            let page = addr + k as u64 * level_size(0);
+                            // A write to VRAM through the BAR only fails outside the BAR,
+                            // which the table is not.
+                            let _ = child.set(io, k, flags | page);
+                        }
+                        // The directory translates every page as the 2 MiB entry did, so the
+                        // device may see either.
+                        let _ = table.set(io, i, regs::PTE_VALID | child.offset);
+                        if let Some(slot) = table.children.get_mut(i) {
+                            *slot = Some(child);
+                        }
+                        self.huge_pages -= 1;
+                        self.small_pages += regs::TABLE_ENTRIES as u64;
+                        match table.children.get_mut(i).and_then(Option::as_mut) {
+                            Some(child) => {
+                                table = child;
+                                continue;
+                            }
+                            None => return next,
+                        }
+                    }
+                }
                 let _ = table.set(io, i, 0);
                 if level > 0 {
                     self.huge_pages -= 1;
                 } else {
                     self.small_pages -= 1;
                 }
-                return Some(level_size(level));
+                return next;
             }
-            table = table.children.get_mut(i).and_then(Option::as_mut)?;
+            match table.children.get_mut(i).and_then(Option::as_mut) {
+                Some(child) => table = child,
+                None => return next,
+            }
         }
-        None
+        cur.saturating_add(level_size(0))
     }
 }

@@ -89,6 +89,8 @@ pub(crate) const SLOT_OPERANDS: usize = 0x10;
 /// Slot flag: raise the completion vector when the command completes.
 pub(crate) const SLOT_FLAG_IRQ: u32 = 1;
 
+/// Opcode `COPY`: `src_va`, `dst_va`, `len`.
+pub(crate) const OP_COPY: u32 = 1;
 /// Opcode `FILL`: `dst_va`, `len`, `pattern`.
 pub(crate) const OP_FILL: u32 = 2;
 /// Opcode `FENCE`: writes the slot's seqno to `FENCE_SEQNO`.

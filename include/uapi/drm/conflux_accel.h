@@ -19,10 +19,20 @@ extern "C" {
  * enum drm_conflux_ioctl_id - ioctl numbers, relative to DRM_COMMAND_BASE
  * @DRM_CONFLUX_GET_INFO: describe the device, see &struct drm_conflux_get_info
  * @DRM_CONFLUX_BO_CREATE: create a buffer, see &struct drm_conflux_bo_create
+ * @DRM_CONFLUX_VM_BIND: map and unmap buffers, see &struct drm_conflux_vm_bind
+ * @DRM_CONFLUX_SUBMIT: run a job, see &struct drm_conflux_submit
+ * @DRM_CONFLUX_WAIT: wait for a job, see &struct drm_conflux_wait
+ * @DRM_CONFLUX_BO_READ: read a buffer, see &struct drm_conflux_bo_rw
+ * @DRM_CONFLUX_BO_WRITE: write a buffer, see &struct drm_conflux_bo_rw
  */
 enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_GET_INFO = 0,
 	DRM_CONFLUX_BO_CREATE,
+	DRM_CONFLUX_VM_BIND,
+	DRM_CONFLUX_SUBMIT,
+	DRM_CONFLUX_WAIT,
+	DRM_CONFLUX_BO_READ,
+	DRM_CONFLUX_BO_WRITE,
 };
 
 /* Capability bits of &struct drm_conflux_get_info.caps (the device's CAPS). */
@@ -48,9 +58,13 @@ enum drm_conflux_ioctl_id {
  * @sysmem_bytes: out: bytes the engine read from or wrote to system memory
  * @commands: out: engine commands completed
  * @errors: out: engine errors recorded
+ * @vm_2m_entries: out: 2 MiB page-table entries of the file's VM
+ * @vm_4k_entries: out: 4 KiB page-table entries of the file's VM
+ * @vm_spare_tables: out: page tables the file's VM keeps in reserve, one per
+ *	2 MiB entry (see &struct drm_conflux_vm_bind)
  *
  * The counters count from the device's power-on, are kept across resets and
- * wrap modulo 2^64.
+ * wrap modulo 2^64. The VM fields are 0 until the file's VM exists.
  */
 struct drm_conflux_get_info {
 	__u32 flags;
@@ -66,6 +80,9 @@ struct drm_conflux_get_info {
 	__u64 sysmem_bytes;
 	__u64 commands;
 	__u64 errors;
+	__u64 vm_2m_entries;
+	__u64 vm_4k_entries;
+	__u64 vm_spare_tables;
 };
 
 /* Placement of a buffer: &struct drm_conflux_bo_create.flags. */
@@ -95,6 +112,193 @@ struct drm_conflux_bo_create {
 	__u32 handle;
 };
 
+/* &struct drm_conflux_vm_bind_op.op */
+#define DRM_CONFLUX_BIND_MAP		1
+#define DRM_CONFLUX_BIND_UNMAP		2
+
+/* &struct drm_conflux_vm_bind_op.flags */
+#define DRM_CONFLUX_BIND_READONLY	(1 << 0)
+
+/* Most operations in one &struct drm_conflux_vm_bind. */
+#define DRM_CONFLUX_MAX_BIND_OPS	1024
+
+/**
+ * struct drm_conflux_vm_bind_op - one operation of a VM_BIND call
+ * @op: DRM_CONFLUX_BIND_MAP or DRM_CONFLUX_BIND_UNMAP
+ * @flags: MAP: DRM_CONFLUX_BIND_READONLY makes the device's writes through
+ *	the mapping fail (a permission fault); UNMAP: must be 0
+ * @handle: MAP: GEM handle of the buffer; UNMAP: must be 0
+ * @pad: must be 0
+ * @bo_offset: MAP: offset in the buffer, a multiple of 4 KiB; UNMAP: must be 0
+ * @va: virtual address, a multiple of 4 KiB
+ * @range: bytes, a non-zero multiple of 4 KiB; @va + @range must not exceed
+ *	&drm_conflux_get_info.va_end, and MAP's @bo_offset + @range must not
+ *	exceed the buffer's size
+ *
+ * MAP maps the buffer's bytes @bo_offset..@bo_offset + @range at
+ * @va..@va + @range. The range must be free: a mapping is never replaced.
+ * UNMAP removes whatever is mapped in @va..@va + @range, splitting mappings
+ * that extend outside it; unmapping a free range is not an error.
+ */
+struct drm_conflux_vm_bind_op {
+	__u32 op;
+	__u32 flags;
+	__u32 handle;
+	__u32 pad;
+	__u64 bo_offset;
+	__u64 va;
+	__u64 range;
+};
+
+/**
+ * struct drm_conflux_vm_bind - change the mappings of a VM
+ * @vm_id: the VM; 0 is the file's own VM, the only one so far
+ * @num_ops: number of operations, 1 to DRM_CONFLUX_MAX_BIND_OPS
+ * @ops: user pointer to @num_ops &struct drm_conflux_vm_bind_op
+ * @flags: must be 0
+ * @pad: must be 0
+ *
+ * Every open file has a VM of its own, created at its first VM_BIND or
+ * SUBMIT. The operations apply in order, as one transaction: when the call
+ * fails, the VM is exactly as before it. Before it changes a mapping that a
+ * job may use, the call waits for the VM's jobs to complete; a signal during
+ * that wait returns -EINTR (or restarts the call) with nothing changed.
+ * Mappings use 2 MiB page-table entries wherever the virtual address, the
+ * buffer's memory and the range allow. Each 2 MiB entry keeps a 4 KiB page
+ * table in VRAM in reserve, so that unmapping part of it never needs memory:
+ * UNMAP never fails for lack of resources.
+ *
+ * Errors: -EINVAL for a malformed call or operation (see above), -EFAULT when
+ * @ops cannot be read, -ENOENT for an unknown @vm_id or buffer handle,
+ * -ENOSPC when a MAP's range is not free (after the operations before it)
+ * or VRAM has no room for page tables, -ENOMEM, -EINTR.
+ */
+struct drm_conflux_vm_bind {
+	__u32 vm_id;
+	__u32 num_ops;
+	__u64 ops;
+	__u32 flags;
+	__u32 pad;
+};
+
+/* &struct drm_conflux_cmd.op */
+#define DRM_CONFLUX_CMD_COPY		1
+#define DRM_CONFLUX_CMD_FILL		2
+
+/* Most commands in one &struct drm_conflux_submit. */
+#define DRM_CONFLUX_MAX_CMDS		64
+/* Most bytes one command moves. */
+#define DRM_CONFLUX_MAX_CMD_LEN		(1ULL << 32)
+
+/**
+ * struct drm_conflux_cmd - a command of a job
+ * @op: DRM_CONFLUX_CMD_COPY or DRM_CONFLUX_CMD_FILL
+ * @pad: must be 0
+ * @src: COPY: source virtual address; FILL: the pattern, whose little-endian
+ *	bytes repeat over the destination (byte i gets byte i % 8)
+ * @dst: destination virtual address
+ * @len: bytes, 1 to DRM_CONFLUX_MAX_CMD_LEN
+ *
+ * Addresses have no alignment requirement. Both ranges must lie in the
+ * bindable range (&drm_conflux_get_info.va_start to .va_end), and a COPY's
+ * source and destination ranges must not overlap.
+ */
+struct drm_conflux_cmd {
+	__u32 op;
+	__u32 pad;
+	__u64 src;
+	__u64 dst;
+	__u64 len;
+};
+
+/**
+ * struct drm_conflux_submit - run a job on the device's engine
+ * @vm_id: the VM whose addresses the commands use; 0 is the file's own VM
+ * @num_cmds: number of commands, 1 to DRM_CONFLUX_MAX_CMDS
+ * @cmds: user pointer to @num_cmds &struct drm_conflux_cmd
+ * @flags: must be 0
+ * @in_syncobj: 0, or a syncobj whose fence the job waits for
+ * @out_syncobj: 0, or a syncobj that receives the job's fence
+ * @pad: must be 0
+ * @job: out: the job's number in this file, for DRM_IOCTL_CONFLUX_WAIT
+ *
+ * The commands run in order. The call waits for the in-fence before it
+ * queues the job; when that fence signalled an error, the job is not run and
+ * the call fails with that error. The job's fence is added to the
+ * reservation object of every buffer the commands address (as a write for
+ * destinations, a read for sources), and put in @out_syncobj. It signals
+ * when the last command completed, or with an error: -EIO when the device
+ * reported an error (an address that is not mapped, a write through a
+ * read-only mapping), -ETIMEDOUT when the job did not complete in 10
+ * seconds, -ECANCELED when the device was unbound first; the engine is reset
+ * and runs the jobs after it.
+ *
+ * Errors: -EINVAL for a malformed call or command, or an in-syncobj without
+ * fence; -EFAULT when @cmds cannot be read; -ENOENT for an unknown @vm_id or
+ * syncobj; -ENOMEM; -EINTR while waiting for the in-fence or for room in
+ * the engine's ring (nothing was queued); the in-fence's error.
+ */
+struct drm_conflux_submit {
+	__u32 vm_id;
+	__u32 num_cmds;
+	__u64 cmds;
+	__u32 flags;
+	__u32 in_syncobj;
+	__u32 out_syncobj;
+	__u32 pad;
+	__u64 job;
+};
+
+/**
+ * struct drm_conflux_wait - wait for a job of this file
+ * @job: the number SUBMIT returned
+ * @timeout_ns: longest wait in nanoseconds; 0 only tests, a negative value
+ *	waits without limit
+ * @flags: must be 0
+ * @pad: must be 0
+ *
+ * Returns 0 when the job completed. The file keeps the result of its failed
+ * jobs, up to the 256 most recent, so that WAIT reports a failure even after
+ * the job completed.
+ *
+ * Errors: -EINVAL for a malformed call or a job number this file never
+ * returned; -ETIME when the job did not complete within @timeout_ns; -EINTR;
+ * the job's error (-EIO, -ETIMEDOUT, -ECANCELED, see &struct
+ * drm_conflux_submit).
+ */
+struct drm_conflux_wait {
+	__u64 job;
+	__s64 timeout_ns;
+	__u32 flags;
+	__u32 pad;
+};
+
+/**
+ * struct drm_conflux_bo_rw - read or write a buffer with the CPU
+ * @handle: GEM handle of the buffer
+ * @flags: must be 0
+ * @offset: byte offset in the buffer, a multiple of 4
+ * @size: bytes, a non-zero multiple of 4; @offset + @size must not exceed the
+ *	buffer's size
+ * @data: user pointer to @size bytes: where BO_READ stores the buffer's bytes,
+ *	or what BO_WRITE stores in the buffer
+ *
+ * The CPU copies through the device's BAR. BO_READ first waits for the jobs
+ * that write the buffer, BO_WRITE for every job that uses it: the fences of
+ * the buffer's reservation object.
+ *
+ * Errors: -EINVAL for a malformed call, -ENOENT for an unknown handle,
+ * -EFAULT when @data cannot be accessed (bytes before it may have been
+ * copied), -EINTR while waiting for jobs (nothing was copied).
+ */
+struct drm_conflux_bo_rw {
+	__u32 handle;
+	__u32 flags;
+	__u64 offset;
+	__u64 size;
+	__u64 data;
+};
+
 /*
  * The ioctl request codes, as enumerators rather than macros so that
  * bindings generators see their values.
@@ -106,6 +310,21 @@ enum {
 	DRM_IOCTL_CONFLUX_BO_CREATE =
 		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_BO_CREATE,
 			 struct drm_conflux_bo_create),
+	DRM_IOCTL_CONFLUX_VM_BIND =
+		DRM_IOW(DRM_COMMAND_BASE + DRM_CONFLUX_VM_BIND,
+			struct drm_conflux_vm_bind),
+	DRM_IOCTL_CONFLUX_SUBMIT =
+		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_SUBMIT,
+			 struct drm_conflux_submit),
+	DRM_IOCTL_CONFLUX_WAIT =
+		DRM_IOW(DRM_COMMAND_BASE + DRM_CONFLUX_WAIT,
+			struct drm_conflux_wait),
+	DRM_IOCTL_CONFLUX_BO_READ =
+		DRM_IOW(DRM_COMMAND_BASE + DRM_CONFLUX_BO_READ,
+			struct drm_conflux_bo_rw),
+	DRM_IOCTL_CONFLUX_BO_WRITE =
+		DRM_IOW(DRM_COMMAND_BASE + DRM_CONFLUX_BO_WRITE,
+			struct drm_conflux_bo_rw),
 };
 
 #if defined(__cplusplus)

@@ -1,0 +1,432 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! GPU virtual address spaces: a `drm_gpuvm` and the device's page tables, kept in step.
+//!
+//! VM_BIND applies its operations as one transaction. It checks every operation against the
+//! mappings the operations before it leave, and allocates all it can need (the `drm_gpuva`s of
+//! new and split mappings, page tables, a spare table per 2 MiB entry) before it changes
+//! anything. The changes themselves cannot fail, so the VM is either changed as a whole or not
+//! at all.
+
+use kernel::{
+    dma_fence::Fence,
+    dma_resv::Usage,
+    drm::{
+        gem,
+        gpuvm::{
+            DriverGpuVm,
+            GpuVaAlloc,
+            GpuVm,
+            GpuVmBo,
+            OpMap,
+            OpMapRequest,
+            OpMapped,
+            OpRemap,
+            OpRemapped,
+            OpUnmap,
+            OpUnmapped,
+            UniqueRefGpuVm, //
+        },
+        Registered, //
+    },
+    prelude::*,
+    sizes::SZ_4K,
+    sync::aref::ARef,
+    time::msecs_to_jiffies,
+};
+
+use core::mem::ManuallyDrop;
+
+use crate::{
+    driver::{
+        ConfluxDrm,
+        Hw,
+        KERNEL_VA_BASE,
+        USER_VA_START, //
+    },
+    engine::JOB_TIMEOUT_MS,
+    file::ConfluxDevice,
+    gem::Bo,
+    mmu::{
+        PageTables,
+        Vram,
+        VramIo, //
+    },
+};
+
+/// The GEM object type of the driver.
+pub(crate) type Object = gem::Object<Bo>;
+
+/// The driver's side of a `drm_gpuvm`.
+pub(crate) struct VmData;
+
+/// What the `drm_gpuvm` steps of one operation work with.
+pub(crate) struct BindCtx<'a> {
+    tables: &'a mut PageTables,
+    /// The device's VRAM and the CPU's access to it; `None` when the VM is torn down: only the
+    /// tree changes then, and the tables are freed after.
+    hw: Option<(&'a Vram, &'a VramIo<'a>)>,
+    /// Preallocated `drm_gpuva`s.
+    vas: &'a mut KVec<GpuVaAlloc<VmData>>,
+    writable: bool,
+}
+
+impl BindCtx<'_> {
+    fn va(&mut self) -> Result<GpuVaAlloc<VmData>> {
+        // Not reached: `Vm::bind` allocates as many as the operations can take.
+        self.vas.pop().ok_or(ENOMEM)
+    }
+}
+
+impl DriverGpuVm for VmData {
+    type Driver = ConfluxDrm;
+    type Object = Object;
+    type VaData = ();
+    type VmBoData = ();
+    type SmContext<'ctx> = BindCtx<'ctx>;
+
+    fn sm_step_map<'op, 'ctx>(
+        &mut self,
+        op: OpMap<'op, Self>,
+        ctx: &mut BindCtx<'ctx>,
+    ) -> Result<OpMapped<'op, Self>> {
+        let (vram, io) = ctx.hw.ok_or(EINVAL)?;
+        let va = ctx.va()?;
+        op.obj().map(
+            ctx.tables,
+            vram,
+            io,
+            op.addr(),
+            op.gem_offset(),
+            op.length(),
+            ctx.writable,
+        )?;
+        Ok(op.insert(va, ()))
+    }
+
+    fn sm_step_unmap<'op, 'ctx>(
+        &mut self,
+        op: OpUnmap<'op, Self>,
+        ctx: &mut BindCtx<'ctx>,
+    ) -> Result<OpUnmapped<'op, Self>> {
+        if let Some((vram, io)) = ctx.hw {
+            ctx.tables.unmap(vram, io, op.va().addr(), op.va().length());
+        }
+        let (done, _removed) = op.remove();
+        Ok(done)
+    }
+
+    fn sm_step_remap<'op, 'ctx>(
+        &mut self,
+        op: OpRemap<'op, Self>,
+        ctx: &mut BindCtx<'ctx>,
+    ) -> Result<OpRemapped<'op, Self>> {
+        let old = op.va_to_unmap().range();
+        let from = op.prev().map_or(old.start, |p| p.addr() + p.length());
+        let to = op.next().map_or(old.end, |n| n.addr());
+        if let Some((vram, io)) = ctx.hw {
+            ctx.tables.unmap(vram, io, from, to - from);
+        }
+        let vas = [ctx.va()?, ctx.va()?];
+        let (done, ret) = op.remap(vas, (), ());
+        if let Some(unused) = ret.unused_va {
+            // Two were taken, so there is room for one.
+            let _ = ctx.vas.push_within_capacity(unused);
+        }
+        Ok(done)
+    }
+}
+
+/// One operation of a VM_BIND call, checked.
+pub(crate) enum BindOp {
+    /// Map `range` bytes of `bo` from `offset` on at `va`.
+    Map {
+        va: u64,
+        range: u64,
+        bo: ARef<Object>,
+        offset: u64,
+        writable: bool,
+    },
+    /// Unmap `va..va + range`.
+    Unmap { va: u64, range: u64 },
+}
+
+impl BindOp {
+    fn span(&self) -> (u64, u64) {
+        match *self {
+            BindOp::Map { va, range, .. } | BindOp::Unmap { va, range } => (va, va + range),
+        }
+    }
+}
+
+/// Whether `start..end` is covered by the union of `ranges`.
+fn covered(start: u64, end: u64, ranges: &[(u64, u64)]) -> bool {
+    let mut cur = start;
+    while cur < end {
+        match ranges.iter().find(|&&(a, b)| a <= cur && cur < b) {
+            Some(&(_, b)) => cur = b,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The ranges of `ranges` without `start..end`.
+fn subtract(ranges: &[(u64, u64)], start: u64, end: u64) -> Result<KVec<(u64, u64)>> {
+    let mut out = KVec::with_capacity(ranges.len() + 1, GFP_KERNEL)?;
+    for &(a, b) in ranges {
+        if b <= start || end <= a {
+            out.push((a, b), GFP_KERNEL)?;
+            continue;
+        }
+        if a < start {
+            out.push((a, start), GFP_KERNEL)?;
+        }
+        if end < b {
+            out.push((end, b), GFP_KERNEL)?;
+        }
+    }
+    Ok(out)
+}
+
+/// A GPU virtual address space of one device.
+///
+/// # Invariants
+///
+/// `tables` maps exactly what `gpuvm` holds, each mapping to its buffer's memory, and keeps a
+/// spare table per 2 MiB entry. No job but the one of `last` and earlier ones uses the VM.
+/// `tables` is dropped only in `drop`.
+pub(crate) struct Vm {
+    gpuvm: UniqueRefGpuVm<VmData>,
+    tables: ManuallyDrop<PageTables>,
+    /// The fence of the last job submitted on the VM.
+    last: Option<ARef<Fence>>,
+}
+
+impl Vm {
+    /// A VM with nothing mapped, spanning [`USER_VA_START`] to [`KERNEL_VA_BASE`].
+    pub(crate) fn new(dev: &ConfluxDevice<Registered>, hw: &Hw<'_>) -> Result<Self> {
+        // The object that carries the VM's reservation object; it has no memory.
+        let r_obj = Object::new(dev, SZ_4K, None)?;
+        let gpuvm = GpuVm::new::<Error, _>(
+            c"conflux",
+            dev,
+            &*r_obj,
+            USER_VA_START..KERNEL_VA_BASE,
+            0..0,
+            VmData,
+        )?;
+        let io = hw.vram_io()?;
+        let tables = ManuallyDrop::new(PageTables::new(&hw.vram, &io)?);
+        Ok(Self {
+            gpuvm,
+            tables,
+            last: None,
+        })
+    }
+
+    /// The VRAM offset of the level-3 table, for jobs.
+    pub(crate) fn root(&self) -> u64 {
+        self.tables.root()
+    }
+
+    /// Records `fence` as the VM's last job.
+    pub(crate) fn set_last(&mut self, fence: ARef<Fence>) {
+        self.last = Some(fence);
+    }
+
+    /// Page-table entries in use: 2 MiB ones and 4 KiB ones, and the spare tables.
+    pub(crate) fn pages(&self) -> (u64, u64, usize) {
+        (
+            self.tables.huge_pages,
+            self.tables.small_pages,
+            self.tables.spares(),
+        )
+    }
+
+    /// Checks that every MAP finds its range free, given the operations before it.
+    fn check(&self, hw: &Hw<'_>, ops: &[BindOp]) -> Result {
+        let mut added = KVec::<(u64, u64)>::new();
+        let mut removed = KVec::<(u64, u64)>::new();
+        for (i, op) in ops.iter().enumerate() {
+            let (start, end) = op.span();
+            match op {
+                BindOp::Unmap { .. } => {
+                    added = subtract(&added, start, end)?;
+                    removed.push((start, end), GFP_KERNEL)?;
+                }
+                BindOp::Map { .. } => {
+                    let mut free = !added.iter().any(|&(a, b)| a < end && start < b);
+                    let mut cur = start;
+                    while free {
+                        let Some(va) = self.gpuvm.find_first(cur..end) else {
+                            break;
+                        };
+                        let r = va.range();
+                        let (from, to) = (r.start.max(cur), r.end.min(end));
+                        free = covered(from, to, &removed);
+                        cur = to;
+                    }
+                    if !free {
+                        dev_dbg!(
+                            hw.pdev,
+                            "VM_BIND: operation {}: {:#x}..{:#x} is not free\n",
+                            i,
+                            start,
+                            end
+                        );
+                        return Err(ENOSPC);
+                    }
+                    added.push((start, end), GFP_KERNEL)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `ops` in order, all or nothing.
+    pub(crate) fn bind(&mut self, hw: &Hw<'_>, ops: &[BindOp]) -> Result {
+        self.check(hw, ops)?;
+        let unmaps = ops
+            .iter()
+            .filter(|op| matches!(op, BindOp::Unmap { .. }))
+            .count();
+        if unmaps > 0 {
+            if let Some(last) = self.last.clone() {
+                hw.engine.wait(&last, true)?;
+            }
+        }
+        // Allocate all that the operations can need: a va per map, three per unmap (two split
+        // mappings, one freed by the first split and taken again), the mappings' tables.
+        let count = (ops.len() - unmaps) + 3 * unmaps;
+        let mut vas = KVec::with_capacity(count, GFP_KERNEL)?;
+        for _ in 0..count {
+            vas.push(GpuVaAlloc::new(GFP_KERNEL)?, GFP_KERNEL)?;
+        }
+        let mut vm_bos =
+            KVec::<Option<ARef<GpuVmBo<VmData>>>>::with_capacity(ops.len(), GFP_KERNEL)?;
+        let mut tables = 0;
+        for op in ops {
+            let vm_bo = match op {
+                BindOp::Map { bo, va, range, .. } => {
+                    tables += PageTables::tables_for(*va, *range);
+                    Some(self.gpuvm.obtain(bo, ())?)
+                }
+                BindOp::Unmap { .. } => None,
+            };
+            vm_bos.push(vm_bo, GFP_KERNEL)?;
+        }
+        let io = hw.vram_io()?;
+        if let Err(e) = self.tables.reserve(&hw.vram, &io, tables) {
+            self.tables.trim();
+            dev_dbg!(
+                hw.pdev,
+                "VM_BIND: {} page tables: {:?} ({:#x} bytes of VRAM available)\n",
+                tables,
+                e,
+                hw.vram.avail()
+            );
+            return Err(e);
+        }
+        let mut result = Ok(());
+        for (i, (op, vm_bo)) in ops.iter().zip(vm_bos.iter()).enumerate() {
+            let writable = matches!(op, BindOp::Map { writable: true, .. });
+            let mut ctx = BindCtx {
+                tables: &mut self.tables,
+                hw: Some((&hw.vram, &io)),
+                vas: &mut vas,
+                writable,
+            };
+            let done = match (op, vm_bo) {
+                (
+                    BindOp::Map {
+                        va, range, offset, ..
+                    },
+                    Some(vm_bo),
+                ) => self.gpuvm.sm_map(OpMapRequest {
+                    addr: *va,
+                    range: *range,
+                    gem_offset: *offset,
+                    vm_bo,
+                    context: &mut ctx,
+                }),
+                (BindOp::Unmap { va, range }, _) => self.gpuvm.sm_unmap(*va, *range, &mut ctx),
+                _ => Err(EINVAL),
+            };
+            if let Err(e) = done {
+                // Not reached: the checks and allocations above leave nothing to fail.
+                dev_err!(
+                    hw.pdev,
+                    "VM_BIND: operation {} failed after its checks: {:?}\n",
+                    i,
+                    e
+                );
+                result = Err(e);
+                break;
+            }
+        }
+        self.tables.trim();
+        drop(vm_bos);
+        self.gpuvm.deferred_cleanup();
+        result
+    }
+
+    /// The buffers mapped in `start..end`, each once, with whether a job writes them.
+    pub(crate) fn buffers(
+        &self,
+        ranges: &[(u64, u64, bool)],
+    ) -> Result<KVec<(ARef<Object>, bool)>> {
+        let mut out = KVec::<(ARef<Object>, bool)>::new();
+        for &(start, end, write) in ranges {
+            let mut cur = start;
+            while let Some(va) = self.gpuvm.find_first(cur..end) {
+                let obj = va.obj();
+                match out.iter_mut().find(|(o, _)| core::ptr::eq(&**o, obj)) {
+                    Some((_, w)) => *w |= write,
+                    None => out.push((obj.into(), write), GFP_KERNEL)?,
+                }
+                cur = va.range().end;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// How jobs use a buffer in its reservation object.
+pub(crate) fn usage(write: bool) -> Usage {
+    if write {
+        Usage::Write
+    } else {
+        Usage::Read
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // The VM's memory is freed below; no job may still use it. The file is closed, so
+        // nobody waits on its jobs: give the engine twice its job timeout.
+        if let Some(last) = self.last.take() {
+            let timeout = msecs_to_jiffies(2 * JOB_TIMEOUT_MS);
+            if !matches!(last.wait_timeout(false, timeout), Ok(true)) {
+                // Keep the tables, and the buffers through their mappings, which the job may
+                // still use: the mappings keep the `drm_gpuvm` alive too.
+                pr_err!("conflux: a closed file's job did not complete; leaking its VM\n");
+                return;
+            }
+        }
+        let mut vas = KVec::new();
+        let mut ctx = BindCtx {
+            tables: &mut self.tables,
+            hw: None,
+            vas: &mut vas,
+            writable: false,
+        };
+        let range = self.gpuvm.va_range();
+        let _ = self
+            .gpuvm
+            .sm_unmap(range.start, range.end - range.start, &mut ctx);
+        self.gpuvm.deferred_cleanup();
+        // SAFETY: `tables` is not used after this, and dropped only here (type invariants).
+        unsafe { ManuallyDrop::drop(&mut self.tables) };
+    }
+}
