@@ -6,10 +6,12 @@
 # unbinds a device while a file is open, and unloads and reloads the module.
 # Prints one "PASS ..." or "FAIL ..." line per check.
 #
-# Usage: driver-test.sh DEVICES PLAIN: the topology's Conflux devices, and
-# how many plain ivshmem functions (same PCI ID, no signature) it also has.
+# Usage: driver-test.sh DEVICES PLAIN [MEMCPY]: the topology's Conflux
+# devices, how many plain ivshmem functions (same PCI ID, no signature) it
+# also has, and the host's memcpy bandwidth in MB/s, for conflux bench.
 want=$1
 plain=$2
+memcpy=$3
 ok() { echo "PASS $*"; }
 bad() { echo "FAIL $*"; }
 expect() { # expect WHAT GOT WANT
@@ -75,6 +77,33 @@ else
 	case "$rc $out" in
 	"1 conflux: /dev/accel/accel99: open: "*) ok "conflux on a missing node: $out" ;;
 	*) bad "conflux on a missing node: exit $rc: $out" ;;
+	esac
+	# Copies and fills from 1 byte to 64 MiB at unaligned offsets; each
+	# checks every byte of its buffers. (Two buffers of 64 MiB do not fit
+	# in one device's 126 MiB of VRAM: the largest copy is 60 MiB.)
+	for spec in "1 0 0" "7 3 5" "4097 1 4095" "1048581 13 7" "62914560 4093 3"; do
+		out=$(conflux --device /dev/accel/accel0 copy $spec 2>&1)
+		case $out in
+		*": copied "*" verified; "*) ok "conflux copy $spec: $out" ;;
+		*) bad "conflux copy $spec: $out" ;;
+		esac
+	done
+	for spec in "1 0" "9 3 0xa1b2c3d4e5f60718" "65537 4093" "67108864 0 0xff"; do
+		out=$(conflux --device /dev/accel/accel0 fill $spec 2>&1)
+		case $out in
+		*": filled "*" verified; "*) ok "conflux fill $spec: $out" ;;
+		*) bad "conflux fill $spec: $out" ;;
+		esac
+	done
+	out=$(conflux --device /dev/accel/accel0 --json copy 5 1 2 2>&1)
+	case $out in
+	*'"verified":true'*) ok "conflux --json copy: $out" ;;
+	*) bad "conflux --json copy: $out" ;;
+	esac
+	out=$(conflux --device /dev/accel/accel0 ${memcpy:+--host-memcpy "$memcpy"} bench 2>&1)
+	case $out in
+	*"within VRAM: "*" MB/s; host memcpy "*" MB/s"*) ok "conflux bench: $out" ;;
+	*) bad "conflux bench: $out" ;;
 	esac
 	conflux frobnicate >/dev/null 2>&1
 	expect "conflux with an unknown command: exit status" "$?" 2

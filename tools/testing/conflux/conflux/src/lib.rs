@@ -22,12 +22,80 @@ pub mod uapi {
 }
 
 // The structure sizes the header documents; the driver checks the same numbers.
-const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_get_info>() == 88);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_get_info>() == 112);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_create>() == 16);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind_op>() == 40);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind>() == 24);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_cmd>() == 32);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_submit>() == 40);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_wait>() == 24);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
+
+/// A DRM core ioctl request code: `_IOC(dir, 'd', nr, size_of::<T>())`.
+const fn drm_ioc<T>(dir: u64, nr: u64) -> u64 {
+    dir << 30 | (std::mem::size_of::<T>() as u64) << 16 | (b'd' as u64) << 8 | nr
+}
 
 /// `DRM_IOCTL_GEM_CLOSE`: `_IOW('d', 0x09, struct drm_gem_close)`.
-const DRM_IOCTL_GEM_CLOSE: u64 =
-    1 << 30 | (std::mem::size_of::<uapi::drm_gem_close>() as u64) << 16 | (b'd' as u64) << 8 | 0x09;
+const DRM_IOCTL_GEM_CLOSE: u64 = drm_ioc::<uapi::drm_gem_close>(1, 0x09);
+/// `DRM_IOCTL_SYNCOBJ_CREATE`: `_IOWR('d', 0xbf, struct drm_syncobj_create)`.
+const DRM_IOCTL_SYNCOBJ_CREATE: u64 = drm_ioc::<uapi::drm_syncobj_create>(3, 0xbf);
+/// `DRM_IOCTL_SYNCOBJ_DESTROY`: `_IOWR('d', 0xc0, struct drm_syncobj_destroy)`.
+const DRM_IOCTL_SYNCOBJ_DESTROY: u64 = drm_ioc::<uapi::drm_syncobj_destroy>(3, 0xc0);
+
+/// One operation of [`Device::vm_bind`].
+pub type BindOp = uapi::drm_conflux_vm_bind_op;
+/// One command of [`Device::submit`].
+pub type Cmd = uapi::drm_conflux_cmd;
+
+/// Maps `range` bytes of buffer `handle`, from `bo_offset` on, at `va`.
+pub fn map_op(handle: u32, bo_offset: u64, va: u64, range: u64, readonly: bool) -> BindOp {
+    BindOp {
+        op: uapi::DRM_CONFLUX_BIND_MAP,
+        flags: if readonly {
+            uapi::DRM_CONFLUX_BIND_READONLY
+        } else {
+            0
+        },
+        handle,
+        pad: 0,
+        bo_offset,
+        va,
+        range,
+    }
+}
+
+/// Unmaps `va..va + range`.
+pub fn unmap_op(va: u64, range: u64) -> BindOp {
+    BindOp {
+        op: uapi::DRM_CONFLUX_BIND_UNMAP,
+        va,
+        range,
+        ..Default::default()
+    }
+}
+
+/// Copies `len` bytes from `src` to `dst`.
+pub fn copy_cmd(src: u64, dst: u64, len: u64) -> Cmd {
+    Cmd {
+        op: uapi::DRM_CONFLUX_CMD_COPY,
+        pad: 0,
+        src,
+        dst,
+        len,
+    }
+}
+
+/// Fills `len` bytes at `dst` with the little-endian bytes of `pattern`.
+pub fn fill_cmd(dst: u64, len: u64, pattern: u64) -> Cmd {
+    Cmd {
+        op: uapi::DRM_CONFLUX_CMD_FILL,
+        pad: 0,
+        src: pattern,
+        dst,
+        len,
+    }
+}
 
 /// A failed call on a device.
 #[derive(Debug)]
@@ -81,6 +149,9 @@ pub fn errno_name(errno: i32) -> Option<&'static str> {
         libc::ENOTTY => "ENOTTY",
         libc::EFAULT => "EFAULT",
         libc::EBUSY => "EBUSY",
+        libc::ETIME => "ETIME",
+        libc::ECANCELED => "ECANCELED",
+        libc::ERESTART => "ERESTART",
         _ => return None,
     })
 }
@@ -203,6 +274,140 @@ impl Device {
     }
 }
 
+impl Device {
+    /// `DRM_IOCTL_CONFLUX_VM_BIND` with `args` as given, for tests of the checks.
+    pub fn vm_bind_raw(&self, args: &mut uapi::drm_conflux_vm_bind) -> Result<(), Error> {
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_VM_BIND",
+            uapi::DRM_IOCTL_CONFLUX_VM_BIND as u64,
+            args,
+        )
+    }
+
+    /// Applies `ops` to the file's VM, all or nothing.
+    pub fn vm_bind(&self, ops: &[BindOp]) -> Result<(), Error> {
+        let mut args = uapi::drm_conflux_vm_bind {
+            num_ops: u32::try_from(ops.len()).unwrap_or(u32::MAX),
+            ops: ops.as_ptr() as u64,
+            ..Default::default()
+        };
+        self.vm_bind_raw(&mut args).map_err(|mut e| {
+            e.call = format!("{} ({} operations)", e.call, ops.len());
+            e
+        })
+    }
+
+    /// `DRM_IOCTL_CONFLUX_SUBMIT` with `args` as given, for tests of the checks.
+    pub fn submit_raw(&self, args: &mut uapi::drm_conflux_submit) -> Result<(), Error> {
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_SUBMIT",
+            uapi::DRM_IOCTL_CONFLUX_SUBMIT as u64,
+            args,
+        )
+    }
+
+    /// Runs `cmds` as one job after the fence of syncobj `in_syncobj` (0: none), puts the
+    /// job's fence in `out_syncobj` (0: none), and returns the job's number.
+    pub fn submit(&self, cmds: &[Cmd], in_syncobj: u32, out_syncobj: u32) -> Result<u64, Error> {
+        let mut args = uapi::drm_conflux_submit {
+            num_cmds: u32::try_from(cmds.len()).unwrap_or(u32::MAX),
+            cmds: cmds.as_ptr() as u64,
+            in_syncobj,
+            out_syncobj,
+            ..Default::default()
+        };
+        self.submit_raw(&mut args).map_err(|mut e| {
+            e.call = format!("{} ({} commands)", e.call, cmds.len());
+            e
+        })?;
+        Ok(args.job)
+    }
+
+    /// `DRM_IOCTL_CONFLUX_WAIT` with `args` as given.
+    pub fn wait_raw(&self, args: &mut uapi::drm_conflux_wait) -> Result<(), Error> {
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_WAIT",
+            uapi::DRM_IOCTL_CONFLUX_WAIT as u64,
+            args,
+        )
+    }
+
+    /// Waits at most `timeout_ns` (without limit when negative) for job `job`.
+    pub fn wait(&self, job: u64, timeout_ns: i64) -> Result<(), Error> {
+        let mut args = uapi::drm_conflux_wait {
+            job,
+            timeout_ns,
+            ..Default::default()
+        };
+        self.wait_raw(&mut args).map_err(|mut e| {
+            e.call = format!("{} (job {job})", e.call);
+            e
+        })
+    }
+
+    /// `DRM_IOCTL_CONFLUX_BO_READ` or `_BO_WRITE` with `args` as given.
+    pub fn bo_rw_raw(&self, write: bool, args: &mut uapi::drm_conflux_bo_rw) -> Result<(), Error> {
+        if write {
+            self.ioctl(
+                "DRM_IOCTL_CONFLUX_BO_WRITE",
+                uapi::DRM_IOCTL_CONFLUX_BO_WRITE as u64,
+                args,
+            )
+        } else {
+            self.ioctl(
+                "DRM_IOCTL_CONFLUX_BO_READ",
+                uapi::DRM_IOCTL_CONFLUX_BO_READ as u64,
+                args,
+            )
+        }
+    }
+
+    /// Reads `out.len()` bytes of buffer `handle` from `offset` on (both multiples of 4).
+    pub fn read(&self, handle: u32, offset: u64, out: &mut [u8]) -> Result<(), Error> {
+        let mut args = uapi::drm_conflux_bo_rw {
+            handle,
+            offset,
+            size: out.len() as u64,
+            data: out.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        self.bo_rw_raw(false, &mut args)
+    }
+
+    /// Writes `data` to buffer `handle` from `offset` on (both multiples of 4).
+    pub fn write(&self, handle: u32, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let mut args = uapi::drm_conflux_bo_rw {
+            handle,
+            offset,
+            size: data.len() as u64,
+            data: data.as_ptr() as u64,
+            ..Default::default()
+        };
+        self.bo_rw_raw(true, &mut args)
+    }
+
+    /// Creates a DRM syncobj, without fence.
+    pub fn syncobj_create(&self) -> Result<u32, Error> {
+        let mut args = uapi::drm_syncobj_create::default();
+        self.ioctl(
+            "DRM_IOCTL_SYNCOBJ_CREATE",
+            DRM_IOCTL_SYNCOBJ_CREATE,
+            &mut args,
+        )?;
+        Ok(args.handle)
+    }
+
+    /// Destroys syncobj `handle`.
+    pub fn syncobj_destroy(&self, handle: u32) -> Result<(), Error> {
+        let mut args = uapi::drm_syncobj_destroy { handle, pad: 0 };
+        self.ioctl(
+            "DRM_IOCTL_SYNCOBJ_DESTROY",
+            DRM_IOCTL_SYNCOBJ_DESTROY,
+            &mut args,
+        )
+    }
+}
+
 /// A buffer object, closed when dropped.
 pub struct Bo<'a> {
     dev: &'a Device,
@@ -281,7 +486,26 @@ mod tests {
             uapi::DRM_IOCTL_CONFLUX_BO_CREATE as u64,
             iowr(1, std::mem::size_of::<uapi::drm_conflux_bo_create>())
         );
+        let iow = |nr: u64, size: usize| 1 << 30 | (size as u64) << 16 | 0x64 << 8 | (0x40 + nr);
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_VM_BIND as u64,
+            iow(2, std::mem::size_of::<uapi::drm_conflux_vm_bind>())
+        );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_SUBMIT as u64,
+            iowr(3, std::mem::size_of::<uapi::drm_conflux_submit>())
+        );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_WAIT as u64,
+            iow(4, std::mem::size_of::<uapi::drm_conflux_wait>())
+        );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_BO_WRITE as u64,
+            iow(6, std::mem::size_of::<uapi::drm_conflux_bo_rw>())
+        );
         assert_eq!(DRM_IOCTL_GEM_CLOSE, 0x4008_6409);
+        assert_eq!(DRM_IOCTL_SYNCOBJ_CREATE, 0xc008_64bf);
+        assert_eq!(DRM_IOCTL_SYNCOBJ_DESTROY, 0xc008_64c0);
     }
 
     #[test]

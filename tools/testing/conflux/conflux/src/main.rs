@@ -5,9 +5,10 @@
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Instant,
 };
 
-use conflux::{devices, parse_size, Device, Info};
+use conflux::{copy_cmd, devices, fill_cmd, map_op, parse_size, uapi, unmap_op, Cmd, Device, Info};
 use serde_json::{json, Value};
 
 const HELP: &str = "\
@@ -17,10 +18,23 @@ Commands:
   info          describe the device (every Conflux device without --device)
   alloc SIZE    create a zeroed VRAM buffer of SIZE bytes (K, M, G suffixes),
                 report the VRAM and engine bytes it took, and free it
+  copy SIZE [SRC_OFFSET [DST_OFFSET]]
+                copy SIZE bytes of a random pattern between two new buffers
+                with the engine, at the byte offsets given (default 0), and
+                check every byte of the destination buffer
+  fill SIZE [OFFSET [PATTERN]]
+                fill SIZE bytes of a new buffer from OFFSET with the 8-byte
+                PATTERN (hex, default 0x0807060504030201) and check every byte
+  bench [SIZE [ITERATIONS]]
+                measure the engine's copy bandwidth within VRAM with
+                ITERATIONS (default 8) copies of SIZE bytes (default 32M)
 
 Options:
   --device PATH  the accel node, for instance /dev/accel/accel0
   --json         print one JSON document instead of text
+  --host-memcpy MBPS
+                 bench: the host's memcpy bandwidth, measured in the same run
+                 (conflux-emu memcpy-bench), printed beside the device's
   --help         this text
 
 Errors name the device and the failing call; the exit status is 1 when a
@@ -29,6 +43,7 @@ call fails and 2 for a usage error.";
 struct Options {
     device: Option<PathBuf>,
     json: bool,
+    host_memcpy: Option<f64>,
     command: Vec<String>,
 }
 
@@ -36,6 +51,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         device: None,
         json: false,
+        host_memcpy: None,
         command: Vec::new(),
     };
     let mut it = args.iter();
@@ -46,6 +62,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.device = Some(PathBuf::from(v));
             }
             "--json" => o.json = true,
+            "--host-memcpy" => {
+                let v = it.next().ok_or("--host-memcpy needs a bandwidth in MB/s")?;
+                let mbps = v.parse::<f64>().ok().filter(|m| *m > 0.0);
+                o.host_memcpy =
+                    Some(mbps.ok_or(format!("--host-memcpy: {v:?} is not a bandwidth"))?);
+            }
             s if s.starts_with('-') && o.command.is_empty() => {
                 return Err(format!("unknown option {s}"))
             }
@@ -183,6 +205,257 @@ fn cmd_alloc(o: &Options, size: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Where the commands map their source and destination buffers.
+const VA_SRC: u64 = 1 << 32;
+const VA_DST: u64 = 2 << 32;
+const PAGE: u64 = 4096;
+
+fn round_up(n: u64) -> Result<u64, String> {
+    n.checked_add(PAGE - 1)
+        .map(|n| n & !(PAGE - 1))
+        .ok_or_else(|| format!("size {n:#x} is too large"))
+}
+
+fn size_arg(what: &str, s: &str) -> Result<u64, String> {
+    parse_size(s).ok_or_else(|| format!("{what} {s:?} is not a size"))
+}
+
+/// `len` bytes of a deterministic pseudo-random pattern (xorshift64).
+fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Splits a transfer of `len` bytes into commands of at most the largest command length.
+fn split(len: u64, mut make: impl FnMut(u64, u64) -> Cmd) -> Vec<Cmd> {
+    let max = uapi::DRM_CONFLUX_MAX_CMD_LEN;
+    (0..len.div_ceil(max))
+        .map(|i| make(i * max, (len - i * max).min(max)))
+        .collect()
+}
+
+/// Checks `got` against `want`, naming the first wrong byte.
+fn verify(what: &str, got: &[u8], want: impl Fn(usize) -> u8) -> Result<(), String> {
+    match got.iter().enumerate().find(|&(i, b)| *b != want(i)) {
+        Some((i, b)) => Err(format!(
+            "{what}: byte {i:#x} is {b:#04x}, expected {:#04x}",
+            want(i)
+        )),
+        None => Ok(()),
+    }
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs.max(1e-9) / 1e6
+}
+
+fn first_device(o: &Options) -> Result<(PathBuf, Device), String> {
+    let path = targets(o)?.into_iter().next().ok_or("no device")?;
+    let dev = open(&path)?;
+    Ok((path, dev))
+}
+
+fn cmd_copy(o: &Options, size: &str, rest: &[&str]) -> Result<(), String> {
+    let size = size_arg("copy: size", size)?;
+    let src_off = rest
+        .first()
+        .map_or(Ok(0), |s| size_arg("copy: source offset", s))?;
+    let dst_off = rest
+        .get(1)
+        .map_or(Ok(0), |s| size_arg("copy: destination offset", s))?;
+    if size == 0 {
+        return Err("copy: size 0: nothing to copy".into());
+    }
+    let (path, dev) = first_device(o)?;
+    let e = |e: conflux::Error| e.to_string();
+    let src = dev.bo_create(round_up(src_off + size)?).map_err(e)?;
+    let dst = dev.bo_create(round_up(dst_off + size)?).map_err(e)?;
+    let data = random_bytes(src.size as usize, 0x9e37_79b9_7f4a_7c15 ^ size);
+    dev.write(src.handle, 0, &data).map_err(e)?;
+    dev.vm_bind(&[
+        map_op(src.handle, 0, VA_SRC, src.size, true),
+        map_op(dst.handle, 0, VA_DST, dst.size, false),
+    ])
+    .map_err(e)?;
+    let cmds = split(size, |at, n| {
+        copy_cmd(VA_SRC + src_off + at, VA_DST + dst_off + at, n)
+    });
+    let start = Instant::now();
+    let job = dev.submit(&cmds, 0, 0).map_err(e)?;
+    dev.wait(job, -1).map_err(e)?;
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = vec![0u8; dst.size as usize];
+    dev.read(dst.handle, 0, &mut out).map_err(e)?;
+    dev.vm_bind(&[unmap_op(VA_SRC, src.size), unmap_op(VA_DST, dst.size)])
+        .map_err(e)?;
+    let (s, d, n) = (src_off as usize, dst_off as usize, size as usize);
+    verify("copy: destination", &out, |i| {
+        if i >= d && i < d + n {
+            data[i - d + s]
+        } else {
+            0
+        }
+    })?;
+    report(
+        o,
+        json!({"device": path.display().to_string(), "command": "copy", "bytes": size,
+               "src_offset": src_off, "dst_offset": dst_off, "verified": true,
+               "seconds": secs, "mb_per_s": mbps(size, secs)}),
+        format!(
+            "{}: copied {size} bytes from offset {src_off} to offset {dst_off}: all {} bytes \
+             of the destination buffer verified; {:.3} ms, {:.0} MB/s",
+            path.display(),
+            dst.size,
+            secs * 1e3,
+            mbps(size, secs)
+        ),
+    );
+    Ok(())
+}
+
+fn cmd_fill(o: &Options, size: &str, rest: &[&str]) -> Result<(), String> {
+    let size = size_arg("fill: size", size)?;
+    let off = rest
+        .first()
+        .map_or(Ok(0), |s| size_arg("fill: offset", s))?;
+    let pattern = match rest.get(1) {
+        None => 0x0807_0605_0403_0201,
+        Some(p) => u64::from_str_radix(p.trim_start_matches("0x"), 16)
+            .map_err(|_| format!("fill: pattern {p:?} is not a hexadecimal number"))?,
+    };
+    if size == 0 {
+        return Err("fill: size 0: nothing to fill".into());
+    }
+    let (path, dev) = first_device(o)?;
+    let e = |e: conflux::Error| e.to_string();
+    let bo = dev.bo_create(round_up(off + size)?).map_err(e)?;
+    dev.vm_bind(&[map_op(bo.handle, 0, VA_DST, bo.size, false)])
+        .map_err(e)?;
+    let cmds = split(size, |at, n| {
+        // Each command starts the pattern again at its own first byte.
+        let pattern = pattern.rotate_right(8 * (at % 8) as u32);
+        fill_cmd(VA_DST + off + at, n, pattern)
+    });
+    let start = Instant::now();
+    let job = dev.submit(&cmds, 0, 0).map_err(e)?;
+    dev.wait(job, -1).map_err(e)?;
+    let secs = start.elapsed().as_secs_f64();
+    let mut out = vec![0u8; bo.size as usize];
+    dev.read(bo.handle, 0, &mut out).map_err(e)?;
+    dev.vm_bind(&[unmap_op(VA_DST, bo.size)]).map_err(e)?;
+    let bytes = pattern.to_le_bytes();
+    let (o0, n) = (off as usize, size as usize);
+    verify("fill: buffer", &out, |i| {
+        if i >= o0 && i < o0 + n {
+            bytes[(i - o0) % 8]
+        } else {
+            0
+        }
+    })?;
+    report(
+        o,
+        json!({"device": path.display().to_string(), "command": "fill", "bytes": size,
+               "offset": off, "pattern": format!("{pattern:#018x}"), "verified": true,
+               "seconds": secs, "mb_per_s": mbps(size, secs)}),
+        format!(
+            "{}: filled {size} bytes from offset {off} with {pattern:#018x}: all {} bytes of \
+             the buffer verified; {:.3} ms, {:.0} MB/s",
+            path.display(),
+            bo.size,
+            secs * 1e3,
+            mbps(size, secs)
+        ),
+    );
+    Ok(())
+}
+
+fn cmd_bench(o: &Options, rest: &[&str]) -> Result<(), String> {
+    let size = rest
+        .first()
+        .map_or(Ok(32 << 20), |s| size_arg("bench: size", s))?;
+    let iterations: u64 = match rest.get(1) {
+        None => 8,
+        Some(s) => s
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("bench: iterations {s:?} is not a positive number"))?,
+    };
+    if size == 0 || size % PAGE != 0 {
+        return Err(format!(
+            "bench: size {size} is not a non-zero multiple of 4 KiB"
+        ));
+    }
+    let (path, dev) = first_device(o)?;
+    let e = |e: conflux::Error| e.to_string();
+    let src = dev.bo_create(size).map_err(e)?;
+    let dst = dev.bo_create(size).map_err(e)?;
+    dev.vm_bind(&[
+        map_op(src.handle, 0, VA_SRC, size, true),
+        map_op(dst.handle, 0, VA_DST, size, false),
+    ])
+    .map_err(e)?;
+    let cmds = split(size, |at, n| copy_cmd(VA_SRC + at, VA_DST + at, n));
+    // One copy first, so that the measured ones find everything in place.
+    let job = dev.submit(&cmds, 0, 0).map_err(e)?;
+    dev.wait(job, -1).map_err(e)?;
+    let start = Instant::now();
+    let mut last = 0;
+    for _ in 0..iterations {
+        last = dev.submit(&cmds, 0, 0).map_err(e)?;
+    }
+    dev.wait(last, -1).map_err(e)?;
+    let secs = start.elapsed().as_secs_f64();
+    dev.vm_bind(&[unmap_op(VA_SRC, size), unmap_op(VA_DST, size)])
+        .map_err(e)?;
+    let device = mbps(size * iterations, secs);
+    let host = match o.host_memcpy {
+        Some(h) => format!(
+            "host memcpy {h:.0} MB/s (device at {:.0}% of it)",
+            100.0 * device / h
+        ),
+        None => "host memcpy not measured (pass --host-memcpy MBPS from conflux-emu \
+                 memcpy-bench)"
+            .into(),
+    };
+    report(
+        o,
+        json!({"device": path.display().to_string(), "command": "bench", "bytes": size,
+               "iterations": iterations, "seconds": secs, "device_copy_mb_per_s": device,
+               "host_memcpy_mb_per_s": o.host_memcpy}),
+        format!(
+            "{}: device copy {} x {iterations} within VRAM: {device:.0} MB/s; {host}",
+            path.display(),
+            human(size)
+        ),
+    );
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
+
+fn report(o: &Options, json: Value, text: String) {
+    if o.json {
+        println!("{json}");
+    } else {
+        println!("{text}");
+    }
+}
+
 fn run(o: &Options) -> Result<(), String> {
     match o
         .command
@@ -193,6 +466,9 @@ fn run(o: &Options) -> Result<(), String> {
     {
         ["info"] => cmd_info(o),
         ["alloc", size] => cmd_alloc(o, size),
+        ["copy", size, rest @ ..] if rest.len() <= 2 => cmd_copy(o, size, rest),
+        ["fill", size, rest @ ..] if rest.len() <= 2 => cmd_fill(o, size, rest),
+        ["bench", rest @ ..] if rest.len() <= 2 => cmd_bench(o, rest),
         _ => Err(String::new()),
     }
 }

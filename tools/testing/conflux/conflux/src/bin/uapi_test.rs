@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use conflux::{devices, uapi, Device, Error};
+use conflux::{copy_cmd, devices, fill_cmd, map_op, uapi, unmap_op, BindOp, Cmd, Device, Error};
 
 struct Tally {
     passed: u32,
@@ -195,6 +195,494 @@ fn test_device(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     Ok(())
 }
 
+const VA: u64 = 1 << 32;
+const KIB4: u64 = 4096;
+const MIB2: u64 = 2 * MIB;
+
+/// The file's VM's page-table entries: 2 MiB ones, 4 KiB ones, spare tables.
+fn entries(dev: &Device) -> Result<(u64, u64, u64), Error> {
+    let i = dev.info()?;
+    Ok((i.vm_2m_entries, i.vm_4k_entries, i.vm_spare_tables))
+}
+
+/// VM_BIND: page sizes, splits, the transaction rules and every bad input.
+fn test_bind(t: &mut Tally, dev: &Device) -> Result<(), Error> {
+    let name = dev.path().display().to_string();
+    let a = dev.bo_create(4 * MIB)?;
+    let b = dev.bo_create(MIB2)?;
+    let small = dev.bo_create(64 * 1024)?;
+    let check = |t: &mut Tally, what: &str, want: (u64, u64, u64)| -> Result<(), Error> {
+        let got = entries(dev)?;
+        t.check(
+            &format!("{name}: {what}"),
+            got == want,
+            format!("2 MiB entries, 4 KiB entries, spares {got:?}, expected {want:?}"),
+        );
+        Ok(())
+    };
+    dev.vm_bind(&[map_op(a.handle, 0, VA, 4 * MIB, false)])?;
+    check(
+        t,
+        "4 MiB at a 2 MiB aligned VA: two 2 MiB entries, a spare table each",
+        (2, 0, 2),
+    )?;
+    dev.vm_bind(&[unmap_op(VA + MIB, KIB4)])?;
+    check(
+        t,
+        "unmapping 4 KiB in the middle splits one 2 MiB entry",
+        (1, 511, 1),
+    )?;
+    dev.vm_bind(&[map_op(small.handle, 0, VA + MIB, KIB4, false)])?;
+    check(t, "the hole takes a new 4 KiB mapping", (1, 512, 1))?;
+    dev.vm_bind(&[unmap_op(VA, 4 * MIB)])?;
+    check(t, "unmapping everything", (0, 0, 0))?;
+    dev.vm_bind(&[map_op(a.handle, 0, VA + KIB4, 4 * MIB, false)])?;
+    check(
+        t,
+        "4 MiB at a VA that is not 2 MiB aligned: 4 KiB entries",
+        (0, 1024, 0),
+    )?;
+    dev.vm_bind(&[unmap_op(VA, 8 * MIB)])?;
+    dev.vm_bind(&[map_op(a.handle, MIB2, VA, MIB2, true)])?;
+    check(t, "the second half of a buffer at a 2 MiB VA", (1, 0, 1))?;
+    // Overlaps: the call fails whole and changes nothing.
+    t.errno(
+        &format!("{name}: VM_BIND map over a mapping"),
+        dev.vm_bind(&[map_op(b.handle, 0, VA + MIB, KIB4, false)]),
+        libc::ENOSPC,
+    );
+    t.errno(
+        &format!("{name}: VM_BIND whose second map overlaps its first"),
+        dev.vm_bind(&[
+            map_op(b.handle, 0, 3 * VA, MIB2, false),
+            map_op(small.handle, 0, 3 * VA + KIB4, KIB4, false),
+        ]),
+        libc::ENOSPC,
+    );
+    check(t, "after the failed calls, the VM is as before", (1, 0, 1))?;
+    t.errno(
+        &format!("{name}: VM_BIND that unmaps, then fails a map"),
+        dev.vm_bind(&[
+            unmap_op(VA, MIB2),
+            map_op(b.handle, 0, 3 * VA, MIB2, false),
+            map_op(small.handle, 0, 3 * VA, KIB4, false),
+        ]),
+        libc::ENOSPC,
+    );
+    check(t, "a failed call's unmap is undone", (1, 0, 1))?;
+    dev.vm_bind(&[unmap_op(VA, MIB2), map_op(b.handle, 0, VA, MIB2, false)])?;
+    check(t, "unmap and map of the same range in one call", (1, 0, 1))?;
+    dev.vm_bind(&[unmap_op(0x40_0000_0000, MIB2)])?;
+    t.check(
+        &format!("{name}: VM_BIND unmap of a free range"),
+        true,
+        "succeeded",
+    );
+    // Bad input.
+    let bad_ops: [(&str, BindOp, i32); 12] = [
+        (
+            "va not 4 KiB aligned",
+            map_op(b.handle, 0, VA + 1, KIB4, false),
+            libc::EINVAL,
+        ),
+        (
+            "range not 4 KiB aligned",
+            map_op(b.handle, 0, 5 * VA, 100, false),
+            libc::EINVAL,
+        ),
+        (
+            "range 0",
+            map_op(b.handle, 0, 5 * VA, 0, false),
+            libc::EINVAL,
+        ),
+        (
+            "bo_offset not aligned",
+            map_op(b.handle, 8, 5 * VA, KIB4, false),
+            libc::EINVAL,
+        ),
+        (
+            "below the VA range",
+            map_op(b.handle, 0, 0, KIB4, false),
+            libc::EINVAL,
+        ),
+        (
+            "beyond the VA range",
+            map_op(b.handle, 0, 0xff80_0000_0000 - KIB4, MIB2, false),
+            libc::EINVAL,
+        ),
+        (
+            "va + range overflows",
+            map_op(b.handle, 0, !0xfff_u64, MIB2, false),
+            libc::EINVAL,
+        ),
+        (
+            "bo_offset + range beyond the buffer",
+            map_op(b.handle, KIB4, 5 * VA, MIB2, false),
+            libc::EINVAL,
+        ),
+        (
+            "bo_offset + range overflows",
+            map_op(b.handle, !0xfff_u64, 5 * VA, MIB2, false),
+            libc::EINVAL,
+        ),
+        (
+            "unknown handle",
+            map_op(0xdead, 0, 5 * VA, KIB4, false),
+            libc::ENOENT,
+        ),
+        (
+            "unknown op",
+            BindOp {
+                op: 7,
+                ..map_op(b.handle, 0, 5 * VA, KIB4, false)
+            },
+            libc::EINVAL,
+        ),
+        (
+            "unmap with a handle",
+            BindOp {
+                handle: b.handle,
+                ..unmap_op(5 * VA, KIB4)
+            },
+            libc::EINVAL,
+        ),
+    ];
+    for (what, op, errno) in bad_ops {
+        t.errno(
+            &format!("{name}: VM_BIND {what}"),
+            dev.vm_bind(&[op]),
+            errno,
+        );
+    }
+    let op = map_op(b.handle, 0, 5 * VA, KIB4, false);
+    for (what, mut args, errno) in [
+        (
+            "vm_id 1",
+            uapi::drm_conflux_vm_bind {
+                vm_id: 1,
+                num_ops: 1,
+                ops: &op as *const _ as u64,
+                ..Default::default()
+            },
+            libc::ENOENT,
+        ),
+        (
+            "num_ops 0",
+            uapi::drm_conflux_vm_bind {
+                num_ops: 0,
+                ops: &op as *const _ as u64,
+                ..Default::default()
+            },
+            libc::EINVAL,
+        ),
+        (
+            "num_ops 1025",
+            uapi::drm_conflux_vm_bind {
+                num_ops: 1025,
+                ops: &op as *const _ as u64,
+                ..Default::default()
+            },
+            libc::EINVAL,
+        ),
+        (
+            "flags 1",
+            uapi::drm_conflux_vm_bind {
+                num_ops: 1,
+                ops: &op as *const _ as u64,
+                flags: 1,
+                ..Default::default()
+            },
+            libc::EINVAL,
+        ),
+        (
+            "ops pointer not readable",
+            uapi::drm_conflux_vm_bind {
+                num_ops: 1,
+                ops: 8,
+                ..Default::default()
+            },
+            libc::EFAULT,
+        ),
+    ] {
+        t.errno(
+            &format!("{name}: VM_BIND {what}"),
+            dev.vm_bind_raw(&mut args),
+            errno,
+        );
+    }
+    check(t, "after the bad calls, the VM is as before", (1, 0, 1))?;
+    dev.vm_bind(&[unmap_op(VA, MIB2)])?;
+    Ok(())
+}
+
+/// Waits for `job` and returns the error the job's fence has, if any.
+fn job_errno(dev: &Device, job: u64) -> Option<i32> {
+    dev.wait(job, -1).err().and_then(|e| e.errno())
+}
+
+/// SUBMIT and WAIT: copies and fills, fences, device errors and bad input.
+fn test_jobs(t: &mut Tally, dev: &Device) -> Result<(), Error> {
+    let name = dev.path().display().to_string();
+    let src = dev.bo_create(MIB2)?;
+    let dst = dev.bo_create(MIB2)?;
+    let data: Vec<u8> = (0..MIB2 as usize).map(|i| (i * 7 + 3) as u8).collect();
+    dev.write(src.handle, 0, &data)?;
+    dev.vm_bind(&[
+        map_op(src.handle, 0, VA, MIB2, true),
+        map_op(dst.handle, 0, 2 * VA, MIB2, false),
+    ])?;
+    // In- and out-fences through syncobjs: the fill must run before the copy.
+    let s1 = dev.syncobj_create()?;
+    let s2 = dev.syncobj_create()?;
+    let j1 = dev.submit(&[fill_cmd(2 * VA + 5, 1000, 0x1122_3344_5566_7788)], 0, s1)?;
+    let j2 = dev.submit(&[copy_cmd(VA + 11, 2 * VA + 100, 50)], s1, s2)?;
+    t.check(
+        &format!("{name}: SUBMIT returns job numbers in order"),
+        j2 == j1 + 1,
+        format!("{j1}, {j2}"),
+    );
+    // No WAIT: BO_READ waits for the jobs that write the buffer.
+    let mut out = vec![0u8; 4096];
+    dev.read(dst.handle, 0, &mut out)?;
+    let pat = 0x1122_3344_5566_7788u64.to_le_bytes();
+    let want = |i: usize| match i {
+        100..150 => data[i - 100 + 11],
+        5..1005 => pat[(i - 5) % 8],
+        _ => 0,
+    };
+    let wrong = (0..out.len()).find(|&i| out[i] != want(i));
+    t.check(
+        &format!("{name}: fill then copy, ordered by a syncobj, read back without WAIT"),
+        wrong.is_none(),
+        format!("first wrong byte {wrong:?}"),
+    );
+    t.check(
+        &format!("{name}: WAIT on completed jobs"),
+        dev.wait(j1, 0).is_ok() && dev.wait(j2, -1).is_ok(),
+        "0",
+    );
+    // A device error becomes the job's fence error; the engine runs the next job.
+    let errors = dev.info()?.errors;
+    let bad = dev.submit(&[copy_cmd(3 * VA, 2 * VA, 64)], 0, s1)?;
+    t.check(
+        &format!("{name}: a COPY from an unmapped VA fails its job with EIO"),
+        job_errno(dev, bad) == Some(libc::EIO),
+        format!("{:?}", job_errno(dev, bad)),
+    );
+    t.check(
+        &format!("{name}: WAIT reports the failure again"),
+        job_errno(dev, bad) == Some(libc::EIO),
+        "EIO",
+    );
+    let ro = dev.submit(&[fill_cmd(VA, 8, 0)], 0, 0)?;
+    t.check(
+        &format!("{name}: a FILL through a read-only mapping fails with EIO"),
+        job_errno(dev, ro) == Some(libc::EIO),
+        format!("{:?}", job_errno(dev, ro)),
+    );
+    t.check(
+        &format!("{name}: the device counted both errors"),
+        dev.info()?.errors == errors + 2,
+        dev.info()?.errors - errors,
+    );
+    t.errno(
+        &format!("{name}: SUBMIT after a failed in-fence"),
+        dev.submit(&[fill_cmd(2 * VA, 8, 0)], s1, 0),
+        libc::EIO,
+    );
+    let ok = dev.submit(&[copy_cmd(VA, 2 * VA, MIB2)], 0, 0)?;
+    dev.wait(ok, -1)?;
+    let mut all = vec![0u8; MIB2 as usize];
+    dev.read(dst.handle, 0, &mut all)?;
+    t.check(
+        &format!("{name}: after the errors, a 2 MiB copy runs and is exact"),
+        all == data,
+        "compared",
+    );
+    // WAIT that times out: a long job.
+    let long: Vec<Cmd> = (0..64).map(|_| copy_cmd(VA, 2 * VA, MIB2)).collect();
+    let mut lj = 0;
+    for _ in 0..4 {
+        lj = dev.submit(&long, 0, 0)?;
+    }
+    t.errno(
+        &format!("{name}: WAIT with timeout 0 on a job behind 512 MiB of copies"),
+        dev.wait(lj, 0),
+        libc::ETIME,
+    );
+    dev.wait(lj, -1)?;
+    // Bad input.
+    let cmd = |c: Cmd| vec![c];
+    for (what, cmds, errno) in [
+        (
+            "unknown op",
+            cmd(Cmd {
+                op: 9,
+                ..fill_cmd(2 * VA, 8, 0)
+            }),
+            libc::EINVAL,
+        ),
+        ("len 0", cmd(fill_cmd(2 * VA, 0, 0)), libc::EINVAL),
+        (
+            "len above 4 GiB",
+            cmd(fill_cmd(2 * VA, (1 << 32) + 1, 0)),
+            libc::EINVAL,
+        ),
+        (
+            "overlapping COPY",
+            cmd(copy_cmd(2 * VA, 2 * VA + 8, 16)),
+            libc::EINVAL,
+        ),
+        (
+            "address below the VA range",
+            cmd(fill_cmd(4096, 8, 0)),
+            libc::EINVAL,
+        ),
+        (
+            "address range overflows",
+            cmd(fill_cmd(u64::MAX - 4, 8, 0)),
+            libc::EINVAL,
+        ),
+        (
+            "pad 1",
+            cmd(Cmd {
+                pad: 1,
+                ..fill_cmd(2 * VA, 8, 0)
+            }),
+            libc::EINVAL,
+        ),
+        (
+            "65 commands",
+            (0..65).map(|_| fill_cmd(2 * VA, 8, 0)).collect(),
+            libc::EINVAL,
+        ),
+    ] {
+        t.errno(
+            &format!("{name}: SUBMIT {what}"),
+            dev.submit(&cmds, 0, 0),
+            errno,
+        );
+    }
+    t.errno(
+        &format!("{name}: SUBMIT with no commands"),
+        dev.submit(&[], 0, 0),
+        libc::EINVAL,
+    );
+    let c = fill_cmd(2 * VA, 8, 0);
+    for (what, mut args, errno) in [
+        (
+            "vm_id 1",
+            uapi::drm_conflux_submit {
+                vm_id: 1,
+                num_cmds: 1,
+                cmds: &c as *const _ as u64,
+                ..Default::default()
+            },
+            libc::ENOENT,
+        ),
+        (
+            "unknown in-syncobj",
+            uapi::drm_conflux_submit {
+                num_cmds: 1,
+                cmds: &c as *const _ as u64,
+                in_syncobj: 999,
+                ..Default::default()
+            },
+            libc::ENOENT,
+        ),
+        (
+            "unknown out-syncobj",
+            uapi::drm_conflux_submit {
+                num_cmds: 1,
+                cmds: &c as *const _ as u64,
+                out_syncobj: 999,
+                ..Default::default()
+            },
+            libc::ENOENT,
+        ),
+        (
+            "flags 1",
+            uapi::drm_conflux_submit {
+                num_cmds: 1,
+                cmds: &c as *const _ as u64,
+                flags: 1,
+                ..Default::default()
+            },
+            libc::EINVAL,
+        ),
+        (
+            "commands not readable",
+            uapi::drm_conflux_submit {
+                num_cmds: 1,
+                cmds: 8,
+                ..Default::default()
+            },
+            libc::EFAULT,
+        ),
+    ] {
+        t.errno(
+            &format!("{name}: SUBMIT {what}"),
+            dev.submit_raw(&mut args),
+            errno,
+        );
+    }
+    let empty = dev.syncobj_create()?;
+    t.errno(
+        &format!("{name}: SUBMIT with an in-syncobj without fence"),
+        dev.submit(&[c], empty, 0),
+        libc::EINVAL,
+    );
+    t.errno(&format!("{name}: WAIT job 0"), dev.wait(0, 0), libc::EINVAL);
+    t.errno(
+        &format!("{name}: WAIT on a job never submitted"),
+        dev.wait(lj + 100, 0),
+        libc::EINVAL,
+    );
+    let mut w = uapi::drm_conflux_wait {
+        job: lj,
+        flags: 1,
+        ..Default::default()
+    };
+    t.errno(
+        &format!("{name}: WAIT flags 1"),
+        dev.wait_raw(&mut w),
+        libc::EINVAL,
+    );
+    // BO_READ and BO_WRITE bad input.
+    let mut buf = [0u8; 8];
+    t.errno(
+        &format!("{name}: BO_READ at an offset not a multiple of 4"),
+        dev.read(dst.handle, 2, &mut buf),
+        libc::EINVAL,
+    );
+    t.errno(
+        &format!("{name}: BO_READ beyond the buffer"),
+        dev.read(dst.handle, MIB2 - 4, &mut buf),
+        libc::EINVAL,
+    );
+    t.errno(
+        &format!("{name}: BO_WRITE to an unknown handle"),
+        dev.write(0xdead, 0, &buf),
+        libc::ENOENT,
+    );
+    let mut rw = uapi::drm_conflux_bo_rw {
+        handle: dst.handle,
+        size: 8,
+        data: 8,
+        ..Default::default()
+    };
+    t.errno(
+        &format!("{name}: BO_READ to an unwritable pointer"),
+        dev.bo_rw_raw(false, &mut rw),
+        libc::EFAULT,
+    );
+    for s in [s1, s2, empty] {
+        dev.syncobj_destroy(s)?;
+    }
+    dev.vm_bind(&[unmap_op(VA, MIB2), unmap_op(2 * VA, MIB2)])?;
+    Ok(())
+}
+
 /// Unbinds the device at `path` from the driver while a file of it is open with a buffer in
 /// VRAM, then binds it again: the file sees ENODEV, closing it frees the buffer after the
 /// device is gone, and the device comes back with all of its VRAM.
@@ -263,6 +751,33 @@ fn main() -> ExitCode {
         }
     }
     if let Some(path) = found.first() {
+        match Device::open(path) {
+            Ok(dev) => {
+                let start = dev.info().map(|i| i.vram_avail).unwrap_or(0);
+                if let Err(e) = test_bind(&mut t, &dev) {
+                    t.check(&format!("{}: VM_BIND", path.display()), false, e);
+                }
+                if let Err(e) = test_jobs(&mut t, &dev) {
+                    t.check(&format!("{}: jobs", path.display()), false, e);
+                }
+                let avail = dev.info().map(|i| i.vram_avail).unwrap_or(0);
+                drop(dev);
+                if let Ok(dev) = Device::open(path) {
+                    let after = dev.info().map(|i| i.vram_avail).unwrap_or(0);
+                    t.check(
+                        &format!(
+                            "{}: closing the file frees its VM's buffers and tables",
+                            path.display()
+                        ),
+                        after > avail && after == start,
+                        format!(
+                            "{avail} bytes available before, {after} after, {start} at the start"
+                        ),
+                    );
+                }
+            }
+            Err(e) => t.check(&format!("{}: open", path.display()), false, e),
+        }
         if let Err(e) = unbind_with_buffer(&mut t, path) {
             t.check(
                 &format!("{}: unbind with a buffer", path.display()),
