@@ -130,6 +130,8 @@ pub struct Engine {
     fence: u64,
     error: Option<ErrorRecord>,
     counters: Counters,
+    /// A reset was requested while a command ran: the command stopped.
+    interrupted: bool,
 }
 
 impl fmt::Debug for Engine {
@@ -172,6 +174,7 @@ impl Engine {
             tail: 0,
             status: ctrl::STATUS_OFF,
             fence: 0,
+            interrupted: false,
             error: None,
             counters: Counters::default(),
         })
@@ -354,7 +357,7 @@ impl Engine {
         mem: &mut M,
         out: &mut Outcome,
     ) -> Result<(), ErrorRecord> {
-        if self.reg32(mem, ctrl::CONTROL)? & ctrl::CONTROL_RESET != 0 {
+        if self.reset_requested(mem)? {
             self.reset(mem)?;
             out.reset = true;
         }
@@ -382,12 +385,23 @@ impl Engine {
             let record = |f| ErrorRecord::new(f, seqno, opcode);
             let cmd = Command::decode(&slot, self.caps).map_err(record)?;
             self.execute(mem, &mmu, &cmd).map_err(record)?;
+            if std::mem::take(&mut self.interrupted) {
+                // A reset requested meanwhile discards the command in
+                // progress, which never completes, and the rest.
+                self.reset(mem)?;
+                out.reset = true;
+                return Ok(());
+            }
             self.tail = self.tail.wrapping_add(1);
             self.counters.commands = self.counters.commands.wrapping_add(1);
             out.completed += 1;
             out.completion_irq |= cmd.irq;
         }
         Ok(())
+    }
+
+    fn reset_requested<M: Memory + ?Sized>(&self, mem: &M) -> Result<bool, ErrorRecord> {
+        Ok(self.reg32(mem, ctrl::CONTROL)? & ctrl::CONTROL_RESET != 0)
     }
 
     /// Resets: tail = head, error record cleared, status READY; VRAM, the
@@ -492,6 +506,15 @@ impl Engine {
     ) -> Result<(), Fault> {
         let mut done = 0;
         while done < len {
+            // A reset requested while the command runs stops it before its
+            // next piece.
+            if self
+                .reg32(mem, ctrl::CONTROL)
+                .is_ok_and(|c| c & ctrl::CONTROL_RESET != 0)
+            {
+                self.interrupted = true;
+                return Ok(());
+            }
             let mut n = len - done;
             let piece = match src {
                 Source::Va(s) => {

@@ -1143,3 +1143,62 @@ fn set_topology_keeps_the_state_and_changes_the_routes() {
     let e = eng.set_topology(Arc::new(one)).unwrap_err();
     assert!(e.0.contains("no device 2"), "{e}");
 }
+
+/// Memory that requests a reset, as a driver would from another CPU, once
+/// `after` fills have run.
+struct ResetAfter<'a> {
+    inner: &'a mut Buffers,
+    bar: Target,
+    after: usize,
+}
+
+impl Memory for ResetAfter<'_> {
+    fn read(&self, target: Target, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.inner.read(target, offset, buf)
+    }
+
+    fn write(&mut self, target: Target, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.inner.write(target, offset, data)
+    }
+
+    fn fill(
+        &mut self,
+        target: Target,
+        offset: u64,
+        len: usize,
+        pattern: u64,
+    ) -> Result<(), MemoryError> {
+        if self.after == 0 {
+            self.inner
+                .write_u32(self.bar, ctrl::CONTROL, ctrl::CONTROL_RESET)?;
+        }
+        self.after = self.after.saturating_sub(1);
+        self.inner.fill(target, offset, len, pattern)
+    }
+}
+
+#[test]
+fn a_reset_requested_during_a_command_stops_it_before_its_next_piece() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    // A FILL of sixteen 4 KiB pages and a fence; the reset comes while the
+    // fifth piece is written.
+    d.push_slot(&fill(W4K, 16 * 4096, u64::MAX).encode());
+    d.push_slot(&fence(7, true).encode());
+    d.set32(ctrl::RING_HEAD, d.head);
+    let bar = d.bar();
+    let out = d.eng.process(&mut ResetAfter {
+        inner: &mut d.mem,
+        bar,
+        after: 4,
+    });
+    assert!(out.reset);
+    assert!(out.error.is_none());
+    assert_eq!(out.completed, 0);
+    assert_eq!(d.reg32(ctrl::CONTROL), 0);
+    assert_eq!(d.reg32(ctrl::STATUS), ctrl::STATUS_READY);
+    assert_eq!(d.reg32(ctrl::RING_TAIL), d.head);
+    assert_eq!(d.reg64(ctrl::FENCE_SEQNO), 0);
+    // Five pieces were written; the rest of the command never ran.
+    assert!(d.data(0)[..5 * 4096].iter().all(|&b| b == 0xff));
+    assert!(d.data(0)[5 * 4096..16 * 4096].iter().all(|&b| b == 0));
+}
