@@ -16,4 +16,10 @@ kernel::module_pci_driver! {
     authors: ["The Conflux developers"],
     description: "Conflux accelerator",
     license: "GPL v2",
+    params: {
+        job_timeout_ms: u32 {
+            default: 10000,
+            description: "Milliseconds a job may be the oldest before it fails (1-600000)",
+        },
+    },
 }

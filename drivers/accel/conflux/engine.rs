@@ -52,7 +52,13 @@ use crate::{
 const RESET_TIMEOUT: Delta = Delta::from_secs(5);
 
 /// How long a job may run before it is failed with [`ETIMEDOUT`] and the engine reset.
-pub(crate) const JOB_TIMEOUT_MS: u32 = 10_000;
+/// How long a job may be the oldest in flight, in milliseconds: the `job_timeout_ms` module
+/// parameter, 10 seconds by default.
+pub(crate) fn job_timeout_ms() -> u32 {
+    crate::module_parameters::job_timeout_ms
+        .value()
+        .clamp(1, 600_000)
+}
 
 /// The most jobs in flight at once.
 const MAX_JOBS: usize = 256;
@@ -357,7 +363,7 @@ impl<'bound> Engine<'bound> {
     }
 
     /// Waits for `fence` of this engine, failing the job and resetting the engine when the job
-    /// has not completed within [`JOB_TIMEOUT_MS`].
+    /// has not completed within [`job_timeout_ms()`].
     ///
     /// Returns [`ERESTARTSYS`] when an interruptible wait is interrupted by a signal.
     pub(crate) fn wait(&self, fence: &Fence, interruptible: bool) -> Result {
@@ -366,7 +372,7 @@ impl<'bound> Engine<'bound> {
 
     /// Waits at most `timeout_ms` milliseconds (without limit for `None`) for `fence` of this
     /// engine and returns whether it signalled. While it waits, a job that has been the oldest
-    /// in flight for [`JOB_TIMEOUT_MS`] is failed and the engine recovered.
+    /// in flight for [`job_timeout_ms()`] is failed and the engine recovered.
     pub(crate) fn wait_for(
         &self,
         fence: &Fence,
@@ -376,14 +382,16 @@ impl<'bound> Engine<'bound> {
         let start = Instant::<Monotonic>::now();
         loop {
             let step = match timeout_ms {
-                None => JOB_TIMEOUT_MS,
+                None => job_timeout_ms(),
                 Some(limit) => {
                     let waited = u64::try_from(start.elapsed().as_millis()).unwrap_or(0);
                     let left = limit.saturating_sub(waited);
                     if left == 0 {
                         return Ok(fence.is_signaled());
                     }
-                    u32::try_from(left).unwrap_or(u32::MAX).min(JOB_TIMEOUT_MS)
+                    u32::try_from(left)
+                        .unwrap_or(u32::MAX)
+                        .min(job_timeout_ms())
                 }
             };
             if fence.wait_timeout(interruptible, msecs_to_jiffies(step))? {
@@ -393,14 +401,14 @@ impl<'bound> Engine<'bound> {
         }
     }
 
-    /// Fails the oldest job when it has been the oldest for [`JOB_TIMEOUT_MS`].
+    /// Fails the oldest job when it has been the oldest for [`job_timeout_ms()`].
     pub(crate) fn check_timeout(&self) {
         let expired = {
             let pending = self.pending.lock();
             let age = pending.front_since.elapsed().as_millis();
             pending
                 .front()
-                .filter(|_| age >= i64::from(JOB_TIMEOUT_MS))
+                .filter(|_| age >= i64::from(job_timeout_ms()))
                 .map(|job| job.seqno)
         };
         if let Some(seqno) = expired {
@@ -509,7 +517,7 @@ impl<'bound> Engine<'bound> {
         }
     }
 
-    /// Called when job `seqno` did not complete within [`JOB_TIMEOUT_MS`]: fails the oldest job
+    /// Called when job `seqno` did not complete within [`job_timeout_ms()`]: fails the oldest job
     /// in flight with [`ETIMEDOUT`] if it is that job or an earlier one, which has been in flight
     /// at least as long, and recovers the engine.
     fn timed_out(&self, seqno: u64) {
@@ -526,7 +534,7 @@ impl<'bound> Engine<'bound> {
             self.pdev,
             "engine: job {} did not complete in {} ms; resetting\n",
             oldest,
-            JOB_TIMEOUT_MS
+            job_timeout_ms()
         );
         if let Err(e) = self.recover(&mut ring, ETIMEDOUT) {
             dev_err!(self.pdev, "engine: recovery failed: {:?}\n", e);

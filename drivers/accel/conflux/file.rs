@@ -41,8 +41,8 @@ use crate::{
         USER_VA_START, //
     },
     engine::{
+        job_timeout_ms,
         Command,
-        JOB_TIMEOUT_MS,
         MAX_JOB_COMMANDS, //
     },
     gem::Bo,
@@ -574,7 +574,7 @@ fn bo_rw(hw: &Hw<'_>, args: &uapi::drm_conflux_bo_rw, file: &DrmFile, write: boo
     let usage = vm::usage(!write);
     while !bo
         .dma_resv()
-        .wait_timeout(usage, true, msecs_to_jiffies(JOB_TIMEOUT_MS))?
+        .wait_timeout(usage, true, msecs_to_jiffies(job_timeout_ms()))?
     {
         hw.engine.check_timeout();
     }

@@ -44,7 +44,7 @@ use crate::{
         KERNEL_VA_BASE,
         USER_VA_START, //
     },
-    engine::JOB_TIMEOUT_MS,
+    engine::job_timeout_ms,
     file::ConfluxDevice,
     gem::Bo,
     mmu::{
@@ -406,7 +406,7 @@ impl Drop for Vm {
         // The VM's memory is freed below; no job may still use it. The file is closed, so
         // nobody waits on its jobs: give the engine twice its job timeout.
         if let Some(last) = self.last.take() {
-            let timeout = msecs_to_jiffies(2 * JOB_TIMEOUT_MS);
+            let timeout = msecs_to_jiffies(2 * job_timeout_ms());
             if !matches!(last.wait_timeout(false, timeout), Ok(true)) {
                 // Keep the tables, and the buffers through their mappings, which the job may
                 // still use: the mappings keep the `drm_gpuvm` alive too.

@@ -147,6 +147,26 @@ if modprobe conflux; then ok "modprobe conflux again"; else bad "modprobe conflu
 expect "accel nodes after reloading" "$(nodes)" "$want"
 if rmmod conflux; then ok "rmmod conflux again"; else bad "rmmod conflux again"; fi
 
+# Job timeouts: with a limit of 500 ms, a job of 256 GiB of copies fails
+# with ETIMEDOUT, the engine is reset and runs the next job.
+if modprobe conflux job_timeout_ms=500; then
+	ok "modprobe conflux job_timeout_ms=500"
+	conflux-uapi-test --timeout | grep -E '^(PASS|FAIL) '
+	n=$(dmesg | grep -c 'engine: job [0-9]* did not complete in 500 ms; resetting')
+	if [ "$n" -ge 1 ]; then
+		ok "timeout logged and the engine reset ($n)"
+	else
+		bad "no timeout log line"
+	fi
+	if rmmod conflux; then
+		ok "rmmod conflux after the timeout"
+	else
+		bad "rmmod conflux after the timeout"
+	fi
+else
+	bad "modprobe conflux job_timeout_ms=500"
+fi
+
 # Reports of lockdep, DMA-API debugging (a WARN), debug-objects, or any WARN
 # or BUG: the same patterns as the KUnit steps.
 checker='WARNING:|BUG:|kernel BUG at|Kernel panic|Oops'

@@ -683,6 +683,44 @@ fn test_jobs(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     Ok(())
 }
 
+/// With the driver loaded with `job_timeout_ms=500`: a job of 256 GiB of copies (buffers of
+/// 32 MiB mapped 128 times over 4 GiB) fails with ETIMEDOUT, the engine is reset, and the next
+/// job runs.
+fn test_timeout(t: &mut Tally, dev: &Device) -> Result<(), Error> {
+    let name = dev.path().display().to_string();
+    let size = 32 * MIB;
+    let a = dev.bo_create(size)?;
+    let b = dev.bo_create(size)?;
+    let maps = |handle: u32, base: u64, readonly: bool| -> Vec<BindOp> {
+        (0..128)
+            .map(|i| map_op(handle, 0, base + i * size, size, readonly))
+            .collect()
+    };
+    dev.vm_bind(&maps(a.handle, VA, true))?;
+    dev.vm_bind(&maps(b.handle, 4 * VA, false))?;
+    let long: Vec<Cmd> = (0..64).map(|_| copy_cmd(VA, 4 * VA, 1 << 32)).collect();
+    let job = dev.submit(&long, 0, 0)?;
+    t.errno(
+        &format!("{name}: a job of 256 GiB of copies times out"),
+        dev.wait(job, -1),
+        libc::ETIMEDOUT,
+    );
+    let next = dev.submit(&[fill_cmd(4 * VA + 1, 10, 0x0807_0605_0403_0201)], 0, 0)?;
+    t.check(
+        &format!("{name}: after the reset, the next job runs"),
+        dev.wait(next, -1).is_ok(),
+        format!("job {next}"),
+    );
+    let mut out = [0u8; 12];
+    dev.read(b.handle, 0, &mut out)?;
+    t.check(
+        &format!("{name}: and writes what it should"),
+        out[1..11] == [1, 2, 3, 4, 5, 6, 7, 8, 1, 2],
+        format!("{out:?}"),
+    );
+    Ok(())
+}
+
 /// Unbinds the device at `path` from the driver while a file of it is open with a buffer in
 /// VRAM, then binds it again: the file sees ENODEV, closing it frees the buffer after the
 /// device is gone, and the device comes back with all of its VRAM.
@@ -735,6 +773,23 @@ fn main() -> ExitCode {
         failed: 0,
     };
     let found = devices();
+    if std::env::args().nth(1).as_deref() == Some("--timeout") {
+        match found.first().map(Device::open) {
+            Some(Ok(dev)) => {
+                if let Err(e) = test_timeout(&mut t, &dev) {
+                    t.check(&format!("{}: job timeout", dev.path().display()), false, e);
+                }
+            }
+            Some(Err(e)) => t.check("open", false, e),
+            None => t.check("Conflux accel devices found", false, 0),
+        }
+        println!("{} passed, {} failed", t.passed, t.failed);
+        return if t.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     t.check(
         "Conflux accel devices found",
         !found.is_empty(),
