@@ -722,8 +722,9 @@ fn test_timeout(t: &mut Tally, dev: &Device) -> Result<(), Error> {
 }
 
 /// Unbinds the device at `path` from the driver while a file of it is open with a buffer in
-/// VRAM, then binds it again: the file sees ENODEV, closing it frees the buffer after the
-/// device is gone, and the device comes back with all of its VRAM.
+/// VRAM, mapped in its VM and used by jobs in flight, then binds it again: the file sees
+/// ENODEV, closing it frees the buffer and the VM after the device is gone, and the device
+/// comes back with all of its VRAM.
 fn unbind_with_buffer(t: &mut Tally, path: &std::path::Path) -> Result<(), Error> {
     let dev = Device::open(path)?;
     let name = path.display().to_string();
@@ -733,6 +734,17 @@ fn unbind_with_buffer(t: &mut Tally, path: &std::path::Path) -> Result<(), Error
     };
     let avail = dev.info()?.vram_avail;
     let handle = dev.bo_create(8 * MIB)?.into_handle();
+    // The file also has a VM with the buffer mapped twice and a job of 512 MiB of copies in
+    // flight: unbinding cancels or completes it, and nothing of it stays.
+    dev.vm_bind(&[
+        map_op(handle, 0, VA, 4 * MIB, false),
+        map_op(handle, 4 * MIB, 2 * VA, 4 * MIB, false),
+    ])?;
+    let long: Vec<Cmd> = (0..64).map(|_| copy_cmd(VA, 2 * VA, 4 * MIB)).collect();
+    let mut job = 0;
+    for _ in 0..2 {
+        job = dev.submit(&long, 0, 0)?;
+    }
     let sysfs = |file: &str| {
         std::fs::write(format!("/sys/bus/pci/drivers/conflux/{file}"), &pci).map_err(|e| Error {
             device: pci.clone(),
@@ -746,7 +758,13 @@ fn unbind_with_buffer(t: &mut Tally, path: &std::path::Path) -> Result<(), Error
         dev.info(),
         libc::ENODEV,
     );
-    // Closing the file frees the buffer's VRAM into the allocator of a device that is gone.
+    t.errno(
+        &format!("{name}: WAIT on job {job} after the unbind"),
+        dev.wait(job, -1),
+        libc::ENODEV,
+    );
+    // Closing the file frees the buffer's VRAM and the VM's tables into the allocator of a
+    // device that is gone.
     drop(dev);
     sysfs("bind")?;
     let back = conflux::devices()
