@@ -400,7 +400,7 @@ impl Engine {
         Ok(())
     }
 
-    fn reset_requested<M: Memory + ?Sized>(&self, mem: &M) -> Result<bool, ErrorRecord> {
+    fn reset_requested<M: Memory + ?Sized>(&self, mem: &M) -> Result<bool, Fault> {
         Ok(self.reg32(mem, ctrl::CONTROL)? & ctrl::CONTROL_RESET != 0)
     }
 
@@ -508,10 +508,7 @@ impl Engine {
         while done < len {
             // A reset requested while the command runs stops it before its
             // next piece.
-            if self
-                .reg32(mem, ctrl::CONTROL)
-                .is_ok_and(|c| c & ctrl::CONTROL_RESET != 0)
-            {
+            if self.reset_requested(mem)? {
                 self.interrupted = true;
                 return Ok(());
             }
