@@ -55,14 +55,25 @@ use crate::{
     alloc::Flags,
     bindings,
     device::{
+        Bound,
         Device,
         DeviceContext, //
     },
-    dma::DmaAddress,
+    dma::{
+        DataDirection,
+        DmaAddress, //
+    },
     error::to_result,
-    page::PAGE_SIZE,
+    page::{
+        Page,
+        PAGE_SIZE, //
+    },
     prelude::*,
     scatterlist::SGTable,
+    sync::{
+        aref::ARef,
+        Arc, //
+    },
     types::Opaque, //
 };
 use core::{
@@ -472,6 +483,124 @@ unsafe impl Send for DmaSGTable {}
 
 // SAFETY: `DmaSGTable` is never modified after construction; `&DmaSGTable` only reads.
 unsafe impl Sync for DmaSGTable {}
+
+/// Pages of system memory mapped for DMA by one device, page by page.
+///
+/// The pages are shared with their other users through an [`Arc`]; the mapping keeps them
+/// allocated. Dropping it unmaps every page, so a mapping kept in a
+/// [`Devres`](crate::devres::Devres) is unmapped at the latest when the device is unbound.
+/// [`PageMapping::ranges`] gives the addresses, contiguous pages merged, for a [`SegmentPlan`].
+///
+/// # Invariants
+///
+/// `addrs[i]` is the address `dma_map_page_attrs()` returned for all of `pages[i]` on `dev` in
+/// direction `dir`, not unmapped yet; `addrs` has no more entries than `pages`.
+pub struct PageMapping {
+    dev: ARef<Device>,
+    pages: Arc<KVVec<Page>>,
+    addrs: KVVec<DmaAddress>,
+    dir: DataDirection,
+}
+
+impl PageMapping {
+    /// Maps every page of `pages` for DMA by `dev` in direction `dir`.
+    ///
+    /// Maps nothing when it fails: [`ENOMEM`] when the addresses cannot be stored, [`EIO`] when
+    /// the DMA layer cannot map a page.
+    pub fn new(
+        dev: &Device<Bound>,
+        pages: Arc<KVVec<Page>>,
+        dir: DataDirection,
+        flags: Flags,
+    ) -> Result<Self> {
+        let addrs = KVVec::with_capacity(pages.len(), flags)?;
+        // INVARIANT: nothing is mapped yet.
+        let mut this = Self {
+            dev: dev.into(),
+            pages,
+            addrs,
+            dir,
+        };
+        for i in 0..this.pages.len() {
+            let page = this.pages.get(i).ok_or(EINVAL)?;
+            // SAFETY: `dev` is a bound device and `page` a valid page of `PAGE_SIZE` bytes.
+            let addr = unsafe {
+                bindings::dma_map_page_attrs(
+                    dev.as_raw(),
+                    page.as_ptr(),
+                    0,
+                    PAGE_SIZE,
+                    dir.into(),
+                    0,
+                )
+            };
+            // SAFETY: `addr` was just returned by `dma_map_page_attrs()` for `dev`.
+            if unsafe { bindings::dma_mapping_error(dev.as_raw(), addr) } != 0 {
+                // Dropping `this` unmaps the pages mapped so far.
+                return Err(EIO);
+            }
+            // INVARIANT: `addrs` has room for one address per page, so the push cannot fail and
+            // `addrs[i]` is the address of `pages[i]`.
+            this.addrs.push_within_capacity(addr).map_err(|_| ENOMEM)?;
+        }
+        Ok(this)
+    }
+
+    /// The pages.
+    pub fn pages(&self) -> &Arc<KVVec<Page>> {
+        &self.pages
+    }
+
+    /// The DMA address of page `index`.
+    pub fn page_addr(&self, index: usize) -> Option<u64> {
+        self.addrs.get(index).copied().map(addr_u64)
+    }
+
+    /// The DMA ranges of the pages in order, pages at contiguous addresses merged.
+    pub fn ranges(&self) -> impl Iterator<Item = DmaRange> + Clone + '_ {
+        // CAST: `PAGE_SIZE` fits in `u64`, and DMA addresses are at most 64 bits wide.
+        let page = PAGE_SIZE as u64;
+        let mut at = 0;
+        core::iter::from_fn(move || {
+            let first = addr_u64(*self.addrs.get(at)?);
+            let mut len = page;
+            at += 1;
+            while self
+                .addrs
+                .get(at)
+                .is_some_and(|&next| Some(addr_u64(next)) == first.checked_add(len))
+            {
+                len += page;
+                at += 1;
+            }
+            DmaRange::new(first, len).ok()
+        })
+    }
+}
+
+/// A DMA address as a `u64`: `dma_addr_t` is 32 or 64 bits wide depending on the configuration.
+#[allow(clippy::useless_conversion)]
+fn addr_u64(addr: DmaAddress) -> u64 {
+    u64::from(addr)
+}
+
+impl Drop for PageMapping {
+    fn drop(&mut self) {
+        for &addr in self.addrs.iter() {
+            // SAFETY: By the type invariants `addr` was mapped on `dev` in direction `dir` for a
+            // whole page and is unmapped exactly once, here.
+            unsafe {
+                bindings::dma_unmap_page_attrs(
+                    self.dev.as_raw(),
+                    addr,
+                    PAGE_SIZE,
+                    self.dir.into(),
+                    0,
+                )
+            };
+        }
+    }
+}
 
 #[cfg(CONFIG_RUST_DMA_SEGMENTS_KUNIT_TEST)]
 #[macros::kunit_tests(rust_dma_segments)]
