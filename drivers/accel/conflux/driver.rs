@@ -366,5 +366,6 @@ impl drm::Driver for ConfluxDrm {
         (CONFLUX_WAIT, drm_conflux_wait, ioctl::RENDER_ALLOW, File::wait),
         (CONFLUX_BO_READ, drm_conflux_bo_rw, ioctl::RENDER_ALLOW, File::bo_read),
         (CONFLUX_BO_WRITE, drm_conflux_bo_rw, ioctl::RENDER_ALLOW, File::bo_write),
+        (CONFLUX_BO_INFO, drm_conflux_bo_info, ioctl::RENDER_ALLOW, File::bo_info),
     }
 }

@@ -45,7 +45,10 @@ use crate::{
         Command,
         MAX_JOB_COMMANDS, //
     },
-    gem::Bo,
+    gem::{
+        Bo,
+        Memory, //
+    },
     vm::{
         self,
         BindOp,
@@ -126,6 +129,7 @@ const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_cmd>() == 32);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_submit>() == 40);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_wait>() == 24);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_info>() == 32);
 const _: () = assert!(uapi::DRM_CONFLUX_MAX_CMDS as usize == MAX_JOB_COMMANDS);
 
 impl drm::file::DriverFile for File {
@@ -197,8 +201,8 @@ impl File {
         args: &mut uapi::drm_conflux_bo_create,
         file: &DrmFile,
     ) -> Result<u32> {
-        let known = uapi::DRM_CONFLUX_BO_VRAM;
-        if args.flags & !known != 0 || args.flags & uapi::DRM_CONFLUX_BO_VRAM == 0 {
+        let known = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+        if args.flags & !known != 0 || args.flags == 0 {
             dev_dbg!(
                 hw.pdev,
                 "BO_CREATE: flags {:#x}: unknown or no placement\n",
@@ -218,23 +222,77 @@ impl File {
                 return Err(EINVAL);
             }
         };
-        if size > hw.info.vram_size {
+        let system = args.flags & uapi::DRM_CONFLUX_BO_SYSTEM != 0;
+        let memory = if args.flags & uapi::DRM_CONFLUX_BO_VRAM == 0 {
+            Err(ENOSPC)
+        } else if size > hw.info.vram_size {
             dev_dbg!(hw.pdev, "BO_CREATE: size {:#x} exceeds VRAM\n", size);
-            return Err(ENOSPC);
-        }
-        let vram = hw.vram.alloc_buffer(size).inspect_err(|e| {
-            dev_dbg!(
-                hw.pdev,
-                "BO_CREATE: size {:#x}: {:?} ({:#x} bytes of VRAM available)\n",
-                size,
-                e,
-                hw.vram.avail()
-            );
-        })?;
-        hw.scrub(vram.iter().map(|b| (b.offset(), b.size())))?;
-        let obj = gem::Object::<Bo>::new(dev, usize::try_from(size)?, Some(vram))?;
+            Err(ENOSPC)
+        } else {
+            hw.vram.alloc_buffer(size).inspect_err(|e| {
+                dev_dbg!(
+                    hw.pdev,
+                    "BO_CREATE: size {:#x}: {:?} ({:#x} bytes of VRAM available)\n",
+                    size,
+                    e,
+                    hw.vram.avail()
+                );
+            })
+        };
+        let memory = match memory {
+            Ok(vram) => {
+                hw.scrub(vram.iter().map(|b| (b.offset(), b.size())))?;
+                Memory::Vram(vram)
+            }
+            Err(e) if e == ENOSPC && system => {
+                if size > u64::from(uapi::DRM_CONFLUX_MAX_SYSTEM_SIZE) {
+                    dev_dbg!(
+                        hw.pdev,
+                        "BO_CREATE: size {:#x} exceeds the system-memory limit {:#x}\n",
+                        size,
+                        uapi::DRM_CONFLUX_MAX_SYSTEM_SIZE
+                    );
+                    return Err(EINVAL);
+                }
+                Bo::system_memory(hw.pdev, size).inspect_err(|e| {
+                    dev_dbg!(
+                        hw.pdev,
+                        "BO_CREATE: size {:#x} in system memory: {:?}\n",
+                        size,
+                        e
+                    );
+                })?
+            }
+            Err(e) => return Err(e),
+        };
+        let obj = gem::Object::<Bo>::new(dev, usize::try_from(size)?, memory)?;
         args.handle = obj.create_handle(file)?;
         args.size = size;
+        Ok(0)
+    }
+
+    /// `DRM_IOCTL_CONFLUX_BO_INFO`.
+    pub(crate) fn bo_info(
+        _dev: &ConfluxDevice<Registered>,
+        hw: &Hw<'_>,
+        args: &mut uapi::drm_conflux_bo_info,
+        file: &DrmFile,
+    ) -> Result<u32> {
+        if args.flags != 0 || args.pad != 0 {
+            dev_dbg!(
+                hw.pdev,
+                "BO_INFO: flags {:#x}, pad {:#x}: must be 0\n",
+                args.flags,
+                args.pad
+            );
+            return Err(EINVAL);
+        }
+        let bo = Object::lookup_handle(file, args.handle).inspect_err(|_| {
+            dev_dbg!(hw.pdev, "BO_INFO: no buffer {}\n", args.handle);
+        })?;
+        args.mmap_offset = bo.create_mmap_offset()?;
+        args.size = bo.size() as u64;
+        args.placement = bo.placement();
         Ok(0)
     }
 
@@ -559,7 +617,11 @@ fn bo_rw(hw: &Hw<'_>, args: &uapi::drm_conflux_bo_rw, file: &DrmFile, write: boo
     let bo = Object::lookup_handle(file, args.handle).inspect_err(|_| {
         dev_dbg!(hw.pdev, "{}: no buffer {}\n", call, args.handle);
     })?;
-    let segments = bo.segments(args.offset, args.size).inspect_err(|_| {
+    let fits = args
+        .offset
+        .checked_add(args.size)
+        .is_some_and(|end| end <= bo.size() as u64);
+    if !fits {
         dev_dbg!(
             hw.pdev,
             "{}: {:#x} bytes at {:#x} exceed buffer {} of {:#x} bytes\n",
@@ -569,7 +631,8 @@ fn bo_rw(hw: &Hw<'_>, args: &uapi::drm_conflux_bo_rw, file: &DrmFile, write: boo
             args.handle,
             bo.size()
         );
-    })?;
+        return Err(EINVAL);
+    }
     // A write waits for readers and writers, a read for writers.
     let usage = vm::usage(!write);
     while !bo
@@ -578,27 +641,24 @@ fn bo_rw(hw: &Hw<'_>, args: &uapi::drm_conflux_bo_rw, file: &DrmFile, write: boo
     {
         hw.engine.check_timeout();
     }
-    let io = hw.vram_io()?;
     let user = UserSlice::new(
         UserPtr::from_addr(usize::try_from(args.data)?),
         usize::try_from(args.size)?,
     );
     let (mut reader, mut writer) = user.reader_writer();
     let mut buf = KVec::from_elem(0u8, CHUNK, GFP_KERNEL)?;
-    for (at, len) in segments {
-        let mut done = 0u64;
-        while done < len {
-            let n = usize::try_from(len - done)?.min(CHUNK);
-            let chunk = buf.get_mut(..n).ok_or(EINVAL)?;
-            if write {
-                reader.read_slice(chunk)?;
-                io.write(at + done, chunk)?;
-            } else {
-                io.read(at + done, chunk)?;
-                writer.write_slice(chunk)?;
-            }
-            done += n as u64;
+    let mut done = 0u64;
+    while done < args.size {
+        let n = usize::try_from(args.size - done)?.min(CHUNK);
+        let chunk = buf.get_mut(..n).ok_or(EINVAL)?;
+        if write {
+            reader.read_slice(chunk)?;
+            bo.cpu_copy(hw, args.offset + done, chunk, true)?;
+        } else {
+            bo.cpu_copy(hw, args.offset + done, chunk, false)?;
+            writer.write_slice(chunk)?;
         }
+        done += n as u64;
     }
     Ok(0)
 }

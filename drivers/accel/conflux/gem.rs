@@ -1,20 +1,38 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Conflux buffer objects.
+//! Conflux buffer objects, in VRAM or in system memory.
 
 use core::pin::Pin;
 
 use kernel::{
+    device::Bound,
+    devres::Devres,
+    dma::DataDirection,
+    dma_segments::PageMapping,
     drm::{
         self,
-        gem, //
+        gem::{
+            self,
+            BaseObject, //
+        },
     },
     gpu::buddy::AllocatedBlocks,
-    prelude::*, //
+    page::{
+        Page,
+        PAGE_SHIFT,
+        PAGE_SIZE, //
+    },
+    pci,
+    prelude::*,
+    sync::Arc,
+    uapi, //
 };
 
 use crate::{
-    driver::ConfluxDrm,
+    driver::{
+        ConfluxDrm,
+        Hw, //
+    },
     mmu::{
         PageTables,
         Target,
@@ -23,59 +41,153 @@ use crate::{
     },
 };
 
-/// A Conflux buffer object in VRAM, or the memoryless object that carries a VM's reservation
-/// object.
+/// Pages a CPU fault maps at once, from the faulting one on.
+const FAULT_AROUND: usize = 16;
+
+/// What holds a buffer's bytes.
+pub(crate) enum Memory {
+    /// Nothing: the object that carries a VM's reservation object.
+    None,
+    /// VRAM blocks, zeroed by the engine before the object was created.
+    Vram(Pin<KBox<AllocatedBlocks>>),
+    /// Pages of system memory, zeroed by the page allocator, and their mapping for the device's
+    /// DMA, which is undone when the device is unbound.
+    System {
+        pages: Arc<KVVec<Page>>,
+        dma: Devres<PageMapping>,
+    },
+}
+
+/// A Conflux buffer object.
 ///
 /// # Invariants
 ///
-/// When present, `vram` holds exactly the object's size, and was zeroed by the engine before
-/// the object was created. The object's byte `n` is in the block that covers `n` when the blocks
-/// are laid end to end in their iteration order.
+/// The memory, when there is some, holds exactly the object's size: for VRAM, the object's byte
+/// `n` is in the block that covers `n` when the blocks are laid end to end in their iteration
+/// order; in system memory, it is byte `n % PAGE_SIZE` of page `n / PAGE_SIZE`.
 #[pin_data]
 pub(crate) struct Bo {
-    vram: Option<Pin<KBox<AllocatedBlocks>>>,
+    memory: Memory,
 }
 
 impl gem::DriverObject for Bo {
     type Driver = ConfluxDrm;
-    type Args = Option<Pin<KBox<AllocatedBlocks>>>;
+    type Args = Memory;
+
+    const MMAP: bool = true;
 
     fn new(
         _dev: &drm::Device<ConfluxDrm>,
         _size: usize,
-        vram: Self::Args,
+        memory: Memory,
     ) -> impl PinInit<Self, Error> {
-        try_pin_init!(Bo { vram })
+        try_pin_init!(Bo { memory })
+    }
+
+    fn fault(
+        obj: &gem::Object<Self>,
+        dev: &drm::Device<ConfluxDrm, drm::Ioctl>,
+        fault: &gem::Fault<'_>,
+    ) -> Result {
+        // Once the device is unplugged, its mappings are emptied and stay empty.
+        let guard = dev.registration_guard().ok_or(ENODEV)?;
+        guard.registration_data_with(|hw| obj.fault_in(obj.size(), hw, fault))
     }
 }
 
 impl Bo {
-    /// The VRAM pieces, `(VRAM offset, length)` in order, that hold bytes `offset..offset + len`
-    /// of the buffer; [`EINVAL`] when it has no such bytes.
-    pub(crate) fn segments(&self, offset: u64, len: u64) -> Result<KVec<(u64, u64)>> {
-        let blocks = self.vram.as_ref().ok_or(EINVAL)?;
+    /// Allocates `size` bytes of zeroed system memory, mapped for the DMA of `pdev`.
+    pub(crate) fn system_memory(pdev: &pci::Device<Bound>, size: u64) -> Result<Memory> {
+        // CAST: `PAGE_SIZE` fits in `u64`.
+        let count = usize::try_from(size.div_ceil(PAGE_SIZE as u64))?;
+        let mut pages = KVVec::with_capacity(count, GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
+        for _ in 0..count {
+            pages.push(
+                Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO | __GFP_NOWARN)?,
+                GFP_KERNEL_ACCOUNT,
+            )?;
+        }
+        let pages = Arc::new(pages, GFP_KERNEL)?;
+        let mapping = PageMapping::new(
+            pdev.as_ref(),
+            pages.clone(),
+            DataDirection::Bidirectional,
+            GFP_KERNEL,
+        )?;
+        let dma = Devres::new(pdev.as_ref(), mapping)?;
+        Ok(Memory::System { pages, dma })
+    }
+
+    /// The placement, as a `DRM_CONFLUX_BO_*` flag; 0 for the object of a VM.
+    pub(crate) fn placement(&self) -> u32 {
+        match self.memory {
+            Memory::None => 0,
+            Memory::Vram(_) => uapi::DRM_CONFLUX_BO_VRAM,
+            Memory::System { .. } => uapi::DRM_CONFLUX_BO_SYSTEM,
+        }
+    }
+
+    /// Calls `f` with the pieces, `(target, length)` in order, that hold bytes
+    /// `offset..offset + len` of the buffer: VRAM offsets, or the bus addresses of system memory
+    /// as the device reaches it. Allocates nothing. [`EINVAL`] when the buffer has no such bytes.
+    pub(crate) fn for_each_piece(
+        &self,
+        pdev: &pci::Device<Bound>,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(Target, u64) -> Result,
+    ) -> Result {
         let want_end = offset.checked_add(len).ok_or(EINVAL)?;
-        let mut out = KVec::new();
-        let mut start = 0u64;
         let mut done = 0u64;
-        for block in blocks.iter() {
-            let end = start + block.size();
-            let from = offset + done;
-            if end > from && from < want_end {
-                let piece = want_end.min(end) - from;
-                out.push((block.offset() + (from - start), piece), GFP_KERNEL)?;
-                done += piece;
+        match &self.memory {
+            Memory::None => return Err(EINVAL),
+            Memory::Vram(blocks) => {
+                let mut start = 0u64;
+                for block in blocks.iter() {
+                    let end = start + block.size();
+                    let from = offset + done;
+                    if end > from && from < want_end {
+                        let piece = want_end.min(end) - from;
+                        f(Target::Vram(block.offset() + (from - start)), piece)?;
+                        done += piece;
+                    }
+                    start = end;
+                }
             }
-            start = end;
+            Memory::System { dma, .. } => {
+                let dma = dma.access(pdev.as_ref())?;
+                // CAST: `PAGE_SIZE` fits in `u64`.
+                let page = PAGE_SIZE as u64;
+                // A run of pages at contiguous bus addresses: its first address and length.
+                let mut run: Option<(u64, u64)> = None;
+                while offset + done < want_end {
+                    let at = offset + done;
+                    let index = usize::try_from(at / page)?;
+                    let addr = dma.page_addr(index).ok_or(EINVAL)? + at % page;
+                    let piece = (page - at % page).min(want_end - at);
+                    run = match run {
+                        Some((first, n)) if first + n == addr => Some((first, n + piece)),
+                        Some((first, n)) => {
+                            f(Target::Bus(first), n)?;
+                            Some((addr, piece))
+                        }
+                        None => Some((addr, piece)),
+                    };
+                    done += piece;
+                }
+                if let Some((first, n)) = run {
+                    f(Target::Bus(first), n)?;
+                }
+            }
         }
         if done != len {
             return Err(EINVAL);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Maps bytes `offset..offset + len` of the buffer at `va` of `tables`, with 2 MiB entries
-    /// where the blocks allow. Maps nothing when it fails; [`EINVAL`] when the buffer has no
+    /// where the memory allows. Maps nothing when it fails; [`EINVAL`] when the buffer has no
     /// such bytes.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn map(
@@ -83,19 +195,125 @@ impl Bo {
         tables: &mut PageTables,
         vram: &Vram,
         io: &VramIo<'_>,
+        pdev: &pci::Device<Bound>,
         va: u64,
         offset: u64,
         len: u64,
         writable: bool,
     ) -> Result {
         let mut done = 0u64;
-        for (at, piece) in self.segments(offset, len)? {
-            if let Err(e) = tables.map(vram, io, va + done, Target::Vram(at), piece, writable) {
-                tables.unmap(vram, io, va, done);
-                return Err(e);
-            }
+        let mapped = self.for_each_piece(pdev, offset, len, |target, piece| {
+            tables.map(vram, io, va + done, target, piece, writable)?;
             done += piece;
+            Ok(())
+        });
+        if mapped.is_err() {
+            tables.unmap(vram, io, va, done);
         }
-        Ok(())
+        mapped
+    }
+
+    /// Copies bytes `offset..offset + buf.len()` of the buffer into `buf`, or from `buf` when
+    /// `write`, with the CPU.
+    pub(crate) fn cpu_copy(&self, hw: &Hw<'_>, offset: u64, buf: &mut [u8], write: bool) -> Result {
+        let len = u64::try_from(buf.len())?;
+        match &self.memory {
+            Memory::None => Err(EINVAL),
+            Memory::Vram(_) => {
+                let io = hw.vram_io()?;
+                let mut done = 0usize;
+                self.for_each_piece(hw.pdev, offset, len, |target, piece| {
+                    let Target::Vram(at) = target else {
+                        return Err(EINVAL);
+                    };
+                    let piece = usize::try_from(piece)?;
+                    let part = buf.get_mut(done..done + piece).ok_or(EINVAL)?;
+                    if write {
+                        io.write(at, part)?;
+                    } else {
+                        io.read(at, part)?;
+                    }
+                    done += piece;
+                    Ok(())
+                })
+            }
+            Memory::System { pages, .. } => {
+                let mut at = usize::try_from(offset)?;
+                let mut done = 0usize;
+                while done < buf.len() {
+                    let page = pages.get(at / PAGE_SIZE).ok_or(EINVAL)?;
+                    let in_page = at % PAGE_SIZE;
+                    let n = (PAGE_SIZE - in_page).min(buf.len() - done);
+                    let part = buf.get_mut(done..done + n).ok_or(EINVAL)?;
+                    // SAFETY: `part` is valid for `n` bytes and `in_page + n <= PAGE_SIZE`. The
+                    // caller waited for the jobs that use the buffer; a job submitted since then
+                    // reaches the page by DMA, outside the CPU's accesses.
+                    unsafe {
+                        if write {
+                            page.write_raw(part.as_ptr(), in_page, n)?;
+                        } else {
+                            page.read_raw(part.as_mut_ptr(), in_page, n)?;
+                        }
+                    }
+                    at += n;
+                    done += n;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Fills a userspace mapping of the buffer, of `size` bytes, at a fault: the faulting page
+    /// and up to [`FAULT_AROUND`] - 1 pages after it.
+    fn fault_in(&self, size: usize, hw: &Hw<'_>, fault: &gem::Fault<'_>) -> Result {
+        let first = fault.page();
+        let pages = size >> PAGE_SHIFT;
+        let end = (first + FAULT_AROUND).min(fault.pages().end).min(pages);
+        if first >= end {
+            return Err(EINVAL);
+        }
+        // CAST: `PAGE_SIZE` fits in `u64`.
+        let page_size = PAGE_SIZE as u64;
+        let offset = u64::try_from(first)? * page_size;
+        let len = u64::try_from(end - first)? * page_size;
+        match &self.memory {
+            Memory::None => Err(EINVAL),
+            Memory::Vram(_) => {
+                let vram_base = hw.pdev.resource_start(2)? + hw.info.vram_offset;
+                let mut page = first;
+                self.for_each_piece(hw.pdev, offset, len, |target, piece| {
+                    let Target::Vram(at) = target else {
+                        return Err(EINVAL);
+                    };
+                    for k in 0..piece / page_size {
+                        let pfn = usize::try_from((vram_base + at + k * page_size) >> PAGE_SHIFT)?;
+                        // SAFETY: `pfn` is VRAM of this buffer behind BAR2, which stays until the
+                        // device is unbound; `drm_dev_unplug()` empties the mappings before that,
+                        // and waits for this fault, which holds a registration guard.
+                        let inserted =
+                            unsafe { fault.insert_pfn(page, pfn, gem::Caching::WriteCombined) };
+                        // Only the faulting page must be mapped; the others are a bonus.
+                        if inserted.is_err() && page != first {
+                            return Ok(());
+                        }
+                        inserted?;
+                        page += 1;
+                    }
+                    Ok(())
+                })
+            }
+            Memory::System { pages, .. } => {
+                for page in first..end {
+                    let sys_page = pages.get(page).ok_or(EINVAL)?;
+                    // SAFETY: The page belongs to the buffer and is freed only with it.
+                    let inserted = unsafe { fault.insert_page(page, sys_page) };
+                    if inserted.is_err() && page != first {
+                        break;
+                    }
+                    inserted?;
+                }
+                Ok(())
+            }
+        }
     }
 }

@@ -237,6 +237,8 @@ impl Table {
 pub(crate) enum Target {
     /// A VRAM offset of the device itself.
     Vram(u64),
+    /// A PCIe bus address: system memory, or a peer's VRAM.
+    Bus(u64),
 }
 
 /// A device address space: four levels of page tables in VRAM.
@@ -318,18 +320,22 @@ impl PageTables {
         len: u64,
         writable: bool,
     ) -> Result {
-        let Target::Vram(base) = target;
+        let (base, aperture) = match target {
+            Target::Vram(offset) => (offset, 0),
+            Target::Bus(addr) => (addr, regs::PTE_BUS),
+        };
         let page = SZ_4K as u64;
         let end = va.checked_add(len).ok_or(EINVAL)?;
         if len == 0
             || va % page != 0
             || len % page != 0
             || base % page != 0
+            || !matches!(base.checked_add(len), Some(last) if last <= regs::PTE_ADDR_MASK + page)
             || end > 1 << regs::VA_BITS
         {
             return Err(EINVAL);
         }
-        let flags = regs::PTE_VALID | if writable { regs::PTE_WRITABLE } else { 0 };
+        let flags = regs::PTE_VALID | aperture | if writable { regs::PTE_WRITABLE } else { 0 };
         let mut done = 0;
         while done < len {
             let huge = level_size(1);
@@ -448,7 +454,8 @@ impl PageTables {
                         None => Table::new(vram, io).ok(),
                     };
                     if let Some(mut child) = child {
-                        let flags = regs::PTE_VALID | (entry & regs::PTE_WRITABLE);
+                        let kept = regs::PTE_WRITABLE | regs::PTE_APERTURE_MASK;
+                        let flags = regs::PTE_VALID | (entry & kept);
                         let addr = entry & regs::PTE_ADDR_MASK;
                         for k in 0..regs::TABLE_ENTRIES {
                             let page = addr + k as u64 * level_size(0);

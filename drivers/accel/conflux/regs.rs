@@ -110,6 +110,10 @@ pub(crate) const PTE_VALID: u64 = 1 << 0;
 pub(crate) const PTE_WRITABLE: u64 = 1 << 1;
 /// Page-table entry bit: the entry maps a page (level 1 and 0).
 pub(crate) const PTE_LEAF: u64 = 1 << 2;
+/// Leaf entry: the address is a PCIe bus address (aperture 1), not a VRAM offset.
+pub(crate) const PTE_BUS: u64 = 1 << 3;
+/// The aperture field of an entry.
+pub(crate) const PTE_APERTURE_MASK: u64 = 3 << 3;
 /// Page-table entry address bits 51..12.
 pub(crate) const PTE_ADDR_MASK: u64 = ((1 << 52) - 1) & !0xfff;
 

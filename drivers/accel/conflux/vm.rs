@@ -9,6 +9,7 @@
 //! at all.
 
 use kernel::{
+    device::Bound,
     dma_fence::Fence,
     dma_resv::Usage,
     drm::{
@@ -29,6 +30,7 @@ use kernel::{
         },
         Registered, //
     },
+    pci,
     prelude::*,
     sizes::SZ_4K,
     sync::aref::ARef,
@@ -46,7 +48,10 @@ use crate::{
     },
     engine::job_timeout_ms,
     file::ConfluxDevice,
-    gem::Bo,
+    gem::{
+        Bo,
+        Memory, //
+    },
     mmu::{
         PageTables,
         Vram,
@@ -65,7 +70,7 @@ pub(crate) struct BindCtx<'a> {
     tables: &'a mut PageTables,
     /// The device's VRAM and the CPU's access to it; `None` when the VM is torn down: only the
     /// tree changes then, and the tables are freed after.
-    hw: Option<(&'a Vram, &'a VramIo<'a>)>,
+    hw: Option<(&'a Vram, &'a VramIo<'a>, &'a pci::Device<Bound>)>,
     /// Preallocated `drm_gpuva`s.
     vas: &'a mut KVec<GpuVaAlloc<VmData>>,
     writable: bool,
@@ -90,12 +95,13 @@ impl DriverGpuVm for VmData {
         op: OpMap<'op, Self>,
         ctx: &mut BindCtx<'ctx>,
     ) -> Result<OpMapped<'op, Self>> {
-        let (vram, io) = ctx.hw.ok_or(EINVAL)?;
+        let (vram, io, pdev) = ctx.hw.ok_or(EINVAL)?;
         let va = ctx.va()?;
         op.obj().map(
             ctx.tables,
             vram,
             io,
+            pdev,
             op.addr(),
             op.gem_offset(),
             op.length(),
@@ -109,7 +115,7 @@ impl DriverGpuVm for VmData {
         op: OpUnmap<'op, Self>,
         ctx: &mut BindCtx<'ctx>,
     ) -> Result<OpUnmapped<'op, Self>> {
-        if let Some((vram, io)) = ctx.hw {
+        if let Some((vram, io, _)) = ctx.hw {
             ctx.tables.unmap(vram, io, op.va().addr(), op.va().length());
         }
         let (done, _removed) = op.remove();
@@ -124,7 +130,7 @@ impl DriverGpuVm for VmData {
         let old = op.va_to_unmap().range();
         let from = op.prev().map_or(old.start, |p| p.addr() + p.length());
         let to = op.next().map_or(old.end, |n| n.addr());
-        if let Some((vram, io)) = ctx.hw {
+        if let Some((vram, io, _)) = ctx.hw {
             ctx.tables.unmap(vram, io, from, to - from);
         }
         let vas = [ctx.va()?, ctx.va()?];
@@ -207,7 +213,7 @@ impl Vm {
     /// A VM with nothing mapped, spanning [`USER_VA_START`] to [`KERNEL_VA_BASE`].
     pub(crate) fn new(dev: &ConfluxDevice<Registered>, hw: &Hw<'_>) -> Result<Self> {
         // The object that carries the VM's reservation object; it has no memory.
-        let r_obj = Object::new(dev, SZ_4K, None)?;
+        let r_obj = Object::new(dev, SZ_4K, Memory::None)?;
         let gpuvm = GpuVm::new::<Error, _>(
             c"conflux",
             dev,
@@ -333,7 +339,7 @@ impl Vm {
             let writable = matches!(op, BindOp::Map { writable: true, .. });
             let mut ctx = BindCtx {
                 tables: &mut self.tables,
-                hw: Some((&hw.vram, &io)),
+                hw: Some((&hw.vram, &io, hw.pdev)),
                 vas: &mut vas,
                 writable,
             };

@@ -24,6 +24,7 @@ extern "C" {
  * @DRM_CONFLUX_WAIT: wait for a job, see &struct drm_conflux_wait
  * @DRM_CONFLUX_BO_READ: read a buffer, see &struct drm_conflux_bo_rw
  * @DRM_CONFLUX_BO_WRITE: write a buffer, see &struct drm_conflux_bo_rw
+ * @DRM_CONFLUX_BO_INFO: describe a buffer, see &struct drm_conflux_bo_info
  */
 enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_GET_INFO = 0,
@@ -33,6 +34,7 @@ enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_WAIT,
 	DRM_CONFLUX_BO_READ,
 	DRM_CONFLUX_BO_WRITE,
+	DRM_CONFLUX_BO_INFO,
 };
 
 /* Capability bits of &struct drm_conflux_get_info.caps (the device's CAPS). */
@@ -87,24 +89,38 @@ struct drm_conflux_get_info {
 
 /* Placement of a buffer: &struct drm_conflux_bo_create.flags. */
 #define DRM_CONFLUX_BO_VRAM		(1 << 0)
+#define DRM_CONFLUX_BO_SYSTEM		(1 << 1)
+
+/* Largest buffer in system memory, in bytes. */
+#define DRM_CONFLUX_MAX_SYSTEM_SIZE	(1ULL << 30)
 
 /**
  * struct drm_conflux_bo_create - create a buffer object
  * @size: in: bytes, at least 1; rounded up to a multiple of 4 KiB.
  *	out: the rounded size
- * @flags: in: placement, DRM_CONFLUX_BO_VRAM (required)
+ * @flags: in: where the buffer may be placed, at least one of
+ *	DRM_CONFLUX_BO_VRAM and DRM_CONFLUX_BO_SYSTEM
  * @handle: out: GEM handle of the new buffer
  *
- * The buffer's memory is zeroed by the device's engine before the ioctl
- * returns: no data of an earlier user can be read through it. A buffer of
- * 2 MiB or more is placed in 2 MiB blocks when VRAM allows, so that it can
- * be mapped with 2 MiB page-table entries.
+ * A buffer is placed in VRAM when DRM_CONFLUX_BO_VRAM is set and VRAM has
+ * room, else in system memory when DRM_CONFLUX_BO_SYSTEM is set.
+ * &struct drm_conflux_bo_info tells where it went.
  *
- * Errors: -EINVAL for a size of 0 or unknown flags, a missing placement or
- * a non-zero handle; -ENOSPC when VRAM has no room for the buffer; -EINTR
- * when a signal arrived while the call waited for room in the engine's ring
- * (nothing was created); -EIO or -ETIMEDOUT when the engine failed to zero
- * the memory.
+ * New memory never shows data of an earlier user: VRAM is zeroed by the
+ * device's engine before the ioctl returns, system memory by the kernel's
+ * page allocator. A VRAM buffer of 2 MiB or more is placed in 2 MiB blocks
+ * when VRAM allows, so that it can be mapped with 2 MiB page-table entries;
+ * system memory is mapped with 4 KiB entries, and is charged to the caller's
+ * memory cgroup. The device reaches system memory by DMA; when it is unbound,
+ * the buffer loses its memory like a VRAM buffer does.
+ *
+ * Errors: -EINVAL for a size of 0 or unknown flags, a missing placement, a
+ * non-zero handle, or a buffer that would go to system memory and is larger
+ * than DRM_CONFLUX_MAX_SYSTEM_SIZE; -ENOSPC when VRAM has no room for a
+ * buffer that must be in VRAM; -ENOMEM when system memory cannot be allocated; -EIO when it
+ * cannot be mapped for the device's DMA; -EINTR when a signal arrived while
+ * the call waited for room in the engine's ring (nothing was created); -EIO
+ * or -ETIMEDOUT when the engine failed to zero the memory.
  */
 struct drm_conflux_bo_create {
 	__u64 size;
@@ -283,9 +299,10 @@ struct drm_conflux_wait {
  * @data: user pointer to @size bytes: where BO_READ stores the buffer's bytes,
  *	or what BO_WRITE stores in the buffer
  *
- * The CPU copies through the device's BAR. BO_READ first waits for the jobs
- * that write the buffer, BO_WRITE for every job that uses it: the fences of
- * the buffer's reservation object.
+ * The CPU copies through the device's BAR, or directly for a buffer in
+ * system memory. BO_READ first waits for the jobs that write the buffer,
+ * BO_WRITE for every job that uses it: the fences of the buffer's
+ * reservation object.
  *
  * Errors: -EINVAL for a malformed call, -ENOENT for an unknown handle,
  * -EFAULT when @data cannot be accessed (bytes before it may have been
@@ -297,6 +314,36 @@ struct drm_conflux_bo_rw {
 	__u64 offset;
 	__u64 size;
 	__u64 data;
+};
+
+/**
+ * struct drm_conflux_bo_info - describe a buffer, and give its mmap() offset
+ * @handle: in: GEM handle of the buffer
+ * @flags: in: must be 0
+ * @size: out: the buffer's size in bytes
+ * @mmap_offset: out: the offset to pass to mmap() on the device file to map
+ *	the buffer
+ * @placement: out: DRM_CONFLUX_BO_VRAM or DRM_CONFLUX_BO_SYSTEM
+ * @pad: must be 0
+ *
+ * A buffer is mapped with mmap(MAP_SHARED) at @mmap_offset, of up to @size
+ * bytes. mmap() refuses with -EINVAL a private mapping (MAP_PRIVATE), which
+ * could be made writable, a mapping that starts elsewhere in the buffer, and
+ * one longer than the buffer. VRAM is mapped write-combined through the device's BAR,
+ * system memory cached. The mapping does not wait for jobs: use
+ * DRM_IOCTL_CONFLUX_WAIT first. When the device is unbound, every mapping of
+ * its buffers is emptied, and touching it raises SIGBUS.
+ *
+ * Errors: -EINVAL for a malformed call, -ENOENT for an unknown handle,
+ * -ENOMEM when the offset cannot be allocated.
+ */
+struct drm_conflux_bo_info {
+	__u32 handle;
+	__u32 flags;
+	__u64 size;
+	__u64 mmap_offset;
+	__u32 placement;
+	__u32 pad;
 };
 
 /*
@@ -325,6 +372,9 @@ enum {
 	DRM_IOCTL_CONFLUX_BO_WRITE =
 		DRM_IOW(DRM_COMMAND_BASE + DRM_CONFLUX_BO_WRITE,
 			struct drm_conflux_bo_rw),
+	DRM_IOCTL_CONFLUX_BO_INFO =
+		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_BO_INFO,
+			 struct drm_conflux_bo_info),
 };
 
 #if defined(__cplusplus)
