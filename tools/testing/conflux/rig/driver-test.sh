@@ -67,8 +67,9 @@ else
 	esac
 	out=$(conflux --device /dev/accel/accel0 alloc 0 2>&1)
 	rc=$?
+	call="DRM_IOCTL_CONFLUX_BO_CREATE (size 0x0, flags 0x1)"
 	case "$rc $out" in
-	"1 conflux: /dev/accel/accel0: DRM_IOCTL_CONFLUX_BO_CREATE (size 0x0): "*"(EINVAL)")
+	"1 conflux: /dev/accel/accel0: $call: "*"(EINVAL)")
 		ok "conflux alloc 0 names the device, the call and the error: $out" ;;
 	*) bad "conflux alloc 0: exit $rc: $out" ;;
 	esac
@@ -100,10 +101,28 @@ else
 	*'"verified":true'*) ok "conflux --json copy: $out" ;;
 	*) bad "conflux --json copy: $out" ;;
 	esac
+	# System memory and mmap(): each direction, checked through the mappings.
+	for spec in "--src-in vram --dst-in system copy 5M 4093 3" \
+		"--src-in system --dst-in vram copy 3M 1 4095" \
+		"--src-in system --dst-in system copy 1M 17 0" \
+		"--dst-in system fill 2M 5" "--dst-in vram fill 4097 4095"; do
+		# shellcheck disable=SC2086
+		out=$(conflux --device /dev/accel/accel0 --mmap $spec 2>&1)
+		case $out in
+		*"verified through mmap()"*) ok "conflux --mmap $spec: $out" ;;
+		*) bad "conflux --mmap $spec: $out" ;;
+		esac
+	done
 	out=$(conflux --device /dev/accel/accel0 ${memcpy:+--host-memcpy "$memcpy"} bench 2>&1)
 	case $out in
-	*"within VRAM: "*" MB/s; host memcpy "*" MB/s"*) ok "conflux bench: $out" ;;
+	*"from vram to vram: "*" MB/s; host memcpy "*" MB/s"*) ok "conflux bench: $out" ;;
 	*) bad "conflux bench: $out" ;;
+	esac
+	out=$(conflux --device /dev/accel/accel0 ${memcpy:+--host-memcpy "$memcpy"} \
+		--src-in vram --dst-in system bench 8M 4 2>&1)
+	case $out in
+	*"from vram to system: "*" MB/s"*) ok "conflux bench to system memory: $out" ;;
+	*) bad "conflux bench to system memory: $out" ;;
 	esac
 	conflux frobnicate >/dev/null 2>&1
 	expect "conflux with an unknown command: exit status" "$?" 2

@@ -257,13 +257,19 @@ impl Device {
 
     /// Creates a buffer of at least `size` bytes in VRAM, zeroed.
     pub fn bo_create(&self, size: u64) -> Result<Bo<'_>, Error> {
+        self.bo_create_in(size, uapi::DRM_CONFLUX_BO_VRAM)
+    }
+
+    /// Creates a buffer of at least `size` bytes, zeroed, where the `DRM_CONFLUX_BO_*`
+    /// placement flags allow.
+    pub fn bo_create_in(&self, size: u64, placement: u32) -> Result<Bo<'_>, Error> {
         let mut args = uapi::drm_conflux_bo_create {
             size,
-            flags: uapi::DRM_CONFLUX_BO_VRAM,
+            flags: placement,
             handle: 0,
         };
         self.bo_create_raw(&mut args).map_err(|mut e| {
-            e.call = format!("{} (size {size:#x})", e.call);
+            e.call = format!("{} (size {size:#x}, flags {placement:#x})", e.call);
             e
         })?;
         Ok(Bo {
@@ -405,6 +411,134 @@ impl Device {
             DRM_IOCTL_SYNCOBJ_DESTROY,
             &mut args,
         )
+    }
+}
+
+/// What `DRM_IOCTL_CONFLUX_BO_INFO` tells about a buffer.
+pub type BoInfo = uapi::drm_conflux_bo_info;
+
+/// The name of a `DRM_CONFLUX_BO_*` placement.
+pub fn placement_name(placement: u32) -> &'static str {
+    match placement {
+        uapi::DRM_CONFLUX_BO_VRAM => "vram",
+        uapi::DRM_CONFLUX_BO_SYSTEM => "system",
+        _ => "?",
+    }
+}
+
+impl Device {
+    /// `DRM_IOCTL_CONFLUX_BO_INFO` with `args` as given, for tests of the checks.
+    pub fn bo_info_raw(&self, args: &mut BoInfo) -> Result<(), Error> {
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_BO_INFO",
+            uapi::DRM_IOCTL_CONFLUX_BO_INFO as u64,
+            args,
+        )
+    }
+
+    /// The size, placement and mmap() offset of buffer `handle`.
+    pub fn bo_info(&self, handle: u32) -> Result<BoInfo, Error> {
+        let mut args = BoInfo {
+            handle,
+            ..Default::default()
+        };
+        self.bo_info_raw(&mut args).map_err(|mut e| {
+            e.call = format!("{} (handle {handle})", e.call);
+            e
+        })?;
+        Ok(args)
+    }
+
+    /// `mmap()` of `len` bytes at `offset` of the device file, with `prot` and `flags` as
+    /// given, for tests of the checks.
+    pub fn mmap_raw(
+        &self,
+        offset: u64,
+        len: usize,
+        prot: i32,
+        flags: i32,
+    ) -> Result<Mapping, Error> {
+        // SAFETY: A new mapping chosen by the kernel replaces nothing of this process.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                self.file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            let call = format!("mmap (offset {offset:#x}, {len:#x} bytes)");
+            return Err(Error::new(&self.path, &call, io::Error::last_os_error()));
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Maps all of buffer `handle` for reading and writing.
+    pub fn map(&self, handle: u32) -> Result<Mapping, Error> {
+        let info = self.bo_info(handle)?;
+        self.mmap_raw(
+            info.mmap_offset,
+            info.size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+    }
+}
+
+/// A userspace mapping of a buffer, unmapped when dropped.
+///
+/// The device may write the memory at any time: the mapping hands out copies, never
+/// references.
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    /// The mapping's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: mmap() refuses empty mappings).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first byte of the mapping, for tests that touch it directly.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Copies bytes `offset..offset + out.len()` of the mapping into `out`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) {
+        assert!(offset
+            .checked_add(out.len())
+            .is_some_and(|end| end <= self.len));
+        // SAFETY: The range lies inside the mapping, which stays mapped while `self` lives.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), out.as_mut_ptr(), out.len()) };
+    }
+
+    /// Copies `data` to bytes `offset..offset + data.len()` of the mapping.
+    pub fn write(&self, offset: usize, data: &[u8]) {
+        assert!(offset
+            .checked_add(data.len())
+            .is_some_and(|end| end <= self.len));
+        // SAFETY: The range lies inside the mapping, which stays mapped while `self` lives.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` are a mapping this object owns, unmapped once, here.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 

@@ -8,7 +8,10 @@ use std::{
     time::Instant,
 };
 
-use conflux::{copy_cmd, devices, fill_cmd, map_op, parse_size, uapi, unmap_op, Cmd, Device, Info};
+use conflux::{
+    copy_cmd, devices, fill_cmd, map_op, parse_size, placement_name, uapi, unmap_op, Bo, Cmd,
+    Device, Info,
+};
 use serde_json::{json, Value};
 
 const HELP: &str = "\
@@ -26,12 +29,19 @@ Commands:
                 fill SIZE bytes of a new buffer from OFFSET with the 8-byte
                 PATTERN (hex, default 0x0807060504030201) and check every byte
   bench [SIZE [ITERATIONS]]
-                measure the engine's copy bandwidth within VRAM with
+                measure the engine's copy bandwidth (within VRAM unless
+                --src-in or --dst-in say otherwise) with
                 ITERATIONS (default 8) copies of SIZE bytes (default 32M)
 
 Options:
   --device PATH  the accel node, for instance /dev/accel/accel0
   --json         print one JSON document instead of text
+  --src-in MEM, --dst-in MEM
+                 copy, fill, bench: put the source or the destination buffer
+                 in MEM: vram (the default), system (system memory), or any
+                 (VRAM when it has room, else system memory)
+  --mmap         copy, fill: write the source and check the result through
+                 mmap() of the buffers instead of BO_WRITE and BO_READ
   --host-memcpy MBPS
                  bench: the host's memcpy bandwidth, measured in the same run
                  (conflux-emu memcpy-bench), printed beside the device's
@@ -44,7 +54,20 @@ struct Options {
     device: Option<PathBuf>,
     json: bool,
     host_memcpy: Option<f64>,
+    src_in: u32,
+    dst_in: u32,
+    mmap: bool,
     command: Vec<String>,
+}
+
+fn placement_arg(option: &str, v: Option<&String>) -> Result<u32, String> {
+    match v.map(String::as_str) {
+        Some("vram") => Ok(uapi::DRM_CONFLUX_BO_VRAM),
+        Some("system") => Ok(uapi::DRM_CONFLUX_BO_SYSTEM),
+        Some("any") => Ok(uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM),
+        Some(other) => Err(format!("{option}: {other:?} is not vram, system or any")),
+        None => Err(format!("{option} needs vram, system or any")),
+    }
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -52,6 +75,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
         device: None,
         json: false,
         host_memcpy: None,
+        src_in: uapi::DRM_CONFLUX_BO_VRAM,
+        dst_in: uapi::DRM_CONFLUX_BO_VRAM,
+        mmap: false,
         command: Vec::new(),
     };
     let mut it = args.iter();
@@ -62,6 +88,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.device = Some(PathBuf::from(v));
             }
             "--json" => o.json = true,
+            "--mmap" => o.mmap = true,
+            "--src-in" => o.src_in = placement_arg(a, it.next())?,
+            "--dst-in" => o.dst_in = placement_arg(a, it.next())?,
             "--host-memcpy" => {
                 let v = it.next().ok_or("--host-memcpy needs a bandwidth in MB/s")?;
                 let mbps = v.parse::<f64>().ok().filter(|m| *m > 0.0);
@@ -256,6 +285,38 @@ fn mbps(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / secs.max(1e-9) / 1e6
 }
 
+/// Where buffer `bo` was placed.
+fn where_is(dev: &Device, bo: &Bo<'_>) -> Result<&'static str, String> {
+    let info = dev.bo_info(bo.handle).map_err(|e| e.to_string())?;
+    Ok(placement_name(info.placement))
+}
+
+/// Writes `data` at the start of `bo`, through mmap() with `--mmap`.
+fn put(o: &Options, dev: &Device, bo: &Bo<'_>, data: &[u8]) -> Result<(), String> {
+    if o.mmap {
+        dev.map(bo.handle)
+            .map_err(|e| e.to_string())?
+            .write(0, data);
+        Ok(())
+    } else {
+        dev.write(bo.handle, 0, data).map_err(|e| e.to_string())
+    }
+}
+
+/// Reads all of `bo`, through mmap() with `--mmap`.
+fn get(o: &Options, dev: &Device, bo: &Bo<'_>) -> Result<Vec<u8>, String> {
+    let mut out = vec![0u8; bo.size as usize];
+    if o.mmap {
+        dev.map(bo.handle)
+            .map_err(|e| e.to_string())?
+            .read(0, &mut out);
+    } else {
+        dev.read(bo.handle, 0, &mut out)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
 fn first_device(o: &Options) -> Result<(PathBuf, Device), String> {
     let path = targets(o)?.into_iter().next().ok_or("no device")?;
     let dev = open(&path)?;
@@ -275,10 +336,14 @@ fn cmd_copy(o: &Options, size: &str, rest: &[&str]) -> Result<(), String> {
     }
     let (path, dev) = first_device(o)?;
     let e = |e: conflux::Error| e.to_string();
-    let src = dev.bo_create(round_up(src_off + size)?).map_err(e)?;
-    let dst = dev.bo_create(round_up(dst_off + size)?).map_err(e)?;
+    let src = dev
+        .bo_create_in(round_up(src_off + size)?, o.src_in)
+        .map_err(e)?;
+    let dst = dev
+        .bo_create_in(round_up(dst_off + size)?, o.dst_in)
+        .map_err(e)?;
     let data = random_bytes(src.size as usize, 0x9e37_79b9_7f4a_7c15 ^ size);
-    dev.write(src.handle, 0, &data).map_err(e)?;
+    put(o, &dev, &src, &data)?;
     dev.vm_bind(&[
         map_op(src.handle, 0, VA_SRC, src.size, true),
         map_op(dst.handle, 0, VA_DST, dst.size, false),
@@ -291,8 +356,7 @@ fn cmd_copy(o: &Options, size: &str, rest: &[&str]) -> Result<(), String> {
     let job = dev.submit(&cmds, 0, 0).map_err(e)?;
     dev.wait(job, -1).map_err(e)?;
     let secs = start.elapsed().as_secs_f64();
-    let mut out = vec![0u8; dst.size as usize];
-    dev.read(dst.handle, 0, &mut out).map_err(e)?;
+    let out = get(o, &dev, &dst)?;
     dev.vm_bind(&[unmap_op(VA_SRC, src.size), unmap_op(VA_DST, dst.size)])
         .map_err(e)?;
     let (s, d, n) = (src_off as usize, dst_off as usize, size as usize);
@@ -307,12 +371,17 @@ fn cmd_copy(o: &Options, size: &str, rest: &[&str]) -> Result<(), String> {
         o,
         json!({"device": path.display().to_string(), "command": "copy", "bytes": size,
                "src_offset": src_off, "dst_offset": dst_off, "verified": true,
+               "src_in": where_is(&dev, &src)?, "dst_in": where_is(&dev, &dst)?,
+               "cpu_access": if o.mmap { "mmap" } else { "ioctl" },
                "seconds": secs, "mb_per_s": mbps(size, secs)}),
         format!(
-            "{}: copied {size} bytes from offset {src_off} to offset {dst_off}: all {} bytes \
-             of the destination buffer verified; {:.3} ms, {:.0} MB/s",
+            "{}: copied {size} bytes from offset {src_off} in {} to offset {dst_off} in {}: \
+             all {} bytes of the destination buffer verified{}; {:.3} ms, {:.0} MB/s",
             path.display(),
+            where_is(&dev, &src)?,
+            where_is(&dev, &dst)?,
             dst.size,
+            if o.mmap { " through mmap()" } else { "" },
             secs * 1e3,
             mbps(size, secs)
         ),
@@ -335,7 +404,9 @@ fn cmd_fill(o: &Options, size: &str, rest: &[&str]) -> Result<(), String> {
     }
     let (path, dev) = first_device(o)?;
     let e = |e: conflux::Error| e.to_string();
-    let bo = dev.bo_create(round_up(off + size)?).map_err(e)?;
+    let bo = dev
+        .bo_create_in(round_up(off + size)?, o.dst_in)
+        .map_err(e)?;
     dev.vm_bind(&[map_op(bo.handle, 0, VA_DST, bo.size, false)])
         .map_err(e)?;
     let cmds = split(size, |at, n| {
@@ -347,8 +418,7 @@ fn cmd_fill(o: &Options, size: &str, rest: &[&str]) -> Result<(), String> {
     let job = dev.submit(&cmds, 0, 0).map_err(e)?;
     dev.wait(job, -1).map_err(e)?;
     let secs = start.elapsed().as_secs_f64();
-    let mut out = vec![0u8; bo.size as usize];
-    dev.read(bo.handle, 0, &mut out).map_err(e)?;
+    let out = get(o, &dev, &bo)?;
     dev.vm_bind(&[unmap_op(VA_DST, bo.size)]).map_err(e)?;
     let bytes = pattern.to_le_bytes();
     let (o0, n) = (off as usize, size as usize);
@@ -363,12 +433,16 @@ fn cmd_fill(o: &Options, size: &str, rest: &[&str]) -> Result<(), String> {
         o,
         json!({"device": path.display().to_string(), "command": "fill", "bytes": size,
                "offset": off, "pattern": format!("{pattern:#018x}"), "verified": true,
+               "dst_in": where_is(&dev, &bo)?,
+               "cpu_access": if o.mmap { "mmap" } else { "ioctl" },
                "seconds": secs, "mb_per_s": mbps(size, secs)}),
         format!(
-            "{}: filled {size} bytes from offset {off} with {pattern:#018x}: all {} bytes of \
-             the buffer verified; {:.3} ms, {:.0} MB/s",
+            "{}: filled {size} bytes from offset {off} in {} with {pattern:#018x}: all {} \
+             bytes of the buffer verified{}; {:.3} ms, {:.0} MB/s",
             path.display(),
+            where_is(&dev, &bo)?,
             bo.size,
+            if o.mmap { " through mmap()" } else { "" },
             secs * 1e3,
             mbps(size, secs)
         ),
@@ -395,8 +469,8 @@ fn cmd_bench(o: &Options, rest: &[&str]) -> Result<(), String> {
     }
     let (path, dev) = first_device(o)?;
     let e = |e: conflux::Error| e.to_string();
-    let src = dev.bo_create(size).map_err(e)?;
-    let dst = dev.bo_create(size).map_err(e)?;
+    let src = dev.bo_create_in(size, o.src_in).map_err(e)?;
+    let dst = dev.bo_create_in(size, o.dst_in).map_err(e)?;
     dev.vm_bind(&[
         map_op(src.handle, 0, VA_SRC, size, true),
         map_op(dst.handle, 0, VA_DST, size, false),
@@ -416,6 +490,7 @@ fn cmd_bench(o: &Options, rest: &[&str]) -> Result<(), String> {
     dev.vm_bind(&[unmap_op(VA_SRC, size), unmap_op(VA_DST, size)])
         .map_err(e)?;
     let device = mbps(size * iterations, secs);
+    let (src_in, dst_in) = (where_is(&dev, &src)?, where_is(&dev, &dst)?);
     let host = match o.host_memcpy {
         Some(h) => format!(
             "host memcpy {h:.0} MB/s (device at {:.0}% of it)",
@@ -429,9 +504,10 @@ fn cmd_bench(o: &Options, rest: &[&str]) -> Result<(), String> {
         o,
         json!({"device": path.display().to_string(), "command": "bench", "bytes": size,
                "iterations": iterations, "seconds": secs, "device_copy_mb_per_s": device,
-               "host_memcpy_mb_per_s": o.host_memcpy}),
+               "src_in": src_in, "dst_in": dst_in, "host_memcpy_mb_per_s": o.host_memcpy}),
         format!(
-            "{}: device copy {} x {iterations} within VRAM: {device:.0} MB/s; {host}",
+            "{}: device copy {} x {iterations} from {src_in} to {dst_in}: {device:.0} MB/s; \
+             {host}",
             path.display(),
             human(size)
         ),
