@@ -39,6 +39,7 @@ use crate::{
         Vram,
         VramIo, //
     },
+    regs,
 };
 
 /// Pages a CPU fault maps at once, from the faulting one on.
@@ -279,7 +280,7 @@ impl Bo {
         match &self.memory {
             Memory::None => Err(EINVAL),
             Memory::Vram(_) => {
-                let vram_base = hw.pdev.resource_start(2)? + hw.info.vram_offset;
+                let vram_base = hw.pdev.resource_start(regs::CTL_BAR)? + hw.info.vram_offset;
                 let mut page = first;
                 self.for_each_piece(hw.pdev, offset, len, |target, piece| {
                     let Target::Vram(at) = target else {
