@@ -51,12 +51,9 @@ pub(crate) enum Memory {
     None,
     /// VRAM blocks, zeroed by the engine before the object was created.
     Vram(Pin<KBox<AllocatedBlocks>>),
-    /// Pages of system memory, zeroed by the page allocator, and their mapping for the device's
-    /// DMA, which is undone when the device is unbound.
-    System {
-        pages: Arc<KVVec<Page>>,
-        dma: Devres<PageMapping>,
-    },
+    /// Pages of system memory, zeroed by the page allocator, held by their mapping for the
+    /// device's DMA; the device's unbind undoes the mapping and frees the pages.
+    System(Devres<PageMapping>),
 }
 
 /// A Conflux buffer object.
@@ -111,12 +108,12 @@ impl Bo {
         let pages = Arc::new(pages, GFP_KERNEL)?;
         let mapping = PageMapping::new(
             pdev.as_ref(),
-            pages.clone(),
+            pages,
             DataDirection::Bidirectional,
             GFP_KERNEL,
         )?;
         let dma = Devres::new(pdev.as_ref(), mapping)?;
-        Ok(Memory::System { pages, dma })
+        Ok(Memory::System(dma))
     }
 
     /// The placement, as a `DRM_CONFLUX_BO_*` flag; 0 for the object of a VM.
@@ -124,7 +121,7 @@ impl Bo {
         match self.memory {
             Memory::None => 0,
             Memory::Vram(_) => uapi::DRM_CONFLUX_BO_VRAM,
-            Memory::System { .. } => uapi::DRM_CONFLUX_BO_SYSTEM,
+            Memory::System(_) => uapi::DRM_CONFLUX_BO_SYSTEM,
         }
     }
 
@@ -155,7 +152,7 @@ impl Bo {
                     start = end;
                 }
             }
-            Memory::System { dma, .. } => {
+            Memory::System(dma) => {
                 let dma = dma.access(pdev.as_ref())?;
                 // CAST: `PAGE_SIZE` fits in `u64`.
                 let page = PAGE_SIZE as u64;
@@ -238,7 +235,8 @@ impl Bo {
                     Ok(())
                 })
             }
-            Memory::System { pages, .. } => {
+            Memory::System(dma) => {
+                let pages = dma.access(hw.pdev.as_ref())?.pages();
                 let mut at = usize::try_from(offset)?;
                 let mut done = 0usize;
                 while done < buf.len() {
@@ -303,10 +301,14 @@ impl Bo {
                     Ok(())
                 })
             }
-            Memory::System { pages, .. } => {
+            Memory::System(dma) => {
+                let pages = dma.access(hw.pdev.as_ref())?.pages();
                 for page in first..end {
                     let sys_page = pages.get(page).ok_or(EINVAL)?;
-                    // SAFETY: The page belongs to the buffer and is freed only with it.
+                    // SAFETY: The page belongs to the buffer. It is freed with the buffer, or
+                    // when the device's unbind revokes the mapping that holds it, which happens
+                    // after `drm_dev_unplug()` emptied the mappings and waited for this fault,
+                    // which holds a registration guard.
                     let inserted = unsafe { fault.insert_page(page, sys_page) };
                     if inserted.is_err() && page != first {
                         break;
