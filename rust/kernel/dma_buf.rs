@@ -23,21 +23,29 @@ use crate::{
     dma::DataDirection,
     dma_resv::{
         DmaResv,
+        Locked,
         ResvGuard, //
     },
     dma_segments::{
         DmaSGTable,
+        PageMapping,
         SegmentLimits, //
     },
     error::{
         from_err_ptr,
         to_result, //
     },
+    new_mutex,
+    page::Page,
     prelude::*,
     scatterlist::SGTable,
-    sync::aref::{
-        ARef,
-        AlwaysRefCounted, //
+    sync::{
+        aref::{
+            ARef,
+            AlwaysRefCounted, //
+        },
+        Arc,
+        Mutex, //
     },
     types::Opaque, //
     ThisModule,
@@ -48,6 +56,7 @@ use core::{
     ptr::NonNull,
     sync::atomic::{
         AtomicBool,
+        AtomicPtr,
         Ordering, //
     },
 };
@@ -101,6 +110,16 @@ impl DmaBuf {
         Ok(unsafe { ARef::from_raw(NonNull::new_unchecked(buf.cast())) })
     }
 
+    /// The buffer at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point to an exported `struct dma_buf` that stays referenced for `'a`.
+    pub unsafe fn from_raw<'a>(ptr: *mut bindings::dma_buf) -> &'a Self {
+        // SAFETY: `repr(transparent)`; validity is guaranteed by the caller.
+        unsafe { &*ptr.cast() }
+    }
+
     /// The `struct dma_buf` this wraps.
     pub fn as_raw(&self) -> *mut bindings::dma_buf {
         self.0.get()
@@ -132,8 +151,8 @@ impl DmaBuf {
         Ok(fd)
     }
 
-    fn is_locked_by(&self, guard: &ResvGuard<'_>) -> Result {
-        if guard.resv().as_raw() == self.resv().as_raw() {
+    fn is_locked_by(&self, lock: &impl Locked) -> Result {
+        if lock.holds(self.resv()) {
             Ok(())
         } else {
             Err(EINVAL)
@@ -151,10 +170,119 @@ impl DmaBuf {
     }
 }
 
-/// What an exported buffer's `priv` points to: the exporter and its revocation state.
+/// What an exported buffer's `priv` points to: the exporter, its revocation state and the list
+/// it is registered in.
 struct Private<E> {
     exporter: E,
     revoked: AtomicBool,
+    list: Option<Arc<ExportList>>,
+}
+
+/// A buffer of an [`ExportList`].
+///
+/// # Invariants
+///
+/// `buf` is an exported buffer whose `priv` is a `Private<_>` with `revoked` at `revoked`,
+/// registered in the list; its `release` removes this entry, under the list's lock, before it
+/// frees anything.
+struct Entry {
+    buf: *mut bindings::dma_buf,
+    revoked: *const AtomicBool,
+}
+
+/// What an [`ExportList`] protects.
+struct ExportListInner {
+    entries: KVec<Entry>,
+    closed: bool,
+}
+
+/// Exported buffers revoked together, for instance every buffer of a device when it is
+/// unbound. A buffer joins the list when it is exported with [`Exported::export_in`] and leaves
+/// it when it is released.
+#[pin_data]
+pub struct ExportList {
+    #[pin]
+    inner: Mutex<ExportListInner>,
+}
+
+// SAFETY: The raw pointers of the entries are only dereferenced under the lock, while the
+// buffers they point to cannot be freed (type invariants of `Entry`).
+unsafe impl Send for ExportList {}
+
+// SAFETY: As above.
+unsafe impl Sync for ExportList {}
+
+impl ExportList {
+    /// An empty list, open for exports.
+    pub fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            inner <- new_mutex!(ExportListInner {
+                entries: KVec::new(),
+                closed: false,
+            }),
+        })
+    }
+
+    /// How many buffers are in the list.
+    pub fn len(&self) -> usize {
+        self.inner.lock().entries.len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Revokes every buffer of the list, as [`Exported::revoke`] does, and closes the list: a
+    /// later [`Exported::export_in`] into it fails with [`ENODEV`]. Before revoking a buffer,
+    /// waits up to `timeout` jiffies for the fences in its reservation object, so that no job of
+    /// an importer still uses the memory. Returns how many buffers were revoked.
+    ///
+    /// An importer must not drop its last reference to a buffer from its
+    /// [`Importer::invalidate_mappings`], which runs here with the list locked.
+    pub fn revoke_all(&self, timeout: crate::time::Jiffies) -> usize {
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        for entry in inner.entries.iter() {
+            // SAFETY: The buffer is not freed while its entry is in the list, which the lock held
+            // here keeps it in (type invariants of `Entry`); nor is its `Private`, which owns
+            // the reservation object when the exporter provides it.
+            let (buf, revoked) = unsafe { (DmaBuf::from_raw(entry.buf), &*entry.revoked) };
+            revoked.store(true, Ordering::Release);
+            let _ = buf
+                .resv()
+                .wait_timeout(crate::dma_resv::Usage::Bookkeep, false, timeout);
+            let guard = buf.resv().lock();
+            let _ = buf.invalidate_mappings(&guard);
+        }
+        inner.entries.len()
+    }
+
+    /// Adds an entry, unless the list is closed.
+    fn add(&self, entry: Entry) -> Result {
+        let mut inner = self.inner.lock();
+        if inner.closed {
+            return Err(ENODEV);
+        }
+        inner
+            .entries
+            .push_within_capacity(entry)
+            .map_err(|_| ENOMEM)
+    }
+
+    /// Makes room for one more entry.
+    fn reserve(&self, flags: Flags) -> Result {
+        self.inner.lock().entries.reserve(1, flags)?;
+        Ok(())
+    }
+
+    /// Removes the entry of `buf`, if it is there.
+    fn remove(&self, buf: *mut bindings::dma_buf) {
+        let mut inner = self.inner.lock();
+        if let Some(i) = inner.entries.iter().position(|e| e.buf == buf) {
+            let _ = inner.entries.remove(i);
+        }
+    }
 }
 
 /// A buffer as its exporter holds it: a [`DmaBuf`] reference that can also revoke the buffer.
@@ -169,7 +297,8 @@ pub struct Exported<E: Exporter> {
 }
 
 impl<E: Exporter> Exported<E> {
-    /// Exports a buffer of `size` bytes backed by `exporter`, with its own reservation object.
+    /// Exports a buffer of `size` bytes backed by `exporter`, with the reservation object
+    /// [`Exporter::resv`] gives, or its own.
     ///
     /// `module` (the exporter's `THIS_MODULE`) is kept loaded while the buffer exists.
     pub fn export(
@@ -178,13 +307,48 @@ impl<E: Exporter> Exported<E> {
         module: &'static ThisModule,
         flags: Flags,
     ) -> Result<Self> {
+        Self::export_with(exporter, size, module, None, flags)
+    }
+
+    /// As [`Exported::export`], and adds the buffer to `list`, which revokes it with the others
+    /// ([`ExportList::revoke_all`]). Fails with [`ENODEV`] when the list was revoked already.
+    pub fn export_in(
+        exporter: E,
+        size: usize,
+        module: &'static ThisModule,
+        list: &Arc<ExportList>,
+        flags: Flags,
+    ) -> Result<Self> {
+        list.reserve(flags)?;
+        let this = Self::export_with(exporter, size, module, Some(list.clone()), flags)?;
+        // INVARIANT (of `Entry`): the buffer was just exported with a `Private<E>` that names
+        // `list`, so its `release` removes the entry.
+        list.add(Entry {
+            buf: this.buf.as_raw(),
+            revoked: &this.private().revoked,
+        })?;
+        Ok(this)
+    }
+
+    fn export_with(
+        exporter: E,
+        size: usize,
+        module: &'static ThisModule,
+        list: Option<Arc<ExportList>>,
+        flags: Flags,
+    ) -> Result<Self> {
         let private = KBox::into_raw(KBox::new(
             Private {
                 exporter,
                 revoked: AtomicBool::new(false),
+                list,
             },
             flags,
         )?);
+        // SAFETY: `private` is valid and stays so until `release`, which frees it.
+        let resv = unsafe { &(*private).exporter }
+            .resv()
+            .map_or(core::ptr::null_mut(), |r| r.as_raw());
         let info = bindings::dma_buf_export_info {
             exp_name: E::NAME.as_char_ptr(),
             owner: module.as_ptr(),
@@ -192,7 +356,8 @@ impl<E: Exporter> Exported<E> {
             size,
             // CAST: `O_RDWR` fits in an `int`.
             flags: bindings::O_RDWR as i32,
-            resv: core::ptr::null_mut(),
+            // The exporter owns `resv` and outlives the buffer: it is dropped by `release`.
+            resv,
             priv_: private.cast(),
         };
         // SAFETY: `info` is a valid export description; `OPS` is a static vtable whose callbacks
@@ -214,6 +379,20 @@ impl<E: Exporter> Exported<E> {
                 Err(e)
             }
         }
+    }
+
+    /// The exporter of `buf` when `module` exported it with an `E` through [`Exported::export`];
+    /// [`None`] for any other buffer.
+    pub fn exporter_of<'a>(buf: &'a DmaBuf, module: &'static ThisModule) -> Option<&'a E> {
+        let raw = buf.as_raw();
+        // SAFETY: `buf` is a valid, exported buffer; `owner` and `ops` do not change after export.
+        let (owner, ops) = unsafe { ((*raw).owner, (*raw).ops) };
+        if owner != module.as_ptr() || !core::ptr::eq(ops, &ExporterOps::<E>::OPS) {
+            return None;
+        }
+        // SAFETY: Exported with `ExporterOps::<E>::OPS`, so `priv` is a `Private<E>`, freed only
+        // at release, which the reference behind `buf` prevents while `'a` lasts.
+        Some(unsafe { &(*(*raw).priv_.cast::<Private<E>>()).exporter })
     }
 
     fn private(&self) -> &Private<E> {
@@ -298,6 +477,21 @@ impl Attachment {
     pub fn limits(&self) -> Result<SegmentLimits> {
         SegmentLimits::of_device(self.device())
     }
+
+    /// Maps `pages` of system memory for DMA by the importing device, for a table of
+    /// [`Exporter::map`]: keep the mapping as the table's backing
+    /// ([`DmaSGTable::with_backing`]) so that unmapping the table unmaps the pages.
+    pub fn map_pages(
+        &self,
+        pages: Arc<KVVec<Page>>,
+        dir: DataDirection,
+        flags: Flags,
+    ) -> Result<PageMapping> {
+        // SAFETY: An importer keeps its device bound while it is attached, and unmaps its tables
+        // before it detaches: the mapping, backing such a table, is undone while the device is
+        // bound.
+        unsafe { PageMapping::new_unchecked(self.device(), pages, dir, flags) }
+    }
 }
 
 /// The exporter side of a dma-buf.
@@ -306,6 +500,12 @@ impl Attachment {
 pub trait Exporter: Send + Sync + Sized + 'static {
     /// The exporter's name, shown in debugfs.
     const NAME: &'static CStr;
+
+    /// The reservation object the buffer shares with the exporter's own object (for example a
+    /// GEM object's), so that fences of both are in one place; [`None`] gives the buffer its own.
+    fn resv(&self) -> Option<&DmaResv> {
+        None
+    }
 
     /// A new attachment; an error refuses it.
     fn attach(&self, _attachment: &Attachment) -> Result {
@@ -435,7 +635,12 @@ impl<E: Exporter> ExporterOps<E> {
     extern "C" fn release(buf: *mut bindings::dma_buf) {
         // SAFETY: The last reference is gone: nothing uses the exporter any more, and `priv` is
         // the box `export()` leaked.
-        drop(unsafe { KBox::from_raw((*buf).priv_.cast::<Private<E>>()) });
+        let private = unsafe { KBox::from_raw((*buf).priv_.cast::<Private<E>>()) };
+        // Leave the list before anything is freed (type invariants of `Entry`).
+        if let Some(list) = &private.list {
+            list.remove(buf);
+        }
+        drop(private);
     }
 }
 
@@ -445,7 +650,8 @@ pub trait Importer: Send + Sync + 'static {
     const ALLOW_PEER2PEER: bool;
 
     /// The buffer is moving: the importer must stop using its mappings (and unmap them) before
-    /// returning. Called with the buffer's reservation lock held.
+    /// returning. Called with the buffer's reservation lock held. The mapping
+    /// [`ImportAttachment::held_mapping`] keeps is unmapped right after this returns.
     fn invalidate_mappings(&self, attachment: &Attachment);
 }
 
@@ -458,15 +664,46 @@ impl<I: Importer> ImporterOps<I> {
     };
 
     extern "C" fn invalidate(att: *mut bindings::dma_buf_attachment) {
-        // SAFETY: `importer_priv` is the pinned `I` of the `ImportAttachment` that owns this
-        // attachment, alive until it detaches.
-        let (i, a) = unsafe {
+        // SAFETY: `importer_priv` is the pinned `Held<I>` of the `ImportAttachment` that owns
+        // this attachment, alive until it detaches.
+        let (h, a) = unsafe {
             (
-                &*(*att).importer_priv.cast::<I>(),
+                &*(*att).importer_priv.cast::<Held<I>>(),
                 Attachment::from_raw(att),
             )
         };
-        i.invalidate_mappings(a);
+        h.importer.invalidate_mappings(a);
+        // SAFETY: The core calls this with the buffer's reservation lock held.
+        unsafe { h.unmap(att) };
+    }
+}
+
+/// An importer and the mapping its attachment keeps.
+///
+/// # Invariants
+///
+/// `sgt` is null or the table `dma_buf_map_attachment()` returned for the attachment in both
+/// directions, not unmapped yet; it changes only under the buffer's reservation lock.
+struct Held<I> {
+    importer: I,
+    sgt: AtomicPtr<bindings::sg_table>,
+}
+
+impl<I> Held<I> {
+    /// Unmaps the kept table, if any.
+    ///
+    /// # Safety
+    ///
+    /// `att` is the attachment this belongs to, and the buffer's reservation lock is held.
+    unsafe fn unmap(&self, att: *mut bindings::dma_buf_attachment) {
+        let sgt = self.sgt.swap(core::ptr::null_mut(), Ordering::AcqRel);
+        if !sgt.is_null() {
+            // SAFETY: `sgt` was mapped for `att` in both directions (type invariants), taken out
+            // above so it is unmapped once; the lock is held (guaranteed by the caller).
+            unsafe {
+                bindings::dma_buf_unmap_attachment(att, sgt, DataDirection::Bidirectional.into())
+            };
+        }
     }
 }
 
@@ -481,7 +718,7 @@ impl<I: Importer> ImporterOps<I> {
 pub struct ImportAttachment<I: Importer> {
     attachment: NonNull<bindings::dma_buf_attachment>,
     buf: ARef<DmaBuf>,
-    importer: Pin<KBox<I>>,
+    held: Pin<KBox<Held<I>>>,
 }
 
 // SAFETY: The attachment is owned by this value; the core serialises its use with the
@@ -494,8 +731,14 @@ unsafe impl<I: Importer> Sync for ImportAttachment<I> {}
 impl<I: Importer> ImportAttachment<I> {
     /// Attaches `dev` to `buf` dynamically, with `importer` handling invalidation.
     pub fn new(buf: &DmaBuf, dev: &Device, importer: I, flags: Flags) -> Result<Self> {
-        let importer = KBox::pin(importer, flags)?;
-        let private: *const I = &*importer;
+        let held = KBox::pin(
+            Held {
+                importer,
+                sgt: AtomicPtr::new(core::ptr::null_mut()),
+            },
+            flags,
+        )?;
+        let private: *const Held<I> = &*held;
         // SAFETY: `buf` and `dev` are valid; the ops are static and `private` stays valid (and
         // pinned) until the attachment is detached in `drop`.
         let att = from_err_ptr(unsafe {
@@ -510,7 +753,7 @@ impl<I: Importer> ImportAttachment<I> {
             // SAFETY: `from_err_ptr` returned a valid pointer.
             attachment: unsafe { NonNull::new_unchecked(att) },
             buf: buf.into(),
-            importer,
+            held,
         })
     }
 
@@ -527,7 +770,35 @@ impl<I: Importer> ImportAttachment<I> {
 
     /// The importer.
     pub fn importer(&self) -> &I {
-        &self.importer
+        &self.held.importer
+    }
+
+    /// The table of the buffer for the device, mapped in both directions at the first call and
+    /// kept until the exporter invalidates the mappings (right after
+    /// [`Importer::invalidate_mappings`] returned) or the attachment is dropped. Needs the
+    /// buffer's reservation lock; the table is valid while it is held.
+    pub fn held_mapping<'g>(&'g self, lock: &'g impl Locked) -> Result<&'g SGTable> {
+        self.buf.is_locked_by(lock)?;
+        let mut sgt = self.held.sgt.load(Ordering::Acquire);
+        if sgt.is_null() {
+            // SAFETY: Attached, and the buffer's lock is held (checked above).
+            sgt = from_err_ptr(unsafe {
+                bindings::dma_buf_map_attachment(
+                    self.attachment.as_ptr(),
+                    DataDirection::Bidirectional.into(),
+                )
+            })?;
+            // INVARIANT: mapped in both directions, stored under the lock.
+            self.held.sgt.store(sgt, Ordering::Release);
+        }
+        // SAFETY: The table stays mapped until the lock is released at the earliest: it is
+        // unmapped only under the lock, which `lock` holds for `'g`.
+        Ok(unsafe { SGTable::from_raw(sgt) })
+    }
+
+    /// Whether a table is kept ([`Self::held_mapping`]) and not invalidated since.
+    pub fn is_mapped(&self) -> bool {
+        !self.held.sgt.load(Ordering::Acquire).is_null()
     }
 
     /// Pins the buffer for this attachment. Needs the buffer's reservation lock.
@@ -564,6 +835,11 @@ impl<I: Importer> ImportAttachment<I> {
 
 impl<I: Importer> Drop for ImportAttachment<I> {
     fn drop(&mut self) {
+        if self.is_mapped() {
+            let _guard = self.buf.resv().lock();
+            // SAFETY: The attachment is ours and the lock is held.
+            unsafe { self.held.unmap(self.attachment.as_ptr()) };
+        }
         // SAFETY: Attached to `buf` (type invariants); detached exactly once, here. The importer
         // box outlives the call.
         unsafe { bindings::dma_buf_detach(self.buf.as_raw(), self.attachment.as_ptr()) };

@@ -279,6 +279,25 @@ impl PinnedDrop for AcquireCtx {
     }
 }
 
+/// Proof that reservation objects are locked by the current task: a [`ResvGuard`] or a
+/// [`ResvSet`].
+pub trait Locked {
+    /// Whether `resv` is one of the objects this holds locked.
+    fn holds(&self, resv: &DmaResv) -> bool;
+}
+
+impl Locked for ResvGuard<'_> {
+    fn holds(&self, resv: &DmaResv) -> bool {
+        self.resv.as_raw() == resv.as_raw()
+    }
+}
+
+impl Locked for ResvSet<'_> {
+    fn holds(&self, resv: &DmaResv) -> bool {
+        self.locked.iter().any(|l| l.as_raw() == resv.as_raw())
+    }
+}
+
 /// Several reservation objects locked together; unlocks them all when dropped.
 ///
 /// [`ResvSet::lock`] takes the locks with a wound/wait acquire context and backs off on

@@ -513,6 +513,21 @@ impl PageMapping {
         dir: DataDirection,
         flags: Flags,
     ) -> Result<Self> {
+        // SAFETY: `dev` is bound.
+        unsafe { Self::new_unchecked(dev, pages, dir, flags) }
+    }
+
+    /// As [`PageMapping::new`], for a device whose binding the caller vouches for.
+    ///
+    /// # Safety
+    ///
+    /// `dev` is bound to a driver.
+    pub(crate) unsafe fn new_unchecked(
+        dev: &Device,
+        pages: Arc<KVVec<Page>>,
+        dir: DataDirection,
+        flags: Flags,
+    ) -> Result<Self> {
         let addrs = KVVec::with_capacity(pages.len(), flags)?;
         // INVARIANT: nothing is mapped yet.
         let mut this = Self {
@@ -523,7 +538,8 @@ impl PageMapping {
         };
         for i in 0..this.pages.len() {
             let page = this.pages.get(i).ok_or(EINVAL)?;
-            // SAFETY: `dev` is a bound device and `page` a valid page of `PAGE_SIZE` bytes.
+            // SAFETY: `dev` is a bound device (guaranteed by the caller) and `page` a valid page
+            // of `PAGE_SIZE` bytes.
             let addr = unsafe {
                 bindings::dma_map_page_attrs(
                     dev.as_raw(),
