@@ -7,6 +7,7 @@ mod engine;
 mod file;
 mod gem;
 mod mmu;
+mod prime;
 mod regs;
 mod vm;
 
@@ -16,10 +17,15 @@ kernel::module_pci_driver! {
     authors: ["The Conflux developers"],
     description: "Conflux accelerator",
     license: "GPL v2",
+    imports_ns: ["DMA_BUF"],
     params: {
         job_timeout_ms: u32 {
             default: 10000,
             description: "Milliseconds a job may be the oldest before it fails (1-600000)",
+        },
+        max_segment: u32 {
+            default: 0,
+            description: "Largest DMA segment imported buffers may have, in bytes (0: any; at least 4096)",
         },
     },
 }

@@ -12,6 +12,8 @@ use kernel::{
         Core,
         DeviceContext, //
     },
+    dma::Device as _,
+    dma_buf::ExportList,
     drm::{
         self,
         gem,
@@ -19,18 +21,23 @@ use kernel::{
     },
     io::Io,
     irq,
-    pci,
+    pci::{
+        self,
+        p2pdma::Provider, //
+    },
     prelude::*,
     ptr::Alignment,
     sizes::{
         SZ_2M,
         SZ_4K, //
     },
-    sync::Arc, //
+    sync::Arc,
+    time::msecs_to_jiffies, //
 };
 
 use crate::{
     engine::{
+        job_timeout_ms,
         Command,
         CompletionIrq,
         Engine,
@@ -81,6 +88,20 @@ pub(crate) struct Hw<'bound> {
     pub(crate) info: DeviceInfo,
     pub(crate) vram: Vram,
     kernel_vm: PageTables,
+    /// The buffers exported as dma-bufs, revoked when the device is unbound.
+    pub(crate) exports: Arc<ExportList>,
+}
+
+impl Drop for Hw<'_> {
+    fn drop(&mut self) {
+        // Importers lose the memory before it is freed: wait for their jobs, then clear their
+        // mappings.
+        let timeout = msecs_to_jiffies(2 * job_timeout_ms());
+        let n = self.exports.revoke_all(timeout);
+        if n > 0 {
+            dev_info!(self.pdev, "unbind: revoked {} exported buffer(s)\n", n);
+        }
+    }
 }
 
 /// What the PCI driver keeps while bound.
@@ -208,12 +229,15 @@ impl<'bound> Hw<'bound> {
             info.vram_size,
             true,
         )?;
+        // Set the device up as a peer-to-peer provider now, so that a failure shows at probe.
+        Provider::of_bar(pdev, regs::CTL_BAR)?;
         Ok(Self {
             pdev,
             engine,
             info,
             vram,
             kernel_vm,
+            exports: Arc::pin_init(ExportList::new(), GFP_KERNEL)?,
         })
     }
 
@@ -274,6 +298,14 @@ impl pci::Driver for ConfluxDriver {
             engine: {
                 pdev.enable_device_mem()?;
                 pdev.set_master();
+                // The page tables take segments of any size; the parameter can lower what
+                // exporters give the device, to test that they honour it.
+                let max_segment = match crate::module_parameters::max_segment.value() {
+                    0 => u32::MAX,
+                    n => n.max(SZ_4K as u32),
+                };
+                // SAFETY: Nothing maps memory for the device's DMA before its probe does.
+                unsafe { pdev.dma_set_max_seg_size(max_segment) };
                 identify(pdev)?
             },
             vectors: pdev.alloc_irq_vectors(

@@ -278,21 +278,25 @@ impl File {
         args: &mut uapi::drm_conflux_bo_info,
         file: &DrmFile,
     ) -> Result<u32> {
-        if args.flags != 0 || args.pad != 0 {
+        if args.flags != 0 || args.path != 0 {
             dev_dbg!(
                 hw.pdev,
-                "BO_INFO: flags {:#x}, pad {:#x}: must be 0\n",
+                "BO_INFO: flags {:#x}, path {:#x}: must be 0\n",
                 args.flags,
-                args.pad
+                args.path
             );
             return Err(EINVAL);
         }
         let bo = Object::lookup_handle(file, args.handle).inspect_err(|_| {
             dev_dbg!(hw.pdev, "BO_INFO: no buffer {}\n", args.handle);
         })?;
-        args.mmap_offset = bo.create_mmap_offset()?;
+        args.mmap_offset = match bo.memory() {
+            Memory::Imported(_) => 0,
+            _ => bo.create_mmap_offset()?,
+        };
         args.size = bo.size() as u64;
         args.placement = bo.placement();
+        args.path = bo.path();
         Ok(0)
     }
 
@@ -509,6 +513,8 @@ impl File {
             }
             let mut locked = ResvSet::lock(&resvs, true, GFP_KERNEL)?;
             locked.reserve_fences(1)?;
+            // Imported buffers whose exporter invalidated them are mapped again first.
+            vm.revalidate(hw, &buffers, &locked)?;
             let fence = hw.engine.submit(vm.root(), commands)?;
             let written = |resv: &DmaResv| {
                 buffers

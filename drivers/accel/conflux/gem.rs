@@ -8,6 +8,7 @@ use kernel::{
     device::Bound,
     devres::Devres,
     dma::DataDirection,
+    dma_buf::DmaBuf,
     dma_segments::PageMapping,
     drm::{
         self,
@@ -24,7 +25,11 @@ use kernel::{
     },
     pci,
     prelude::*,
-    sync::Arc,
+    scatterlist::SGTable,
+    sync::{
+        aref::ARef,
+        Arc, //
+    },
     uapi, //
 };
 
@@ -38,6 +43,11 @@ use crate::{
         Target,
         Vram,
         VramIo, //
+    },
+    prime::{
+        self,
+        Imported,
+        IoctlDevice, //
     },
     regs,
 };
@@ -54,6 +64,8 @@ pub(crate) enum Memory {
     /// Pages of system memory, zeroed by the page allocator, held by their mapping for the
     /// device's DMA; the device's unbind undoes the mapping and frees the pages.
     System(Devres<PageMapping>),
+    /// A dma-buf of another device or exporter, attached dynamically.
+    Imported(Imported),
 }
 
 /// A Conflux buffer object.
@@ -91,6 +103,18 @@ impl gem::DriverObject for Bo {
         let guard = dev.registration_guard().ok_or(ENODEV)?;
         guard.registration_data_with(|hw| obj.fault_in(obj.size(), hw, fault))
     }
+
+    const EXPORT: bool = true;
+
+    fn export(obj: &gem::Object<Self>, dev: &IoctlDevice, flags: u32) -> Result<ARef<DmaBuf>> {
+        prime::export(obj, dev, flags)
+    }
+
+    const IMPORT: bool = true;
+
+    fn import(dev: &IoctlDevice, buf: &DmaBuf) -> Result<ARef<gem::Object<Self>>> {
+        prime::import(dev, buf)
+    }
 }
 
 impl Bo {
@@ -122,15 +146,33 @@ impl Bo {
             Memory::None => 0,
             Memory::Vram(_) => uapi::DRM_CONFLUX_BO_VRAM,
             Memory::System(_) => uapi::DRM_CONFLUX_BO_SYSTEM,
+            Memory::Imported(_) => uapi::DRM_CONFLUX_BO_IMPORTED,
         }
+    }
+
+    /// How the device reaches the memory, a `DRM_CONFLUX_PATH_*`; 0 for the object of a VM.
+    pub(crate) fn path(&self) -> u32 {
+        match &self.memory {
+            Memory::None => 0,
+            Memory::Vram(_) => uapi::DRM_CONFLUX_PATH_LOCAL,
+            Memory::System(_) => uapi::DRM_CONFLUX_PATH_SYSTEM,
+            Memory::Imported(imp) => imp.path(),
+        }
+    }
+
+    /// What holds the buffer's bytes.
+    pub(crate) fn memory(&self) -> &Memory {
+        &self.memory
     }
 
     /// Calls `f` with the pieces, `(target, length)` in order, that hold bytes
     /// `offset..offset + len` of the buffer: VRAM offsets, or the bus addresses of system memory
-    /// as the device reaches it. Allocates nothing. [`EINVAL`] when the buffer has no such bytes.
+    /// or of an imported buffer (from `table`, its mapping) as the device reaches it. Allocates
+    /// nothing. [`EINVAL`] when the buffer has no such bytes.
     pub(crate) fn for_each_piece(
         &self,
         pdev: &pci::Device<Bound>,
+        table: Option<&SGTable>,
         offset: u64,
         len: u64,
         mut f: impl FnMut(Target, u64) -> Result,
@@ -139,6 +181,20 @@ impl Bo {
         let mut done = 0u64;
         match &self.memory {
             Memory::None => return Err(EINVAL),
+            Memory::Imported(_) => {
+                let mut start = 0u64;
+                for sg in table.ok_or(EINVAL)?.iter() {
+                    let addr = prime::bus_addr(sg.dma_address());
+                    let end = start + sg.dma_len();
+                    let from = offset + done;
+                    if end > from && from < want_end {
+                        let piece = want_end.min(end) - from;
+                        f(Target::Bus(addr + (from - start)), piece)?;
+                        done += piece;
+                    }
+                    start = end;
+                }
+            }
             Memory::Vram(blocks) => {
                 let mut start = 0u64;
                 for block in blocks.iter() {
@@ -194,13 +250,14 @@ impl Bo {
         vram: &Vram,
         io: &VramIo<'_>,
         pdev: &pci::Device<Bound>,
+        table: Option<&SGTable>,
         va: u64,
         offset: u64,
         len: u64,
         writable: bool,
     ) -> Result {
         let mut done = 0u64;
-        let mapped = self.for_each_piece(pdev, offset, len, |target, piece| {
+        let mapped = self.for_each_piece(pdev, table, offset, len, |target, piece| {
             tables.map(vram, io, va + done, target, piece, writable)?;
             done += piece;
             Ok(())
@@ -217,10 +274,11 @@ impl Bo {
         let len = u64::try_from(buf.len())?;
         match &self.memory {
             Memory::None => Err(EINVAL),
+            Memory::Imported(_) => Err(EOPNOTSUPP),
             Memory::Vram(_) => {
                 let io = hw.vram_io()?;
                 let mut done = 0usize;
-                self.for_each_piece(hw.pdev, offset, len, |target, piece| {
+                self.for_each_piece(hw.pdev, None, offset, len, |target, piece| {
                     let Target::Vram(at) = target else {
                         return Err(EINVAL);
                     };
@@ -276,11 +334,11 @@ impl Bo {
         let offset = u64::try_from(first)? * page_size;
         let len = u64::try_from(end - first)? * page_size;
         match &self.memory {
-            Memory::None => Err(EINVAL),
+            Memory::None | Memory::Imported(_) => Err(EINVAL),
             Memory::Vram(_) => {
                 let vram_base = hw.pdev.resource_start(regs::CTL_BAR)? + hw.info.vram_offset;
                 let mut page = first;
-                self.for_each_piece(hw.pdev, offset, len, |target, piece| {
+                self.for_each_piece(hw.pdev, None, offset, len, |target, piece| {
                     let Target::Vram(at) = target else {
                         return Err(EINVAL);
                     };

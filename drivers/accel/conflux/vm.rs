@@ -11,7 +11,10 @@
 use kernel::{
     device::Bound,
     dma_fence::Fence,
-    dma_resv::Usage,
+    dma_resv::{
+        ResvSet,
+        Usage, //
+    },
     drm::{
         gem,
         gpuvm::{
@@ -30,14 +33,16 @@ use kernel::{
         },
         Registered, //
     },
-    pci,
+    new_mutex, pci,
     prelude::*,
     sizes::SZ_4K,
-    sync::aref::ARef,
+    sync::{
+        aref::ARef,
+        Arc,
+        Mutex, //
+    },
     time::msecs_to_jiffies,
 };
-
-use core::mem::ManuallyDrop;
 
 use crate::{
     driver::{
@@ -65,9 +70,105 @@ pub(crate) type Object = gem::Object<Bo>;
 /// The driver's side of a `drm_gpuvm`.
 pub(crate) struct VmData;
 
+/// Where a VM maps part of an imported buffer.
+#[derive(Clone, Copy)]
+struct ImportRange {
+    /// The buffer ([`ImportNotify::id`](crate::prime::ImportNotify::id)).
+    id: usize,
+    va: u64,
+    len: u64,
+    /// The offset in the buffer of the byte at `va`.
+    offset: u64,
+    writable: bool,
+    /// Whether the page-table entries are in place; cleared when the exporter invalidates the
+    /// buffer's mappings.
+    valid: bool,
+}
+
+/// What [`VmTables`] protects.
+pub(crate) struct TablesState {
+    /// `None` once the VM is gone.
+    tables: Option<PageTables>,
+    imports: KVec<ImportRange>,
+}
+
+/// Removes `start..end` from the records of `imports`, splitting a record that spans it; needs
+/// one free slot per call.
+fn cut(imports: &mut KVec<ImportRange>, start: u64, end: u64) {
+    let mut i = 0;
+    while i < imports.len() {
+        let r = imports[i];
+        let r_end = r.va + r.len;
+        if r_end <= start || end <= r.va {
+            i += 1;
+            continue;
+        }
+        let _ = imports.remove(i);
+        if r.va < start {
+            let left = ImportRange {
+                len: start - r.va,
+                ..r
+            };
+            let _ = imports.push_within_capacity(left);
+        }
+        if end < r_end {
+            let right = ImportRange {
+                va: end,
+                len: r_end - end,
+                offset: r.offset + (end - r.va),
+                ..r
+            };
+            let _ = imports.push_within_capacity(right);
+        }
+    }
+}
+
+/// The page tables of a VM, with their own lock so that an exporter's invalidation can clear
+/// entries without the VM's lock: the lock order is the VM's lock, then reservation objects,
+/// then this.
+#[pin_data]
+pub(crate) struct VmTables {
+    #[pin]
+    state: Mutex<TablesState>,
+}
+
+impl VmTables {
+    /// Whether the VM still exists.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.state.lock().tables.is_some()
+    }
+
+    /// Clears the entries that map imported buffer `id`, for its exporter's invalidation.
+    pub(crate) fn invalidate(&self, hw: &Hw<'_>, id: usize) {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let Some(tables) = st.tables.as_mut() else {
+            return;
+        };
+        let io = hw.vram_io();
+        for r in st.imports.iter_mut().filter(|r| r.id == id && r.valid) {
+            if let Ok(io) = &io {
+                tables.unmap(&hw.vram, io, r.va, r.len);
+            }
+            r.valid = false;
+        }
+    }
+
+    /// Records that imported buffer `id` was invalidated while the device was unbound.
+    pub(crate) fn forget(&self, id: usize) {
+        for r in self.state.lock().imports.iter_mut().filter(|r| r.id == id) {
+            r.valid = false;
+        }
+    }
+}
+
 /// What the `drm_gpuvm` steps of one operation work with.
 pub(crate) struct BindCtx<'a> {
     tables: &'a mut PageTables,
+    /// Where imported buffers are mapped; room for the records the operation adds.
+    imports: &'a mut KVec<ImportRange>,
+    /// The reservation locks of the imported buffers the operations map.
+    locked: Option<&'a ResvSet<'a>>,
     /// The device's VRAM and the CPU's access to it; `None` when the VM is torn down: only the
     /// tree changes then, and the tables are freed after.
     hw: Option<(&'a Vram, &'a VramIo<'a>, &'a pci::Device<Bound>)>,
@@ -97,16 +198,36 @@ impl DriverGpuVm for VmData {
     ) -> Result<OpMapped<'op, Self>> {
         let (vram, io, pdev) = ctx.hw.ok_or(EINVAL)?;
         let va = ctx.va()?;
-        op.obj().map(
+        let obj = op.obj();
+        let table = match (obj.memory(), ctx.locked) {
+            (Memory::Imported(imp), Some(locked)) => Some((imp, imp.table(pdev, locked)?)),
+            (Memory::Imported(_), None) => return Err(EINVAL),
+            _ => None,
+        };
+        obj.map(
             ctx.tables,
             vram,
             io,
             pdev,
+            table.map(|(_, t)| t),
             op.addr(),
             op.gem_offset(),
             op.length(),
             ctx.writable,
         )?;
+        if let Some((imp, _)) = table {
+            let record = ImportRange {
+                id: imp.notify().id(),
+                va: op.addr(),
+                len: op.length(),
+                offset: op.gem_offset(),
+                writable: ctx.writable,
+                valid: true,
+            };
+            ctx.imports
+                .push_within_capacity(record)
+                .map_err(|_| ENOMEM)?;
+        }
         Ok(op.insert(va, ()))
     }
 
@@ -118,6 +239,11 @@ impl DriverGpuVm for VmData {
         if let Some((vram, io, _)) = ctx.hw {
             ctx.tables.unmap(vram, io, op.va().addr(), op.va().length());
         }
+        cut(
+            ctx.imports,
+            op.va().addr(),
+            op.va().addr() + op.va().length(),
+        );
         let (done, _removed) = op.remove();
         Ok(done)
     }
@@ -133,6 +259,7 @@ impl DriverGpuVm for VmData {
         if let Some((vram, io, _)) = ctx.hw {
             ctx.tables.unmap(vram, io, from, to - from);
         }
+        cut(ctx.imports, from, to);
         let vas = [ctx.va()?, ctx.va()?];
         let (done, ret) = op.remap(vas, (), ());
         if let Some(unused) = ret.unused_va {
@@ -199,12 +326,14 @@ fn subtract(ranges: &[(u64, u64)], start: u64, end: u64) -> Result<KVec<(u64, u6
 ///
 /// # Invariants
 ///
-/// `tables` maps exactly what `gpuvm` holds, each mapping to its buffer's memory, and keeps a
-/// spare table per 2 MiB entry. No job but the one of `last` and earlier ones uses the VM.
-/// `tables` is dropped only in `drop`.
+/// The tables of `shared` map exactly what `gpuvm` holds, each mapping to its buffer's memory,
+/// but for the ranges of imported buffers recorded as invalid, which are unmapped; they keep a
+/// spare table per 2 MiB entry. No job but the one of `last` and earlier ones uses the VM. The
+/// tables are taken out of `shared` only in `drop`. `root` is their level-3 table.
 pub(crate) struct Vm {
     gpuvm: UniqueRefGpuVm<VmData>,
-    tables: ManuallyDrop<PageTables>,
+    shared: Arc<VmTables>,
+    root: u64,
     /// The fence of the last job submitted on the VM.
     last: Option<ARef<Fence>>,
 }
@@ -223,17 +352,28 @@ impl Vm {
             VmData,
         )?;
         let io = hw.vram_io()?;
-        let tables = ManuallyDrop::new(PageTables::new(&hw.vram, &io)?);
+        let tables = PageTables::new(&hw.vram, &io)?;
+        let root = tables.root();
+        let shared = Arc::pin_init(
+            pin_init!(VmTables {
+                state <- new_mutex!(TablesState {
+                    tables: Some(tables),
+                    imports: KVec::new(),
+                }),
+            }),
+            GFP_KERNEL,
+        )?;
         Ok(Self {
             gpuvm,
-            tables,
+            shared,
+            root,
             last: None,
         })
     }
 
     /// The VRAM offset of the level-3 table, for jobs.
     pub(crate) fn root(&self) -> u64 {
-        self.tables.root()
+        self.root
     }
 
     /// Records `fence` as the VM's last job.
@@ -243,11 +383,55 @@ impl Vm {
 
     /// Page-table entries in use: 2 MiB ones and 4 KiB ones, and the spare tables.
     pub(crate) fn pages(&self) -> (u64, u64, usize) {
-        (
-            self.tables.huge_pages,
-            self.tables.small_pages,
-            self.tables.spares(),
-        )
+        let st = self.shared.state.lock();
+        st.tables
+            .as_ref()
+            .map_or((0, 0, 0), |t| (t.huge_pages, t.small_pages, t.spares()))
+    }
+
+    /// Maps again, in the tables, the ranges of the imported buffers among `buffers` that their
+    /// exporters invalidated since, for a job: `locked` holds their reservation locks.
+    pub(crate) fn revalidate(
+        &mut self,
+        hw: &Hw<'_>,
+        buffers: &[(ARef<Object>, bool)],
+        locked: &ResvSet<'_>,
+    ) -> Result {
+        let io = hw.vram_io()?;
+        let mut guard = self.shared.state.lock();
+        let st = &mut *guard;
+        let tables = st.tables.as_mut().ok_or(ENODEV)?;
+        for (bo, _) in buffers {
+            let Memory::Imported(imp) = bo.memory() else {
+                continue;
+            };
+            let id = imp.notify().id();
+            if !st.imports.iter().any(|r| r.id == id && !r.valid) {
+                continue;
+            }
+            let table = imp.table(hw.pdev, locked)?;
+            for r in st.imports.iter_mut().filter(|r| r.id == id && !r.valid) {
+                let need = PageTables::tables_for(r.va, r.len);
+                if let Err(e) = tables.reserve(&hw.vram, &io, need) {
+                    tables.trim();
+                    return Err(e);
+                }
+                bo.map(
+                    tables,
+                    &hw.vram,
+                    &io,
+                    hw.pdev,
+                    Some(table),
+                    r.va,
+                    r.offset,
+                    r.len,
+                    r.writable,
+                )?;
+                r.valid = true;
+            }
+            tables.trim();
+        }
+        Ok(())
     }
 
     /// Checks that every MAP finds its range free, given the operations before it.
@@ -322,9 +506,40 @@ impl Vm {
             };
             vm_bos.push(vm_bo, GFP_KERNEL)?;
         }
+        // The imported buffers' tables: mapped (and checked) before anything changes, under
+        // their reservation locks, which the steps below hold too.
+        let mut resvs = KVec::new();
+        let mut records = 0;
+        for op in ops {
+            records += 1;
+            if let BindOp::Map { bo, .. } = op {
+                if let Memory::Imported(imp) = bo.memory() {
+                    resvs.push(imp.resv(), GFP_KERNEL)?;
+                }
+            }
+        }
+        let locked = if resvs.is_empty() {
+            None
+        } else {
+            Some(ResvSet::lock(&resvs, true, GFP_KERNEL)?)
+        };
+        if let Some(locked) = &locked {
+            for op in ops {
+                if let BindOp::Map { bo, .. } = op {
+                    if let Memory::Imported(imp) = bo.memory() {
+                        imp.table(hw.pdev, locked)?;
+                        imp.notify().add_vm(&self.shared)?;
+                    }
+                }
+            }
+        }
         let io = hw.vram_io()?;
-        if let Err(e) = self.tables.reserve(&hw.vram, &io, tables) {
-            self.tables.trim();
+        let mut guard = self.shared.state.lock();
+        let st = &mut *guard;
+        let this_tables = st.tables.as_mut().ok_or(ENODEV)?;
+        st.imports.reserve(records, GFP_KERNEL)?;
+        if let Err(e) = this_tables.reserve(&hw.vram, &io, tables) {
+            this_tables.trim();
             dev_dbg!(
                 hw.pdev,
                 "VM_BIND: {} page tables: {:?} ({:#x} bytes of VRAM available)\n",
@@ -338,7 +553,9 @@ impl Vm {
         for (i, (op, vm_bo)) in ops.iter().zip(vm_bos.iter()).enumerate() {
             let writable = matches!(op, BindOp::Map { writable: true, .. });
             let mut ctx = BindCtx {
-                tables: &mut self.tables,
+                tables: this_tables,
+                imports: &mut st.imports,
+                locked: locked.as_ref(),
                 hw: Some((&hw.vram, &io, hw.pdev)),
                 vas: &mut vas,
                 writable,
@@ -371,7 +588,9 @@ impl Vm {
                 break;
             }
         }
-        self.tables.trim();
+        this_tables.trim();
+        drop(guard);
+        drop(locked);
         drop(vm_bos);
         self.gpuvm.deferred_cleanup();
         result
@@ -421,8 +640,16 @@ impl Drop for Vm {
             }
         }
         let mut vas = KVec::new();
+        let mut guard = self.shared.state.lock();
+        let st = &mut *guard;
+        let Some(mut tables) = st.tables.take() else {
+            return;
+        };
+        st.imports.clear();
         let mut ctx = BindCtx {
-            tables: &mut self.tables,
+            tables: &mut tables,
+            imports: &mut st.imports,
+            locked: None,
             hw: None,
             vas: &mut vas,
             writable: false,
@@ -431,8 +658,8 @@ impl Drop for Vm {
         let _ = self
             .gpuvm
             .sm_unmap(range.start, range.end - range.start, &mut ctx);
+        drop(guard);
         self.gpuvm.deferred_cleanup();
-        // SAFETY: `tables` is not used after this, and dropped only here (type invariants).
-        unsafe { ManuallyDrop::drop(&mut self.tables) };
+        drop(tables);
     }
 }

@@ -93,6 +93,19 @@ struct drm_conflux_get_info {
 
 /* Largest buffer in system memory, in bytes. */
 #define DRM_CONFLUX_MAX_SYSTEM_SIZE	(1ULL << 30)
+/* The placement of a buffer imported from a dma-buf (PRIME). */
+#define DRM_CONFLUX_BO_IMPORTED		(1 << 2)
+
+/*
+ * How the device reaches a buffer's memory, in &struct drm_conflux_bo_info.
+ * DRM_CONFLUX_PATH_EXTERNAL: imported from an exporter other than Conflux,
+ * at addresses its exporter chose.
+ */
+#define DRM_CONFLUX_PATH_LOCAL		1
+#define DRM_CONFLUX_PATH_P2P		2
+#define DRM_CONFLUX_PATH_HOST_BRIDGE	3
+#define DRM_CONFLUX_PATH_SYSTEM		4
+#define DRM_CONFLUX_PATH_EXTERNAL	5
 
 /**
  * struct drm_conflux_bo_create - create a buffer object
@@ -323,8 +336,15 @@ struct drm_conflux_bo_rw {
  * @size: out: the buffer's size in bytes
  * @mmap_offset: out: the offset to pass to mmap() on the device file to map
  *	the buffer
- * @placement: out: DRM_CONFLUX_BO_VRAM or DRM_CONFLUX_BO_SYSTEM
- * @pad: must be 0
+ * @placement: out: DRM_CONFLUX_BO_VRAM, DRM_CONFLUX_BO_SYSTEM or
+ *	DRM_CONFLUX_BO_IMPORTED
+ * @path: in: must be 0; out: how the device reaches the memory, a
+ *	DRM_CONFLUX_PATH_*: its own VRAM (LOCAL), system memory (SYSTEM), or
+ *	for a buffer imported from another Conflux device, that device's VRAM
+ *	through PCIe switches (P2P) or through the host bridge (HOST_BRIDGE),
+ *	or its system memory (SYSTEM)
+ *
+ * An imported buffer has no @mmap_offset (0): map it through its exporter.
  *
  * A buffer is mapped with mmap(MAP_SHARED) at @mmap_offset, of up to @size
  * bytes. mmap() refuses with -EINVAL a private mapping (MAP_PRIVATE), which
@@ -343,7 +363,7 @@ struct drm_conflux_bo_info {
 	__u64 size;
 	__u64 mmap_offset;
 	__u32 placement;
-	__u32 pad;
+	__u32 path;
 };
 
 /*
