@@ -60,7 +60,7 @@ for topo in switch3+rp1 switch3+rp1-zen; do
 	set +e
 	vm --topology "$topo" --plain-ivshmem --add "$DRIVER_TEST" --add "$GBIN/conflux" \
 		--add "$GBIN/conflux-uapi-test" --timeout 900 -- \
-		sh /usr/bin/driver-test.sh 4 1 "$memcpy_mbs" 2>&1 |
+		sh /usr/bin/driver-test.sh 4 1 "$memcpy_mbs" "$topo" 2>&1 |
 		tee "$log" | sed "s/^/    [$topo driver] /"
 	rc=${PIPESTATUS[0]}
 	set -e

@@ -25,7 +25,7 @@ kernel::module_pci_driver! {
         },
         max_segment: u32 {
             default: 0,
-            description: "Largest DMA segment imported buffers may have, in bytes (0: any; at least 4096)",
+            description: "Largest DMA segment of imported buffers in bytes (0: any, else >= 4096)",
         },
     },
 }

@@ -6,12 +6,14 @@
 # unbinds a device while a file is open, and unloads and reloads the module.
 # Prints one "PASS ..." or "FAIL ..." line per check.
 #
-# Usage: driver-test.sh DEVICES PLAIN [MEMCPY]: the topology's Conflux
-# devices, how many plain ivshmem functions (same PCI ID, no signature) it
-# also has, and the host's memcpy bandwidth in MB/s, for conflux bench.
+# Usage: driver-test.sh DEVICES PLAIN [MEMCPY [TOPOLOGY]]: the topology's
+# Conflux devices, how many plain ivshmem functions (same PCI ID, no
+# signature) it also has, the host's memcpy bandwidth in MB/s, for conflux
+# bench, and the topology's name, for the paths of the cross-device copies.
 want=$1
 plain=$2
 memcpy=$3
+topology=$4
 ok() { echo "PASS $*"; }
 bad() { echo "FAIL $*"; }
 expect() { # expect WHAT GOT WANT
@@ -124,6 +126,36 @@ else
 	*"from vram to system: "*" MB/s"*) ok "conflux bench to system memory: $out" ;;
 	*) bad "conflux bench to system memory: $out" ;;
 	esac
+	# Across devices: every ordered pair copies VRAM to VRAM, through the
+	# path the topology allows, data and byte counters checked by the tool.
+	out=$(conflux matrix 16M 2>&1)
+	rc=$?
+	echo "$out" | sed 's/^/    /'
+	expect "conflux matrix: exit status" "$rc" 0
+	expect "conflux matrix: copies with data and counters checked" \
+		"$(echo "$out" | grep 'data checked' | grep -vc 'DO NOT MATCH')" $((want * want))
+	n=$(echo "$out" | grep -c 'B local .*data checked')
+	expect "conflux matrix: local copies" "$n" "$want"
+	case $topology in
+	switch3+rp1) far="system memory" ;;
+	switch3+rp1-zen) far="host bridge" ;;
+	*) far="" ;;
+	esac
+	if [ -n "$far" ] && [ "$want" -eq 4 ]; then
+		n=$(echo "$out" | grep 'accel[012] -> accel[012]: ' | grep -c ' p2p, .*checked')
+		expect "conflux matrix: peer-to-peer copies behind the switch" "$n" 6
+		expect "conflux matrix: $far copies to and from accel3" \
+			"$(echo "$out" | grep -E 'accel3 -> accel[012]|accel[012] -> accel3' |
+				grep -c "B $far, .*data checked")" 6
+	fi
+	out=$(conflux p2p-bench 64M 2>&1)
+	ratio=$(echo "$out" |
+		sed -nE 's/.*; ([0-9]+)\.[0-9]+x; data checked both ways, counters match$/\1/p')
+	if [ -n "$ratio" ] && [ "$ratio" -ge 2 ]; then
+		ok "64 MiB P2P copy at least twice as fast as staged through system memory: $out"
+	else
+		bad "64 MiB peer-to-peer against staged copy: $out"
+	fi
 	conflux frobnicate >/dev/null 2>&1
 	expect "conflux with an unknown command: exit status" "$?" 2
 	if conflux --help >/tmp/help && grep -q '^usage: conflux' /tmp/help; then
@@ -184,6 +216,22 @@ if modprobe conflux job_timeout_ms=500; then
 	fi
 else
 	bad "modprobe conflux job_timeout_ms=500"
+fi
+
+# Importer segment limits: with max_segment=65536 the devices take DMA
+# segments of at most 64 KiB; exporters split their tables for that, and the
+# importer checks every segment it maps (a bad one fails the copy with EIO).
+if modprobe conflux max_segment=65536; then
+	ok "modprobe conflux max_segment=65536"
+	out=$(conflux matrix 4M 2>&1)
+	rc=$?
+	expect "conflux matrix with 64 KiB segments: exit status" "$rc" 0
+	expect "conflux matrix with 64 KiB segments: copies checked" \
+		"$(echo "$out" | grep 'data checked' | grep -vc 'DO NOT MATCH')" $((want * want))
+	expect "segments refused by an importer" "$(dmesg | grep -c 'PRIME import: segment')" 0
+	if rmmod conflux; then ok "rmmod after max_segment"; else bad "rmmod after max_segment"; fi
+else
+	bad "modprobe conflux max_segment=65536"
 fi
 
 # Reports of lockdep, DMA-API debugging (a WARN), debug-objects, or any WARN

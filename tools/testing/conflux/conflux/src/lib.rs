@@ -11,7 +11,7 @@ use std::{
     fmt,
     fs::{self, File, OpenOptions},
     io,
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -40,6 +40,10 @@ const fn drm_ioc<T>(dir: u64, nr: u64) -> u64 {
 const DRM_IOCTL_GEM_CLOSE: u64 = drm_ioc::<uapi::drm_gem_close>(1, 0x09);
 /// `DRM_IOCTL_SYNCOBJ_CREATE`: `_IOWR('d', 0xbf, struct drm_syncobj_create)`.
 const DRM_IOCTL_SYNCOBJ_CREATE: u64 = drm_ioc::<uapi::drm_syncobj_create>(3, 0xbf);
+/// `DRM_IOCTL_PRIME_HANDLE_TO_FD`: `_IOWR('d', 0x2d, struct drm_prime_handle)`.
+const DRM_IOCTL_PRIME_HANDLE_TO_FD: u64 = drm_ioc::<uapi::drm_prime_handle>(3, 0x2d);
+/// `DRM_IOCTL_PRIME_FD_TO_HANDLE`: `_IOWR('d', 0x2e, struct drm_prime_handle)`.
+const DRM_IOCTL_PRIME_FD_TO_HANDLE: u64 = drm_ioc::<uapi::drm_prime_handle>(3, 0x2e);
 /// `DRM_IOCTL_SYNCOBJ_DESTROY`: `_IOWR('d', 0xc0, struct drm_syncobj_destroy)`.
 const DRM_IOCTL_SYNCOBJ_DESTROY: u64 = drm_ioc::<uapi::drm_syncobj_destroy>(3, 0xc0);
 
@@ -422,7 +426,71 @@ pub fn placement_name(placement: u32) -> &'static str {
     match placement {
         uapi::DRM_CONFLUX_BO_VRAM => "vram",
         uapi::DRM_CONFLUX_BO_SYSTEM => "system",
+        uapi::DRM_CONFLUX_BO_IMPORTED => "imported",
         _ => "?",
+    }
+}
+
+/// The name of a `DRM_CONFLUX_PATH_*`.
+pub fn path_name(path: u32) -> &'static str {
+    match path {
+        uapi::DRM_CONFLUX_PATH_LOCAL => "local",
+        uapi::DRM_CONFLUX_PATH_P2P => "p2p",
+        uapi::DRM_CONFLUX_PATH_HOST_BRIDGE => "host bridge",
+        uapi::DRM_CONFLUX_PATH_SYSTEM => "system memory",
+        uapi::DRM_CONFLUX_PATH_EXTERNAL => "external",
+        _ => "?",
+    }
+}
+
+/// A dma-buf file descriptor, closed when dropped.
+pub struct DmaBufFd(pub OwnedFd);
+
+impl Device {
+    /// Exports buffer `handle` as a dma-buf (`DRM_IOCTL_PRIME_HANDLE_TO_FD`).
+    pub fn export(&self, handle: u32) -> Result<DmaBufFd, Error> {
+        let mut args = uapi::drm_prime_handle {
+            handle,
+            // CAST: `O_CLOEXEC` and `O_RDWR` are small positive flags.
+            flags: (libc::O_CLOEXEC | libc::O_RDWR) as u32,
+            fd: -1,
+        };
+        self.ioctl(
+            "DRM_IOCTL_PRIME_HANDLE_TO_FD",
+            DRM_IOCTL_PRIME_HANDLE_TO_FD,
+            &mut args,
+        )
+        .map_err(|mut e| {
+            e.call = format!("{} (handle {handle})", e.call);
+            e
+        })?;
+        // SAFETY: The kernel just gave us this descriptor, which nothing else owns.
+        Ok(DmaBufFd(unsafe { OwnedFd::from_raw_fd(args.fd) }))
+    }
+
+    /// Imports a dma-buf (`DRM_IOCTL_PRIME_FD_TO_HANDLE`) as a buffer of this device.
+    pub fn import(&self, fd: BorrowedFd<'_>) -> Result<Bo<'_>, Error> {
+        let mut args = uapi::drm_prime_handle {
+            handle: 0,
+            flags: 0,
+            fd: fd.as_raw_fd(),
+        };
+        self.ioctl(
+            "DRM_IOCTL_PRIME_FD_TO_HANDLE",
+            DRM_IOCTL_PRIME_FD_TO_HANDLE,
+            &mut args,
+        )
+        .map_err(|mut e| {
+            e.call = format!("{} (fd {})", e.call, fd.as_raw_fd());
+            e
+        })?;
+        let mut bo = Bo {
+            dev: self,
+            handle: args.handle,
+            size: 0,
+        };
+        bo.size = self.bo_info(bo.handle)?.size;
+        Ok(bo)
     }
 }
 

@@ -14,6 +14,9 @@ use conflux::{
 };
 use serde_json::{json, Value};
 
+mod matrix;
+mod png;
+
 const HELP: &str = "\
 usage: conflux [--device PATH] [--json] COMMAND [ARGS]
 
@@ -32,6 +35,19 @@ Commands:
                 measure the engine's copy bandwidth (within VRAM unless
                 --src-in or --dst-in say otherwise) with
                 ITERATIONS (default 8) copies of SIZE bytes (default 32M)
+  matrix [SIZE]  copy SIZE bytes (default 16M) from each device's VRAM to
+                every device's VRAM, run by the source device: through its
+                own VRAM, peer to peer (switch or host bridge), or, where the
+                topology has no route, staged through system memory; check
+                the data and the devices' byte counters, print the matrix of
+                path and bandwidth (--png FILE: also as a heatmap picture)
+  render-matrix FILE
+                print (and with --png, draw) the matrix that --json matrix
+                wrote to FILE, without any device
+  p2p-bench [SIZE]
+                copy SIZE bytes (default 64M) from the first device's VRAM to
+                the second's peer to peer, and the same staged through system
+                memory, and print both bandwidths
 
 Options:
   --device PATH  the accel node, for instance /dev/accel/accel0
@@ -42,6 +58,7 @@ Options:
                  (VRAM when it has room, else system memory)
   --mmap         copy, fill: write the source and check the result through
                  mmap() of the buffers instead of BO_WRITE and BO_READ
+  --png FILE     matrix: write the matrix as a PNG heatmap
   --host-memcpy MBPS
                  bench: the host's memcpy bandwidth, measured in the same run
                  (conflux-emu memcpy-bench), printed beside the device's
@@ -57,6 +74,7 @@ struct Options {
     src_in: u32,
     dst_in: u32,
     mmap: bool,
+    png: Option<PathBuf>,
     command: Vec<String>,
 }
 
@@ -78,6 +96,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         src_in: uapi::DRM_CONFLUX_BO_VRAM,
         dst_in: uapi::DRM_CONFLUX_BO_VRAM,
         mmap: false,
+        png: None,
         command: Vec::new(),
     };
     let mut it = args.iter();
@@ -89,6 +108,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--json" => o.json = true,
             "--mmap" => o.mmap = true,
+            "--png" => o.png = Some(PathBuf::from(it.next().ok_or("--png needs a file")?)),
             "--src-in" => o.src_in = placement_arg(a, it.next())?,
             "--dst-in" => o.dst_in = placement_arg(a, it.next())?,
             "--host-memcpy" => {
@@ -515,6 +535,17 @@ fn cmd_bench(o: &Options, rest: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// The size argument of `command`, or `default`: a non-zero multiple of 4 KiB.
+fn pages_arg(command: &str, arg: Option<&&str>, default: u64) -> Result<u64, String> {
+    let size = arg.map_or(Ok(default), |s| size_arg(&format!("{command}: size"), s))?;
+    if size == 0 || size % PAGE != 0 {
+        return Err(format!(
+            "{command}: size {size} is not a non-zero multiple of 4 KiB"
+        ));
+    }
+    Ok(size)
+}
+
 fn human(n: u64) -> String {
     match n {
         n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
@@ -545,6 +576,15 @@ fn run(o: &Options) -> Result<(), String> {
         ["copy", size, rest @ ..] if rest.len() <= 2 => cmd_copy(o, size, rest),
         ["fill", size, rest @ ..] if rest.len() <= 2 => cmd_fill(o, size, rest),
         ["bench", rest @ ..] if rest.len() <= 2 => cmd_bench(o, rest),
+        ["matrix", rest @ ..] if rest.len() <= 1 => {
+            let size = pages_arg("matrix", rest.first(), 16 << 20)?;
+            matrix::cmd_matrix(o.json, &targets(o)?, size, o.png.as_deref())
+        }
+        ["render-matrix", file] => matrix::cmd_render(Path::new(file), o.png.as_deref()),
+        ["p2p-bench", rest @ ..] if rest.len() <= 1 => {
+            let size = pages_arg("p2p-bench", rest.first(), 64 << 20)?;
+            matrix::cmd_p2p_bench(o.json, &devices(), size)
+        }
         _ => Err(String::new()),
     }
 }

@@ -921,10 +921,10 @@ fn test_memory(t: &mut Tally, dev: &Device) -> Result<(), Error> {
             libc::EINVAL,
         ),
         (
-            "pad 1",
+            "path 1 on input",
             BoInfo {
                 handle: sys.handle,
-                pad: 1,
+                path: 1,
                 ..Default::default()
             },
             libc::EINVAL,
