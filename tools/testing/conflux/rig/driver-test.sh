@@ -134,7 +134,7 @@ else
 	expect "conflux matrix: exit status" "$rc" 0
 	expect "conflux matrix: copies with data and counters checked" \
 		"$(echo "$out" | grep 'data checked' | grep -vc 'DO NOT MATCH')" $((want * want))
-	n=$(echo "$out" | grep -c 'B local .*data checked')
+	n=$(echo "$out" | grep -c 'B local, .*data checked')
 	expect "conflux matrix: local copies" "$n" "$want"
 	case $topology in
 	switch3+rp1) far="system memory" ;;
