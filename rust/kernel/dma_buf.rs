@@ -223,16 +223,6 @@ impl ExportList {
         })
     }
 
-    /// How many buffers are in the list.
-    pub fn len(&self) -> usize {
-        self.inner.lock().entries.len()
-    }
-
-    /// Whether the list is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Revokes every buffer of the list, as [`Exported::revoke`] does, and closes the list: a
     /// later [`Exported::export_in`] into it fails with [`ENODEV`]. Before revoking a buffer,
     /// waits up to `timeout` jiffies for the fences in its reservation object, so that no job of

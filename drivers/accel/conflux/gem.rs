@@ -106,8 +106,8 @@ impl gem::DriverObject for Bo {
 
     const EXPORT: bool = true;
 
-    fn export(obj: &gem::Object<Self>, dev: &IoctlDevice, flags: u32) -> Result<ARef<DmaBuf>> {
-        prime::export(obj, dev, flags)
+    fn export(obj: &gem::Object<Self>, dev: &IoctlDevice, _flags: u32) -> Result<ARef<DmaBuf>> {
+        prime::export(obj, dev)
     }
 
     const IMPORT: bool = true;

@@ -174,7 +174,9 @@ impl Exporter for Export {
 }
 
 /// Exports `obj`, a buffer of `dev`, for `DRM_IOCTL_PRIME_HANDLE_TO_FD`.
-pub(crate) fn export(obj: &Object, dev: &IoctlDevice, flags: u32) -> Result<ARef<DmaBuf>> {
+///
+/// The core opens the buffer's file descriptor itself, with the flags of the request.
+pub(crate) fn export(obj: &Object, dev: &IoctlDevice) -> Result<ARef<DmaBuf>> {
     with_hw(dev, |hw| {
         let placement = obj.placement();
         if placement != uapi::DRM_CONFLUX_BO_VRAM && placement != uapi::DRM_CONFLUX_BO_SYSTEM {
@@ -185,7 +187,6 @@ pub(crate) fn export(obj: &Object, dev: &IoctlDevice, flags: u32) -> Result<ARef
             );
             return Err(EOPNOTSUPP);
         }
-        let _ = flags;
         let exporter = Export {
             obj: obj.into(),
             dev: dev.into(),

@@ -412,24 +412,24 @@ impl Vm {
             let table = imp.table(hw.pdev, locked)?;
             for r in st.imports.iter_mut().filter(|r| r.id == id && !r.valid) {
                 let need = PageTables::tables_for(r.va, r.len);
-                if let Err(e) = tables.reserve(&hw.vram, &io, need) {
-                    tables.trim();
-                    return Err(e);
-                }
-                bo.map(
-                    tables,
-                    &hw.vram,
-                    &io,
-                    hw.pdev,
-                    Some(table),
-                    r.va,
-                    r.offset,
-                    r.len,
-                    r.writable,
-                )?;
+                let mapped = tables.reserve(&hw.vram, &io, need).and_then(|()| {
+                    bo.map(
+                        tables,
+                        &hw.vram,
+                        &io,
+                        hw.pdev,
+                        Some(table),
+                        r.va,
+                        r.offset,
+                        r.len,
+                        r.writable,
+                    )
+                });
+                // Keep no spare table beyond one per 2 MiB entry, on every path.
+                tables.trim();
+                mapped?;
                 r.valid = true;
             }
-            tables.trim();
         }
         Ok(())
     }
@@ -509,9 +509,7 @@ impl Vm {
         // The imported buffers' tables: mapped (and checked) before anything changes, under
         // their reservation locks, which the steps below hold too.
         let mut resvs = KVec::new();
-        let mut records = 0;
         for op in ops {
-            records += 1;
             if let BindOp::Map { bo, .. } = op {
                 if let Memory::Imported(imp) = bo.memory() {
                     resvs.push(imp.resv(), GFP_KERNEL)?;
@@ -537,7 +535,8 @@ impl Vm {
         let mut guard = self.shared.state.lock();
         let st = &mut *guard;
         let this_tables = st.tables.as_mut().ok_or(ENODEV)?;
-        st.imports.reserve(records, GFP_KERNEL)?;
+        // Each operation adds at most one record: a map, or the split of one by an unmap.
+        st.imports.reserve(ops.len(), GFP_KERNEL)?;
         if let Err(e) = this_tables.reserve(&hw.vram, &io, tables) {
             this_tables.trim();
             dev_dbg!(
