@@ -399,5 +399,7 @@ impl drm::Driver for ConfluxDrm {
         (CONFLUX_BO_READ, drm_conflux_bo_rw, ioctl::RENDER_ALLOW, File::bo_read),
         (CONFLUX_BO_WRITE, drm_conflux_bo_rw, ioctl::RENDER_ALLOW, File::bo_write),
         (CONFLUX_BO_INFO, drm_conflux_bo_info, ioctl::RENDER_ALLOW, File::bo_info),
+        (CONFLUX_VM_JOIN, drm_conflux_vm_join, ioctl::RENDER_ALLOW, File::vm_join),
+        (CONFLUX_VM_PATH, drm_conflux_vm_path, ioctl::RENDER_ALLOW, File::vm_path),
     }
 }

@@ -17,11 +17,13 @@ use kernel::{
         syncobj::SyncObj,
         Registered, //
     },
+    fs::LocalFile,
     new_mutex,
     prelude::*,
     sizes::SZ_4K,
     sync::{
         aref::ARef,
+        Arc,
         Mutex, //
     },
     time::msecs_to_jiffies,
@@ -49,10 +51,12 @@ use crate::{
         Bo,
         Memory, //
     },
+    prime::IoctlDevice,
     vm::{
         self,
         BindOp,
         Object,
+        SharedVm,
         Vm, //
     },
 };
@@ -75,11 +79,11 @@ struct Jobs {
 }
 
 /// A client of the accel device.
-#[pin_data]
+#[pin_data(PinnedDrop)]
 pub(crate) struct File {
-    /// The file's VM, created at its first use.
+    /// The file's VM, created at its first use, which the file may share with others.
     #[pin]
-    vm: Mutex<Option<KBox<Vm>>>,
+    vm: Mutex<Option<Arc<SharedVm>>>,
     #[pin]
     jobs: Mutex<Jobs>,
 }
@@ -130,6 +134,8 @@ const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_submit>() == 40);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_wait>() == 24);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_info>() == 32);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_join>() == 16);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_path>() == 24);
 const _: () = assert!(uapi::DRM_CONFLUX_MAX_CMDS as usize == MAX_JOB_COMMANDS);
 
 impl drm::file::DriverFile for File {
@@ -149,7 +155,32 @@ impl drm::file::DriverFile for File {
     }
 }
 
+#[pinned_drop]
+impl PinnedDrop for File {
+    fn drop(self: Pin<&mut Self>) {
+        let id = self.id();
+        let shared = self.vm.lock().take();
+        if let Some(shared) = shared {
+            shared.leave(id);
+        }
+    }
+}
+
 impl File {
+    /// The identity of the file among the members of a shared VM: its pinned address.
+    pub(crate) fn id(&self) -> usize {
+        core::ptr::from_ref(self) as usize
+    }
+
+    /// The VM of the file, created at the first call.
+    fn shared_vm(&self, dev: &IoctlDevice) -> Result<Arc<SharedVm>> {
+        let mut slot = self.vm.lock();
+        match &*slot {
+            Some(shared) => Ok(shared.clone()),
+            None => Ok(slot.insert(SharedVm::new(self.id(), dev)?).clone()),
+        }
+    }
+
     /// `DRM_IOCTL_CONFLUX_GET_INFO`.
     pub(crate) fn get_info(
         _dev: &ConfluxDevice<Registered>,
@@ -167,12 +198,11 @@ impl File {
             return Err(EINVAL);
         }
         let counters = hw.engine.counters()?;
-        let (vm_2m_entries, vm_4k_entries, spares) = file
-            .inner()
-            .vm
-            .lock()
-            .as_ref()
-            .map_or((0, 0, 0), |vm| vm.pages());
+        let inner = file.inner();
+        let shared = inner.vm.lock().clone();
+        let (vm_2m_entries, vm_4k_entries, spares) = shared
+            .and_then(|s| s.with_member(inner.id(), |vm| Ok(vm.pages())).ok())
+            .unwrap_or((0, 0, 0));
         *args = uapi::drm_conflux_get_info {
             flags: 0,
             version: hw.info.version,
@@ -304,15 +334,9 @@ impl File {
     fn with_vm<R>(
         &self,
         dev: &ConfluxDevice<Registered>,
-        hw: &Hw<'_>,
         f: impl FnOnce(&mut Vm) -> Result<R>,
     ) -> Result<R> {
-        let mut vm = self.vm.lock();
-        let vm = match &mut *vm {
-            Some(vm) => vm,
-            slot => slot.insert(KBox::new(Vm::new(dev, hw)?, GFP_KERNEL)?),
-        };
-        f(vm)
+        self.shared_vm(dev.as_ioctl())?.with_member(self.id(), f)
     }
 
     /// `DRM_IOCTL_CONFLUX_VM_BIND`.
@@ -353,7 +377,8 @@ impl File {
             if !aligned || !in_range || !known || op.pad != 0 {
                 dev_dbg!(
                     hw.pdev,
-                    "VM_BIND: operation {}: op {} flags {:#x} handle {} pad {:#x} bo_offset {:#x} va {:#x} range {:#x} is not valid\n",
+                    "VM_BIND: operation {}: op {} flags {:#x} handle {} pad {:#x} \
+                     bo_offset {:#x} va {:#x} range {:#x} is not valid\n",
                     i,
                     op.op,
                     op.flags,
@@ -381,7 +406,8 @@ impl File {
                 if !fits {
                     dev_dbg!(
                         hw.pdev,
-                        "VM_BIND: operation {}: {:#x} bytes at offset {:#x} exceed buffer {} of {:#x} bytes\n",
+                        "VM_BIND: operation {}: {:#x} bytes at offset {:#x} exceed buffer {} \
+                         of {:#x} bytes\n",
                         i,
                         op.range,
                         op.bo_offset,
@@ -405,7 +431,10 @@ impl File {
             };
             ops.push(checked, GFP_KERNEL)?;
         }
-        file.inner().with_vm(dev, hw, |vm| vm.bind(hw, &ops))?;
+        let inner = file.inner();
+        inner
+            .shared_vm(dev.as_ioctl())?
+            .bind(inner.id(), dev.as_ioctl(), hw, ops)?;
         Ok(0)
     }
 
@@ -505,7 +534,7 @@ impl File {
                 dev_dbg!(hw.pdev, "SUBMIT: the in-fence failed: {:?}\n", e);
             })?;
         }
-        let fence = file.inner().with_vm(dev, hw, |vm| {
+        let fence = file.inner().with_vm(dev, |vm| {
             let buffers = vm.buffers(&ranges)?;
             let mut resvs = KVec::with_capacity(buffers.len(), GFP_KERNEL)?;
             for (bo, _) in buffers.iter() {
@@ -581,6 +610,103 @@ impl File {
             return Err(ETIME);
         }
         fence.status()?;
+        Ok(0)
+    }
+
+    /// `DRM_IOCTL_CONFLUX_VM_JOIN`.
+    pub(crate) fn vm_join(
+        dev: &ConfluxDevice<Registered>,
+        hw: &Hw<'_>,
+        args: &mut uapi::drm_conflux_vm_join,
+        file: &DrmFile,
+    ) -> Result<u32> {
+        if args.flags != 0 {
+            dev_dbg!(hw.pdev, "VM_JOIN: flags {:#x}: must be 0\n", args.flags);
+            return Err(EINVAL);
+        }
+        let fd = u32::try_from(args.fd).map_err(|_| EBADF)?;
+        let other = LocalFile::fget(fd).map_err(|_| {
+            dev_dbg!(hw.pdev, "VM_JOIN: fd {} is not open\n", args.fd);
+            EBADF
+        })?;
+        let Some(other) = DrmFile::from_file(&other, dev) else {
+            dev_dbg!(
+                hw.pdev,
+                "VM_JOIN: fd {} is not a Conflux accel file\n",
+                args.fd
+            );
+            return Err(EINVAL);
+        };
+        let me = file.inner();
+        let them = other.inner();
+        if me.id() == them.id() {
+            dev_dbg!(
+                hw.pdev,
+                "VM_JOIN: fd {} is the caller's own file\n",
+                args.fd
+            );
+            return Err(EINVAL);
+        }
+        let target = them.shared_vm(other.device())?;
+        let mut slot = me.vm.lock();
+        if let Some(current) = &*slot {
+            if Arc::ptr_eq(current, &target) {
+                let (members, member) = target.position(me.id());
+                args.members = u32::try_from(members)?;
+                args.member = u32::try_from(member.ok_or(ENOENT)?)?;
+                return Ok(0);
+            }
+            if !current.is_unused_but_by(me.id()) {
+                dev_dbg!(
+                    hw.pdev,
+                    "VM_JOIN: the caller's VM has mappings or is shared already\n"
+                );
+                return Err(EBUSY);
+            }
+        }
+        let (members, member) = target.join(me.id(), dev.as_ioctl()).inspect_err(|e| {
+            dev_dbg!(
+                hw.pdev,
+                "VM_JOIN: cannot join fd {}'s VM: {:?}\n",
+                args.fd,
+                e
+            );
+        })?;
+        let old = slot.replace(target);
+        drop(slot);
+        if let Some(old) = old {
+            old.leave(me.id());
+        }
+        args.members = u32::try_from(members)?;
+        args.member = u32::try_from(member)?;
+        Ok(0)
+    }
+
+    /// `DRM_IOCTL_CONFLUX_VM_PATH`.
+    pub(crate) fn vm_path(
+        dev: &ConfluxDevice<Registered>,
+        hw: &Hw<'_>,
+        args: &mut uapi::drm_conflux_vm_path,
+        file: &DrmFile,
+    ) -> Result<u32> {
+        if args.flags != 0 || args.path != 0 || args.members != 0 {
+            dev_dbg!(
+                hw.pdev,
+                "VM_PATH: flags {:#x}, path {}, members {}: must be 0\n",
+                args.flags,
+                args.path,
+                args.members
+            );
+            return Err(EINVAL);
+        }
+        let shared = file.inner().shared_vm(dev.as_ioctl())?;
+        let (path, members) = shared
+            .path(usize::try_from(args.member)?, args.va)
+            .inspect_err(|_| {
+                dev_dbg!(hw.pdev, "VM_PATH: no member {}\n", args.member);
+            })?;
+        args.path = path;
+        args.members = u32::try_from(members)?;
         Ok(0)
     }
 

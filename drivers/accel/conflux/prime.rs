@@ -197,6 +197,23 @@ pub(crate) fn export(obj: &Object, dev: &IoctlDevice) -> Result<ARef<DmaBuf>> {
     })
 }
 
+/// `obj`, a buffer of `from`, as device `to` reaches it: `obj` itself on the same device, else
+/// a buffer of `to` imported from it (or the buffer of `to` that `obj` was imported from).
+pub(crate) fn for_device(
+    obj: &Object,
+    from: &IoctlDevice,
+    to: &IoctlDevice,
+) -> Result<ARef<Object>> {
+    let (a, b): (&drm::Device<ConfluxDrm>, &drm::Device<ConfluxDrm>) = (from, to);
+    if core::ptr::eq(a, b) {
+        return Ok(obj.into());
+    }
+    match obj.memory() {
+        Memory::Imported(imp) => import(to, imp.buf()),
+        _ => import(to, &*export(obj, from)?),
+    }
+}
+
 /// The importer side of a buffer another device exported.
 pub(crate) struct ImportNotify {
     dev: ARef<IoctlDevice>,
@@ -274,6 +291,11 @@ impl Imported {
             check_segments(pdev, table, limits)?;
         }
         Ok(table)
+    }
+
+    /// The dma-buf.
+    pub(crate) fn buf(&self) -> &DmaBuf {
+        self.attachment.buf()
     }
 
     /// The buffer's reservation object.

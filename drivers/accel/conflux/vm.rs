@@ -12,6 +12,7 @@ use kernel::{
     device::Bound,
     dma_fence::Fence,
     dma_resv::{
+        DmaResv,
         ResvSet,
         Usage, //
     },
@@ -62,6 +63,7 @@ use crate::{
         Vram,
         VramIo, //
     },
+    prime::IoctlDevice,
 };
 
 /// The GEM object type of the driver.
@@ -285,6 +287,29 @@ pub(crate) enum BindOp {
 }
 
 impl BindOp {
+    /// The operation as a member of a shared VM on device `to` does it, for a caller on `from`.
+    fn for_device(&self, from: &IoctlDevice, to: &IoctlDevice) -> Result<Self> {
+        Ok(match self {
+            BindOp::Map {
+                va,
+                range,
+                bo,
+                offset,
+                writable,
+            } => BindOp::Map {
+                va: *va,
+                range: *range,
+                bo: crate::prime::for_device(bo, from, to)?,
+                offset: *offset,
+                writable: *writable,
+            },
+            BindOp::Unmap { va, range } => BindOp::Unmap {
+                va: *va,
+                range: *range,
+            },
+        })
+    }
+
     fn span(&self) -> (u64, u64) {
         match *self {
             BindOp::Map { va, range, .. } | BindOp::Unmap { va, range } => (va, va + range),
@@ -320,6 +345,26 @@ fn subtract(ranges: &[(u64, u64)], start: u64, end: u64) -> Result<KVec<(u64, u6
         }
     }
     Ok(out)
+}
+
+/// What a VM_BIND call allocated for a VM before it changed anything.
+pub(crate) struct Prepared {
+    vas: KVec<GpuVaAlloc<VmData>>,
+    vm_bos: KVec<Option<ARef<GpuVmBo<VmData>>>>,
+    /// The page tables the maps can need.
+    tables: usize,
+}
+
+/// Adds the reservation objects of the imported buffers that `ops` map to `resvs`.
+pub(crate) fn imported_resvs<'a>(ops: &'a [BindOp], resvs: &mut KVec<&'a DmaResv>) -> Result {
+    for op in ops {
+        if let BindOp::Map { bo, .. } = op {
+            if let Memory::Imported(imp) = bo.memory() {
+                resvs.push(imp.resv(), GFP_KERNEL)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A GPU virtual address space of one device.
@@ -474,8 +519,21 @@ impl Vm {
         Ok(())
     }
 
-    /// Applies `ops` in order, all or nothing.
-    pub(crate) fn bind(&mut self, hw: &Hw<'_>, ops: &[BindOp]) -> Result {
+    /// Whether nothing is mapped.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.gpuvm.find_first(self.gpuvm.va_range()).is_none()
+    }
+
+    /// How the device reaches the buffer mapped at `va`, a `DRM_CONFLUX_PATH_*`, or 0.
+    pub(crate) fn path_at(&self, va: u64) -> u32 {
+        self.gpuvm
+            .find_first(va..va.saturating_add(1))
+            .map_or(0, |m| m.obj().path())
+    }
+
+    /// The first step of [`Vm::bind`]: checks `ops`, waits for the VM's jobs when they unmap,
+    /// and allocates the `drm_gpuva`s and `drm_gpuvm_bo`s. Changes nothing a job sees.
+    pub(crate) fn prepare(&mut self, hw: &Hw<'_>, ops: &[BindOp]) -> Result<Prepared> {
         self.check(hw, ops)?;
         let unmaps = ops
             .iter()
@@ -486,15 +544,14 @@ impl Vm {
                 hw.engine.wait(&last, true)?;
             }
         }
-        // Allocate all that the operations can need: a va per map, three per unmap (two split
-        // mappings, one freed by the first split and taken again), the mappings' tables.
+        // A va per map, three per unmap (two split mappings, one freed by the first split and
+        // taken again).
         let count = (ops.len() - unmaps) + 3 * unmaps;
         let mut vas = KVec::with_capacity(count, GFP_KERNEL)?;
         for _ in 0..count {
             vas.push(GpuVaAlloc::new(GFP_KERNEL)?, GFP_KERNEL)?;
         }
-        let mut vm_bos =
-            KVec::<Option<ARef<GpuVmBo<VmData>>>>::with_capacity(ops.len(), GFP_KERNEL)?;
+        let mut vm_bos = KVec::with_capacity(ops.len(), GFP_KERNEL)?;
         let mut tables = 0;
         for op in ops {
             let vm_bo = match op {
@@ -506,57 +563,80 @@ impl Vm {
             };
             vm_bos.push(vm_bo, GFP_KERNEL)?;
         }
-        // The imported buffers' tables: mapped (and checked) before anything changes, under
-        // their reservation locks, which the steps below hold too.
-        let mut resvs = KVec::new();
+        Ok(Prepared {
+            vas,
+            vm_bos,
+            tables,
+        })
+    }
+
+    /// The second step of [`Vm::bind`]: maps (and checks) the tables of the imported buffers
+    /// among `ops` under their reservation locks, and reserves the page tables. On failure,
+    /// the VM keeps no table it reserved.
+    pub(crate) fn reserve(
+        &self,
+        hw: &Hw<'_>,
+        ops: &[BindOp],
+        prepared: &Prepared,
+        locked: Option<&ResvSet<'_>>,
+    ) -> Result {
         for op in ops {
             if let BindOp::Map { bo, .. } = op {
                 if let Memory::Imported(imp) = bo.memory() {
-                    resvs.push(imp.resv(), GFP_KERNEL)?;
-                }
-            }
-        }
-        let locked = if resvs.is_empty() {
-            None
-        } else {
-            Some(ResvSet::lock(&resvs, true, GFP_KERNEL)?)
-        };
-        if let Some(locked) = &locked {
-            for op in ops {
-                if let BindOp::Map { bo, .. } = op {
-                    if let Memory::Imported(imp) = bo.memory() {
-                        imp.table(hw.pdev, locked)?;
-                        imp.notify().add_vm(&self.shared)?;
-                    }
+                    imp.table(hw.pdev, locked.ok_or(EINVAL)?)?;
+                    imp.notify().add_vm(&self.shared)?;
                 }
             }
         }
         let io = hw.vram_io()?;
         let mut guard = self.shared.state.lock();
         let st = &mut *guard;
-        let this_tables = st.tables.as_mut().ok_or(ENODEV)?;
+        let tables = st.tables.as_mut().ok_or(ENODEV)?;
         // Each operation adds at most one record: a map, or the split of one by an unmap.
         st.imports.reserve(ops.len(), GFP_KERNEL)?;
-        if let Err(e) = this_tables.reserve(&hw.vram, &io, tables) {
-            this_tables.trim();
-            dev_dbg!(
-                hw.pdev,
-                "VM_BIND: {} page tables: {:?} ({:#x} bytes of VRAM available)\n",
-                tables,
-                e,
-                hw.vram.avail()
-            );
-            return Err(e);
+        tables
+            .reserve(&hw.vram, &io, prepared.tables)
+            .inspect_err(|e| {
+                tables.trim();
+                dev_dbg!(
+                    hw.pdev,
+                    "VM_BIND: {} page tables: {:?} ({:#x} bytes of VRAM available)\n",
+                    prepared.tables,
+                    e,
+                    hw.vram.avail()
+                );
+            })
+    }
+
+    /// Gives back the page tables [`Vm::reserve`] took, when another member of the VM failed.
+    pub(crate) fn unreserve(&self) {
+        if let Some(tables) = self.shared.state.lock().tables.as_mut() {
+            tables.trim();
         }
+    }
+
+    /// The last step of [`Vm::bind`], which cannot fail: applies `ops` in order with what the
+    /// steps before prepared. `locked` holds the reservation locks of the imported buffers.
+    pub(crate) fn commit(
+        &mut self,
+        hw: &Hw<'_>,
+        ops: &[BindOp],
+        prepared: &mut Prepared,
+        locked: Option<&ResvSet<'_>>,
+    ) -> Result {
+        let io = hw.vram_io()?;
+        let mut guard = self.shared.state.lock();
+        let st = &mut *guard;
+        let this_tables = st.tables.as_mut().ok_or(ENODEV)?;
         let mut result = Ok(());
-        for (i, (op, vm_bo)) in ops.iter().zip(vm_bos.iter()).enumerate() {
+        for (i, (op, vm_bo)) in ops.iter().zip(prepared.vm_bos.iter()).enumerate() {
             let writable = matches!(op, BindOp::Map { writable: true, .. });
             let mut ctx = BindCtx {
                 tables: this_tables,
                 imports: &mut st.imports,
-                locked: locked.as_ref(),
+                locked,
                 hw: Some((&hw.vram, &io, hw.pdev)),
-                vas: &mut vas,
+                vas: &mut prepared.vas,
                 writable,
             };
             let done = match (op, vm_bo) {
@@ -576,7 +656,7 @@ impl Vm {
                 _ => Err(EINVAL),
             };
             if let Err(e) = done {
-                // Not reached: the checks and allocations above leave nothing to fail.
+                // Not reached: the checks and allocations before leave nothing to fail.
                 dev_err!(
                     hw.pdev,
                     "VM_BIND: operation {} failed after its checks: {:?}\n",
@@ -588,10 +668,31 @@ impl Vm {
             }
         }
         this_tables.trim();
-        drop(guard);
-        drop(locked);
-        drop(vm_bos);
+        result
+    }
+
+    /// Drops what a bind prepared, once the reservation locks are released: the `drm_gpuvm_bo`s
+    /// no mapping uses any more are freed under their objects' locks.
+    pub(crate) fn finish(&self, prepared: Prepared) {
+        drop(prepared);
         self.gpuvm.deferred_cleanup();
+    }
+
+    /// Applies `ops` in order, all or nothing.
+    pub(crate) fn bind(&mut self, hw: &Hw<'_>, ops: &[BindOp]) -> Result {
+        let mut prepared = self.prepare(hw, ops)?;
+        let mut resvs = KVec::new();
+        imported_resvs(ops, &mut resvs)?;
+        let locked = if resvs.is_empty() {
+            None
+        } else {
+            Some(ResvSet::lock(&resvs, true, GFP_KERNEL)?)
+        };
+        let result = self
+            .reserve(hw, ops, &prepared, locked.as_ref())
+            .and_then(|()| self.commit(hw, ops, &mut prepared, locked.as_ref()));
+        drop(locked);
+        self.finish(prepared);
         result
     }
 
@@ -660,5 +761,230 @@ impl Drop for Vm {
         drop(guard);
         self.gpuvm.deferred_cleanup();
         drop(tables);
+    }
+}
+
+/// A member of a [`SharedVm`]: the VM of one file, on the file's device.
+struct Member {
+    /// The file, by address ([`File::id`](crate::file::File::id)).
+    file: usize,
+    dev: ARef<IoctlDevice>,
+    vm: KBox<Vm>,
+}
+
+/// A VM that the files of several devices share: one VM per member device, kept in lockstep, so
+/// that a buffer bound at an address is at that address on every member. A file's VM is a
+/// `SharedVm` of one member until another file joins it.
+///
+/// # Invariants
+///
+/// Every member maps the same ranges at the same addresses, each to the buffer as its device
+/// reaches it, but members whose device was unbound, which binds skip.
+#[pin_data]
+pub(crate) struct SharedVm {
+    #[pin]
+    members: Mutex<KVec<Member>>,
+}
+
+/// Runs `f` with a device's registered DRM device and hardware; [`ENODEV`] once it is unbound.
+fn with_dev<R>(
+    dev: &IoctlDevice,
+    f: impl FnOnce(&ConfluxDevice<Registered>, &Hw<'_>) -> Result<R>,
+) -> Result<R> {
+    let guard = dev.registration_guard().ok_or(ENODEV)?;
+    guard.registration_data_with(|hw| f(&guard, hw))
+}
+
+impl SharedVm {
+    /// A VM of one member, for `file` on `dev`.
+    pub(crate) fn new(file: usize, dev: &IoctlDevice) -> Result<Arc<Self>> {
+        let vm = with_dev(dev, Vm::new)?;
+        let mut members = KVec::new();
+        members.push(
+            Member {
+                file,
+                dev: dev.into(),
+                vm: KBox::new(vm, GFP_KERNEL)?,
+            },
+            GFP_KERNEL,
+        )?;
+        Arc::pin_init(
+            pin_init!(Self {
+                members <- new_mutex!(members),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Runs `f` on the VM of `file`'s member.
+    pub(crate) fn with_member<R>(
+        &self,
+        file: usize,
+        f: impl FnOnce(&mut Vm) -> Result<R>,
+    ) -> Result<R> {
+        let mut members = self.members.lock();
+        let member = members.iter_mut().find(|m| m.file == file).ok_or(ENOENT)?;
+        f(&mut member.vm)
+    }
+
+    /// The number of members, and the index of `file`'s.
+    pub(crate) fn position(&self, file: usize) -> (usize, Option<usize>) {
+        let members = self.members.lock();
+        (members.len(), members.iter().position(|m| m.file == file))
+    }
+
+    /// Whether the VM has a single member, `file`, with nothing mapped.
+    pub(crate) fn is_unused_but_by(&self, file: usize) -> bool {
+        let members = self.members.lock();
+        members.iter().all(|m| m.file == file && m.vm.is_empty())
+    }
+
+    /// Adds `file` on `dev` as a member, if nothing is mapped; returns the number of members and
+    /// the new member's index.
+    pub(crate) fn join(&self, file: usize, dev: &IoctlDevice) -> Result<(usize, usize)> {
+        let vm = with_dev(dev, Vm::new)?;
+        let vm = KBox::new(vm, GFP_KERNEL)?;
+        let mut members = self.members.lock();
+        if let Some(i) = members.iter().position(|m| m.file == file) {
+            return Ok((members.len(), i));
+        }
+        if members.iter().any(|m| !m.vm.is_empty()) {
+            return Err(EBUSY);
+        }
+        members.push(
+            Member {
+                file,
+                dev: dev.into(),
+                vm,
+            },
+            GFP_KERNEL,
+        )?;
+        Ok((members.len(), members.len() - 1))
+    }
+
+    /// Removes `file`'s member; its VM goes once its jobs are done.
+    pub(crate) fn leave(&self, file: usize) {
+        let gone = {
+            let mut members = self.members.lock();
+            members
+                .iter()
+                .position(|m| m.file == file)
+                .and_then(|i| members.remove(i).ok())
+        };
+        // The VM waits for its jobs as it drops, outside the lock.
+        drop(gone);
+    }
+
+    /// For `DRM_IOCTL_CONFLUX_VM_PATH`: the path of `member` to what is mapped at `va`, and the
+    /// number of members.
+    pub(crate) fn path(&self, member: usize, va: u64) -> Result<(u32, usize)> {
+        let members = self.members.lock();
+        let m = members.get(member).ok_or(ENOENT)?;
+        Ok((m.vm.path_at(va), members.len()))
+    }
+
+    /// Applies `ops`, operations of `file` on device `dev` (whose hardware is `hw`), on every
+    /// member, all or nothing.
+    pub(crate) fn bind(
+        &self,
+        file: usize,
+        dev: &IoctlDevice,
+        hw: &Hw<'_>,
+        ops: KVec<BindOp>,
+    ) -> Result {
+        let mut members = self.members.lock();
+        if members.len() == 1 {
+            let m = &mut members[0];
+            if m.file != file {
+                return Err(ENOENT);
+            }
+            return m.vm.bind(hw, &ops);
+        }
+        // The operations of each member, with the buffers as its device reaches them.
+        let mine = members.iter().position(|m| m.file == file).ok_or(ENOENT)?;
+        let mut plans = KVec::<(usize, KVec<BindOp>)>::with_capacity(members.len(), GFP_KERNEL)?;
+        for (i, m) in members.iter().enumerate() {
+            if i == mine {
+                continue;
+            }
+            if m.dev.registration_guard().is_none() {
+                // The device is unbound: its VM runs no job any more.
+                continue;
+            }
+            let mut theirs = KVec::with_capacity(ops.len(), GFP_KERNEL)?;
+            for (j, op) in ops.iter().enumerate() {
+                let op = op.for_device(dev, &m.dev).inspect_err(|e| {
+                    dev_info!(
+                        hw.pdev,
+                        "VM_BIND: operation {}: member {} cannot reach the buffer: {:?}\n",
+                        j,
+                        i,
+                        e
+                    );
+                })?;
+                theirs.push(op, GFP_KERNEL)?;
+            }
+            plans.push((i, theirs), GFP_KERNEL)?;
+        }
+        plans.push((mine, ops), GFP_KERNEL)?;
+        // Check, wait and allocate on every member before anything changes.
+        let mut prepared = KVec::with_capacity(plans.len(), GFP_KERNEL)?;
+        let mut result = Ok(());
+        for (i, ops) in plans.iter() {
+            let m = &mut members[*i];
+            match with_dev(&m.dev, |_, hw| m.vm.prepare(hw, ops)) {
+                Ok(p) => prepared.push(p, GFP_KERNEL)?,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let mut resvs = KVec::new();
+        if result.is_ok() {
+            for (_, ops) in plans.iter() {
+                imported_resvs(ops, &mut resvs)?;
+            }
+        }
+        let locked = match (&result, resvs.is_empty()) {
+            (Ok(()), false) => match ResvSet::lock(&resvs, true, GFP_KERNEL) {
+                Ok(set) => Some(set),
+                Err(e) => {
+                    result = Err(e);
+                    None
+                }
+            },
+            _ => None,
+        };
+        // Map the imported buffers and reserve page tables on every member, then commit.
+        let mut reserved = 0;
+        if result.is_ok() {
+            for ((i, ops), p) in plans.iter().zip(prepared.iter()) {
+                let m = &members[*i];
+                result = with_dev(&m.dev, |_, hw| m.vm.reserve(hw, ops, p, locked.as_ref()));
+                if result.is_err() {
+                    break;
+                }
+                reserved += 1;
+            }
+        }
+        if result.is_ok() {
+            for ((i, ops), p) in plans.iter().zip(prepared.iter_mut()) {
+                let m = &mut members[*i];
+                // A device unbound since is skipped, as above; nothing else can fail here.
+                if let Err(e) = with_dev(&m.dev, |_, hw| m.vm.commit(hw, ops, p, locked.as_ref())) {
+                    pr_err!("conflux: VM_BIND: member {} failed to commit: {:?}\n", i, e);
+                }
+            }
+        } else {
+            for (i, _) in plans.iter().take(reserved) {
+                members[*i].vm.unreserve();
+            }
+        }
+        drop(locked);
+        for ((i, _), p) in plans.iter().zip(prepared) {
+            members[*i].vm.finish(p);
+        }
+        result
     }
 }

@@ -25,6 +25,9 @@ extern "C" {
  * @DRM_CONFLUX_BO_READ: read a buffer, see &struct drm_conflux_bo_rw
  * @DRM_CONFLUX_BO_WRITE: write a buffer, see &struct drm_conflux_bo_rw
  * @DRM_CONFLUX_BO_INFO: describe a buffer, see &struct drm_conflux_bo_info
+ * @DRM_CONFLUX_VM_JOIN: share another file's VM, see &struct drm_conflux_vm_join
+ * @DRM_CONFLUX_VM_PATH: how a member of the VM reaches a buffer, see
+ *	&struct drm_conflux_vm_path
  */
 enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_GET_INFO = 0,
@@ -35,6 +38,8 @@ enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_BO_READ,
 	DRM_CONFLUX_BO_WRITE,
 	DRM_CONFLUX_BO_INFO,
+	DRM_CONFLUX_VM_JOIN,
+	DRM_CONFLUX_VM_PATH,
 };
 
 /* Capability bits of &struct drm_conflux_get_info.caps (the device's CAPS). */
@@ -181,17 +186,23 @@ struct drm_conflux_vm_bind_op {
 
 /**
  * struct drm_conflux_vm_bind - change the mappings of a VM
- * @vm_id: the VM; 0 is the file's own VM, the only one so far
+ * @vm_id: the VM; 0 is the file's VM, the only one so far
  * @num_ops: number of operations, 1 to DRM_CONFLUX_MAX_BIND_OPS
  * @ops: user pointer to @num_ops &struct drm_conflux_vm_bind_op
  * @flags: must be 0
  * @pad: must be 0
  *
- * Every open file has a VM of its own, created at its first VM_BIND or
- * SUBMIT. The operations apply in order, as one transaction: when the call
- * fails, the VM is exactly as before it. Before it changes a mapping that a
- * job may use, the call waits for the VM's jobs to complete; a signal during
- * that wait returns -EINTR (or restarts the call) with nothing changed.
+ * Every open file has a VM of its own, created at its first use, which
+ * DRM_IOCTL_CONFLUX_VM_JOIN can share with the files of other devices. The
+ * operations apply in order, as one transaction on every member of the VM:
+ * when the call fails, on any member, every member is exactly as before it.
+ * On each member, the buffer of a MAP is the caller's buffer as that
+ * member's device reaches it: the buffer itself on the same device, else an
+ * import of it (see DRM_IOCTL_CONFLUX_VM_PATH). A member that cannot reach
+ * it fails the whole call with -EXDEV or -EOPNOTSUPP, as PRIME import does.
+ * Before it changes a mapping that a job may use, the call waits for the
+ * jobs of every member to complete; a signal during that wait returns -EINTR
+ * (or restarts the call) with nothing changed on any member.
  * Mappings use 2 MiB page-table entries wherever the virtual address, the
  * buffer's memory and the range allow. Each 2 MiB entry keeps a 4 KiB page
  * table in VRAM in reserve, so that unmapping part of it never needs memory:
@@ -200,7 +211,9 @@ struct drm_conflux_vm_bind_op {
  * Errors: -EINVAL for a malformed call or operation (see above), -EFAULT when
  * @ops cannot be read, -ENOENT for an unknown @vm_id or buffer handle,
  * -ENOSPC when a MAP's range is not free (after the operations before it)
- * or VRAM has no room for page tables, -ENOMEM, -EINTR.
+ * or VRAM has no room for page tables, -ENOMEM, -EINTR, -EXDEV or
+ * -EOPNOTSUPP when a member's device has no route to a MAP's buffer, -EIO
+ * when its table breaks the member's DMA segment limits.
  */
 struct drm_conflux_vm_bind {
 	__u32 vm_id;
@@ -366,6 +379,58 @@ struct drm_conflux_bo_info {
 	__u32 path;
 };
 
+/**
+ * struct drm_conflux_vm_join - share the VM of another Conflux file
+ * @fd: in: a file descriptor of another open Conflux accel file, of any
+ *	Conflux device
+ * @flags: in: must be 0
+ * @members: out: how many files share the VM now, the caller included
+ * @member: out: the caller's index among them, for DRM_IOCTL_CONFLUX_VM_PATH
+ *
+ * Makes the caller's VM (vm_id 0) the VM of the file @fd names: from then on
+ * a VM_BIND on any member maps or unmaps at the same virtual addresses on
+ * every member, each through its own device's page tables, and a SUBMIT on a
+ * member runs on that member's device with those addresses. Each member
+ * keeps its own jobs. A file that closes leaves the VM; the others keep it.
+ * Members are numbered in the order they joined, from 0.
+ *
+ * Join before binding: both VMs must be empty (nothing mapped), and the
+ * caller must not share its VM already. Joining the VM the caller already
+ * shares changes nothing.
+ *
+ * Errors: -EINVAL for a malformed call, or an @fd that is not a Conflux
+ * accel file or is the caller's own; -EBADF for an @fd that is not open;
+ * -EBUSY when either VM has mappings or the caller shares another VM;
+ * -ENOMEM; -ENODEV when the other file's device is unbound.
+ */
+struct drm_conflux_vm_join {
+	__s32 fd;
+	__u32 flags;
+	__u32 members;
+	__u32 member;
+};
+
+/**
+ * struct drm_conflux_vm_path - how a member of the VM reaches what is mapped
+ * @va: in: a virtual address in the bindable range
+ * @member: in: a member of the caller's VM, as numbered by
+ *	DRM_IOCTL_CONFLUX_VM_JOIN (0 when the VM is not shared)
+ * @flags: in: must be 0
+ * @path: out: how the member's device reaches the buffer mapped at @va,
+ *	a DRM_CONFLUX_PATH_*, or 0 when nothing is mapped there
+ * @members: out: how many files share the VM
+ *
+ * Errors: -EINVAL for a malformed call, -ENOENT for a @member the VM does
+ * not have.
+ */
+struct drm_conflux_vm_path {
+	__u64 va;
+	__u32 member;
+	__u32 flags;
+	__u32 path;
+	__u32 members;
+};
+
 /*
  * The ioctl request codes, as enumerators rather than macros so that
  * bindings generators see their values.
@@ -395,6 +460,12 @@ enum {
 	DRM_IOCTL_CONFLUX_BO_INFO =
 		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_BO_INFO,
 			 struct drm_conflux_bo_info),
+	DRM_IOCTL_CONFLUX_VM_JOIN =
+		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_VM_JOIN,
+			 struct drm_conflux_vm_join),
+	DRM_IOCTL_CONFLUX_VM_PATH =
+		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_VM_PATH,
+			 struct drm_conflux_vm_path),
 };
 
 #if defined(__cplusplus)
