@@ -30,6 +30,8 @@ const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_cmd>() == 32);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_submit>() == 40);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_wait>() == 24);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_join>() == 16);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_path>() == 24);
 
 /// A DRM core ioctl request code: `_IOC(dir, 'd', nr, size_of::<T>())`.
 const fn drm_ioc<T>(dir: u64, nr: u64) -> u64 {
@@ -46,6 +48,10 @@ const DRM_IOCTL_PRIME_HANDLE_TO_FD: u64 = drm_ioc::<uapi::drm_prime_handle>(3, 0
 const DRM_IOCTL_PRIME_FD_TO_HANDLE: u64 = drm_ioc::<uapi::drm_prime_handle>(3, 0x2e);
 /// `DRM_IOCTL_SYNCOBJ_DESTROY`: `_IOWR('d', 0xc0, struct drm_syncobj_destroy)`.
 const DRM_IOCTL_SYNCOBJ_DESTROY: u64 = drm_ioc::<uapi::drm_syncobj_destroy>(3, 0xc0);
+/// `DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD`: `_IOWR('d', 0xc1, struct drm_syncobj_handle)`.
+const DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD: u64 = drm_ioc::<uapi::drm_syncobj_handle>(3, 0xc1);
+/// `DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE`: `_IOWR('d', 0xc2, struct drm_syncobj_handle)`.
+const DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE: u64 = drm_ioc::<uapi::drm_syncobj_handle>(3, 0xc2);
 
 /// One operation of [`Device::vm_bind`].
 pub type BindOp = uapi::drm_conflux_vm_bind_op;
@@ -203,6 +209,12 @@ impl Device {
         Ok(Self { file, path })
     }
 
+    /// The open file.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
     /// The device node.
     pub fn path(&self) -> &Path {
         &self.path
@@ -215,8 +227,20 @@ impl Device {
         Some(link.file_name()?.to_string_lossy().into_owned())
     }
 
-    /// Issues ioctl `request` named `name` with `arg`.
+    /// Issues ioctl `request` named `name` with `arg`, again when a signal interrupts it.
     pub fn ioctl<T>(&self, name: &str, request: u64, arg: &mut T) -> Result<(), Error> {
+        self.ioctl_as(name, request, arg, true)
+    }
+
+    /// Issues ioctl `request` named `name` with `arg`; with `retry` false, a signal that
+    /// interrupts it is an error (`EINTR`).
+    pub fn ioctl_as<T>(
+        &self,
+        name: &str,
+        request: u64,
+        arg: &mut T,
+        retry: bool,
+    ) -> Result<(), Error> {
         loop {
             // SAFETY: `arg` is a valid, exclusively borrowed `T`, the structure `request`
             // encodes; the kernel reads and writes at most its size.
@@ -233,7 +257,7 @@ impl Device {
                 return Ok(());
             }
             let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
+            if !retry || e.raw_os_error() != Some(libc::EINTR) {
                 return Err(Error::new(&self.path, name, e));
             }
         }
@@ -296,12 +320,24 @@ impl Device {
 
     /// Applies `ops` to the file's VM, all or nothing.
     pub fn vm_bind(&self, ops: &[BindOp]) -> Result<(), Error> {
+        self.vm_bind_as(ops, true)
+    }
+
+    /// [`Device::vm_bind`]; with `retry` false, a signal that interrupts the call is an error
+    /// (`EINTR`), after which the VM is as before the call.
+    pub fn vm_bind_as(&self, ops: &[BindOp], retry: bool) -> Result<(), Error> {
         let mut args = uapi::drm_conflux_vm_bind {
             num_ops: u32::try_from(ops.len()).unwrap_or(u32::MAX),
             ops: ops.as_ptr() as u64,
             ..Default::default()
         };
-        self.vm_bind_raw(&mut args).map_err(|mut e| {
+        self.ioctl_as(
+            "DRM_IOCTL_CONFLUX_VM_BIND",
+            uapi::DRM_IOCTL_CONFLUX_VM_BIND as u64,
+            &mut args,
+            retry,
+        )
+        .map_err(|mut e| {
             e.call = format!("{} ({} operations)", e.call, ops.len());
             e
         })
@@ -407,6 +443,35 @@ impl Device {
         Ok(args.handle)
     }
 
+    /// Gives syncobj `handle` a file descriptor, for another file to import.
+    pub fn syncobj_export(&self, handle: u32) -> Result<OwnedFd, Error> {
+        let mut args = uapi::drm_syncobj_handle {
+            handle,
+            ..Default::default()
+        };
+        self.ioctl(
+            "DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD",
+            DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD,
+            &mut args,
+        )?;
+        // SAFETY: The kernel just gave us this descriptor, which nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(args.fd) })
+    }
+
+    /// Imports the syncobj of `fd`, as a handle of this file.
+    pub fn syncobj_import(&self, fd: BorrowedFd<'_>) -> Result<u32, Error> {
+        let mut args = uapi::drm_syncobj_handle {
+            fd: fd.as_raw_fd(),
+            ..Default::default()
+        };
+        self.ioctl(
+            "DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE",
+            DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE,
+            &mut args,
+        )?;
+        Ok(args.handle)
+    }
+
     /// Destroys syncobj `handle`.
     pub fn syncobj_destroy(&self, handle: u32) -> Result<(), Error> {
         let mut args = uapi::drm_syncobj_destroy { handle, pad: 0 };
@@ -491,6 +556,59 @@ impl Device {
         };
         bo.size = self.bo_info(bo.handle)?.size;
         Ok(bo)
+    }
+}
+
+impl Device {
+    /// `DRM_IOCTL_CONFLUX_VM_JOIN` with `args` as given, for tests of the checks.
+    pub fn vm_join_raw(&self, args: &mut uapi::drm_conflux_vm_join) -> Result<(), Error> {
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_VM_JOIN",
+            uapi::DRM_IOCTL_CONFLUX_VM_JOIN as u64,
+            args,
+        )
+        .map_err(|mut e| {
+            e.call = format!("{} (fd {})", e.call, args.fd);
+            e
+        })
+    }
+
+    /// Makes this file's VM the VM of `other`'s file: returns the number of members and this
+    /// file's index among them.
+    pub fn vm_join(&self, other: &Device) -> Result<(u32, u32), Error> {
+        let mut args = uapi::drm_conflux_vm_join {
+            fd: other.file.as_raw_fd(),
+            ..Default::default()
+        };
+        self.vm_join_raw(&mut args).map_err(|mut e| {
+            e.call = format!("{} = {}", e.call, other.path.display());
+            e
+        })?;
+        Ok((args.members, args.member))
+    }
+
+    /// `DRM_IOCTL_CONFLUX_VM_PATH` with `args` as given, for tests of the checks.
+    pub fn vm_path_raw(&self, args: &mut uapi::drm_conflux_vm_path) -> Result<(), Error> {
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_VM_PATH",
+            uapi::DRM_IOCTL_CONFLUX_VM_PATH as u64,
+            args,
+        )
+    }
+
+    /// How member `member` of this file's VM reaches what is mapped at `va`: a
+    /// `DRM_CONFLUX_PATH_*`, 0 for nothing.
+    pub fn vm_path(&self, member: u32, va: u64) -> Result<u32, Error> {
+        let mut args = uapi::drm_conflux_vm_path {
+            va,
+            member,
+            ..Default::default()
+        };
+        self.vm_path_raw(&mut args).map_err(|mut e| {
+            e.call = format!("{} (member {member}, va {va:#x})", e.call);
+            e
+        })?;
+        Ok(args.path)
     }
 }
 
@@ -704,6 +822,14 @@ mod tests {
         assert_eq!(
             uapi::DRM_IOCTL_CONFLUX_BO_WRITE as u64,
             iow(6, std::mem::size_of::<uapi::drm_conflux_bo_rw>())
+        );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_VM_JOIN as u64,
+            iowr(8, std::mem::size_of::<uapi::drm_conflux_vm_join>())
+        );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_VM_PATH as u64,
+            iowr(9, std::mem::size_of::<uapi::drm_conflux_vm_path>())
         );
         assert_eq!(DRM_IOCTL_GEM_CLOSE, 0x4008_6409);
         assert_eq!(DRM_IOCTL_SYNCOBJ_CREATE, 0xc008_64bf);
