@@ -1468,6 +1468,128 @@ fn test_shared_vm(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Writes `pci` to the conflux driver's sysfs `file` (`bind` or `unbind`).
+fn driver_sysfs(pci: &str, file: &str) -> Result<(), Error> {
+    std::fs::write(format!("/sys/bus/pci/drivers/conflux/{file}"), pci).map_err(|e| Error {
+        device: pci.to_string(),
+        call: format!("write /sys/bus/pci/drivers/conflux/{file}"),
+        error: e,
+    })
+}
+
+/// Unbinds a device whose VRAM buffer two peers import while their jobs copy from it: the jobs
+/// in flight complete with their data, later jobs on the buffer fail, the peers keep working,
+/// and the device comes back with all of its VRAM.
+fn revoke_while_peers_copy(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
+    let exporter = Device::open(&paths[1])?;
+    let ename = exporter.path().display().to_string();
+    let Some(pci) = exporter.pci_address() else {
+        t.check(
+            &format!("{ename}: PCI address"),
+            false,
+            "not found in sysfs",
+        );
+        return Ok(());
+    };
+    let avail = exporter.info()?.vram_avail;
+    let peers = [Device::open(&paths[0])?, Device::open(&paths[2])?];
+    for p in &peers {
+        if let Err(errno) = prime_reach(&exporter, p)? {
+            t.check(
+                &format!("{}: reaches {ename} by P2P", p.path().display()),
+                false,
+                format!("errno {errno}"),
+            );
+            return Ok(());
+        }
+    }
+    let len = 4 * MIB;
+    let data = pattern(len as usize, 23);
+    let x = exporter.bo_create(len)?.into_handle();
+    exporter.write(x, 0, &data)?;
+    let fd = exporter.export(x)?;
+    let long: Vec<Cmd> = (0..64).map(|_| copy_cmd(VA, 2 * VA, len)).collect();
+    let mut jobs = Vec::new();
+    let mut dsts = Vec::new();
+    for p in &peers {
+        let imported = p.import(fd.0.as_fd())?.into_handle();
+        let dst = p.bo_create(len)?.into_handle();
+        p.vm_bind(&[
+            map_op(imported, 0, VA, len, true),
+            map_op(dst, 0, 2 * VA, len, false),
+        ])?;
+        let mut mine = Vec::new();
+        for _ in 0..2 {
+            mine.push(p.submit(&long, 0, 0)?);
+        }
+        jobs.push(mine);
+        dsts.push(dst);
+    }
+    drop(fd);
+    // The jobs are in flight: unbinding waits for them before it revokes the buffer.
+    driver_sysfs(&pci, "unbind")?;
+    for (i, p) in peers.iter().enumerate() {
+        let name = p.path().display().to_string();
+        let done: Result<Vec<()>, Error> = jobs[i].iter().map(|&j| p.wait(j, -1)).collect();
+        let mut got = vec![0; len as usize];
+        p.read(dsts[i], 0, &mut got)?;
+        t.check(
+            &format!("{name}: jobs copying from {ename}'s VRAM when it was unbound complete"),
+            done.is_ok() && got == data,
+            format!(
+                "{:?}; first difference {:?}",
+                done.err(),
+                first_diff(&got, &data)
+            ),
+        );
+        let later = p
+            .submit(&[copy_cmd(VA, 2 * VA, len)], 0, 0)
+            .and_then(|j| p.wait(j, -1));
+        t.check(
+            &format!("{name}: a job reading the revoked buffer fails"),
+            later.is_err(),
+            match &later {
+                Ok(()) => "succeeded".to_string(),
+                Err(e) => e.to_string(),
+            },
+        );
+        let fill = p
+            .submit(&[fill_cmd(2 * VA, len, 0x7777_7777_7777_7777)], 0, 0)
+            .and_then(|j| p.wait(j, -1));
+        p.read(dsts[i], 0, &mut got)?;
+        t.check(
+            &format!("{name}: keeps working after {ename} was unbound"),
+            fill.is_ok() && got.iter().all(|&b| b == 0x77),
+            format!("{fill:?}"),
+        );
+    }
+    drop(peers);
+    drop(exporter);
+    driver_sysfs(&pci, "bind")?;
+    let back = conflux::devices()
+        .into_iter()
+        .filter_map(|p| Device::open(p).ok())
+        .find(|d| d.pci_address().as_deref() == Some(pci.as_str()));
+    match back {
+        Some(d) => {
+            let info = d.info()?;
+            t.check(
+                &format!("{pci}: bound again after the revocation, with all of its VRAM"),
+                info.vram_avail == avail && d.path() == paths[1],
+                format!(
+                    "{} as {}, {} bytes available, {} before",
+                    pci,
+                    d.path().display(),
+                    info.vram_avail,
+                    avail
+                ),
+            );
+        }
+        None => t.check(&format!("{pci}: bound again"), false, "no accel node"),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let mut t = Tally {
         passed: 0,
@@ -1540,6 +1662,11 @@ fn main() -> ExitCode {
         if found.len() >= 2 {
             if let Err(e) = test_shared_vm(&mut t, &found) {
                 t.check(&format!("{}: shared VM", path.display()), false, e);
+            }
+        }
+        if found.len() >= 3 {
+            if let Err(e) = revoke_while_peers_copy(&mut t, &found) {
+                t.check(&format!("{}: revocation", found[1].display()), false, e);
             }
         }
         if let Err(e) = unbind_with_buffer(&mut t, path) {
