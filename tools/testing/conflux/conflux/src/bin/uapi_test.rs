@@ -1045,13 +1045,7 @@ fn unbind_with_buffer(t: &mut Tally, path: &std::path::Path) -> Result<(), Error
     for _ in 0..2 {
         job = dev.submit(&long, 0, 0)?;
     }
-    let sysfs = |file: &str| {
-        std::fs::write(format!("/sys/bus/pci/drivers/conflux/{file}"), &pci).map_err(|e| Error {
-            device: pci.clone(),
-            call: format!("write /sys/bus/pci/drivers/conflux/{file}"),
-            error: e,
-        })
-    };
+    let sysfs = |file: &str| driver_sysfs(&pci, file);
     sysfs("unbind")?;
     t.errno(
         &format!("{name}: GET_INFO after its device was unbound, with buffer {handle} open"),
