@@ -86,8 +86,7 @@ pub(crate) type IoctlDevice = drm::Device<ConfluxDrm, drm::Ioctl>;
 
 /// Runs `f` with the device's hardware while the device is bound; [`ENODEV`] once it is not.
 fn with_hw<R>(dev: &IoctlDevice, f: impl FnOnce(&Hw<'_>) -> Result<R>) -> Result<R> {
-    let guard = dev.registration_guard().ok_or(ENODEV)?;
-    guard.registration_data_with(|hw| f(hw))
+    crate::vm::with_dev(dev, |_, hw| f(hw))
 }
 
 /// The path a [`MapType`] stands for, as a `DRM_CONFLUX_PATH_*`.

@@ -181,7 +181,7 @@ pub(crate) struct BindCtx<'a> {
 
 impl BindCtx<'_> {
     fn va(&mut self) -> Result<GpuVaAlloc<VmData>> {
-        // Not reached: `Vm::bind` allocates as many as the operations can take.
+        // Not reached: `SharedVm::bind` allocates as many as the operations can take.
         self.vas.pop().ok_or(ENOMEM)
     }
 }
@@ -531,8 +531,9 @@ impl Vm {
             .map_or(0, |m| m.obj().path())
     }
 
-    /// The first step of [`Vm::bind`]: checks `ops`, waits for the VM's jobs when they unmap,
-    /// and allocates the `drm_gpuva`s and `drm_gpuvm_bo`s. Changes nothing a job sees.
+    /// The first step of [`SharedVm::bind`] on a member: checks `ops`, waits for the VM's jobs
+    /// when they unmap, and allocates the `drm_gpuva`s and `drm_gpuvm_bo`s. Changes nothing a job
+    /// sees.
     pub(crate) fn prepare(&mut self, hw: &Hw<'_>, ops: &[BindOp]) -> Result<Prepared> {
         self.check(hw, ops)?;
         let unmaps = ops
@@ -570,9 +571,9 @@ impl Vm {
         })
     }
 
-    /// The second step of [`Vm::bind`]: maps (and checks) the tables of the imported buffers
-    /// among `ops` under their reservation locks, and reserves the page tables. On failure,
-    /// the VM keeps no table it reserved.
+    /// The second step of [`SharedVm::bind`] on a member: maps (and checks) the tables of the
+    /// imported buffers among `ops` under their reservation locks, and reserves the page tables.
+    /// On failure, the VM keeps no table it reserved.
     pub(crate) fn reserve(
         &self,
         hw: &Hw<'_>,
@@ -615,8 +616,9 @@ impl Vm {
         }
     }
 
-    /// The last step of [`Vm::bind`], which cannot fail: applies `ops` in order with what the
-    /// steps before prepared. `locked` holds the reservation locks of the imported buffers.
+    /// The last step of [`SharedVm::bind`] on a member, which cannot fail: applies `ops` in order
+    /// with what the steps before prepared. `locked` holds the reservation locks of the imported
+    /// buffers.
     pub(crate) fn commit(
         &mut self,
         hw: &Hw<'_>,
@@ -676,24 +678,6 @@ impl Vm {
     pub(crate) fn finish(&self, prepared: Prepared) {
         drop(prepared);
         self.gpuvm.deferred_cleanup();
-    }
-
-    /// Applies `ops` in order, all or nothing.
-    pub(crate) fn bind(&mut self, hw: &Hw<'_>, ops: &[BindOp]) -> Result {
-        let mut prepared = self.prepare(hw, ops)?;
-        let mut resvs = KVec::new();
-        imported_resvs(ops, &mut resvs)?;
-        let locked = if resvs.is_empty() {
-            None
-        } else {
-            Some(ResvSet::lock(&resvs, true, GFP_KERNEL)?)
-        };
-        let result = self
-            .reserve(hw, ops, &prepared, locked.as_ref())
-            .and_then(|()| self.commit(hw, ops, &mut prepared, locked.as_ref()));
-        drop(locked);
-        self.finish(prepared);
-        result
     }
 
     /// The buffers mapped in `start..end`, each once, with whether a job writes them.
@@ -787,7 +771,7 @@ pub(crate) struct SharedVm {
 }
 
 /// Runs `f` with a device's registered DRM device and hardware; [`ENODEV`] once it is unbound.
-fn with_dev<R>(
+pub(crate) fn with_dev<R>(
     dev: &IoctlDevice,
     f: impl FnOnce(&ConfluxDevice<Registered>, &Hw<'_>) -> Result<R>,
 ) -> Result<R> {
@@ -893,13 +877,6 @@ impl SharedVm {
         ops: KVec<BindOp>,
     ) -> Result {
         let mut members = self.members.lock();
-        if members.len() == 1 {
-            let m = &mut members[0];
-            if m.file != file {
-                return Err(ENOENT);
-            }
-            return m.vm.bind(hw, &ops);
-        }
         // The operations of each member, with the buffers as its device reaches them.
         let mine = members.iter().position(|m| m.file == file).ok_or(ENOENT)?;
         let mut plans = KVec::<(usize, KVec<BindOp>)>::with_capacity(members.len(), GFP_KERNEL)?;
