@@ -161,12 +161,37 @@ impl DmaBuf {
 
     /// Tells every dynamic importer that its mappings are stale (the buffer is moving): each
     /// importer's [`Importer::invalidate_mappings`] has run when this returns. Needs the
-    /// buffer's reservation lock; returns [`EINVAL`] for a guard of another object.
-    pub fn invalidate_mappings(&self, guard: &ResvGuard<'_>) -> Result {
-        self.is_locked_by(guard)?;
+    /// buffer's reservation lock (a [`ResvGuard`], or the [`Reserved`] of an exporter callback);
+    /// returns [`EINVAL`] for a lock of another object.
+    pub fn invalidate_mappings(&self, lock: &impl Locked) -> Result {
+        self.is_locked_by(lock)?;
         // SAFETY: The buffer is valid and its reservation lock is held (checked above).
         unsafe { bindings::dma_buf_invalidate_mappings(self.as_raw()) };
         Ok(())
+    }
+}
+
+/// The buffer of an exporter callback that runs with the buffer's reservation lock held
+/// ([`Exporter::pin`] and [`Exporter::map`]), as proof of that lock: an exporter that moves the
+/// buffer there tells the other importers with [`DmaBuf::invalidate_mappings`].
+///
+/// # Invariants
+///
+/// The current task holds the reservation lock of `buf` for as long as this exists.
+pub struct Reserved<'a> {
+    buf: &'a DmaBuf,
+}
+
+impl Reserved<'_> {
+    /// The buffer.
+    pub fn buf(&self) -> &DmaBuf {
+        self.buf
+    }
+}
+
+impl Locked for Reserved<'_> {
+    fn holds(&self, resv: &DmaResv) -> bool {
+        self.buf.resv().as_raw() == resv.as_raw()
     }
 }
 
@@ -505,8 +530,9 @@ pub trait Exporter: Send + Sync + Sized + 'static {
     /// An attachment goes away.
     fn detach(&self, _attachment: &Attachment) {}
 
-    /// Keeps the buffer where it is while the attachment is pinned.
-    fn pin(&self, _attachment: &Attachment) -> Result {
+    /// Keeps the buffer where it is while the attachment is pinned (after moving it where the
+    /// attachment's device can reach it, if need be).
+    fn pin(&self, _attachment: &Attachment, _locked: &Reserved<'_>) -> Result {
         Ok(())
     }
 
@@ -515,7 +541,12 @@ pub trait Exporter: Send + Sync + Sized + 'static {
 
     /// Maps the buffer for the attachment's device: its entries must honour
     /// [`Attachment::limits`].
-    fn map(&self, attachment: &Attachment, dir: DataDirection) -> Result<DmaSGTable>;
+    fn map(
+        &self,
+        attachment: &Attachment,
+        dir: DataDirection,
+        locked: &Reserved<'_>,
+    ) -> Result<DmaSGTable>;
 
     /// Unmaps a table [`Exporter::map`] returned; dropping it frees it.
     fn unmap(&self, _attachment: &Attachment, table: DmaSGTable, _dir: DataDirection) {
@@ -579,7 +610,11 @@ impl<E: Exporter> ExporterOps<E> {
         if p.revoked.load(Ordering::Acquire) {
             return ENODEV.to_errno();
         }
-        match p.exporter.pin(a) {
+        // SAFETY: The attachment's buffer is referenced while it is attached.
+        let buf = unsafe { DmaBuf::from_raw((*att).dmabuf) };
+        // INVARIANT: The core pins with the buffer's reservation lock held.
+        let locked = Reserved { buf };
+        match p.exporter.pin(a, &locked) {
             Ok(()) => 0,
             Err(err) => err.to_errno(),
         }
@@ -600,7 +635,11 @@ impl<E: Exporter> ExporterOps<E> {
         if p.revoked.load(Ordering::Acquire) {
             return ENODEV.to_ptr();
         }
-        match p.exporter.map(a, direction(dir)) {
+        // SAFETY: The attachment's buffer is referenced while it is attached.
+        let buf = unsafe { DmaBuf::from_raw((*att).dmabuf) };
+        // INVARIANT: The core maps with the buffer's reservation lock held.
+        let locked = Reserved { buf };
+        match p.exporter.map(a, direction(dir), &locked) {
             Ok(table) => table.into_raw(),
             Err(err) => err.to_ptr(),
         }
@@ -930,7 +969,7 @@ mod tests {
             inc(&self.calls.detach);
         }
 
-        fn pin(&self, _a: &Attachment) -> Result {
+        fn pin(&self, _a: &Attachment, _locked: &Reserved<'_>) -> Result {
             inc(&self.calls.pin);
             Ok(())
         }
@@ -939,7 +978,12 @@ mod tests {
             inc(&self.calls.unpin);
         }
 
-        fn map(&self, a: &Attachment, _dir: DataDirection) -> Result<DmaSGTable> {
+        fn map(
+            &self,
+            a: &Attachment,
+            _dir: DataDirection,
+            _locked: &Reserved<'_>,
+        ) -> Result<DmaSGTable> {
             let ranges = [DmaRange::new(BASE, SIZE)?];
             let table = DmaSGTable::new(
                 SegmentPlan::new(ranges.iter().copied(), a.limits()?)?,

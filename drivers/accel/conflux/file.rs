@@ -49,6 +49,7 @@ use crate::{
     },
     gem::{
         Bo,
+        Contents,
         Memory, //
     },
     prime::IoctlDevice,
@@ -295,7 +296,11 @@ impl File {
             }
             Err(e) => return Err(e),
         };
-        let obj = gem::Object::<Bo>::new(dev, usize::try_from(size)?, memory)?;
+        // A buffer that may be in either place moves to system memory for an importer that
+        // cannot reach the device's VRAM.
+        let movable = system && matches!(memory, Memory::Vram(_));
+        let contents = Contents::local(memory, movable)?;
+        let obj = gem::Object::<Bo>::new(dev, usize::try_from(size)?, contents)?;
         args.handle = obj.create_handle(file)?;
         args.size = size;
         Ok(0)
@@ -320,9 +325,9 @@ impl File {
         let bo = Object::lookup_handle(file, args.handle).inspect_err(|_| {
             dev_dbg!(hw.pdev, "BO_INFO: no buffer {}\n", args.handle);
         })?;
-        args.mmap_offset = match bo.memory() {
-            Memory::Imported(_) => 0,
-            _ => bo.create_mmap_offset()?,
+        args.mmap_offset = match bo.imported() {
+            Some(_) => 0,
+            None => bo.create_mmap_offset()?,
         };
         args.size = bo.size() as u64;
         args.placement = bo.placement();

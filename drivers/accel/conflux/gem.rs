@@ -18,6 +18,7 @@ use kernel::{
         },
     },
     gpu::buddy::AllocatedBlocks,
+    new_mutex,
     page::{
         Page,
         PAGE_SHIFT,
@@ -28,7 +29,9 @@ use kernel::{
     scatterlist::SGTable,
     sync::{
         aref::ARef,
-        Arc, //
+        Arc,
+        Mutex,
+        MutexGuard, //
     },
     uapi, //
 };
@@ -50,22 +53,51 @@ use crate::{
         IoctlDevice, //
     },
     regs,
+    vm::VmList,
 };
 
 /// Pages a CPU fault maps at once, from the faulting one on.
 const FAULT_AROUND: usize = 16;
 
-/// What holds a buffer's bytes.
+/// What holds the bytes of one of the device's own buffers.
 pub(crate) enum Memory {
-    /// Nothing: the object that carries a VM's reservation object.
+    /// Nothing: the object that carries a VM's reservation object, or an imported buffer.
     None,
     /// VRAM blocks, zeroed by the engine before the object was created.
     Vram(Pin<KBox<AllocatedBlocks>>),
     /// Pages of system memory, zeroed by the page allocator, held by their mapping for the
     /// device's DMA; the device's unbind undoes the mapping and frees the pages.
     System(Devres<PageMapping>),
-    /// A dma-buf of another device or exporter, attached dynamically.
-    Imported(Imported),
+}
+
+/// What a new buffer object is made of.
+pub(crate) struct Contents {
+    memory: Memory,
+    imported: Option<Imported>,
+    movable: bool,
+    vms: Arc<VmList>,
+}
+
+impl Contents {
+    /// The device's own `memory`; `movable` when the buffer may move from VRAM to system memory.
+    pub(crate) fn local(memory: Memory, movable: bool) -> Result<Self> {
+        Ok(Contents {
+            memory,
+            imported: None,
+            movable,
+            vms: Arc::pin_init(VmList::new(), GFP_KERNEL)?,
+        })
+    }
+
+    /// A buffer of another device or exporter, whose importer records its VMs in `vms`.
+    pub(crate) fn imported(imported: Imported, vms: Arc<VmList>) -> Self {
+        Contents {
+            memory: Memory::None,
+            imported: Some(imported),
+            movable: false,
+            vms,
+        }
+    }
 }
 
 /// A Conflux buffer object.
@@ -74,24 +106,37 @@ pub(crate) enum Memory {
 ///
 /// The memory, when there is some, holds exactly the object's size: for VRAM, the object's byte
 /// `n` is in the block that covers `n` when the blocks are laid end to end in their iteration
-/// order; in system memory, it is byte `n % PAGE_SIZE` of page `n / PAGE_SIZE`.
+/// order; in system memory, it is byte `n % PAGE_SIZE` of page `n / PAGE_SIZE`. It is
+/// [`Memory::None`] when `imported` is set. It changes only from VRAM to system memory, when
+/// `movable`, under the lock of the object's reservation object, and every VM that maps the
+/// buffer meanwhile is in `vms`.
 #[pin_data]
 pub(crate) struct Bo {
-    memory: Memory,
+    #[pin]
+    memory: Mutex<Memory>,
+    /// The attachment, for a buffer of another device or exporter.
+    imported: Option<Imported>,
+    movable: bool,
+    vms: Arc<VmList>,
 }
 
 impl gem::DriverObject for Bo {
     type Driver = ConfluxDrm;
-    type Args = Memory;
+    type Args = Contents;
 
     const MMAP: bool = true;
 
     fn new(
         _dev: &drm::Device<ConfluxDrm>,
         _size: usize,
-        memory: Memory,
+        contents: Contents,
     ) -> impl PinInit<Self, Error> {
-        try_pin_init!(Bo { memory })
+        try_pin_init!(Bo {
+            memory <- new_mutex!(contents.memory),
+            imported: contents.imported,
+            movable: contents.movable,
+            vms: contents.vms,
+        })
     }
 
     fn fault(
@@ -117,96 +162,68 @@ impl gem::DriverObject for Bo {
     }
 }
 
-impl Bo {
-    /// Allocates `size` bytes of zeroed system memory, mapped for the DMA of `pdev`.
-    pub(crate) fn system_memory(pdev: &pci::Device<Bound>, size: u64) -> Result<Memory> {
-        // CAST: `PAGE_SIZE` fits in `u64`.
-        let count = usize::try_from(size.div_ceil(PAGE_SIZE as u64))?;
-        let mut pages = KVVec::with_capacity(count, GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
-        for _ in 0..count {
-            pages.push(
-                Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO | __GFP_NOWARN)?,
-                GFP_KERNEL_ACCOUNT,
-            )?;
+/// Calls `f` with the parts of `extents`, laid end to end from byte 0 of a buffer, that hold
+/// bytes `offset..offset + len`, in order: each as the extent, the offset in it and the length.
+/// [`EINVAL`] when the extents do not hold them all.
+fn for_each_part<T>(
+    extents: impl Iterator<Item = (T, u64)>,
+    offset: u64,
+    len: u64,
+    mut f: impl FnMut(T, u64, u64) -> Result,
+) -> Result {
+    let want_end = offset.checked_add(len).ok_or(EINVAL)?;
+    let (mut start, mut done) = (0u64, 0u64);
+    for (extent, size) in extents {
+        let end = start + size;
+        let from = offset + done;
+        if end > from && from < want_end {
+            let piece = want_end.min(end) - from;
+            f(extent, from - start, piece)?;
+            done += piece;
         }
-        let pages = Arc::new(pages, GFP_KERNEL)?;
-        let mapping = PageMapping::new(
-            pdev.as_ref(),
-            pages,
-            DataDirection::Bidirectional,
-            GFP_KERNEL,
-        )?;
-        let dma = Devres::new(pdev.as_ref(), mapping)?;
-        Ok(Memory::System(dma))
+        start = end;
     }
-
-    /// The placement, as a `DRM_CONFLUX_BO_*` flag; 0 for the object of a VM.
-    pub(crate) fn placement(&self) -> u32 {
-        match self.memory {
-            Memory::None => 0,
-            Memory::Vram(_) => uapi::DRM_CONFLUX_BO_VRAM,
-            Memory::System(_) => uapi::DRM_CONFLUX_BO_SYSTEM,
-            Memory::Imported(_) => uapi::DRM_CONFLUX_BO_IMPORTED,
-        }
+    if done != len {
+        return Err(EINVAL);
     }
+    Ok(())
+}
 
-    /// How the device reaches the memory, a `DRM_CONFLUX_PATH_*`; 0 for the object of a VM.
-    pub(crate) fn path(&self) -> u32 {
-        match &self.memory {
-            Memory::None => 0,
-            Memory::Vram(_) => uapi::DRM_CONFLUX_PATH_LOCAL,
-            Memory::System(_) => uapi::DRM_CONFLUX_PATH_SYSTEM,
-            Memory::Imported(imp) => imp.path(),
-        }
-    }
+/// Calls `f` with the pieces of bytes `offset..offset + len` of an imported buffer, as
+/// [`Bo::for_each_piece`] does, from `table`, its mapping.
+fn table_pieces(
+    table: &SGTable,
+    offset: u64,
+    len: u64,
+    mut f: impl FnMut(Target, u64) -> Result,
+) -> Result {
+    let extents = table
+        .iter()
+        .map(|sg| (prime::bus_addr(sg.dma_address()), sg.dma_len()));
+    for_each_part(extents, offset, len, |addr, at, n| {
+        f(Target::Bus(addr + at), n)
+    })
+}
 
-    /// What holds the buffer's bytes.
-    pub(crate) fn memory(&self) -> &Memory {
-        &self.memory
-    }
-
-    /// Calls `f` with the pieces, `(target, length)` in order, that hold bytes
-    /// `offset..offset + len` of the buffer: VRAM offsets, or the bus addresses of system memory
-    /// or of an imported buffer (from `table`, its mapping) as the device reaches it. Allocates
-    /// nothing. [`EINVAL`] when the buffer has no such bytes.
+impl Memory {
+    /// Calls `f` with the pieces of bytes `offset..offset + len` of the memory, as
+    /// [`Bo::for_each_piece`] does.
     pub(crate) fn for_each_piece(
         &self,
         pdev: &pci::Device<Bound>,
-        table: Option<&SGTable>,
         offset: u64,
         len: u64,
         mut f: impl FnMut(Target, u64) -> Result,
     ) -> Result {
         let want_end = offset.checked_add(len).ok_or(EINVAL)?;
         let mut done = 0u64;
-        match &self.memory {
+        match self {
             Memory::None => return Err(EINVAL),
-            Memory::Imported(_) => {
-                let mut start = 0u64;
-                for sg in table.ok_or(EINVAL)?.iter() {
-                    let addr = prime::bus_addr(sg.dma_address());
-                    let end = start + sg.dma_len();
-                    let from = offset + done;
-                    if end > from && from < want_end {
-                        let piece = want_end.min(end) - from;
-                        f(Target::Bus(addr + (from - start)), piece)?;
-                        done += piece;
-                    }
-                    start = end;
-                }
-            }
             Memory::Vram(blocks) => {
-                let mut start = 0u64;
-                for block in blocks.iter() {
-                    let end = start + block.size();
-                    let from = offset + done;
-                    if end > from && from < want_end {
-                        let piece = want_end.min(end) - from;
-                        f(Target::Vram(block.offset() + (from - start)), piece)?;
-                        done += piece;
-                    }
-                    start = end;
-                }
+                let extents = blocks.iter().map(|b| (b.offset(), b.size()));
+                return for_each_part(extents, offset, len, |base, at, n| {
+                    f(Target::Vram(base + at), n)
+                });
             }
             Memory::System(dma) => {
                 let dma = dma.access(pdev.as_ref())?;
@@ -238,6 +255,154 @@ impl Bo {
             return Err(EINVAL);
         }
         Ok(())
+    }
+}
+
+/// Moves `obj`, one of the device's buffers, from VRAM to system memory, for an importer that
+/// cannot reach VRAM: takes the userspace mappings away and copies the bytes, under the memory's
+/// lock. Returns the VRAM, for the caller to free once nothing can reach it any more (the VMs in
+/// [`Bo::vms`], other importers); [`None`] when the buffer is not in VRAM.
+///
+/// The caller holds the buffer's reservation lock and waited for every job that uses it.
+pub(crate) fn move_to_system(obj: &gem::Object<Bo>, hw: &Hw<'_>) -> Result<Option<Memory>> {
+    if !obj.movable() {
+        return Err(EINVAL);
+    }
+    if !matches!(*obj.memory(), Memory::Vram(_)) {
+        return Ok(None);
+    }
+    // CAST: `usize` fits in `u64`.
+    let size = obj.size() as u64;
+    // Allocated before the lock, which faults and CPU copies wait for.
+    let system = Bo::system_memory(hw.pdev, size)?;
+    let io = hw.vram_io()?;
+    let mut bounce = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
+    let mut memory = obj.memory();
+    obj.unmap_userspace();
+    {
+        let Memory::System(dma) = &system else {
+            return Err(EINVAL);
+        };
+        let pages = dma.access(hw.pdev.as_ref())?.pages();
+        let mut at = 0usize;
+        memory.for_each_piece(hw.pdev, 0, size, |target, piece| {
+            let Target::Vram(from) = target else {
+                return Err(EINVAL);
+            };
+            let mut done = 0u64;
+            while done < piece {
+                let in_page = at % PAGE_SIZE;
+                let n = (PAGE_SIZE - in_page).min(usize::try_from(piece - done)?);
+                let part = bounce.get_mut(..n).ok_or(EINVAL)?;
+                io.read(from + done, part)?;
+                let page = pages.get(at / PAGE_SIZE).ok_or(EINVAL)?;
+                // SAFETY: `part` is valid for `n` bytes and `in_page + n <= PAGE_SIZE`; the page
+                // is new, and nothing else reaches it yet.
+                unsafe { page.write_raw(part.as_ptr(), in_page, n)? };
+                at += n;
+                done += u64::try_from(n)?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(Some(core::mem::replace(&mut *memory, system)))
+}
+
+impl Bo {
+    /// Allocates `size` bytes of zeroed system memory, mapped for the DMA of `pdev`.
+    pub(crate) fn system_memory(pdev: &pci::Device<Bound>, size: u64) -> Result<Memory> {
+        // CAST: `PAGE_SIZE` fits in `u64`.
+        let count = usize::try_from(size.div_ceil(PAGE_SIZE as u64))?;
+        let mut pages = KVVec::with_capacity(count, GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
+        for _ in 0..count {
+            pages.push(
+                Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO | __GFP_NOWARN)?,
+                GFP_KERNEL_ACCOUNT,
+            )?;
+        }
+        let pages = Arc::new(pages, GFP_KERNEL)?;
+        let mapping = PageMapping::new(
+            pdev.as_ref(),
+            pages,
+            DataDirection::Bidirectional,
+            GFP_KERNEL,
+        )?;
+        let dma = Devres::new(pdev.as_ref(), mapping)?;
+        Ok(Memory::System(dma))
+    }
+
+    /// The placement, as a `DRM_CONFLUX_BO_*` flag; 0 for the object of a VM.
+    pub(crate) fn placement(&self) -> u32 {
+        if self.imported.is_some() {
+            return uapi::DRM_CONFLUX_BO_IMPORTED;
+        }
+        match *self.memory.lock() {
+            Memory::None => 0,
+            Memory::Vram(_) => uapi::DRM_CONFLUX_BO_VRAM,
+            Memory::System(_) => uapi::DRM_CONFLUX_BO_SYSTEM,
+        }
+    }
+
+    /// How the device reaches the memory, a `DRM_CONFLUX_PATH_*`; 0 for the object of a VM.
+    pub(crate) fn path(&self) -> u32 {
+        if let Some(imp) = &self.imported {
+            return imp.path();
+        }
+        match *self.memory.lock() {
+            Memory::None => 0,
+            Memory::Vram(_) => uapi::DRM_CONFLUX_PATH_LOCAL,
+            Memory::System(_) => uapi::DRM_CONFLUX_PATH_SYSTEM,
+        }
+    }
+
+    /// The device's own memory of the buffer, locked.
+    pub(crate) fn memory(&self) -> MutexGuard<'_, Memory> {
+        self.memory.lock()
+    }
+
+    /// The attachment of a buffer of another device or exporter.
+    pub(crate) fn imported(&self) -> Option<&Imported> {
+        self.imported.as_ref()
+    }
+
+    /// Whether the buffer may move from VRAM to system memory.
+    pub(crate) fn movable(&self) -> bool {
+        self.movable
+    }
+
+    /// Whether the memory can change under a VM that maps the buffer: an imported buffer's
+    /// exporter can invalidate it, and a movable buffer can move. The VMs that map such a buffer
+    /// record where, and are in [`Bo::vms`].
+    pub(crate) fn may_change(&self) -> bool {
+        self.movable || self.imported.is_some()
+    }
+
+    /// The VMs of the device that map the buffer, when [`Bo::may_change`].
+    pub(crate) fn vms(&self) -> &VmList {
+        &self.vms
+    }
+
+    /// An identifier of the buffer, unique while it lives, for the VMs' records.
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.vms) as usize
+    }
+
+    /// Calls `f` with the pieces, `(target, length)` in order, that hold bytes
+    /// `offset..offset + len` of the buffer: VRAM offsets, or the bus addresses of system memory
+    /// or of an imported buffer (from `table`, its mapping) as the device reaches it. Allocates
+    /// nothing. [`EINVAL`] when the buffer has no such bytes.
+    pub(crate) fn for_each_piece(
+        &self,
+        pdev: &pci::Device<Bound>,
+        table: Option<&SGTable>,
+        offset: u64,
+        len: u64,
+        f: impl FnMut(Target, u64) -> Result,
+    ) -> Result {
+        match self.imported {
+            Some(_) => table_pieces(table.ok_or(EINVAL)?, offset, len, f),
+            None => self.memory.lock().for_each_piece(pdev, offset, len, f),
+        }
     }
 
     /// Maps bytes `offset..offset + len` of the buffer at `va` of `tables`, with 2 MiB entries
@@ -272,13 +437,17 @@ impl Bo {
     /// `write`, with the CPU.
     pub(crate) fn cpu_copy(&self, hw: &Hw<'_>, offset: u64, buf: &mut [u8], write: bool) -> Result {
         let len = u64::try_from(buf.len())?;
-        match &self.memory {
+        if self.imported.is_some() {
+            return Err(EOPNOTSUPP);
+        }
+        // Held across the copy, so that a move to system memory takes all of it along.
+        let memory = self.memory.lock();
+        match &*memory {
             Memory::None => Err(EINVAL),
-            Memory::Imported(_) => Err(EOPNOTSUPP),
             Memory::Vram(_) => {
                 let io = hw.vram_io()?;
                 let mut done = 0usize;
-                self.for_each_piece(hw.pdev, None, offset, len, |target, piece| {
+                memory.for_each_piece(hw.pdev, offset, len, |target, piece| {
                     let Target::Vram(at) = target else {
                         return Err(EINVAL);
                     };
@@ -333,12 +502,18 @@ impl Bo {
         let page_size = PAGE_SIZE as u64;
         let offset = u64::try_from(first)? * page_size;
         let len = u64::try_from(end - first)? * page_size;
-        match &self.memory {
-            Memory::None | Memory::Imported(_) => Err(EINVAL),
+        if self.imported.is_some() {
+            return Err(EINVAL);
+        }
+        // Held while the pages are inserted: a move to system memory takes the mappings away
+        // under it, before it copies.
+        let memory = self.memory.lock();
+        match &*memory {
+            Memory::None => Err(EINVAL),
             Memory::Vram(_) => {
                 let vram_base = hw.pdev.resource_start(regs::CTL_BAR)? + hw.info.vram_offset;
                 let mut page = first;
-                self.for_each_piece(hw.pdev, None, offset, len, |target, piece| {
+                memory.for_each_piece(hw.pdev, offset, len, |target, piece| {
                     let Target::Vram(at) = target else {
                         return Err(EINVAL);
                     };
@@ -346,7 +521,9 @@ impl Bo {
                         let pfn = usize::try_from((vram_base + at + k * page_size) >> PAGE_SHIFT)?;
                         // SAFETY: `pfn` is VRAM of this buffer behind BAR2, which stays until the
                         // device is unbound; `drm_dev_unplug()` empties the mappings before that,
-                        // and waits for this fault, which holds a registration guard.
+                        // and waits for this fault, which holds a registration guard. A move to
+                        // system memory frees the VRAM after `unmap_userspace()`, which it calls
+                        // under the memory's lock, held here.
                         let inserted =
                             unsafe { fault.insert_pfn(page, pfn, gem::Caching::WriteCombined) };
                         // Only the faulting page must be mapped; the others are a bonus.

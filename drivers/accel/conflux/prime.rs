@@ -14,6 +14,11 @@
 //! where. When the exporter invalidates the mappings, the page-table entries are cleared in
 //! every such VM before the callback returns; the next job that uses the buffer maps it again.
 
+use core::sync::atomic::{
+    AtomicUsize,
+    Ordering, //
+};
+
 use kernel::{
     device::Bound,
     dma::DataDirection,
@@ -23,11 +28,13 @@ use kernel::{
         Exported,
         Exporter,
         ImportAttachment,
-        Importer, //
+        Importer,
+        Reserved, //
     },
     dma_resv::{
         DmaResv,
-        Locked, //
+        Locked,
+        Usage, //
     },
     dma_segments::{
         DmaRange,
@@ -42,7 +49,6 @@ use kernel::{
             BaseObject, //
         },
     },
-    new_mutex,
     pci::{
         self,
         p2pdma::{
@@ -54,9 +60,9 @@ use kernel::{
     scatterlist::SGTable,
     sync::{
         aref::ARef,
-        Arc,
-        Mutex, //
+        Arc, //
     },
+    time::msecs_to_jiffies,
     uapi,
 };
 
@@ -65,13 +71,15 @@ use crate::{
         ConfluxDrm,
         Hw, //
     },
+    engine::job_timeout_ms,
     gem::{
         Bo,
+        Contents,
         Memory, //
     },
     mmu::Target,
     regs,
-    vm::VmTables,
+    vm::VmList,
 };
 
 /// The GEM object type of the driver.
@@ -102,20 +110,74 @@ fn path_of(route: MapType) -> u32 {
 pub(crate) struct Export {
     obj: ARef<Object>,
     dev: ARef<IoctlDevice>,
+    /// How many attachments pinned the buffer where it is.
+    pins: AtomicUsize,
 }
 
 impl Export {
-    /// How the device `importer` would reach the buffer, as a `DRM_CONFLUX_PATH_*`; 0 when it
-    /// cannot.
+    /// How the device `importer` reaches the buffer, as a `DRM_CONFLUX_PATH_*`; 0 when it
+    /// cannot. A movable buffer in VRAM is reached in system memory by an importer without a
+    /// route: it moves there at the importer's first map.
     pub(crate) fn path_for(&self, importer: &kernel::device::Device) -> Result<u32> {
         with_hw(&self.dev, |hw| match self.obj.placement() {
             uapi::DRM_CONFLUX_BO_VRAM => {
                 let provider = Provider::of_bar(hw.pdev, regs::CTL_BAR)?;
-                Ok(path_of(provider.map_type(importer)))
+                Ok(match provider.map_type(importer) {
+                    MapType::NotSupported if self.obj.movable() => uapi::DRM_CONFLUX_PATH_SYSTEM,
+                    route => path_of(route),
+                })
             }
             uapi::DRM_CONFLUX_BO_SYSTEM => Ok(uapi::DRM_CONFLUX_PATH_SYSTEM),
             _ => Err(EINVAL),
         })
+    }
+
+    /// Moves the buffer to system memory if it is in VRAM and `attachment`'s device cannot reach
+    /// VRAM (it takes no peer-to-peer address, or the topology has no route). [`EXDEV`] when the
+    /// buffer may not move, [`EBUSY`] when another importer pinned it in VRAM.
+    ///
+    /// Every job that uses the buffer, on any device, finishes first; then the device's VMs and
+    /// the other importers lose their mappings of the VRAM, which is freed last.
+    fn place_for(&self, hw: &Hw<'_>, attachment: &Attachment, locked: &Reserved<'_>) -> Result {
+        if !matches!(*self.obj.memory(), Memory::Vram(_)) {
+            return Ok(());
+        }
+        let importer = attachment.device();
+        let provider = Provider::of_bar(hw.pdev, regs::CTL_BAR)?;
+        if attachment.peer2peer() && provider.map_type(importer) != MapType::NotSupported {
+            return Ok(());
+        }
+        if !self.obj.movable() {
+            // Refuses with the reason in the log.
+            return provider.route(attachment).map(|_| ());
+        }
+        let pins = self.pins.load(Ordering::Relaxed);
+        if pins > 0 {
+            dev_info!(
+                hw.pdev,
+                "export: a buffer cannot move to system memory for {}: {} attachments pinned it in VRAM (-EBUSY)\n",
+                importer.name(),
+                pins
+            );
+            return Err(EBUSY);
+        }
+        let resv = self.obj.dma_resv();
+        while !resv.wait_timeout(Usage::Bookkeep, true, msecs_to_jiffies(job_timeout_ms()))? {
+            hw.engine.check_timeout();
+        }
+        let Some(vram) = crate::gem::move_to_system(&self.obj, hw)? else {
+            return Ok(());
+        };
+        self.obj.vms().invalidate(Some(hw), self.obj.id());
+        locked.buf().invalidate_mappings(locked)?;
+        drop(vram);
+        dev_dbg!(
+            hw.pdev,
+            "export: moved a buffer of {:#x} bytes to system memory for {}\n",
+            self.obj.size(),
+            importer.name()
+        );
+        Ok(())
     }
 }
 
@@ -128,6 +190,8 @@ impl Exporter for Export {
 
     fn attach(&self, attachment: &Attachment) -> Result {
         with_hw(&self.dev, |hw| match self.obj.placement() {
+            // An importer that cannot reach VRAM gets the buffer in system memory.
+            uapi::DRM_CONFLUX_BO_VRAM if self.obj.movable() => Ok(()),
             uapi::DRM_CONFLUX_BO_VRAM => {
                 let provider = Provider::of_bar(hw.pdev, regs::CTL_BAR)?;
                 provider.route(attachment).map(|_| ())
@@ -144,19 +208,49 @@ impl Exporter for Export {
         })
     }
 
-    fn map(&self, attachment: &Attachment, dir: DataDirection) -> Result<DmaSGTable> {
-        with_hw(&self.dev, |hw| match self.obj.memory() {
+    fn pin(&self, attachment: &Attachment, locked: &Reserved<'_>) -> Result {
+        with_hw(&self.dev, |hw| self.place_for(hw, attachment, locked))?;
+        self.pins.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn unpin(&self, _attachment: &Attachment) {
+        self.pins.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn map(
+        &self,
+        attachment: &Attachment,
+        dir: DataDirection,
+        locked: &Reserved<'_>,
+    ) -> Result<DmaSGTable> {
+        with_hw(&self.dev, |hw| {
+            self.place_for(hw, attachment, locked)?;
+            self.map_memory(hw, attachment, dir)
+        })
+    }
+}
+
+impl Export {
+    /// Maps the memory that holds the buffer for `attachment`.
+    fn map_memory(
+        &self,
+        hw: &Hw<'_>,
+        attachment: &Attachment,
+        dir: DataDirection,
+    ) -> Result<DmaSGTable> {
+        let memory = self.obj.memory();
+        match &*memory {
             Memory::Vram(_) => {
                 let base = hw.pdev.resource_start(regs::CTL_BAR)? + hw.info.vram_offset;
                 let mut ranges = KVec::new();
-                self.obj
-                    .for_each_piece(hw.pdev, None, 0, self.obj.size() as u64, |t, n| {
-                        let Target::Vram(at) = t else {
-                            return Err(EINVAL);
-                        };
-                        ranges.push(DmaRange::new(base + at, n)?, GFP_KERNEL)?;
-                        Ok(())
-                    })?;
+                memory.for_each_piece(hw.pdev, 0, self.obj.size() as u64, |t, n| {
+                    let Target::Vram(at) = t else {
+                        return Err(EINVAL);
+                    };
+                    ranges.push(DmaRange::new(base + at, n)?, GFP_KERNEL)?;
+                    Ok(())
+                })?;
                 let provider = Provider::of_bar(hw.pdev, regs::CTL_BAR)?;
                 provider.map_attachment(&ranges, attachment, dir, GFP_KERNEL)
             }
@@ -167,8 +261,8 @@ impl Exporter for Export {
                 let table = DmaSGTable::new(plan, GFP_KERNEL)?;
                 Ok(table.with_backing(KBox::new(mapping, GFP_KERNEL)?))
             }
-            _ => Err(EOPNOTSUPP),
-        })
+            Memory::None => Err(EOPNOTSUPP),
+        }
     }
 }
 
@@ -189,6 +283,7 @@ pub(crate) fn export(obj: &Object, dev: &IoctlDevice) -> Result<ARef<DmaBuf>> {
         let exporter = Export {
             obj: obj.into(),
             dev: dev.into(),
+            pins: AtomicUsize::new(0),
         };
         let exported =
             Exported::export_in(exporter, obj.size(), THIS_MODULE, &hw.exports, GFP_KERNEL)?;
@@ -207,54 +302,33 @@ pub(crate) fn for_device(
     if core::ptr::eq(a, b) {
         return Ok(obj.into());
     }
-    match obj.memory() {
-        Memory::Imported(imp) => import(to, imp.buf()),
-        _ => import(to, &*export(obj, from)?),
+    match obj.imported() {
+        Some(imp) => import(to, imp.buf()),
+        None => import(to, &*export(obj, from)?),
     }
 }
 
 /// The importer side of a buffer another device exported.
 pub(crate) struct ImportNotify {
     dev: ARef<IoctlDevice>,
-    /// The VMs that map the buffer.
-    vms: Arc<Mutex<KVec<Arc<VmTables>>>>,
-}
-
-impl ImportNotify {
-    /// An identifier of the buffer, unique while it lives, for the VMs' records.
-    pub(crate) fn id(&self) -> usize {
-        core::ptr::from_ref(self) as usize
-    }
-
-    /// Records that `vm` maps the buffer; forgets the VMs that are gone.
-    pub(crate) fn add_vm(&self, vm: &Arc<VmTables>) -> Result {
-        let mut vms = self.vms.lock();
-        vms.retain(|v| v.is_alive());
-        if !vms.iter().any(|v| Arc::ptr_eq(v, vm)) {
-            vms.push(vm.clone(), GFP_KERNEL)?;
-        }
-        Ok(())
-    }
+    /// The VMs that map the buffer, the object's [`Bo::vms`].
+    vms: Arc<VmList>,
 }
 
 impl Importer for ImportNotify {
     const ALLOW_PEER2PEER: bool = true;
 
     fn invalidate_mappings(&self, _attachment: &Attachment) {
-        let id = self.id();
-        let vms = self.vms.lock();
+        // The object's `Bo::id`.
+        let id = Arc::as_ptr(&self.vms) as usize;
         let cleared = with_hw(&self.dev, |hw| {
-            for vm in vms.iter() {
-                vm.invalidate(hw, id);
-            }
+            self.vms.invalidate(Some(hw), id);
             Ok(())
         });
         if cleared.is_err() {
             // The device is unbound: its engine runs no job any more, and its VMs' tables went
             // with it. Record the invalidation all the same.
-            for vm in vms.iter() {
-                vm.forget(id);
-            }
+            self.vms.invalidate(None, id);
         }
     }
 }
@@ -262,18 +336,18 @@ impl Importer for ImportNotify {
 /// What an imported buffer holds.
 pub(crate) struct Imported {
     attachment: ImportAttachment<ImportNotify>,
-    path: u32,
 }
 
 impl Imported {
-    /// The importer side.
-    pub(crate) fn notify(&self) -> &ImportNotify {
-        self.attachment.importer()
-    }
-
-    /// How the device reaches the memory, a `DRM_CONFLUX_PATH_*`.
+    /// How the device reaches the memory, a `DRM_CONFLUX_PATH_*`: asked of a Conflux exporter,
+    /// as the buffer can move; 0 when the exporter is gone.
     pub(crate) fn path(&self) -> u32 {
-        self.path
+        match Exported::<Export>::exporter_of(self.buf(), THIS_MODULE) {
+            Some(export) => export
+                .path_for(self.attachment.attachment().device())
+                .unwrap_or(0),
+            None => uapi::DRM_CONFLUX_PATH_EXTERNAL,
+        }
     }
 
     /// The buffer's table for the device, mapped at the first call and kept until the exporter
@@ -356,9 +430,10 @@ pub(crate) fn import(dev: &IoctlDevice, buf: &DmaBuf) -> Result<ARef<Object>> {
             );
             return Err(EINVAL);
         }
+        let vms = Arc::pin_init(VmList::new(), GFP_KERNEL)?;
         let notify = ImportNotify {
             dev: dev.into(),
-            vms: Arc::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,
+            vms: vms.clone(),
         };
         let attachment = ImportAttachment::new(buf, hw.pdev.as_ref(), notify, GFP_KERNEL)
             .inspect_err(|e| {
@@ -368,11 +443,7 @@ pub(crate) fn import(dev: &IoctlDevice, buf: &DmaBuf) -> Result<ARef<Object>> {
                     e
                 );
             })?;
-        let path = match Exported::<Export>::exporter_of(buf, THIS_MODULE) {
-            Some(export) => export.path_for(hw.pdev.as_ref())?,
-            None => uapi::DRM_CONFLUX_PATH_EXTERNAL,
-        };
-        let memory = Memory::Imported(Imported { attachment, path });
-        Object::new_imported(dev, buf, memory)
+        let contents = Contents::imported(Imported { attachment }, vms);
+        Object::new_imported(dev, buf, contents)
     })
 }

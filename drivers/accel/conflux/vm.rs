@@ -56,6 +56,7 @@ use crate::{
     file::ConfluxDevice,
     gem::{
         Bo,
+        Contents,
         Memory, //
     },
     mmu::{
@@ -72,10 +73,11 @@ pub(crate) type Object = gem::Object<Bo>;
 /// The driver's side of a `drm_gpuvm`.
 pub(crate) struct VmData;
 
-/// Where a VM maps part of an imported buffer.
+/// Where a VM maps part of a buffer whose memory can change under it: an imported buffer, or
+/// one of the device's that may move to system memory.
 #[derive(Clone, Copy)]
 struct ImportRange {
-    /// The buffer ([`ImportNotify::id`](crate::prime::ImportNotify::id)).
+    /// The buffer ([`Bo::id`]).
     id: usize,
     va: u64,
     len: u64,
@@ -83,7 +85,7 @@ struct ImportRange {
     offset: u64,
     writable: bool,
     /// Whether the page-table entries are in place; cleared when the exporter invalidates the
-    /// buffer's mappings.
+    /// buffer's mappings, or when the buffer moves.
     valid: bool,
 }
 
@@ -140,7 +142,7 @@ impl VmTables {
         self.state.lock().tables.is_some()
     }
 
-    /// Clears the entries that map imported buffer `id`, for its exporter's invalidation.
+    /// Clears the entries that map buffer `id`, for its exporter's invalidation or its move.
     pub(crate) fn invalidate(&self, hw: &Hw<'_>, id: usize) {
         let mut guard = self.state.lock();
         let st = &mut *guard;
@@ -160,6 +162,45 @@ impl VmTables {
     pub(crate) fn forget(&self, id: usize) {
         for r in self.state.lock().imports.iter_mut().filter(|r| r.id == id) {
             r.valid = false;
+        }
+    }
+}
+
+/// The VMs of a device that map a buffer whose memory can change: the ones to invalidate when
+/// it does.
+#[pin_data]
+pub(crate) struct VmList {
+    #[pin]
+    vms: Mutex<KVec<Arc<VmTables>>>,
+}
+
+impl VmList {
+    /// An empty list.
+    pub(crate) fn new() -> impl PinInit<Self> {
+        pin_init!(VmList {
+            vms <- new_mutex!(KVec::new()),
+        })
+    }
+
+    /// Records that `vm` maps the buffer; forgets the VMs that are gone.
+    pub(crate) fn add(&self, vm: &Arc<VmTables>) -> Result {
+        let mut vms = self.vms.lock();
+        vms.retain(|v| v.is_alive());
+        if !vms.iter().any(|v| Arc::ptr_eq(v, vm)) {
+            vms.push(vm.clone(), GFP_KERNEL)?;
+        }
+        Ok(())
+    }
+
+    /// Clears the entries that map buffer `id` in every VM, with the device's `hw`; without it
+    /// (the device is unbound, and its VMs' tables went with it) only records that they are
+    /// gone.
+    pub(crate) fn invalidate(&self, hw: Option<&Hw<'_>>, id: usize) {
+        for vm in self.vms.lock().iter() {
+            match hw {
+                Some(hw) => vm.invalidate(hw, id),
+                None => vm.forget(id),
+            }
         }
     }
 }
@@ -201,25 +242,25 @@ impl DriverGpuVm for VmData {
         let (vram, io, pdev) = ctx.hw.ok_or(EINVAL)?;
         let va = ctx.va()?;
         let obj = op.obj();
-        let table = match (obj.memory(), ctx.locked) {
-            (Memory::Imported(imp), Some(locked)) => Some((imp, imp.table(pdev, locked)?)),
-            (Memory::Imported(_), None) => return Err(EINVAL),
-            _ => None,
+        let table = match (obj.imported(), ctx.locked) {
+            (Some(imp), Some(locked)) => Some(imp.table(pdev, locked)?),
+            (Some(_), None) => return Err(EINVAL),
+            (None, _) => None,
         };
         obj.map(
             ctx.tables,
             vram,
             io,
             pdev,
-            table.map(|(_, t)| t),
+            table,
             op.addr(),
             op.gem_offset(),
             op.length(),
             ctx.writable,
         )?;
-        if let Some((imp, _)) = table {
+        if obj.may_change() {
             let record = ImportRange {
-                id: imp.notify().id(),
+                id: obj.id(),
                 va: op.addr(),
                 len: op.length(),
                 offset: op.gem_offset(),
@@ -359,7 +400,7 @@ pub(crate) struct Prepared {
 pub(crate) fn imported_resvs<'a>(ops: &'a [BindOp], resvs: &mut KVec<&'a DmaResv>) -> Result {
     for op in ops {
         if let BindOp::Map { bo, .. } = op {
-            if let Memory::Imported(imp) = bo.memory() {
+            if let Some(imp) = bo.imported() {
                 resvs.push(imp.resv(), GFP_KERNEL)?;
             }
         }
@@ -387,7 +428,7 @@ impl Vm {
     /// A VM with nothing mapped, spanning [`USER_VA_START`] to [`KERNEL_VA_BASE`].
     pub(crate) fn new(dev: &ConfluxDevice<Registered>, hw: &Hw<'_>) -> Result<Self> {
         // The object that carries the VM's reservation object; it has no memory.
-        let r_obj = Object::new(dev, SZ_4K, Memory::None)?;
+        let r_obj = Object::new(dev, SZ_4K, Contents::local(Memory::None, false)?)?;
         let gpuvm = GpuVm::new::<Error, _>(
             c"conflux",
             dev,
@@ -434,8 +475,9 @@ impl Vm {
             .map_or((0, 0, 0), |t| (t.huge_pages, t.small_pages, t.spares()))
     }
 
-    /// Maps again, in the tables, the ranges of the imported buffers among `buffers` that their
-    /// exporters invalidated since, for a job: `locked` holds their reservation locks.
+    /// Maps again, in the tables, the ranges of the buffers among `buffers` that were
+    /// invalidated since (by their exporters, or because they moved), for a job: `locked` holds
+    /// their reservation locks.
     pub(crate) fn revalidate(
         &mut self,
         hw: &Hw<'_>,
@@ -443,31 +485,26 @@ impl Vm {
         locked: &ResvSet<'_>,
     ) -> Result {
         let io = hw.vram_io()?;
-        let mut guard = self.shared.state.lock();
-        let st = &mut *guard;
-        let tables = st.tables.as_mut().ok_or(ENODEV)?;
         for (bo, _) in buffers {
-            let Memory::Imported(imp) = bo.memory() else {
-                continue;
-            };
-            let id = imp.notify().id();
-            if !st.imports.iter().any(|r| r.id == id && !r.valid) {
+            let id = bo.id();
+            let stale = |st: &TablesState| st.imports.iter().any(|r| r.id == id && !r.valid);
+            if !bo.may_change() || !stale(&self.shared.state.lock()) {
                 continue;
             }
-            let table = imp.table(hw.pdev, locked)?;
+            // Mapping an imported buffer can make its exporter move it and invalidate the tables
+            // of its own VMs: not under the lock of these.
+            let table = match bo.imported() {
+                Some(imp) => Some(imp.table(hw.pdev, locked)?),
+                None => None,
+            };
+            let mut guard = self.shared.state.lock();
+            let st = &mut *guard;
+            let tables = st.tables.as_mut().ok_or(ENODEV)?;
             for r in st.imports.iter_mut().filter(|r| r.id == id && !r.valid) {
                 let need = PageTables::tables_for(r.va, r.len);
                 let mapped = tables.reserve(&hw.vram, &io, need).and_then(|()| {
                     bo.map(
-                        tables,
-                        &hw.vram,
-                        &io,
-                        hw.pdev,
-                        Some(table),
-                        r.va,
-                        r.offset,
-                        r.len,
-                        r.writable,
+                        tables, &hw.vram, &io, hw.pdev, table, r.va, r.offset, r.len, r.writable,
                     )
                 });
                 // Keep no spare table beyond one per 2 MiB entry, on every path.
@@ -583,9 +620,11 @@ impl Vm {
     ) -> Result {
         for op in ops {
             if let BindOp::Map { bo, .. } = op {
-                if let Memory::Imported(imp) = bo.memory() {
+                if let Some(imp) = bo.imported() {
                     imp.table(hw.pdev, locked.ok_or(EINVAL)?)?;
-                    imp.notify().add_vm(&self.shared)?;
+                }
+                if bo.may_change() {
+                    bo.vms().add(&self.shared)?;
                 }
             }
         }

@@ -122,7 +122,10 @@ struct drm_conflux_get_info {
  *
  * A buffer is placed in VRAM when DRM_CONFLUX_BO_VRAM is set and VRAM has
  * room, else in system memory when DRM_CONFLUX_BO_SYSTEM is set.
- * &struct drm_conflux_bo_info tells where it went.
+ * &struct drm_conflux_bo_info tells where it went. A buffer with both flags
+ * that went to VRAM moves to system memory, for good, when an importer that
+ * cannot reach the device's VRAM maps it (see PRIME in the documentation);
+ * its data, its mappings in VMs and mmap() go with it.
  *
  * New memory never shows data of an earlier user: VRAM is zeroed by the
  * device's engine before the ioctl returns, system memory by the kernel's
@@ -199,7 +202,8 @@ struct drm_conflux_vm_bind_op {
  * On each member, the buffer of a MAP is the caller's buffer as that
  * member's device reaches it: the buffer itself on the same device, else an
  * import of it (see DRM_IOCTL_CONFLUX_VM_PATH). A member that cannot reach
- * it fails the whole call with -EXDEV or -EOPNOTSUPP, as PRIME import does.
+ * it fails the whole call with -EXDEV or -EOPNOTSUPP, as PRIME import does,
+ * unless the buffer may move to system memory: then it moves there.
  * Before it changes a mapping that a job may use, the call waits for the
  * jobs of every member to complete; a signal during that wait returns -EINTR
  * (or restarts the call) with nothing changed on any member.
@@ -212,8 +216,10 @@ struct drm_conflux_vm_bind_op {
  * @ops cannot be read, -ENOENT for an unknown @vm_id or buffer handle,
  * -ENOSPC when a MAP's range is not free (after the operations before it)
  * or VRAM has no room for page tables, -ENOMEM, -EINTR, -EXDEV or
- * -EOPNOTSUPP when a member's device has no route to a MAP's buffer, -EIO
- * when its table breaks the member's DMA segment limits.
+ * -EOPNOTSUPP when a member's device has no route to a MAP's buffer, which
+ * may not move to system memory, -EBUSY when it may but another importer
+ * pinned it in VRAM, -EIO when its table breaks the member's DMA segment
+ * limits.
  */
 struct drm_conflux_vm_bind {
 	__u32 vm_id;

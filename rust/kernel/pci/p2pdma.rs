@@ -392,7 +392,8 @@ mod tests {
             Exported,
             Exporter,
             ImportAttachment,
-            Importer, //
+            Importer,
+            Reserved, //
         },
         dma_segments::SegmentLimits,
         driver,
@@ -664,7 +665,12 @@ mod tests {
     impl Exporter for BarExporter {
         const NAME: &'static CStr = c"rust-p2pdma-test";
 
-        fn map(&self, a: &Attachment, dir: DataDirection) -> Result<DmaSGTable> {
+        fn map(
+            &self,
+            a: &Attachment,
+            dir: DataDirection,
+            _locked: &Reserved<'_>,
+        ) -> Result<DmaSGTable> {
             // SAFETY: See the `Send` implementation.
             let provider = unsafe { &*self.provider };
             match provider.map_attachment(&self.ranges, a, dir, GFP_KERNEL) {
