@@ -27,5 +27,9 @@ kernel::module_pci_driver! {
             default: 0,
             description: "Largest DMA segment of imported buffers in bytes (0: any, else >= 4096)",
         },
+        seg_boundary: u64 {
+            default: 0,
+            description: "Segment boundary mask of imported buffers, 2^n - 1 >= 4095 (0: 4 GiB)",
+        },
     },
 }

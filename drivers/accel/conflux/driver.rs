@@ -306,6 +306,26 @@ impl pci::Driver for ConfluxDriver {
                 };
                 // SAFETY: Nothing maps memory for the device's DMA before its probe does.
                 unsafe { pdev.dma_set_max_seg_size(max_segment) };
+                // Likewise for the boundary no segment may cross (the PCI default is 4 GiB).
+                let boundary = crate::module_parameters::seg_boundary.value();
+                if boundary != 0 {
+                    if boundary < SZ_4K as u64 - 1 {
+                        dev_err!(
+                            pdev,
+                            "seg_boundary {:#x}: below a page (4 KiB - 1)\n",
+                            boundary
+                        );
+                        return Err(EINVAL);
+                    }
+                    // SAFETY: As above.
+                    unsafe { pdev.dma_set_seg_boundary(boundary) }.inspect_err(|_| {
+                        dev_err!(
+                            pdev,
+                            "seg_boundary {:#x}: not of the form 2^n - 1\n",
+                            boundary
+                        );
+                    })?;
+                }
                 identify(pdev)?
             },
             vectors: pdev.alloc_irq_vectors(
