@@ -218,21 +218,33 @@ else
 	bad "modprobe conflux job_timeout_ms=500"
 fi
 
-# Importer segment limits: with max_segment=65536 the devices take DMA
-# segments of at most 64 KiB; exporters split their tables for that, and the
-# importer checks every segment it maps (a bad one fails the copy with EIO).
-if modprobe conflux max_segment=65536; then
-	ok "modprobe conflux max_segment=65536"
-	out=$(conflux matrix 4M 2>&1)
-	rc=$?
-	expect "conflux matrix with 64 KiB segments: exit status" "$rc" 0
-	expect "conflux matrix with 64 KiB segments: copies checked" \
-		"$(echo "$out" | grep 'data checked' | grep -vc 'DO NOT MATCH')" $((want * want))
-	expect "segments refused by an importer" "$(dmesg | grep -c 'PRIME import: segment')" 0
-	if rmmod conflux; then ok "rmmod after max_segment"; else bad "rmmod after max_segment"; fi
-else
-	bad "modprobe conflux max_segment=65536"
-fi
+# Importer segment limits: loaded with max_segment=65536 the devices take DMA
+# segments of at most 64 KiB; with seg_boundary=0x7fff none that crosses a
+# 32 KiB boundary, whatever its size. Exporters split their tables for that,
+# and the importer checks every segment it maps (a bad one fails the copy
+# with EIO). A boundary mask that is not 2^n - 1 fails the probe.
+segment_limits() { # segment_limits WHAT PARAMETER
+	if modprobe conflux "$2"; then
+		ok "modprobe conflux $2"
+		out=$(conflux matrix 4M 2>&1)
+		rc=$?
+		checked=$(echo "$out" | grep 'data checked' | grep -vc 'DO NOT MATCH')
+		refused=$(dmesg | grep -c 'PRIME import: segment')
+		expect "conflux matrix with $1: exit status" "$rc" 0
+		expect "conflux matrix with $1: copies checked" "$checked" $((want * want))
+		expect "segments refused by an importer" "$refused" 0
+		if rmmod conflux; then ok "rmmod after $2"; else bad "rmmod after $2"; fi
+	else
+		bad "modprobe conflux $2"
+	fi
+}
+segment_limits "64 KiB segments" max_segment=65536
+segment_limits "32 KiB segment boundaries" seg_boundary=0x7fff
+modprobe conflux seg_boundary=0x7ffe 2>/dev/null
+expect "devices probed with seg_boundary=0x7ffe" "$(nodes)" 0
+expect "probe errors naming seg_boundary 0x7ffe" \
+	"$(dmesg | grep -c 'seg_boundary 0x7ffe: not of the form')" "$want"
+rmmod conflux 2>/dev/null
 
 # Reports of lockdep, DMA-API debugging (a WARN), debug-objects, or any WARN
 # or BUG: the same patterns as the KUnit steps.
