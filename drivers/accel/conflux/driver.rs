@@ -139,13 +139,47 @@ fn read_ident64<const OFFSET: usize>(ctl: &pci::Bar<'_, { regs::CTL_SIZE }>) -> 
 
 /// Maps the BARs, checks that the function is a Conflux device this driver supports and
 /// returns its engine, reset.
+/// Sets the DMA segment limits of a Conflux device from the module parameters. The page tables
+/// take segments of any size and alignment; the parameters can lower what exporters give the
+/// device, to test that they honour them.
+fn set_segment_limits(pdev: &pci::Device<Core<'_>>) -> Result {
+    let max_segment = match crate::module_parameters::max_segment.value() {
+        0 => u32::MAX,
+        n => n.max(SZ_4K as u32),
+    };
+    // SAFETY: Nothing maps memory for the device's DMA before its probe is done.
+    unsafe { pdev.dma_set_max_seg_size(max_segment) };
+    // Likewise for the boundary no segment may cross (the PCI default is 4 GiB).
+    let boundary = crate::module_parameters::seg_boundary.value();
+    if boundary == 0 {
+        return Ok(());
+    }
+    if boundary < SZ_4K as u64 - 1 {
+        dev_err!(
+            pdev,
+            "seg_boundary {:#x}: below a page (4 KiB - 1)\n",
+            boundary
+        );
+        return Err(EINVAL);
+    }
+    // SAFETY: As above.
+    unsafe { pdev.dma_set_seg_boundary(boundary) }.inspect_err(|_| {
+        dev_err!(
+            pdev,
+            "seg_boundary {:#x}: not of the form 2^n - 1\n",
+            boundary
+        );
+    })
+}
+
 fn identify<'bound>(pdev: &'bound pci::Device<Bound>) -> Result<Arc<Engine<'bound>>> {
     let ctl = pdev.iomap_region_sized::<{ regs::CTL_SIZE }>(regs::CTL_BAR, c"conflux/ctl")?;
     let signature = read_ident64::<{ regs::SIGNATURE }>(&ctl);
     if signature != regs::SIGNATURE_VALUE {
         dev_info!(
             pdev,
-            "probe: BAR2 signature {:#018x} is not \"CNFXACCL\": a plain ivshmem device, not binding\n",
+            "probe: BAR2 signature {:#018x} is not \"CNFXACCL\": \
+             a plain ivshmem device, not binding\n",
             signature
         );
         return Err(ENODEV);
@@ -298,35 +332,9 @@ impl pci::Driver for ConfluxDriver {
             engine: {
                 pdev.enable_device_mem()?;
                 pdev.set_master();
-                // The page tables take segments of any size; the parameter can lower what
-                // exporters give the device, to test that they honour it.
-                let max_segment = match crate::module_parameters::max_segment.value() {
-                    0 => u32::MAX,
-                    n => n.max(SZ_4K as u32),
-                };
-                // SAFETY: Nothing maps memory for the device's DMA before its probe does.
-                unsafe { pdev.dma_set_max_seg_size(max_segment) };
-                // Likewise for the boundary no segment may cross (the PCI default is 4 GiB).
-                let boundary = crate::module_parameters::seg_boundary.value();
-                if boundary != 0 {
-                    if boundary < SZ_4K as u64 - 1 {
-                        dev_err!(
-                            pdev,
-                            "seg_boundary {:#x}: below a page (4 KiB - 1)\n",
-                            boundary
-                        );
-                        return Err(EINVAL);
-                    }
-                    // SAFETY: As above.
-                    unsafe { pdev.dma_set_seg_boundary(boundary) }.inspect_err(|_| {
-                        dev_err!(
-                            pdev,
-                            "seg_boundary {:#x}: not of the form 2^n - 1\n",
-                            boundary
-                        );
-                    })?;
-                }
-                identify(pdev)?
+                let engine = identify(pdev)?;
+                set_segment_limits(pdev)?;
+                engine
             },
             vectors: pdev.alloc_irq_vectors(
                 2,
