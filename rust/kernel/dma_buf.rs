@@ -189,7 +189,9 @@ impl Reserved<'_> {
     }
 }
 
-impl Locked for Reserved<'_> {
+// SAFETY: The current task holds the lock of the buffer's reservation object for as long as a
+// `Reserved` lives (type invariants), and `holds` is true for that object only.
+unsafe impl Locked for Reserved<'_> {
     fn holds(&self, resv: &DmaResv) -> bool {
         self.buf.resv().as_raw() == resv.as_raw()
     }

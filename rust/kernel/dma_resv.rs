@@ -281,18 +281,26 @@ impl PinnedDrop for AcquireCtx {
 
 /// Proof that reservation objects are locked by the current task: a [`ResvGuard`] or a
 /// [`ResvSet`].
-pub trait Locked {
+///
+/// # Safety
+///
+/// [`Locked::holds`] returns `true` only for an object whose lock the current task holds for as
+/// long as the implementer lives: code that maps or unmaps under the lock relies on it.
+pub unsafe trait Locked {
     /// Whether `resv` is one of the objects this holds locked.
     fn holds(&self, resv: &DmaResv) -> bool;
 }
 
-impl Locked for ResvGuard<'_> {
+// SAFETY: A guard holds the lock of `resv` for as long as it lives (type invariants).
+unsafe impl Locked for ResvGuard<'_> {
     fn holds(&self, resv: &DmaResv) -> bool {
         self.resv.as_raw() == resv.as_raw()
     }
 }
 
-impl Locked for ResvSet<'_> {
+// SAFETY: A set holds the locks of every object of `locked` for as long as it lives (type
+// invariants).
+unsafe impl Locked for ResvSet<'_> {
     fn holds(&self, resv: &DmaResv) -> bool {
         self.locked.iter().any(|l| l.as_raw() == resv.as_raw())
     }
