@@ -56,6 +56,9 @@ use crate::{
     vm::VmList,
 };
 
+/// Bytes a move to system memory copies at once.
+const MOVE_CHUNK: usize = 64 * 1024;
+
 /// Pages a CPU fault maps at once, from the faulting one on.
 const FAULT_AROUND: usize = 16;
 
@@ -256,6 +259,57 @@ impl Memory {
         }
         Ok(())
     }
+
+    /// Copies bytes `offset..offset + buf.len()` of the memory into `buf`, or from `buf` when
+    /// `write`, with the CPU.
+    fn cpu_copy(&self, hw: &Hw<'_>, offset: u64, buf: &mut [u8], write: bool) -> Result {
+        let len = u64::try_from(buf.len())?;
+        match self {
+            Memory::None => Err(EINVAL),
+            Memory::Vram(_) => {
+                let io = hw.vram_io()?;
+                let mut done = 0usize;
+                self.for_each_piece(hw.pdev, offset, len, |target, piece| {
+                    let Target::Vram(at) = target else {
+                        return Err(EINVAL);
+                    };
+                    let piece = usize::try_from(piece)?;
+                    let part = buf.get_mut(done..done + piece).ok_or(EINVAL)?;
+                    if write {
+                        io.write(at, part)?;
+                    } else {
+                        io.read(at, part)?;
+                    }
+                    done += piece;
+                    Ok(())
+                })
+            }
+            Memory::System(dma) => {
+                let pages = dma.access(hw.pdev.as_ref())?.pages();
+                let mut at = usize::try_from(offset)?;
+                let mut done = 0usize;
+                while done < buf.len() {
+                    let page = pages.get(at / PAGE_SIZE).ok_or(EINVAL)?;
+                    let in_page = at % PAGE_SIZE;
+                    let n = (PAGE_SIZE - in_page).min(buf.len() - done);
+                    let part = buf.get_mut(done..done + n).ok_or(EINVAL)?;
+                    // SAFETY: `part` is valid for `n` bytes and `in_page + n <= PAGE_SIZE`. The
+                    // caller waited for the jobs that use the memory (new memory has none yet); a
+                    // job submitted since then reaches the page by DMA, outside the CPU's accesses.
+                    unsafe {
+                        if write {
+                            page.write_raw(part.as_ptr(), in_page, n)?;
+                        } else {
+                            page.read_raw(part.as_mut_ptr(), in_page, n)?;
+                        }
+                    }
+                    at += n;
+                    done += n;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Moves `obj`, one of the device's buffers, from VRAM to system memory, for an importer that
@@ -275,35 +329,17 @@ pub(crate) fn move_to_system(obj: &gem::Object<Bo>, hw: &Hw<'_>) -> Result<Optio
     let size = obj.size() as u64;
     // Allocated before the lock, which faults and CPU copies wait for.
     let system = Bo::system_memory(hw.pdev, size)?;
-    let io = hw.vram_io()?;
-    let mut bounce = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
+    let mut bounce = KVec::from_elem(0u8, MOVE_CHUNK, GFP_KERNEL)?;
     let mut memory = obj.memory();
     obj.unmap_userspace();
-    {
-        let Memory::System(dma) = &system else {
-            return Err(EINVAL);
-        };
-        let pages = dma.access(hw.pdev.as_ref())?.pages();
-        let mut at = 0usize;
-        memory.for_each_piece(hw.pdev, 0, size, |target, piece| {
-            let Target::Vram(from) = target else {
-                return Err(EINVAL);
-            };
-            let mut done = 0u64;
-            while done < piece {
-                let in_page = at % PAGE_SIZE;
-                let n = (PAGE_SIZE - in_page).min(usize::try_from(piece - done)?);
-                let part = bounce.get_mut(..n).ok_or(EINVAL)?;
-                io.read(from + done, part)?;
-                let page = pages.get(at / PAGE_SIZE).ok_or(EINVAL)?;
-                // SAFETY: `part` is valid for `n` bytes and `in_page + n <= PAGE_SIZE`; the page
-                // is new, and nothing else reaches it yet.
-                unsafe { page.write_raw(part.as_ptr(), in_page, n)? };
-                at += n;
-                done += u64::try_from(n)?;
-            }
-            Ok(())
-        })?;
+    let mut at = 0u64;
+    while at < size {
+        let part = bounce
+            .get_mut(..usize::try_from(size - at)?.min(MOVE_CHUNK))
+            .ok_or(EINVAL)?;
+        memory.cpu_copy(hw, at, part, false)?;
+        system.cpu_copy(hw, at, part, true)?;
+        at += u64::try_from(part.len())?;
     }
     Ok(Some(core::mem::replace(&mut *memory, system)))
 }
@@ -384,7 +420,7 @@ impl Bo {
 
     /// An identifier of the buffer, unique while it lives, for the VMs' records.
     pub(crate) fn id(&self) -> usize {
-        Arc::as_ptr(&self.vms) as usize
+        self.vms.id()
     }
 
     /// Calls `f` with the pieces, `(target, length)` in order, that hold bytes
@@ -436,57 +472,11 @@ impl Bo {
     /// Copies bytes `offset..offset + buf.len()` of the buffer into `buf`, or from `buf` when
     /// `write`, with the CPU.
     pub(crate) fn cpu_copy(&self, hw: &Hw<'_>, offset: u64, buf: &mut [u8], write: bool) -> Result {
-        let len = u64::try_from(buf.len())?;
         if self.imported.is_some() {
             return Err(EOPNOTSUPP);
         }
         // Held across the copy, so that a move to system memory takes all of it along.
-        let memory = self.memory.lock();
-        match &*memory {
-            Memory::None => Err(EINVAL),
-            Memory::Vram(_) => {
-                let io = hw.vram_io()?;
-                let mut done = 0usize;
-                memory.for_each_piece(hw.pdev, offset, len, |target, piece| {
-                    let Target::Vram(at) = target else {
-                        return Err(EINVAL);
-                    };
-                    let piece = usize::try_from(piece)?;
-                    let part = buf.get_mut(done..done + piece).ok_or(EINVAL)?;
-                    if write {
-                        io.write(at, part)?;
-                    } else {
-                        io.read(at, part)?;
-                    }
-                    done += piece;
-                    Ok(())
-                })
-            }
-            Memory::System(dma) => {
-                let pages = dma.access(hw.pdev.as_ref())?.pages();
-                let mut at = usize::try_from(offset)?;
-                let mut done = 0usize;
-                while done < buf.len() {
-                    let page = pages.get(at / PAGE_SIZE).ok_or(EINVAL)?;
-                    let in_page = at % PAGE_SIZE;
-                    let n = (PAGE_SIZE - in_page).min(buf.len() - done);
-                    let part = buf.get_mut(done..done + n).ok_or(EINVAL)?;
-                    // SAFETY: `part` is valid for `n` bytes and `in_page + n <= PAGE_SIZE`. The
-                    // caller waited for the jobs that use the buffer; a job submitted since then
-                    // reaches the page by DMA, outside the CPU's accesses.
-                    unsafe {
-                        if write {
-                            page.write_raw(part.as_ptr(), in_page, n)?;
-                        } else {
-                            page.read_raw(part.as_mut_ptr(), in_page, n)?;
-                        }
-                    }
-                    at += n;
-                    done += n;
-                }
-                Ok(())
-            }
-        }
+        self.memory.lock().cpu_copy(hw, offset, buf, write)
     }
 
     /// Fills a userspace mapping of the buffer, of `size` bytes, at a fault: the faulting page

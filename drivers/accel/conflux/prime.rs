@@ -168,7 +168,7 @@ impl Export {
         let Some(vram) = crate::gem::move_to_system(&self.obj, hw)? else {
             return Ok(());
         };
-        self.obj.vms().invalidate(Some(hw), self.obj.id());
+        self.obj.vms().invalidate(Some(hw));
         locked.buf().invalidate_mappings(locked)?;
         drop(vram);
         dev_dbg!(
@@ -319,16 +319,14 @@ impl Importer for ImportNotify {
     const ALLOW_PEER2PEER: bool = true;
 
     fn invalidate_mappings(&self, _attachment: &Attachment) {
-        // The object's `Bo::id`.
-        let id = Arc::as_ptr(&self.vms) as usize;
         let cleared = with_hw(&self.dev, |hw| {
-            self.vms.invalidate(Some(hw), id);
+            self.vms.invalidate(Some(hw));
             Ok(())
         });
         if cleared.is_err() {
             // The device is unbound: its engine runs no job any more, and its VMs' tables went
             // with it. Record the invalidation all the same.
-            self.vms.invalidate(None, id);
+            self.vms.invalidate(None);
         }
     }
 }

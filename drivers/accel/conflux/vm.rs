@@ -192,10 +192,16 @@ impl VmList {
         Ok(())
     }
 
-    /// Clears the entries that map buffer `id` in every VM, with the device's `hw`; without it
+    /// The identifier of the buffer whose VMs these are, [`Bo::id`]: unique while it lives.
+    pub(crate) fn id(&self) -> usize {
+        core::ptr::from_ref(self) as usize
+    }
+
+    /// Clears the entries that map the buffer in every VM, with the device's `hw`; without it
     /// (the device is unbound, and its VMs' tables went with it) only records that they are
     /// gone.
-    pub(crate) fn invalidate(&self, hw: Option<&Hw<'_>>, id: usize) {
+    pub(crate) fn invalidate(&self, hw: Option<&Hw<'_>>) {
+        let id = self.id();
         for vm in self.vms.lock().iter() {
             match hw {
                 Some(hw) => vm.invalidate(hw, id),
@@ -487,8 +493,11 @@ impl Vm {
         let io = hw.vram_io()?;
         for (bo, _) in buffers {
             let id = bo.id();
-            let stale = |st: &TablesState| st.imports.iter().any(|r| r.id == id && !r.valid);
-            if !bo.may_change() || !stale(&self.shared.state.lock()) {
+            let stale = bo.may_change() && {
+                let st = self.shared.state.lock();
+                st.imports.iter().any(|r| r.id == id && !r.valid)
+            };
+            if !stale {
                 continue;
             }
             // Mapping an imported buffer can make its exporter move it and invalidate the tables
