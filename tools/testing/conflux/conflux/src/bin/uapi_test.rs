@@ -1719,10 +1719,44 @@ fn test_migration(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
     );
     let avail = x.info()?.vram_avail;
     let y_dst = y.bo_create(len)?.into_handle();
+
+    // The exporter and the P2P importer still run jobs that read the buffer (256 MiB of copies
+    // each) when the move starts: it waits for them, and they finish on the old addresses.
+    let long: Vec<Cmd> = (0..64).map(|_| copy_cmd(VA, 2 * VA, len)).collect();
+    let before = [counters(x)?, counters(z)?];
+    let jobs = [x.submit(&long, 0, 0)?, z.submit(&long, 0, 0)?];
+    let running = [x.wait(jobs[0], 0).is_err(), z.wait(jobs[1], 0).is_err()];
     y.vm_bind(&[
         map_op(y_bo, 0, VA, len, false),
         map_op(y_dst, 0, 2 * VA, len, false),
     ])?;
+    let errors = [job_errno(x, jobs[0]), job_errno(z, jobs[1])];
+    let after = [counters(x)?, counters(z)?];
+    let mut copied = [vec![0; len as usize], vec![0; len as usize]];
+    x.read(x_dst, 0, &mut copied[0])?;
+    z.read(z_dst, 0, &mut copied[1])?;
+    t.check(
+        &format!("{name}, {zn}: jobs running when {yn}'s map moves the buffer finish first"),
+        running.iter().any(|&r| r)
+            && errors == [None, None]
+            && after[0][0] - before[0][0] == 64 * len
+            && after[1][1] - before[1][1] == 64 * len
+            && after[0][2] == before[0][2]
+            && after[1][2] == before[1][2]
+            && copied[0] == data
+            && copied[1] == data,
+        format!(
+            "still running at the bind: {running:?}; fence errors {errors:?}; \
+             {name} local +{}, system memory +{}; {zn} P2P +{}, system memory +{}; \
+             copies differ at {:?} and {:?}",
+            after[0][0] - before[0][0],
+            after[0][2] - before[0][2],
+            after[1][1] - before[1][1],
+            after[1][2] - before[1][2],
+            first_diff(&copied[0], &data),
+            first_diff(&copied[1], &data)
+        ),
+    );
     let info = x.bo_info(bo)?;
     let freed = x.info()?.vram_avail - avail;
     t.check(
