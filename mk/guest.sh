@@ -29,6 +29,11 @@ run_logged "$OUT/build.log" "guest build" \
 rm -rf "$OUT/modroot"
 run_logged "$OUT/modules_install.log" "modules_install" \
 	make -C "$TREE" ARCH=x86_64 O="$OUT" INSTALL_MOD_PATH="$OUT/modroot" modules_install
+# The guest tests' own modules, built against this kernel into the same root.
+KMOD=$TOP/tools/testing/conflux/kmod
+run_logged "$OUT/kmod.log" "test modules" \
+	make -C "$TREE" ARCH=x86_64 O="$OUT" M="$KMOD" MO="$OUT/kmod" \
+	INSTALL_MOD_PATH="$OUT/modroot" modules modules_install
 say "kernel: $OUT/arch/x86/boot/bzImage"
 passed=0 failed=0
 ko=$(find "$OUT/modroot" -name 'conflux.ko*' | head -n 1)
@@ -42,6 +47,14 @@ fi
 if python3 "$TOP/mk/build_warnings.py" "$OUT/build.log" "$TREE" guest | grep -v passed,; then
 	passed=$((passed + 1))
 else
+	failed=$((failed + 1))
+fi
+ko=$(find "$OUT/modroot" -name 'conflux_static_import.ko*' | head -n 1)
+if [ -n "$ko" ] && ! grep -E ': (warning|error):' "$OUT/kmod.log"; then
+	say "PASS module: ${ko#"$OUT/modroot/"} built without a warning"
+	passed=$((passed + 1))
+else
+	say "FAIL module: conflux_static_import.ko missing from $OUT/modroot, or warnings in $OUT/kmod.log"
 	failed=$((failed + 1))
 fi
 echo "$passed passed, $failed failed"

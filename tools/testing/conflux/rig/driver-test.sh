@@ -31,6 +31,13 @@ opens() { # opens: how many accel nodes open and close
 }
 
 if modprobe conflux; then ok "modprobe conflux"; else bad "modprobe conflux"; fi
+# The static dma-buf importer conflux-uapi-test drives through debugfs.
+grep -q ' /sys/kernel/debug ' /proc/mounts || mount -t debugfs none /sys/kernel/debug
+if modprobe conflux_static_import; then
+	ok "modprobe conflux_static_import"
+else
+	bad "modprobe conflux_static_import"
+fi
 expect "devices bound to conflux" "$(bound)" "$want"
 expect "accel nodes" "$(nodes)" "$want"
 expect "accel nodes that open" "$(opens)" "$want"
