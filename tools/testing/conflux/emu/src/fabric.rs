@@ -101,6 +101,9 @@ pub const RIGS: [&str; 2] = ["switch3+rp1", "switch3+rp1-zen"];
 pub struct Topology {
     nodes: Vec<Node>,
     devices: Vec<(usize, Bar)>,
+    /// Functions that are not Conflux devices and whose whole BAR is memory
+    /// (plain ivshmem functions): peers the devices can copy to and from.
+    plain: Vec<(usize, Bar)>,
     ram: Vec<RamRange>,
     host_bridge_p2p: bool,
 }
@@ -112,6 +115,7 @@ impl Topology {
         Self {
             nodes: Vec::new(),
             devices: Vec::new(),
+            plain: Vec::new(),
             ram: Vec::new(),
             host_bridge_p2p,
         }
@@ -214,6 +218,7 @@ impl Topology {
         let mut taken = self
             .devices
             .iter()
+            .chain(&self.plain)
             .map(|(_, b)| (b.base, b.size))
             .chain(self.ram.iter().map(|r| (r.bus, r.len)));
         match taken.find(|&(b, l)| overlaps(base, len, b, l)) {
@@ -235,17 +240,32 @@ impl Topology {
     /// device's index.
     pub fn add_device_at(&mut self, parent: Option<Port>, bar: Bar) -> Result<usize, ConfigError> {
         Layout::new(bar.size)?;
-        if !bar.base.is_multiple_of(bar.size) {
+        let node = self.add_function(parent, bar)?;
+        self.devices.push((node, bar));
+        Ok(self.devices.len() - 1)
+    }
+
+    /// Plugs a plain ivshmem function, whose whole BAR `bar` is memory,
+    /// below `parent` (or on the root bus); returns its index among the
+    /// plain functions ([`Target::Plain`]).
+    pub fn add_plain_at(&mut self, parent: Option<Port>, bar: Bar) -> Result<usize, ConfigError> {
+        let node = self.add_function(parent, bar)?;
+        self.plain.push((node, bar));
+        Ok(self.plain.len() - 1)
+    }
+
+    /// Adds the node of a function with a size-aligned `bar` that no other
+    /// memory on the bus overlaps.
+    fn add_function(&mut self, parent: Option<Port>, bar: Bar) -> Result<usize, ConfigError> {
+        if bar.size == 0 || !bar.base.is_multiple_of(bar.size) {
             return Err(ConfigError(format!(
-                "BAR2 at {:#x} is not aligned to its size {:#x}",
+                "BAR at {:#x} is not aligned to its size {:#x}",
                 bar.base, bar.size
             )));
         }
         self.claim(bar.base, bar.size)?;
         let parent = self.plug_at(parent)?;
-        let node = self.add_node(Kind::Device, parent);
-        self.devices.push((node, bar));
-        Ok(self.devices.len() - 1)
+        Ok(self.add_node(Kind::Device, parent))
     }
 
     /// Adds a range of system memory.
@@ -271,10 +291,10 @@ impl Topology {
         self.devices.get(dev).map(|&(_, b)| b)
     }
 
-    /// The device itself, then every bridge up to its root port.
-    fn upstream(&self, dev: usize) -> Vec<usize> {
+    /// The function of `node` itself, then every bridge up to its root port.
+    fn upstream(&self, node: Option<usize>) -> Vec<usize> {
         let mut chain = Vec::new();
-        let mut node = self.devices.get(dev).map(|&(n, _)| n);
+        let mut node = node;
         while let Some(n) = node {
             chain.push(n);
             node = self.nodes.get(n).and_then(|n| n.parent);
@@ -284,6 +304,12 @@ impl Topology {
 
     /// How devices `a` and `b` reach each other.
     pub fn p2p(&self, a: usize, b: usize) -> P2p {
+        let node = |d: usize| self.devices.get(d).map(|&(n, _)| n);
+        self.p2p_nodes(node(a), node(b))
+    }
+
+    /// How the functions of nodes `a` and `b` reach each other.
+    fn p2p_nodes(&self, a: Option<usize>, b: Option<usize>) -> P2p {
         let (up_a, up_b) = (self.upstream(a), self.upstream(b));
         let common = up_a
             .iter()
@@ -329,7 +355,7 @@ impl Topology {
             .enumerate()
             .find(|(_, (_, b))| overlaps(addr, 1, b.base, b.size));
         let Some((dev, &(_, bar))) = found else {
-            return bus_error("decodes to no memory".into());
+            return self.route_plain(from, addr, len);
         };
         let offset = addr - bar.base;
         if offset < VRAM_OFFSET || addr.saturating_add(len) > bar.base + bar.size {
@@ -356,6 +382,45 @@ impl Topology {
         Ok(Route {
             target: Target::Bar(dev),
             offset,
+            path: Path::Peer,
+        })
+    }
+
+    /// [`Topology::route`] for an address that is neither system memory nor
+    /// a device's BAR2: the BAR of a plain function, charged as peer-to-peer.
+    fn route_plain(&self, from: usize, addr: u64, len: u64) -> Result<Route, Fault> {
+        let found = self
+            .plain
+            .iter()
+            .enumerate()
+            .find(|(_, (_, b))| overlaps(addr, 1, b.base, b.size));
+        let Some((k, &(node, bar))) = found else {
+            return Err(Fault::new(
+                Cause::Bus,
+                format!("bus address {addr:#x}+{len:#x} decodes to no memory"),
+            ));
+        };
+        if addr.saturating_add(len) > bar.base + bar.size {
+            return Err(Fault::new(
+                Cause::Bus,
+                format!(
+                    "bus address {addr:#x}+{len:#x} runs past the end of plain function {k}'s BAR"
+                ),
+            ));
+        }
+        let from_node = self.devices.get(from).map(|&(n, _)| n);
+        if self.p2p_nodes(from_node, Some(node)) == P2p::NotSupported {
+            return Err(Fault::new(
+                Cause::PeerUnreachable,
+                format!(
+                    "device {from} and plain function {k} share no upstream bridge \
+                     and the host bridge does not route peer-to-peer"
+                ),
+            ));
+        }
+        Ok(Route {
+            target: Target::Plain(k),
+            offset: addr - bar.base,
             path: Path::Peer,
         })
     }
@@ -508,6 +573,51 @@ mod tests {
         );
         assert_eq!(t.route(3, vram(2) + 0x2000, 1).unwrap().path, Path::Peer);
         assert_eq!(t.route(3, 0x1000, 1).unwrap().path, Path::System);
+    }
+
+    #[test]
+    fn plain_function_on_the_root_bus() {
+        const BASE: u64 = 0xfe00_0000;
+        for (name, reachable) in [("switch3+rp1", false), ("switch3+rp1-zen", true)] {
+            let mut t = rig(name);
+            let bar = Bar {
+                base: BASE,
+                size: 4 * MIB,
+            };
+            assert_eq!(t.add_plain_at(None, bar), Ok(0));
+            for dev in 0..4 {
+                let r = t.route(dev, BASE + 0x1000, 4096);
+                if reachable {
+                    assert_eq!(
+                        r,
+                        Ok(Route {
+                            target: Target::Plain(0),
+                            offset: 0x1000,
+                            path: Path::Peer
+                        })
+                    );
+                } else {
+                    let f = r.unwrap_err();
+                    assert_eq!(f.cause, Cause::PeerUnreachable);
+                    assert!(f
+                        .detail
+                        .contains(&format!("device {dev} and plain function 0")));
+                }
+            }
+            let f = t.route(0, BASE + 4 * MIB - 8, 16).unwrap_err();
+            assert_eq!(f.cause, Cause::Bus, "{f}");
+            assert!(t
+                .add_plain_at(None, bar)
+                .unwrap_err()
+                .0
+                .contains("overlaps"));
+        }
+        let mut t = rig("switch3+rp1");
+        let odd = Bar {
+            base: 0xfe10_0000,
+            size: 4 * MIB,
+        };
+        assert!(t.add_plain_at(None, odd).unwrap_err().0.contains("aligned"));
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub enum Target {
     Bar(usize),
     /// System memory (offsets are those of [`crate::fabric::RamRange::offset`]).
     System,
+    /// The BAR of the plain (not Conflux) function with this index in the
+    /// topology (offsets are BAR offsets).
+    Plain(usize),
 }
 
 /// An access outside the memory that backs a [`Target`].
@@ -180,6 +183,8 @@ pub struct Buffers {
     pub bars: Vec<Vec<u8>>,
     /// System memory contents.
     pub system: Vec<u8>,
+    /// BAR contents of the plain functions.
+    pub plain: Vec<Vec<u8>>,
 }
 
 impl Buffers {
@@ -188,6 +193,7 @@ impl Buffers {
         Self {
             bars: bar_sizes.iter().map(|&n| vec![0; n]).collect(),
             system: vec![0; system_size],
+            plain: Vec::new(),
         }
     }
 
@@ -195,6 +201,7 @@ impl Buffers {
         match target {
             Target::Bar(i) => self.bars.get(i).map_or(&[], Vec::as_slice),
             Target::System => &self.system,
+            Target::Plain(i) => self.plain.get(i).map_or(&[], Vec::as_slice),
         }
     }
 
@@ -202,6 +209,7 @@ impl Buffers {
         match target {
             Target::Bar(i) => self.bars.get_mut(i).map_or(&mut [], Vec::as_mut_slice),
             Target::System => &mut self.system,
+            Target::Plain(i) => self.plain.get_mut(i).map_or(&mut [], Vec::as_mut_slice),
         }
     }
 }

@@ -56,6 +56,9 @@ pub struct Expected {
     pub host_bridge_p2p: bool,
     /// System memory on the bus.
     pub ram: Vec<RamRange>,
+    /// Number of plain ivshmem functions, `plain0` to `plain{plain - 1}`:
+    /// BAR2 memory the devices can copy to and from.
+    pub plain: usize,
 }
 
 /// A device found in the tree: where it is plugged and its BAR2.
@@ -93,7 +96,7 @@ impl Expected {
             .as_array()
             .ok_or_else(|| invalid("query-pci did not return a list of buses".into()))?;
         let mut t = Topology::new(self.host_bridge_p2p);
-        let mut found: Vec<Option<Found>> = (0..self.devices).map(|_| None).collect();
+        let mut found: Vec<Option<Found>> = (0..self.devices + self.plain).map(|_| None).collect();
         for bus in buses {
             let devices = bus
                 .get("devices")
@@ -102,14 +105,24 @@ impl Expected {
             self.walk(&mut t, &mut found, devices, None)?;
         }
         for (i, f) in found.iter().enumerate() {
+            let name = self.name(i);
             let f = f.as_ref().ok_or_else(|| {
-                QueryError::NotReady(format!("no ivshmem-doorbell with id cfx{i} on the bus yet"))
+                QueryError::NotReady(format!("no ivshmem function with id {name} on the bus yet"))
             })?;
             if f.address == 0 || f.address == u64::MAX {
                 return Err(QueryError::NotReady(format!(
-                    "BAR2 of cfx{i} at {} is not assigned yet",
+                    "BAR2 of {name} at {} is not assigned yet",
                     f.place
                 )));
+            }
+            if i >= self.devices {
+                let bar = Bar {
+                    base: f.address,
+                    size: f.size,
+                };
+                t.add_plain_at(f.parent, bar)
+                    .map_err(|e| invalid(format!("{name} at {}: {e}", f.place)))?;
+                continue;
             }
             if f.size != self.bar_size {
                 return Err(invalid(format!(
@@ -129,6 +142,25 @@ impl Expected {
                 .map_err(|e| invalid(format!("guest RAM: {e}")))?;
         }
         Ok(t)
+    }
+
+    /// The id of function `i` of `found`: `cfx{i}`, then `plain{k}`.
+    fn name(&self, i: usize) -> String {
+        match i.checked_sub(self.devices) {
+            None => format!("cfx{i}"),
+            Some(k) => format!("plain{k}"),
+        }
+    }
+
+    /// Where `qdev_id` goes in `found`, if it is one of ours.
+    fn index(&self, qdev_id: &str) -> Option<usize> {
+        let number = |prefix: &str, count: usize| {
+            qdev_id
+                .strip_prefix(prefix)
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&i| format!("{prefix}{i}") == qdev_id && i < count)
+        };
+        number("cfx", self.devices).or_else(|| Some(self.devices + number("plain", self.plain)?))
     }
 
     /// Adds the bridges of `devices` below `parent` and records ours.
@@ -163,27 +195,23 @@ impl Expected {
                 continue;
             }
             let qdev_id = d.get("qdev_id").and_then(Value::as_str).unwrap_or("");
-            let Some(i) = qdev_id
-                .strip_prefix("cfx")
-                .and_then(|n| n.parse::<usize>().ok())
-                .filter(|&i| format!("cfx{i}") == qdev_id && i < self.devices)
-            else {
+            let Some(i) = self.index(qdev_id) else {
                 continue;
             };
-            let here = place(d);
+            let (name, here) = (self.name(i), place(d));
             let bar2 = d
                 .get("regions")
                 .and_then(Value::as_array)
                 .and_then(|r| r.iter().find(|r| int(r, "bar") == Some(2)))
-                .ok_or_else(|| invalid(format!("cfx{i} at {here} has no BAR2")))?;
+                .ok_or_else(|| invalid(format!("{name} at {here} has no BAR2")))?;
             let (Some(address), Some(size)) = (int(bar2, "address"), int(bar2, "size")) else {
                 return Err(invalid(format!(
-                    "BAR2 of cfx{i} at {here} has no address or size"
+                    "BAR2 of {name} at {here} has no address or size"
                 )));
             };
             if let Some(other) = &found[i] {
                 return Err(invalid(format!(
-                    "two devices with id cfx{i}: at {} and {here}",
+                    "two devices with id {name}: at {} and {here}",
                     other.place
                 )));
             }
@@ -313,7 +341,10 @@ pub fn query_pci(path: &Path, patience: Duration, timeout: Duration) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fabric::{P2p, Path as Route};
+    use crate::{
+        fabric::{P2p, Path as Route},
+        memory::Target,
+    };
 
     const FIXTURE: &str = include_str!("../tests/fixtures/query-pci.json");
     const MIB: u64 = 1 << 20;
@@ -329,6 +360,7 @@ mod tests {
             bar_size: 64 * MIB,
             host_bridge_p2p: zen,
             ram: q35_ram(512 * MIB),
+            plain: 0,
         }
     }
 
@@ -443,8 +475,42 @@ mod tests {
         let e = expected(false).topology(&v).unwrap_err();
         assert_eq!(
             e,
-            QueryError::NotReady("no ivshmem-doorbell with id cfx3 on the bus yet".into())
+            QueryError::NotReady("no ivshmem function with id cfx3 on the bus yet".into())
         );
+    }
+
+    #[test]
+    fn plain_function_is_found_on_the_root_bus() {
+        let want = |zen| Expected {
+            plain: 1,
+            ..expected(zen)
+        };
+        assert_eq!(
+            want(true).topology(&fixture()).unwrap_err(),
+            QueryError::NotReady("no ivshmem function with id plain0 on the bus yet".into())
+        );
+        let mut v = fixture();
+        let plain = serde_json::json!({
+            "bus": 0, "slot": 5, "function": 0, "qdev_id": "plain0",
+            "id": {"vendor": 0x1af4, "device": 0x1110},
+            "regions": [{"bar": 2, "type": "memory", "address": 0xfe00_0000_u64,
+                         "size": 4 * MIB}],
+        });
+        v["return"][0]["devices"]
+            .as_array_mut()
+            .unwrap()
+            .push(plain);
+        for zen in [false, true] {
+            let t = want(zen).topology(&v).unwrap();
+            assert_eq!(t.devices(), 4);
+            let r = t.route(1, 0xfe00_0040, 64);
+            if zen {
+                let r = r.unwrap();
+                assert_eq!((r.target, r.offset), (Target::Plain(0), 0x40));
+            } else {
+                assert!(r.is_err());
+            }
+        }
     }
 
     #[test]

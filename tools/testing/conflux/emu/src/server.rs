@@ -63,6 +63,9 @@ pub struct Config {
     pub guest_ram: PathBuf,
     /// Size of the guest's RAM.
     pub guest_ram_size: u64,
+    /// The file that backs the BAR2 of a plain ivshmem function with id
+    /// `plain0`, and its size: memory the devices can copy to and from.
+    pub plain: Option<(PathBuf, u64)>,
 }
 
 /// The options of `serve`, all required.
@@ -76,6 +79,9 @@ pub const SERVE_OPTIONS: [&str; 7] = [
     "--guest-ram-size",
 ];
 
+/// The options of `serve` that may be left out, together.
+pub const PLAIN_OPTIONS: [&str; 2] = ["--plain", "--plain-size"];
+
 /// The line `serve` prints on standard output once every socket listens.
 pub const READY: &str = "conflux-emu: ready";
 
@@ -83,6 +89,7 @@ pub const READY: &str = "conflux-emu: ready";
 pub const USAGE: &str = "\
 usage: conflux-emu serve --run-dir DIR --devices N --bar-size BYTES --topology NAME
                          --qmp PATH --guest-ram PATH --guest-ram-size BYTES
+                         [--plain PATH --plain-size BYTES]
        conflux-emu memcpy-bench --size BYTES
 BYTES: an integer with an optional K, M or G suffix (powers of 1024)";
 
@@ -150,7 +157,12 @@ pub fn options(args: &[String], known: &[&str]) -> Result<Vec<(String, String)>,
 impl Config {
     /// Parses the arguments that follow `serve`.
     pub fn from_args(args: &[String]) -> Result<Self, String> {
-        let opts = options(args, &SERVE_OPTIONS)?;
+        let known: Vec<&str> = SERVE_OPTIONS
+            .iter()
+            .chain(&PLAIN_OPTIONS)
+            .copied()
+            .collect();
+        let opts = options(args, &known)?;
         let get = |name: &str| {
             opts.iter()
                 .find(|(n, _)| n == name)
@@ -180,6 +192,18 @@ impl Config {
         if guest_ram_size == 0 {
             return Err("--guest-ram-size: the guest needs some RAM".into());
         }
+        let plain = match (get("--plain"), size("--plain-size")) {
+            (Ok(path), Ok(len)) if len > 0 && len.is_power_of_two() => Some((path.into(), len)),
+            (Ok(_), Ok(len)) => {
+                return Err(format!(
+                    "--plain-size: {len:#x} is not a BAR size (a power of two)"
+                ))
+            }
+            (Err(_), Err(_)) => None,
+            (Ok(_), Err(e)) | (Err(e), Ok(_)) => {
+                return Err(format!("--plain and --plain-size go together: {e}"))
+            }
+        };
         Ok(Self {
             run_dir: get("--run-dir")?.into(),
             devices,
@@ -188,6 +212,7 @@ impl Config {
             qmp: get("--qmp")?.into(),
             guest_ram: get("--guest-ram")?.into(),
             guest_ram_size,
+            plain,
         })
     }
 
@@ -446,7 +471,12 @@ impl Server {
                 pending: false,
             });
         }
-        server.mem = SharedMemory::new(bars, Some(guest_ram));
+        let plain = match &server.config.plain {
+            Some((path, len)) => vec![map_guest_ram(path, *len)
+                .map_err(|e| err(format!("--plain {}: {e}", path.display())))?],
+            None => Vec::new(),
+        };
+        server.mem = SharedMemory::new(bars, Some(guest_ram)).with_plain(plain);
         for (i, d) in server.devices.iter_mut().enumerate() {
             d.engine
                 .power_on(&mut server.mem)
@@ -657,6 +687,7 @@ impl Server {
             bar_size: self.config.bar_size,
             host_bridge_p2p: self.config.host_bridge_p2p(),
             ram: qmp::q35_ram(self.config.guest_ram_size),
+            plain: self.config.plain.iter().count(),
         };
         let topology = Arc::new(expected.topology(&reply)?);
         for d in &mut self.devices {
@@ -782,9 +813,24 @@ mod tests {
                 qmp: "/tmp/x/qmp.sock".into(),
                 guest_ram: "/dev/shm/ram".into(),
                 guest_ram_size: 512 << 20,
+                plain: None,
             }
         );
         assert!(!c.host_bridge_p2p());
+        let p = Config::from_args(&args(&format!(
+            "{GOOD} --plain /tmp/x/plain --plain-size 4M"
+        )))
+        .unwrap();
+        assert_eq!(p.plain, Some(("/tmp/x/plain".into(), 4 << 20)));
+        for (extra, needle) in [
+            ("--plain /tmp/p", "--plain and --plain-size go together"),
+            ("--plain-size 4M", "--plain and --plain-size go together"),
+            ("--plain /tmp/p --plain-size 3M", "not a BAR size"),
+            ("--plain /tmp/p --plain-size 0", "not a BAR size"),
+        ] {
+            let e = Config::from_args(&args(&format!("{GOOD} {extra}"))).unwrap_err();
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
         assert_eq!(c.socket(3), PathBuf::from("/tmp/x/dev3.sock"));
         let zen = Config::from_args(&args(
             &GOOD

@@ -105,17 +105,28 @@ impl Drop for Mapping {
 }
 
 /// [`Memory`] on shared mappings: one per device's BAR2 (indexed by
-/// device), and optionally system memory.
+/// device), optionally system memory, and the BARs of plain functions.
 #[derive(Debug, Default)]
 pub struct SharedMemory {
     bars: Vec<Mapping>,
     system: Option<Mapping>,
+    plain: Vec<Mapping>,
 }
 
 impl SharedMemory {
     /// Memory made of these mappings.
     pub fn new(bars: Vec<Mapping>, system: Option<Mapping>) -> Self {
-        Self { bars, system }
+        Self {
+            bars,
+            system,
+            plain: Vec::new(),
+        }
+    }
+
+    /// The same memory with the BARs of plain functions, indexed as
+    /// [`Target::Plain`].
+    pub fn with_plain(self, plain: Vec<Mapping>) -> Self {
+        Self { plain, ..self }
     }
 
     /// The mapping behind `target`.
@@ -123,6 +134,7 @@ impl SharedMemory {
         match target {
             Target::Bar(i) => self.bars.get(i),
             Target::System => self.system.as_ref(),
+            Target::Plain(i) => self.plain.get(i),
         }
     }
 
