@@ -340,6 +340,16 @@ fn run(o: &Options) -> Result<u8, String> {
         .arg("--guest-ram")
         .arg(&ram)
         .args(["--guest-ram-size", &o.mem.to_string()])
+        .args(if o.plain_ivshmem {
+            vec![
+                "--plain".into(),
+                dir.join(topology::PLAIN_FILE).into_os_string(),
+                "--plain-size".into(),
+                topology::PLAIN_SIZE.to_string().into(),
+            ]
+        } else {
+            Vec::new()
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .process_group(0)

@@ -27,6 +27,12 @@ const SWITCH3_RP1_BRIDGES: [&str; 6] = [
     "pcie-root-port,id=rp1,chassis=5,slot=1",
 ];
 
+/// The file in the run directory behind the plain ivshmem function's BAR2.
+pub const PLAIN_FILE: &str = "plain-mem";
+
+/// Size of the plain ivshmem function's BAR2.
+pub const PLAIN_SIZE: u64 = 4 << 20;
+
 impl Topology {
     /// The topology called `name`.
     pub fn by_name(name: &str) -> Result<Self, String> {
@@ -59,8 +65,9 @@ impl Topology {
     /// guest RAM shared through `dir/guest-ram`, QMP at `dir/qmp.sock`, the
     /// bridges, and accelerator `i` as `ivshmem-doorbell` `cfx<i>` on
     /// `dir/dev<i>.sock`. With `plain`, also a plain ivshmem function
-    /// (`ivshmem-plain`, the same PCI ID, 4 MiB of zeroed shared memory, no
-    /// Conflux signature) on the root bus, which a driver must decline.
+    /// (`ivshmem-plain` `plain0`, the same PCI ID, no Conflux signature) on
+    /// the root bus, which the driver must decline, and whose BAR2 is the
+    /// zeroed file `dir/`[`PLAIN_FILE`], which the device model shares.
     pub fn qemu_args(&self, dir: &Path, mem: u64, append: &[String], plain: bool) -> Vec<String> {
         let d = dir.display();
         let mut cmdline = String::from("console=ttyS0 panic=-1 oops=panic");
@@ -114,7 +121,7 @@ impl Topology {
         if plain {
             a.extend([
                 "-object".into(),
-                "memory-backend-ram,id=plainmem,size=4M,share=on".into(),
+                format!("memory-backend-file,id=plainmem,size={PLAIN_SIZE},mem-path={d}/{PLAIN_FILE},share=on"),
                 "-device".into(),
                 "ivshmem-plain,memdev=plainmem,id=plain0,bus=pcie.0".into(),
             ]);
@@ -172,7 +179,9 @@ mod tests {
     fn plain_ivshmem_function() -> Result<(), String> {
         let a = Topology::by_name("switch3+rp1")?.qemu_args(Path::new("/r"), 512 << 20, &[], true);
         let joined = a.join(" ");
-        assert!(joined.contains("-object memory-backend-ram,id=plainmem,size=4M,share=on"));
+        assert!(joined.contains(
+            "-object memory-backend-file,id=plainmem,size=4194304,mem-path=/r/plain-mem,share=on"
+        ));
         assert!(joined.contains("-device ivshmem-plain,memdev=plainmem,id=plain0,bus=pcie.0"));
         assert_eq!(joined.matches("ivshmem-doorbell").count(), 4);
         Ok(())
