@@ -131,6 +131,19 @@ impl DmaBuf {
         unsafe { (*self.as_raw()).size }
     }
 
+    /// The name its exporter gave the buffer (`exp_name`, usually the exporter's module name),
+    /// for messages.
+    pub fn exporter_name(&self) -> &CStr {
+        // SAFETY: The buffer is valid; `exp_name` is set once at export.
+        let name = unsafe { (*self.as_raw()).exp_name };
+        if name.is_null() {
+            return c"(unnamed)";
+        }
+        // SAFETY: `exp_name` is a NUL-terminated string of the exporter, which the buffer keeps
+        // a reference to (`owner`) until it is released, so it outlives `&self`.
+        unsafe { CStr::from_char_ptr(name) }
+    }
+
     /// The buffer's reservation object.
     pub fn resv(&self) -> &DmaResv {
         // SAFETY: A buffer's reservation object lives as long as the buffer.

@@ -356,7 +356,15 @@ impl Imported {
         lock: &'g impl Locked,
     ) -> Result<&'g SGTable> {
         let fresh = !self.attachment.is_mapped();
-        let table = self.attachment.held_mapping(lock)?;
+        let table = self.attachment.held_mapping(lock).inspect_err(|e| {
+            dev_info!(
+                pdev,
+                "PRIME import: exporter {} did not map a buffer of {:#x} bytes: error {}\n",
+                self.buf().exporter_name(),
+                self.buf().size(),
+                e.to_errno()
+            );
+        })?;
         if fresh {
             let limits = SegmentLimits::of_device(pdev.as_ref())?;
             check_segments(pdev, table, limits)?;
