@@ -121,7 +121,10 @@ impl Topology {
         if plain {
             a.extend([
                 "-object".into(),
-                format!("memory-backend-file,id=plainmem,size={PLAIN_SIZE},mem-path={d}/{PLAIN_FILE},share=on"),
+                format!(
+                    "memory-backend-file,id=plainmem,size={PLAIN_SIZE},\
+                     mem-path={d}/{PLAIN_FILE},share=on"
+                ),
                 "-device".into(),
                 "ivshmem-plain,memdev=plainmem,id=plain0,bus=pcie.0".into(),
             ]);
