@@ -718,22 +718,38 @@ impl<I: Importer> ImporterOps<I> {
         };
         h.importer.invalidate_mappings(a);
         // SAFETY: The core calls this with the buffer's reservation lock held.
-        unsafe { h.unmap(att) };
+        unsafe { h.kept.unmap(att) };
     }
 }
 
 /// An importer and the mapping its attachment keeps.
+struct Held<I> {
+    importer: I,
+    kept: Kept,
+}
+
+/// The mapping an attachment keeps, and whether its [`ImportList`] released it.
 ///
 /// # Invariants
 ///
 /// `sgt` is null or the table `dma_buf_map_attachment()` returned for the attachment in both
-/// directions, not unmapped yet; it changes only under the buffer's reservation lock.
-struct Held<I> {
-    importer: I,
+/// directions, not unmapped yet; it changes only under the buffer's reservation lock. Once
+/// `released` is set (under that lock) nothing maps the attachment any more.
+struct Kept {
     sgt: AtomicPtr<bindings::sg_table>,
+    released: AtomicBool,
 }
 
-impl<I> Held<I> {
+impl Kept {
+    /// [`ENODEV`] once the attachment's list released it.
+    fn check(&self) -> Result {
+        if self.released.load(Ordering::Acquire) {
+            Err(ENODEV)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Unmaps the kept table, if any.
     ///
     /// # Safety
@@ -758,11 +774,104 @@ impl<I> Held<I> {
 /// # Invariants
 ///
 /// `attachment` is attached to `buf` with `ImporterOps::<I>::OPS` and `importer` as its private
-/// data.
+/// data. When `list` is set, the attachment has an entry in it until it is dropped.
 pub struct ImportAttachment<I: Importer> {
     attachment: NonNull<bindings::dma_buf_attachment>,
     buf: ARef<DmaBuf>,
     held: Pin<KBox<Held<I>>>,
+    list: Option<Arc<ImportList>>,
+}
+
+/// An attachment of an [`ImportList`].
+///
+/// # Invariants
+///
+/// `att` is attached to `buf` and `kept` is its [`Kept`]; the [`ImportAttachment`] that owns
+/// them removes this entry, under the list's lock, before it detaches or frees anything.
+struct ImportEntry {
+    att: *mut bindings::dma_buf_attachment,
+    buf: *mut bindings::dma_buf,
+    kept: *const Kept,
+}
+
+/// What an [`ImportList`] protects.
+struct ImportListInner {
+    entries: KVec<ImportEntry>,
+    closed: bool,
+}
+
+/// The attachments of one importing device, released together when the device goes away: their
+/// kept mappings are unmapped, so that no DMA mapping of the device outlives its driver, and
+/// they cannot be mapped again. An attachment joins the list when made with
+/// [`ImportAttachment::new_in`] and leaves it when dropped; the buffers stay attached until then.
+#[pin_data]
+pub struct ImportList {
+    #[pin]
+    inner: Mutex<ImportListInner>,
+}
+
+// SAFETY: The raw pointers of the entries are only dereferenced under the lock, while what they
+// point to cannot be freed (type invariants of `ImportEntry`).
+unsafe impl Send for ImportList {}
+
+// SAFETY: As above.
+unsafe impl Sync for ImportList {}
+
+impl ImportList {
+    /// An empty list, open for attachments.
+    pub fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            inner <- new_mutex!(ImportListInner {
+                entries: KVec::new(),
+                closed: false,
+            }),
+        })
+    }
+
+    /// Unmaps the kept mapping of every attachment of the list, makes their later maps fail with
+    /// [`ENODEV`], and closes the list: a later [`ImportAttachment::new_in`] into it fails with
+    /// [`ENODEV`]. Before unmapping a buffer, waits up to `timeout` jiffies for the fences in
+    /// its reservation object, so that no job still uses the mapping. Takes each buffer's
+    /// reservation lock. Returns how many attachments had a mapping.
+    pub fn release_all(&self, timeout: crate::time::Jiffies) -> usize {
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        let mut unmapped = 0;
+        for entry in inner.entries.iter() {
+            // SAFETY: The buffer and the `Kept` are not freed while the entry is in the list,
+            // which the lock held here keeps it in (type invariants of `ImportEntry`).
+            let (buf, kept) = unsafe { (DmaBuf::from_raw(entry.buf), &*entry.kept) };
+            let _ = buf
+                .resv()
+                .wait_timeout(crate::dma_resv::Usage::Bookkeep, false, timeout);
+            let _guard = buf.resv().lock();
+            kept.released.store(true, Ordering::Release);
+            if !kept.sgt.load(Ordering::Acquire).is_null() {
+                unmapped += 1;
+            }
+            // SAFETY: `att` is the attachment of `kept`, and the buffer's lock is held.
+            unsafe { kept.unmap(entry.att) };
+        }
+        unmapped
+    }
+
+    /// Adds an entry, unless the list is closed.
+    fn add(&self, entry: ImportEntry, flags: Flags) -> Result {
+        let mut inner = self.inner.lock();
+        if inner.closed {
+            return Err(ENODEV);
+        }
+        inner.entries.push(entry, flags)?;
+        Ok(())
+    }
+
+    /// Removes the entry of `att`, if it is there.
+    fn remove(&self, att: *mut bindings::dma_buf_attachment) {
+        let mut inner = self.inner.lock();
+        if let Some(i) = inner.entries.iter().position(|e| e.att == att) {
+            let _ = inner.entries.remove(i);
+        }
+    }
 }
 
 // SAFETY: The attachment is owned by this value; the core serialises its use with the
@@ -778,7 +887,10 @@ impl<I: Importer> ImportAttachment<I> {
         let held = KBox::pin(
             Held {
                 importer,
-                sgt: AtomicPtr::new(core::ptr::null_mut()),
+                kept: Kept {
+                    sgt: AtomicPtr::new(core::ptr::null_mut()),
+                    released: AtomicBool::new(false),
+                },
             },
             flags,
         )?;
@@ -798,7 +910,30 @@ impl<I: Importer> ImportAttachment<I> {
             attachment: unsafe { NonNull::new_unchecked(att) },
             buf: buf.into(),
             held,
+            list: None,
         })
+    }
+
+    /// As [`Self::new`], and joins `list`, which releases the attachment with the others of
+    /// its device; [`ENODEV`] when the list is already released.
+    pub fn new_in(
+        buf: &DmaBuf,
+        dev: &Device,
+        importer: I,
+        list: &Arc<ImportList>,
+        flags: Flags,
+    ) -> Result<Self> {
+        let mut this = Self::new(buf, dev, importer, flags)?;
+        let entry = ImportEntry {
+            att: this.attachment.as_ptr(),
+            buf: this.buf.as_raw(),
+            kept: &this.held.kept,
+        };
+        // On failure, dropping `this` detaches.
+        list.add(entry, flags)?;
+        // INVARIANT: the entry is in `list`; `drop` removes it.
+        this.list = Some(list.clone());
+        Ok(this)
     }
 
     /// The attachment, as the exporter sees it.
@@ -823,7 +958,8 @@ impl<I: Importer> ImportAttachment<I> {
     /// buffer's reservation lock; the table is valid while it is held.
     pub fn held_mapping<'g>(&'g self, lock: &'g impl Locked) -> Result<&'g SGTable> {
         self.buf.is_locked_by(lock)?;
-        let mut sgt = self.held.sgt.load(Ordering::Acquire);
+        self.held.kept.check()?;
+        let mut sgt = self.held.kept.sgt.load(Ordering::Acquire);
         if sgt.is_null() {
             // SAFETY: Attached, and the buffer's lock is held (checked above).
             sgt = from_err_ptr(unsafe {
@@ -833,7 +969,7 @@ impl<I: Importer> ImportAttachment<I> {
                 )
             })?;
             // INVARIANT: mapped in both directions, stored under the lock.
-            self.held.sgt.store(sgt, Ordering::Release);
+            self.held.kept.sgt.store(sgt, Ordering::Release);
         }
         // SAFETY: The table stays mapped until the lock is released at the earliest: it is
         // unmapped only under the lock, which `lock` holds for `'g`.
@@ -842,7 +978,7 @@ impl<I: Importer> ImportAttachment<I> {
 
     /// Whether a table is kept ([`Self::held_mapping`]) and not invalidated since.
     pub fn is_mapped(&self) -> bool {
-        !self.held.sgt.load(Ordering::Acquire).is_null()
+        !self.held.kept.sgt.load(Ordering::Acquire).is_null()
     }
 
     /// Pins the buffer for this attachment. Needs the buffer's reservation lock.
@@ -864,6 +1000,7 @@ impl<I: Importer> ImportAttachment<I> {
     /// [`Mapping`] borrows: it is unmapped before the lock can be released.
     pub fn map<'g>(&'g self, guard: &'g ResvGuard<'_>, dir: DataDirection) -> Result<Mapping<'g>> {
         self.buf.is_locked_by(guard)?;
+        self.held.kept.check()?;
         // SAFETY: Attached, and the buffer's lock is held (checked above).
         let sgt = from_err_ptr(unsafe {
             bindings::dma_buf_map_attachment(self.attachment.as_ptr(), dir.into())
@@ -879,10 +1016,13 @@ impl<I: Importer> ImportAttachment<I> {
 
 impl<I: Importer> Drop for ImportAttachment<I> {
     fn drop(&mut self) {
+        if let Some(list) = &self.list {
+            list.remove(self.attachment.as_ptr());
+        }
         if self.is_mapped() {
             let _guard = self.buf.resv().lock();
             // SAFETY: The attachment is ours and the lock is held.
-            unsafe { self.held.unmap(self.attachment.as_ptr()) };
+            unsafe { self.held.kept.unmap(self.attachment.as_ptr()) };
         }
         // SAFETY: Attached to `buf` (type invariants); detached exactly once, here. The importer
         // box outlives the call.

@@ -13,7 +13,7 @@ use kernel::{
         DeviceContext, //
     },
     dma::Device as _,
-    dma_buf::ExportList,
+    dma_buf::{ExportList, ImportList},
     drm::{
         self,
         gem,
@@ -90,6 +90,8 @@ pub(crate) struct Hw<'bound> {
     kernel_vm: PageTables,
     /// The buffers exported as dma-bufs, revoked when the device is unbound.
     pub(crate) exports: Arc<ExportList>,
+    /// The device's attachments to imported dma-bufs, unmapped when it is unbound.
+    pub(crate) imports: Arc<ImportList>,
 }
 
 impl Drop for Hw<'_> {
@@ -100,6 +102,12 @@ impl Drop for Hw<'_> {
         let n = self.exports.revoke_all(timeout);
         if n > 0 {
             dev_info!(self.pdev, "unbind: revoked {} exported buffer(s)\n", n);
+        }
+        // No DMA mapping of the device outlives the driver, even for a buffer a file still
+        // holds: once the jobs that use them are done, the imports are unmapped.
+        let n = self.imports.release_all(timeout);
+        if n > 0 {
+            dev_info!(self.pdev, "unbind: unmapped {} imported buffer(s)\n", n);
         }
     }
 }
@@ -272,6 +280,7 @@ impl<'bound> Hw<'bound> {
             vram,
             kernel_vm,
             exports: Arc::pin_init(ExportList::new(), GFP_KERNEL)?,
+            imports: Arc::pin_init(ImportList::new(), GFP_KERNEL)?,
         })
     }
 

@@ -441,14 +441,15 @@ pub(crate) fn import(dev: &IoctlDevice, buf: &DmaBuf) -> Result<ARef<Object>> {
             dev: dev.into(),
             vms: vms.clone(),
         };
-        let attachment = ImportAttachment::new(buf, hw.pdev.as_ref(), notify, GFP_KERNEL)
-            .inspect_err(|e| {
-                dev_info!(
-                    hw.pdev,
-                    "PRIME import: the exporter refused the attachment: {:?}\n",
-                    e
-                );
-            })?;
+        let attachment =
+            ImportAttachment::new_in(buf, hw.pdev.as_ref(), notify, &hw.imports, GFP_KERNEL)
+                .inspect_err(|e| {
+                    dev_info!(
+                        hw.pdev,
+                        "PRIME import: the exporter refused the attachment: {:?}\n",
+                        e
+                    );
+                })?;
         let contents = Contents::imported(Imported { attachment }, vms);
         Object::new_imported(dev, buf, contents)
     })
