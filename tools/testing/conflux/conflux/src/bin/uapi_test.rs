@@ -1034,12 +1034,23 @@ fn unbind_with_buffer(t: &mut Tally, path: &std::path::Path) -> Result<(), Error
     let vram_map = dev.map(handle)?;
     let sys_map = dev.map(sys_handle)?;
     sys_map.write(0, &[1, 2, 3, 4]);
-    // The file also has a VM with the buffer mapped twice and a job of 512 MiB of copies in
-    // flight: unbinding cancels or completes it, and nothing of it stays.
+    // The file also has a VM with the buffer mapped twice, an imported udmabuf mapped for the
+    // device, and a job of 512 MiB of copies in flight: unbinding cancels or completes it, and
+    // nothing of it stays (no DMA mapping of the device is left behind: the rig's kernel
+    // checks that at the unbind).
+    let (_memfd, udmabuf) = udmabuf(MIB).map_err(|e| Error {
+        device: "/dev/udmabuf".into(),
+        call: "UDMABUF_CREATE of a 1 MiB memfd".into(),
+        error: e,
+    })?;
+    let imported = dev.import(udmabuf.as_fd())?.into_handle();
     dev.vm_bind(&[
         map_op(handle, 0, VA, 4 * MIB, false),
         map_op(handle, 4 * MIB, 2 * VA, 4 * MIB, false),
+        map_op(imported, 0, 4 * VA, MIB, false),
     ])?;
+    let job = dev.submit(&[copy_cmd(4 * VA, VA, MIB)], 0, 0)?;
+    dev.wait(job, -1)?;
     let long: Vec<Cmd> = (0..64).map(|_| copy_cmd(VA, 2 * VA, 4 * MIB)).collect();
     let mut job = 0;
     for _ in 0..2 {
