@@ -1283,6 +1283,45 @@ mod tests {
     }
 
     #[test]
+    fn import_list_unmaps_its_attachments_once_released() -> Result {
+        let dev = ImportingDevice::new(64 * 1024, u64::MAX)?;
+        let (buf, calls) = export()?;
+        let list = Arc::pin_init(ImportList::new(), GFP_KERNEL)?;
+        let mapped = ImportAttachment::new_in(&buf, dev.device(), importer(), &list, GFP_KERNEL)?;
+        let idle = ImportAttachment::new_in(&buf, dev.device(), importer(), &list, GFP_KERNEL)?;
+        let outside = ImportAttachment::new(&buf, dev.device(), importer(), GFP_KERNEL)?;
+        {
+            let guard = buf.resv().lock();
+            mapped.held_mapping(&guard)?;
+            outside.held_mapping(&guard)?;
+        }
+        assert_eq!(n(&calls.map), 2);
+        assert_eq!(list.release_all(crate::time::msecs_to_jiffies(1000)), 1);
+        // Only the list's mapped attachment was unmapped, without telling its importer.
+        assert_eq!(n(&calls.unmap), 1);
+        assert!(!mapped.is_mapped() && outside.is_mapped());
+        assert_eq!(n(&mapped.importer().invalidations), 0);
+        {
+            let guard = buf.resv().lock();
+            assert_eq!(mapped.held_mapping(&guard).err(), Some(ENODEV));
+            assert_eq!(
+                idle.map(&guard, DataDirection::Bidirectional).err(),
+                Some(ENODEV)
+            );
+            assert!(outside.held_mapping(&guard).is_ok());
+        }
+        // The list is closed; its attachments detach when dropped, and leave it.
+        let late = ImportAttachment::new_in(&buf, dev.device(), importer(), &list, GFP_KERNEL);
+        assert_eq!(late.err(), Some(ENODEV));
+        drop((mapped, idle));
+        assert_eq!(n(&calls.detach), 3);
+        assert_eq!(list.inner.lock().entries.len(), 0);
+        drop(outside);
+        assert_eq!(n(&calls.unmap), 2);
+        Ok(())
+    }
+
+    #[test]
     fn invalidate_reaches_every_dynamic_importer() -> Result {
         let dev = ImportingDevice::new(64 * 1024, u64::MAX)?;
         let (buf, _calls) = export()?;
