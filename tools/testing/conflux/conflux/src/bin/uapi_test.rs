@@ -43,6 +43,17 @@ impl Tally {
 
 const MIB: u64 = 1 << 20;
 
+/// Makes an [`Error`] of a failed file or system call that names `device` (a node, a sysfs
+/// file, a PCI address) and `call`: for `map_err`.
+fn io_err(device: &str, call: &str) -> impl FnOnce(std::io::Error) -> Error {
+    let (device, call) = (device.to_string(), call.to_string());
+    move |error| Error {
+        device,
+        call,
+        error,
+    }
+}
+
 fn bo_args(size: u64, flags: u32, handle: u32) -> uapi::drm_conflux_bo_create {
     uapi::drm_conflux_bo_create {
         size,
@@ -1038,11 +1049,8 @@ fn unbind_with_buffer(t: &mut Tally, path: &std::path::Path) -> Result<(), Error
     // device, and a job of 512 MiB of copies in flight: unbinding cancels or completes it, and
     // nothing of it stays (no DMA mapping of the device is left behind: the rig's kernel
     // checks that at the unbind).
-    let (_memfd, udmabuf) = udmabuf(MIB).map_err(|e| Error {
-        device: "/dev/udmabuf".into(),
-        call: "UDMABUF_CREATE of a 1 MiB memfd".into(),
-        error: e,
-    })?;
+    let (_memfd, udmabuf) =
+        udmabuf(MIB).map_err(io_err("/dev/udmabuf", "UDMABUF_CREATE of a 1 MiB memfd"))?;
     let imported = dev.import(udmabuf.as_fd())?.into_handle();
     dev.vm_bind(&[
         map_op(handle, 0, VA, 4 * MIB, false),
@@ -1167,11 +1175,7 @@ fn test_shared_vm(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
         flags,
         ..Default::default()
     };
-    let null = std::fs::File::open("/dev/null").map_err(|e| Error {
-        device: "/dev/null".into(),
-        call: "open".into(),
-        error: e,
-    })?;
+    let null = std::fs::File::open("/dev/null").map_err(io_err("/dev/null", "open"))?;
     let f1 = &files[1];
     let name1 = f1.path().display().to_string();
     t.errno(
@@ -1475,11 +1479,8 @@ fn test_shared_vm(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
 
 /// Writes `pci` to the conflux driver's sysfs `file` (`bind` or `unbind`).
 fn driver_sysfs(pci: &str, file: &str) -> Result<(), Error> {
-    std::fs::write(format!("/sys/bus/pci/drivers/conflux/{file}"), pci).map_err(|e| Error {
-        device: pci.to_string(),
-        call: format!("write /sys/bus/pci/drivers/conflux/{file}"),
-        error: e,
-    })
+    let path = format!("/sys/bus/pci/drivers/conflux/{file}");
+    std::fs::write(&path, pci).map_err(io_err(pci, &format!("write {path}")))
 }
 
 /// Unbinds a device whose VRAM buffer two peers import while their jobs copy from it: the jobs
@@ -1941,16 +1942,6 @@ impl Drop for Unbind {
     }
 }
 
-/// A sysfs or device-node failure of the vfio-pci test, naming the file and the call.
-fn vfio_err(device: &str, call: &str) -> impl FnOnce(std::io::Error) -> Error {
-    let (device, call) = (device.to_string(), call.to_string());
-    move |error| Error {
-        device,
-        call,
-        error,
-    }
-}
-
 /// `ioctl(fd, request, arg)`, its non-negative result or the error.
 fn ioctl_arg<T>(fd: &impl AsRawFd, request: u64, arg: T) -> std::io::Result<i32> {
     // SAFETY: The caller passes the argument the request encodes (a pointer to its structure,
@@ -1969,7 +1960,7 @@ impl VfioPlain {
     fn bind() -> Result<Option<Self>, Error> {
         let mut bdf = None;
         for entry in std::fs::read_dir("/sys/bus/pci/devices")
-            .map_err(vfio_err("/sys/bus/pci/devices", "read_dir"))?
+            .map_err(io_err("/sys/bus/pci/devices", "read_dir"))?
             .flatten()
         {
             let p = entry.path();
@@ -1986,7 +1977,7 @@ impl VfioPlain {
             return Ok(None);
         };
         let write = |path: &str, value: &str| {
-            std::fs::write(path, value).map_err(vfio_err(path, &format!("write {value:?}")))
+            std::fs::write(path, value).map_err(io_err(path, &format!("write {value:?}")))
         };
         write(
             "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode",
@@ -1999,7 +1990,7 @@ impl VfioPlain {
         write("/sys/bus/pci/drivers/vfio-pci/bind", &bdf)?;
         let bdf = Unbind(bdf);
         let link = format!("/sys/bus/pci/devices/{}/iommu_group", bdf.0);
-        let group = std::fs::read_link(&link).map_err(vfio_err(&link, "readlink"))?;
+        let group = std::fs::read_link(&link).map_err(io_err(&link, "readlink"))?;
         let group = format!(
             "/dev/vfio/noiommu-{}",
             group.file_name().unwrap_or_default().to_string_lossy()
@@ -2009,18 +2000,18 @@ impl VfioPlain {
                 .read(true)
                 .write(true)
                 .open(path)
-                .map_err(vfio_err(path, "open"))
+                .map_err(io_err(path, "open"))
         };
         let container = rw("/dev/vfio/vfio")?;
         let group_file = rw(&group)?;
         let fd = container.as_raw_fd();
         ioctl_arg(&group_file, VFIO_GROUP_SET_CONTAINER, &fd as *const i32)
-            .map_err(vfio_err(&group, "VFIO_GROUP_SET_CONTAINER"))?;
+            .map_err(io_err(&group, "VFIO_GROUP_SET_CONTAINER"))?;
         ioctl_arg(&container, VFIO_SET_IOMMU, VFIO_NOIOMMU_IOMMU)
-            .map_err(vfio_err("/dev/vfio/vfio", "VFIO_SET_IOMMU (no-IOMMU)"))?;
+            .map_err(io_err("/dev/vfio/vfio", "VFIO_SET_IOMMU (no-IOMMU)"))?;
         let name = std::ffi::CString::new(bdf.0.clone()).unwrap_or_default();
         let fd = ioctl_arg(&group_file, VFIO_GROUP_GET_DEVICE_FD, name.as_ptr())
-            .map_err(vfio_err(&group, "VFIO_GROUP_GET_DEVICE_FD"))?;
+            .map_err(io_err(&group, "VFIO_GROUP_GET_DEVICE_FD"))?;
         // SAFETY: vfio just gave us this descriptor.
         let device = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         Ok(Some(Self {
@@ -2051,7 +2042,7 @@ impl VfioPlain {
             VFIO_DEVICE_GET_REGION_INFO,
             std::ptr::from_mut(&mut info),
         )
-        .map_err(vfio_err(
+        .map_err(io_err(
             self.bdf(),
             &format!("VFIO_DEVICE_GET_REGION_INFO {index}"),
         ))?;
@@ -2065,13 +2056,13 @@ impl VfioPlain {
         let (_, config) = self.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
         let at = config + PCI_COMMAND;
         let mut cmd = [0u8; 2];
-        let err = vfio_err(self.bdf(), "PCI_COMMAND through the config region");
+        let err = io_err(self.bdf(), "PCI_COMMAND through the config region");
         self.device().read_exact_at(&mut cmd, at).map_err(err)?;
         let mut v = u16::from_le_bytes(cmd) & !PCI_COMMAND_MEMORY;
         if on {
             v |= PCI_COMMAND_MEMORY;
         }
-        let err = vfio_err(self.bdf(), "PCI_COMMAND through the config region");
+        let err = io_err(self.bdf(), "PCI_COMMAND through the config region");
         self.device()
             .write_all_at(&v.to_le_bytes(), at)
             .map_err(err)
@@ -2086,7 +2077,7 @@ impl VfioPlain {
         } else {
             self.device().read_exact_at(buf, at + offset)
         };
-        r.map_err(vfio_err(self.bdf(), "BAR2 region access"))
+        r.map_err(io_err(self.bdf(), "BAR2 region access"))
     }
 
     /// A dma-buf of `len` bytes of BAR2 from `VFIO_DEVICE_FEATURE_DMA_BUF`.
@@ -2106,7 +2097,7 @@ impl VfioPlain {
             VFIO_DEVICE_FEATURE,
             std::ptr::from_mut(&mut f),
         )
-        .map_err(vfio_err(self.bdf(), "VFIO_DEVICE_FEATURE_DMA_BUF of BAR2"))?;
+        .map_err(io_err(self.bdf(), "VFIO_DEVICE_FEATURE_DMA_BUF of BAR2"))?;
         // SAFETY: vfio just gave us this descriptor.
         Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
     }
@@ -2242,21 +2233,18 @@ impl StaticImport {
             .write(true)
             .open(STATIC_IMPORT)
             .map(Self)
-            .map_err(|e| Error {
-                device: STATIC_IMPORT.into(),
-                call: "open (is conflux_static_import.ko loaded, debugfs mounted?)".into(),
-                error: e,
-            })
+            .map_err(io_err(
+                STATIC_IMPORT,
+                "open (is conflux_static_import.ko loaded, debugfs mounted?)",
+            ))
     }
 
     /// Writes `cmd` (`attach FD`, `fill BYTE`).
     fn command(&self, cmd: &str) -> Result<(), Error> {
         use std::io::Write;
-        (&self.0).write_all(cmd.as_bytes()).map_err(|e| Error {
-            device: STATIC_IMPORT.into(),
-            call: format!("write {cmd:?}"),
-            error: e,
-        })
+        (&self.0)
+            .write_all(cmd.as_bytes())
+            .map_err(io_err(STATIC_IMPORT, &format!("write {cmd:?}")))
     }
 
     /// The importer's account of its mapping: `segments`, `bytes`, `max_segment`, `limit`,
@@ -2264,11 +2252,10 @@ impl StaticImport {
     fn report(&self) -> Result<std::collections::HashMap<String, u64>, Error> {
         use std::os::unix::fs::FileExt;
         let mut buf = [0u8; 256];
-        let n = self.0.read_at(&mut buf, 0).map_err(|e| Error {
-            device: STATIC_IMPORT.into(),
-            call: "read".into(),
-            error: e,
-        })?;
+        let n = self
+            .0
+            .read_at(&mut buf, 0)
+            .map_err(io_err(STATIC_IMPORT, "read"))?;
         let text = String::from_utf8_lossy(&buf[..n]);
         let words: Vec<&str> = text.split_whitespace().collect();
         Ok(words
@@ -2377,14 +2364,7 @@ fn test_udmabuf(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     use std::os::unix::fs::FileExt;
     let name = dev.path().display().to_string();
     let len = 4 * MIB;
-    let io = |call: &str| {
-        let call = call.to_string();
-        move |e: std::io::Error| Error {
-            device: "/dev/udmabuf".into(),
-            call,
-            error: e,
-        }
-    };
+    let io = |call: &str| io_err("/dev/udmabuf", call);
     let (memfd, buf) = udmabuf(len).map_err(io("UDMABUF_CREATE of a 4 MiB memfd"))?;
     let data = pattern(len as usize, 41);
     memfd
