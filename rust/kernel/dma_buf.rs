@@ -230,10 +230,47 @@ struct Entry {
     revoked: *const AtomicBool,
 }
 
-/// What an [`ExportList`] protects.
-struct ExportListInner {
-    entries: KVec<Entry>,
+/// The entries of an [`ExportList`] or an [`ImportList`], under its lock: entries are added
+/// until the list is closed, and each is removed by its owner before what it points to goes.
+struct Registry<T> {
+    entries: KVec<T>,
     closed: bool,
+}
+
+impl<T> Registry<T> {
+    fn new() -> Self {
+        Self {
+            entries: KVec::new(),
+            closed: false,
+        }
+    }
+
+    /// Makes room for one more entry.
+    fn reserve(&mut self, flags: Flags) -> Result {
+        self.entries.reserve(1, flags)?;
+        Ok(())
+    }
+
+    /// Adds `entry` in the room made by [`Self::reserve`], unless the list is closed.
+    fn add(&mut self, entry: T) -> Result {
+        if self.closed {
+            return Err(ENODEV);
+        }
+        self.entries.push_within_capacity(entry).map_err(|_| ENOMEM)
+    }
+
+    /// Removes the first entry that `is_it` picks, if any.
+    fn remove(&mut self, is_it: impl Fn(&T) -> bool) {
+        if let Some(i) = self.entries.iter().position(is_it) {
+            let _ = self.entries.remove(i);
+        }
+    }
+
+    /// Closes the list: later adds fail with [`ENODEV`]. Returns the entries.
+    fn close(&mut self) -> &[T] {
+        self.closed = true;
+        &self.entries
+    }
 }
 
 /// Exported buffers revoked together, for instance every buffer of a device when it is
@@ -242,7 +279,7 @@ struct ExportListInner {
 #[pin_data]
 pub struct ExportList {
     #[pin]
-    inner: Mutex<ExportListInner>,
+    inner: Mutex<Registry<Entry>>,
 }
 
 // SAFETY: The raw pointers of the entries are only dereferenced under the lock, while the
@@ -256,10 +293,7 @@ impl ExportList {
     /// An empty list, open for exports.
     pub fn new() -> impl PinInit<Self> {
         pin_init!(Self {
-            inner <- new_mutex!(ExportListInner {
-                entries: KVec::new(),
-                closed: false,
-            }),
+            inner <- new_mutex!(Registry::new()),
         })
     }
 
@@ -272,8 +306,8 @@ impl ExportList {
     /// [`Importer::invalidate_mappings`], which runs here with the list locked.
     pub fn revoke_all(&self, timeout: crate::time::Jiffies) -> usize {
         let mut inner = self.inner.lock();
-        inner.closed = true;
-        for entry in inner.entries.iter() {
+        let entries = inner.close();
+        for entry in entries {
             // SAFETY: The buffer is not freed while its entry is in the list, which the lock held
             // here keeps it in (type invariants of `Entry`); nor is its `Private`, which owns
             // the reservation object when the exporter provides it.
@@ -285,33 +319,22 @@ impl ExportList {
             let guard = buf.resv().lock();
             let _ = buf.invalidate_mappings(&guard);
         }
-        inner.entries.len()
+        entries.len()
     }
 
     /// Adds an entry, unless the list is closed.
     fn add(&self, entry: Entry) -> Result {
-        let mut inner = self.inner.lock();
-        if inner.closed {
-            return Err(ENODEV);
-        }
-        inner
-            .entries
-            .push_within_capacity(entry)
-            .map_err(|_| ENOMEM)
+        self.inner.lock().add(entry)
     }
 
     /// Makes room for one more entry.
     fn reserve(&self, flags: Flags) -> Result {
-        self.inner.lock().entries.reserve(1, flags)?;
-        Ok(())
+        self.inner.lock().reserve(flags)
     }
 
     /// Removes the entry of `buf`, if it is there.
     fn remove(&self, buf: *mut bindings::dma_buf) {
-        let mut inner = self.inner.lock();
-        if let Some(i) = inner.entries.iter().position(|e| e.buf == buf) {
-            let _ = inner.entries.remove(i);
-        }
+        self.inner.lock().remove(|e| e.buf == buf);
     }
 }
 
@@ -794,12 +817,6 @@ struct ImportEntry {
     kept: *const Kept,
 }
 
-/// What an [`ImportList`] protects.
-struct ImportListInner {
-    entries: KVec<ImportEntry>,
-    closed: bool,
-}
-
 /// The attachments of one importing device, released together when the device goes away: their
 /// kept mappings are unmapped, so that no DMA mapping of the device outlives its driver, and
 /// they cannot be mapped again. An attachment joins the list when made with
@@ -807,7 +824,7 @@ struct ImportListInner {
 #[pin_data]
 pub struct ImportList {
     #[pin]
-    inner: Mutex<ImportListInner>,
+    inner: Mutex<Registry<ImportEntry>>,
 }
 
 // SAFETY: The raw pointers of the entries are only dereferenced under the lock, while what they
@@ -821,10 +838,7 @@ impl ImportList {
     /// An empty list, open for attachments.
     pub fn new() -> impl PinInit<Self> {
         pin_init!(Self {
-            inner <- new_mutex!(ImportListInner {
-                entries: KVec::new(),
-                closed: false,
-            }),
+            inner <- new_mutex!(Registry::new()),
         })
     }
 
@@ -835,9 +849,8 @@ impl ImportList {
     /// reservation lock. Returns how many attachments had a mapping.
     pub fn release_all(&self, timeout: crate::time::Jiffies) -> usize {
         let mut inner = self.inner.lock();
-        inner.closed = true;
         let mut unmapped = 0;
-        for entry in inner.entries.iter() {
+        for entry in inner.close() {
             // SAFETY: The buffer and the `Kept` are not freed while the entry is in the list,
             // which the lock held here keeps it in (type invariants of `ImportEntry`).
             let (buf, kept) = unsafe { (DmaBuf::from_raw(entry.buf), &*entry.kept) };
@@ -858,19 +871,13 @@ impl ImportList {
     /// Adds an entry, unless the list is closed.
     fn add(&self, entry: ImportEntry, flags: Flags) -> Result {
         let mut inner = self.inner.lock();
-        if inner.closed {
-            return Err(ENODEV);
-        }
-        inner.entries.push(entry, flags)?;
-        Ok(())
+        inner.reserve(flags)?;
+        inner.add(entry)
     }
 
     /// Removes the entry of `att`, if it is there.
     fn remove(&self, att: *mut bindings::dma_buf_attachment) {
-        let mut inner = self.inner.lock();
-        if let Some(i) = inner.entries.iter().position(|e| e.att == att) {
-            let _ = inner.entries.remove(i);
-        }
+        self.inner.lock().remove(|e| e.att == att);
     }
 }
 
