@@ -2177,11 +2177,11 @@ fn test_vfio(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
             ),
         );
         data = back;
-        reached.push((dev, imported, vram));
+        reached.push((dev, vram));
     }
 
     // vfio-pci revokes its dma-bufs while the function's memory decoding is off.
-    if let Some(&(dev, _, _)) = reached.first() {
+    if let Some(&(dev, vram)) = reached.first() {
         let dn = dev.path().display();
         vfio.set_memory(false)?;
         let r = dev
@@ -2198,7 +2198,7 @@ fn test_vfio(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
         vfio.set_memory(true)?;
         let moved = copy_at_va(dev, len)?;
         let mut got = vec![0; len as usize];
-        dev.read(reached[0].2, 0, &mut got)?;
+        dev.read(vram, 0, &mut got)?;
         t.check(
             &format!("{dn}: jobs reach {name}'s BAR2 again once vfio-pci allows it"),
             got == data && moved[1] == len,
