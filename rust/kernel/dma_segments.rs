@@ -69,7 +69,10 @@ use crate::{
         PAGE_SIZE, //
     },
     prelude::*,
-    scatterlist::SGTable,
+    scatterlist::{
+        SGEntry,
+        SGTable, //
+    },
     sync::{
         aref::ARef,
         Arc, //
@@ -126,6 +129,16 @@ impl DmaRange {
     pub fn last(&self) -> u64 {
         // OVERFLOW: cannot overflow by the type invariants.
         self.addr + (self.len - 1)
+    }
+
+    /// The DMA range of a mapped scatter-gather entry.
+    ///
+    /// Returns [`EINVAL`] for an empty entry and [`EOVERFLOW`] for one that runs past the end of
+    /// the 64-bit address space.
+    // `ResourceSize` is 32 or 64 bits wide depending on the configuration.
+    #[allow(clippy::useless_conversion)]
+    pub fn of_entry(entry: &SGEntry) -> Result<Self> {
+        Self::new(addr_u64(entry.dma_address()), u64::from(entry.dma_len()))
     }
 }
 
@@ -201,6 +214,12 @@ impl SegmentLimits {
     #[inline]
     pub fn seg_boundary_mask(&self) -> u64 {
         self.seg_boundary
+    }
+
+    /// Whether the importer takes `range` as one segment: it is at most
+    /// [`Self::max_seg_size`] bytes long and does not cross a boundary.
+    pub fn admits(&self, range: &DmaRange) -> bool {
+        range.last() <= self.segment_last(range.addr())
     }
 
     /// The last address a segment starting at `addr` may cover.
