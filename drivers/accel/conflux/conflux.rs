@@ -6,10 +6,13 @@ mod driver;
 mod engine;
 mod file;
 mod gem;
+mod hw;
+mod ioctl;
 mod mmu;
 mod prime;
 mod regs;
 mod vm;
+mod vram;
 
 kernel::module_pci_driver! {
     type: driver::ConfluxDriver,

@@ -9,18 +9,22 @@
 //!
 //! When the device stops on an error, the error handler (a threaded handler, it sleeps) fails
 //! the job that contains the failing command with [`EIO`], resets the device, which discards
-//! the commands still in the ring, and writes the later jobs to the ring again. A job that does
-//! not complete within [`JOB_TIMEOUT`] is failed with [`ETIMEDOUT`] the same way.
+//! the commands still in the ring, and writes the later jobs to the ring again. A job that has
+//! been the oldest in flight for [`job_timeout_ms()`] is failed with [`ETIMEDOUT`] the same way.
+
+mod job;
 
 use kernel::{
     device::Bound,
     dma_fence::{
         Fence,
         FenceContext,
-        FenceTimeline,
-        SignalFence, //
+        FenceTimeline, //
     },
-    io::Io,
+    io::{
+        poll::read_poll_timeout,
+        Io, //
+    },
     irq::{
         self,
         IrqReturn, //
@@ -34,7 +38,6 @@ use kernel::{
         SpinLockIrq, //
     },
     time::{
-        delay::fsleep,
         msecs_to_jiffies,
         Delta,
         Instant,
@@ -42,16 +45,25 @@ use kernel::{
     },
 };
 
-use crate::{
-    driver::DeviceInfo,
-    regs, //
+use crate::regs::{
+    self,
+    Bar0,
+    Bar2,
+    State,
+    CTL_BAR,
+    SLOT_SIZE, //
+};
+
+pub(crate) use job::Command;
+use job::{
+    Job,
+    Pending, //
 };
 
 /// How long a reset may take. The device model may run under an emulator without
 /// acceleration, where a doorbell takes milliseconds.
 const RESET_TIMEOUT: Delta = Delta::from_secs(5);
 
-/// How long a job may run before it is failed with [`ETIMEDOUT`] and the engine reset.
 /// How long a job may be the oldest in flight, in milliseconds: the `job_timeout_ms` module
 /// parameter, 10 seconds by default.
 pub(crate) fn job_timeout_ms() -> u32 {
@@ -59,9 +71,6 @@ pub(crate) fn job_timeout_ms() -> u32 {
         .value()
         .clamp(1, 600_000)
 }
-
-/// The most jobs in flight at once.
-const MAX_JOBS: usize = 256;
 
 /// The most commands in one job.
 pub(crate) const MAX_JOB_COMMANDS: usize = 64;
@@ -72,114 +81,6 @@ pub(crate) struct Timeline;
 impl FenceTimeline for Timeline {
     const DRIVER_NAME: &'static CStr = c"conflux";
     const TIMELINE_NAME: &'static CStr = c"engine";
-}
-
-/// A command of a job, on virtual addresses of the job's address space.
-///
-/// Jobs of userspace (`COPY` and `FILL`) come with the submission ioctl; the driver itself only
-/// fills.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Command {
-    /// Copies `len` bytes from `src` to `dst`; the two ranges do not overlap.
-    Copy { src: u64, dst: u64, len: u64 },
-    /// Writes `len` bytes at `dst`, repeating the little-endian bytes of `pattern`.
-    Fill { dst: u64, len: u64, pattern: u64 },
-}
-
-impl Command {
-    /// The slot's opcode and operands.
-    fn encode(&self) -> (u32, [u64; 3]) {
-        match *self {
-            Command::Copy { src, dst, len } => (regs::OP_COPY, [src, dst, len]),
-            Command::Fill { dst, len, pattern } => (regs::OP_FILL, [dst, len, pattern]),
-        }
-    }
-}
-
-/// A job in flight.
-struct Job {
-    seqno: u64,
-    fence: SignalFence,
-    commands: KVec<Command>,
-}
-
-/// The jobs in flight, oldest first: a ring buffer of [`MAX_JOBS`] entries.
-///
-/// # Invariants
-///
-/// `jobs` has [`MAX_JOBS`] entries; the `len` entries from `first` on (modulo [`MAX_JOBS`]) are
-/// `Some` and in seqno order, the others `None`.
-struct Pending {
-    jobs: KVec<Option<Job>>,
-    first: usize,
-    len: usize,
-    /// When the oldest job became the oldest: the time the engine has had for it.
-    front_since: Instant<Monotonic>,
-}
-
-impl Pending {
-    fn new() -> Result<Self> {
-        let mut jobs = KVec::with_capacity(MAX_JOBS, GFP_KERNEL)?;
-        for _ in 0..MAX_JOBS {
-            jobs.push(None, GFP_KERNEL)?;
-        }
-        Ok(Self {
-            jobs,
-            first: 0,
-            len: 0,
-            front_since: Instant::now(),
-        })
-    }
-
-    fn is_full(&self) -> bool {
-        self.len == MAX_JOBS
-    }
-
-    fn get(&self, i: usize) -> Option<&Job> {
-        if i >= self.len {
-            return None;
-        }
-        self.jobs
-            .get((self.first + i) % MAX_JOBS)
-            .and_then(Option::as_ref)
-    }
-
-    fn front(&self) -> Option<&Job> {
-        self.get(0)
-    }
-
-    fn back(&self) -> Option<&Job> {
-        self.len.checked_sub(1).and_then(|i| self.get(i))
-    }
-
-    /// Appends `job`, giving it back when [`MAX_JOBS`] are in flight.
-    fn push(&mut self, job: Job) -> core::result::Result<(), Job> {
-        if self.is_full() {
-            return Err(job);
-        }
-        match self.jobs.get_mut((self.first + self.len) % MAX_JOBS) {
-            Some(slot) => {
-                *slot = Some(job);
-                if self.len == 0 {
-                    self.front_since = Instant::now();
-                }
-                self.len += 1;
-                Ok(())
-            }
-            None => Err(job),
-        }
-    }
-
-    fn pop(&mut self) -> Option<Job> {
-        if self.len == 0 {
-            return None;
-        }
-        let job = self.jobs.get_mut(self.first).and_then(Option::take);
-        self.first = (self.first + 1) % MAX_JOBS;
-        self.len -= 1;
-        self.front_since = Instant::now();
-        job
-    }
 }
 
 /// What the submitters share: the ring head and the MMU root the driver last wrote.
@@ -207,9 +108,8 @@ pub(crate) struct Counters {
 #[pin_data(PinnedDrop)]
 pub(crate) struct Engine<'bound> {
     pdev: &'bound pci::Device<Bound>,
-    doorbell: pci::Bar<'bound, { regs::DOORBELL_BAR_SIZE }>,
-    bar2: pci::Bar<'bound, { regs::CTL_SIZE }>,
-    info: DeviceInfo,
+    doorbell: Bar0<'bound>,
+    bar2: Arc<Bar2<'bound>>,
     ring_offset: usize,
     ring_slots: u32,
     /// `ring_slots - 1`: a ring counter masked with it is a slot index.
@@ -223,40 +123,19 @@ pub(crate) struct Engine<'bound> {
     pending: SpinLockIrq<Pending>,
 }
 
-/// Reads the device-written 64-bit field at `offset` of `bar2`, which the kernel's I/O regions
-/// only allow as two 32-bit halves: the high half is read again until it did not change, so the
-/// halves belong to one value.
-fn read64(bar2: &pci::Bar<'_, { regs::CTL_SIZE }>, offset: usize) -> Result<u64> {
-    loop {
-        let hi = bar2.try_read32(offset + 4)?;
-        let lo = bar2.try_read32(offset)?;
-        if bar2.try_read32(offset + 4)? == hi {
-            return Ok(u64::from(hi) << 32 | u64::from(lo));
-        }
-    }
-}
-
-/// Writes a driver-owned 64-bit field that the device does not read at the moment, as two
-/// 32-bit halves.
-fn write64(bar2: &pci::Bar<'_, { regs::CTL_SIZE }>, value: u64, offset: usize) -> Result {
-    // CAST: the two halves of `value`.
-    bar2.try_write32(value as u32, offset)?;
-    bar2.try_write32((value >> 32) as u32, offset + 4)
-}
-
 impl<'bound> Engine<'bound> {
-    /// Takes over the device's BARs, resets it and checks its ring registers.
+    /// Takes over the device's doorbell and control block, resets it and checks its ring
+    /// registers.
     pub(crate) fn new(
         pdev: &'bound pci::Device<Bound>,
-        doorbell: pci::Bar<'bound, { regs::DOORBELL_BAR_SIZE }>,
-        bar2: pci::Bar<'bound, { regs::CTL_SIZE }>,
-        info: DeviceInfo,
+        doorbell: Bar0<'bound>,
+        bar2: Arc<Bar2<'bound>>,
     ) -> Result<Arc<Self>> {
         reset(pdev, &doorbell, &bar2)?;
-        let ring_offset = read64(&bar2, regs::RING_OFFSET)?;
-        let ring_size = read64(&bar2, regs::RING_SIZE)?;
-        let bar_len = pdev.resource_len(regs::CTL_BAR)?;
-        let slots = ring_size / regs::SLOT_SIZE as u64;
+        let ring_offset = regs::read64::<regs::RING_OFFSET>(&bar2)?.offset().get();
+        let ring_size = regs::read64::<regs::RING_SIZE>(&bar2)?.bytes().get();
+        let bar_len = pdev.resource_len(CTL_BAR)?;
+        let slots = ring_size / SLOT_SIZE as u64;
         let fits = matches!(ring_offset.checked_add(ring_size), Some(end) if end <= bar_len);
         if !fits || !slots.is_power_of_two() || slots < 2 || slots > u64::from(u32::MAX) {
             dev_err!(
@@ -268,14 +147,13 @@ impl<'bound> Engine<'bound> {
             );
             return Err(EIO);
         }
-        let head = bar2.try_read32(regs::RING_HEAD)?;
-        let root = read64(&bar2, regs::MMU_ROOT)?;
+        let head = bar2.read(regs::RING_HEAD).count().get();
+        let root = regs::read64::<regs::MMU_ROOT>(&bar2)?.offset().get();
         Arc::pin_init(
             try_pin_init!(Self {
                 pdev,
                 doorbell,
                 bar2,
-                info,
                 ring_offset: usize::try_from(ring_offset)?,
                 ring_slots: u32::try_from(slots)?,
                 ring_mask: u32::try_from(slots - 1)?,
@@ -287,25 +165,16 @@ impl<'bound> Engine<'bound> {
         )
     }
 
-    /// What the device reported at probe.
-    pub(crate) fn info(&self) -> DeviceInfo {
-        self.info
-    }
-
     /// The device's counters.
     pub(crate) fn counters(&self) -> Result<Counters> {
+        let bar2 = &self.bar2;
         Ok(Counters {
-            local_bytes: read64(&self.bar2, regs::CNT_LOCAL_BYTES)?,
-            p2p_bytes: read64(&self.bar2, regs::CNT_P2P_BYTES)?,
-            sysmem_bytes: read64(&self.bar2, regs::CNT_SYSMEM_BYTES)?,
-            commands: read64(&self.bar2, regs::CNT_COMMANDS)?,
-            errors: read64(&self.bar2, regs::CNT_ERRORS)?,
+            local_bytes: regs::read64::<regs::CNT_LOCAL_BYTES>(bar2)?.count().get(),
+            p2p_bytes: regs::read64::<regs::CNT_P2P_BYTES>(bar2)?.count().get(),
+            sysmem_bytes: regs::read64::<regs::CNT_SYSMEM_BYTES>(bar2)?.count().get(),
+            commands: regs::read64::<regs::CNT_COMMANDS>(bar2)?.count().get(),
+            errors: regs::read64::<regs::CNT_ERRORS>(bar2)?.count().get(),
         })
-    }
-
-    /// The mapping of BAR2, for the page tables in VRAM.
-    pub(crate) fn bar2(&self) -> &pci::Bar<'bound, { regs::CTL_SIZE }> {
-        &self.bar2
     }
 
     /// Submits a job of `commands` on the address space whose level-3 table is at VRAM offset
@@ -323,7 +192,7 @@ impl<'bound> Engine<'bound> {
         loop {
             let mut ring = self.ring.lock();
             let busy = {
-                let tail = self.bar2.try_read32(regs::RING_TAIL)?;
+                let tail = self.bar2.read(regs::RING_TAIL).count().get();
                 let used = ring.head.wrapping_sub(tail);
                 let pending = self.pending.lock();
                 if pending.is_full() || used.saturating_add(need) > self.ring_slots {
@@ -340,7 +209,7 @@ impl<'bound> Engine<'bound> {
                 continue;
             }
             if root != ring.root {
-                write64(&self.bar2, root, regs::MMU_ROOT)?;
+                regs::write64(&self.bar2, regs::MMU_ROOT::zeroed().with_offset(root))?;
                 ring.root = root;
             }
             let fence = self.fences.new_fence(GFP_KERNEL)?;
@@ -405,7 +274,7 @@ impl<'bound> Engine<'bound> {
     pub(crate) fn check_timeout(&self) {
         let expired = {
             let pending = self.pending.lock();
-            let age = pending.front_since.elapsed().as_millis();
+            let age = pending.front_age_ms();
             pending
                 .front()
                 .filter(|_| age >= i64::from(job_timeout_ms()))
@@ -418,49 +287,29 @@ impl<'bound> Engine<'bound> {
 
     /// Writes the slots of `job` from ring counter `head` on and returns the new head.
     fn write_job(&self, mut head: u32, job: &Job) -> Result<u32> {
-        for command in job.commands.iter() {
-            let (opcode, operands) = command.encode();
-            self.write_slot(head, opcode, 0, job.seqno, operands)?;
+        for slot in job.slots() {
+            let offset = self.ring_offset + (head & self.ring_mask) as usize * SLOT_SIZE;
+            slot.write(&self.bar2, offset)?;
             head = head.wrapping_add(1);
         }
-        self.write_slot(head, regs::OP_FENCE, regs::SLOT_FLAG_IRQ, job.seqno, [0; 3])?;
-        Ok(head.wrapping_add(1))
-    }
-
-    fn write_slot(
-        &self,
-        counter: u32,
-        opcode: u32,
-        flags: u32,
-        seqno: u64,
-        operands: [u64; 3],
-    ) -> Result {
-        let base = self.ring_offset + (counter & self.ring_mask) as usize * regs::SLOT_SIZE;
-        self.bar2.try_write32(opcode, base + regs::SLOT_OPCODE)?;
-        self.bar2.try_write32(flags, base + regs::SLOT_FLAGS)?;
-        write64(&self.bar2, seqno, base + regs::SLOT_SEQNO)?;
-        for (i, operand) in operands.iter().enumerate() {
-            write64(&self.bar2, *operand, base + regs::SLOT_OPERANDS + 8 * i)?;
-        }
-        // The reserved area, 0x28..0x40, must be zero.
-        for offset in (regs::SLOT_OPERANDS + 24..regs::SLOT_SIZE).step_by(4) {
-            self.bar2.try_write32(0, base + offset)?;
-        }
-        Ok(())
+        Ok(head)
     }
 
     /// Publishes the ring head and rings the doorbell. MMIO writes are ordered, so the device
     /// sees the slots before the head and the head before the doorbell.
     fn publish(&self, head: u32) -> Result {
-        self.bar2.try_write32(head, regs::RING_HEAD)?;
-        self.doorbell.try_write32(0, regs::DOORBELL)
+        self.bar2
+            .write_reg(regs::RING_HEAD::zeroed().with_count(head));
+        ring_doorbell(&self.doorbell);
+        Ok(())
     }
 
     /// Signals the fences of the jobs that completed. Runs in the completion handler.
     fn complete(&self) {
-        let Ok(done) = read64(&self.bar2, regs::FENCE_SEQNO) else {
+        let Ok(done) = regs::read64::<regs::FENCE_SEQNO>(&self.bar2) else {
             return;
         };
+        let done = done.seqno().get();
         let mut pending = self.pending.lock();
         while pending.front().is_some_and(|job| job.seqno <= done) {
             if let Some(job) = pending.pop() {
@@ -478,12 +327,10 @@ impl<'bound> Engine<'bound> {
             job.fence.signal_error(error);
         }
         reset(self.pdev, &self.doorbell, &self.bar2)?;
-        let mut head = self.bar2.try_read32(regs::RING_TAIL)?;
+        let mut head = self.bar2.read(regs::RING_TAIL).count().get();
         let pending = self.pending.lock();
-        for i in 0..pending.len {
-            if let Some(job) = pending.get(i) {
-                head = self.write_job(head, job)?;
-            }
+        for job in pending.iter() {
+            head = self.write_job(head, job)?;
         }
         drop(pending);
         ring.head = head;
@@ -493,22 +340,19 @@ impl<'bound> Engine<'bound> {
     /// Handles the error vector: the device recorded an error and stopped.
     fn error(&self) {
         let mut ring = self.ring.lock();
-        let Ok(status) = self.bar2.try_read32(regs::STATUS) else {
-            return;
-        };
-        if status != regs::STATUS_ERROR {
+        if self.bar2.read(regs::STATUS).state() != State::Error {
             return;
         }
-        let cause = self.bar2.try_read32(regs::ERR_CAUSE).unwrap_or(0);
-        let opcode = self.bar2.try_read32(regs::ERR_OPCODE).unwrap_or(0);
-        let va = read64(&self.bar2, regs::ERR_VA).unwrap_or(0);
-        let seqno = read64(&self.bar2, regs::ERR_SEQNO).unwrap_or(0);
+        let cause = self.bar2.read(regs::ERR_CAUSE);
+        let opcode = self.bar2.read(regs::ERR_OPCODE).opcode().get();
+        let va = regs::read64::<regs::ERR_VA>(&self.bar2).map_or(0, |r| r.va().get());
+        let seqno = regs::read64::<regs::ERR_SEQNO>(&self.bar2).map_or(0, |r| r.seqno().get());
         dev_err!(
             self.pdev,
             "engine: job {} failed: cause {} ({}), opcode {}, VA {:#x}; resetting\n",
             seqno,
-            cause,
-            cause_name(cause),
+            cause.into_raw(),
+            cause.cause().name(),
             opcode,
             va
         );
@@ -553,46 +397,31 @@ impl PinnedDrop for Engine<'_> {
     }
 }
 
-/// The name of a device error cause (`ERR_CAUSE`).
-pub(crate) fn cause_name(cause: u32) -> &'static str {
-    match cause {
-        1 => "translation fault",
-        2 => "permission fault",
-        3 => "peer unreachable",
-        4 => "bus error",
-        5 => "malformed command",
-        6 => "ring state invalid",
-        _ => "unknown",
-    }
+/// Rings the engine's doorbell: vector 0 of peer 0.
+fn ring_doorbell(doorbell: &Bar0<'_>) {
+    doorbell.write_reg(regs::DOORBELL::zeroed());
 }
 
 /// Resets the device: every queued command is discarded and the error record cleared.
-fn reset(
-    pdev: &pci::Device<Bound>,
-    doorbell: &pci::Bar<'_, { regs::DOORBELL_BAR_SIZE }>,
-    bar2: &pci::Bar<'_, { regs::CTL_SIZE }>,
-) -> Result {
-    bar2.try_write32(regs::CONTROL_RESET, regs::CONTROL)?;
-    doorbell.try_write32(0, regs::DOORBELL)?;
-    let start = Instant::<Monotonic>::now();
-    loop {
-        let control = bar2.try_read32(regs::CONTROL)?;
-        let status = bar2.try_read32(regs::STATUS)?;
-        if control == 0 && status == regs::STATUS_READY {
-            return Ok(());
-        }
-        if start.elapsed() > RESET_TIMEOUT {
-            dev_err!(
-                pdev,
-                "reset: not done after {} ms (CONTROL {:#x}, STATUS {})\n",
-                RESET_TIMEOUT.as_millis(),
-                control,
-                status
-            );
-            return Err(ETIMEDOUT);
-        }
-        fsleep(Delta::from_millis(1));
-    }
+fn reset(pdev: &pci::Device<Bound>, doorbell: &Bar0<'_>, bar2: &Bar2<'_>) -> Result {
+    bar2.write_reg(regs::CONTROL::zeroed().with_reset(true));
+    ring_doorbell(doorbell);
+    read_poll_timeout(
+        || Ok((bar2.read(regs::CONTROL), bar2.read(regs::STATUS))),
+        |(control, status)| !control.reset() && status.state() == State::Ready,
+        Delta::from_millis(1),
+        RESET_TIMEOUT,
+    )
+    .map(|_| ())
+    .inspect_err(|_| {
+        dev_err!(
+            pdev,
+            "reset: not done after {} ms (CONTROL {:#x}, STATUS {:?})\n",
+            RESET_TIMEOUT.as_millis(),
+            bar2.read(regs::CONTROL).into_raw(),
+            bar2.read(regs::STATUS).state()
+        );
+    })
 }
 
 /// The handler of the completion vector.

@@ -1,174 +1,32 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! VRAM allocation and the device's page tables.
+//! The device's page tables: four levels in VRAM that map a 48-bit address space.
 //!
-//! VRAM is managed by the GPU buddy allocator in 4 KiB chunks. Page tables live in VRAM and are
-//! written by the CPU through the BAR2 mapping; each table has a shadow copy in system memory,
-//! so that the driver never reads VRAM to walk its own tables. Tables are four levels of 512
-//! entries (`Documentation/accel/conflux/device.rst`, "MMU"); a range whose virtual address,
-//! target and length allow it is mapped with 2 MiB entries at level 1.
+//! Tables are four levels of 512 entries (`Documentation/accel/conflux/device.rst`, "MMU"),
+//! written by the CPU through BAR2 ([`table`]). A range whose virtual address, target and length
+//! allow it is mapped with 2 MiB entries at level 1; a 2 MiB entry that an unmap covers in part
+//! is split into 4 KiB entries in a spare table, so that unmapping never allocates.
 
-use core::pin::Pin;
+pub(crate) mod address_space;
+mod table;
 
 use kernel::{
-    gpu::buddy::{
-        AllocatedBlocks,
-        GpuBuddy,
-        GpuBuddyAllocFlags,
-        GpuBuddyAllocMode,
-        GpuBuddyParams, //
-    },
-    io::Io,
-    pci,
     prelude::*,
-    ptr::Alignment,
-    sizes::{
-        SZ_2M,
-        SZ_4K, //
-    },
+    sizes::SZ_4K, //
 };
 
-use crate::regs;
+use crate::{
+    regs::{
+        Aperture,
+        Pte,
+        PTE_ADDR_MASK,
+        TABLE_ENTRIES,
+        VA_BITS, //
+    },
+    vram::Vram,
+};
 
-/// The device's VRAM, managed by the GPU buddy allocator.
-///
-/// # Invariants
-///
-/// `reserved` holds VRAM offset 0, which no page table may use: `MMU_ROOT = 0` turns the MMU
-/// off.
-pub(crate) struct Vram {
-    buddy: GpuBuddy,
-    _reserved: Pin<KBox<AllocatedBlocks>>,
-}
-
-impl Vram {
-    /// Manages `size` bytes of VRAM.
-    pub(crate) fn new(size: u64) -> Result<Self> {
-        let buddy = GpuBuddy::new(GpuBuddyParams {
-            base_offset: 0,
-            size,
-            chunk_size: Alignment::new::<SZ_4K>(),
-        })?;
-        let reserved = KBox::pin_init(
-            buddy.alloc_blocks(
-                GpuBuddyAllocMode::Range(0..SZ_4K as u64),
-                SZ_4K as u64,
-                Alignment::new::<SZ_4K>(),
-                GpuBuddyAllocFlags::default(),
-            ),
-            GFP_KERNEL,
-        )?;
-        Ok(Self {
-            buddy,
-            _reserved: reserved,
-        })
-    }
-
-    /// Bytes of VRAM not allocated.
-    pub(crate) fn avail(&self) -> u64 {
-        self.buddy.avail()
-    }
-
-    /// Allocates `size` bytes, a multiple of 4 KiB, in blocks of at least `min_block` bytes.
-    pub(crate) fn alloc(
-        &self,
-        size: u64,
-        min_block: Alignment,
-    ) -> Result<Pin<KBox<AllocatedBlocks>>> {
-        KBox::pin_init(
-            self.buddy.alloc_blocks(
-                GpuBuddyAllocMode::Simple,
-                size,
-                min_block,
-                GpuBuddyAllocFlags::default(),
-            ),
-            GFP_KERNEL,
-        )
-    }
-
-    /// Allocates `size` bytes, preferring blocks of 2 MiB so that they can be mapped with
-    /// 2 MiB entries, and falling back to 4 KiB blocks when VRAM is fragmented.
-    pub(crate) fn alloc_buffer(&self, size: u64) -> Result<Pin<KBox<AllocatedBlocks>>> {
-        if size >= SZ_2M as u64 && size % SZ_2M as u64 == 0 {
-            if let Ok(blocks) = self.alloc(size, Alignment::new::<SZ_2M>()) {
-                return Ok(blocks);
-            }
-        }
-        self.alloc(size, Alignment::new::<SZ_4K>())
-    }
-}
-
-/// CPU access to VRAM through the BAR2 mapping.
-pub(crate) struct VramIo<'a> {
-    bar2: &'a pci::Bar<'a, { regs::CTL_SIZE }>,
-    base: usize,
-}
-
-impl<'a> VramIo<'a> {
-    /// VRAM that starts at BAR2 offset `vram_offset` of `bar2`.
-    pub(crate) fn new(
-        bar2: &'a pci::Bar<'a, { regs::CTL_SIZE }>,
-        vram_offset: u64,
-    ) -> Result<Self> {
-        Ok(Self {
-            bar2,
-            base: usize::try_from(vram_offset)?,
-        })
-    }
-
-    /// Reads the VRAM bytes at `offset`, a multiple of 4, into `out`, whose length is one.
-    pub(crate) fn read(&self, offset: u64, out: &mut [u8]) -> Result {
-        let mut at = self
-            .base
-            .checked_add(usize::try_from(offset)?)
-            .ok_or(EINVAL)?;
-        for word in out.chunks_exact_mut(4) {
-            word.copy_from_slice(&self.bar2.try_read32(at)?.to_le_bytes());
-            at = at.checked_add(4).ok_or(EINVAL)?;
-        }
-        Ok(())
-    }
-
-    /// Writes `data`, whose length is a multiple of 4, to VRAM at `offset`, a multiple of 4.
-    pub(crate) fn write(&self, offset: u64, data: &[u8]) -> Result {
-        let mut at = self
-            .base
-            .checked_add(usize::try_from(offset)?)
-            .ok_or(EINVAL)?;
-        for word in data.chunks_exact(4) {
-            let mut bytes = [0u8; 4];
-            bytes.copy_from_slice(word);
-            self.bar2.try_write32(u32::from_le_bytes(bytes), at)?;
-            at = at.checked_add(4).ok_or(EINVAL)?;
-        }
-        Ok(())
-    }
-
-    fn write32(&self, value: u32, offset: u64) -> Result {
-        self.bar2.try_write32(
-            value,
-            self.base
-                .checked_add(usize::try_from(offset)?)
-                .ok_or(EINVAL)?,
-        )
-    }
-
-    /// Writes page-table entry `index` of the table at `table`. A valid entry is written high
-    /// half first, so the device never sees a valid low half with a stale high half; an
-    /// invalid one low half first.
-    fn write_entry(&self, table: u64, index: usize, entry: u64) -> Result {
-        let offset = table + 8 * index as u64;
-        // CAST: the two halves of `entry`.
-        let (lo, hi) = (entry as u32, (entry >> 32) as u32);
-        if entry & regs::PTE_VALID != 0 {
-            self.write32(hi, offset + 4)?;
-            self.write32(lo, offset)
-        } else {
-            self.write32(lo, offset)?;
-            self.write32(hi, offset + 4)
-        }
-    }
-}
+use table::Table;
 
 /// The size of the page an entry at `level` maps: 4 KiB at level 0, 2 MiB at level 1.
 const fn level_size(level: u32) -> u64 {
@@ -181,57 +39,6 @@ const fn level_index(va: u64, level: u32) -> usize {
     ((va >> (12 + 9 * level)) & 0x1ff) as usize
 }
 
-/// A page table in VRAM and its shadow.
-///
-/// # Invariants
-///
-/// `entries` and `children` have [`regs::TABLE_ENTRIES`] entries; `entries` is what the table
-/// in VRAM holds; `children[i]` is `Some` exactly when `entries[i]` is a directory.
-struct Table {
-    _mem: Pin<KBox<AllocatedBlocks>>,
-    offset: u64,
-    entries: KVec<u64>,
-    children: KVec<Option<KBox<Table>>>,
-}
-
-impl Table {
-    /// Allocates a table and writes it empty.
-    fn new(vram: &Vram, io: &VramIo<'_>) -> Result<KBox<Self>> {
-        let mem = vram.alloc(regs::TABLE_SIZE, Alignment::new::<SZ_4K>())?;
-        let offset = mem.iter().next().map(|b| b.offset()).ok_or(ENOMEM)?;
-        let mut entries = KVec::with_capacity(regs::TABLE_ENTRIES, GFP_KERNEL)?;
-        let mut children = KVec::with_capacity(regs::TABLE_ENTRIES, GFP_KERNEL)?;
-        for _ in 0..regs::TABLE_ENTRIES {
-            entries.push(0, GFP_KERNEL)?;
-            children.push(None, GFP_KERNEL)?;
-        }
-        for i in 0..regs::TABLE_ENTRIES {
-            io.write_entry(offset, i, 0)?;
-        }
-        Ok(KBox::new(
-            Self {
-                _mem: mem,
-                offset,
-                entries,
-                children,
-            },
-            GFP_KERNEL,
-        )?)
-    }
-
-    fn set(&mut self, io: &VramIo<'_>, index: usize, entry: u64) -> Result {
-        io.write_entry(self.offset, index, entry)?;
-        if let Some(e) = self.entries.get_mut(index) {
-            *e = entry;
-        }
-        Ok(())
-    }
-
-    fn entry(&self, index: usize) -> u64 {
-        self.entries.get(index).copied().unwrap_or(0)
-    }
-}
-
 /// What a range maps to.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Target {
@@ -241,17 +48,38 @@ pub(crate) enum Target {
     Bus(u64),
 }
 
+/// Where an address space maps part of some memory: `len` bytes at `va`, from byte `offset`
+/// of the memory on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MapRange {
+    pub(crate) va: u64,
+    pub(crate) len: u64,
+    pub(crate) offset: u64,
+    pub(crate) writable: bool,
+}
+
+/// How many leaf entries and spare tables an address space holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PageCounts {
+    /// Leaf entries that map 2 MiB pages.
+    pub(crate) huge: u64,
+    /// Leaf entries that map 4 KiB pages.
+    pub(crate) small: u64,
+    /// Tables kept to split 2 MiB entries.
+    pub(crate) spare: usize,
+}
+
 /// A device address space: four levels of page tables in VRAM.
 ///
 /// Tables are taken from `spare` before any is allocated. An owner that unmaps parts of 2 MiB
-/// entries keeps at least one spare table per 2 MiB entry ([`Self::reserve`], [`Self::trim`]),
-/// so that splitting one never allocates.
+/// entries keeps at least one spare table per 2 MiB entry ([`Self::add_spares`],
+/// [`Self::trim`]), so that splitting one never allocates.
 pub(crate) struct PageTables {
     root: KBox<Table>,
     spare: KVec<KBox<Table>>,
     /// Leaf entries mapped with 2 MiB pages, and with 4 KiB pages.
-    pub(crate) huge_pages: u64,
-    pub(crate) small_pages: u64,
+    huge_pages: u64,
+    small_pages: u64,
 }
 
 /// The number of `1 << shift` aligned regions that `va..va + len` touches.
@@ -265,9 +93,9 @@ fn regions(va: u64, len: u64, shift: u32) -> usize {
 
 impl PageTables {
     /// An address space with nothing mapped.
-    pub(crate) fn new(vram: &Vram, io: &VramIo<'_>) -> Result<Self> {
+    pub(crate) fn new(vram: &Vram<'_>) -> Result<Self> {
         Ok(Self {
-            root: Table::new(vram, io)?,
+            root: Table::new(vram)?,
             spare: KVec::new(),
             huge_pages: 0,
             small_pages: 0,
@@ -282,10 +110,10 @@ impl PageTables {
 
     /// Allocates `count` more spare tables. On failure the spares allocated stay until
     /// [`Self::trim`].
-    pub(crate) fn reserve(&mut self, vram: &Vram, io: &VramIo<'_>, count: usize) -> Result {
+    pub(crate) fn add_spares(&mut self, vram: &Vram<'_>, count: usize) -> Result {
         self.spare.reserve(count, GFP_KERNEL)?;
         for _ in 0..count {
-            let table = Table::new(vram, io)?;
+            let table = Table::new(vram)?;
             self.spare.push_within_capacity(table).map_err(|_| ENOMEM)?;
         }
         Ok(())
@@ -298,14 +126,18 @@ impl PageTables {
         }
     }
 
-    /// Spare tables held, for [`Self::trim`]'s callers and tests.
-    pub(crate) fn spares(&self) -> usize {
-        self.spare.len()
+    /// The leaf entries and spare tables in use.
+    pub(crate) fn counts(&self) -> PageCounts {
+        PageCounts {
+            huge: self.huge_pages,
+            small: self.small_pages,
+            spare: self.spare.len(),
+        }
     }
 
     /// The VRAM offset of the level-3 table, for `MMU_ROOT`.
     pub(crate) fn root(&self) -> u64 {
-        self.root.offset
+        self.root.offset()
     }
 
     /// Maps `va..va + len` to `target`, 4 KiB aligned, with 2 MiB entries where the virtual
@@ -313,16 +145,15 @@ impl PageTables {
     /// mapped, and leaves nothing of the range mapped when it fails.
     pub(crate) fn map(
         &mut self,
-        vram: &Vram,
-        io: &VramIo<'_>,
+        vram: &Vram<'_>,
         va: u64,
         target: Target,
         len: u64,
         writable: bool,
     ) -> Result {
         let (base, aperture) = match target {
-            Target::Vram(offset) => (offset, 0),
-            Target::Bus(addr) => (addr, regs::PTE_BUS),
+            Target::Vram(offset) => (offset, Aperture::Vram),
+            Target::Bus(addr) => (addr, Aperture::Bus),
         };
         let page = SZ_4K as u64;
         let end = va.checked_add(len).ok_or(EINVAL)?;
@@ -330,12 +161,11 @@ impl PageTables {
             || va % page != 0
             || len % page != 0
             || base % page != 0
-            || !matches!(base.checked_add(len), Some(last) if last <= regs::PTE_ADDR_MASK + page)
-            || end > 1 << regs::VA_BITS
+            || !matches!(base.checked_add(len), Some(last) if last <= PTE_ADDR_MASK + page)
+            || end > 1 << VA_BITS
         {
             return Err(EINVAL);
         }
-        let flags = regs::PTE_VALID | aperture | if writable { regs::PTE_WRITABLE } else { 0 };
         let mut done = 0;
         while done < len {
             let huge = level_size(1);
@@ -345,10 +175,9 @@ impl PageTables {
             } else {
                 0
             };
-            if let Err(e) =
-                self.set_leaf(vram, io, cur, level, flags | (addr & regs::PTE_ADDR_MASK))
-            {
-                self.unmap(vram, io, va, done);
+            let entry = Pte::page(addr, aperture, writable, level > 0);
+            if let Err(e) = self.set_leaf(vram, cur, level, entry) {
+                self.unmap(vram, va, done);
                 return Err(e);
             }
             done += level_size(level);
@@ -357,31 +186,24 @@ impl PageTables {
     }
 
     /// Writes the leaf for `va` at `level` (1 or 0), creating the tables on the way.
-    fn set_leaf(
-        &mut self,
-        vram: &Vram,
-        io: &VramIo<'_>,
-        va: u64,
-        level: u32,
-        entry: u64,
-    ) -> Result {
+    fn set_leaf(&mut self, vram: &Vram<'_>, va: u64, level: u32, entry: Pte) -> Result {
         let spare = &mut self.spare;
         let mut table = &mut self.root;
         for l in (level + 1..=3).rev() {
             let i = level_index(va, l);
-            if table.entry(i) & regs::PTE_VALID != 0 && table.entry(i) & regs::PTE_LEAF != 0 {
+            if table.entry(i).valid() && table.entry(i).huge() {
                 return Err(EEXIST);
             }
             if table.children.get(i).is_some_and(Option::is_none) {
                 let child = match spare.pop() {
                     Some(child) => child,
-                    None => Table::new(vram, io)?,
+                    None => Table::new(vram)?,
                 };
-                let dir = regs::PTE_VALID | (child.offset & regs::PTE_ADDR_MASK);
+                let dir = Pte::directory(child.offset());
                 if let Some(slot) = table.children.get_mut(i) {
                     *slot = Some(child);
                 }
-                table.set(io, i, dir)?;
+                table.set(vram, i, dir)?;
             }
             table = table
                 .children
@@ -394,24 +216,21 @@ impl PageTables {
             .children
             .get(i)
             .and_then(Option::as_ref)
-            .is_some_and(|child| child.entries.iter().all(|&e| e == 0));
+            .is_some_and(|child| child.is_empty());
         if empty_child {
             // A level-0 table left empty by unmaps gives way to a 2 MiB entry, and becomes a
             // spare. The directory entry is cleared first, so the device never walks a mix of
             // the two entries.
-            table.set(io, i, 0)?;
+            table.set(vram, i, Pte::INVALID)?;
             if let Some(child) = table.children.get_mut(i).and_then(Option::take) {
                 // Without room in the pool, the table is freed.
                 let _ = spare.push(child, GFP_KERNEL);
             }
         }
-        if table.entry(i) & regs::PTE_VALID != 0
-            || table.children.get(i).is_some_and(Option::is_some)
-        {
+        if table.entry(i).valid() || table.children.get(i).is_some_and(Option::is_some) {
             return Err(EEXIST);
         }
-        let leaf = if level > 0 { regs::PTE_LEAF } else { 0 };
-        table.set(io, i, entry | leaf)?;
+        table.set(vram, i, entry)?;
         if level > 0 {
             self.huge_pages += 1;
         } else {
@@ -423,18 +242,18 @@ impl PageTables {
     /// Unmaps `va..va + len`. A 2 MiB entry that the range covers only in part is split into
     /// 4 KiB entries first, in a spare table. Never fails; tables left empty stay allocated for
     /// later mappings. Only when no spare is left and VRAM is full, a 2 MiB entry is cleared
-    /// whole, which [`Self::reserve`] prevents.
-    pub(crate) fn unmap(&mut self, vram: &Vram, io: &VramIo<'_>, va: u64, len: u64) {
+    /// whole, which [`Self::add_spares`] prevents.
+    pub(crate) fn unmap(&mut self, vram: &Vram<'_>, va: u64, len: u64) {
         let end = va.saturating_add(len);
         let mut cur = va;
         while cur < end {
-            cur = self.clear(vram, io, cur, end);
+            cur = self.clear(vram, cur, end);
         }
     }
 
     /// Clears the leaf that maps `cur`, splitting it if it extends outside `cur..end`, and
     /// returns the address where the next leaf may start.
-    fn clear(&mut self, vram: &Vram, io: &VramIo<'_>, cur: u64, end: u64) -> u64 {
+    fn clear(&mut self, vram: &Vram<'_>, cur: u64, end: u64) -> u64 {
         let spare = &mut self.spare;
         let mut table = &mut self.root;
         for level in (0..=3).rev() {
@@ -443,34 +262,32 @@ impl PageTables {
             let next = base.saturating_add(size);
             let i = level_index(cur, level);
             let entry = table.entry(i);
-            if entry & regs::PTE_VALID == 0 {
+            if !entry.valid() {
                 // Nothing is mapped in this entry's range.
                 return next;
             }
-            if level == 0 || entry & regs::PTE_LEAF != 0 {
+            if level == 0 || entry.huge() {
                 if level == 1 && (base < cur || next > end) {
                     let child = match spare.pop() {
                         Some(child) => Some(child),
-                        None => Table::new(vram, io).ok(),
+                        None => Table::new(vram).ok(),
                     };
                     if let Some(mut child) = child {
-                        let kept = regs::PTE_WRITABLE | regs::PTE_APERTURE_MASK;
-                        let flags = regs::PTE_VALID | (entry & kept);
-                        let addr = entry & regs::PTE_ADDR_MASK;
-                        for k in 0..regs::TABLE_ENTRIES {
-                            let page = addr + k as u64 * level_size(0);
+                        for k in 0..TABLE_ENTRIES {
+                            let page = entry.addr() + k as u64 * level_size(0);
+                            let small = Pte::page(page, entry.aperture(), entry.writable(), false);
                             // A write to VRAM through the BAR only fails outside the BAR,
                             // which the table is not.
-                            let _ = child.set(io, k, flags | page);
+                            let _ = child.set(vram, k, small);
                         }
                         // The directory translates every page as the 2 MiB entry did, so the
                         // device may see either.
-                        let _ = table.set(io, i, regs::PTE_VALID | child.offset);
+                        let _ = table.set(vram, i, Pte::directory(child.offset()));
                         if let Some(slot) = table.children.get_mut(i) {
                             *slot = Some(child);
                         }
                         self.huge_pages -= 1;
-                        self.small_pages += regs::TABLE_ENTRIES as u64;
+                        self.small_pages += TABLE_ENTRIES as u64;
                         match table.children.get_mut(i).and_then(Option::as_mut) {
                             Some(child) => {
                                 table = child;
@@ -480,7 +297,7 @@ impl PageTables {
                         }
                     }
                 }
-                let _ = table.set(io, i, 0);
+                let _ = table.set(vram, i, Pte::INVALID);
                 if level > 0 {
                     self.huge_pages -= 1;
                 } else {

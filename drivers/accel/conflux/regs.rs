@@ -1,68 +1,166 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Register layout of the Conflux device, version 1.0 (`Documentation/accel/conflux/device.rst`).
+//! Registers, command slots and page-table entries of the Conflux device, version 1.0.
+//!
+//! The layout is specified in `Documentation/accel/conflux/device.rst`. BAR0 is the
+//! ivshmem-doorbell function's register block, of which the driver only rings the doorbell;
+//! BAR2 starts with the control block, then holds the command ring and VRAM.
+//!
+//! The kernel's I/O regions are accessed 32 bits at a time here, as the device model serves
+//! them, so the 64-bit registers are read and written as two halves ([`read64`], [`write64`]).
+
+use kernel::{
+    bitfield,
+    io::{
+        register,
+        register::Register,
+        Io, //
+    },
+    num::Bounded,
+    pci,
+    prelude::*,
+};
 
 /// BAR0: the doorbell registers of the ivshmem-doorbell function.
 pub(crate) const DOORBELL_BAR: u32 = 0;
 /// Size of the doorbell register block.
 pub(crate) const DOORBELL_BAR_SIZE: usize = 0x100;
-/// `Doorbell`: `peer << 16 | vector`; the engine is peer 0, vector 0.
-pub(crate) const DOORBELL: usize = 0xc;
-
 /// BAR2: control block, ring and VRAM.
 pub(crate) const CTL_BAR: u32 = 2;
 /// The part of BAR2 that holds the control block.
 pub(crate) const CTL_SIZE: usize = 0x100;
 
-/// `SIGNATURE`: ASCII `CNFXACCL`.
-pub(crate) const SIGNATURE: usize = 0x000;
-/// `VERSION`: `major << 16 | minor`.
-pub(crate) const VERSION: usize = 0x008;
-/// `CAPS`: capability bits.
-pub(crate) const CAPS: usize = 0x00c;
-/// `BAR_SIZE`: size of BAR2.
-pub(crate) const BAR_SIZE: usize = 0x010;
-/// `VRAM_OFFSET`: BAR2 offset of VRAM.
-pub(crate) const VRAM_OFFSET: usize = 0x018;
-/// `VRAM_SIZE`: size of VRAM.
-pub(crate) const VRAM_SIZE: usize = 0x020;
-/// `RING_OFFSET`: BAR2 offset of the ring.
-pub(crate) const RING_OFFSET: usize = 0x038;
-/// `RING_SIZE`: size of the ring in bytes.
-pub(crate) const RING_SIZE: usize = 0x040;
-/// `RING_HEAD`: free-running count of slots the driver filled.
-pub(crate) const RING_HEAD: usize = 0x048;
-/// `RING_TAIL`: free-running count of slots the device consumed.
-pub(crate) const RING_TAIL: usize = 0x04c;
-/// `FENCE_SEQNO`: seqno of the last completed `FENCE` command.
-pub(crate) const FENCE_SEQNO: usize = 0x050;
-/// `MMU_ROOT`: VRAM offset of the level-3 table; 0 turns the MMU off.
-pub(crate) const MMU_ROOT: usize = 0x058;
-/// `STATUS`: 0 OFF, 1 READY, 2 ERROR, 3 RESETTING.
-pub(crate) const STATUS: usize = 0x060;
-/// `CONTROL`: bit 0 requests a reset; the device clears it when the reset is done.
-pub(crate) const CONTROL: usize = 0x064;
-/// `ERR_VA`: virtual address of the failing access.
-pub(crate) const ERR_VA: usize = 0x080;
-/// `ERR_CAUSE`: cause of the recorded error, 0 for none.
-pub(crate) const ERR_CAUSE: usize = 0x088;
-/// `ERR_OPCODE`: opcode field of the failing command.
-pub(crate) const ERR_OPCODE: usize = 0x08c;
-/// `ERR_SEQNO`: seqno field of the failing command.
-pub(crate) const ERR_SEQNO: usize = 0x090;
-/// `CNT_LOCAL_BYTES`: bytes moved with every operand in local VRAM.
-pub(crate) const CNT_LOCAL_BYTES: usize = 0x0c0;
-/// `CNT_P2P_BYTES`: bytes read from or written to peers.
-pub(crate) const CNT_P2P_BYTES: usize = 0x0c8;
-/// `CNT_SYSMEM_BYTES`: bytes read from or written to system memory.
-pub(crate) const CNT_SYSMEM_BYTES: usize = 0x0d0;
-/// `CNT_COMMANDS`: commands completed.
-pub(crate) const CNT_COMMANDS: usize = 0x0d8;
-/// `CNT_ERRORS`: errors recorded.
-pub(crate) const CNT_ERRORS: usize = 0x0e0;
+/// The mapping of BAR0.
+pub(crate) type Bar0<'a> = pci::Bar<'a, DOORBELL_BAR_SIZE>;
+/// The mapping of BAR2; the control block is checked at build time, the rest at run time.
+pub(crate) type Bar2<'a> = pci::Bar<'a, CTL_SIZE>;
 
-/// `CONTROL` bit 0.
-pub(crate) const CONTROL_RESET: u32 = 1;
+register! {
+    /// `Doorbell` (BAR0): rings `vector` of `peer`; the engine is peer 0, vector 0.
+    pub(crate) DOORBELL(u32) @ 0x00c {
+        31:16 peer;
+        15:0 vector;
+    }
+}
+
+register! {
+    /// `SIGNATURE`: ASCII `CNFXACCL`.
+    pub(crate) SIGNATURE(u64) @ 0x000 {
+        63:0 value;
+    }
+
+    /// `VERSION`: the interface version.
+    pub(crate) VERSION(u32) @ 0x008 {
+        31:16 major;
+        15:0 minor;
+    }
+
+    /// `CAPS`: what the device implements.
+    pub(crate) CAPS(u32) @ 0x00c {
+        31:0 bits;
+    }
+
+    /// `BAR_SIZE`: the size of BAR2.
+    pub(crate) BAR_SIZE(u64) @ 0x010 {
+        63:0 bytes;
+    }
+
+    /// `VRAM_OFFSET`: where VRAM starts in BAR2.
+    pub(crate) VRAM_OFFSET(u64) @ 0x018 {
+        63:0 offset;
+    }
+
+    /// `VRAM_SIZE`: the size of VRAM.
+    pub(crate) VRAM_SIZE(u64) @ 0x020 {
+        63:0 bytes;
+    }
+
+    /// `RING_OFFSET`: where the command ring starts in BAR2.
+    pub(crate) RING_OFFSET(u64) @ 0x038 {
+        63:0 offset;
+    }
+
+    /// `RING_SIZE`: the size of the command ring in bytes.
+    pub(crate) RING_SIZE(u64) @ 0x040 {
+        63:0 bytes;
+    }
+
+    /// `RING_HEAD`: free-running count of slots the driver filled.
+    pub(crate) RING_HEAD(u32) @ 0x048 {
+        31:0 count;
+    }
+
+    /// `RING_TAIL`: free-running count of slots the device consumed.
+    pub(crate) RING_TAIL(u32) @ 0x04c {
+        31:0 count;
+    }
+
+    /// `FENCE_SEQNO`: the seqno of the last completed `FENCE` command.
+    pub(crate) FENCE_SEQNO(u64) @ 0x050 {
+        63:0 seqno;
+    }
+
+    /// `MMU_ROOT`: VRAM offset of the level-3 table; 0 turns the MMU off.
+    pub(crate) MMU_ROOT(u64) @ 0x058 {
+        63:0 offset;
+    }
+
+    /// `STATUS`: the state of the engine.
+    pub(crate) STATUS(u32) @ 0x060 {
+        31:0 state => State;
+    }
+
+    /// `CONTROL`: requests to the device.
+    pub(crate) CONTROL(u32) @ 0x064 {
+        /// Requests a reset; the device clears the bit when the reset is done.
+        0:0 reset => bool;
+    }
+
+    /// `ERR_VA`: the virtual address of the failing access.
+    pub(crate) ERR_VA(u64) @ 0x080 {
+        63:0 va;
+    }
+
+    /// `ERR_CAUSE`: the cause of the recorded error.
+    pub(crate) ERR_CAUSE(u32) @ 0x088 {
+        31:0 cause => FaultCause;
+    }
+
+    /// `ERR_OPCODE`: the opcode field of the failing command.
+    pub(crate) ERR_OPCODE(u32) @ 0x08c {
+        31:0 opcode;
+    }
+
+    /// `ERR_SEQNO`: the seqno field of the failing command.
+    pub(crate) ERR_SEQNO(u64) @ 0x090 {
+        63:0 seqno;
+    }
+
+    /// `CNT_LOCAL_BYTES`: bytes moved with every operand in local VRAM.
+    pub(crate) CNT_LOCAL_BYTES(u64) @ 0x0c0 {
+        63:0 count;
+    }
+
+    /// `CNT_P2P_BYTES`: bytes read from or written to peers.
+    pub(crate) CNT_P2P_BYTES(u64) @ 0x0c8 {
+        63:0 count;
+    }
+
+    /// `CNT_SYSMEM_BYTES`: bytes read from or written to system memory.
+    pub(crate) CNT_SYSMEM_BYTES(u64) @ 0x0d0 {
+        63:0 count;
+    }
+
+    /// `CNT_COMMANDS`: commands completed.
+    pub(crate) CNT_COMMANDS(u64) @ 0x0d8 {
+        63:0 count;
+    }
+
+    /// `CNT_ERRORS`: errors recorded.
+    pub(crate) CNT_ERRORS(u64) @ 0x0e0 {
+        63:0 count;
+    }
+}
 
 /// The signature value, as the 64-bit little-endian read of `CNFXACCL`.
 pub(crate) const SIGNATURE_VALUE: u64 = u64::from_le_bytes(*b"CNFXACCL");
@@ -71,51 +169,274 @@ pub(crate) const VERSION_MAJOR: u32 = 1;
 /// The capabilities of a version 1.0 device: COPY, FILL, FENCE, TIMESTAMP, MMU_2M, PEER_P2P.
 pub(crate) const CAPS_V1: u32 = 0x3f;
 
-/// `STATUS` of a device that executes commands.
-pub(crate) const STATUS_READY: u32 = 1;
-/// `STATUS` of a device that recorded an error and stopped.
-pub(crate) const STATUS_ERROR: u32 = 2;
+/// What `STATUS` says of the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Not started.
+    Off,
+    /// Executing commands.
+    Ready,
+    /// Stopped on an error, which the `ERR_*` registers describe.
+    Error,
+    /// Resetting.
+    Resetting,
+    /// A value the specification does not define.
+    Unknown(u32),
+}
+
+impl From<Bounded<u32, 32>> for State {
+    fn from(v: Bounded<u32, 32>) -> Self {
+        match v.get() {
+            0 => Self::Off,
+            1 => Self::Ready,
+            2 => Self::Error,
+            3 => Self::Resetting,
+            n => Self::Unknown(n),
+        }
+    }
+}
+
+impl From<State> for Bounded<u32, 32> {
+    fn from(s: State) -> Self {
+        Bounded::from(match s {
+            State::Off => 0u32,
+            State::Ready => 1,
+            State::Error => 2,
+            State::Resetting => 3,
+            State::Unknown(n) => n,
+        })
+    }
+}
+
+/// Why the device stopped (`ERR_CAUSE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FaultCause {
+    /// No error is recorded.
+    None,
+    /// A virtual address has no valid page-table entry.
+    Translation,
+    /// A write through a read-only entry.
+    Permission,
+    /// A bus address that the PCIe topology does not route to.
+    PeerUnreachable,
+    /// An access outside any memory.
+    BusError,
+    /// A command with an unknown opcode, bad flags or operands.
+    MalformedCommand,
+    /// Ring registers that do not describe a valid ring.
+    RingStateInvalid,
+    /// A value the specification does not define.
+    Unknown(u32),
+}
+
+impl FaultCause {
+    /// The name the specification gives the cause.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Translation => "translation fault",
+            Self::Permission => "permission fault",
+            Self::PeerUnreachable => "peer unreachable",
+            Self::BusError => "bus error",
+            Self::MalformedCommand => "malformed command",
+            Self::RingStateInvalid => "ring state invalid",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+}
+
+impl From<Bounded<u32, 32>> for FaultCause {
+    fn from(v: Bounded<u32, 32>) -> Self {
+        match v.get() {
+            0 => Self::None,
+            1 => Self::Translation,
+            2 => Self::Permission,
+            3 => Self::PeerUnreachable,
+            4 => Self::BusError,
+            5 => Self::MalformedCommand,
+            6 => Self::RingStateInvalid,
+            n => Self::Unknown(n),
+        }
+    }
+}
+
+impl From<FaultCause> for Bounded<u32, 32> {
+    fn from(c: FaultCause) -> Self {
+        Bounded::from(match c {
+            FaultCause::None => 0u32,
+            FaultCause::Translation => 1,
+            FaultCause::Permission => 2,
+            FaultCause::PeerUnreachable => 3,
+            FaultCause::BusError => 4,
+            FaultCause::MalformedCommand => 5,
+            FaultCause::RingStateInvalid => 6,
+            FaultCause::Unknown(n) => n,
+        })
+    }
+}
+
+/// Reads the 64-bit register `R` of `bar2` as two 32-bit halves. The high half is read again
+/// until it did not change, so that the halves of a value the device updates belong together.
+pub(crate) fn read64<R: Register + From<u64>>(bar2: &Bar2<'_>) -> Result<R> {
+    read64_at(bar2, R::OFFSET).map(R::from)
+}
+
+/// Reads the 64-bit field at byte `offset` of `bar2`, as [`read64`] does.
+pub(crate) fn read64_at(bar2: &Bar2<'_>, offset: usize) -> Result<u64> {
+    loop {
+        let hi = bar2.try_read32(offset + 4)?;
+        let lo = bar2.try_read32(offset)?;
+        if bar2.try_read32(offset + 4)? == hi {
+            return Ok(u64::from(hi) << 32 | u64::from(lo));
+        }
+    }
+}
+
+/// Writes `value` to the 64-bit field at byte `offset` of `bar2`, which the device does not
+/// read at the moment, as two 32-bit halves.
+pub(crate) fn write64_at(bar2: &Bar2<'_>, offset: usize, value: u64) -> Result {
+    // CAST: the two halves of `value`.
+    bar2.try_write32(value as u32, offset)?;
+    bar2.try_write32((value >> 32) as u32, offset + 4)
+}
+
+/// Writes the 64-bit register `value` to `bar2`, as [`write64_at`] does.
+pub(crate) fn write64<R: Register + Into<u64>>(bar2: &Bar2<'_>, value: R) -> Result {
+    write64_at(bar2, R::OFFSET, value.into())
+}
+
+/// A command slot of the ring, 64 bytes (`device.rst`, "Commands").
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Slot {
+    /// The command.
+    pub(crate) opcode: Opcode,
+    /// Raise the completion vector when the command completes.
+    pub(crate) irq: bool,
+    /// The job the command belongs to.
+    pub(crate) seqno: u64,
+    /// The operands; their meaning depends on the opcode.
+    pub(crate) operands: [u64; 3],
+}
 
 /// Size of a command slot.
 pub(crate) const SLOT_SIZE: usize = 64;
-/// Slot field `opcode` (u32).
-pub(crate) const SLOT_OPCODE: usize = 0x00;
-/// Slot field `flags` (u32).
-pub(crate) const SLOT_FLAGS: usize = 0x04;
-/// Slot field `seqno` (u64).
-pub(crate) const SLOT_SEQNO: usize = 0x08;
-/// Slot field `operand0` (u64); `operand1` and `operand2` follow.
-pub(crate) const SLOT_OPERANDS: usize = 0x10;
-/// Slot flag: raise the completion vector when the command completes.
-pub(crate) const SLOT_FLAG_IRQ: u32 = 1;
-
-/// Opcode `COPY`: `src_va`, `dst_va`, `len`.
-pub(crate) const OP_COPY: u32 = 1;
-/// Opcode `FILL`: `dst_va`, `len`, `pattern`.
-pub(crate) const OP_FILL: u32 = 2;
-/// Opcode `FENCE`: writes the slot's seqno to `FENCE_SEQNO`.
-pub(crate) const OP_FENCE: u32 = 3;
-
-/// The largest `len` of a `COPY` or `FILL`.
+/// Slot flag `IRQ`.
+const SLOT_FLAG_IRQ: u32 = 1;
+/// The most bytes one `COPY` or `FILL` moves.
 pub(crate) const MAX_COMMAND_LEN: u64 = 1 << 32;
+
+/// The opcode of a command slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Opcode {
+    /// `COPY`: `src_va`, `dst_va`, `len`.
+    #[default]
+    Copy = 1,
+    /// `FILL`: `dst_va`, `len`, `pattern`.
+    Fill = 2,
+    /// `FENCE`: writes the slot's seqno to `FENCE_SEQNO`.
+    Fence = 3,
+}
+
+impl Slot {
+    /// Writes the slot at byte `offset` of `bar2`, reserved fields zero.
+    pub(crate) fn write(&self, bar2: &Bar2<'_>, offset: usize) -> Result {
+        let flags = if self.irq { SLOT_FLAG_IRQ } else { 0 };
+        bar2.try_write32(self.opcode as u32, offset)?;
+        bar2.try_write32(flags, offset + 0x04)?;
+        write64_at(bar2, offset + 0x08, self.seqno)?;
+        for (i, operand) in self.operands.iter().enumerate() {
+            write64_at(bar2, offset + 0x10 + 8 * i, *operand)?;
+        }
+        // The reserved area, 0x28..0x40, must be zero.
+        for at in (0x28..SLOT_SIZE).step_by(4) {
+            bar2.try_write32(0, offset + at)?;
+        }
+        Ok(())
+    }
+}
 
 /// MSI-X vector raised when a command with `IRQ` completed.
 pub(crate) const VECTOR_COMPLETION: usize = 0;
 /// MSI-X vector raised when the device recorded an error and stopped.
 pub(crate) const VECTOR_ERROR: usize = 1;
 
-/// Page-table entry bit: valid.
-pub(crate) const PTE_VALID: u64 = 1 << 0;
-/// Page-table entry bit: the page may be written.
-pub(crate) const PTE_WRITABLE: u64 = 1 << 1;
-/// Page-table entry bit: the entry maps a page (level 1 and 0).
-pub(crate) const PTE_LEAF: u64 = 1 << 2;
-/// Leaf entry: the address is a PCIe bus address (aperture 1), not a VRAM offset.
-pub(crate) const PTE_BUS: u64 = 1 << 3;
-/// The aperture field of an entry.
-pub(crate) const PTE_APERTURE_MASK: u64 = 3 << 3;
-/// Page-table entry address bits 51..12.
-pub(crate) const PTE_ADDR_MASK: u64 = ((1 << 52) - 1) & !0xfff;
+/// Where a leaf entry points (`Aperture`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Aperture {
+    /// A VRAM offset of the device itself.
+    Vram,
+    /// A PCIe bus address: system memory, or a peer's memory.
+    Bus,
+    /// An aperture the specification reserves.
+    Reserved(u8),
+}
+
+impl From<Bounded<u64, 2>> for Aperture {
+    fn from(v: Bounded<u64, 2>) -> Self {
+        match v.get() {
+            0 => Self::Vram,
+            1 => Self::Bus,
+            // CAST: two bits.
+            n => Self::Reserved(n as u8),
+        }
+    }
+}
+
+impl From<Aperture> for Bounded<u64, 2> {
+    fn from(a: Aperture) -> Self {
+        Bounded::from_expr(
+            match a {
+                Aperture::Vram => 0,
+                Aperture::Bus => 1,
+                Aperture::Reserved(n) => u64::from(n),
+            } & 3,
+        )
+    }
+}
+
+bitfield! {
+    /// A page-table entry (`device.rst`, "MMU"): a directory entry pointing to the table of the
+    /// level below, or a leaf that maps a 4 KiB page (level 0) or a 2 MiB page (level 1).
+    pub(crate) struct Pte(u64) {
+        /// The entry is in use.
+        0:0 valid => bool;
+        /// The page may be written.
+        1:1 writable => bool;
+        /// At level 1, the entry maps a 2 MiB page rather than pointing to a table.
+        2:2 huge => bool;
+        /// What the address of a leaf is.
+        4:3 aperture => Aperture;
+        /// Bits 51..12 of the address: of the page, or of the table below.
+        51:12 frame;
+    }
+}
+
+/// Bits of an address a [`Pte`] holds.
+pub(crate) const PTE_ADDR_MASK: u64 = Pte::FRAME_MASK;
+
+impl Pte {
+    /// The entry of nothing.
+    pub(crate) const INVALID: Self = Self::from_raw(0);
+
+    /// A directory entry pointing to the table at VRAM offset `table`.
+    pub(crate) fn directory(table: u64) -> Self {
+        Self::from_raw(table & PTE_ADDR_MASK).with_valid(true)
+    }
+
+    /// A leaf that maps the 4 KiB-aligned `addr` in `aperture`, as a 2 MiB page when `huge`.
+    pub(crate) fn page(addr: u64, aperture: Aperture, writable: bool, huge: bool) -> Self {
+        Self::from_raw(addr & PTE_ADDR_MASK)
+            .with_valid(true)
+            .with_writable(writable)
+            .with_huge(huge)
+            .with_aperture(aperture)
+    }
+
+    /// The address the entry holds: of the page, or of the table below.
+    pub(crate) fn addr(self) -> u64 {
+        self.into_raw() & PTE_ADDR_MASK
+    }
+}
 
 /// Size of a page table: 512 entries of 8 bytes.
 pub(crate) const TABLE_SIZE: u64 = 4096;

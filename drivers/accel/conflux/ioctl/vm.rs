@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The VM ioctls: VM_BIND, VM_JOIN and VM_PATH.
+
+use kernel::{
+    drm::{
+        gem::BaseObject,
+        Registered, //
+    },
+    fs::LocalFile,
+    prelude::*,
+    sizes::SZ_4K,
+    sync::Arc,
+    transmute::FromBytes,
+    uapi, //
+};
+
+use crate::{
+    driver::{
+        ConfluxDevice,
+        DrmFile, //
+    },
+    hw::DeviceData,
+    vm::bind::BindOp,
+};
+
+use super::{
+    user_range,
+    Call, //
+};
+
+/// A `drm_conflux_vm_bind_op` as read from userspace.
+#[repr(transparent)]
+struct RawBindOp(uapi::drm_conflux_vm_bind_op);
+
+// SAFETY: The structure has only integer fields and no padding, so any bytes are a valid value.
+unsafe impl FromBytes for RawBindOp {}
+
+/// `DRM_IOCTL_CONFLUX_VM_BIND`.
+pub(crate) fn bind(
+    dev: &ConfluxDevice<Registered>,
+    data: &DeviceData<'_>,
+    args: &mut uapi::drm_conflux_vm_bind,
+    file: &DrmFile,
+) -> Result<u32> {
+    let call = Call::new(data, "VM_BIND");
+    call.zero(&[("flags", args.flags.into()), ("pad", args.pad.into())])?;
+    let count = call.count("num_ops", args.num_ops, uapi::DRM_CONFLUX_MAX_BIND_OPS)?;
+    call.vm_id(args.vm_id)?;
+    let raw = call.read_array::<RawBindOp>(args.ops, count)?;
+    let mut ops = KVec::with_capacity(raw.len(), GFP_KERNEL)?;
+    let page = SZ_4K as u64;
+    for (i, RawBindOp(op)) in raw.iter().enumerate() {
+        let aligned = (op.va | op.range | op.bo_offset) % page == 0;
+        let in_range = user_range(op.va, op.range).is_some();
+        let known = match op.op {
+            uapi::DRM_CONFLUX_BIND_MAP => op.flags & !uapi::DRM_CONFLUX_BIND_READONLY == 0,
+            uapi::DRM_CONFLUX_BIND_UNMAP => (op.flags | op.handle) == 0 && op.bo_offset == 0,
+            _ => false,
+        };
+        if !aligned || !in_range || !known || op.pad != 0 {
+            return Err(call.refuse(
+                EINVAL,
+                fmt!(
+                    "operation {}: op {} flags {:#x} handle {} pad {:#x} bo_offset {:#x} \
+                     va {:#x} range {:#x} is not valid",
+                    i,
+                    op.op,
+                    op.flags,
+                    op.handle,
+                    op.pad,
+                    op.bo_offset,
+                    op.va,
+                    op.range
+                ),
+            ));
+        }
+        let checked = if op.op == uapi::DRM_CONFLUX_BIND_MAP {
+            let bo = call.bo(file, fmt!("operation {i}: "), op.handle)?;
+            let fits = op
+                .bo_offset
+                .checked_add(op.range)
+                .is_some_and(|end| end <= bo.size() as u64);
+            if !fits {
+                return Err(call.refuse(
+                    EINVAL,
+                    fmt!(
+                        "operation {}: {:#x} bytes at offset {:#x} exceed buffer {} of {:#x} bytes",
+                        i,
+                        op.range,
+                        op.bo_offset,
+                        op.handle,
+                        bo.size()
+                    ),
+                ));
+            }
+            BindOp::Map {
+                va: op.va,
+                range: op.range,
+                bo,
+                offset: op.bo_offset,
+                writable: op.flags & uapi::DRM_CONFLUX_BIND_READONLY == 0,
+            }
+        } else {
+            BindOp::Unmap {
+                va: op.va,
+                range: op.range,
+            }
+        };
+        ops.push(checked, GFP_KERNEL)?;
+    }
+    let inner = file.inner();
+    inner
+        .shared_vm(dev.as_ioctl())?
+        .bind(inner.id(), dev.as_ioctl(), data, ops)?;
+    Ok(0)
+}
+
+/// `DRM_IOCTL_CONFLUX_VM_JOIN`.
+pub(crate) fn join(
+    dev: &ConfluxDevice<Registered>,
+    data: &DeviceData<'_>,
+    args: &mut uapi::drm_conflux_vm_join,
+    file: &DrmFile,
+) -> Result<u32> {
+    let call = Call::new(data, "VM_JOIN");
+    call.zero(&[("flags", args.flags.into())])?;
+    let fd = args.fd;
+    let not_open = || call.refuse(EBADF, fmt!("fd {fd} is not open"));
+    let other =
+        LocalFile::fget(u32::try_from(fd).map_err(|_| not_open())?).map_err(|_| not_open())?;
+    let Some(other) = DrmFile::from_file(&other, dev) else {
+        return Err(call.refuse(EINVAL, fmt!("fd {fd} is not a Conflux accel file")));
+    };
+    let me = file.inner();
+    let them = other.inner();
+    if me.id() == them.id() {
+        return Err(call.refuse(EINVAL, fmt!("fd {fd} is the caller's own file")));
+    }
+    let target = them.shared_vm(other.device())?;
+    let mut slot = me.vm_slot();
+    let joined = match &*slot {
+        Some(current) if Arc::ptr_eq(current, &target) => target.membership(me.id())?,
+        Some(current) if !current.is_unused_but_by(me.id()) => {
+            return Err(call.refuse(
+                EBUSY,
+                fmt!("the caller's VM has mappings or is shared already"),
+            ));
+        }
+        _ => {
+            let joined = target
+                .join(me.id(), dev.as_ioctl())
+                .map_err(|e| call.refuse(e, fmt!("cannot join fd {fd}'s VM: {e:?}")))?;
+            let old = slot.replace(target);
+            drop(slot);
+            if let Some(old) = old {
+                old.leave(me.id());
+            }
+            joined
+        }
+    };
+    args.members = u32::try_from(joined.members)?;
+    args.member = u32::try_from(joined.index)?;
+    Ok(0)
+}
+
+/// `DRM_IOCTL_CONFLUX_VM_PATH`.
+pub(crate) fn path(
+    dev: &ConfluxDevice<Registered>,
+    data: &DeviceData<'_>,
+    args: &mut uapi::drm_conflux_vm_path,
+    file: &DrmFile,
+) -> Result<u32> {
+    let call = Call::new(data, "VM_PATH");
+    call.zero(&[
+        ("flags", args.flags.into()),
+        ("path", args.path.into()),
+        ("members", args.members.into()),
+    ])?;
+    let shared = file.inner().shared_vm(dev.as_ioctl())?;
+    let member = args.member;
+    let (path, members) = shared
+        .path(usize::try_from(member)?, args.va)
+        .map_err(|e| call.refuse(e, fmt!("no member {member}")))?;
+    args.path = path;
+    args.members = u32::try_from(members)?;
+    Ok(0)
+}

@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A Conflux buffer as the exporter of its dma-buf.
+//!
+//! A buffer in VRAM is exported as BAR memory: each importer gets the bus addresses of the
+//! buffer's blocks where the PCIe topology has a peer-to-peer route to it (through switches, or
+//! through the host bridge where the kernel allows it), in a table that honours the importer's
+//! segment limits. Where there is no route, a movable buffer moves to system memory at the
+//! importer's first map, and any other is refused. A buffer in system memory is exported as its
+//! pages, mapped for each importer.
+
+use core::sync::atomic::{
+    AtomicUsize,
+    Ordering, //
+};
+
+use kernel::{
+    device::Device,
+    dma::DataDirection,
+    dma_buf::{
+        Attachment,
+        Exporter,
+        Reserved, //
+    },
+    dma_resv::{
+        DmaResv,
+        Usage, //
+    },
+    dma_segments::{
+        DmaRange,
+        DmaSGTable,
+        SegmentPlan, //
+    },
+    drm::gem::BaseObject,
+    pci::p2pdma::{
+        MapType,
+        Provider, //
+    },
+    prelude::*,
+    sync::aref::ARef,
+    time::msecs_to_jiffies,
+    uapi,
+};
+
+use crate::{
+    driver::{
+        IoctlDevice,
+        Object, //
+    },
+    engine::job_timeout_ms,
+    gem::{
+        self,
+        memory::Memory, //
+    },
+    hw::DeviceData,
+    mmu::Target,
+    regs::CTL_BAR,
+};
+
+/// The path a [`MapType`] stands for, as a `DRM_CONFLUX_PATH_*`.
+fn path_of(route: MapType) -> u32 {
+    match route {
+        MapType::BusAddress => uapi::DRM_CONFLUX_PATH_P2P,
+        MapType::ThroughHostBridge => uapi::DRM_CONFLUX_PATH_HOST_BRIDGE,
+        MapType::NotSupported => 0,
+    }
+}
+
+/// A Conflux buffer as its dma-buf's exporter.
+pub(crate) struct Export {
+    pub(super) obj: ARef<Object>,
+    pub(super) dev: ARef<IoctlDevice>,
+    /// How many attachments pinned the buffer where it is.
+    pins: AtomicUsize,
+}
+
+impl Export {
+    /// The exporter of `obj`, a buffer of `dev`.
+    pub(super) fn new(obj: &Object, dev: &IoctlDevice) -> Self {
+        Self {
+            obj: obj.into(),
+            dev: dev.into(),
+            pins: AtomicUsize::new(0),
+        }
+    }
+
+    /// How the device `importer` reaches the buffer, as a `DRM_CONFLUX_PATH_*`; 0 when it
+    /// cannot. A movable buffer in VRAM is reached in system memory by an importer without a
+    /// route: it moves there at the importer's first map.
+    pub(crate) fn path_for(&self, importer: &Device) -> Result<u32> {
+        DeviceData::with(&self.dev, |_, data| match self.obj.placement() {
+            uapi::DRM_CONFLUX_BO_VRAM => Ok(match map_type(data, importer)? {
+                MapType::NotSupported if self.obj.movable() => uapi::DRM_CONFLUX_PATH_SYSTEM,
+                route => path_of(route),
+            }),
+            uapi::DRM_CONFLUX_BO_SYSTEM => Ok(uapi::DRM_CONFLUX_PATH_SYSTEM),
+            _ => Err(EINVAL),
+        })
+    }
+
+    /// Moves the buffer to system memory if it is in VRAM and `attachment`'s device cannot reach
+    /// VRAM (it takes no peer-to-peer address, or the topology has no route). [`EXDEV`] or
+    /// [`EOPNOTSUPP`] when the buffer may not move, [`EBUSY`] when another importer pinned it in
+    /// VRAM.
+    ///
+    /// Every job that uses the buffer, on any device, finishes first; then the device's address
+    /// spaces and the other importers lose their mappings of the VRAM, which is freed last.
+    fn place_for(
+        &self,
+        data: &DeviceData<'_>,
+        attachment: &Attachment,
+        locked: &Reserved<'_>,
+    ) -> Result {
+        if !matches!(*self.obj.memory(), Memory::Vram(_)) {
+            return Ok(());
+        }
+        let importer = attachment.device();
+        let Err(refusal) = reaches_vram(data, attachment) else {
+            return Ok(());
+        };
+        if !self.obj.movable() {
+            return Err(refusal);
+        }
+        let pins = self.pins.load(Ordering::Relaxed);
+        if pins > 0 {
+            dev_info!(
+                data.pdev,
+                "export: a buffer cannot move to system memory for {}: {} attachments pinned it in VRAM (-EBUSY)\n",
+                importer.name(),
+                pins
+            );
+            return Err(EBUSY);
+        }
+        let resv = self.obj.dma_resv();
+        while !resv.wait_timeout(Usage::Bookkeep, true, msecs_to_jiffies(job_timeout_ms()))? {
+            data.engine.check_timeout();
+        }
+        let Some(vram) = gem::move_to_system(&self.obj, &data.vram)? else {
+            return Ok(());
+        };
+        self.obj.spaces().invalidate(Some(&data.vram));
+        locked.buf().invalidate_mappings(locked)?;
+        drop(vram);
+        dev_dbg!(
+            data.pdev,
+            "export: moved a buffer of {:#x} bytes to system memory for {}\n",
+            self.obj.size(),
+            importer.name()
+        );
+        Ok(())
+    }
+
+    /// Maps the memory that holds the buffer for `attachment`.
+    fn map_memory(
+        &self,
+        data: &DeviceData<'_>,
+        attachment: &Attachment,
+        dir: DataDirection,
+    ) -> Result<DmaSGTable> {
+        let memory = self.obj.memory();
+        match &*memory {
+            Memory::Vram(_) => {
+                let base = data.vram.phys_base()?;
+                let mut ranges = KVec::new();
+                // CAST: `usize` fits in `u64`.
+                let size = self.obj.size() as u64;
+                memory.for_each_piece(&data.vram, 0, size, |t, n| {
+                    let Target::Vram(at) = t else {
+                        return Err(EINVAL);
+                    };
+                    ranges.push(DmaRange::new(base + at, n)?, GFP_KERNEL)?;
+                    Ok(())
+                })?;
+                reaches_vram(data, attachment)?;
+                let provider = Provider::of_bar(data.pdev, CTL_BAR)?;
+                provider.map_attachment(&ranges, attachment, dir, GFP_KERNEL)
+            }
+            Memory::System(dma) => {
+                let pages = dma.access(data.pdev.as_ref())?.pages().clone();
+                let mapping = attachment.map_pages(pages, dir, GFP_KERNEL)?;
+                let plan = SegmentPlan::new(mapping.ranges(), attachment.limits()?)?;
+                let table = DmaSGTable::new(plan, GFP_KERNEL)?;
+                Ok(table.with_backing(KBox::new(mapping, GFP_KERNEL)?))
+            }
+            Memory::None => Err(EOPNOTSUPP),
+        }
+    }
+}
+
+/// How the device `importer` reaches the VRAM of `data`'s device.
+fn map_type(data: &DeviceData<'_>, importer: &Device) -> Result<MapType> {
+    Ok(Provider::of_bar(data.pdev, CTL_BAR)?.map_type(importer))
+}
+
+/// Whether `attachment`'s device can take the VRAM of `data`'s device: [`EOPNOTSUPP`] if the
+/// importer does not accept peer-to-peer addresses, [`EXDEV`] if the topology has no
+/// peer-to-peer route between the devices, each with its reason in the log once per importer.
+fn reaches_vram(data: &DeviceData<'_>, attachment: &Attachment) -> Result {
+    let importer = attachment.device();
+    let refusal = if !attachment.peer2peer() {
+        EOPNOTSUPP
+    } else if map_type(data, importer)? == MapType::NotSupported {
+        EXDEV
+    } else {
+        return Ok(());
+    };
+    if data.first_refusal(importer) {
+        let why = if refusal == EXDEV {
+            "no peer-to-peer route between the devices"
+        } else {
+            "it takes no peer-to-peer address"
+        };
+        dev_info!(
+            data.pdev,
+            "export: {} cannot reach VRAM ({}): its buffers go through system memory ({:?} for those that may only be in VRAM)\n",
+            importer.name(),
+            why,
+            refusal
+        );
+    }
+    Err(refusal)
+}
+
+impl Exporter for Export {
+    const NAME: &'static CStr = c"conflux";
+
+    fn resv(&self) -> Option<&DmaResv> {
+        Some(self.obj.dma_resv())
+    }
+
+    fn attach(&self, attachment: &Attachment) -> Result {
+        DeviceData::with(&self.dev, |_, data| match self.obj.placement() {
+            // An importer that cannot reach VRAM gets the buffer in system memory.
+            uapi::DRM_CONFLUX_BO_VRAM if self.obj.movable() => Ok(()),
+            uapi::DRM_CONFLUX_BO_VRAM => reaches_vram(data, attachment),
+            uapi::DRM_CONFLUX_BO_SYSTEM => Ok(()),
+            placement => {
+                dev_info!(
+                    data.pdev,
+                    "export: buffer with placement {:#x} cannot be attached\n",
+                    placement
+                );
+                Err(EOPNOTSUPP)
+            }
+        })
+    }
+
+    fn pin(&self, attachment: &Attachment, locked: &Reserved<'_>) -> Result {
+        DeviceData::with(&self.dev, |_, data| {
+            self.place_for(data, attachment, locked)
+        })?;
+        self.pins.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn unpin(&self, _attachment: &Attachment) {
+        self.pins.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn map(
+        &self,
+        attachment: &Attachment,
+        dir: DataDirection,
+        locked: &Reserved<'_>,
+    ) -> Result<DmaSGTable> {
+        DeviceData::with(&self.dev, |_, data| {
+            self.place_for(data, attachment, locked)?;
+            self.map_memory(data, attachment, dir)
+        })
+    }
+}

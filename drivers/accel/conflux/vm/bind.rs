@@ -1,0 +1,410 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VM_BIND as a transaction on one device's VM: check, allocate, then change.
+//!
+//! A bind checks every operation against the mappings the operations before it leave, and
+//! allocates all it can need (the `drm_gpuva`s of new and split mappings, page tables, a spare
+//! table per 2 MiB entry) before it changes anything. The changes themselves cannot fail, so the
+//! VM is either changed as a whole or not at all. The steps, [`Vm::prepare`],
+//! [`Vm::provision`], [`Vm::commit`] and [`Vm::finish`], are taken in turn on every member of a
+//! shared VM by [`SharedVm::bind`](super::shared::SharedVm::bind).
+
+use core::ops::Range;
+
+use kernel::{
+    dma_resv::{
+        DmaResv,
+        ResvSet, //
+    },
+    drm::gpuvm::{
+        DriverGpuVm,
+        GpuVaAlloc,
+        GpuVmBo,
+        OpMap,
+        OpMapRequest,
+        OpMapped,
+        OpRemap,
+        OpRemapped,
+        OpUnmap,
+        OpUnmapped, //
+    },
+    prelude::*,
+    sync::aref::ARef,
+};
+
+use crate::{
+    driver::{
+        ConfluxDrm,
+        IoctlDevice,
+        Object, //
+    },
+    hw::DeviceData,
+    mmu::{
+        address_space::{
+            Movable,
+            MovableRange, //
+        },
+        MapRange,
+        PageTables, //
+    },
+    prime,
+};
+
+use super::{
+    range,
+    Vm, //
+};
+
+/// The driver's side of a `drm_gpuvm`.
+pub(crate) struct VmData;
+
+/// What the `drm_gpuvm` steps of one operation work with.
+pub(crate) struct BindCtx<'a> {
+    pub(super) tables: &'a mut PageTables,
+    /// Where buffers whose memory can change are mapped; room for the records the operation
+    /// adds.
+    pub(super) movable: &'a mut Movable,
+    /// The reservation locks of the imported buffers the operations map.
+    pub(super) locked: Option<&'a ResvSet<'a>>,
+    /// The device; `None` when the VM is torn down: only the tree changes then, and the tables
+    /// are freed after.
+    pub(super) data: Option<&'a DeviceData<'a>>,
+    /// Preallocated `drm_gpuva`s.
+    pub(super) vas: &'a mut KVec<GpuVaAlloc<VmData>>,
+    pub(super) writable: bool,
+}
+
+impl BindCtx<'_> {
+    fn va(&mut self) -> Result<GpuVaAlloc<VmData>> {
+        // Not reached: `Vm::prepare` allocates as many as the operations can take.
+        self.vas.pop().ok_or(ENOMEM)
+    }
+}
+
+impl DriverGpuVm for VmData {
+    type Driver = ConfluxDrm;
+    type Object = Object;
+    type VaData = ();
+    type VmBoData = ();
+    type SmContext<'ctx> = BindCtx<'ctx>;
+
+    fn sm_step_map<'op, 'ctx>(
+        &mut self,
+        op: OpMap<'op, Self>,
+        ctx: &mut BindCtx<'ctx>,
+    ) -> Result<OpMapped<'op, Self>> {
+        let data = ctx.data.ok_or(EINVAL)?;
+        let va = ctx.va()?;
+        let obj = op.obj();
+        let table = match (obj.imported(), ctx.locked) {
+            (Some(imp), Some(locked)) => Some(imp.table(data, locked)?),
+            (Some(_), None) => return Err(EINVAL),
+            (None, _) => None,
+        };
+        let range = MapRange {
+            va: op.addr(),
+            len: op.length(),
+            offset: op.gem_offset(),
+            writable: ctx.writable,
+        };
+        obj.map(&data.vram, ctx.tables, table, &range)?;
+        if obj.may_change() {
+            ctx.movable.push(MovableRange {
+                id: obj.id(),
+                range,
+                valid: true,
+            })?;
+        }
+        Ok(op.insert(va, ()))
+    }
+
+    fn sm_step_unmap<'op, 'ctx>(
+        &mut self,
+        op: OpUnmap<'op, Self>,
+        ctx: &mut BindCtx<'ctx>,
+    ) -> Result<OpUnmapped<'op, Self>> {
+        let r = op.va().range();
+        if let Some(data) = ctx.data {
+            ctx.tables.unmap(&data.vram, r.start, r.end - r.start);
+        }
+        ctx.movable.cut(r.start, r.end);
+        let (done, _removed) = op.remove();
+        Ok(done)
+    }
+
+    fn sm_step_remap<'op, 'ctx>(
+        &mut self,
+        op: OpRemap<'op, Self>,
+        ctx: &mut BindCtx<'ctx>,
+    ) -> Result<OpRemapped<'op, Self>> {
+        let old = op.va_to_unmap().range();
+        let from = op.prev().map_or(old.start, |p| p.addr() + p.length());
+        let to = op.next().map_or(old.end, |n| n.addr());
+        if let Some(data) = ctx.data {
+            ctx.tables.unmap(&data.vram, from, to - from);
+        }
+        ctx.movable.cut(from, to);
+        let vas = [ctx.va()?, ctx.va()?];
+        let (done, ret) = op.remap(vas, (), ());
+        if let Some(unused) = ret.unused_va {
+            // Two were taken, so there is room for one.
+            let _ = ctx.vas.push_within_capacity(unused);
+        }
+        Ok(done)
+    }
+}
+
+/// One operation of a VM_BIND call, checked.
+pub(crate) enum BindOp {
+    /// Map `range` bytes of `bo` from `offset` on at `va`.
+    Map {
+        va: u64,
+        range: u64,
+        bo: ARef<Object>,
+        offset: u64,
+        writable: bool,
+    },
+    /// Unmap `va..va + range`.
+    Unmap { va: u64, range: u64 },
+}
+
+impl BindOp {
+    /// The operation as a member of a shared VM on device `to` does it, for a caller on `from`.
+    pub(super) fn for_device(&self, from: &IoctlDevice, to: &IoctlDevice) -> Result<Self> {
+        Ok(match self {
+            BindOp::Map {
+                va,
+                range,
+                bo,
+                offset,
+                writable,
+            } => BindOp::Map {
+                va: *va,
+                range: *range,
+                bo: prime::for_device(bo, from, to)?,
+                offset: *offset,
+                writable: *writable,
+            },
+            BindOp::Unmap { va, range } => BindOp::Unmap {
+                va: *va,
+                range: *range,
+            },
+        })
+    }
+
+    /// The virtual addresses the operation covers.
+    fn span(&self) -> Range<u64> {
+        match *self {
+            BindOp::Map { va, range, .. } | BindOp::Unmap { va, range } => va..va + range,
+        }
+    }
+}
+
+/// What a VM_BIND call allocated for a VM before it changed anything.
+pub(crate) struct Prepared {
+    vas: KVec<GpuVaAlloc<VmData>>,
+    vm_bos: KVec<Option<ARef<GpuVmBo<VmData>>>>,
+    /// The page tables the maps can need.
+    tables: usize,
+}
+
+/// Adds the reservation objects of the imported buffers that `ops` map to `resvs`.
+pub(super) fn imported_resvs<'a>(ops: &'a [BindOp], resvs: &mut KVec<&'a DmaResv>) -> Result {
+    for op in ops {
+        if let BindOp::Map { bo, .. } = op {
+            if let Some(imp) = bo.imported() {
+                resvs.push(imp.resv(), GFP_KERNEL)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Vm {
+    /// Checks that every MAP finds its range free, given the operations before it.
+    fn check(&self, data: &DeviceData<'_>, ops: &[BindOp]) -> Result {
+        let mut added = KVec::<Range<u64>>::new();
+        let mut removed = KVec::<Range<u64>>::new();
+        for (i, op) in ops.iter().enumerate() {
+            let span = op.span();
+            match op {
+                BindOp::Unmap { .. } => {
+                    added = range::subtract(&added, &span)?;
+                    removed.push(span, GFP_KERNEL)?;
+                }
+                BindOp::Map { .. } => {
+                    let mut free = !range::overlaps(&span, &added);
+                    let mut cur = span.start;
+                    while free {
+                        let Some(va) = self.gpuvm.find_first(cur..span.end) else {
+                            break;
+                        };
+                        let r = va.range();
+                        let mapped = r.start.max(cur)..r.end.min(span.end);
+                        cur = mapped.end;
+                        free = range::covered(mapped, &removed);
+                    }
+                    if !free {
+                        dev_dbg!(
+                            data.pdev,
+                            "VM_BIND: operation {}: {:#x}..{:#x} is not free\n",
+                            i,
+                            span.start,
+                            span.end
+                        );
+                        return Err(ENOSPC);
+                    }
+                    added.push(span, GFP_KERNEL)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first step of a bind: checks `ops`, waits for the VM's jobs when they unmap, and
+    /// allocates the `drm_gpuva`s and `drm_gpuvm_bo`s. Changes nothing a job sees.
+    pub(super) fn prepare(&mut self, data: &DeviceData<'_>, ops: &[BindOp]) -> Result<Prepared> {
+        self.check(data, ops)?;
+        let unmaps = ops
+            .iter()
+            .filter(|op| matches!(op, BindOp::Unmap { .. }))
+            .count();
+        if unmaps > 0 {
+            if let Some(last) = self.last.clone() {
+                data.engine.wait(&last, true)?;
+            }
+        }
+        // A va per map, three per unmap (two split mappings, one freed by the first split and
+        // taken again).
+        let count = (ops.len() - unmaps) + 3 * unmaps;
+        let mut vas = KVec::with_capacity(count, GFP_KERNEL)?;
+        for _ in 0..count {
+            vas.push(GpuVaAlloc::new(GFP_KERNEL)?, GFP_KERNEL)?;
+        }
+        let mut vm_bos = KVec::with_capacity(ops.len(), GFP_KERNEL)?;
+        let mut tables = 0;
+        for op in ops {
+            let vm_bo = match op {
+                BindOp::Map { bo, va, range, .. } => {
+                    tables += PageTables::tables_for(*va, *range);
+                    Some(self.gpuvm.obtain(bo, ())?)
+                }
+                BindOp::Unmap { .. } => None,
+            };
+            vm_bos.push(vm_bo, GFP_KERNEL)?;
+        }
+        Ok(Prepared {
+            vas,
+            vm_bos,
+            tables,
+        })
+    }
+
+    /// The second step of a bind: maps (and checks) the tables of the imported buffers among
+    /// `ops` under their reservation locks, `locked`, and allocates the page tables. On failure,
+    /// the VM keeps no table it allocated.
+    pub(super) fn provision(
+        &self,
+        data: &DeviceData<'_>,
+        ops: &[BindOp],
+        prepared: &Prepared,
+        locked: Option<&ResvSet<'_>>,
+    ) -> Result {
+        for op in ops {
+            if let BindOp::Map { bo, .. } = op {
+                if let Some(imp) = bo.imported() {
+                    imp.table(data, locked.ok_or(EINVAL)?)?;
+                }
+                if bo.may_change() {
+                    bo.spaces().add(&self.space)?;
+                }
+            }
+        }
+        let mut guard = self.space.lock();
+        let st = &mut *guard;
+        let tables = st.tables.as_mut().ok_or(ENODEV)?;
+        // Each operation adds at most one record: a map, or the split of one by an unmap.
+        st.movable.reserve(ops.len())?;
+        tables
+            .add_spares(&data.vram, prepared.tables)
+            .inspect_err(|e| {
+                tables.trim();
+                dev_dbg!(
+                    data.pdev,
+                    "VM_BIND: {} page tables: {:?} ({:#x} bytes of VRAM available)\n",
+                    prepared.tables,
+                    e,
+                    data.vram.avail()
+                );
+            })
+    }
+
+    /// Gives back the page tables [`Vm::provision`] took, when another member of the VM failed.
+    pub(super) fn release_spares(&self) {
+        if let Some(tables) = self.space.lock().tables.as_mut() {
+            tables.trim();
+        }
+    }
+
+    /// The last step of a bind, which cannot fail: applies `ops` in order with what the steps
+    /// before prepared. `locked` holds the reservation locks of the imported buffers.
+    pub(super) fn commit(
+        &mut self,
+        data: &DeviceData<'_>,
+        ops: &[BindOp],
+        prepared: &mut Prepared,
+        locked: Option<&ResvSet<'_>>,
+    ) -> Result {
+        let mut guard = self.space.lock();
+        let st = &mut *guard;
+        let this_tables = st.tables.as_mut().ok_or(ENODEV)?;
+        let mut result = Ok(());
+        for (i, (op, vm_bo)) in ops.iter().zip(prepared.vm_bos.iter()).enumerate() {
+            let writable = matches!(op, BindOp::Map { writable: true, .. });
+            let mut ctx = BindCtx {
+                tables: this_tables,
+                movable: &mut st.movable,
+                locked,
+                data: Some(data),
+                vas: &mut prepared.vas,
+                writable,
+            };
+            let done = match (op, vm_bo) {
+                (
+                    BindOp::Map {
+                        va, range, offset, ..
+                    },
+                    Some(vm_bo),
+                ) => self.gpuvm.sm_map(OpMapRequest {
+                    addr: *va,
+                    range: *range,
+                    gem_offset: *offset,
+                    vm_bo,
+                    context: &mut ctx,
+                }),
+                (BindOp::Unmap { va, range }, _) => self.gpuvm.sm_unmap(*va, *range, &mut ctx),
+                _ => Err(EINVAL),
+            };
+            if let Err(e) = done {
+                // Not reached: the checks and allocations before leave nothing to fail.
+                dev_err!(
+                    data.pdev,
+                    "VM_BIND: operation {} failed after its checks: {:?}\n",
+                    i,
+                    e
+                );
+                result = Err(e);
+                break;
+            }
+        }
+        this_tables.trim();
+        result
+    }
+
+    /// Drops what a bind prepared, once the reservation locks are released: the `drm_gpuvm_bo`s
+    /// no mapping uses any more are freed under their objects' locks.
+    pub(super) fn finish(&self, prepared: Prepared) {
+        drop(prepared);
+        self.gpuvm.deferred_cleanup();
+    }
+}

@@ -1,0 +1,263 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VMs shared by the files of several devices: one VM per member device, kept in lockstep.
+//!
+//! A buffer bound at an address is at that address on every member, each through its own path
+//! to the buffer. A bind is one transaction across the members: every member checks and
+//! allocates, the imported buffers of all of them are locked together, every member provisions
+//! its page tables, and only then does any of them change.
+
+use kernel::{
+    dma_resv::ResvSet,
+    new_mutex,
+    prelude::*,
+    sync::{
+        aref::ARef,
+        Arc,
+        Mutex, //
+    },
+};
+
+use crate::{
+    driver::IoctlDevice,
+    hw::DeviceData, //
+};
+
+use super::{
+    bind::{
+        imported_resvs,
+        BindOp, //
+    },
+    Vm,
+};
+
+/// A member of a [`SharedVm`]: the VM of one file, on the file's device.
+struct Member {
+    /// The file, by address ([`File::id`](crate::file::File::id)).
+    file: usize,
+    dev: ARef<IoctlDevice>,
+    vm: KBox<Vm>,
+}
+
+/// Where a file stands in a [`SharedVm`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Membership {
+    /// The number of members.
+    pub(crate) members: usize,
+    /// The file's index among them.
+    pub(crate) index: usize,
+}
+
+/// A VM that the files of several devices share: one VM per member device, kept in lockstep, so
+/// that a buffer bound at an address is at that address on every member. A file's VM is a
+/// `SharedVm` of one member until another file joins it.
+///
+/// # Invariants
+///
+/// Every member maps the same ranges at the same addresses, each to the buffer as its device
+/// reaches it, but members whose device was unbound, which binds skip.
+#[pin_data]
+pub(crate) struct SharedVm {
+    #[pin]
+    members: Mutex<KVec<Member>>,
+}
+
+impl SharedVm {
+    /// A VM of one member, for `file` on `dev`.
+    pub(crate) fn new(file: usize, dev: &IoctlDevice) -> Result<Arc<Self>> {
+        let vm = DeviceData::with(dev, Vm::new)?;
+        let mut members = KVec::new();
+        members.push(
+            Member {
+                file,
+                dev: dev.into(),
+                vm: KBox::new(vm, GFP_KERNEL)?,
+            },
+            GFP_KERNEL,
+        )?;
+        Arc::pin_init(
+            pin_init!(Self {
+                members <- new_mutex!(members),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Runs `f` on the VM of `file`'s member.
+    pub(crate) fn with_member<R>(
+        &self,
+        file: usize,
+        f: impl FnOnce(&mut Vm) -> Result<R>,
+    ) -> Result<R> {
+        let mut members = self.members.lock();
+        let member = members.iter_mut().find(|m| m.file == file).ok_or(ENOENT)?;
+        f(&mut member.vm)
+    }
+
+    /// Where `file` stands: the number of members, and the index of `file`'s.
+    pub(crate) fn membership(&self, file: usize) -> Result<Membership> {
+        let members = self.members.lock();
+        let index = members.iter().position(|m| m.file == file).ok_or(ENOENT)?;
+        Ok(Membership {
+            members: members.len(),
+            index,
+        })
+    }
+
+    /// Whether the VM has a single member, `file`, with nothing mapped.
+    pub(crate) fn is_unused_but_by(&self, file: usize) -> bool {
+        let members = self.members.lock();
+        members.iter().all(|m| m.file == file && m.vm.is_empty())
+    }
+
+    /// Adds `file` on `dev` as a member, if nothing is mapped.
+    pub(crate) fn join(&self, file: usize, dev: &IoctlDevice) -> Result<Membership> {
+        let vm = DeviceData::with(dev, Vm::new)?;
+        let vm = KBox::new(vm, GFP_KERNEL)?;
+        let mut members = self.members.lock();
+        if let Some(index) = members.iter().position(|m| m.file == file) {
+            return Ok(Membership {
+                members: members.len(),
+                index,
+            });
+        }
+        if members.iter().any(|m| !m.vm.is_empty()) {
+            return Err(EBUSY);
+        }
+        members.push(
+            Member {
+                file,
+                dev: dev.into(),
+                vm,
+            },
+            GFP_KERNEL,
+        )?;
+        Ok(Membership {
+            members: members.len(),
+            index: members.len() - 1,
+        })
+    }
+
+    /// Removes `file`'s member; its VM goes once its jobs are done.
+    pub(crate) fn leave(&self, file: usize) {
+        let gone = {
+            let mut members = self.members.lock();
+            members
+                .iter()
+                .position(|m| m.file == file)
+                .and_then(|i| members.remove(i).ok())
+        };
+        // The VM waits for its jobs as it drops, outside the lock.
+        drop(gone);
+    }
+
+    /// For `DRM_IOCTL_CONFLUX_VM_PATH`: the path of `member` to what is mapped at `va`, and the
+    /// number of members.
+    pub(crate) fn path(&self, member: usize, va: u64) -> Result<(u32, usize)> {
+        let members = self.members.lock();
+        let m = members.get(member).ok_or(ENOENT)?;
+        Ok((m.vm.path_at(va), members.len()))
+    }
+
+    /// Applies `ops`, operations of `file` on device `dev` (whose data is `data`), on every
+    /// member, all or nothing.
+    pub(crate) fn bind(
+        &self,
+        file: usize,
+        dev: &IoctlDevice,
+        data: &DeviceData<'_>,
+        ops: KVec<BindOp>,
+    ) -> Result {
+        let mut members = self.members.lock();
+        // The operations of each member, with the buffers as its device reaches them.
+        let mine = members.iter().position(|m| m.file == file).ok_or(ENOENT)?;
+        let mut plans = KVec::<(usize, KVec<BindOp>)>::with_capacity(members.len(), GFP_KERNEL)?;
+        for (i, m) in members.iter().enumerate() {
+            if i == mine {
+                continue;
+            }
+            if m.dev.registration_guard().is_none() {
+                // The device is unbound: its VM runs no job any more.
+                continue;
+            }
+            let mut theirs = KVec::with_capacity(ops.len(), GFP_KERNEL)?;
+            for (j, op) in ops.iter().enumerate() {
+                let op = op.for_device(dev, &m.dev).inspect_err(|e| {
+                    dev_info!(
+                        data.pdev,
+                        "VM_BIND: operation {}: member {} cannot reach the buffer: {:?}\n",
+                        j,
+                        i,
+                        e
+                    );
+                })?;
+                theirs.push(op, GFP_KERNEL)?;
+            }
+            plans.push((i, theirs), GFP_KERNEL)?;
+        }
+        plans.push((mine, ops), GFP_KERNEL)?;
+        // Check, wait and allocate on every member before anything changes.
+        let mut prepared = KVec::with_capacity(plans.len(), GFP_KERNEL)?;
+        let mut result = Ok(());
+        for (i, ops) in plans.iter() {
+            let m = &mut members[*i];
+            match DeviceData::with(&m.dev, |_, data| m.vm.prepare(data, ops)) {
+                Ok(p) => prepared.push(p, GFP_KERNEL)?,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let mut resvs = KVec::new();
+        if result.is_ok() {
+            for (_, ops) in plans.iter() {
+                imported_resvs(ops, &mut resvs)?;
+            }
+        }
+        let locked = match (&result, resvs.is_empty()) {
+            (Ok(()), false) => match ResvSet::lock(&resvs, true, GFP_KERNEL) {
+                Ok(set) => Some(set),
+                Err(e) => {
+                    result = Err(e);
+                    None
+                }
+            },
+            _ => None,
+        };
+        // Map the imported buffers and provision page tables on every member, then commit.
+        let mut provisioned = 0;
+        if result.is_ok() {
+            for ((i, ops), p) in plans.iter().zip(prepared.iter()) {
+                let m = &members[*i];
+                result = DeviceData::with(&m.dev, |_, data| {
+                    m.vm.provision(data, ops, p, locked.as_ref())
+                });
+                if result.is_err() {
+                    break;
+                }
+                provisioned += 1;
+            }
+        }
+        if result.is_ok() {
+            for ((i, ops), p) in plans.iter().zip(prepared.iter_mut()) {
+                let m = &mut members[*i];
+                // A device unbound since is skipped, as above; nothing else can fail here.
+                let committed =
+                    DeviceData::with(&m.dev, |_, data| m.vm.commit(data, ops, p, locked.as_ref()));
+                if let Err(e) = committed {
+                    pr_err!("conflux: VM_BIND: member {} failed to commit: {:?}\n", i, e);
+                }
+            }
+        } else {
+            for (i, _) in plans.iter().take(provisioned) {
+                members[*i].vm.release_spares();
+            }
+        }
+        drop(locked);
+        for ((i, _), p) in plans.iter().zip(prepared) {
+            members[*i].vm.finish(p);
+        }
+        result
+    }
+}
