@@ -136,20 +136,6 @@ impl DmaResv {
         }
     }
 
-    /// Locks the object; returns [`EINTR`] when a signal interrupts the wait.
-    pub fn lock_interruptible(&self) -> Result<ResvGuard<'_>> {
-        // SAFETY: The object is valid.
-        to_result(unsafe {
-            bindings::dma_resv_lock_interruptible(self.as_raw(), core::ptr::null_mut())
-        })?;
-        // INVARIANT: locked just above.
-        Ok(ResvGuard {
-            resv: self,
-            reserved: 0,
-            _not_send: NotThreadSafe,
-        })
-    }
-
     /// Whether every fence of `usage` (and the usages before it) has signalled.
     pub fn test_signaled(&self, usage: Usage) -> bool {
         // SAFETY: The object is valid; the test takes RCU, not the lock.
@@ -280,19 +266,20 @@ impl PinnedDrop for AcquireCtx {
 }
 
 /// Proof that reservation objects are locked by the current task: a [`ResvGuard`] or a
-/// [`ResvSet`].
+/// [`ResvSet`] (or, in the callbacks of a dma-buf exporter, the core's
+/// [`ResvHeld`](crate::dma_buf::ResvHeld)).
 ///
 /// # Safety
 ///
-/// [`Locked::holds`] returns `true` only for an object whose lock the current task holds for as
+/// [`ResvLocked::holds`] returns `true` only for an object whose lock the current task holds for as
 /// long as the implementer lives: code that maps or unmaps under the lock relies on it.
-pub unsafe trait Locked {
+pub unsafe trait ResvLocked {
     /// Whether `resv` is one of the objects this holds locked.
     fn holds(&self, resv: &DmaResv) -> bool;
 }
 
 // SAFETY: A guard holds the lock of `resv` for as long as it lives (type invariants).
-unsafe impl Locked for ResvGuard<'_> {
+unsafe impl ResvLocked for ResvGuard<'_> {
     fn holds(&self, resv: &DmaResv) -> bool {
         self.resv.as_raw() == resv.as_raw()
     }
@@ -300,7 +287,7 @@ unsafe impl Locked for ResvGuard<'_> {
 
 // SAFETY: A set holds the locks of every object of `locked` for as long as it lives (type
 // invariants).
-unsafe impl Locked for ResvSet<'_> {
+unsafe impl ResvLocked for ResvSet<'_> {
     fn holds(&self, resv: &DmaResv) -> bool {
         self.locked.iter().any(|l| l.as_raw() == resv.as_raw())
     }

@@ -23,9 +23,9 @@
 //! The plan is an iterator: it allocates nothing and can be walked once to size a table
 //! ([`SegmentPlan::count_segments`]) and once more to fill it.
 //!
-//! [`DmaSGTable`] is such a table: an owned `struct sg_table` that holds only DMA addresses, one
-//! entry per segment of a plan, for exporters of memory that has no `struct page` (device memory
-//! behind a PCI BAR, for instance).
+//! [`SegmentPlan::into_table`] makes the plan a [`SGTable<DmaOnly<B>>`](SGTable): an owned
+//! `struct sg_table` that holds only DMA addresses, one entry per segment of the plan, for
+//! exporters of memory that has no `struct page` (device memory behind a PCI BAR, for instance).
 //!
 //! # Examples
 //!
@@ -63,13 +63,13 @@ use crate::{
         DataDirection,
         DmaAddress, //
     },
-    error::to_result,
     page::{
         Page,
         PAGE_SIZE, //
     },
     prelude::*,
     scatterlist::{
+        DmaOnly,
         SGEntry,
         SGTable, //
     },
@@ -77,12 +77,8 @@ use crate::{
         aref::ARef,
         Arc, //
     },
-    types::Opaque, //
 };
-use core::{
-    iter::Peekable,
-    ops::Deref, //
-};
+use core::iter::Peekable;
 
 /// A contiguous range of DMA (bus) addresses.
 ///
@@ -335,173 +331,39 @@ impl<I: Iterator<Item = DmaRange>> Iterator for SegmentPlan<I> {
     }
 }
 
-/// An owned scatter-gather table that holds only DMA addresses: no pages, no CPU list.
-///
-/// Each entry is one segment of a [`SegmentPlan`], so the table honours the importer's maximum
-/// segment size and segment boundary. As in the tables `dma_buf_phys_vec_to_sgt()` builds,
-/// `orig_nents` is 0, which tells importers that there is no CPU list to use; `nents` is the
-/// number of entries. The entries' page fields are empty.
-///
-/// The table lives at a stable address and can be handed to C code (a dma-buf `map_dma_buf`
-/// callback returns it) with [`DmaSGTable::into_raw`] and taken back with
-/// [`DmaSGTable::from_raw`]. Dropping it frees every entry, chained chunks included, and then
-/// drops its backing ([`DmaSGTable::with_backing`]): the DMA mappings the addresses came from.
-///
-/// # Invariants
-///
-/// `inner.sgt` holds a `struct sg_table` allocated by `sg_alloc_table()` for `nents` entries,
-/// every one of them filled with a segment, with `orig_nents == 0`. Nothing modifies it after
-/// construction. `inner.backing` is dropped only after the table has been freed.
-///
-/// # Examples
-///
-/// ```
-/// use kernel::dma_segments::{DmaRange, DmaSGTable, SegmentLimits, SegmentPlan};
-///
-/// // 12 KiB followed by a contiguous 4 KiB, for an importer that takes 8 KiB segments.
-/// let ranges = [DmaRange::new(0x1_0000, 0x3000)?, DmaRange::new(0x1_3000, 0x1000)?];
-/// let limits = SegmentLimits::new(0x2000, u64::MAX)?;
-/// let table = DmaSGTable::new(SegmentPlan::new(ranges.iter().copied(), limits)?, GFP_KERNEL)?;
-///
-/// assert_eq!(table.nents(), 2);
-/// assert!(table.iter().map(|e| e.dma_len()).eq([0x2000, 0x2000]));
-/// # Ok::<(), Error>(())
-/// ```
-pub struct DmaSGTable {
-    inner: KBox<TableBox>,
-}
-
-/// The allocation behind a [`DmaSGTable`]: the table first, so that a pointer to it is a pointer
-/// to the whole box, then whatever keeps the table's addresses valid.
-#[repr(C)]
-struct TableBox {
-    sgt: Opaque<bindings::sg_table>,
-    backing: Option<KBox<dyn Send + Sync>>,
-}
-
-impl DmaSGTable {
-    /// Allocates a table with one entry per segment of `plan` and fills it.
+impl<I: Iterator<Item = DmaRange> + Clone> SegmentPlan<I> {
+    /// A table with one entry per segment of the plan, which owns `backing` (what keeps the
+    /// addresses valid): a [`SGTable<DmaOnly<B>>`](SGTable), so it honours the importer's maximum
+    /// segment size and segment boundary. As in the tables `dma_buf_phys_vec_to_sgt()` builds,
+    /// `orig_nents` is 0, which tells importers that there is no CPU list to use.
     ///
     /// Returns [`ENOMEM`] if the table cannot be allocated, and [`EOVERFLOW`] if the plan has
     /// more than `u32::MAX` segments or an address that does not fit in a [`DmaAddress`].
-    pub fn new<I: Iterator<Item = DmaRange> + Clone>(
-        plan: SegmentPlan<I>,
-        flags: Flags,
-    ) -> Result<Self> {
-        let mut nents = 0u32;
-        for seg in plan.clone() {
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::dma_segments::{DmaRange, SegmentLimits, SegmentPlan};
+    ///
+    /// // 12 KiB followed by a contiguous 4 KiB, for an importer that takes 8 KiB segments.
+    /// let ranges = [DmaRange::new(0x1_0000, 0x3000)?, DmaRange::new(0x1_3000, 0x1000)?];
+    /// let limits = SegmentLimits::new(0x2000, u64::MAX)?;
+    /// let plan = SegmentPlan::new(ranges.iter().copied(), limits)?;
+    /// let table = plan.into_table((), GFP_KERNEL)?;
+    ///
+    /// assert!(table.iter().map(|e| e.dma_len()).eq([0x2000, 0x2000]));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn into_table<B>(self, backing: B, flags: Flags) -> Result<KBox<SGTable<DmaOnly<B>>>> {
+        for seg in self.clone() {
             // OVERFLOW: `seg.len >= 1` and the segment ends inside the 64-bit address space.
             DmaAddress::try_from(seg.addr + u64::from(seg.len - 1)).map_err(|_| EOVERFLOW)?;
-            nents = nents.checked_add(1).ok_or(EOVERFLOW)?;
         }
-        let inner = KBox::new(
-            TableBox {
-                sgt: Opaque::zeroed(),
-                backing: None,
-            },
-            flags,
-        )?;
-        let sgt = &inner.sgt;
-        // SAFETY: `sgt.get()` is a valid, zeroed `struct sg_table`; `nents` is at least 1 because
-        // a plan is never empty.
-        to_result(unsafe { bindings::sg_alloc_table(sgt.get(), nents, flags.as_raw()) })?;
-        // SAFETY: `sg_alloc_table()` succeeded, so `sgl` is the first of `nents` entries.
-        let mut sg = unsafe { (*sgt.get()).sgl };
-        for seg in plan {
-            if sg.is_null() {
-                break;
-            }
-            // SAFETY: `sg` is one of the `nents` entries `sg_alloc_table()` initialised (zeroed
-            // but for the chain and end markers, which these fields do not touch); the plan
-            // yields exactly `nents` segments, as the count walked an identical copy.
-            // The writes are what the `sg_dma_address()` and `sg_dma_len()` lvalues expand to.
-            unsafe {
-                // CAST: every address fits in a `DmaAddress`, as checked above.
-                (*sg).dma_address = seg.addr as DmaAddress;
-                #[cfg(CONFIG_NEED_SG_DMA_LENGTH)]
-                {
-                    (*sg).dma_length = seg.len;
-                }
-                #[cfg(not(CONFIG_NEED_SG_DMA_LENGTH))]
-                {
-                    (*sg).length = seg.len;
-                }
-                sg = bindings::sg_next(sg);
-            }
-        }
-        // SAFETY: `sgt` is a valid table; `nents` stays as `sg_alloc_table()` set it.
-        unsafe { (*sgt.get()).orig_nents = 0 };
-        // INVARIANT: allocated for `nents` entries, all filled, `orig_nents` cleared.
-        Ok(Self { inner })
-    }
-
-    /// Makes the table own `backing`, dropped only after the table has been freed: the DMA
-    /// mappings its addresses come from, for instance, so that dropping the table unmaps exactly
-    /// what was mapped for it.
-    pub fn with_backing(mut self, backing: KBox<dyn Send + Sync>) -> Self {
-        self.inner.backing = Some(backing);
-        self
-    }
-
-    /// The number of entries.
-    pub fn nents(&self) -> u32 {
-        // SAFETY: `self.inner.sgt` is a valid `struct sg_table` by the type invariants.
-        unsafe { (*self.inner.sgt.get()).nents }
-    }
-
-    /// Gives up ownership of the table, to C code that returns it through [`Self::from_raw`].
-    pub fn into_raw(self) -> *mut bindings::sg_table {
-        let table = core::mem::ManuallyDrop::new(self);
-        // SAFETY: `table` is never dropped, so the box is moved out exactly once.
-        let inner = unsafe { core::ptr::read(&table.inner) };
-        // CAST: `TableBox` is `repr(C)` with the `repr(transparent)` table first.
-        KBox::into_raw(inner).cast()
-    }
-
-    /// Takes back a table given up with [`Self::into_raw`].
-    ///
-    /// # Safety
-    ///
-    /// `ptr` must come from [`Self::into_raw`] and must not be used by anyone else afterwards.
-    pub unsafe fn from_raw(ptr: *mut bindings::sg_table) -> Self {
-        // SAFETY: By the safety requirements, `ptr` is the pointer of the `KBox<TableBox>` that
-        // `into_raw()` leaked: the table is the first field of the `repr(C)` box.
-        let inner = unsafe { KBox::from_raw(ptr.cast::<TableBox>()) };
-        // INVARIANT: the table is the one `into_raw()` gave up, unchanged.
-        Self { inner }
+        // CAST: every address fits in a `DmaAddress`, as checked above.
+        let segments = self.map(|seg| (seg.addr as DmaAddress, seg.len));
+        SGTable::new_dma(segments, backing, flags)
     }
 }
-
-impl Deref for DmaSGTable {
-    type Target = SGTable;
-
-    fn deref(&self) -> &SGTable {
-        // SAFETY: `self.inner.sgt` is a valid `struct sg_table` for as long as `self` is
-        // borrowed, and nothing modifies it after construction (type invariants).
-        unsafe { SGTable::from_raw(self.inner.sgt.get()) }
-    }
-}
-
-impl Drop for DmaSGTable {
-    fn drop(&mut self) {
-        // `sg_free_table()` frees `orig_nents` entries: with the 0 that marks a DMA-only table it
-        // would free none and leak the list, so the count comes back first.
-        // The backing, if any, goes after the table, when `inner` is dropped.
-        // SAFETY: `self.inner.sgt` is a valid table allocated by `sg_alloc_table()` for `nents`
-        // entries (type invariants), freed exactly once, here.
-        unsafe {
-            let sgt = self.inner.sgt.get();
-            (*sgt).orig_nents = (*sgt).nents;
-            bindings::sg_free_table(sgt);
-        }
-    }
-}
-
-// SAFETY: `DmaSGTable` owns its table and entries; nothing in them is tied to a task.
-unsafe impl Send for DmaSGTable {}
-
-// SAFETY: `DmaSGTable` is never modified after construction; `&DmaSGTable` only reads.
-unsafe impl Sync for DmaSGTable {}
 
 /// Pages of system memory mapped for DMA by one device, page by page.
 ///
@@ -1239,18 +1101,27 @@ mod tests {
         Ok(())
     }
 
+    /// A table of `input` for `lim`, without backing.
+    fn table(input: &[DmaRange], lim: SegmentLimits) -> Result<KBox<SGTable<DmaOnly<()>>>> {
+        SegmentPlan::new(input.iter().copied(), lim)?.into_table((), GFP_KERNEL)
+    }
+
     /// Checks a table's entries against `input` and `lim` like a plan's segments.
-    fn check_table(input: &[DmaRange], lim: SegmentLimits, table: &DmaSGTable) -> Result<u64> {
+    fn check_table(input: &[DmaRange], lim: SegmentLimits, table: &SGTable) -> Result<u64> {
         let mut entries = table.iter().map(|e| Segment {
             addr: e.dma_address(),
             len: e.dma_len() as u32,
         });
         let n = check_valid(input, lim, entries.by_ref())?;
+        // CAST: a borrowed `SGTable` is a `repr(transparent)` `struct sg_table`.
+        let raw = core::ptr::from_ref(table).cast::<bindings::sg_table>();
+        // SAFETY: `raw` is the valid table `table` borrows; only read here.
+        let (nents, orig_nents) = unsafe { ((*raw).nents, (*raw).orig_nents) };
+        ensure!(n == u64::from(nents), "{} entries, nents {}\n", n, nents);
         ensure!(
-            n == u64::from(table.nents()),
-            "{} entries, nents {}\n",
-            n,
-            table.nents()
+            orig_nents == 0,
+            "orig_nents {} of a DMA-only table\n",
+            orig_nents
         );
         Ok(n)
     }
@@ -1260,10 +1131,8 @@ mod tests {
         // The conformance case: 4 MiB + 12 KiB, unaligned, 64 KiB max, 1 MiB boundary.
         let lim = limits(64 * KIB, MIB - 1)?;
         let input = ranges(&[(0x8000_3000, 4 * MIB + 12 * KIB)])?;
-        let table = DmaSGTable::new(SegmentPlan::new(input.iter().copied(), lim)?, GFP_KERNEL)?;
+        let table = table(&input, lim)?;
         assert_eq!(check_table(&input, lim, &table)?, 65);
-        // SAFETY: the table is valid while `table` lives; only read here.
-        assert_eq!(unsafe { (*table.inner.sgt.get()).orig_nents }, 0);
         Ok(())
     }
 
@@ -1284,7 +1153,7 @@ mod tests {
         // list.
         let lim = limits(64 * KIB, MIB - 1)?;
         let list = one_gib_in_2m_chunks()?;
-        let table = DmaSGTable::new(SegmentPlan::new(list.iter().copied(), lim)?, GFP_KERNEL)?;
+        let table = table(&list, lim)?;
         assert_eq!(check_table(&list, lim, &table)?, 16384);
         Ok(())
     }
@@ -1298,7 +1167,7 @@ mod tests {
         let list = one_gib_in_2m_chunks()?;
         let walk = crate::fault_inject::walk_allocations(
             1000,
-            || DmaSGTable::new(SegmentPlan::new(list.iter().copied(), lim)?, GFP_KERNEL),
+            || table(&list, lim),
             |result, failed| {
                 match result {
                     Err(e) => assert!(failed && e == ENOMEM),
@@ -1324,10 +1193,10 @@ mod tests {
     fn table_round_trip_through_raw() -> Result {
         let lim = limits(4 * KIB, NO_BOUNDARY)?;
         let input = ranges(&[(0x2000, 40 * KIB)])?;
-        let table = DmaSGTable::new(SegmentPlan::new(input.iter().copied(), lim)?, GFP_KERNEL)?;
-        let raw = table.into_raw();
-        // SAFETY: `raw` comes from `into_raw()` and is not used afterwards.
-        let table = unsafe { DmaSGTable::from_raw(raw) };
+        let raw = SGTable::into_raw_table(table(&input, lim)?);
+        // SAFETY: `raw` comes from `into_raw_table()` for the same backing and is not used
+        // afterwards.
+        let table = unsafe { SGTable::<DmaOnly<()>>::from_raw_table(raw) };
         assert_eq!(check_table(&input, lim, &table)?, 10);
         Ok(())
     }
@@ -1336,7 +1205,7 @@ mod tests {
     fn table_single_byte_at_top() -> Result {
         let lim = limits(4 * KIB, 4 * KIB - 1)?;
         let input = ranges(&[(u64::MAX, 1)])?;
-        let table = DmaSGTable::new(SegmentPlan::new(input.iter().copied(), lim)?, GFP_KERNEL)?;
+        let table = table(&input, lim)?;
         assert_eq!(check_table(&input, lim, &table)?, 1);
         Ok(())
     }

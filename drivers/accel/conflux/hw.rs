@@ -183,7 +183,7 @@ impl Drop for DeviceData<'_> {
         // Importers lose the memory before it is freed: wait for their jobs, then clear their
         // mappings.
         let timeout = msecs_to_jiffies(2 * job_timeout_ms());
-        let n = self.exports.revoke_all(timeout);
+        let n = self.exports.release_all(timeout);
         if n > 0 {
             dev_info!(self.pdev, "unbind: revoked {} exported buffer(s)\n", n);
         }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! PCI peer-to-peer DMA: BAR memory providers, the route from a provider to a client device, bus
-//! addresses, host-bridge mappings of MMIO, and the dma-buf tables of BAR memory.
+//! PCI peer-to-peer DMA: BAR memory providers, the route from a provider to a client device, and
+//! bus addresses.
 //!
 //! C header: [`include/linux/pci-p2pdma.h`](srctree/include/linux/pci-p2pdma.h)
 //!
@@ -14,43 +14,23 @@
 //!   client uses bus addresses ([`Provider::bus_address`]) and the traffic never reaches the host
 //!   bridge;
 //! - [`MapType::ThroughHostBridge`]: the host bridge forwards peer-to-peer traffic between its
-//!   root ports (some AMD Zen and Intel parts); the client maps the MMIO with the DMA API
-//!   ([`MmioMapping`]);
+//!   root ports (some AMD Zen and Intel parts); the client maps the MMIO with the DMA API;
 //! - [`MapType::NotSupported`]: no peer-to-peer route; the exporter has to fall back (to system
 //!   memory, say) or refuse.
 //!
-//! [`Provider::map_attachment`] is the `map_dma_buf` of an exporter of BAR memory: it picks the
-//! route for the attachment's device, refuses with [`EOPNOTSUPP`] or [`EXDEV`] and a one-line
-//! reason in the log when there is none, and builds a [`DmaSGTable`] split by the importer's
-//! maximum segment size **and** segment boundary; dropping the table undoes any mapping made for
-//! it. Unlike `dma_buf_phys_vec_to_sgt()`, which emits one entry per physical range however large,
-//! every entry it returns is one the importer can take.
+//! An exporter of BAR memory through a dma-buf maps it for each importer with
+//! [`Attachment::map_bar`](crate::dma_buf::Attachment::map_bar).
 
 use crate::{
-    alloc::Flags,
     bindings,
     device::{
         self,
         Bound, //
     },
-    dma::{
-        DataDirection,
-        DmaAddress, //
-    },
-    dma_segments::DmaRange,
+    dma::DmaAddress,
     pci,
     prelude::*,
-    sync::aref::ARef,
     types::Opaque, //
-};
-
-#[cfg(CONFIG_DMA_SHARED_BUFFER)]
-use crate::{
-    dma_buf::Attachment,
-    dma_segments::{
-        DmaSGTable,
-        SegmentPlan, //
-    },
 };
 
 /// How a client device reaches a provider's memory.
@@ -104,12 +84,6 @@ impl Provider {
     /// the kernel is built without `CONFIG_PCI_P2PDMA` or the device's BARs cannot be mapped.
     pub fn of_bar<'a>(pdev: &'a pci::Device<Bound>, bar: u32) -> Result<&'a Self> {
         if bar >= bindings::PCI_STD_NUM_BARS {
-            dev_err!(
-                pdev.as_ref(),
-                "p2pdma: provider for BAR {}: no such BAR (there are {})\n",
-                bar,
-                bindings::PCI_STD_NUM_BARS
-            );
             return Err(EINVAL);
         }
         Self::of_valid_bar(pdev, bar)
@@ -123,11 +97,6 @@ impl Provider {
         // `PCI_STD_NUM_BARS`, so the cast cannot truncate.
         let p = unsafe { bindings::pcim_p2pdma_provider(pdev.as_raw(), bar as i32) };
         if p.is_null() {
-            dev_err!(
-                pdev.as_ref(),
-                "p2pdma: provider for BAR {}: not a memory BAR\n",
-                bar
-            );
             return Err(EINVAL);
         }
         // SAFETY: `p` is valid while `pdev` stays bound, for at least `'a`; `Provider` is
@@ -137,14 +106,11 @@ impl Provider {
     }
 
     #[cfg(not(CONFIG_PCI_P2PDMA))]
-    fn of_valid_bar<'a>(pdev: &'a pci::Device<Bound>, _bar: u32) -> Result<&'a Self> {
-        dev_err!(
-            pdev.as_ref(),
-            "p2pdma: the kernel is built without CONFIG_PCI_P2PDMA\n"
-        );
+    fn of_valid_bar<'a>(_pdev: &'a pci::Device<Bound>, _bar: u32) -> Result<&'a Self> {
         Err(EOPNOTSUPP)
     }
 
+    #[cfg(CONFIG_PCI_P2PDMA)]
     fn as_raw(&self) -> *mut bindings::p2pdma_provider {
         self.0.get()
     }
@@ -153,14 +119,19 @@ impl Provider {
     pub fn owner(&self) -> &device::Device {
         // SAFETY: The provider is valid (type invariants) and its owner is the bound device it
         // came from, alive for at least as long.
-        unsafe { device::Device::from_raw((*self.as_raw()).owner) }
+        unsafe { device::Device::from_raw((*self.0.get()).owner) }
     }
 
-    /// How `client` reaches this provider's memory. The kernel computes it from the topology
-    /// once per pair and caches it; computing it may log why there is no route.
+    /// How `client` reaches this provider's memory.
+    ///
+    /// The kernel computes the route from the topology once per pair and caches it. It is
+    /// computed here without the kernel's warnings, so that a client without a route, an expected
+    /// case where the caller falls back, is reported by the caller alone.
     pub fn map_type(&self, client: &device::Device) -> MapType {
         #[cfg(CONFIG_PCI_P2PDMA)]
         {
+            // Fills the kernel's cache quietly; the answer comes from it below.
+            let _ = self.distance(&[client]);
             // SAFETY: Both are valid; the function only reads them.
             MapType::from_raw(unsafe {
                 bindings::pci_p2pdma_map_type(self.as_raw(), client.as_raw())
@@ -173,207 +144,49 @@ impl Provider {
         }
     }
 
+    /// The peer-to-peer distance from this provider to every one of `clients`
+    /// (`pci_p2pdma_distance_many()`, without its warnings): the sum of their distances, or
+    /// [`None`] if one of them has no route or is not a PCI device, or if there are none or more
+    /// than 8 of them.
+    pub fn distance(&self, clients: &[&device::Device]) -> Option<u32> {
+        #[cfg(CONFIG_PCI_P2PDMA)]
+        {
+            const MAX_CLIENTS: usize = 8;
+            let mut raw = [core::ptr::null_mut(); MAX_CLIENTS];
+            if clients.is_empty() || clients.len() > MAX_CLIENTS {
+                return None;
+            }
+            for (slot, client) in raw.iter_mut().zip(clients) {
+                *slot = client.as_raw();
+            }
+            let provider = <&pci::Device>::try_from(self.owner()).ok()?;
+            // CAST: at most `MAX_CLIENTS` clients.
+            // SAFETY: `provider` and every client are valid; `raw` holds that many pointers.
+            let d = unsafe {
+                bindings::pci_p2pdma_distance_many(
+                    provider.as_raw(),
+                    raw.as_mut_ptr(),
+                    clients.len() as i32,
+                    false,
+                )
+            };
+            u32::try_from(d).ok()
+        }
+        #[cfg(not(CONFIG_PCI_P2PDMA))]
+        {
+            let _ = clients;
+            None
+        }
+    }
+
     /// The bus address of the byte at CPU physical address `phys` of this BAR, for a client
     /// with [`MapType::BusAddress`] (`pci_p2pdma_bus_addr_map()`).
     pub fn bus_address(&self, phys: u64) -> DmaAddress {
         // SAFETY: The provider is valid (type invariants); `bus_offset` never changes.
-        let offset = unsafe { (*self.as_raw()).bus_offset };
+        let offset = unsafe { (*self.0.get()).bus_offset };
         // The offset is a difference of two addresses, negative on some platforms: the sum wraps
         // exactly as in C.
         phys.wrapping_add(offset)
-    }
-
-    /// The route for `attachment`'s device, or a refusal, with its reason in the log:
-    /// [`EOPNOTSUPP`] if the importer does not accept peer-to-peer addresses, [`EXDEV`] if the
-    /// topology has no peer-to-peer route between the two devices.
-    #[cfg(CONFIG_DMA_SHARED_BUFFER)]
-    pub fn route(&self, attachment: &Attachment) -> Result<MapType> {
-        let importer = attachment.device();
-        if !attachment.peer2peer() {
-            dev_info!(
-                self.owner(),
-                "p2pdma: no BAR memory for {}: the importer does not accept peer-to-peer addresses (-EOPNOTSUPP)\n",
-                importer.name()
-            );
-            return Err(EOPNOTSUPP);
-        }
-        match self.map_type(importer) {
-            MapType::NotSupported => {
-                dev_info!(
-                    self.owner(),
-                    "p2pdma: no BAR memory for {}: no peer-to-peer route between the devices (-EXDEV)\n",
-                    importer.name()
-                );
-                Err(EXDEV)
-            }
-            route => Ok(route),
-        }
-    }
-
-    /// Maps BAR memory at the CPU physical `ranges` of this provider's BAR for `attachment`.
-    ///
-    /// Picks the route with [`Provider::route`] (so it fails with [`EOPNOTSUPP`] or [`EXDEV`]
-    /// where there is none: the exporter can fall back then); translates to bus addresses, or
-    /// maps each range for the importer through the host bridge; and builds a table whose every
-    /// entry honours the importer's maximum segment size and segment boundary. Dropping the table
-    /// unmaps what was mapped for it; so does every error path.
-    #[cfg(CONFIG_DMA_SHARED_BUFFER)]
-    pub fn map_attachment(
-        &self,
-        ranges: &[DmaRange],
-        attachment: &Attachment,
-        dir: DataDirection,
-        flags: Flags,
-    ) -> Result<DmaSGTable> {
-        if ranges.is_empty() {
-            dev_err!(
-                self.owner(),
-                "p2pdma: map for {}: no physical range\n",
-                attachment.device().name()
-            );
-            return Err(EINVAL);
-        }
-        let route = self.route(attachment)?;
-        let limits = attachment.limits()?;
-        if route == MapType::BusAddress {
-            let mut bus = KVec::with_capacity(ranges.len(), flags)?;
-            for r in ranges {
-                bus.push(DmaRange::new(self.bus_address(r.addr()), r.len())?, flags)?;
-            }
-            return DmaSGTable::new(SegmentPlan::new(bus.iter().copied(), limits)?, flags);
-        }
-        let mut mapping = KBox::new(
-            MmioMapping::new(attachment.device(), dir, ranges.len(), flags)?,
-            flags,
-        )?;
-        for r in ranges {
-            mapping.map(*r)?;
-        }
-        let table = DmaSGTable::new(
-            SegmentPlan::new(mapping.ranges().iter().copied(), limits)?,
-            flags,
-        )?;
-        Ok(table.with_backing(mapping))
-    }
-}
-
-/// The peer-to-peer distance from `provider` to every client: the largest of the distances, or
-/// [`None`] if one of the clients has no route (`pci_p2pdma_distance_many()`). With `verbose`,
-/// the kernel logs why a client has none.
-pub fn distance(
-    provider: &pci::Device,
-    clients: &[&device::Device],
-    verbose: bool,
-) -> Result<Option<u32>> {
-    #[cfg(CONFIG_PCI_P2PDMA)]
-    {
-        let mut raw = KVec::with_capacity(clients.len(), GFP_KERNEL)?;
-        for c in clients {
-            raw.push(c.as_raw(), GFP_KERNEL)?;
-        }
-        let n = i32::try_from(raw.len())?;
-        // SAFETY: `provider` and every client are valid; `raw` holds `n` device pointers.
-        let d = unsafe {
-            bindings::pci_p2pdma_distance_many(provider.as_raw(), raw.as_mut_ptr(), n, verbose)
-        };
-        Ok(u32::try_from(d).ok())
-    }
-    #[cfg(not(CONFIG_PCI_P2PDMA))]
-    {
-        let _ = (provider, clients, verbose);
-        Ok(None)
-    }
-}
-
-/// MMIO ranges mapped for DMA by one device, through the host bridge (`dma_map_resource()`);
-/// dropping it unmaps every one.
-///
-/// The device must stay bound to its driver while the mapping exists; an importer detaches from
-/// a dma-buf before it unbinds, so the mappings of its attachments satisfy this.
-///
-/// # Invariants
-///
-/// Every entry of `mapped` is a DMA range that `dma_map_resource(dev, _, len, dir, 0)` returned
-/// and that has not been unmapped; `mapped` never grows beyond the capacity reserved at creation.
-pub struct MmioMapping {
-    dev: ARef<device::Device>,
-    dir: DataDirection,
-    mapped: KVec<DmaRange>,
-}
-
-impl MmioMapping {
-    /// A mapping for `dev`, with room for `capacity` ranges, empty.
-    pub fn new(
-        dev: &device::Device,
-        dir: DataDirection,
-        capacity: usize,
-        flags: Flags,
-    ) -> Result<Self> {
-        Ok(Self {
-            dev: dev.into(),
-            dir,
-            mapped: KVec::with_capacity(capacity, flags)?,
-        })
-    }
-
-    /// Maps the MMIO range at CPU physical addresses `phys` and returns its DMA range.
-    ///
-    /// Returns [`ENOSPC`] beyond the capacity given at creation, [`EOVERFLOW`] if `phys` does not
-    /// fit the platform's addresses, and [`EIO`] if the DMA API cannot map it for the device.
-    pub fn map(&mut self, phys: DmaRange) -> Result<DmaRange> {
-        if self.mapped.len() == self.mapped.capacity() {
-            return Err(ENOSPC);
-        }
-        let addr = bindings::phys_addr_t::try_from(phys.addr()).map_err(|_| EOVERFLOW)?;
-        let len = usize::try_from(phys.len()).map_err(|_| EOVERFLOW)?;
-        let dev = self.dev.as_raw();
-        // SAFETY: `dev` is a valid device (it holds a reference); the range is MMIO.
-        let dma = unsafe { bindings::dma_map_resource(dev, addr, len, self.dir.into(), 0) };
-        // SAFETY: `dma` was just returned for `dev`.
-        if unsafe { bindings::dma_mapping_error(dev, dma) } != 0 {
-            dev_err!(
-                &*self.dev,
-                "p2pdma: cannot map MMIO {:#x}+{:#x} through the host bridge\n",
-                phys.addr(),
-                phys.len()
-            );
-            return Err(EIO);
-        }
-        let range = match DmaRange::new(dma, phys.len()) {
-            Ok(r) => r,
-            Err(e) => {
-                // SAFETY: `dma` was mapped just above with these arguments, and is not kept.
-                unsafe { bindings::dma_unmap_resource(dev, dma, len, self.dir.into(), 0) };
-                return Err(e);
-            }
-        };
-        // INVARIANT: room was checked above, so the push cannot fail and lose the mapping.
-        self.mapped.push(range, GFP_NOWAIT)?;
-        Ok(range)
-    }
-
-    /// The DMA ranges mapped so far, in order.
-    pub fn ranges(&self) -> &[DmaRange] {
-        &self.mapped
-    }
-}
-
-impl Drop for MmioMapping {
-    fn drop(&mut self) {
-        for r in self.mapped.iter().rev() {
-            // CAST: every mapped range was created from a `usize` length and a `dma_addr_t`.
-            // SAFETY: `r` is mapped for `dev` with these arguments (type invariants) and is
-            // unmapped once, here.
-            unsafe {
-                bindings::dma_unmap_resource(
-                    self.dev.as_raw(),
-                    r.addr() as DmaAddress,
-                    r.len() as usize,
-                    self.dir.into(),
-                    0,
-                )
-            };
-        }
     }
 }
 
@@ -388,18 +201,27 @@ mod tests {
     use crate::{
         device::Core,
         device_id::IdArray,
+        dma::DataDirection,
         dma_buf::{
+            Attachment,
+            Backing,
             Exported,
             Exporter,
             ImportAttachment,
             Importer,
-            Reserved, //
+            ResvHeld,
+            Table, //
         },
-        dma_segments::SegmentLimits,
+        dma_segments::{
+            DmaRange,
+            SegmentLimits,
+            SegmentPlan, //
+        },
         driver,
         error::to_result,
         faux,
         scatterlist::SGTable,
+        sync::aref::ARef,
         time::{
             Instant,
             Monotonic, //
@@ -584,8 +406,7 @@ mod tests {
 
     /// Whether an entry honours the importer's limits.
     fn conforms(addr: u64, len: u64, limits: SegmentLimits) -> bool {
-        let mask = limits.seg_boundary_mask();
-        len <= u64::from(limits.max_seg_size()) && addr & !mask == (addr + len - 1) & !mask
+        DmaRange::new(addr, len).is_ok_and(|r| limits.admits(&r))
     }
 
     /// Checks that `table`'s entries honour `limits` and tile `expect` exactly, in order.
@@ -665,23 +486,18 @@ mod tests {
     impl Exporter for BarExporter {
         const NAME: &'static CStr = c"rust-p2pdma-test";
 
-        fn map(
-            &self,
-            a: &Attachment,
-            dir: DataDirection,
-            _locked: &Reserved<'_>,
-        ) -> Result<DmaSGTable> {
+        type Backing = Backing;
+
+        fn map(&self, a: &Attachment, dir: DataDirection, _locked: &ResvHeld<'_>) -> Result<Table> {
             // SAFETY: See the `Send` implementation.
             let provider = unsafe { &*self.provider };
-            match provider.map_attachment(&self.ranges, a, dir, GFP_KERNEL) {
+            match a.map_bar(provider, &self.ranges, dir, GFP_KERNEL) {
                 Err(e) if e == EXDEV || e == EOPNOTSUPP => {
                     self.refusal.store(e.to_errno(), Ordering::Relaxed);
                     self.fallbacks.fetch_add(1, Ordering::Relaxed);
                     let sys = [DmaRange::new(SYSMEM, self.size())?];
-                    DmaSGTable::new(
-                        SegmentPlan::new(sys.iter().copied(), a.limits()?)?,
-                        GFP_KERNEL,
-                    )
+                    SegmentPlan::new(sys.iter().copied(), a.limits()?)?
+                        .into_table(Backing::Bus, GFP_KERNEL)
                 }
                 r => r,
             }
@@ -731,12 +547,12 @@ mod tests {
             "a device on another root port never uses bus addresses"
         );
 
-        let near = distance(pdev, &[dev(&peer), dev(&peer2)], false)?;
+        let near = provider.distance(&[dev(&peer), dev(&peer2)]);
         check!(
             near.is_some_and(|d| d > 0),
             "the switch peers have a distance"
         );
-        let farther = distance(pdev, &[dev(&peer), dev(&other)], false)?;
+        let farther = provider.distance(&[dev(&peer), dev(&other)]);
         check!(
             farther.is_some() == (far == MapType::ThroughHostBridge),
             "a distance exists across root ports exactly when the host bridge routes"
@@ -817,7 +633,7 @@ mod tests {
         {
             let att = ImportAttachment::new(&buf, fdev, TestImporter::<true>, GFP_KERNEL)?;
             let guard = buf.resv().lock();
-            let direct = provider.map_attachment(&ranges, att.attachment(), dir, GFP_KERNEL);
+            let direct = att.attachment().map_bar(provider, &ranges, dir, GFP_KERNEL);
             check!(
                 matches!(direct, Err(e) if e == EXDEV),
                 "a non-PCI importer is refused with -EXDEV"
@@ -928,7 +744,9 @@ mod tests {
             let _guard = buf.resv().lock();
             for _ in 0..ROUNDS {
                 let start = Instant::<Monotonic>::now();
-                let table = provider.map_attachment(&ranges, att.attachment(), dir, GFP_KERNEL)?;
+                let table = att
+                    .attachment()
+                    .map_bar(provider, &ranges, dir, GFP_KERNEL)?;
                 let ns = start.elapsed().as_nanos();
                 let (n, bad) = violations(&table, limits);
                 ours = (n, bad, ours.2.min(ns));
@@ -999,7 +817,7 @@ mod tests {
         Ok(())
     }
 
-    /// Every allocation of `map_attachment()` fails in turn, for the switch peer (bus addresses)
+    /// Every allocation of `map_bar()` fails in turn, for the switch peer (bus addresses)
     /// and the device on the other root port (the host bridge, or no route).
     #[cfg(all(CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS))]
     fn allocation_failures(pdev: &pci::Device<Bound>) -> Result {
@@ -1037,7 +855,7 @@ mod tests {
             let before = in_use();
             let walk = walk_allocations(
                 1000,
-                || provider.map_attachment(&ranges, att.attachment(), dir, GFP_KERNEL),
+                || att.attachment().map_bar(provider, &ranges, dir, GFP_KERNEL),
                 |result, failed| {
                     // A table that was built is checked and dropped in its arm.
                     match (result, route) {

@@ -17,7 +17,7 @@ use kernel::{
     },
     dma_resv::{
         DmaResv,
-        Locked, //
+        ResvLocked, //
     },
     dma_segments::{
         DmaRange,
@@ -95,7 +95,7 @@ impl Imported {
     pub(crate) fn table<'g>(
         &'g self,
         data: &DeviceData<'_>,
-        lock: &'g impl Locked,
+        lock: &'g impl ResvLocked,
     ) -> Result<&'g SGTable> {
         let fresh = !self.attachment.is_mapped();
         let table = self.attachment.held_mapping(lock).inspect_err(|e| {

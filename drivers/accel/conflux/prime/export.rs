@@ -19,18 +19,16 @@ use kernel::{
     dma::DataDirection,
     dma_buf::{
         Attachment,
+        Backing,
         Exporter,
-        Reserved, //
+        ResvHeld,
+        Table, //
     },
     dma_resv::{
         DmaResv,
         Usage, //
     },
-    dma_segments::{
-        DmaRange,
-        DmaSGTable,
-        SegmentPlan, //
-    },
+    dma_segments::DmaRange,
     drm::gem::BaseObject,
     pci::p2pdma::{
         MapType,
@@ -109,7 +107,7 @@ impl Export {
         &self,
         data: &DeviceData<'_>,
         attachment: &Attachment,
-        locked: &Reserved<'_>,
+        locked: &ResvHeld<'_>,
     ) -> Result {
         if !matches!(*self.obj.memory(), Memory::Vram(_)) {
             return Ok(());
@@ -156,7 +154,7 @@ impl Export {
         data: &DeviceData<'_>,
         attachment: &Attachment,
         dir: DataDirection,
-    ) -> Result<DmaSGTable> {
+    ) -> Result<Table> {
         let memory = self.obj.memory();
         match &*memory {
             Memory::Vram(_) => {
@@ -173,14 +171,11 @@ impl Export {
                 })?;
                 reaches_vram(data, attachment)?;
                 let provider = Provider::of_bar(data.pdev, CTL_BAR)?;
-                provider.map_attachment(&ranges, attachment, dir, GFP_KERNEL)
+                attachment.map_bar(provider, &ranges, dir, GFP_KERNEL)
             }
             Memory::System(dma) => {
                 let pages = dma.access(data.pdev.as_ref())?.pages().clone();
-                let mapping = attachment.map_pages(pages, dir, GFP_KERNEL)?;
-                let plan = SegmentPlan::new(mapping.ranges(), attachment.limits()?)?;
-                let table = DmaSGTable::new(plan, GFP_KERNEL)?;
-                Ok(table.with_backing(KBox::new(mapping, GFP_KERNEL)?))
+                attachment.map_pages(pages, dir, GFP_KERNEL)
             }
             Memory::None => Err(EOPNOTSUPP),
         }
@@ -224,6 +219,8 @@ fn reaches_vram(data: &DeviceData<'_>, attachment: &Attachment) -> Result {
 impl Exporter for Export {
     const NAME: &'static CStr = c"conflux";
 
+    type Backing = Backing;
+
     fn resv(&self) -> Option<&DmaResv> {
         Some(self.obj.dma_resv())
     }
@@ -245,7 +242,7 @@ impl Exporter for Export {
         })
     }
 
-    fn pin(&self, attachment: &Attachment, locked: &Reserved<'_>) -> Result {
+    fn pin(&self, attachment: &Attachment, locked: &ResvHeld<'_>) -> Result {
         DeviceData::with(&self.dev, |_, data| {
             self.place_for(data, attachment, locked)
         })?;
@@ -261,8 +258,8 @@ impl Exporter for Export {
         &self,
         attachment: &Attachment,
         dir: DataDirection,
-        locked: &Reserved<'_>,
-    ) -> Result<DmaSGTable> {
+        locked: &ResvHeld<'_>,
+    ) -> Result<Table> {
         DeviceData::with(&self.dev, |_, data| {
             self.place_for(data, attachment, locked)?;
             self.map_memory(data, attachment, dir)
