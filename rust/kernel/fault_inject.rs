@@ -197,8 +197,8 @@ pub struct Walk {
 /// reaching the allocation meant to fail, and passes each run's result to `check` with whether
 /// an allocation failed in it.
 ///
-/// Returns `EBUSY` if a run returned holding more locks than before it (the log names the
-/// failed allocation), `ELOOP` after `max_runs` runs, and the first error of `check`.
+/// Returns `EBUSY` if a run returned holding more locks than before it, `ELOOP` after `max_runs`
+/// runs, and the first error of `check`.
 pub fn walk_allocations<T>(
     max_runs: u32,
     mut op: impl FnMut() -> Result<T>,
@@ -212,7 +212,6 @@ pub fn walk_allocations<T>(
         let fired = armed.fired();
         drop(armed);
         if locks_held() != held {
-            pr_err!("fault_inject: a lock is still held after failing allocation {nth}\n");
             return Err(EBUSY);
         }
         if fired {

@@ -234,11 +234,10 @@ impl drm::Driver for ConfluxDrm {
     }
 }
 
+#[vtable]
 impl gem::DriverObject for Bo {
     type Driver = ConfluxDrm;
     type Args = Contents;
-
-    const MMAP: bool = true;
 
     fn new(
         _dev: &drm::Device<ConfluxDrm>,
@@ -253,13 +252,9 @@ impl gem::DriverObject for Bo {
         DeviceData::with(dev, |_, data| obj.fault_in(obj.size(), &data.vram, fault))
     }
 
-    const EXPORT: bool = true;
-
     fn export(obj: &Object, dev: &IoctlDevice, _flags: u32) -> Result<ARef<DmaBuf>> {
         prime::export(obj, dev)
     }
-
-    const IMPORT: bool = true;
 
     fn import(dev: &IoctlDevice, buf: &DmaBuf) -> Result<ARef<Object>> {
         prime::import(dev, buf)
