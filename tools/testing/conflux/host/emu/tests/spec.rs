@@ -18,7 +18,7 @@ use conflux_emu::{
 fn spec_path() -> String {
     let dir = std::env::var("CARGO_MANIFEST_DIR")
         .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    format!("{dir}/../../../../Documentation/accel/conflux/device.rst")
+    format!("{dir}/../../../../../Documentation/accel/conflux/device.rst")
 }
 
 /// The simple tables of a reStructuredText document: (section title, rows
