@@ -8,7 +8,7 @@ STEP=guest
 "$TOP/mk/overlay.sh"
 TREE=$(build_tree)
 OUT=${GUEST_BUILD:-$CACHE/build/guest${KSRC:+-$(basename "$TREE")}}
-FRAG=$TOP/tools/testing/conflux/rig/guest.config
+FRAG=$TOP/tools/testing/conflux/guest/kernel.config
 mkdir -p "$OUT"
 
 # Generate the config beside the build, and install it only when it differs,
@@ -30,7 +30,7 @@ rm -rf "$OUT/modroot"
 run_logged "$OUT/modules_install.log" "modules_install" \
 	make -C "$TREE" ARCH=x86_64 O="$OUT" INSTALL_MOD_PATH="$OUT/modroot" modules_install
 # The guest tests' own modules, built against this kernel into the same root.
-KMOD=$TOP/tools/testing/conflux/kmod
+KMOD=$TOP/tools/testing/conflux/guest/kmod
 run_logged "$OUT/kmod.log" "test modules" \
 	make -C "$TREE" ARCH=x86_64 O="$OUT" M="$KMOD" MO="$OUT/kmod" \
 	INSTALL_MOD_PATH="$OUT/modroot" modules modules_install

@@ -53,7 +53,7 @@ done
 # The driver: conflux.ko binds every device of the topology, gives each an
 # accel node, declines the plain ivshmem function, and unbinds, unloads and
 # reloads cleanly.
-DRIVER_TEST=$TOP/tools/testing/conflux/rig/driver-test.sh
+DRIVER_TEST=$TOP/tools/testing/conflux/guest/tests/driver-test.sh
 for topo in switch3+rp1 switch3+rp1-zen; do
 	say "booting $topo and loading conflux.ko"
 	log=$(mktemp)

@@ -13,7 +13,7 @@ use std::{env, path::PathBuf, process::Command};
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("uapi.rs");
-    let header = manifest.join("../../../../include/uapi/drm/conflux_accel.h");
+    let header = manifest.join("../../../../../include/uapi/drm/conflux_accel.h");
     let include = env::var_os("CONFLUX_UAPI_INCLUDE")
         .map(PathBuf::from)
         .or_else(|| {
