@@ -11,10 +11,10 @@ KERNEL=$GUEST/arch/x86/boot/bzImage
 MODULES=$GUEST/modroot
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/build/cargo}
 uapi_headers
-say "building conflux-emu, conflux-vm (host), conflux-raw and conflux (static guest programs)"
+say "building conflux-emu, conflux-vm (host), conflux-raw, conflux and conflux-uapi-test (static guest programs)"
 (cd "$TOP/tools/testing/conflux" &&
 	cargo build --locked --quiet --release -p conflux-emu -p conflux-vm &&
-	cargo build --locked --quiet --release -p conflux-raw -p conflux --target x86_64-unknown-linux-musl) ||
+	cargo build --locked --quiet --release -p conflux-raw -p conflux -p conflux-uapi-test --target x86_64-unknown-linux-musl) ||
 	die "cargo build failed"
 BIN=$CARGO_TARGET_DIR/release
 GBIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release
