@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conflux_emu::{
+use conflux_device::{
     memory::{Memory, Target},
     mmu::{Aperture, Mapper},
     regs::{bar0, ctrl, pte, slot, VRAM_OFFSET},

@@ -9,14 +9,15 @@
 
 use std::{fmt, sync::Arc, time::Instant};
 
-use crate::{
-    fabric::{Path, Route, Topology},
+use conflux_device::{
     fault::{Cause, ConfigError, Fault},
     memory::{Memory, MemoryError, Target},
     mmu::{Aperture, Mmu},
     regs::{ctrl, Layout, DEFAULT_RING_OFFSET, DEFAULT_RING_SIZE, PRIV_OFFSET, VRAM_OFFSET},
     ring::{Command, Op, Ring, Slot},
 };
+
+use crate::fabric::{Path, Route, Topology};
 
 /// The device's counters, as published at `CNT_*` (each wraps at 2^64).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,7 +93,7 @@ pub struct Outcome {
 impl Outcome {
     /// The MSI-X vectors to raise, completion first.
     pub fn vectors(&self) -> impl Iterator<Item = u16> {
-        use crate::regs::bar0::{VECTOR_COMPLETION, VECTOR_ERROR};
+        use conflux_device::regs::bar0::{VECTOR_COMPLETION, VECTOR_ERROR};
         let completion = self.completion_irq.then_some(VECTOR_COMPLETION);
         completion
             .into_iter()

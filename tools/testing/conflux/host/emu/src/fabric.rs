@@ -8,7 +8,7 @@
 //! that only meet at the root complex reach each other only when the host
 //! bridge allows peer-to-peer traffic.
 
-use crate::{
+use conflux_device::{
     fault::{Cause, ConfigError, Fault},
     memory::Target,
     overlaps,

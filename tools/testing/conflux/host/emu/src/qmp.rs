@@ -19,10 +19,9 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{
-    fabric::{Bar, Port, RamRange, Topology},
-    regs::{PCI_DEVICE_ID, PCI_VENDOR_ID},
-};
+use conflux_device::regs::{PCI_DEVICE_ID, PCI_VENDOR_ID};
+
+use crate::fabric::{Bar, Port, RamRange, Topology};
 
 /// Why no topology could be built.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -341,10 +340,8 @@ pub fn query_pci(path: &Path, patience: Duration, timeout: Duration) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        fabric::{P2p, Path as Route},
-        memory::Target,
-    };
+    use crate::fabric::{P2p, Path as Route};
+    use conflux_device::memory::Target;
 
     const FIXTURE: &str = include_str!("../tests/fixtures/query-pci.json");
     const MIB: u64 = 1 << 20;
@@ -418,7 +415,7 @@ mod tests {
             }
             assert_eq!(t.p2p(0, 1), P2p::BusAddr { distance: 4 });
             // Routing follows: cfx1 from cfx0, cfx3 from cfx2 (zen only).
-            let vram = |i: usize| BASES[i] + crate::regs::VRAM_OFFSET;
+            let vram = |i: usize| BASES[i] + conflux_device::regs::VRAM_OFFSET;
             assert_eq!(t.route(0, vram(1), 4096).unwrap().path, Route::Peer);
             assert_eq!(t.route(2, vram(3), 4096).is_ok(), zen);
             assert_eq!(t.route(3, 0x1000, 4096).unwrap().path, Route::System);

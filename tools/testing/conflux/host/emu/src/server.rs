@@ -26,12 +26,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use conflux_device::{
+    regs::{bar0, Layout},
+    shm::{self, Mapping, SharedMemory},
+};
+
 use crate::{
     engine::{Counters, Engine},
     fabric::{Bar, Topology, RIGS},
     qmp::{self, Expected, QueryError},
-    regs::{bar0, Layout},
-    shm::{Mapping, SharedMemory},
     sys::{self, Epoll, EventFd, SignalFd, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLRDHUP},
 };
 
@@ -448,7 +451,7 @@ impl Server {
                 .epoll
                 .add(listener.as_fd(), Token::Listener(i).encode(), EPOLLIN)
                 .map_err(|e| ctx(format!("watching: {e}")))?;
-            let memfd = sys::memfd(&format!("conflux-bar2-dev{i}"), server.config.bar_size)
+            let memfd = shm::memfd(&format!("conflux-bar2-dev{i}"), server.config.bar_size)
                 .map_err(|e| {
                     err(format!(
                         "device {i}: creating a BAR2 memfd of {bar_len} bytes: {e}"

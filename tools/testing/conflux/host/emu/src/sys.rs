@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Thin safe wrappers over the Linux system calls the server needs and the
-//! standard library lacks: memfds, eventfds, epoll, signalfd, and file
-//! descriptors passed over UNIX sockets (`SCM_RIGHTS`).
+//! standard library lacks: eventfds, epoll, signalfd, and file descriptors
+//! passed over UNIX sockets (`SCM_RIGHTS`). The memfds are in
+//! [`conflux_device::shm`].
 
 #![allow(unsafe_code)]
 
 use std::{
-    fs::File,
     io, mem,
     os::{
         fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
@@ -31,17 +31,6 @@ fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
     let fd = check(fd)?;
     // SAFETY: `fd` is a new, valid descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// An anonymous memory file (`memfd_create`) of `size` bytes, zeroed.
-pub fn memfd(name: &str, size: u64) -> io::Result<File> {
-    let name =
-        std::ffi::CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    let fd = owned(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
-    let file = File::from(fd);
-    file.set_len(size)?;
-    Ok(file)
 }
 
 /// An eventfd: a 64-bit counter that wakes pollers when it is not zero.
@@ -373,18 +362,6 @@ pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Seek, SeekFrom, Write};
-
-    #[test]
-    fn memfd_has_its_size_and_is_zeroed() {
-        let mut f = memfd("test", 4096).unwrap();
-        assert_eq!(f.metadata().unwrap().len(), 4096);
-        f.write_all(b"abc").unwrap();
-        f.seek(SeekFrom::Start(4090)).unwrap();
-        let mut b = Vec::new();
-        f.read_to_end(&mut b).unwrap();
-        assert_eq!(b, [0; 6]);
-    }
 
     #[test]
     fn eventfd_signal_and_drain() {

@@ -19,14 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conflux_emu::{
+use conflux_device::{
     memory::{Memory, Target},
     mmu::{Aperture, Mapper},
     regs::{ctrl, pte, VRAM_OFFSET},
     ring::{Command as Cmd, Op},
     shm::{Mapping, SharedMemory},
-    sys::{self, EventFd},
 };
+use conflux_emu::sys::{self, EventFd};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;

@@ -5,10 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use conflux_emu::{
-    engine::Counters,
+use conflux_device::{
     fault::Cause,
     regs::{self, bar0, ctrl, pte, slot},
+};
+use conflux_emu::{
+    engine::Counters,
     server::{self, SERVE_OPTIONS},
 };
 

@@ -10,16 +10,17 @@
 
 use std::{os::fd::AsFd, sync::Arc, time::Duration};
 
-use conflux_emu::{
-    bench,
-    engine::Engine,
-    fabric::{Bar, Topology},
+use conflux_device::{
     memory::{Buffers, Memory, Target},
     mmu::{Aperture, Mapper},
     regs::{ctrl, pte, VRAM_OFFSET},
     ring::{Command, Op},
-    shm::{Mapping, SharedMemory},
-    sys,
+    shm::{self, Mapping, SharedMemory},
+};
+use conflux_emu::{
+    bench,
+    engine::Engine,
+    fabric::{Bar, Topology},
 };
 
 const MIB: u64 = 1 << 20;
@@ -93,7 +94,7 @@ fn copy_between_devices_reaches_half_of_memcpy() {
     let mut buffers = Buffers::new(&[size, size, 0, 0], 0);
     let (buf_2m, buf_4k) = engine_copy(&mut buffers);
     drop(buffers);
-    let memfd = |i: usize| sys::memfd(&format!("throughput{i}"), BAR_SIZE).unwrap();
+    let memfd = |i: usize| shm::memfd(&format!("throughput{i}"), BAR_SIZE).unwrap();
     let files = [memfd(0), memfd(1), memfd(2), memfd(3)];
     let maps = files
         .iter()

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
 use super::*;
-use crate::{
-    fabric::{Bar, RamRange, RIGS},
+use conflux_device::{
     memory::Buffers,
     mmu::{leaf_entry, table_entry, Mapper},
     regs::{bar0, pte, slot},
 };
+
+use crate::fabric::{Bar, RamRange, RIGS};
 
 const MIB: u64 = 1 << 20;
 const BAR_SIZE: u64 = 16 * MIB;

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! [`Memory`] on shared mappings: the BAR2 memfds of the devices and the
-//! guest's RAM file, which the guest reads and writes while the model does.
+//! guest's RAM file, which the guest reads and writes while the model does,
+//! or, in the guest, the sysfs files of the devices' BARs.
 //!
 //! Because another process writes these pages at any time, no Rust
 //! reference into them is ever created: every access goes through raw
@@ -13,11 +14,26 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd},
     ptr::{self, NonNull},
 };
 
 use crate::memory::{Memory, MemoryError, Target};
+
+/// An anonymous memory file (`memfd_create`) of `size` bytes, zeroed.
+pub fn memfd(name: &str, size: u64) -> io::Result<File> {
+    let name =
+        std::ffi::CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new, valid descriptor that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)?;
+    Ok(file)
+}
 
 /// A shared, read-write mapping of a file (`MAP_SHARED`), unmapped on drop.
 #[derive(Debug)]
@@ -265,7 +281,19 @@ impl Memory for SharedMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{memory::Buffers, sys::memfd};
+    use crate::memory::Buffers;
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    #[test]
+    fn memfd_has_its_size_and_is_zeroed() {
+        let mut f = memfd("test", 4096).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 4096);
+        f.write_all(b"abc").unwrap();
+        f.seek(SeekFrom::Start(4090)).unwrap();
+        let mut b = Vec::new();
+        f.read_to_end(&mut b).unwrap();
+        assert_eq!(b, [0; 6]);
+    }
 
     fn map(size: usize) -> (File, Mapping) {
         let f = memfd("shm-test", size as u64).unwrap();

@@ -11,7 +11,8 @@ pub enum Target {
     /// The whole BAR2 of the device with this index in the topology
     /// (offsets are BAR2 offsets).
     Bar(usize),
-    /// System memory (offsets are those of [`crate::fabric::RamRange::offset`]).
+    /// System memory (offsets are those of `RamRange::offset` in the
+    /// device model's `fabric`).
     System,
     /// The BAR of the plain (not Conflux) function with this index in the
     /// topology (offsets are BAR offsets).
