@@ -11,6 +11,7 @@ STEP=demo
 . "$(dirname "$0")/common.sh"
 
 "$TOP/mk/setup.sh"
+. "$TOP/mk/tally.sh"
 . "$TOP/mk/rig-lib.sh"
 
 OUT=${DEMO_OUT:-$CACHE/demo}

@@ -4,6 +4,7 @@
 # among them, for the QEMU rig. Config: allnoconfig + the rig's fragment.
 STEP=guest
 . "$(dirname "$0")/common.sh"
+. "$TOP/mk/tally.sh"
 
 "$TOP/mk/overlay.sh"
 TREE=$(build_tree)
@@ -35,27 +36,22 @@ run_logged "$OUT/kmod.log" "test modules" \
 	make -C "$TREE" ARCH=x86_64 O="$OUT" M="$KMOD" MO="$OUT/kmod" \
 	INSTALL_MOD_PATH="$OUT/modroot" modules modules_install
 say "kernel: $OUT/arch/x86/boot/bzImage"
-passed=0 failed=0
 ko=$(find "$OUT/modroot" -name 'conflux.ko*' | head -n 1)
 if [ -n "$ko" ] && modinfo "$ko" | grep -qx 'alias:.*pci:v00001AF4d00001110.*'; then
-	say "PASS module: ${ko#"$OUT/modroot/"} built, matches PCI 1af4:1110"
-	passed=$((passed + 1))
+	pass "module: ${ko#"$OUT/modroot/"} built, matches PCI 1af4:1110"
 else
-	say "FAIL module: conflux.ko missing from $OUT/modroot or without its PCI alias"
-	failed=$((failed + 1))
+	fail "module: conflux.ko missing from $OUT/modroot or without its PCI alias"
 fi
+# build_warnings.py prints its own PASS or FAIL line.
 if python3 "$TOP/mk/build_warnings.py" "$OUT/build.log" "$TREE" guest | grep -v passed,; then
-	passed=$((passed + 1))
+	tally_add 1 0
 else
-	failed=$((failed + 1))
+	tally_add 0 1
 fi
 ko=$(find "$OUT/modroot" -name 'conflux_static_import.ko*' | head -n 1)
 if [ -n "$ko" ] && ! grep -E ': (warning|error):' "$OUT/kmod.log"; then
-	say "PASS module: ${ko#"$OUT/modroot/"} built without a warning"
-	passed=$((passed + 1))
+	pass "module: ${ko#"$OUT/modroot/"} built without a warning"
 else
-	say "FAIL module: conflux_static_import.ko missing from $OUT/modroot, or warnings in $OUT/kmod.log"
-	failed=$((failed + 1))
+	fail "module: conflux_static_import.ko missing from $OUT/modroot, or warnings in $OUT/kmod.log"
 fi
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+tally_summary

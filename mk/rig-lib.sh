@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0
-# Sourced by the steps that boot the QEMU rig (after common.sh): builds the
-# host tools and the static guest program, and defines vm (conflux-vm run
-# with the rig's kernel and modules), pass/fail counting and the check that
-# a launcher run left nothing behind; refuses to start over leftovers of an
+# Sourced by the steps that boot the QEMU rig (after common.sh and tally.sh):
+# builds the host tools and the static guest program, and defines vm
+# (conflux-vm run with the rig's kernel and modules) and the check that a
+# launcher run left nothing behind; refuses to start over leftovers of an
 # earlier run.
 
 GUEST=${GUEST_BUILD:-$CACHE/build/guest}
@@ -19,10 +19,6 @@ say "building conflux-emu, conflux-vm (host), conflux-raw, conflux and conflux-u
 BIN=$CARGO_TARGET_DIR/release
 GBIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release
 RAW=$GBIN/conflux-raw
-
-passed=0 failed=0
-pass() { say "PASS $*"; passed=$((passed + 1)); }
-fail() { say "FAIL $*"; failed=$((failed + 1)); }
 
 vm() {
 	"$BIN/conflux-vm" run --kernel "$KERNEL" --modules "$MODULES" --emu "$BIN/conflux-emu" "$@"

@@ -7,7 +7,7 @@
 # no process or file behind after success, failure, timeout and SIGTERM.
 STEP=rig
 . "$(dirname "$0")/common.sh"
-
+. "$TOP/mk/tally.sh"
 . "$TOP/mk/rig-lib.sh"
 
 # guest_results LABEL LOG WHY-NONE: counts the guest's "PASS ..." and
@@ -98,5 +98,4 @@ set -e
 if [ "$rc" -eq 125 ]; then pass "SIGTERM: the launcher stops with 125"; else fail "SIGTERM gave $rc, expected 125"; fi
 check_clean "SIGTERM"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+tally_summary

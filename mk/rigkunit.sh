@@ -7,7 +7,7 @@
 # benchmark against dma_buf_phys_vec_to_sgt() is printed.
 STEP=rig-kunit
 . "$(dirname "$0")/common.sh"
-
+. "$TOP/mk/tally.sh"
 . "$TOP/mk/rig-lib.sh"
 TREE=$(build_tree)
 SUITES=rust_pci_p2pdma
@@ -39,10 +39,7 @@ for topo in switch3+rp1 switch3+rp1-zen; do
 		--exec-log "$OUT/$topo.parse.log" --top "$TOP" --label "rig-kunit $topo")
 	set -e
 	sed '$d' <<<"$report"
-	counts=$(tail -n 1 <<<"$report")
-	passed=$((passed + ${counts%% passed*}))
-	f=${counts#*passed, }
-	failed=$((failed + ${f%% failed*}))
+	tally_add_line "$(tail -n 1 <<<"$report")" || fail "rig-kunit $topo: no results from kunit_report.py"
 
 	got=$(sed -nE 's/.*rust_pci_p2pdma: route 0000:03:00.0 -> 0000:06:00.0: ([a-z-]+).*/\1/p' "$log" | head -n 1)
 	if [ "$got" = "$route" ]; then
@@ -54,5 +51,4 @@ for topo in switch3+rp1 switch3+rp1-zen; do
 	if [ -n "$bench" ]; then say "$topo: ${bench#rust_pci_p2pdma: }"; fi
 done
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+tally_summary
