@@ -13,6 +13,7 @@ STEP=demo
 "$TOP/mk/setup.sh"
 . "$TOP/mk/tally.sh"
 . "$TOP/mk/rig-lib.sh"
+rig_prepare
 
 OUT=${DEMO_OUT:-$CACHE/demo}
 mkdir -p "$OUT"

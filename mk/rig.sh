@@ -10,6 +10,8 @@ STEP=rig
 . "$TOP/mk/tally.sh"
 . "$TOP/mk/rig-lib.sh"
 
+rig_prepare
+
 # guest_results LABEL LOG WHY-NONE: counts the guest's "PASS ..." and
 # "FAIL ..." lines of LOG; a log without any is a failure.
 guest_results() {
@@ -53,13 +55,12 @@ done
 # The driver: conflux.ko binds every device of the topology, gives each an
 # accel node, declines the plain ivshmem function, and unbinds, unloads and
 # reloads cleanly.
-DRIVER_TEST=$TOP/tools/testing/conflux/guest/tests/driver-test.sh
 for topo in switch3+rp1 switch3+rp1-zen; do
 	say "booting $topo and loading conflux.ko"
 	log=$(mktemp)
 	set +e
-	vm --topology "$topo" --plain-ivshmem --add "$DRIVER_TEST" --add "$GBIN/conflux" \
-		--add "$GBIN/conflux-uapi-test" --timeout 900 -- \
+	vm --topology "$topo" --plain-ivshmem --add "$GUEST_TESTS/driver-test.sh" \
+		--add "$GBIN/conflux" --add "$GBIN/conflux-uapi-test" --timeout 900 -- \
 		sh /usr/bin/driver-test.sh 4 1 "$memcpy_mbs" "$topo" 2>&1 |
 		tee "$log" | sed "s/^/    [$topo driver] /"
 	rc=${PIPESTATUS[0]}

@@ -9,6 +9,8 @@ STEP=rig-kunit
 . "$(dirname "$0")/common.sh"
 . "$TOP/mk/tally.sh"
 . "$TOP/mk/rig-lib.sh"
+
+rig_prepare
 TREE=$(build_tree)
 SUITES=rust_pci_p2pdma
 OUT=$GUEST/kunit
