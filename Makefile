@@ -41,10 +41,10 @@ kunit:
 	@$(MK)/kunit.sh
 
 rig-smoke:
-	@$(MK)/rig.sh
+	@$(MK)/rig-smoke.sh
 
 rig-kunit:
-	@$(MK)/rigkunit.sh
+	@$(MK)/rig-kunit.sh
 
 emu:
 	@$(MK)/emu.sh

@@ -10,7 +10,8 @@ STEP=check
 start=$SECONDS
 "$TOP/mk/setup.sh"
 broken=()
-for step in style emu kunit guest rigkunit rig; do
+# Each step is a make target, run through its script mk/<target>.sh.
+for step in style emu kunit guest rig-kunit rig-smoke; do
 	log=$(mktemp)
 	set +e
 	"$TOP/mk/$step.sh" 2>&1 | tee "$log"

@@ -5,7 +5,7 @@
 # peer-to-peer copy with the host's memcpy; load conflux.ko on both topologies
 # (bind, accel nodes, unbind, unload, reload); check that the launcher leaves
 # no process or file behind after success, failure, timeout and SIGTERM.
-STEP=rig
+STEP=rig-smoke
 . "$(dirname "$0")/common.sh"
 . "$TOP/mk/tally.sh"
 . "$TOP/mk/rig-lib.sh"
