@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
-# Host-side Rust under tools/testing/conflux: cargo test, clippy -D warnings
-# and cargo fmt --check. Ends with "N passed, N failed".
+# make emu: cargo test, clippy -D warnings and cargo fmt --check on every
+# crate of the tools/testing/conflux workspace, on the host: the host tools
+# (conflux-emu, conflux-vm), the guest programs (conflux, conflux-raw,
+# conflux-uapi-test; their checks of the devices run in the rig, see
+# rig-smoke.sh) and conflux-device, which both sides use. Ends with
+# "N passed, N failed".
 STEP=emu
 . "$(dirname "$0")/common.sh"
 . "$TOP/mk/tally.sh"
@@ -12,7 +16,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/build/cargo}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-say "cargo test"
+say "cargo test of every crate (host, guest and shared)"
 if cargo test --locked --quiet >"$log" 2>&1; then rc=0; else rc=$?; fi
 while read -r p f; do
 	tally_add "$p" "$f"
