@@ -23,7 +23,7 @@ help:
 	@echo "make kunit          build the UML kernel and run the KUnit suites"
 	@echo "make guest          build the x86_64 guest kernel and the conflux module"
 	@echo "make style          rustfmt and checkpatch --strict (part of check)"
-	@echo "make emu            the device model's cargo tests, clippy, fmt (part of check)"
+	@echo "make emu            cargo test, clippy and fmt of every crate in tools/testing/conflux, host and guest (part of check)"
 	@echo "make rig-smoke      boot the QEMU rig, test the device model and the driver from the guest (part of check)"
 	@echo "make rig-kunit      run the KUnit suites that need PCI devices in the rig's guest (part of check)"
 	@echo "make patches        write the upstreamable git format-patch series"
@@ -41,10 +41,10 @@ kunit:
 	@$(MK)/kunit.sh
 
 rig-smoke:
-	@$(MK)/rig.sh
+	@$(MK)/rig-smoke.sh
 
 rig-kunit:
-	@$(MK)/rigkunit.sh
+	@$(MK)/rig-kunit.sh
 
 emu:
 	@$(MK)/emu.sh

@@ -5,36 +5,29 @@
 # of their "N passed, N failed" lines.
 STEP=check
 . "$(dirname "$0")/common.sh"
+. "$TOP/mk/tally.sh"
 
 start=$SECONDS
 "$TOP/mk/setup.sh"
-total_p=0 total_f=0 total_s=0 broken=()
-for step in style emu kunit guest rigkunit rig; do
+broken=()
+# Each step is a make target, run through its script mk/<target>.sh.
+for step in style emu kunit guest rig-kunit rig-smoke; do
 	log=$(mktemp)
 	set +e
 	"$TOP/mk/$step.sh" 2>&1 | tee "$log"
 	rc=${PIPESTATUS[0]}
 	set -e
-	line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+	line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1 || true)
 	rm -f "$log"
-	if [ -z "$line" ]; then
+	before=$failed
+	if ! tally_add_line "$line"; then
 		# The step stopped before it could run its tests (a build error, say).
 		broken+=("$step")
-		total_f=$((total_f + 1))
+		tally_add 0 1
 		continue
 	fi
-	p=${line%% passed*}
-	f=${line#*passed, }
-	f=${f%% failed*}
-	total_p=$((total_p + p))
-	total_f=$((total_f + f))
-	if [[ $line =~ ([0-9]+)\ skipped ]]; then
-		total_s=$((total_s + BASH_REMATCH[1]))
-	fi
-	[ "$rc" -eq 0 ] || [ "$f" -gt 0 ] || { broken+=("$step"); total_f=$((total_f + 1)); }
+	# A step that failed without a failed test did not finish.
+	[ "$rc" -eq 0 ] || [ "$failed" -gt "$before" ] || { broken+=("$step"); tally_add 0 1; }
 done
 say "done in $((SECONDS - start)) s${broken[*]:+; steps that did not finish: ${broken[*]}}"
-summary="$total_p passed, $total_f failed"
-[ "$total_s" -eq 0 ] || summary+=", $total_s skipped"
-echo "$summary"
-[ "$total_f" -eq 0 ]
+tally_summary

@@ -11,31 +11,20 @@ STEP=demo
 . "$(dirname "$0")/common.sh"
 
 "$TOP/mk/setup.sh"
+. "$TOP/mk/tally.sh"
 . "$TOP/mk/rig-lib.sh"
+rig_prepare
 
 OUT=${DEMO_OUT:-$CACHE/demo}
 mkdir -p "$OUT"
-script=$(mktemp -d)/demo.sh
-cat >"$script" <<'GUEST'
-#!/bin/sh
-modprobe conflux || exit 1
-echo "== conflux info"
-conflux info
-echo "== copies between every pair of devices (16 MiB each)"
-conflux matrix 16M || exit 1
-echo "== peer to peer against staged through system memory"
-conflux p2p-bench 64M || exit 1
-echo "MATRIX-JSON $(conflux --json matrix 16M)"
-GUEST
 log=$OUT/demo.log
 say "booting switch3+rp1 (TCG, about a minute) and running the copies"
 set +e
-vm --topology switch3+rp1 --add "$script" --add "$GBIN/conflux" --timeout 900 -- \
+vm --topology switch3+rp1 --add "$GUEST_TESTS/demo.sh" --add "$GBIN/conflux" --timeout 900 -- \
 	sh /usr/bin/demo.sh 2>&1 | tee "$log" | grep -v '^MATRIX-JSON ' |
 	grep -vE '^\[ *[0-9]+\.[0-9]+\]|^(ACPI|reboot):' | sed 's/^/    /'
 rc=${PIPESTATUS[0]}
 set -e
-rm -rf "$(dirname "$script")"
 [ "$rc" -eq 0 ] || die "the demo failed in the guest (exit $rc); log: $log"
 sed -n 's/^MATRIX-JSON //p' "$log" >"$OUT/matrix.json"
 [ -s "$OUT/matrix.json" ] || die "the guest printed no matrix; log: $log"

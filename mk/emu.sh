@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
-# Host-side Rust under tools/testing/conflux: cargo test, clippy -D warnings
-# and cargo fmt --check. Ends with "N passed, N failed".
+# make emu: cargo test, clippy -D warnings and cargo fmt --check on every
+# crate of the tools/testing/conflux workspace, on the host: the host tools
+# (conflux-emu, conflux-vm), the guest programs (conflux, conflux-raw,
+# conflux-uapi-test; their checks of the devices run in the rig, see
+# rig-smoke.sh) and conflux-device, which both sides use. Ends with
+# "N passed, N failed".
 STEP=emu
 . "$(dirname "$0")/common.sh"
+. "$TOP/mk/tally.sh"
 
 uapi_headers
 cd "$TOP/tools/testing/conflux"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/build/cargo}
-passed=0 failed=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-say "cargo test"
+say "cargo test of every crate (host, guest and shared)"
 if cargo test --locked --quiet >"$log" 2>&1; then rc=0; else rc=$?; fi
 while read -r p f; do
-	passed=$((passed + p))
-	failed=$((failed + f))
+	tally_add "$p" "$f"
 done < <(sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$log")
 grep -E '^(test .* FAILED|failures:|---- )' "$log" | head -n 40 || true
 if [ "$rc" -ne 0 ] && ! grep -q '^test result: FAILED' "$log"; then
 	tail -n 40 "$log"
-	say "FAIL cargo test did not run (exit $rc)"
-	failed=$((failed + 1))
+	fail "cargo test did not run (exit $rc)"
 fi
 say "cargo test: $passed passed, $failed failed"
 
@@ -31,15 +33,12 @@ check() {
 	local what=$1
 	shift
 	if "$@" >"$log" 2>&1; then
-		say "PASS $what"
-		passed=$((passed + 1))
+		pass "$what"
 	else
 		head -n 40 "$log"
-		say "FAIL $what"
-		failed=$((failed + 1))
+		fail "$what"
 	fi
 }
 check "cargo clippy --all-targets -D warnings" cargo clippy --locked --quiet --all-targets -- -D warnings
 check "cargo fmt --check" cargo fmt --check
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+tally_summary

@@ -4,11 +4,12 @@
 # among them, for the QEMU rig. Config: allnoconfig + the rig's fragment.
 STEP=guest
 . "$(dirname "$0")/common.sh"
+. "$TOP/mk/tally.sh"
 
 "$TOP/mk/overlay.sh"
 TREE=$(build_tree)
 OUT=${GUEST_BUILD:-$CACHE/build/guest${KSRC:+-$(basename "$TREE")}}
-FRAG=$TOP/tools/testing/conflux/rig/guest.config
+FRAG=$TOP/tools/testing/conflux/guest/kernel.config
 mkdir -p "$OUT"
 
 # Generate the config beside the build, and install it only when it differs,
@@ -30,32 +31,27 @@ rm -rf "$OUT/modroot"
 run_logged "$OUT/modules_install.log" "modules_install" \
 	make -C "$TREE" ARCH=x86_64 O="$OUT" INSTALL_MOD_PATH="$OUT/modroot" modules_install
 # The guest tests' own modules, built against this kernel into the same root.
-KMOD=$TOP/tools/testing/conflux/kmod
+KMOD=$TOP/tools/testing/conflux/guest/kmod
 run_logged "$OUT/kmod.log" "test modules" \
 	make -C "$TREE" ARCH=x86_64 O="$OUT" M="$KMOD" MO="$OUT/kmod" \
 	INSTALL_MOD_PATH="$OUT/modroot" modules modules_install
 say "kernel: $OUT/arch/x86/boot/bzImage"
-passed=0 failed=0
 ko=$(find "$OUT/modroot" -name 'conflux.ko*' | head -n 1)
 if [ -n "$ko" ] && modinfo "$ko" | grep -qx 'alias:.*pci:v00001AF4d00001110.*'; then
-	say "PASS module: ${ko#"$OUT/modroot/"} built, matches PCI 1af4:1110"
-	passed=$((passed + 1))
+	pass "module: ${ko#"$OUT/modroot/"} built, matches PCI 1af4:1110"
 else
-	say "FAIL module: conflux.ko missing from $OUT/modroot or without its PCI alias"
-	failed=$((failed + 1))
+	fail "module: conflux.ko missing from $OUT/modroot or without its PCI alias"
 fi
+# build_warnings.py prints its own PASS or FAIL line.
 if python3 "$TOP/mk/build_warnings.py" "$OUT/build.log" "$TREE" guest | grep -v passed,; then
-	passed=$((passed + 1))
+	tally_add 1 0
 else
-	failed=$((failed + 1))
+	tally_add 0 1
 fi
 ko=$(find "$OUT/modroot" -name 'conflux_static_import.ko*' | head -n 1)
 if [ -n "$ko" ] && ! grep -E ': (warning|error):' "$OUT/kmod.log"; then
-	say "PASS module: ${ko#"$OUT/modroot/"} built without a warning"
-	passed=$((passed + 1))
+	pass "module: ${ko#"$OUT/modroot/"} built without a warning"
 else
-	say "FAIL module: conflux_static_import.ko missing from $OUT/modroot, or warnings in $OUT/kmod.log"
-	failed=$((failed + 1))
+	fail "module: conflux_static_import.ko missing from $OUT/modroot, or warnings in $OUT/kmod.log"
 fi
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+tally_summary

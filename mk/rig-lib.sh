@@ -1,28 +1,36 @@
 # SPDX-License-Identifier: GPL-2.0
-# Sourced by the steps that boot the QEMU rig (after common.sh): builds the
-# host tools and the static guest program, and defines vm (conflux-vm run
-# with the rig's kernel and modules), pass/fail counting and the check that
-# a launcher run left nothing behind; refuses to start over leftovers of an
-# earlier run.
+# The QEMU rig, for the steps that boot it. Sourced after common.sh and
+# tally.sh; it only defines: rig_prepare (the guest kernel, the host tools
+# and the static guest programs, and no leftovers of an earlier run), vm
+# (conflux-vm run with the rig's kernel and modules), and the check that a
+# launcher run left nothing behind.
 
 GUEST=${GUEST_BUILD:-$CACHE/build/guest}
-[ -f "$GUEST/arch/x86/boot/bzImage" ] || "$TOP/mk/guest.sh" >/dev/null
 KERNEL=$GUEST/arch/x86/boot/bzImage
 MODULES=$GUEST/modroot
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/build/cargo}
-uapi_headers
-say "building conflux-emu, conflux-vm (host), conflux-raw and conflux (static guest programs)"
-(cd "$TOP/tools/testing/conflux" &&
-	cargo build --locked --quiet --release -p conflux-emu -p conflux-vm &&
-	cargo build --locked --quiet --release -p conflux-raw -p conflux --target x86_64-unknown-linux-musl) ||
-	die "cargo build failed"
+# Host tools, and the static guest programs (`--add` puts them in /usr/bin).
 BIN=$CARGO_TARGET_DIR/release
 GBIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release
 RAW=$GBIN/conflux-raw
+# The guest's scripts, added to the guest as they are.
+GUEST_TESTS=$TOP/tools/testing/conflux/guest/tests
 
-passed=0 failed=0
-pass() { say "PASS $*"; passed=$((passed + 1)); }
-fail() { say "FAIL $*"; failed=$((failed + 1)); }
+# rig_prepare: builds what the rig runs (the guest kernel only when it is
+# missing) and refuses to start over leftovers of an earlier run.
+rig_prepare() {
+	[ -f "$KERNEL" ] || "$TOP/mk/guest.sh" >/dev/null
+	uapi_headers
+	say "building conflux-emu, conflux-vm (host), conflux-raw, conflux and conflux-uapi-test (static guest programs)"
+	(cd "$TOP/tools/testing/conflux" &&
+		cargo build --locked --quiet --release -p conflux-emu -p conflux-vm &&
+		cargo build --locked --quiet --release -p conflux-raw -p conflux -p conflux-uapi-test \
+			--target x86_64-unknown-linux-musl) ||
+		die "cargo build failed"
+	if leftovers >/dev/null; then
+		die "conflux-vm leftovers from an earlier run: $(leftovers)"
+	fi
+}
 
 vm() {
 	"$BIN/conflux-vm" run --kernel "$KERNEL" --modules "$MODULES" --emu "$BIN/conflux-emu" "$@"
@@ -48,6 +56,3 @@ check_clean() {
 		pass "cleanup after $what: no process, socket or file left"
 	fi
 }
-if leftovers >/dev/null; then
-	die "conflux-vm leftovers from an earlier run: $(leftovers)"
-fi

@@ -5,32 +5,27 @@
 # change and every new file). Clippy runs in the kernel builds (CLIPPY=1).
 STEP=style
 . "$(dirname "$0")/common.sh"
+. "$TOP/mk/tally.sh"
 
 "$TOP/mk/overlay.sh" >/dev/null
 TREE=$(build_tree)
-passed=0 failed=0
 
 mapfile -t rs < <(cd "$TOP" && find rust drivers -name '*.rs' | sort)
 if out=$(cd "$TOP" && rustfmt --check --edition 2021 --config-path "$TREE/.rustfmt.toml" "${rs[@]}" 2>&1); then
-	say "PASS rustfmt: ${#rs[@]} kernel Rust files formatted"
-	passed=$((passed + 1))
+	pass "rustfmt: ${#rs[@]} kernel Rust files formatted"
 else
-	say "FAIL rustfmt:"
+	fail "rustfmt:"
 	echo "$out" | head -n 40
-	failed=$((failed + 1))
 fi
 
 "$TOP/mk/patches.sh" >/dev/null
 for p in "${PATCHES_OUT:-$CACHE/outgoing}"/*.patch; do
 	out=$(cd "$TREE" && perl scripts/checkpatch.pl --strict --no-color "$p" 2>&1) || true
 	if grep -q '^total: 0 errors, 0 warnings, 0 checks' <<<"$out"; then
-		say "PASS checkpatch --strict: $(basename "$p")"
-		passed=$((passed + 1))
+		pass "checkpatch --strict: $(basename "$p")"
 	else
-		say "FAIL checkpatch --strict: $(basename "$p")"
+		fail "checkpatch --strict: $(basename "$p")"
 		grep -E '^(ERROR|WARNING|CHECK|#|\+)' <<<"$out" | head -n 40
-		failed=$((failed + 1))
 	fi
 done
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+tally_summary

@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `conflux-uapi-test`: runs in the rig's guest with the driver loaded and checks the uAPI of
+//! every Conflux device: what GET_INFO reports, buffers and their accounting, zeroing by the
+//! engine, and the error code of every documented bad input. Prints one `PASS ...` or
+//! `FAIL ...` line per check and ends with `N passed, N failed`.
+//!
+//! One module per subject, run in this order: [`device`] on every device; then on the first
+//! one [`bind`], [`jobs`], [`memory`], [`udmabuf`] and [`static_import`]; with two devices or
+//! more [`shared_vm`]; with three or more [`migration`], [`vfio`] and the revocation of
+//! [`unbind`]; last, the unbind of the first device with a buffer. `--timeout` runs only the
+//! job timeout of [`jobs`], for the driver loaded with `job_timeout_ms=500`. Helpers that
+//! several subjects use are in [`common`].
+
+mod bind;
+mod common;
+mod device;
+mod jobs;
+mod memory;
+mod migration;
+mod shared_vm;
+mod static_import;
+mod udmabuf;
+mod unbind;
+mod vfio;
+
+use std::process::ExitCode;
+
+use conflux::{devices, Device, Error};
+
+use crate::{
+    bind::test_bind,
+    device::test_device,
+    jobs::{test_jobs, test_timeout},
+    memory::test_memory,
+    migration::test_migration,
+    shared_vm::test_shared_vm,
+    static_import::test_static_import,
+    udmabuf::test_udmabuf,
+    unbind::{revoke_while_peers_copy, unbind_with_buffer},
+    vfio::test_vfio,
+};
+
+struct Tally {
+    passed: u32,
+    failed: u32,
+}
+
+impl Tally {
+    fn check(&mut self, what: &str, ok: bool, detail: impl std::fmt::Display) {
+        if ok {
+            self.passed += 1;
+            println!("PASS {what}: {detail}");
+        } else {
+            self.failed += 1;
+            println!("FAIL {what}: {detail}");
+        }
+    }
+
+    /// Checks that `r` failed with `errno`.
+    fn errno<T>(&mut self, what: &str, r: Result<T, Error>, errno: i32) {
+        match r {
+            Ok(_) => self.check(what, false, "succeeded"),
+            Err(e) => self.check(what, e.errno() == Some(errno), e),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let mut t = Tally {
+        passed: 0,
+        failed: 0,
+    };
+    let found = devices();
+    if std::env::args().nth(1).as_deref() == Some("--timeout") {
+        match found.first().map(Device::open) {
+            Some(Ok(dev)) => {
+                if let Err(e) = test_timeout(&mut t, &dev) {
+                    t.check(&format!("{}: job timeout", dev.path().display()), false, e);
+                }
+            }
+            Some(Err(e)) => t.check("open", false, e),
+            None => t.check("Conflux accel devices found", false, 0),
+        }
+        println!("{} passed, {} failed", t.passed, t.failed);
+        return if t.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    t.check(
+        "Conflux accel devices found",
+        !found.is_empty(),
+        found.len(),
+    );
+    for path in found.iter() {
+        match Device::open(path) {
+            Ok(dev) => {
+                if let Err(e) = test_device(&mut t, &dev) {
+                    t.check(&format!("{}: uAPI calls", path.display()), false, e);
+                }
+            }
+            Err(e) => t.check(&format!("{}: open", path.display()), false, e),
+        }
+    }
+    if let Some(path) = found.first() {
+        match Device::open(path) {
+            Ok(dev) => {
+                let start = dev.info().map(|i| i.vram_avail).unwrap_or(0);
+                if let Err(e) = test_bind(&mut t, &dev) {
+                    t.check(&format!("{}: VM_BIND", path.display()), false, e);
+                }
+                if let Err(e) = test_jobs(&mut t, &dev) {
+                    t.check(&format!("{}: jobs", path.display()), false, e);
+                }
+                if let Err(e) = test_memory(&mut t, &dev) {
+                    t.check(&format!("{}: memory", path.display()), false, e);
+                }
+                if let Err(e) = test_udmabuf(&mut t, &dev) {
+                    t.check(&format!("{}: udmabuf", path.display()), false, e);
+                }
+                if let Err(e) = test_static_import(&mut t, &dev) {
+                    t.check(&format!("{}: static importer", path.display()), false, e);
+                }
+                let avail = dev.info().map(|i| i.vram_avail).unwrap_or(0);
+                drop(dev);
+                if let Ok(dev) = Device::open(path) {
+                    let after = dev.info().map(|i| i.vram_avail).unwrap_or(0);
+                    t.check(
+                        &format!(
+                            "{}: closing the file frees its VM's buffers and tables",
+                            path.display()
+                        ),
+                        after > avail && after == start,
+                        format!(
+                            "{avail} bytes available before, {after} after, {start} at the start"
+                        ),
+                    );
+                }
+            }
+            Err(e) => t.check(&format!("{}: open", path.display()), false, e),
+        }
+        if found.len() >= 2 {
+            if let Err(e) = test_shared_vm(&mut t, &found) {
+                t.check(&format!("{}: shared VM", path.display()), false, e);
+            }
+        }
+        if found.len() >= 3 {
+            if let Err(e) = test_migration(&mut t, &found) {
+                t.check(
+                    &format!("{}: move to system memory", path.display()),
+                    false,
+                    e,
+                );
+            }
+            if let Err(e) = test_vfio(&mut t, &found) {
+                t.check("vfio-pci dma-buf import", false, e);
+            }
+            if let Err(e) = revoke_while_peers_copy(&mut t, &found) {
+                t.check(&format!("{}: revocation", found[1].display()), false, e);
+            }
+        }
+        if let Err(e) = unbind_with_buffer(&mut t, path) {
+            t.check(
+                &format!("{}: unbind with a buffer", path.display()),
+                false,
+                e,
+            );
+        }
+    }
+    println!("{} passed, {} failed", t.passed, t.failed);
+    if t.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,574 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The command engine of one device: reset, ring processing, command
+//! execution, counters and the error record.
+//!
+//! The engine keeps the device-owned registers (tail, status, fence seqno,
+//! error record, counters) in itself and publishes them to the control block
+//! after every doorbell; what a driver writes into them is overwritten.
+
+use std::{fmt, sync::Arc, time::Instant};
+
+use conflux_device::{
+    fault::{Cause, ConfigError, Fault},
+    memory::{Memory, MemoryError, Target},
+    mmu::{Aperture, Mmu},
+    regs::{ctrl, Layout, DEFAULT_RING_OFFSET, DEFAULT_RING_SIZE, PRIV_OFFSET, VRAM_OFFSET},
+    ring::{Command, Op, Ring, Slot},
+};
+
+use crate::fabric::{Path, Route, Topology};
+
+/// The device's counters, as published at `CNT_*` (each wraps at 2^64).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Bytes copied or written with every operand in the device's own VRAM.
+    pub local_bytes: u64,
+    /// Bytes read from or written to other devices' VRAM.
+    pub p2p_bytes: u64,
+    /// Bytes read from or written to system memory.
+    pub sysmem_bytes: u64,
+    /// Commands completed.
+    pub commands: u64,
+    /// Errors recorded.
+    pub errors: u64,
+}
+
+/// The error record, as published at `ERR_*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorRecord {
+    /// The cause.
+    pub cause: Cause,
+    /// The virtual address of the failing access (0 when none).
+    pub va: u64,
+    /// The seqno field of the failing command (0 when none).
+    pub seqno: u64,
+    /// The opcode field of the failing command (0 when none).
+    pub opcode: u32,
+    /// Description for logs (not published).
+    pub detail: String,
+}
+
+impl ErrorRecord {
+    fn new(f: Fault, seqno: u64, opcode: u32) -> Self {
+        Self {
+            cause: f.cause,
+            va: f.va,
+            seqno,
+            opcode,
+            detail: f.detail,
+        }
+    }
+}
+
+impl From<Fault> for ErrorRecord {
+    fn from(f: Fault) -> Self {
+        Self::new(f, 0, 0)
+    }
+}
+
+impl fmt::Display for ErrorRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at VA {:#x} (command opcode {:#x}, seqno {:#x}): {}",
+            self.cause, self.va, self.opcode, self.seqno, self.detail
+        )
+    }
+}
+
+/// What one call of [`Engine::process`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// A reset was performed.
+    pub reset: bool,
+    /// Number of commands completed.
+    pub completed: u32,
+    /// A completed command had the `IRQ` flag: raise the completion vector.
+    pub completion_irq: bool,
+    /// The error recorded: raise the error vector.
+    pub error: Option<ErrorRecord>,
+}
+
+impl Outcome {
+    /// The MSI-X vectors to raise, completion first.
+    pub fn vectors(&self) -> impl Iterator<Item = u16> {
+        use conflux_device::regs::bar0::{VECTOR_COMPLETION, VECTOR_ERROR};
+        let completion = self.completion_irq.then_some(VECTOR_COMPLETION);
+        completion
+            .into_iter()
+            .chain(self.error.is_some().then_some(VECTOR_ERROR))
+    }
+}
+
+/// Where the data of a transfer comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// A virtual address.
+    Va(u64),
+    /// An 8-byte pattern, repeated.
+    Pattern(u64),
+}
+
+/// One piece of a transfer, inside one page of each operand.
+#[derive(Clone, Copy)]
+enum Piece {
+    /// Copy from this route, which is at this virtual address.
+    Copy(Route, u64),
+    /// Fill with this pattern, already in phase with the piece.
+    Fill(u64),
+}
+
+/// The command engine of one device.
+pub struct Engine {
+    topology: Arc<Topology>,
+    dev: usize,
+    layout: Layout,
+    caps: u32,
+    clock: Box<dyn FnMut() -> u64 + Send>,
+    tail: u32,
+    status: u32,
+    fence: u64,
+    error: Option<ErrorRecord>,
+    counters: Counters,
+    /// A reset was requested while a command ran: the command stopped.
+    interrupted: bool,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("dev", &self.dev)
+            .field("layout", &self.layout)
+            .field("caps", &self.caps)
+            .field("tail", &self.tail)
+            .field("status", &self.status)
+            .field("fence", &self.fence)
+            .field("error", &self.error)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bus_fault(what: &str, e: MemoryError) -> Fault {
+    Fault::new(Cause::Bus, format!("{what}: {e}"))
+}
+
+impl Engine {
+    /// The engine of device `dev` of `topology`, with every capability and
+    /// timestamps counted from now. It is off until [`Engine::power_on`].
+    pub fn new(topology: Arc<Topology>, dev: usize) -> Result<Self, ConfigError> {
+        let bar = topology.bar(dev).ok_or_else(|| {
+            ConfigError(format!(
+                "no device {dev} in a topology of {}",
+                topology.devices()
+            ))
+        })?;
+        let layout = Layout::new(bar.size)?;
+        let start = Instant::now();
+        Ok(Self {
+            topology,
+            dev,
+            layout,
+            caps: ctrl::CAP_ALL,
+            clock: Box::new(move || u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+            tail: 0,
+            status: ctrl::STATUS_OFF,
+            fence: 0,
+            interrupted: false,
+            error: None,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The same engine advertising and honouring only `caps` (`CAP_*`).
+    pub fn with_caps(self, caps: u32) -> Self {
+        Self {
+            caps: caps & ctrl::CAP_ALL,
+            ..self
+        }
+    }
+
+    /// The same engine taking `TIMESTAMP` values from `clock`.
+    pub fn with_clock(self, clock: impl FnMut() -> u64 + Send + 'static) -> Self {
+        Self {
+            clock: Box::new(clock),
+            ..self
+        }
+    }
+
+    /// Moves the device into `topology`, where it has the same index and a
+    /// BAR2 of the same size (for instance once its bus address is known).
+    /// Its state and the control block are kept.
+    pub fn set_topology(&mut self, topology: Arc<Topology>) -> Result<(), ConfigError> {
+        match topology.bar(self.dev) {
+            Some(bar) if bar.size == self.layout.bar_size => {
+                self.topology = topology;
+                Ok(())
+            }
+            Some(bar) => Err(ConfigError(format!(
+                "device {}: BAR2 of {:#x} bytes in the new topology, {:#x} in the old one",
+                self.dev, bar.size, self.layout.bar_size
+            ))),
+            None => Err(ConfigError(format!(
+                "no device {} in a topology of {}",
+                self.dev,
+                topology.devices()
+            ))),
+        }
+    }
+
+    /// The device's BAR2 layout.
+    pub const fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// `STATUS`.
+    pub const fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// `RING_TAIL`.
+    pub const fn tail(&self) -> u32 {
+        self.tail
+    }
+
+    /// `FENCE_SEQNO`.
+    pub const fn fence_seqno(&self) -> u64 {
+        self.fence
+    }
+
+    /// The counters.
+    pub const fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The error record, if an error is pending.
+    pub const fn error(&self) -> Option<&ErrorRecord> {
+        self.error.as_ref()
+    }
+
+    fn bar(&self) -> Target {
+        Target::Bar(self.dev)
+    }
+
+    /// Powers the device on: clears its state and writes the whole control
+    /// block (identification, default ring, head 0, MMU off, status READY).
+    pub fn power_on<M: Memory + ?Sized>(&mut self, mem: &mut M) -> Result<(), MemoryError> {
+        let bar = self.bar();
+        self.tail = 0;
+        self.status = ctrl::STATUS_READY;
+        self.fence = 0;
+        self.error = None;
+        self.counters = Counters::default();
+        mem.write(bar, 0, &[0; ctrl::SIZE as usize])?;
+        self.write_identification(mem)?;
+        mem.write_u64(bar, ctrl::RING_OFFSET, DEFAULT_RING_OFFSET)?;
+        mem.write_u64(bar, ctrl::RING_SIZE, DEFAULT_RING_SIZE)?;
+        self.publish(mem)
+    }
+
+    fn write_identification<M: Memory + ?Sized>(&self, mem: &mut M) -> Result<(), MemoryError> {
+        let (bar, l) = (self.bar(), self.layout);
+        mem.write(bar, ctrl::SIGNATURE, &ctrl::SIGNATURE_VALUE)?;
+        mem.write_u32(bar, ctrl::VERSION, ctrl::VERSION_VALUE)?;
+        mem.write_u32(bar, ctrl::CAPS, self.caps)?;
+        for (at, v) in [
+            (ctrl::BAR_SIZE, l.bar_size),
+            (ctrl::VRAM_OFFSET, VRAM_OFFSET),
+            (ctrl::VRAM_SIZE, l.vram_size()),
+            (ctrl::PRIV_OFFSET, PRIV_OFFSET),
+            (ctrl::PRIV_SIZE, VRAM_OFFSET - PRIV_OFFSET),
+        ] {
+            mem.write_u64(bar, at, v)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the device-owned registers to the control block.
+    fn publish<M: Memory + ?Sized>(&self, mem: &mut M) -> Result<(), MemoryError> {
+        let bar = self.bar();
+        let (c, e) = (&self.counters, self.error.as_ref());
+        for (at, v) in [
+            (ctrl::CNT_LOCAL_BYTES, c.local_bytes),
+            (ctrl::CNT_P2P_BYTES, c.p2p_bytes),
+            (ctrl::CNT_SYSMEM_BYTES, c.sysmem_bytes),
+            (ctrl::CNT_COMMANDS, c.commands),
+            (ctrl::CNT_ERRORS, c.errors),
+            (ctrl::ERR_VA, e.map_or(0, |e| e.va)),
+            (ctrl::ERR_SEQNO, e.map_or(0, |e| e.seqno)),
+            (ctrl::FENCE_SEQNO, self.fence),
+        ] {
+            mem.write_u64(bar, at, v)?;
+        }
+        for (at, v) in [
+            (ctrl::ERR_CAUSE, e.map_or(0, |e| e.cause.code())),
+            (ctrl::ERR_OPCODE, e.map_or(0, |e| e.opcode)),
+            (ctrl::RING_TAIL, self.tail),
+            (ctrl::STATUS, self.status),
+        ] {
+            mem.write_u32(bar, at, v)?;
+        }
+        Ok(())
+    }
+
+    fn reg32<M: Memory + ?Sized>(&self, mem: &M, at: u64) -> Result<u32, Fault> {
+        mem.read_u32(self.bar(), at)
+            .map_err(|e| bus_fault("reading the control block", e))
+    }
+
+    fn reg64<M: Memory + ?Sized>(&self, mem: &M, at: u64) -> Result<u64, Fault> {
+        mem.read_u64(self.bar(), at)
+            .map_err(|e| bus_fault("reading the control block", e))
+    }
+
+    /// Handles a doorbell (ignored before [`Engine::power_on`]): performs a
+    /// requested reset, then, unless the device is stopped on an error,
+    /// executes every command from the tail to the head read at entry.
+    /// Publishes the device-owned registers and returns the interrupts to
+    /// raise. Never panics.
+    pub fn process<M: Memory + ?Sized>(&mut self, mem: &mut M) -> Outcome {
+        let mut out = Outcome::default();
+        if self.status == ctrl::STATUS_OFF {
+            return out;
+        }
+        if let Err(e) = self.run(mem, &mut out) {
+            self.fail(e, &mut out);
+        }
+        if let Err(e) = self.publish(mem) {
+            if out.error.is_none() {
+                self.fail(
+                    bus_fault("publishing the control block", e).into(),
+                    &mut out,
+                );
+            }
+        }
+        out
+    }
+
+    fn fail(&mut self, e: ErrorRecord, out: &mut Outcome) {
+        self.status = ctrl::STATUS_ERROR;
+        self.counters.errors = self.counters.errors.wrapping_add(1);
+        self.error = Some(e.clone());
+        out.error = Some(e);
+    }
+
+    fn run<M: Memory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        out: &mut Outcome,
+    ) -> Result<(), ErrorRecord> {
+        if self.reset_requested(mem)? {
+            self.reset(mem)?;
+            out.reset = true;
+        }
+        if self.status != ctrl::STATUS_READY {
+            return Ok(());
+        }
+        let ring = Ring::new(
+            self.reg64(mem, ctrl::RING_OFFSET)?,
+            self.reg64(mem, ctrl::RING_SIZE)?,
+            self.layout.bar_size,
+        )?;
+        let head = self.reg32(mem, ctrl::RING_HEAD)?;
+        ring.pending(head, self.tail)?;
+        let mmu = Mmu {
+            bar: self.bar(),
+            vram_size: self.layout.vram_size(),
+            root: self.reg64(mem, ctrl::MMU_ROOT)?,
+            huge_pages: self.caps & ctrl::CAP_MMU_2M != 0,
+        };
+        while self.tail != head {
+            let mut slot: Slot = [0; 64];
+            mem.read(self.bar(), ring.slot_offset(self.tail), &mut slot)
+                .map_err(|e| bus_fault("reading a ring slot", e))?;
+            let (opcode, seqno) = Command::header(&slot);
+            let record = |f| ErrorRecord::new(f, seqno, opcode);
+            let cmd = Command::decode(&slot, self.caps).map_err(record)?;
+            self.execute(mem, &mmu, &cmd).map_err(record)?;
+            if std::mem::take(&mut self.interrupted) {
+                // A reset requested meanwhile discards the command in
+                // progress, which never completes, and the rest.
+                self.reset(mem)?;
+                out.reset = true;
+                return Ok(());
+            }
+            self.tail = self.tail.wrapping_add(1);
+            self.counters.commands = self.counters.commands.wrapping_add(1);
+            out.completed += 1;
+            out.completion_irq |= cmd.irq;
+        }
+        Ok(())
+    }
+
+    fn reset_requested<M: Memory + ?Sized>(&self, mem: &M) -> Result<bool, Fault> {
+        Ok(self.reg32(mem, ctrl::CONTROL)? & ctrl::CONTROL_RESET != 0)
+    }
+
+    /// Resets: tail = head, error record cleared, status READY; VRAM, the
+    /// ring registers, `MMU_ROOT`, `FENCE_SEQNO` and the counters are kept.
+    /// `CONTROL` is cleared last.
+    fn reset<M: Memory + ?Sized>(&mut self, mem: &mut M) -> Result<(), ErrorRecord> {
+        let io = |e| ErrorRecord::from(bus_fault("resetting", e));
+        mem.write_u32(self.bar(), ctrl::STATUS, ctrl::STATUS_RESETTING)
+            .map_err(io)?;
+        self.tail = self.reg32(mem, ctrl::RING_HEAD)?;
+        self.error = None;
+        self.status = ctrl::STATUS_READY;
+        self.write_identification(mem).map_err(io)?;
+        self.publish(mem).map_err(io)?;
+        mem.write_u32(self.bar(), ctrl::CONTROL, 0).map_err(io)
+    }
+
+    fn execute<M: Memory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        mmu: &Mmu,
+        cmd: &Command,
+    ) -> Result<(), Fault> {
+        match cmd.op {
+            Op::Copy { src, dst, len } => self.transfer(mem, mmu, Source::Va(src), dst, len),
+            Op::Fill { dst, len, pattern } => {
+                self.transfer(mem, mmu, Source::Pattern(pattern), dst, len)
+            }
+            Op::Timestamp { dst } => {
+                let now = (self.clock)();
+                self.transfer(mem, mmu, Source::Pattern(now), dst, 8)
+            }
+            Op::Fence => {
+                self.fence = cmd.seqno;
+                Ok(())
+            }
+        }
+    }
+
+    /// Translates and routes the page holding `va` for a read or a write;
+    /// returns where `va` goes and how many bytes of its page follow it.
+    fn access<M: Memory + ?Sized>(
+        &self,
+        mem: &M,
+        mmu: &Mmu,
+        va: u64,
+        write: bool,
+    ) -> Result<(Route, u64), Fault> {
+        let page = mmu.translate(mem, va)?;
+        let fault = |cause, detail: String| Err(Fault::new(cause, detail).at(va));
+        if write && !page.writable {
+            return fault(
+                Cause::Permission,
+                format!("page at VA {:#x} is not writable", page.va),
+            );
+        }
+        let route = match page.addr {
+            Aperture::Vram(off) if off + page.size <= self.layout.vram_size() => Route {
+                target: self.bar(),
+                offset: VRAM_OFFSET + off,
+                path: Path::Local,
+            },
+            Aperture::Vram(off) => {
+                let vram = self.layout.vram_size();
+                return fault(
+                    Cause::Bus,
+                    format!("page at VRAM offset {off:#x} is outside VRAM of {vram:#x} bytes"),
+                );
+            }
+            Aperture::Bus(addr) => self
+                .topology
+                .route(self.dev, addr, page.size)
+                .map_err(|f| f.at(va))?,
+        };
+        if route.path == Path::Peer && self.caps & ctrl::CAP_PEER_P2P == 0 {
+            return fault(
+                Cause::PeerUnreachable,
+                "the device lacks CAP_PEER_P2P".into(),
+            );
+        }
+        let within = va - page.va;
+        Ok((
+            Route {
+                offset: route.offset + within,
+                ..route
+            },
+            page.size - within,
+        ))
+    }
+
+    /// Moves `len` bytes from `src` to virtual address `dst` in ascending
+    /// address order, in pieces that end at the next page boundary of
+    /// either operand; each piece is one [`Memory::copy`] or
+    /// [`Memory::fill`].
+    fn transfer<M: Memory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        mmu: &Mmu,
+        src: Source,
+        dst: u64,
+        len: u64,
+    ) -> Result<(), Fault> {
+        let mut done = 0;
+        while done < len {
+            // A reset requested while the command runs stops it before its
+            // next piece.
+            if self.reset_requested(mem)? {
+                self.interrupted = true;
+                return Ok(());
+            }
+            let mut n = len - done;
+            let piece = match src {
+                Source::Va(s) => {
+                    let (route, room) = self.access(mem, mmu, s + done, false)?;
+                    n = n.min(room);
+                    Piece::Copy(route, s + done)
+                }
+                Source::Pattern(p) => Piece::Fill(p.rotate_right(8 * (done % 8) as u32)),
+            };
+            let (to, room) = self.access(mem, mmu, dst + done, true)?;
+            n = n.min(room);
+            // A piece lies inside one page, so it fits in a usize.
+            let count = usize::try_from(n).map_err(|_| {
+                Fault::new(Cause::Bus, format!("a piece of {n:#x} bytes")).at(dst + done)
+            })?;
+            let write_fault = |e| bus_fault("writing", e).at(dst + done);
+            let from = match piece {
+                Piece::Copy(r, va) => {
+                    mem.copy(r.target, r.offset, to.target, to.offset, count)
+                        .map_err(|e| {
+                            if e.target == r.target && e.offset == r.offset {
+                                bus_fault("reading", e).at(va)
+                            } else {
+                                write_fault(e)
+                            }
+                        })?;
+                    Some(r.path)
+                }
+                Piece::Fill(p) => {
+                    mem.fill(to.target, to.offset, count, p)
+                        .map_err(write_fault)?;
+                    None
+                }
+            };
+            self.charge(from, to.path, n);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Charges `n` bytes moved from `src` (none for a pattern) to `dst`.
+    fn charge(&mut self, src: Option<Path>, dst: Path, n: u64) {
+        let c = &mut self.counters;
+        if src.unwrap_or(Path::Local) == Path::Local && dst == Path::Local {
+            c.local_bytes = c.local_bytes.wrapping_add(n);
+            return;
+        }
+        for path in src.into_iter().chain([dst]) {
+            match path {
+                Path::Peer => c.p2p_bytes = c.p2p_bytes.wrapping_add(n),
+                Path::System => c.sysmem_bytes = c.sysmem_bytes.wrapping_add(n),
+                Path::Local => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

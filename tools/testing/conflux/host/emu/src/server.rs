@@ -1,0 +1,940 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The `conflux-emu serve` server: the `ivshmem` server of every device's
+//! `ivshmem-doorbell`, and the loop that runs their engines on doorbells.
+//!
+//! For each device it listens on `DIR/dev{i}.sock`, accepts one client
+//! (QEMU), hands it the device's BAR2 memfd and the eventfds of the
+//! `ivshmem` protocol, and from then on runs [`Engine::process`] whenever
+//! the guest rings the engine (peer 0, vector 0), raising the MSI-X vectors
+//! the engine returns. The fabric is learned from QEMU over QMP at the
+//! first doorbell.
+
+use std::{
+    fmt,
+    fs::{self, File, OpenOptions},
+    io::{self, Read},
+    os::{
+        fd::AsFd,
+        unix::{
+            fs::FileTypeExt,
+            net::{UnixListener, UnixStream},
+        },
+    },
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use conflux_device::{
+    regs::{bar0, Layout},
+    shm::{self, Mapping, SharedMemory},
+};
+
+use crate::{
+    engine::{Counters, Engine},
+    fabric::{Bar, Topology, RIGS},
+    qmp::{self, Expected, QueryError},
+    sys::{self, Epoll, EventFd, SignalFd, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLRDHUP},
+};
+
+/// Most devices one server runs.
+pub const MAX_DEVICES: usize = 64;
+
+/// How long a QMP query may wait for QEMU to listen.
+const QMP_PATIENCE: Duration = Duration::from_secs(1);
+/// How long a QMP query waits for an answer.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a doorbell waiting for the fabric retries the query.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// The `serve` command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Directory of the sockets `dev{i}.sock`.
+    pub run_dir: PathBuf,
+    /// Number of devices.
+    pub devices: usize,
+    /// Size of every device's BAR2.
+    pub bar_size: u64,
+    /// Name of the topology (one of [`RIGS`]); a name ending in `-zen`
+    /// lets the host bridge route peer-to-peer traffic.
+    pub topology: String,
+    /// QEMU's QMP socket.
+    pub qmp: PathBuf,
+    /// The file that backs the guest's RAM.
+    pub guest_ram: PathBuf,
+    /// Size of the guest's RAM.
+    pub guest_ram_size: u64,
+    /// The file that backs the BAR2 of a plain ivshmem function with id
+    /// `plain0`, and its size: memory the devices can copy to and from.
+    pub plain: Option<(PathBuf, u64)>,
+}
+
+/// The options of `serve`, all required.
+pub const SERVE_OPTIONS: [&str; 7] = [
+    "--run-dir",
+    "--devices",
+    "--bar-size",
+    "--topology",
+    "--qmp",
+    "--guest-ram",
+    "--guest-ram-size",
+];
+
+/// The options of `serve` that may be left out, together.
+pub const PLAIN_OPTIONS: [&str; 2] = ["--plain", "--plain-size"];
+
+/// The line `serve` prints on standard output once every socket listens.
+pub const READY: &str = "conflux-emu: ready";
+
+/// Usage of the `conflux-emu` binary.
+pub const USAGE: &str = "\
+usage: conflux-emu serve --run-dir DIR --devices N --bar-size BYTES --topology NAME
+                         --qmp PATH --guest-ram PATH --guest-ram-size BYTES
+                         [--plain PATH --plain-size BYTES]
+       conflux-emu memcpy-bench --size BYTES
+BYTES: an integer with an optional K, M or G suffix (powers of 1024)";
+
+/// Parses a size: an integer with an optional `K`, `M` or `G` suffix
+/// (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.char_indices().last() {
+        Some((at, 'K' | 'k')) => (&s[..at], 10),
+        Some((at, 'M' | 'm')) => (&s[..at], 20),
+        Some((at, 'G' | 'g')) => (&s[..at], 30),
+        _ => (s, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{s:?} is not a size (an integer with an optional K, M or G suffix)"
+        ));
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("size {s:?} does not fit in 64 bits"))
+}
+
+/// `n` bytes for humans: `64 MiB`, `3 KiB`, `1000 bytes`.
+pub fn human_size(n: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    format!("{n} bytes")
+}
+
+/// Collects `--name value` and `--name=value` options; every name must be
+/// in `known` and given at most once.
+pub fn options(args: &[String], known: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (name, value) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), v.to_string()),
+            _ if a.starts_with("--") => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| format!("option {a} needs a value"))?;
+                (a.clone(), v.clone())
+            }
+            _ => return Err(format!("unexpected argument {a:?}")),
+        };
+        if !known.contains(&name.as_str()) {
+            return Err(format!(
+                "unknown option {name}; known: {}",
+                known.join(", ")
+            ));
+        }
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(format!("option {name} given twice"));
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Parses the arguments that follow `serve`.
+    pub fn from_args(args: &[String]) -> Result<Self, String> {
+        let known: Vec<&str> = SERVE_OPTIONS
+            .iter()
+            .chain(&PLAIN_OPTIONS)
+            .copied()
+            .collect();
+        let opts = options(args, &known)?;
+        let get = |name: &str| {
+            opts.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| format!("missing option {name}"))
+        };
+        let size =
+            |name: &str| get(name).and_then(|v| parse_size(&v).map_err(|e| format!("{name}: {e}")));
+        let devices = get("--devices")?;
+        let devices = devices
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_DEVICES).contains(n))
+            .ok_or_else(|| {
+                format!("--devices: {devices:?} is not a number from 1 to {MAX_DEVICES}")
+            })?;
+        let bar_size = size("--bar-size")?;
+        Layout::new(bar_size).map_err(|e| format!("--bar-size: {e}"))?;
+        let topology = get("--topology")?;
+        if !RIGS.contains(&topology.as_str()) {
+            return Err(format!(
+                "--topology: unknown topology {topology:?}, known: {}",
+                RIGS.join(", ")
+            ));
+        }
+        let guest_ram_size = size("--guest-ram-size")?;
+        if guest_ram_size == 0 {
+            return Err("--guest-ram-size: the guest needs some RAM".into());
+        }
+        let plain = match (get("--plain"), size("--plain-size")) {
+            (Ok(path), Ok(len)) if len > 0 && len.is_power_of_two() => Some((path.into(), len)),
+            (Ok(_), Ok(len)) => {
+                return Err(format!(
+                    "--plain-size: {len:#x} is not a BAR size (a power of two)"
+                ))
+            }
+            (Err(_), Err(_)) => None,
+            (Ok(_), Err(e)) | (Err(e), Ok(_)) => {
+                return Err(format!("--plain and --plain-size go together: {e}"))
+            }
+        };
+        Ok(Self {
+            run_dir: get("--run-dir")?.into(),
+            devices,
+            bar_size,
+            topology,
+            qmp: get("--qmp")?.into(),
+            guest_ram: get("--guest-ram")?.into(),
+            guest_ram_size,
+            plain,
+        })
+    }
+
+    /// Whether the host bridge routes peer-to-peer traffic.
+    pub fn host_bridge_p2p(&self) -> bool {
+        self.topology.ends_with("-zen")
+    }
+
+    /// The socket of device `i`.
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.run_dir.join(format!("dev{i}.sock"))
+    }
+}
+
+/// An error at startup, with its context.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The client (QEMU) of a device, after the handshake.
+struct Client {
+    stream: UnixStream,
+    /// The engine's eventfds (peer 0), one per vector; the guest rings
+    /// vector 0.
+    engine: Vec<EventFd>,
+    /// The client's eventfds (peer 1): writing one raises that MSI-X vector.
+    vectors: Vec<EventFd>,
+}
+
+struct Device {
+    socket: PathBuf,
+    listener: Option<UnixListener>,
+    memfd: File,
+    client: Option<Client>,
+    engine: Engine,
+    /// A doorbell waits for the fabric.
+    pending: bool,
+}
+
+/// What an epoll token stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    Signal,
+    Listener(usize),
+    Client(usize),
+    Doorbell(usize),
+}
+
+impl Token {
+    fn encode(self) -> u64 {
+        let (kind, i) = match self {
+            Self::Signal => (0, 0),
+            Self::Listener(i) => (1, i),
+            Self::Client(i) => (2, i),
+            Self::Doorbell(i) => (3, i),
+        };
+        (kind << 32) | i as u64
+    }
+
+    fn decode(v: u64) -> Option<Self> {
+        let i = usize::try_from(v & 0xffff_ffff).ok()?;
+        Some(match v >> 32 {
+            0 => Self::Signal,
+            1 => Self::Listener(i),
+            2 => Self::Client(i),
+            3 => Self::Doorbell(i),
+            _ => return None,
+        })
+    }
+}
+
+/// The running server.
+pub struct Server {
+    config: Config,
+    devices: Vec<Device>,
+    /// The sockets this server created, removed when it is dropped.
+    sockets: Vec<PathBuf>,
+    mem: SharedMemory,
+    epoll: Epoll,
+    signals: SignalFd,
+    /// The fabric has been learned from QMP.
+    fabric: bool,
+    last_query: Option<Instant>,
+    last_complaint: String,
+    accepted: usize,
+    connected: usize,
+    stop: bool,
+}
+
+/// The paths of the listening UNIX sockets in a `/proc/net/unix` table.
+fn listening_paths(table: &str) -> Vec<&str> {
+    /// `__SO_ACCEPTCON`: the socket listens.
+    const ACCEPTCON: u32 = 1 << 16;
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // Num RefCount Protocol Flags Type St Inode [Path]
+            let mut rest = line.trim_start();
+            let mut fields = Vec::new();
+            for _ in 0..7 {
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                fields.push(&rest[..end]);
+                rest = rest[end..].trim_start();
+            }
+            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+            (flags & ACCEPTCON != 0 && !rest.is_empty()).then_some(rest)
+        })
+        .collect()
+}
+
+/// Removes a stale socket at `path`; fails if a server listens on it or if
+/// something else is there. Listening is read from `/proc/net/unix` rather
+/// than probed with a connection, which the server there would take for
+/// its client.
+fn free_socket(path: &Path) -> Result<(), String> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err("exists and is not a socket".into());
+    }
+    let table = fs::read_to_string("/proc/net/unix")
+        .map_err(|e| format!("exists, and /proc/net/unix cannot tell whether it is in use: {e}"))?;
+    let names = [
+        Some(path.to_path_buf()),
+        std::path::absolute(path).ok(),
+        fs::canonicalize(path).ok(),
+    ];
+    let busy = listening_paths(&table)
+        .into_iter()
+        .any(|l| names.iter().flatten().any(|n| n.as_os_str() == l));
+    if busy {
+        return Err("is in use: a server listens on it".into());
+    }
+    fs::remove_file(path).map_err(|e| format!("removing the stale socket: {e}"))
+}
+
+/// Opens the guest-RAM file, creating it or growing it to `size` bytes if
+/// needed, and maps it.
+fn map_guest_ram(path: &Path, size: u64) -> Result<Mapping, String> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("opening: {e}"))?;
+    let len = f.metadata().map_err(|e| format!("stat: {e}"))?.len();
+    if len < size {
+        f.set_len(size)
+            .map_err(|e| format!("growing from {len} to {size} bytes: {e}"))?;
+    }
+    Mapping::of_file(&f, size).map_err(|e| format!("mapping {size} bytes: {e}"))
+}
+
+/// A topology that only serves to power the devices on before their bus
+/// addresses are known: device `i` on a root port of its own.
+fn placeholder(devices: usize, bar_size: u64) -> Result<Topology, String> {
+    let mut t = Topology::new(false);
+    for i in 0..devices {
+        let base = (i as u64)
+            .checked_mul(bar_size)
+            .ok_or("BAR2 sizes overflow the bus")?;
+        let port = t.add_root_port();
+        t.add_device(
+            port,
+            Bar {
+                base,
+                size: bar_size,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(t)
+}
+
+impl Server {
+    /// Creates every device's socket and BAR2, powers the devices on and
+    /// maps the guest's RAM. Blocks `SIGTERM` and `SIGINT` for the calling
+    /// thread: the server handles them.
+    pub fn start(config: Config) -> Result<Self, StartError> {
+        let err = StartError;
+        let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT])
+            .map_err(|e| err(format!("setting up signal handling: {e}")))?;
+        let epoll = Epoll::new().map_err(|e| err(format!("creating an epoll instance: {e}")))?;
+        if !config.run_dir.is_dir() {
+            return Err(err(format!(
+                "--run-dir {}: not a directory",
+                config.run_dir.display()
+            )));
+        }
+        let bar_len = usize::try_from(config.bar_size)
+            .map_err(|_| err(format!("--bar-size {:#x}: too large", config.bar_size)))?;
+        let guest_ram = map_guest_ram(&config.guest_ram, config.guest_ram_size)
+            .map_err(|e| err(format!("--guest-ram {}: {e}", config.guest_ram.display())))?;
+        let topology = placeholder(config.devices, config.bar_size)
+            .map_err(|e| err(format!("--devices: {e}")))?;
+        let topology = Arc::new(topology);
+        let mut server = Self {
+            devices: Vec::new(),
+            sockets: Vec::new(),
+            mem: SharedMemory::default(),
+            epoll,
+            signals,
+            fabric: false,
+            last_query: None,
+            last_complaint: String::new(),
+            accepted: 0,
+            connected: 0,
+            stop: false,
+            config,
+        };
+        // On an error, dropping `server` removes the sockets made so far.
+        let mut bars = Vec::new();
+        for i in 0..server.config.devices {
+            let socket = server.config.socket(i);
+            let ctx = |e: String| err(format!("device {i}: socket {}: {e}", socket.display()));
+            free_socket(&socket).map_err(ctx)?;
+            let listener = UnixListener::bind(&socket).map_err(|e| ctx(e.to_string()))?;
+            server.sockets.push(socket.clone());
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| ctx(e.to_string()))?;
+            server
+                .epoll
+                .add(listener.as_fd(), Token::Listener(i).encode(), EPOLLIN)
+                .map_err(|e| ctx(format!("watching: {e}")))?;
+            let memfd = shm::memfd(&format!("conflux-bar2-dev{i}"), server.config.bar_size)
+                .map_err(|e| {
+                    err(format!(
+                        "device {i}: creating a BAR2 memfd of {bar_len} bytes: {e}"
+                    ))
+                })?;
+            let bar = Mapping::new(memfd.as_fd(), bar_len).map_err(|e| {
+                err(format!(
+                    "device {i}: mapping its BAR2 of {bar_len} bytes: {e}"
+                ))
+            })?;
+            bars.push(bar);
+            let engine = Engine::new(Arc::clone(&topology), i)
+                .map_err(|e| err(format!("device {i}: {e}")))?;
+            server.devices.push(Device {
+                socket,
+                listener: Some(listener),
+                memfd,
+                client: None,
+                engine,
+                pending: false,
+            });
+        }
+        let plain = match &server.config.plain {
+            Some((path, len)) => vec![map_guest_ram(path, *len)
+                .map_err(|e| err(format!("--plain {}: {e}", path.display())))?],
+            None => Vec::new(),
+        };
+        server.mem = SharedMemory::new(bars, Some(guest_ram)).with_plain(plain);
+        for (i, d) in server.devices.iter_mut().enumerate() {
+            d.engine
+                .power_on(&mut server.mem)
+                .map_err(|e| err(format!("device {i}: powering on: {e}")))?;
+        }
+        server
+            .epoll
+            .add(server.signals.as_fd(), Token::Signal.encode(), EPOLLIN)
+            .map_err(|e| err(format!("watching signals: {e}")))?;
+        Ok(server)
+    }
+
+    /// The devices' counters.
+    pub fn counters(&self) -> Vec<Counters> {
+        self.devices.iter().map(|d| d.engine.counters()).collect()
+    }
+
+    /// Serves until `SIGTERM` or `SIGINT`, or until every client that
+    /// connected has gone.
+    pub fn run(&mut self) -> io::Result<()> {
+        while !self.stop {
+            let waiting = self.devices.iter().any(|d| d.pending);
+            let timeout = waiting.then_some(RETRY);
+            for (token, events) in self.epoll.wait(timeout)? {
+                match Token::decode(token) {
+                    Some(Token::Signal) => self.on_signal()?,
+                    Some(Token::Listener(i)) => self.on_accept(i),
+                    Some(Token::Client(i)) => self.on_client(i, events),
+                    Some(Token::Doorbell(i)) => self.on_doorbell(i),
+                    None => {}
+                }
+            }
+            if self.devices.iter().any(|d| d.pending) {
+                self.service();
+            }
+            if self.accepted > 0 && self.connected == 0 {
+                eprintln!("conflux-emu: every client has disconnected");
+                self.stop = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_signal(&mut self) -> io::Result<()> {
+        while let Some(signo) = self.signals.read()? {
+            eprintln!("conflux-emu: signal {signo}, stopping");
+            self.stop = true;
+        }
+        Ok(())
+    }
+
+    fn on_accept(&mut self, i: usize) {
+        let Some(d) = self.devices.get_mut(i) else {
+            return;
+        };
+        let Some(listener) = d.listener.as_ref() else {
+            return;
+        };
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                eprintln!(
+                    "conflux-emu: device {i}: accepting on {}: {e}",
+                    d.socket.display()
+                );
+                return;
+            }
+        };
+        // One client per device: stop listening (the socket file stays
+        // until exit).
+        if let Some(l) = d.listener.take() {
+            let _ = self.epoll.delete(l.as_fd());
+        }
+        self.accepted += 1;
+        match handshake(&stream, &d.memfd) {
+            Ok((engine, vectors)) => {
+                let watch = |fd, t: Token, ev| self.epoll.add(fd, t.encode(), ev);
+                let r = watch(
+                    stream.as_fd(),
+                    Token::Client(i),
+                    EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR,
+                )
+                .and_then(|_| stream.set_nonblocking(true))
+                .and_then(|_| match engine.first() {
+                    Some(e) => watch(e.as_fd(), Token::Doorbell(i), EPOLLIN),
+                    None => Ok(()),
+                });
+                if let Err(e) = r {
+                    eprintln!("conflux-emu: device {i}: watching the client: {e}");
+                    // QEMU shares the eventfd: closing ours would not
+                    // remove it from the epoll set.
+                    let _ = self.epoll.delete(stream.as_fd());
+                    if let Some(e) = engine.first() {
+                        let _ = self.epoll.delete(e.as_fd());
+                    }
+                    return;
+                }
+                d.client = Some(Client {
+                    stream,
+                    engine,
+                    vectors,
+                });
+                self.connected += 1;
+            }
+            Err(e) => eprintln!(
+                "conflux-emu: device {i}: handshake on {}: {e}",
+                d.socket.display()
+            ),
+        }
+    }
+
+    fn on_client(&mut self, i: usize, events: u32) {
+        let Some(c) = self.devices.get_mut(i).and_then(|d| d.client.as_mut()) else {
+            return;
+        };
+        let mut gone = events & (EPOLLHUP | EPOLLERR) != 0;
+        // QEMU sends nothing after the handshake: discard what comes, and
+        // notice the end of the stream.
+        let mut buf = [0u8; 256];
+        loop {
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    gone = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    gone = true;
+                    break;
+                }
+            }
+        }
+        if gone {
+            self.disconnect(i);
+        }
+    }
+
+    fn disconnect(&mut self, i: usize) {
+        let Some(c) = self.devices.get_mut(i).and_then(|d| d.client.take()) else {
+            return;
+        };
+        let _ = self.epoll.delete(c.stream.as_fd());
+        if let Some(e) = c.engine.first() {
+            let _ = self.epoll.delete(e.as_fd());
+        }
+        self.connected -= 1;
+        if let Some(d) = self.devices.get_mut(i) {
+            d.pending = false;
+        }
+        eprintln!("conflux-emu: device {i}: client disconnected");
+    }
+
+    fn on_doorbell(&mut self, i: usize) {
+        let Some(d) = self.devices.get_mut(i) else {
+            return;
+        };
+        let Some(c) = d.client.as_ref() else {
+            return;
+        };
+        if let Some(e) = c.engine.first() {
+            if let Err(e) = e.drain() {
+                eprintln!("conflux-emu: device {i}: reading the doorbell: {e}");
+            }
+        }
+        d.pending = true;
+        // A new doorbell retries the query at once.
+        self.last_query = None;
+    }
+
+    /// Learns the fabric if needed, then handles every pending doorbell.
+    fn service(&mut self) {
+        if !self.fabric {
+            if self.last_query.is_some_and(|t| t.elapsed() < RETRY) {
+                return;
+            }
+            self.last_query = Some(Instant::now());
+            match self.learn() {
+                Ok(()) => {
+                    self.fabric = true;
+                    self.last_complaint.clear();
+                }
+                Err(e) => {
+                    let msg = format!("conflux-emu: fabric: {e}; doorbells wait");
+                    if msg != self.last_complaint {
+                        eprintln!("{msg}");
+                        self.last_complaint = msg;
+                    }
+                    return;
+                }
+            }
+        }
+        for i in 0..self.devices.len() {
+            if self.devices[i].pending {
+                self.devices[i].pending = false;
+                self.process(i);
+            }
+        }
+    }
+
+    /// Queries QMP and moves every engine into the fabric it describes.
+    fn learn(&mut self) -> Result<(), QueryError> {
+        let reply = qmp::query_pci(&self.config.qmp, QMP_PATIENCE, QMP_TIMEOUT)?;
+        let expected = Expected {
+            devices: self.config.devices,
+            bar_size: self.config.bar_size,
+            host_bridge_p2p: self.config.host_bridge_p2p(),
+            ram: qmp::q35_ram(self.config.guest_ram_size),
+            plain: self.config.plain.iter().count(),
+        };
+        let topology = Arc::new(expected.topology(&reply)?);
+        for d in &mut self.devices {
+            d.engine
+                .set_topology(Arc::clone(&topology))
+                .map_err(|e| QueryError::Invalid(e.to_string()))?;
+        }
+        let bars: Vec<String> = (0..topology.devices())
+            .filter_map(|i| topology.bar(i).map(|b| format!("dev{i} {:#x}", b.base)))
+            .collect();
+        eprintln!(
+            "conflux-emu: fabric ({}): BAR2 at {}",
+            self.config.topology,
+            bars.join(", ")
+        );
+        Ok(())
+    }
+
+    /// Runs device `i`'s engine and raises the vectors it returns.
+    fn process(&mut self, i: usize) {
+        let Some(d) = self.devices.get_mut(i) else {
+            return;
+        };
+        let out = d.engine.process(&mut self.mem);
+        if let Some(e) = &out.error {
+            eprintln!("conflux-emu: device {i}: {e}");
+        }
+        let Some(c) = d.client.as_ref() else {
+            return;
+        };
+        for v in out.vectors() {
+            if let Some(fd) = c.vectors.get(usize::from(v)) {
+                if let Err(e) = fd.signal() {
+                    eprintln!("conflux-emu: device {i}: raising vector {v}: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for s in &self.sockets {
+            let _ = fs::remove_file(s);
+        }
+    }
+}
+
+/// The `ivshmem` server handshake: protocol version 0, the client's id, the
+/// shared memory, then for the engine (peer 0) and for the client itself
+/// one eventfd per vector. Returns the engine's and the client's eventfds.
+fn handshake(stream: &UnixStream, memfd: &File) -> io::Result<(Vec<EventFd>, Vec<EventFd>)> {
+    let client_id = i64::from(bar0::DEVICE_PEER);
+    let engine_id = i64::from(bar0::ENGINE_PEER);
+    let vectors = usize::from(bar0::NUM_VECTORS);
+    let new = || {
+        (0..vectors)
+            .map(|_| EventFd::new())
+            .collect::<io::Result<Vec<_>>>()
+    };
+    let (engine, client) = (new()?, new()?);
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    sys::send_message(stream, 0, None)?;
+    sys::send_message(stream, client_id, None)?;
+    sys::send_message(stream, -1, Some(memfd.as_fd()))?;
+    for e in &engine {
+        sys::send_message(stream, engine_id, Some(e.as_fd()))?;
+    }
+    for c in &client {
+        sys::send_message(stream, client_id, Some(c.as_fd()))?;
+    }
+    Ok((engine, client))
+}
+
+/// The line `serve` prints on standard error for device `i` at exit.
+pub fn counters_line(i: usize, c: &Counters) -> String {
+    format!(
+        "conflux-emu: dev{i}: local {} bytes, p2p {} bytes, system {} bytes, {} commands, {} errors",
+        c.local_bytes, c.p2p_bytes, c.sysmem_bytes, c.commands, c.errors
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    const GOOD: &str = "--run-dir /tmp/x --devices 4 --bar-size 64M --topology switch3+rp1 \
+                        --qmp /tmp/x/qmp.sock --guest-ram /dev/shm/ram --guest-ram-size 512M";
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("0"), Ok(0));
+        for bad in ["", "M", "-1", "1.5M", "1T", "12 M", "0x100", "99999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_size("99999999999G").unwrap_err().contains("64 bits"));
+        assert_eq!(human_size(64 << 20), "64 MiB");
+        assert_eq!(human_size(1 << 30), "1 GiB");
+        assert_eq!(human_size(3 << 10), "3 KiB");
+        assert_eq!(human_size((1 << 20) + 1), "1048577 bytes");
+        assert_eq!(human_size(0), "0 bytes");
+    }
+
+    #[test]
+    fn command_line() {
+        let c = Config::from_args(&args(GOOD)).unwrap();
+        assert_eq!(
+            c,
+            Config {
+                run_dir: "/tmp/x".into(),
+                devices: 4,
+                bar_size: 64 << 20,
+                topology: "switch3+rp1".into(),
+                qmp: "/tmp/x/qmp.sock".into(),
+                guest_ram: "/dev/shm/ram".into(),
+                guest_ram_size: 512 << 20,
+                plain: None,
+            }
+        );
+        assert!(!c.host_bridge_p2p());
+        let p = Config::from_args(&args(&format!(
+            "{GOOD} --plain /tmp/x/plain --plain-size 4M"
+        )))
+        .unwrap();
+        assert_eq!(p.plain, Some(("/tmp/x/plain".into(), 4 << 20)));
+        for (extra, needle) in [
+            ("--plain /tmp/p", "--plain and --plain-size go together"),
+            ("--plain-size 4M", "--plain and --plain-size go together"),
+            ("--plain /tmp/p --plain-size 3M", "not a BAR size"),
+            ("--plain /tmp/p --plain-size 0", "not a BAR size"),
+        ] {
+            let e = Config::from_args(&args(&format!("{GOOD} {extra}"))).unwrap_err();
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
+        assert_eq!(c.socket(3), PathBuf::from("/tmp/x/dev3.sock"));
+        let zen = Config::from_args(&args(
+            &GOOD
+                .replace("rp1 ", "rp1-zen ")
+                .replace("--devices 4", "--devices=2"),
+        ))
+        .unwrap();
+        assert!(zen.host_bridge_p2p());
+        assert_eq!(zen.devices, 2);
+        for (from, to, needle) in [
+            ("switch3+rp1 ", "mesh ", "switch3+rp1, switch3+rp1-zen"),
+            ("--devices 4", "--devices 0", "--devices"),
+            ("--devices 4", "--devices many", "\"many\""),
+            ("64M", "48M", "--bar-size"),
+            ("64M", "64Q", "\"64Q\""),
+            (
+                "--guest-ram-size 512M",
+                "--guest-ram-size 0",
+                "--guest-ram-size",
+            ),
+            ("--qmp /tmp/x/qmp.sock", "", "missing option --qmp"),
+            ("--qmp", "--qmq", "unknown option --qmq"),
+            ("--qmp /tmp/x/qmp.sock", "--qmp a --qmp b", "twice"),
+            ("--qmp /tmp/x/qmp.sock", "--qmp a stray", "stray"),
+        ] {
+            let line = GOOD.replace(from, to);
+            let e = Config::from_args(&args(&line)).unwrap_err();
+            assert!(e.contains(needle), "{line}: {e}");
+        }
+        let e = Config::from_args(&args("--run-dir")).unwrap_err();
+        assert!(e.contains("needs a value"), "{e}");
+    }
+
+    #[test]
+    fn proc_net_unix() {
+        let table = "\
+Num       RefCount Protocol Flags    Type St Inode Path
+00000000ba6bf213: 00000003 00000000 00000000 0001 03   568
+0000000050deb263: 00000002 00000000 00010000 0001 01 31337 /tmp/run/dev0.sock
+0000000050deb264: 00000002 00000000 00010000 0001 01 31338 /tmp/a dir/dev1.sock
+0000000050deb265: 00000003 00000000 00000000 0001 03 31339 /tmp/run/dev2.sock
+0000000050deb266: 00000002 00000000 00010000 0001 01 31340 @abstract
+0000000050deb267: 00000002 00000000 00010000 0001 01 31341
+";
+        assert_eq!(
+            listening_paths(table),
+            ["/tmp/run/dev0.sock", "/tmp/a dir/dev1.sock", "@abstract"]
+        );
+    }
+
+    #[test]
+    fn stale_and_busy_sockets() {
+        let dir = std::env::temp_dir().join(format!("cfx-free-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        free_socket(&path).unwrap();
+        let l = UnixListener::bind(&path).unwrap();
+        assert!(free_socket(&path).unwrap_err().contains("in use"));
+        // Nobody accepted a probe connection.
+        l.set_nonblocking(true).unwrap();
+        assert!(l.accept().is_err());
+        drop(l);
+        free_socket(&path).unwrap();
+        assert!(!path.exists());
+        fs::write(&path, b"").unwrap();
+        assert!(free_socket(&path).unwrap_err().contains("not a socket"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tokens_round_trip() {
+        for t in [
+            Token::Signal,
+            Token::Listener(0),
+            Token::Client(63),
+            Token::Doorbell(5),
+        ] {
+            assert_eq!(Token::decode(t.encode()), Some(t));
+        }
+        assert_eq!(Token::decode(9 << 32), None);
+    }
+
+    #[test]
+    fn placeholder_powers_every_device() {
+        let t = placeholder(4, 64 << 20).unwrap();
+        assert_eq!(t.devices(), 4);
+        assert!(placeholder(64, 1 << 51).is_ok());
+    }
+
+    #[test]
+    fn counters_line_format() {
+        let c = Counters {
+            local_bytes: 1,
+            p2p_bytes: 2,
+            sysmem_bytes: 3,
+            commands: 4,
+            errors: 5,
+        };
+        assert_eq!(
+            counters_line(0, &c),
+            "conflux-emu: dev0: local 1 bytes, p2p 2 bytes, system 3 bytes, 4 commands, 5 errors"
+        );
+    }
+}
