@@ -13,7 +13,7 @@ use std::{
     env,
     fmt::Write as _,
     fs,
-    io::{self, BufRead, BufReader},
+    io::{self, BufRead, BufReader, Write as _},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
@@ -301,6 +301,22 @@ fn build_initramfs(o: &Options, path: &Path) -> io::Result<()> {
     a.write(path)
 }
 
+/// Writes `line` to standard error with one write, so that it never interleaves with the lines
+/// of the guest on standard output, which the rig's steps read from the same pipe.
+fn say_err(line: &str) {
+    let mut err = io::stderr().lock();
+    let _ = err.write_all(format!("{line}\n").as_bytes());
+}
+
+/// Writes a line of the device model, which names itself on its standard error.
+fn say_emu(line: &str) {
+    if line.starts_with("conflux-emu:") {
+        say_err(line);
+    } else {
+        say_err(&format!("conflux-emu: {line}"));
+    }
+}
+
 /// Forwards a child's output lines to `tx` from a thread.
 fn forward<R: io::Read + Send + 'static>(r: R, tx: mpsc::Sender<String>) {
     thread::spawn(move || {
@@ -352,12 +368,18 @@ fn run(o: &Options) -> Result<u8, String> {
         })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
         .map_err(|e| format!("starting {}: {e}", o.emu.display()))?;
-    let emu_out = emu.stdout.take();
+    let (emu_out, emu_err) = (emu.stdout.take(), emu.stderr.take());
     rig.emu = Some(emu);
     let (etx, erx) = mpsc::channel();
+    // The model's messages come through here as whole lines: written by the model straight to
+    // the terminal, they would cut into the guest's lines.
+    if let Some(err) = emu_err {
+        forward(err, etx.clone());
+    }
     if let Some(out) = emu_out {
         forward(out, etx);
     }
@@ -365,14 +387,14 @@ fn run(o: &Options) -> Result<u8, String> {
     loop {
         match erx.recv_timeout(Duration::from_millis(100)) {
             Ok(l) if l == "conflux-emu: ready" => break,
-            Ok(l) => eprintln!("conflux-emu: {l}"),
+            Ok(l) => say_emu(&l),
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
             Err(_) => return Err("conflux-emu did not get ready within 10 s".into()),
         }
     }
     thread::spawn(move || {
         for l in erx {
-            eprintln!("conflux-emu: {l}");
+            say_emu(&l);
         }
     });
 
