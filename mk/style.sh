@@ -10,7 +10,7 @@ STEP=style
 "$TOP/mk/overlay.sh" >/dev/null
 TREE=$(build_tree)
 
-mapfile -t rs < <(cd "$TOP" && find rust drivers -name '*.rs' | sort)
+mapfile -t rs < <(cd "$TOP" && find rust drivers tools/testing/conflux/guest/kmod -name '*.rs' | sort)
 if out=$(cd "$TOP" && rustfmt --check --edition 2021 --config-path "$TREE/.rustfmt.toml" "${rs[@]}" 2>&1); then
 	pass "rustfmt: ${#rs[@]} kernel Rust files formatted"
 else

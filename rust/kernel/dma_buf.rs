@@ -201,7 +201,8 @@ impl Attachment {
         unsafe { &*ptr.cast() }
     }
 
-    pub(crate) fn as_raw(&self) -> *mut bindings::dma_buf_attachment {
+    /// The `struct dma_buf_attachment` this wraps.
+    pub fn as_raw(&self) -> *mut bindings::dma_buf_attachment {
         self.0.get()
     }
 

@@ -46,7 +46,7 @@ use crate::{
 /// `debugfs_create_u32()`, `debugfs_create_ulong()` and the like.
 ///
 /// Returns `ENOENT` if there is no such file.
-pub(crate) fn debugfs_file_data(dir: &CStr, name: &CStr) -> Result<*mut c_void> {
+pub fn debugfs_file_data(dir: &CStr, name: &CStr) -> Result<*mut c_void> {
     // SAFETY: `dir` is NUL-terminated; a null parent looks in the debugfs root.
     let parent = unsafe { bindings::debugfs_lookup(dir.as_char_ptr(), core::ptr::null_mut()) };
     if parent.is_null() {
