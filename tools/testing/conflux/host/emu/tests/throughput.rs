@@ -2,11 +2,12 @@
 
 //! Throughput of a 64 MiB `COPY` from one device's VRAM to a peer's, on
 //! plain buffers and on shared memfd mappings, against host `memcpy`.
-//! `cargo test --test throughput -- --nocapture` prints the figures.
+//! `cargo test --test throughput -- --nocapture` prints the figures; the
+//! test checks that every copy completes. The comparison with the host's
+//! memcpy is a figure of `make bench`, not a timed assertion.
 //!
 //! On shared memory a piece of a copy is one `memmove`, so with 2 MiB
-//! pages the copy runs at about the speed of `memcpy`; the test asks for
-//! half of it, which leaves room for a loaded machine.
+//! pages the copy runs at about the speed of `memcpy`.
 
 use std::{os::fd::AsFd, sync::Arc, time::Duration};
 
@@ -88,7 +89,7 @@ fn engine_copy<M: Memory>(mem: &mut M) -> (f64, f64) {
 }
 
 #[test]
-fn copy_between_devices_reaches_half_of_memcpy() {
+fn copy_between_devices_completes_beside_memcpy() {
     let host = bench::host_memcpy(LEN as usize);
     let size = BAR_SIZE as usize;
     let mut buffers = Buffers::new(&[size, size, 0, 0], 0);
@@ -119,11 +120,5 @@ fn copy_between_devices_reaches_half_of_memcpy() {
     println!(
         "engine COPY 64 MiB, memfds, 4 KiB:   {:8.0} MB/s",
         mb(shm_4k)
-    );
-    assert!(
-        shm_2m >= host / 2.0,
-        "{:.0} MB/s is less than half of host memcpy ({:.0} MB/s)",
-        mb(shm_2m),
-        mb(host)
     );
 }
