@@ -558,7 +558,7 @@ mod tests {
     fn benchmark(pdev: &pci::Device<Bound>) -> Result {
         const CHUNK: u64 = 2 * MIB;
         const CHUNKS: u64 = GIB / CHUNK;
-        const ROUNDS: u32 = 5;
+        const ROUNDS: usize = 7;
         let provider = Provider::of_bar(pdev, VRAM_BAR)?;
         let bar = pdev.resource_start(VRAM_BAR)?;
         let bar_len = pdev.resource_len(VRAM_BAR)?;
@@ -592,20 +592,22 @@ mod tests {
             ],
         )?;
         let dir = DataDirection::Bidirectional;
-        let (mut ours, mut theirs) = ((0, 0, i64::MAX), (0, 0, i64::MAX));
+        // Entries and violating entries of each builder, and the time of each round.
+        let (mut ours, mut theirs) = ((0, 0), (0, 0));
+        let (mut ours_ns, mut theirs_ns) = ([0i64; ROUNDS], [0i64; ROUNDS]);
         {
             let att = ImportAttachment::new(&buf, dev(&peer), TestImporter::<true>, GFP_KERNEL)?;
             // Held throughout: `dma_buf_phys_vec_to_sgt()` asserts it, as the core does for
             // `map_attachment()` when it runs as the exporter's map.
             let _guard = buf.resv().lock();
-            for _ in 0..ROUNDS {
+            for round in 0..ROUNDS {
                 let start = Instant::<Monotonic>::now();
                 let table = att
                     .attachment()
                     .map_bar(provider, &ranges, dir, GFP_KERNEL)?;
                 let ns = start.elapsed().as_nanos();
-                let (n, bad) = violations(&table, limits);
-                ours = (n, bad, ours.2.min(ns));
+                ours = violations(&table, limits);
+                ours_ns[round] = ns;
                 drop(table);
 
                 let start = Instant::<Monotonic>::now();
@@ -624,8 +626,8 @@ mod tests {
                 let ns = start.elapsed().as_nanos();
                 let sgt = kernel::error::from_err_ptr(sgt)?;
                 // SAFETY: `sgt` is a valid table until freed below.
-                let (n, bad) = violations(unsafe { SGTable::from_raw(sgt) }, limits);
-                theirs = (n, bad, theirs.2.min(ns));
+                theirs = violations(unsafe { SGTable::from_raw(sgt) }, limits);
+                theirs_ns[round] = ns;
                 // `dma_buf_free_sgt()` frees the table with `sg_free_table()`, which frees
                 // `orig_nents` entries: 0 in the tables it builds, so it would leak their chained
                 // chunks. Give it the count first.
@@ -640,15 +642,26 @@ mod tests {
         drop(buf);
         // SAFETY: FFI call without safety requirements.
         unsafe { bindings::flush_delayed_fput() };
-        let per = |t: (u64, u64, i64)| t.2 / i64::try_from(t.0.max(1)).unwrap_or(i64::MAX);
+        // Nanoseconds per entry of the rounds: median, fastest, slowest.
+        let per = |entries: u64, ns: &mut [i64; ROUNDS]| {
+            let n = i64::try_from(entries.max(1)).unwrap_or(i64::MAX);
+            ns.sort_unstable();
+            (ns[ROUNDS / 2] / n, ns[0] / n, ns[ROUNDS - 1] / n)
+        };
+        let (o, t) = (per(ours.0, &mut ours_ns), per(theirs.0, &mut theirs_ns));
         pr_info!(
-            "rust_pci_p2pdma: bench 1 GiB in 2 MiB chunks for a 64 KiB / 1 MiB importer: conflux {} entries, {} violating, {} ns/entry; upstream dma_buf_phys_vec_to_sgt {} entries, {} violating, {} ns/entry\n",
+            "rust_pci_p2pdma: bench 1 GiB in 2 MiB chunks for a 64 KiB / 1 MiB importer, {} rounds: conflux {} entries, {} violating, {} ns/entry (min {}, max {}); upstream dma_buf_phys_vec_to_sgt {} entries, {} violating, {} ns/entry (min {}, max {})\n",
+            ROUNDS,
             ours.0,
             ours.1,
-            per(ours),
+            o.0,
+            o.1,
+            o.2,
             theirs.0,
             theirs.1,
-            per(theirs)
+            t.0,
+            t.1,
+            t.2
         );
         check!(ours.1 == 0, "no violating entry from Conflux");
         check!(

@@ -46,6 +46,8 @@ const DRM_IOCTL_SYNCOBJ_CREATE: u64 = drm_ioc::<uapi::drm_syncobj_create>(3, 0xb
 const DRM_IOCTL_PRIME_HANDLE_TO_FD: u64 = drm_ioc::<uapi::drm_prime_handle>(3, 0x2d);
 /// `DRM_IOCTL_PRIME_FD_TO_HANDLE`: `_IOWR('d', 0x2e, struct drm_prime_handle)`.
 const DRM_IOCTL_PRIME_FD_TO_HANDLE: u64 = drm_ioc::<uapi::drm_prime_handle>(3, 0x2e);
+/// `DRM_IOCTL_VERSION`: `_IOWR('d', 0x00, struct drm_version)`.
+const DRM_IOCTL_VERSION: u64 = drm_ioc::<uapi::drm_version>(3, 0x00);
 /// `DRM_IOCTL_SYNCOBJ_DESTROY`: `_IOWR('d', 0xc0, struct drm_syncobj_destroy)`.
 const DRM_IOCTL_SYNCOBJ_DESTROY: u64 = drm_ioc::<uapi::drm_syncobj_destroy>(3, 0xc0);
 /// `DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD`: `_IOWR('d', 0xc1, struct drm_syncobj_handle)`.
@@ -261,6 +263,12 @@ impl Device {
                 return Err(Error::new(&self.path, name, e));
             }
         }
+    }
+
+    /// `DRM_IOCTL_VERSION` without buffers for the names: the DRM core's cheapest ioctl.
+    pub fn version(&self) -> Result<(), Error> {
+        let mut v = uapi::drm_version::default();
+        self.ioctl("DRM_IOCTL_VERSION", DRM_IOCTL_VERSION, &mut v)
     }
 
     /// `DRM_IOCTL_CONFLUX_GET_INFO`.

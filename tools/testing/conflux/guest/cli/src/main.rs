@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 mod matrix;
 mod png;
+mod suite;
 
 const HELP: &str = "\
 usage: conflux [--device PATH] [--json] COMMAND [ARGS]
@@ -44,6 +45,16 @@ Commands:
   render-matrix FILE
                 print (and with --png, draw) the matrix that --json matrix
                 wrote to FILE, without any device
+  bench-suite [RUNS]
+                the figures of `make bench` that the devices give, each the
+                median of RUNS runs (default 5) with its range, as one JSON
+                document: 64 MiB copies (peer to peer, staged through system
+                memory, local), a bind of 1 GiB with 2 MiB and 4 KiB pages,
+                small jobs beside a no-op ioctl, the submit-to-signal
+                latency, and every device copying at once beside one alone
+  render-bench FILE
+                print (and with --png, draw as a chart) the report of
+                `make bench` in FILE, without any device
   p2p-bench [SIZE]
                 copy SIZE bytes (default 64M) from the first device's VRAM to
                 the second's peer to peer, and the same staged through system
@@ -58,7 +69,8 @@ Options:
                  (VRAM when it has room, else system memory)
   --mmap         copy, fill: write the source and check the result through
                  mmap() of the buffers instead of BO_WRITE and BO_READ
-  --png FILE     matrix: write the matrix as a PNG heatmap
+  --png FILE     matrix: write the matrix as a PNG heatmap; render-bench: draw
+                 the report as a PNG chart
   --host-memcpy MBPS
                  bench: the host's memcpy bandwidth, measured in the same run
                  (conflux-emu memcpy-bench), printed beside the device's
@@ -581,6 +593,18 @@ fn run(o: &Options) -> Result<(), String> {
             matrix::cmd_matrix(o.json, &targets(o)?, size, o.png.as_deref())
         }
         ["render-matrix", file] => matrix::cmd_render(Path::new(file), o.png.as_deref()),
+        ["bench-suite", rest @ ..] if rest.len() <= 1 => {
+            let runs = match rest.first() {
+                Some(r) => r
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| (1..=100).contains(&n))
+                    .ok_or_else(|| format!("bench-suite: runs {r:?} is not 1 to 100"))?,
+                None => 5,
+            };
+            suite::cmd_bench_suite(&devices(), runs)
+        }
+        ["render-bench", file] => suite::cmd_render(Path::new(file), o.png.as_deref()),
         ["p2p-bench", rest @ ..] if rest.len() <= 1 => {
             let size = pages_arg("p2p-bench", rest.first(), 64 << 20)?;
             matrix::cmd_p2p_bench(o.json, &devices(), size)

@@ -39,7 +39,7 @@ fn delta(after: Counters, before: Counters) -> Counters {
 }
 
 /// Runs one copy of `size` bytes from `src` to `dst` (both mapped in `dev`'s VM) and waits.
-fn run_copy(dev: &Device, src: &Bo<'_>, dst: &Bo<'_>, size: u64) -> Result<f64, String> {
+pub(crate) fn run_copy(dev: &Device, src: &Bo<'_>, dst: &Bo<'_>, size: u64) -> Result<f64, String> {
     let e = |e: conflux::Error| e.to_string();
     dev.vm_bind(&[
         map_op(src.handle, 0, VA_SRC, size, true),

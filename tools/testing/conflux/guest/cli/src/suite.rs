@@ -1,0 +1,435 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `conflux bench-suite` and `conflux render-bench`: the headline figures of `make bench`, each
+//! the median of several runs with their spread, beside its reference measured in the same run.
+//!
+//! The guest measures what it can reach through the driver (copies, binds, jobs, several
+//! devices at once) and prints one JSON document; the host adds the figures it measures itself
+//! (the host's memcpy, the kernel's table-building benchmark) and renders the table, as text
+//! and as a PNG chart, with `render-bench`.
+
+use std::{
+    os::fd::AsFd,
+    path::Path,
+    sync::{Arc, Barrier},
+    thread,
+    time::Instant,
+};
+
+use conflux::{fill_cmd, map_op, uapi, unmap_op, Bo, Device};
+use serde_json::{json, Value};
+
+use crate::{matrix::run_copy, mbps, png::Canvas, random_bytes, verify};
+
+const MIB: u64 = 1 << 20;
+const VA: u64 = 1 << 32;
+
+/// The median, smallest and largest of `samples`.
+fn stats(mut samples: Vec<f64>) -> Value {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    let median = match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => samples[n / 2],
+        _ => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
+    };
+    json!({
+        "median": median,
+        "min": samples.first().copied().unwrap_or(f64::NAN),
+        "max": samples.last().copied().unwrap_or(f64::NAN),
+        "runs": n,
+    })
+}
+
+/// A figure of a row: its label and statistics, with `extra` fields.
+fn figure(label: &str, samples: Vec<f64>, extra: Value) -> Value {
+    let mut f = json!({"label": label, "value": stats(samples)});
+    if let (Some(f), Value::Object(extra)) = (f.as_object_mut(), extra) {
+        f.extend(extra);
+    }
+    f
+}
+
+fn e(err: conflux::Error) -> String {
+    err.to_string()
+}
+
+/// Runs `f` `runs` times and collects what it returns.
+fn repeat(runs: u32, mut f: impl FnMut() -> Result<f64, String>) -> Result<Vec<f64>, String> {
+    (0..runs).map(|_| f()).collect()
+}
+
+/// 64 MiB copies: from the first device's VRAM to the second's peer to peer, the same staged
+/// through system memory, and within the first device's VRAM. Checks the data of each.
+fn copies(a: &Device, b: &Device, size: u64, runs: u32) -> Result<Value, String> {
+    let data = random_bytes(size as usize, 0xbe9c_4a11);
+    let src = a.bo_create(size).map_err(e)?;
+    a.write(src.handle, 0, &data).map_err(e)?;
+
+    // Peer to peer: b's buffer imported into a.
+    let dst = b.bo_create(size).map_err(e)?;
+    let fd = b.export(dst.handle).map_err(e)?;
+    let peer = a.import(fd.0.as_fd()).map_err(e)?;
+    let path = a.bo_info(peer.handle).map_err(e)?.path;
+    if path != uapi::DRM_CONFLUX_PATH_P2P && path != uapi::DRM_CONFLUX_PATH_HOST_BRIDGE {
+        return Err(format!(
+            "bench-suite: {} has no peer-to-peer route to {} (path {path})",
+            b.path().display(),
+            a.path().display()
+        ));
+    }
+    let p2p = repeat(runs, || Ok(mbps(size, run_copy(a, &src, &peer, size)?)))?;
+    check(b, &dst, &data, "peer-to-peer copy")?;
+
+    // Staged: a copies into its system memory, which b imports and copies from.
+    let dst2 = b.bo_create(size).map_err(e)?;
+    let sys = a
+        .bo_create_in(size, uapi::DRM_CONFLUX_BO_SYSTEM)
+        .map_err(e)?;
+    let sys_fd = a.export(sys.handle).map_err(e)?;
+    let on_b = b.import(sys_fd.0.as_fd()).map_err(e)?;
+    let staged = repeat(runs, || {
+        let secs = run_copy(a, &src, &sys, size)? + run_copy(b, &on_b, &dst2, size)?;
+        Ok(mbps(size, secs))
+    })?;
+    check(b, &dst2, &data, "staged copy")?;
+
+    // Local.
+    let dst3 = a.bo_create(size).map_err(e)?;
+    let local = repeat(runs, || Ok(mbps(size, run_copy(a, &src, &dst3, size)?)))?;
+    check(a, &dst3, &data, "local copy")?;
+
+    Ok(json!({
+        "id": "copy",
+        "title": format!("{} MiB copy", size / MIB),
+        "unit": "MB/s",
+        "higher_is_better": true,
+        "figures": [
+            figure("peer to peer", p2p, json!({})),
+            figure("staged through system memory", staged, json!({})),
+            figure("local VRAM", local, json!({})),
+        ],
+    }))
+}
+
+fn check(dev: &Device, bo: &Bo<'_>, data: &[u8], what: &str) -> Result<(), String> {
+    let mut got = vec![0u8; data.len()];
+    dev.read(bo.handle, 0, &mut got).map_err(e)?;
+    verify(what, &got, |i| data[i])
+}
+
+/// A bind of 1 GiB (a 512 MiB buffer mapped twice, back to back) at a 2 MiB-aligned address,
+/// which takes 2 MiB entries, and at an address 4 KiB off, which takes 4 KiB entries: the
+/// entries written, from GET_INFO, and the time of the VM_BIND call.
+fn binds(dev: &Device, runs: u32) -> Result<Value, String> {
+    let half = 512 * MIB;
+    let bo = dev.bo_create(2 * 256 * MIB).map_err(e)?;
+    let mut rows = Vec::new();
+    for (label, va) in [("2 MiB pages", VA), ("4 KiB pages", VA + 4096)] {
+        let mut entries = (0, 0);
+        let ms = repeat(runs, || {
+            let start = Instant::now();
+            dev.vm_bind(&[
+                map_op(bo.handle, 0, va, half, false),
+                map_op(bo.handle, 0, va + half, half, false),
+            ])
+            .map_err(e)?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            let info = dev.info().map_err(e)?;
+            entries = (info.vm_2m_entries, info.vm_4k_entries);
+            dev.vm_bind(&[unmap_op(va, 2 * half)]).map_err(e)?;
+            Ok(ms)
+        })?;
+        rows.push(figure(
+            label,
+            ms,
+            json!({"entries_2m": entries.0, "entries_4k": entries.1,
+                   "note": format!("{} entries of 2 MiB, {} of 4 KiB", entries.0, entries.1)}),
+        ));
+    }
+    Ok(json!({
+        "id": "bind",
+        "title": "bind of 1 GiB",
+        "unit": "ms",
+        "higher_is_better": false,
+        "figures": rows,
+    }))
+}
+
+/// `DRM_IOCTL_VERSION`: the DRM core's cheapest ioctl, the reference for the rate of jobs.
+fn noop_rate(dev: &Device, calls: u32) -> Result<f64, String> {
+    let start = Instant::now();
+    for _ in 0..calls {
+        dev.version().map_err(e)?;
+    }
+    Ok(f64::from(calls) / start.elapsed().as_secs_f64())
+}
+
+/// Small jobs (one 4 KiB FILL each): jobs per second submitted back to back, beside the rate of
+/// a no-op ioctl; and the time from the submission of one job to its completion seen by WAIT.
+fn small_jobs(dev: &Device, runs: u32) -> Result<[Value; 2], String> {
+    const JOBS: u32 = 512;
+    const LATENCY_SAMPLES: u32 = 64;
+    let bo = dev.bo_create(4096).map_err(e)?;
+    dev.vm_bind(&[map_op(bo.handle, 0, VA, 4096, false)])
+        .map_err(e)?;
+    let cmd = [fill_cmd(VA, 4096, 0x5a5a_5a5a_5a5a_5a5a)];
+    let rate = repeat(runs, || {
+        let start = Instant::now();
+        let mut last = 0;
+        for _ in 0..JOBS {
+            last = dev.submit(&cmd, 0, 0).map_err(e)?;
+        }
+        dev.wait(last, -1).map_err(e)?;
+        Ok(f64::from(JOBS) / start.elapsed().as_secs_f64())
+    })?;
+    let noop = repeat(runs, || noop_rate(dev, 4096))?;
+    let mut latency = Vec::new();
+    for _ in 0..runs * LATENCY_SAMPLES {
+        let start = Instant::now();
+        let job = dev.submit(&cmd, 0, 0).map_err(e)?;
+        dev.wait(job, -1).map_err(e)?;
+        latency.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut got = [0u8; 4096];
+    dev.read(bo.handle, 0, &mut got).map_err(e)?;
+    verify("the small jobs' buffer", &got, |_| 0x5a)?;
+    dev.vm_bind(&[unmap_op(VA, 4096)]).map_err(e)?;
+    Ok([
+        json!({
+            "id": "jobs",
+            "title": "small jobs (4 KiB FILL)",
+            "unit": "per s",
+            "higher_is_better": true,
+            "figures": [
+                figure("jobs submitted back to back", rate, json!({"jobs_per_run": JOBS})),
+                figure("no-op ioctl (DRM_IOCTL_VERSION)", noop, json!({})),
+            ],
+        }),
+        json!({
+            "id": "latency",
+            "title": "submit-to-signal latency (4 KiB FILL)",
+            "unit": "us",
+            "higher_is_better": false,
+            "figures": [figure("SUBMIT to WAIT's return", latency, json!({}))],
+        }),
+    ])
+}
+
+/// One device copying within its VRAM: the time of one copy of `size` bytes, buffers set up.
+struct LocalCopy<'a> {
+    dev: &'a Device,
+    src: Bo<'a>,
+    dst: Bo<'a>,
+}
+
+impl<'a> LocalCopy<'a> {
+    fn new(dev: &'a Device, size: u64) -> Result<Self, String> {
+        Ok(Self {
+            dev,
+            src: dev.bo_create(size).map_err(e)?,
+            dst: dev.bo_create(size).map_err(e)?,
+        })
+    }
+
+    fn run(&self, size: u64) -> Result<f64, String> {
+        run_copy(self.dev, &self.src, &self.dst, size)
+    }
+}
+
+/// Every device copying within its VRAM at once: the aggregate bandwidth, beside one device
+/// alone.
+fn all_devices(devs: &[Device], size: u64, runs: u32) -> Result<Value, String> {
+    let alone = {
+        let copy = LocalCopy::new(&devs[0], size)?;
+        repeat(runs, || Ok(mbps(size, copy.run(size)?)))?
+    };
+    let mut aggregate = Vec::new();
+    let copies = devs
+        .iter()
+        .map(|d| LocalCopy::new(d, size))
+        .collect::<Result<Vec<_>, _>>()?;
+    for _ in 0..runs {
+        let start = Arc::new(Barrier::new(copies.len() + 1));
+        let secs = thread::scope(|s| {
+            let handles: Vec<_> = copies
+                .iter()
+                .map(|c| {
+                    let start = start.clone();
+                    s.spawn(move || {
+                        start.wait();
+                        c.run(size)
+                    })
+                })
+                .collect();
+            start.wait();
+            let began = Instant::now();
+            for h in handles {
+                h.join()
+                    .unwrap_or_else(|_| Err("a copy thread panicked".into()))?;
+            }
+            Ok::<_, String>(began.elapsed().as_secs_f64())
+        })?;
+        aggregate.push(mbps(size * copies.len() as u64, secs));
+    }
+    Ok(json!({
+        "id": "devices",
+        "title": format!("{} devices copying {} MiB within their VRAM", devs.len(), size / MIB),
+        "unit": "MB/s",
+        "higher_is_better": true,
+        "figures": [
+            figure(&format!("all {} at once, aggregate", devs.len()), aggregate, json!({})),
+            figure("one device alone", alone, json!({})),
+        ],
+    }))
+}
+
+/// `conflux bench-suite [RUNS]`: every figure the guest measures, as one JSON document.
+pub fn cmd_bench_suite(paths: &[std::path::PathBuf], runs: u32) -> Result<(), String> {
+    if paths.len() < 2 {
+        return Err("bench-suite: needs two devices behind one switch".into());
+    }
+    let devs = paths
+        .iter()
+        .map(|p| Device::open(p).map_err(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (a, b) = (&devs[0], &devs[1]);
+    let size = 64 * MIB;
+    // Progress on standard error; the document alone on standard output.
+    eprintln!("bench-suite: {} MiB copies, {runs} runs each", size / MIB);
+    let mut rows = vec![copies(a, b, size, runs)?];
+    eprintln!("bench-suite: binds of 1 GiB");
+    rows.push(binds(a, runs)?);
+    eprintln!("bench-suite: small jobs, the no-op ioctl, the latency");
+    rows.extend(small_jobs(a, runs)?);
+    eprintln!("bench-suite: {} devices at once", devs.len());
+    rows.push(all_devices(&devs, size, runs)?);
+    println!("{}", json!({"runs": runs, "rows": rows}));
+    Ok(())
+}
+
+/// A figure's median, formatted for its unit.
+fn show(v: f64, unit: &str) -> String {
+    match unit {
+        "ms" | "us" | "ns/entry" if v < 10.0 => format!("{v:.2} {unit}"),
+        _ => format!("{v:.0} {unit}"),
+    }
+}
+
+/// The text table of a report that `make bench` completed.
+fn table(report: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for row in report["rows"].as_array().into_iter().flatten() {
+        let unit = row["unit"].as_str().unwrap_or("");
+        out.push(format!(
+            "{} ({unit}):",
+            row["title"].as_str().unwrap_or("?")
+        ));
+        for f in row["figures"].as_array().into_iter().flatten() {
+            let v = &f["value"];
+            let (med, min, max) = (
+                v["median"].as_f64().unwrap_or(f64::NAN),
+                v["min"].as_f64().unwrap_or(f64::NAN),
+                v["max"].as_f64().unwrap_or(f64::NAN),
+            );
+            let note = f["note"]
+                .as_str()
+                .map_or(String::new(), |n| format!("; {n}"));
+            out.push(format!(
+                "  {:<40} {:>14}   (min {}, max {}, {} runs){note}",
+                f["label"].as_str().unwrap_or("?"),
+                show(med, unit),
+                show(min, unit),
+                show(max, unit),
+                v["runs"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+/// Colours of the first figure of a row and of its references.
+const COLOURS: [[u8; 3]; 4] = [
+    [230, 120, 30],
+    [60, 110, 200],
+    [90, 170, 90],
+    [150, 150, 150],
+];
+
+/// `conflux render-bench FILE [--png OUT]`: prints the table of the report `make bench` wrote
+/// to FILE and, with `--png`, draws it as a chart: one panel per row, a bar per figure, each
+/// scaled to the row's largest median, with its range.
+pub fn cmd_render(file: &Path, png: Option<&Path>) -> Result<(), String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|err| format!("render-bench: reading {}: {err}", file.display()))?;
+    let report: Value = serde_json::from_str(&text)
+        .map_err(|err| format!("render-bench: {}: {err}", file.display()))?;
+    for line in table(&report) {
+        println!("{line}");
+    }
+    let Some(out) = png else {
+        return Ok(());
+    };
+    let rows = report["rows"].as_array().cloned().unwrap_or_default();
+    let (width, bar_h, gap, title_h) = (900u32, 18u32, 6u32, 22u32);
+    let height: u32 = 20
+        + rows
+            .iter()
+            .map(|r| {
+                let n = r["figures"].as_array().map_or(0, Vec::len) as u32;
+                title_h + n * (bar_h + gap) + 14
+            })
+            .sum::<u32>();
+    let mut c = Canvas::new(width, height, [255, 255, 255]);
+    let (left, right) = (300u32, 140u32);
+    let span = width - left - right;
+    let mut y = 10;
+    for row in &rows {
+        let unit = row["unit"].as_str().unwrap_or("");
+        c.text(10, y, 3, row["title"].as_str().unwrap_or("?"), [0, 0, 0]);
+        y += title_h;
+        let figs = row["figures"].as_array().cloned().unwrap_or_default();
+        let top = figs
+            .iter()
+            .filter_map(|f| f["value"]["max"].as_f64())
+            .fold(0.0f64, f64::max)
+            .max(1e-12);
+        for (i, f) in figs.iter().enumerate() {
+            let v = &f["value"];
+            let px = |x: f64| {
+                (x / top * f64::from(span))
+                    .round()
+                    .clamp(0.0, f64::from(span)) as u32
+            };
+            let med = v["median"].as_f64().unwrap_or(0.0);
+            let (lo, hi) = (
+                v["min"].as_f64().unwrap_or(med),
+                v["max"].as_f64().unwrap_or(med),
+            );
+            c.text(
+                20,
+                y + 4,
+                2,
+                f["label"].as_str().unwrap_or("?"),
+                [40, 40, 40],
+            );
+            c.rect(
+                left,
+                y,
+                px(med).max(1),
+                bar_h,
+                COLOURS[i.min(COLOURS.len() - 1)],
+            );
+            // The range of the runs, as a line across the bar's end.
+            let (a, b) = (px(lo), px(hi));
+            c.rect(left + a, y + bar_h / 2 - 1, (b - a).max(1), 3, [0, 0, 0]);
+            c.text(left + span + 8, y + 4, 2, &show(med, unit), [0, 0, 0]);
+            y += bar_h + gap;
+        }
+        y += 14;
+    }
+    c.save(out)
+        .map_err(|err| format!("render-bench: writing {}: {err}", out.display()))?;
+    println!("chart: {}", out.display());
+    Ok(())
+}
