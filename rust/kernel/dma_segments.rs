@@ -736,6 +736,27 @@ mod tests {
     const EXHAUSTIVE_CASES: u32 = 6 * 5 * (1 + 15 + 225);
 
     #[test]
+    fn admits_exactly_the_ranges_within_both_limits() -> Result {
+        // Every range of up to 40 KiB starting in the first 40 KiB, in steps of 1 KiB, against
+        // the two limits spelt out: at most `max` bytes, first and last byte in one window.
+        for (max, boundary) in [(4 * KIB, 8 * KIB - 1), (12 * KIB, 16 * KIB - 1)] {
+            let lim = limits(max, boundary)?;
+            for start in (0..40 * KIB).step_by(1024) {
+                for len in (1024..=40 * KIB).step_by(1024) {
+                    let r = DmaRange::new(start, len)?;
+                    let within = len <= max && start / (boundary + 1) == r.last() / (boundary + 1);
+                    assert_eq!(lim.admits(&r), within);
+                }
+            }
+        }
+        // No boundary, the largest segment: the whole address space is one window.
+        let lim = limits(u64::from(u32::MAX), NO_BOUNDARY)?;
+        assert!(lim.admits(&DmaRange::new(u64::MAX - 4095, 4096)?));
+        assert!(!lim.admits(&DmaRange::new(0, u64::from(u32::MAX) + 1)?));
+        Ok(())
+    }
+
+    #[test]
     fn exhaustive_page_max_no_boundary() -> Result {
         assert_eq!(exhaustive(4 * KIB, NO_BOUNDARY)?, EXHAUSTIVE_CASES);
         Ok(())

@@ -179,10 +179,10 @@ pub(crate) fn path(
     ])?;
     let shared = file.inner().shared_vm(dev.as_ioctl())?;
     let member = args.member;
-    let (path, members) = shared
+    let found = shared
         .path(usize::try_from(member)?, args.va)
         .map_err(|e| call.refuse(e, fmt!("no member {member}")))?;
-    args.path = path;
-    args.members = u32::try_from(members)?;
+    args.path = found.path;
+    args.members = u32::try_from(found.members)?;
     Ok(0)
 }

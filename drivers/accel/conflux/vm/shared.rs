@@ -33,7 +33,7 @@ use super::{
 
 /// A member of a [`SharedVm`]: the VM of one file, on the file's device.
 struct Member {
-    /// The file, by address ([`File::id`](crate::file::File::id)).
+    /// The file, by the identity it gives itself (its address).
     file: usize,
     dev: ARef<IoctlDevice>,
     vm: KBox<Vm>,
@@ -46,6 +46,15 @@ pub(crate) struct Membership {
     pub(crate) members: usize,
     /// The file's index among them.
     pub(crate) index: usize,
+}
+
+/// The path of a member of a [`SharedVm`] to an address.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MemberPath {
+    /// A `DRM_CONFLUX_PATH_*`, or 0 when nothing is mapped there.
+    pub(crate) path: u32,
+    /// The number of members.
+    pub(crate) members: usize,
 }
 
 /// A VM that the files of several devices share: one VM per member device, kept in lockstep, so
@@ -151,12 +160,15 @@ impl SharedVm {
         drop(gone);
     }
 
-    /// For `DRM_IOCTL_CONFLUX_VM_PATH`: the path of `member` to what is mapped at `va`, and the
-    /// number of members.
-    pub(crate) fn path(&self, member: usize, va: u64) -> Result<(u32, usize)> {
+    /// For `DRM_IOCTL_CONFLUX_VM_PATH`: the path of `member` to what is mapped at `va`, a
+    /// `DRM_CONFLUX_PATH_*`, and the number of members.
+    pub(crate) fn path(&self, member: usize, va: u64) -> Result<MemberPath> {
         let members = self.members.lock();
         let m = members.get(member).ok_or(ENOENT)?;
-        Ok((m.vm.path_at(va), members.len()))
+        Ok(MemberPath {
+            path: m.vm.path_at(va),
+            members: members.len(),
+        })
     }
 
     /// Applies `ops`, operations of `file` on device `dev` (whose data is `data`), on every
