@@ -128,8 +128,10 @@ impl Bo {
     /// How the device reaches its own memory, a `DRM_CONFLUX_PATH_*`; 0 for the object of a VM
     /// and for an imported buffer, whose path its exporter tells.
     pub(crate) fn local_path(&self) -> u32 {
+        if self.imported.is_some() {
+            return 0;
+        }
         match *self.memory.lock() {
-            _ if self.imported.is_some() => 0,
             Memory::None => 0,
             Memory::Vram(_) => uapi::DRM_CONFLUX_PATH_LOCAL,
             Memory::System(_) => uapi::DRM_CONFLUX_PATH_SYSTEM,

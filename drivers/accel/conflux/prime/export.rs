@@ -169,7 +169,7 @@ impl Export {
                     ranges.push(DmaRange::new(base + at, n)?, GFP_KERNEL)?;
                     Ok(())
                 })?;
-                reaches_vram(data, attachment)?;
+                // `place_for()` found that the importer reaches VRAM, else the buffer is not here.
                 let provider = Provider::of_bar(data.pdev, CTL_BAR)?;
                 attachment.map_bar(provider, &ranges, dir, GFP_KERNEL)
             }
