@@ -21,3 +21,9 @@ __rust_helper void rust_helper_dma_fence_set_error(struct dma_fence *fence, int 
 {
 	dma_fence_set_error(fence, error);
 }
+
+__rust_helper bool rust_helper_dma_fence_is_later(struct dma_fence *f1,
+						  struct dma_fence *f2)
+{
+	return dma_fence_is_later(f1, f2);
+}

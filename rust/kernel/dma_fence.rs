@@ -14,6 +14,9 @@
 //! it can be done from an interrupt handler. A [`SignalFence`] dropped without being signalled
 //! signals its fence with [`ECANCELED`], so that no waiter waits forever.
 //!
+//! A [`queue::JobQueue`] runs a driver's jobs once their dependencies' fences have signalled,
+//! and signals a fence of its own for each job.
+//!
 //! # Examples
 //!
 //! ```
@@ -44,6 +47,10 @@ use crate::{
         c_char,
         c_long, //
     },
+    fs::{
+        file::FileDescriptorReservation,
+        File, //
+    },
     prelude::*,
     sync::aref::{
         ARef,
@@ -52,6 +59,8 @@ use crate::{
     time::Jiffies,
     types::Opaque, //
 };
+pub mod queue;
+
 use core::{
     marker::{
         PhantomData,
@@ -127,6 +136,27 @@ impl Fence {
     pub fn seqno(&self) -> u64 {
         // SAFETY: As in `context()`.
         unsafe { (*self.as_raw()).seqno }
+    }
+
+    /// The fence of the sync_file that file descriptor `fd` of the current task refers to.
+    ///
+    /// Fails with [`EINVAL`] when `fd` is not a sync_file.
+    pub fn from_sync_file(fd: i32) -> Result<ARef<Fence>> {
+        // SAFETY: FFI call without safety requirements: the fd is looked up and checked.
+        let ptr = unsafe { bindings::sync_file_get_fence(fd) };
+        let ptr = NonNull::new(ptr).ok_or(EINVAL)?;
+        // SAFETY: `sync_file_get_fence()` returned a new reference to a valid fence, which the
+        // `ARef` takes over.
+        Ok(unsafe { ARef::from_raw(ptr.cast()) })
+    }
+
+    /// Whether the fence is later on its timeline than `other`, a fence of the same context.
+    ///
+    /// Follows the fence's `dma_fence_ops`, which may compare 32-bit sequence numbers with
+    /// wrap-around. Meaningless for fences of different contexts.
+    pub fn is_later(&self, other: &Fence) -> bool {
+        // SAFETY: Both fences are valid by the type invariants.
+        unsafe { bindings::dma_fence_is_later(self.as_raw(), other.as_raw()) }
     }
 
     /// Whether the fence has signalled.
@@ -234,9 +264,16 @@ impl<T: FenceTimeline> FenceContext<T> {
 
     /// Creates the next fence of the timeline, not signalled, with the next sequence number.
     pub fn new_fence(&self, flags: Flags) -> Result<SignalFence> {
-        let obj = KBox::new(Opaque::<bindings::dma_fence>::zeroed(), flags)?;
+        Ok(self.init_fence(FenceMemory::new(flags)?))
+    }
+
+    /// Makes `memory` the next fence of the timeline, with the next sequence number.
+    ///
+    /// Allocates nothing, so that a fence can take its place in the timeline under a lock (the
+    /// order in which jobs reach the hardware) with its memory allocated before.
+    pub fn init_fence(&self, memory: FenceMemory) -> SignalFence {
         let seqno = self.last_seqno.fetch_add(1, Ordering::Relaxed) + 1;
-        let raw = KBox::into_raw(obj).cast::<bindings::dma_fence>();
+        let raw = KBox::into_raw(memory.0).cast::<bindings::dma_fence>();
         // SAFETY: `raw` is a fresh `kmalloc()` allocation of a `struct dma_fence`, which the
         // fence's release frees with `kfree_rcu()` (see `Ops::OPS`); `Ops::<T>::OPS` is a
         // static; a NULL lock selects the fence's inline lock.
@@ -247,7 +284,23 @@ impl<T: FenceTimeline> FenceContext<T> {
         // `ARef` takes over.
         let fence = unsafe { ARef::from_raw(NonNull::new_unchecked(raw.cast::<Fence>())) };
         // INVARIANT: the fence is new, nobody else can signal it.
-        Ok(SignalFence { fence })
+        SignalFence { fence }
+    }
+}
+
+/// The memory of a fence not yet initialised: see [`FenceContext::init_fence`].
+pub struct FenceMemory(KBox<Opaque<bindings::dma_fence>>);
+
+// SAFETY: The memory is not a fence yet: nothing else refers to it.
+unsafe impl Send for FenceMemory {}
+
+// SAFETY: As above; `&FenceMemory` allows nothing.
+unsafe impl Sync for FenceMemory {}
+
+impl FenceMemory {
+    /// Allocates the memory of a fence.
+    pub fn new(flags: Flags) -> Result<Self> {
+        Ok(Self(KBox::new(Opaque::zeroed(), flags)?))
     }
 }
 
@@ -393,6 +446,21 @@ impl<T: FenceCallbackHandler> FenceCallback<T> {
         }
     }
 
+    /// Unregisters the callback, if registered, so that it can be registered on another fence.
+    ///
+    /// Once this has returned the handler is not running and does not run, unless the callback
+    /// is registered again.
+    pub fn unregister(self: Pin<&mut Self>) {
+        // SAFETY: Only fields are accessed; nothing is moved out of the pinned value.
+        let this = unsafe { self.get_unchecked_mut() };
+        if let Some(fence) = this.fence.take() {
+            // SAFETY: By the type invariants `cb` was added to `fence`'s callbacks;
+            // `dma_fence_remove_callback()` removes it unless it has already run, and serialises
+            // with the handler on the fence's lock, so the handler is not running afterwards.
+            unsafe { bindings::dma_fence_remove_callback(fence.as_raw(), this.cb.get()) };
+        }
+    }
+
     extern "C" fn func(fence: *mut bindings::dma_fence, cb: *mut bindings::dma_fence_cb) {
         // SAFETY: `cb` is the `cb` field of a registered `FenceCallback<T>` (only `register()`
         // adds `Self::func`); `Opaque` is `repr(transparent)`.
@@ -411,14 +479,77 @@ impl<T: FenceCallbackHandler> FenceCallback<T> {
 #[pinned_drop]
 impl<T: FenceCallbackHandler> PinnedDrop for FenceCallback<T> {
     fn drop(self: Pin<&mut Self>) {
-        // SAFETY: Only fields are accessed; nothing is moved out of the pinned value.
-        let this = unsafe { self.get_unchecked_mut() };
-        if let Some(fence) = this.fence.take() {
-            // SAFETY: By the type invariants `cb` was added to `fence`'s callbacks;
-            // `dma_fence_remove_callback()` removes it unless it has already run, and serialises
-            // with the handler on the fence's lock, so the handler is not running afterwards.
-            unsafe { bindings::dma_fence_remove_callback(fence.as_raw(), this.cb.get()) };
+        self.unregister();
+    }
+}
+
+/// A sync_file of a fence, with a file descriptor reserved for it in the current task.
+///
+/// [`SyncFile::install`] gives it the descriptor at the end of the call that hands it out.
+/// Dropped uninstalled, it frees both.
+pub struct SyncFile {
+    fd: FileDescriptorReservation,
+    file: ARef<File>,
+}
+
+impl SyncFile {
+    /// A sync_file of `fence`, for descriptor `fd`, reserved before (so that a task out of
+    /// descriptors is refused early).
+    pub fn new(fence: &Fence, fd: FileDescriptorReservation) -> Result<Self> {
+        // SAFETY: The fence is valid; the sync_file takes its own reference to it.
+        let sync_file = unsafe { bindings::sync_file_create(fence.as_raw()) };
+        if sync_file.is_null() {
+            return Err(ENOMEM);
         }
+        // SAFETY: `sync_file` is valid; its `file` holds the only reference to the sync_file,
+        // which the `ARef` takes over. `File` is a transparent wrapper of `struct file`, and a
+        // sync_file's file has no `fdget_pos` users.
+        let file = unsafe { ARef::from_raw(NonNull::new_unchecked((*sync_file).file.cast())) };
+        Ok(Self { fd, file })
+    }
+
+    /// The descriptor the sync_file will have.
+    pub fn fd(&self) -> u32 {
+        self.fd.reserved_fd()
+    }
+
+    /// Installs the sync_file at its descriptor.
+    pub fn install(self) {
+        self.fd.fd_install(self.file);
+    }
+}
+
+/// A section of a fence-signalling path: code that fences wait for, such as a job's submission
+/// to the hardware, its completion handling and timeout recovery.
+///
+/// Such code must not allocate memory with reclaim or take a lock held by someone who does, nor
+/// wait for a fence: [`dma_fence_begin_signalling()`] lets lockdep check it. Sections nest;
+/// the section ends when the value is dropped.
+///
+/// [`dma_fence_begin_signalling()`]: srctree/drivers/dma-buf/dma-fence.c
+pub struct SignallingSection {
+    #[cfg(CONFIG_LOCKDEP)]
+    cookie: bool,
+}
+
+impl SignallingSection {
+    /// Starts a section.
+    pub fn begin() -> Self {
+        Self {
+            // SAFETY: FFI call without safety requirements.
+            #[cfg(CONFIG_LOCKDEP)]
+            cookie: unsafe { bindings::dma_fence_begin_signalling() },
+        }
+    }
+}
+
+impl Drop for SignallingSection {
+    fn drop(&mut self) {
+        // SAFETY: `cookie` is what `dma_fence_begin_signalling()` returned for this section.
+        #[cfg(CONFIG_LOCKDEP)]
+        unsafe {
+            bindings::dma_fence_end_signalling(self.cookie)
+        };
     }
 }
 

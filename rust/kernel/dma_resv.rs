@@ -136,6 +136,36 @@ impl DmaResv {
         }
     }
 
+    /// Calls `f` on every fence of the object of `usage` or a usage before it, as long as `f`
+    /// succeeds.
+    ///
+    /// `locked` holds the object locked, so that its fences stay as they are; [`EINVAL`] when
+    /// it does not.
+    pub fn for_each_fence(
+        &self,
+        locked: &impl ResvLocked,
+        usage: Usage,
+        mut f: impl FnMut(&Fence) -> Result,
+    ) -> Result {
+        if !locked.holds(self) {
+            return Err(EINVAL);
+        }
+        // SAFETY: All-zeroes is a valid `struct dma_resv_iter`; the fields set below are what
+        // `dma_resv_iter_begin()` sets.
+        let mut cursor: bindings::dma_resv_iter = unsafe { core::mem::zeroed() };
+        cursor.obj = self.as_raw();
+        cursor.usage = usage.as_raw();
+        // SAFETY: The object is valid and locked (`locked`) for the whole walk.
+        let mut fence = unsafe { bindings::dma_resv_iter_first(&mut cursor) };
+        while !fence.is_null() {
+            // SAFETY: The object holds a reference to `fence`, which it keeps while locked.
+            f(unsafe { Fence::from_raw(fence) })?;
+            // SAFETY: As for `dma_resv_iter_first()`.
+            fence = unsafe { bindings::dma_resv_iter_next(&mut cursor) };
+        }
+        Ok(())
+    }
+
     /// Whether every fence of `usage` (and the usages before it) has signalled.
     pub fn test_signaled(&self, usage: Usage) -> bool {
         // SAFETY: The object is valid; the test takes RCU, not the lock.
@@ -151,6 +181,10 @@ impl DmaResv {
         interruptible: bool,
         timeout: Jiffies,
     ) -> Result<bool> {
+        // `MAX_SCHEDULE_TIMEOUT` (`LONG_MAX`) means no time limit; a longer timeout would turn
+        // negative in the fence waits.
+        // CAST: `LONG_MAX` is positive.
+        let timeout = timeout.min(crate::ffi::c_long::MAX as Jiffies);
         // SAFETY: The object is valid; the wait takes references to the fences under RCU.
         let ret = unsafe {
             bindings::dma_resv_wait_timeout(self.as_raw(), usage.as_raw(), interruptible, timeout)

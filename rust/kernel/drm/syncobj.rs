@@ -12,6 +12,7 @@ use crate::{
     bindings,
     dma_fence::Fence,
     drm,
+    error::to_result,
     prelude::*,
     sync::aref::{
         ARef,
@@ -19,10 +20,49 @@ use crate::{
     },
     types::Opaque, //
 };
-use core::ptr::{
-    self,
-    NonNull, //
+use core::{
+    mem::ManuallyDrop,
+    ptr::{
+        self,
+        NonNull, //
+    },
 };
+
+/// The memory of a timeline point, allocated before the point is added
+/// ([`SyncObj::add_point`]).
+///
+/// # Invariants
+///
+/// `0` is an unused `kmalloc()` allocation of a `struct dma_fence_chain`.
+pub struct ChainNode(NonNull<bindings::dma_fence_chain>);
+
+// SAFETY: The allocation is unused memory, owned by this value alone.
+unsafe impl Send for ChainNode {}
+
+impl ChainNode {
+    /// Allocates a node.
+    pub fn new(flags: crate::alloc::Flags) -> Result<Self> {
+        let node = KBox::<core::mem::MaybeUninit<bindings::dma_fence_chain>>::new_uninit(flags)?;
+        // SAFETY: `KBox::into_raw()` never returns NULL.
+        Ok(Self(unsafe {
+            NonNull::new_unchecked(KBox::into_raw(node).cast())
+        }))
+    }
+}
+
+impl Drop for ChainNode {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants the node is an unused allocation of a `KBox` of this
+        // type (`dma_fence_chain_free()` is `kfree()`).
+        drop(unsafe {
+            KBox::from_raw(
+                self.0
+                    .as_ptr()
+                    .cast::<core::mem::MaybeUninit<bindings::dma_fence_chain>>(),
+            )
+        });
+    }
+}
 
 /// A DRM synchronisation object.
 ///
@@ -68,6 +108,44 @@ impl SyncObj {
         // SAFETY: `drm_syncobj_find()` returned a new reference to a valid syncobj, which the
         // `ARef` now owns. `SyncObj` is a transparent wrapper of `struct drm_syncobj`.
         Ok(unsafe { ARef::from_raw(ptr.cast()) })
+    }
+
+    /// The fence at timeline point `point` of the syncobj that `handle` names in `file`, or its
+    /// current fence for point 0.
+    ///
+    /// Fails with [`ENOENT`] for an unknown handle, and [`EINVAL`] when there is no fence (yet)
+    /// at that point.
+    pub fn find_fence<T: drm::file::DriverFile>(
+        file: &drm::File<T>,
+        handle: u32,
+        point: u64,
+    ) -> Result<ARef<Fence>> {
+        let mut fence = ptr::null_mut();
+        // SAFETY: `file.as_raw()` is a valid `struct drm_file` for the duration of the call;
+        // `fence` is valid to write.
+        to_result(unsafe {
+            bindings::drm_syncobj_find_fence(file.as_raw(), handle, point, 0, &mut fence)
+        })?;
+        let fence = NonNull::new(fence).ok_or(EINVAL)?;
+        // SAFETY: `drm_syncobj_find_fence()` returned a new reference to a valid fence.
+        Ok(unsafe { ARef::from_raw(fence.cast()) })
+    }
+
+    /// Adds `fence` to the syncobj's timeline at `point`, with the node `chain` allocated
+    /// before.
+    pub fn add_point(&self, chain: ChainNode, fence: &Fence, point: u64) {
+        let chain = ManuallyDrop::new(chain);
+        // SAFETY: The syncobj is valid by the type invariants; `chain.0` is an unused
+        // `kmalloc()` allocation of a `struct dma_fence_chain`, which the timeline takes over
+        // (it is freed as a fence from now on); `fence` is valid and gets a new reference.
+        unsafe {
+            bindings::drm_syncobj_add_point(
+                self.0.get(),
+                chain.0.as_ptr().cast(),
+                fence.as_raw(),
+                point,
+            )
+        };
     }
 
     /// The fence the syncobj holds now, if any.

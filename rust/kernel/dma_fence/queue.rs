@@ -1,0 +1,1188 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A job queue: jobs wait for the fences they depend on, run in submission order, and each
+//! signals a fence of its own when the hardware is done with it.
+//!
+//! A driver implements [`QueueOps`] for its hardware ring and owns a pinned [`JobQueue`]. A
+//! submission [`prepare`](JobQueue::prepare)s a job, which allocates everything the job will
+//! need, adds the fences it depends on ([`PreparedJob::add_dependency`], deduplicated per fence
+//! context, keeping the latest), and [`push`](JobQueue::push)es it, which gives the job's
+//! *finished* fence, the one userspace and other drivers see. The submission never waits for a
+//! dependency.
+//!
+//! The queue's worker starts the oldest queued job once its dependencies have signalled and the
+//! ring has room for it (its *credits*): it calls [`QueueOps::run`], which writes the job to the
+//! hardware and returns the job's hardware fence. When that signals, the worker signals the
+//! finished fence with the same result, gives the credits back and drops the job, and with it
+//! everything the job kept alive. Finished fences signal in submission order. A job whose
+//! dependency failed does not run: its finished fence signals the dependency's error.
+//!
+//! A watchdog fires when the oldest running job has been running for the queue's timeout,
+//! whether or not anybody waits for it, and calls [`QueueOps::timed_out`]: the driver stops the
+//! hardware and signals the job's hardware fence with an error.
+//!
+//! Fence callbacks only wake the worker, so that no fence's lock is taken inside another's. The
+//! worker and the watchdog run as fence-signalling sections ([`SignallingSection`]), so lockdep
+//! reports an allocation or a wait on their path. Dropping the queue cancels the jobs that
+//! have not finished: their finished fences signal [`ECANCELED`]. The driver stops its hardware
+//! before it drops the queue.
+//!
+//! This is a dependency queue, not a scheduler: one queue per hardware ring, no entities and no
+//! priorities.
+
+use crate::{
+    alloc::Flags,
+    bindings,
+    dma_fence::{
+        Fence,
+        FenceCallback,
+        FenceCallbackHandler,
+        FenceContext,
+        FenceMemory,
+        FenceTimeline,
+        SignalFence,
+        SignallingSection, //
+    },
+    new_spinlock_irq,
+    prelude::*,
+    sync::{
+        aref::ARef,
+        SpinLockIrq, //
+    },
+    time::{
+        msecs_to_jiffies,
+        Delta,
+        Instant,
+        Monotonic, //
+    },
+    types::Opaque, //
+};
+
+/// What [`QueueOps::run`] did with a job.
+pub enum Run {
+    /// The job is on the hardware; the fence signals when the hardware is done with it.
+    Started(ARef<Fence>),
+    /// The hardware cannot take the job before a running job finishes (another address space,
+    /// a full table): the queue retries then. Only allowed while a job runs.
+    Later,
+    /// The job cannot run (for example the device is wedged): its finished fence signals the
+    /// error, in order.
+    Failed(Error),
+}
+
+/// A driver's hardware ring, fed by a [`JobQueue`].
+pub trait QueueOps: Send + Sync {
+    /// A job: its work and everything it keeps alive until its finished fence has signalled.
+    type Job: Send;
+    /// The names of the finished fences.
+    type Timeline: FenceTimeline;
+
+    /// Whether the hardware completes the jobs it started in the order they started. Then a
+    /// job does not wait for the queue's own earlier jobs: they end before it does.
+    const IN_ORDER: bool;
+
+    /// Writes `job` to the hardware. `idle` tells whether no job of the queue is running.
+    ///
+    /// Called from the queue's worker, one job at a time, in submission order, in a
+    /// fence-signalling section: it must not allocate memory or wait for a fence.
+    fn run(&self, job: &mut Self::Job, idle: bool) -> Run;
+
+    /// The oldest running job, whose hardware fence is `hw`, has run for [`QueueOps::timeout`].
+    ///
+    /// Called from the watchdog in a fence-signalling section. The driver stops the hardware
+    /// and signals `hw` with an error, or lets the job go on for another timeout.
+    fn timed_out(&self, hw: &Fence);
+
+    /// How long the oldest running job may run.
+    fn timeout(&self) -> Delta;
+
+    /// `job` has finished with `result`, which its finished fence has signalled: the queue is
+    /// done with it. Called from the worker, outside the fence-signalling section.
+    ///
+    /// Dropping the job releases what it kept alive, which is what this does unless the
+    /// driver overrides it (for instance to keep the memory of a job that a device which can no
+    /// longer be stopped may still use).
+    fn finished(&self, job: Self::Job, result: Result) {
+        let _ = result;
+        drop(job);
+    }
+}
+
+/// Wakes the queue's worker when a fence signals.
+///
+/// # Invariants
+///
+/// `work` is the `run` work item of a [`JobQueue`] that outlives every callback that holds
+/// this handler: the queue drops its jobs, and with them their callbacks, before it is freed.
+struct Wake {
+    work: *mut bindings::work_struct,
+}
+
+// SAFETY: `work` is only passed to `queue_work_on()`, which may be called from any context.
+unsafe impl Send for Wake {}
+
+// SAFETY: As above.
+unsafe impl Sync for Wake {}
+
+impl FenceCallbackHandler for Wake {
+    fn signaled(&self, _fence: &Fence, _error: Option<Error>) {
+        // SAFETY: By the type invariants, `work` is an initialised work item that outlives the
+        // callback.
+        unsafe { queue_run(self.work) };
+    }
+}
+
+/// Queues the worker of a [`JobQueue`].
+///
+/// # Safety
+///
+/// `work` is the initialised `run` work item of a live [`JobQueue`].
+unsafe fn queue_run(work: *mut bindings::work_struct) {
+    // SAFETY: `work` is initialised and alive (safety requirements); `system_highpri_wq` is
+    // always available.
+    unsafe {
+        bindings::queue_work_on(
+            bindings::wq_misc_consts_WORK_CPU_UNBOUND as i32,
+            bindings::system_highpri_wq,
+            work,
+        )
+    };
+}
+
+/// A job in the queue, with everything the queue needs for it.
+#[pin_data]
+struct Node<J> {
+    /// Taken when the job has finished.
+    job: Option<J>,
+    credits: u32,
+    /// The dependencies not yet seen signalled; the worker waits for the last first.
+    deps: KVec<ARef<Fence>>,
+    /// The finished fence's memory until the job is pushed.
+    memory: Option<FenceMemory>,
+    finished: Option<SignalFence>,
+    /// The hardware fence, once started.
+    hw: Option<ARef<Fence>>,
+    /// Why the job ends without running: a failed dependency, or [`Run::Failed`].
+    error: Option<Error>,
+    /// Registered on the dependency waited for, then on the hardware fence.
+    #[pin]
+    wake: FenceCallback<Wake>,
+}
+
+impl<J> Node<J> {
+    /// Whether the job has started and the hardware is done with it.
+    fn done(&self) -> bool {
+        !matches!(&self.hw, Some(hw) if !hw.is_signaled())
+    }
+}
+
+/// A job ready to be pushed: its memory is allocated and its dependencies known.
+pub struct PreparedJob<'a, T, J, L>
+where
+    T: QueueOps<Job = J, Timeline = L>,
+    J: Send,
+    L: FenceTimeline,
+{
+    queue: &'a JobQueue<T, J, L>,
+    node: Pin<KBox<Node<J>>>,
+}
+
+impl<T, J, L> PreparedJob<'_, T, J, L>
+where
+    T: QueueOps<Job = J, Timeline = L>,
+    J: Send,
+    L: FenceTimeline,
+{
+    /// Makes the job wait for `fence`, and fail with its error if it fails.
+    ///
+    /// Fences signalled without an error are not kept; of the fences of one context only the
+    /// latest is.
+    pub fn add_dependency(&mut self, fence: &Fence, flags: Flags) -> Result {
+        if matches!(fence.status(), Ok(true)) {
+            return Ok(());
+        }
+        // SAFETY: `deps` is not structurally pinned.
+        let node = unsafe { self.node.as_mut().get_unchecked_mut() };
+        match node
+            .deps
+            .iter_mut()
+            .find(|d| d.context() == fence.context())
+        {
+            Some(kept) => {
+                if fence.is_later(kept) {
+                    *kept = fence.into();
+                }
+                Ok(())
+            }
+            None => Ok(node.deps.push(fence.into(), flags)?),
+        }
+    }
+
+    /// Makes the job run after the work of `fence`, whose result does not concern it (implicit
+    /// synchronisation through a buffer).
+    ///
+    /// As [`Self::add_dependency`], but with [`QueueOps::IN_ORDER`] the queue's own fences are
+    /// not kept: the hardware ends those jobs before this one.
+    pub fn add_implicit_dependency(&mut self, fence: &Fence, flags: Flags) -> Result {
+        if T::IN_ORDER && fence.context() == self.queue.fences.id() {
+            return Ok(());
+        }
+        self.add_dependency(fence, flags)
+    }
+
+    /// The number of fences the job waits for.
+    pub fn dependencies(&self) -> usize {
+        self.node.deps.len()
+    }
+}
+
+/// The jobs of a queue, oldest first: a ring of `slots.len()` entries.
+///
+/// # Invariants
+///
+/// The `len` entries from `first` on (modulo the ring's size) are the queue's jobs in
+/// submission order; the first `running` of them have started. Each is `Some`, but the one at
+/// `running` while `starting`, which the worker holds. The others are `None`.
+struct State<J> {
+    slots: KVec<Option<Pin<KBox<Node<J>>>>>,
+    first: usize,
+    len: usize,
+    running: usize,
+    starting: bool,
+    /// Credits not used by a running job.
+    credits: u32,
+    /// When the oldest running job became the oldest.
+    front_since: Instant<Monotonic>,
+    /// New jobs are refused.
+    stopped: bool,
+    /// The queue is being dropped: the worker and the watchdog do nothing.
+    dead: bool,
+}
+
+impl<J> State<J> {
+    /// The slot of the `i`-th job, for `i` up to the ring's size.
+    fn index(&self, i: usize) -> usize {
+        let j = self.first + i;
+        j.checked_sub(self.slots.len()).unwrap_or(j)
+    }
+
+    fn get(&self, i: usize) -> Option<&Pin<KBox<Node<J>>>> {
+        if i >= self.len {
+            return None;
+        }
+        self.slots.get(self.index(i)).and_then(Option::as_ref)
+    }
+
+    fn slot(&mut self, i: usize) -> Option<&mut Option<Pin<KBox<Node<J>>>>> {
+        let index = self.index(i);
+        self.slots.get_mut(index)
+    }
+
+    /// Removes the oldest job.
+    fn pop(&mut self) -> Option<Pin<KBox<Node<J>>>> {
+        if self.len == 0 {
+            return None;
+        }
+        let node = self.slot(0).and_then(Option::take);
+        self.first = self.index(1);
+        self.len -= 1;
+        self.running = self.running.saturating_sub(1);
+        node
+    }
+}
+
+/// A queue of jobs for one hardware ring. See the [module documentation](self).
+///
+/// # Invariants
+///
+/// `run` and `watchdog` are initialised work items whose functions are
+/// [`JobQueue::run_work`] and [`JobQueue::watchdog_work`] of this queue. They are not queued or
+/// running once [`PinnedDrop::drop`] has returned.
+#[pin_data(PinnedDrop)]
+pub struct JobQueue<T, J, L>
+where
+    T: QueueOps<Job = J, Timeline = L>,
+    J: Send,
+    L: FenceTimeline,
+{
+    #[pin]
+    ops: T,
+    fences: FenceContext<L>,
+    capacity: u32,
+    #[pin]
+    state: SpinLockIrq<State<J>>,
+    #[pin]
+    run: Opaque<bindings::work_struct>,
+    #[pin]
+    watchdog: Opaque<bindings::delayed_work>,
+}
+
+// SAFETY: The work items are only queued, cancelled and run through the queue, which synchronises
+// on `state`; the rest is `Send` when `T` is.
+unsafe impl<T, J, L> Send for JobQueue<T, J, L>
+where
+    T: QueueOps<Job = J, Timeline = L>,
+    J: Send,
+    L: FenceTimeline,
+{
+}
+
+// SAFETY: As above; `&JobQueue` allows only operations that lock `state`.
+unsafe impl<T, J, L> Sync for JobQueue<T, J, L>
+where
+    T: QueueOps<Job = J, Timeline = L>,
+    J: Send,
+    L: FenceTimeline,
+{
+}
+
+impl<T, J, L> JobQueue<T, J, L>
+where
+    T: QueueOps<Job = J, Timeline = L>,
+    J: Send,
+    L: FenceTimeline,
+{
+    /// A queue for a ring of `capacity` credits that holds at most `max_jobs` jobs, queued or
+    /// running.
+    pub fn new(
+        ops: impl PinInit<T, Error>,
+        capacity: u32,
+        max_jobs: usize,
+    ) -> impl PinInit<Self, Error> {
+        let credits = capacity;
+        try_pin_init!(Self {
+            ops <- ops,
+            fences: FenceContext::new(),
+            capacity,
+            state <- new_spinlock_irq!(State {
+                slots: {
+                    let mut slots = KVec::with_capacity(max_jobs.max(1), GFP_KERNEL)?;
+                    for _ in 0..max_jobs.max(1) {
+                        slots.push(None, GFP_KERNEL)?;
+                    }
+                    slots
+                },
+                first: 0,
+                len: 0,
+                running: 0,
+                starting: false,
+                credits,
+                front_since: Instant::now(),
+                stopped: false,
+                dead: false,
+            }),
+            run <- Opaque::ffi_init(|work: *mut bindings::work_struct| {
+                // SAFETY: `work` is valid for writes; `run_work` takes a work item of a queue.
+                unsafe {
+                    bindings::init_work_with_key(
+                        work,
+                        Some(Self::run_work),
+                        false,
+                        c"JobQueue::run".as_char_ptr(),
+                        crate::static_lock_class!().as_ptr(),
+                    )
+                }
+            }),
+            watchdog <- Opaque::ffi_init(|dwork: *mut bindings::delayed_work| {
+                // SAFETY: `dwork` is valid for writes; `watchdog_work` takes the work item of a
+                // queue's watchdog; `delayed_work_timer_fn` is the timer function of every
+                // delayed work item, which it must run in irq-safe context.
+                unsafe {
+                    bindings::init_work_with_key(
+                        &raw mut (*dwork).work,
+                        Some(Self::watchdog_work),
+                        false,
+                        c"JobQueue::watchdog".as_char_ptr(),
+                        crate::static_lock_class!().as_ptr(),
+                    );
+                    bindings::timer_init_key(
+                        &raw mut (*dwork).timer,
+                        Some(bindings::delayed_work_timer_fn),
+                        bindings::TIMER_IRQSAFE,
+                        c"JobQueue::watchdog".as_char_ptr(),
+                        crate::static_lock_class!().as_ptr(),
+                    );
+                }
+            }),
+        })
+    }
+
+    /// The driver's side of the queue.
+    pub fn ops(&self) -> &T {
+        &self.ops
+    }
+
+    /// The fence context of the finished fences.
+    pub fn context(&self) -> u64 {
+        self.fences.id()
+    }
+
+    /// Allocates a job that uses `credits` of the ring.
+    ///
+    /// Fails with [`EINVAL`] when the ring could never hold the job.
+    pub fn prepare(&self, job: J, credits: u32, flags: Flags) -> Result<PreparedJob<'_, T, J, L>> {
+        if credits > self.capacity {
+            return Err(EINVAL);
+        }
+        let memory = FenceMemory::new(flags)?;
+        let node = KBox::pin_init(
+            pin_init!(Node::<J> {
+                job: Some(job),
+                credits,
+                deps: KVec::new(),
+                memory: Some(memory),
+                finished: None,
+                hw: None,
+                error: None,
+                wake <- FenceCallback::new(Wake {
+                    work: self.run.get(),
+                }),
+            }),
+            flags,
+        )?;
+        Ok(PreparedJob { queue: self, node })
+    }
+
+    /// Queues `job` and returns its finished fence.
+    ///
+    /// The fence gets its sequence number here, in queue order. While the queue holds as many
+    /// jobs as it can, waits for the oldest to finish; [`ERESTARTSYS`] when `interruptible` and
+    /// a signal comes first. Fails with [`ESHUTDOWN`] once the queue is stopped. The job is
+    /// dropped on failure.
+    pub fn push(&self, job: PreparedJob<'_, T, J, L>, interruptible: bool) -> Result<ARef<Fence>> {
+        if !core::ptr::eq(job.queue, self) {
+            return Err(EINVAL);
+        }
+        let mut node = job.node;
+        loop {
+            let mut state = self.state.lock();
+            if state.stopped {
+                return Err(ESHUTDOWN);
+            }
+            if state.len == state.slots.len() {
+                let oldest = state
+                    .get(0)
+                    .and_then(|n| n.finished.as_ref())
+                    .map(SignalFence::shared);
+                drop(state);
+                if let Some(oldest) = oldest {
+                    oldest.wait(interruptible)?;
+                }
+                continue;
+            }
+            // SAFETY: `memory` and `finished` are not structurally pinned.
+            let fields = unsafe { node.as_mut().get_unchecked_mut() };
+            let memory = fields.memory.take().ok_or(EINVAL)?;
+            let finished = self.fences.init_fence(memory);
+            let shared = finished.shared();
+            fields.finished = Some(finished);
+            let i = state.len;
+            if let Some(slot) = state.slot(i) {
+                *slot = Some(node);
+            }
+            state.len += 1;
+            drop(state);
+            self.wake();
+            return Ok(shared);
+        }
+    }
+
+    /// How many jobs the queue holds, and how many of them run.
+    pub fn jobs(&self) -> (usize, usize) {
+        let state = self.state.lock();
+        (state.len, state.running)
+    }
+
+    /// Wakes the worker.
+    pub fn wake(&self) {
+        // SAFETY: By the type invariants `run` is initialised, and `self` is alive.
+        unsafe { queue_run(self.run.get()) };
+    }
+
+    /// Waits until the worker has gone through the queue once more.
+    pub fn flush(&self) {
+        self.wake();
+        // SAFETY: By the type invariants `run` is initialised.
+        unsafe { bindings::flush_work(self.run.get()) };
+    }
+
+    /// Stops the queue: jobs not started never will be, and new jobs are refused with
+    /// [`ESHUTDOWN`]. The finished fences of the jobs still in the queue signal `error`, in
+    /// order, once the running ones have ended or been cancelled. Allocates nothing.
+    pub fn stop(&self, error: Error) {
+        self.state.lock().stopped = true;
+        self.cancel_where(|_| true, error);
+    }
+
+    /// Fails the jobs not started yet for which `f` is true with `error`: they will not run.
+    /// Their finished fences signal in order. Allocates nothing.
+    pub fn cancel_where(&self, f: impl Fn(&J) -> bool, error: Error) {
+        let mut state = self.state.lock();
+        for i in state.running..state.len {
+            if let Some(Some(node)) = state.slot(i) {
+                if node.job.as_ref().is_some_and(&f) {
+                    // SAFETY: `error` is not structurally pinned.
+                    unsafe { node.as_mut().get_unchecked_mut().error = Some(error) };
+                }
+            }
+        }
+        drop(state);
+        self.wake();
+    }
+
+    extern "C" fn run_work(work: *mut bindings::work_struct) {
+        // SAFETY: By the type invariants, `work` is the `run` field of a live queue; `Opaque` is
+        // `repr(transparent)`.
+        let this = unsafe {
+            &*crate::container_of!(work.cast::<Opaque<bindings::work_struct>>(), Self, run)
+        };
+        this.retire();
+        this.start();
+    }
+
+    extern "C" fn watchdog_work(work: *mut bindings::work_struct) {
+        // SAFETY: By the type invariants, `work` is the work item of the `watchdog` field of a
+        // live queue; `Opaque` is `repr(transparent)`.
+        let this = unsafe {
+            let dwork = crate::container_of!(work, bindings::delayed_work, work);
+            &*crate::container_of!(
+                dwork.cast::<Opaque<bindings::delayed_work>>(),
+                Self,
+                watchdog
+            )
+        };
+        this.check_timeout();
+    }
+
+    /// Arms the watchdog to fire in `delay`, or sooner if it is armed already.
+    fn arm_watchdog(&self, delay: Delta, rearm: bool) {
+        let ms = u32::try_from(delay.as_millis().max(1)).unwrap_or(u32::MAX);
+        let cpu = bindings::wq_misc_consts_WORK_CPU_UNBOUND as i32;
+        // SAFETY: By the type invariants `watchdog` is initialised, and `self` is alive;
+        // `system_unbound_wq` is always available.
+        unsafe {
+            let wq = bindings::system_unbound_wq;
+            if rearm {
+                bindings::mod_delayed_work_on(cpu, wq, self.watchdog.get(), msecs_to_jiffies(ms));
+            } else {
+                bindings::queue_delayed_work_on(cpu, wq, self.watchdog.get(), msecs_to_jiffies(ms));
+            }
+        }
+    }
+
+    /// Signals the finished fences of the jobs the hardware is done with, oldest first.
+    fn retire(&self) {
+        loop {
+            let (mut node, next) = {
+                let mut state = self.state.lock();
+                let ready =
+                    !state.dead && state.running > 0 && state.get(0).is_some_and(|n| n.done());
+                let Some(node) = ready.then(|| state.pop()).flatten() else {
+                    return;
+                };
+                state.credits = state.credits.saturating_add(node.credits);
+                state.front_since = Instant::now();
+                (node, state.running > 0)
+            };
+            if next {
+                self.arm_watchdog(self.ops.timeout(), true);
+            }
+            // SAFETY: `finished` is not structurally pinned.
+            let finished = unsafe { node.as_mut().get_unchecked_mut().finished.take() };
+            let error = node
+                .error
+                .or_else(|| node.hw.as_ref().and_then(|hw| hw.status().err()));
+            if let Some(finished) = finished {
+                let _section = SignallingSection::begin();
+                match error {
+                    Some(e) => finished.signal_error(e),
+                    None => finished.signal(),
+                }
+            }
+            // The job's resources go outside the signalling section: freeing them may take
+            // locks that allocating paths hold.
+            // SAFETY: `job` is not structurally pinned.
+            let job = unsafe { node.as_mut().get_unchecked_mut().job.take() };
+            drop(node);
+            if let Some(job) = job {
+                self.ops.finished(job, error.map_or(Ok(()), Err));
+            }
+        }
+    }
+
+    /// Starts the queued jobs whose dependencies have signalled, in order, while the ring has
+    /// room.
+    fn start(&self) {
+        loop {
+            let (mut node, idle) = {
+                let mut state = self.state.lock();
+                let i = state.running;
+                if state.dead || state.starting || i >= state.len {
+                    return;
+                }
+                let free = state.credits;
+                let Some(Some(node)) = state.slot(i) else {
+                    return;
+                };
+                if node.error.is_none() && !Self::dependencies_done(node.as_mut()) {
+                    return;
+                }
+                let runs = node.error.is_none();
+                if runs && node.credits > free {
+                    return;
+                }
+                let idle = state.running == 0;
+                let Some(node) = state.slot(i).and_then(Option::take) else {
+                    return;
+                };
+                state.starting = true;
+                (node, idle)
+            };
+            let outcome = match node.error {
+                Some(e) => Run::Failed(e),
+                None => {
+                    let _section = SignallingSection::begin();
+                    // SAFETY: `job` is not structurally pinned.
+                    match unsafe { &mut node.as_mut().get_unchecked_mut().job } {
+                        Some(job) => self.ops.run(job, idle),
+                        None => Run::Failed(EINVAL),
+                    }
+                }
+            };
+            let mut state = self.state.lock();
+            state.starting = false;
+            let i = state.running;
+            // SAFETY: `hw`, `error` and `credits` are not structurally pinned.
+            let fields = unsafe { node.as_mut().get_unchecked_mut() };
+            let started = match outcome {
+                Run::Later => {
+                    if let Some(slot) = state.slot(i) {
+                        *slot = Some(node);
+                    }
+                    return;
+                }
+                Run::Started(hw) => {
+                    state.credits = state.credits.saturating_sub(fields.credits);
+                    fields.hw = Some(hw);
+                    true
+                }
+                Run::Failed(e) => {
+                    fields.error = Some(e);
+                    fields.credits = 0;
+                    false
+                }
+            };
+            let hw = node.hw.clone();
+            // SAFETY: `wake` is structurally pinned and projected as such.
+            let mut wake = unsafe { node.as_mut().map_unchecked_mut(|n| &mut n.wake) };
+            wake.as_mut().unregister();
+            let signalled = match (&hw, started) {
+                (Some(hw), true) => !matches!(wake.register(hw), Ok(true)),
+                _ => true,
+            };
+            if let Some(slot) = state.slot(i) {
+                *slot = Some(node);
+            }
+            state.running += 1;
+            if state.running == 1 {
+                state.front_since = Instant::now();
+            }
+            drop(state);
+            if started {
+                self.arm_watchdog(self.ops.timeout(), false);
+            }
+            if signalled {
+                self.wake();
+            }
+        }
+    }
+
+    /// Drops the dependencies of `node` that have signalled and registers its callback on the
+    /// next one; returns whether none is left. A failed dependency fails the job.
+    fn dependencies_done(mut node: Pin<&mut Node<J>>) -> bool {
+        loop {
+            let Some(dep) = node.deps.last().cloned() else {
+                return true;
+            };
+            match dep.status() {
+                Ok(true) => {
+                    // SAFETY: `deps` is not structurally pinned.
+                    unsafe { node.as_mut().get_unchecked_mut() }.deps.pop();
+                }
+                Err(e) => {
+                    // SAFETY: `deps` and `error` are not structurally pinned.
+                    let fields = unsafe { node.as_mut().get_unchecked_mut() };
+                    fields.error = Some(e);
+                    fields.deps.clear();
+                    return true;
+                }
+                Ok(false) => {
+                    // SAFETY: `wake` is structurally pinned and projected as such.
+                    let mut wake = unsafe { node.as_mut().map_unchecked_mut(|n| &mut n.wake) };
+                    wake.as_mut().unregister();
+                    // Registered: the callback wakes the worker. Not registered: the fence
+                    // signalled meanwhile, look again.
+                    if !matches!(wake.register(&dep), Ok(false)) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The watchdog: calls the driver's handler when the oldest running job has run for the
+    /// timeout, and arms itself again while jobs run.
+    fn check_timeout(&self) {
+        let timeout = self.ops.timeout();
+        let (hw, age) = {
+            let state = self.state.lock();
+            if state.dead || state.running == 0 {
+                return;
+            }
+            let hw = state.get(0).and_then(|n| n.hw.clone());
+            (hw, state.front_since.elapsed())
+        };
+        let Some(hw) = hw else {
+            // The oldest ended without running: the worker retires it.
+            self.wake();
+            return;
+        };
+        if hw.is_signaled() {
+            self.wake();
+        } else if age.as_nanos() >= timeout.as_nanos() {
+            {
+                let _section = SignallingSection::begin();
+                self.ops.timed_out(&hw);
+            }
+            self.arm_watchdog(timeout, true);
+        } else {
+            let left = Delta::from_nanos(timeout.as_nanos() - age.as_nanos());
+            self.arm_watchdog(left, true);
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T, J, L> PinnedDrop for JobQueue<T, J, L>
+where
+    T: QueueOps<Job = J, Timeline = L>,
+    J: Send,
+    L: FenceTimeline,
+{
+    fn drop(self: Pin<&mut Self>) {
+        {
+            let mut state = self.state.lock();
+            state.stopped = true;
+            state.dead = true;
+        }
+        // SAFETY: By the type invariants the work items are initialised.
+        unsafe {
+            bindings::cancel_work_sync(self.run.get());
+            bindings::cancel_delayed_work_sync(self.watchdog.get());
+        }
+        // Nothing but fence callbacks can queue the worker now. Dropping a job unregisters its
+        // callback, and signals its finished fence `ECANCELED` unless it has signalled.
+        loop {
+            let node = self.state.lock().pop();
+            let Some(mut node) = node else {
+                break;
+            };
+            // SAFETY: `job` is not structurally pinned.
+            let job = unsafe { node.as_mut().get_unchecked_mut().job.take() };
+            drop(node);
+            if let Some(job) = job {
+                self.ops.finished(job, Err(ECANCELED));
+            }
+        }
+        // INVARIANT: no callback is left to queue the worker, which a callback may have queued
+        // before its job was dropped; the watchdog is only armed by the worker and by itself,
+        // which do nothing once the queue is dead.
+        // SAFETY: By the type invariants the work items are initialised.
+        unsafe {
+            bindings::cancel_work_sync(self.run.get());
+            bindings::cancel_delayed_work_sync(self.watchdog.get());
+        }
+    }
+}
+
+#[cfg(CONFIG_RUST_DMA_FENCE_KUNIT_TEST)]
+#[macros::kunit_tests(rust_dma_fence_queue)]
+mod tests {
+    use super::*;
+    use crate::time::delay::fsleep;
+    use core::sync::atomic::{
+        AtomicU32,
+        Ordering, //
+    };
+
+    struct Finished;
+
+    impl FenceTimeline for Finished {
+        const DRIVER_NAME: &'static CStr = c"rust-job-queue-test";
+        const TIMELINE_NAME: &'static CStr = c"finished";
+    }
+
+    struct Hardware;
+
+    impl FenceTimeline for Hardware {
+        const DRIVER_NAME: &'static CStr = c"rust-job-queue-test";
+        const TIMELINE_NAME: &'static CStr = c"hardware";
+    }
+
+    /// The most jobs a test starts.
+    const MAX_STARTED: usize = 16;
+
+    /// Jobs on the fake hardware, with their hardware fences.
+    type Started = KVec<(u32, SignalFence)>;
+
+    /// A fake engine: it starts jobs by recording them, and the test ends them.
+    struct Fake {
+        hw: FenceContext<Hardware>,
+        /// The jobs started and not yet ended, with their hardware fences.
+        started: Pin<KBox<SpinLockIrq<Started>>>,
+        /// Every job started, in order.
+        order: Pin<KBox<SpinLockIrq<KVec<u32>>>>,
+        timeouts: AtomicU32,
+        timeout_ms: i64,
+    }
+
+    struct FakeJob {
+        id: u32,
+        hw: Option<FenceMemory>,
+    }
+
+    impl QueueOps for Fake {
+        type Job = FakeJob;
+        type Timeline = Finished;
+        const IN_ORDER: bool = true;
+
+        fn run(&self, job: &mut FakeJob, _idle: bool) -> Run {
+            let Some(memory) = job.hw.take() else {
+                return Run::Failed(EINVAL);
+            };
+            let fence = self.hw.init_fence(memory);
+            let shared = fence.shared();
+            // Within the capacity reserved by the test: no allocation.
+            let _ = self.order.lock().push_within_capacity(job.id);
+            match self.started.lock().push_within_capacity((job.id, fence)) {
+                Ok(()) => Run::Started(shared),
+                Err(_) => Run::Failed(ENOSPC),
+            }
+        }
+
+        fn timed_out(&self, hw: &Fence) {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+            let mut started = self.started.lock();
+            if let Some(i) = started
+                .iter()
+                .position(|(_, f)| f.fence().seqno() == hw.seqno())
+            {
+                if let Ok((_, fence)) = started.remove(i) {
+                    fence.signal_error(ETIMEDOUT);
+                }
+            }
+        }
+
+        fn timeout(&self) -> Delta {
+            Delta::from_millis(self.timeout_ms)
+        }
+    }
+
+    type Queue = Pin<KBox<JobQueue<Fake, FakeJob, Finished>>>;
+
+    fn queue(credits: u32, max_jobs: usize, timeout_ms: i64) -> Result<Queue> {
+        let fake = Fake {
+            hw: FenceContext::new(),
+            started: KBox::pin_init(
+                new_spinlock_irq!(KVec::with_capacity(MAX_STARTED, GFP_KERNEL)?),
+                GFP_KERNEL,
+            )?,
+            order: KBox::pin_init(
+                new_spinlock_irq!(KVec::with_capacity(MAX_STARTED, GFP_KERNEL)?),
+                GFP_KERNEL,
+            )?,
+            timeouts: AtomicU32::new(0),
+            timeout_ms,
+        };
+        KBox::pin_init(
+            JobQueue::new(Ok::<_, Error>(fake), credits, max_jobs),
+            GFP_KERNEL,
+        )
+    }
+
+    fn prepare(
+        q: &Queue,
+        id: u32,
+        credits: u32,
+    ) -> Result<PreparedJob<'_, Fake, FakeJob, Finished>> {
+        let job = FakeJob {
+            id,
+            hw: Some(FenceMemory::new(GFP_KERNEL)?),
+        };
+        q.prepare(job, credits, GFP_KERNEL)
+    }
+
+    fn push(q: &Queue, id: u32, deps: &[&Fence]) -> Result<ARef<Fence>> {
+        let mut job = prepare(q, id, 1)?;
+        for dep in deps {
+            job.add_dependency(dep, GFP_KERNEL)?;
+        }
+        q.push(job, false)
+    }
+
+    /// The jobs started so far, in order, once the worker has gone through the queue.
+    fn started(q: &Queue) -> Result<KVec<u32>> {
+        q.flush();
+        // Allocated before the lock, which the queue's signalling path takes.
+        let mut ids = KVec::with_capacity(MAX_STARTED, GFP_KERNEL)?;
+        for id in q.ops().order.lock().iter() {
+            ids.push_within_capacity(*id).map_err(|_| ENOSPC)?;
+        }
+        Ok(ids)
+    }
+
+    /// Ends job `id` on the fake hardware.
+    fn end(q: &Queue, id: u32) {
+        let fence = {
+            let mut started = q.ops().started.lock();
+            let i = started.iter().position(|(j, _)| *j == id);
+            i.and_then(|i| started.remove(i).ok())
+        };
+        if let Some((_, fence)) = fence {
+            fence.signal();
+        }
+    }
+
+    fn finishes(fence: &Fence) -> Result<bool> {
+        fence.wait_timeout(false, msecs_to_jiffies(5_000))
+    }
+
+    fn external() -> FenceContext<Hardware> {
+        FenceContext::new()
+    }
+
+    #[test]
+    fn runs_once_dependencies_of_several_contexts_signal() -> Result {
+        let q = queue(64, 8, 10_000)?;
+        let (a, b) = (external(), external());
+        let (fa, fb) = (a.new_fence(GFP_KERNEL)?, b.new_fence(GFP_KERNEL)?);
+        let done = push(&q, 1, &[fa.fence(), fb.fence()])?;
+        assert_eq!(done.context(), q.context());
+        assert!(started(&q)?.is_empty());
+        fa.signal();
+        assert!(started(&q)?.is_empty());
+        fb.signal();
+        assert_eq!(&*started(&q)?, &[1]);
+        assert!(!done.is_signaled());
+        end(&q, 1);
+        assert_eq!(finishes(&done), Ok(true));
+        assert_eq!(done.status(), Ok(true));
+        Ok(())
+    }
+
+    #[test]
+    fn keeps_the_latest_fence_of_each_context() -> Result {
+        let q = queue(64, 8, 10_000)?;
+        let (a, b) = (external(), external());
+        let (a1, a2, b1) = (
+            a.new_fence(GFP_KERNEL)?,
+            a.new_fence(GFP_KERNEL)?,
+            b.new_fence(GFP_KERNEL)?,
+        );
+        let first = push(&q, 1, &[])?;
+        let mut job = prepare(&q, 2, 1)?;
+        for dep in [a1.fence(), a2.fence(), b1.fence(), a1.fence()] {
+            job.add_dependency(dep, GFP_KERNEL)?;
+        }
+        // One fence per context.
+        assert_eq!(job.dependencies(), 2);
+        // An implicit dependency on the queue's own job is not kept: its hardware runs in
+        // order. An explicit one is.
+        job.add_implicit_dependency(&first, GFP_KERNEL)?;
+        assert_eq!(job.dependencies(), 2);
+        job.add_dependency(&first, GFP_KERNEL)?;
+        assert_eq!(job.dependencies(), 3);
+        let done = q.push(job, false)?;
+        b1.signal();
+        a1.signal();
+        // The later fence of context a is still pending.
+        assert_eq!(&*started(&q)?, &[1]);
+        a2.signal();
+        // Job 1 still runs.
+        assert_eq!(&*started(&q)?, &[1]);
+        end(&q, 1);
+        assert_eq!(&*started(&q)?, &[1, 2]);
+        end(&q, 2);
+        assert_eq!(finishes(&done), Ok(true));
+        assert_eq!(finishes(&first), Ok(true));
+        Ok(())
+    }
+
+    #[test]
+    fn finished_fences_signal_in_order() -> Result {
+        let q = queue(64, 8, 10_000)?;
+        let one = push(&q, 1, &[])?;
+        let two = push(&q, 2, &[])?;
+        let three = push(&q, 3, &[])?;
+        assert!(one.seqno() < two.seqno() && two.seqno() < three.seqno());
+        assert_eq!(&*started(&q)?, &[1, 2, 3]);
+        // The hardware ends job 2 first; its finished fence waits for job 1's.
+        end(&q, 2);
+        started(&q)?;
+        assert!(!two.is_signaled());
+        end(&q, 1);
+        assert_eq!(finishes(&two), Ok(true));
+        assert!(one.is_signaled());
+        assert!(!three.is_signaled());
+        end(&q, 3);
+        assert_eq!(finishes(&three), Ok(true));
+        Ok(())
+    }
+
+    #[test]
+    fn credits_limit_what_runs() -> Result {
+        let q = queue(4, 8, 10_000)?;
+        assert!(matches!(prepare(&q, 9, 5), Err(e) if e == EINVAL));
+        let one = q.push(prepare(&q, 1, 3)?, false)?;
+        let two = q.push(prepare(&q, 2, 3)?, false)?;
+        assert_eq!(&*started(&q)?, &[1]);
+        end(&q, 1);
+        assert_eq!(finishes(&one), Ok(true));
+        assert_eq!(&*started(&q)?, &[1, 2]);
+        end(&q, 2);
+        assert_eq!(finishes(&two), Ok(true));
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_dependency_fails_the_job_without_running_it() -> Result {
+        let q = queue(64, 8, 10_000)?;
+        let a = external();
+        let fa = a.new_fence(GFP_KERNEL)?;
+        let failed = push(&q, 1, &[fa.fence()])?;
+        let after = push(&q, 2, &[])?;
+        fa.signal_error(EIO);
+        assert_eq!(finishes(&failed), Ok(true));
+        assert_eq!(failed.status(), Err(EIO));
+        assert_eq!(&*started(&q)?, &[2]);
+        end(&q, 2);
+        assert_eq!(finishes(&after), Ok(true));
+        assert_eq!(after.status(), Ok(true));
+        Ok(())
+    }
+
+    #[test]
+    fn the_watchdog_fires_with_no_waiter() -> Result {
+        let q = queue(64, 8, 20)?;
+        let hung = push(&q, 1, &[])?;
+        let next = push(&q, 2, &[])?;
+        // Nobody waits on a fence: look every 10 ms, for at most 5 s.
+        for _ in 0..500 {
+            if hung.is_signaled() {
+                break;
+            }
+            fsleep(Delta::from_millis(10));
+        }
+        assert_eq!(hung.status(), Err(ETIMEDOUT));
+        assert!(q.ops().timeouts.load(Ordering::Relaxed) >= 1);
+        // The watchdog goes on with the next job.
+        for _ in 0..500 {
+            if next.is_signaled() {
+                break;
+            }
+            fsleep(Delta::from_millis(10));
+        }
+        assert_eq!(next.status(), Err(ETIMEDOUT));
+        Ok(())
+    }
+
+    #[test]
+    fn stop_fails_the_queued_jobs() -> Result {
+        let q = queue(64, 8, 10_000)?;
+        let a = external();
+        let fa = a.new_fence(GFP_KERNEL)?;
+        let running = push(&q, 1, &[])?;
+        let queued = push(&q, 2, &[fa.fence()])?;
+        assert_eq!(&*started(&q)?, &[1]);
+        q.stop(ENODEV);
+        assert!(matches!(push(&q, 3, &[]), Err(e) if e == ESHUTDOWN));
+        end(&q, 1);
+        assert_eq!(finishes(&queued), Ok(true));
+        assert_eq!(running.status(), Ok(true));
+        assert_eq!(queued.status(), Err(ENODEV));
+        assert_eq!(&*started(&q)?, &[1]);
+        fa.signal();
+        Ok(())
+    }
+
+    #[test]
+    fn dropping_the_queue_cancels_its_jobs() -> Result {
+        let a = external();
+        let fa = a.new_fence(GFP_KERNEL)?;
+        let q = queue(64, 8, 10_000)?;
+        let waiting = push(&q, 1, &[fa.fence()])?;
+        drop(q);
+        assert_eq!(waiting.status(), Err(ECANCELED));
+        // The job's callback went with it.
+        fa.signal();
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_queue_waits_for_its_oldest_job() -> Result {
+        let q = queue(64, 2, 10_000)?;
+        let one = push(&q, 1, &[])?;
+        push(&q, 2, &[])?;
+        let ender = core::ptr::from_ref(q.ops()) as usize;
+        // Ends job 1 from a worker while this task waits in `push()`.
+        crate::workqueue::system().try_spawn(GFP_KERNEL, move || {
+            fsleep(Delta::from_millis(20));
+            // SAFETY: The queue outlives the wait below, which ends only when this signals.
+            let fake = unsafe { &*(ender as *const Fake) };
+            let fence = fake.started.lock().remove(0).ok();
+            if let Some((_, fence)) = fence {
+                fence.signal();
+            }
+        })?;
+        let three = push(&q, 3, &[])?;
+        assert!(one.is_signaled());
+        assert_eq!(&*started(&q)?, &[1, 2, 3]);
+        end(&q, 2);
+        end(&q, 3);
+        assert_eq!(finishes(&three), Ok(true));
+        Ok(())
+    }
+
+    #[cfg(all(CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS))]
+    #[test]
+    fn submission_allocation_failures() -> Result {
+        let q = queue(64, 8, 10_000)?;
+        let (a, b) = (external(), external());
+        let (fa, fb) = (a.new_fence(GFP_KERNEL)?, b.new_fence(GFP_KERNEL)?);
+        let mut id = 0;
+        let walk = crate::fault_inject::walk_allocations(
+            20,
+            || {
+                id += 1;
+                push(&q, id, &[fa.fence(), fb.fence()])
+            },
+            |result, failed| {
+                // A failed submission leaves nothing in the queue.
+                match result {
+                    Err(e) => assert!(failed && e == ENOMEM && q.jobs().0 == 0),
+                    Ok(done) => assert!(!done.is_signaled() && q.jobs().0 == 1),
+                }
+                Ok(())
+            },
+        )?;
+        assert!(walk.failed >= 4 && walk.recovered == 0);
+        let done = q.push(prepare(&q, 100, 1)?, false)?;
+        fa.signal();
+        fb.signal();
+        assert_eq!(&*started(&q)?, &[id, 100]);
+        end(&q, id);
+        end(&q, 100);
+        assert_eq!(finishes(&done), Ok(true));
+        Ok(())
+    }
+}
