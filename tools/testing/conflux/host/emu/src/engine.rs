@@ -436,8 +436,11 @@ impl Engine {
                 self.transfer(mem, mmu, Source::Pattern(now), dst, 8)
             }
             Op::Fence => {
+                // Published at once, not with the rest at the end of the batch: the driver
+                // reads it after a reset to learn exactly which jobs completed.
                 self.fence = cmd.seqno;
-                Ok(())
+                mem.write_u64(self.bar(), ctrl::FENCE_SEQNO, cmd.seqno)
+                    .map_err(|e| bus_fault("publishing FENCE_SEQNO", e))
             }
         }
     }
