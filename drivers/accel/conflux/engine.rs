@@ -1,24 +1,37 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The command engine: the ring, job fences, the interrupt handlers and error recovery.
+//! The command engine: a job queue in front of the ring, the hardware fences, the interrupt
+//! handlers and error recovery.
 //!
-//! A job is a list of `COPY` and `FILL` commands followed by a `FENCE` command whose seqno is
-//! the job's fence seqno and which raises the completion vector. Jobs are written to the ring
-//! in fence order under the ring lock, so `FENCE_SEQNO` names the last completed job and every
-//! job up to it is done. The completion handler signals those jobs' fences.
+//! A submission prepares a job (which allocates everything it needs, its hardware fence
+//! included), adds the fences it depends on and pushes it to the engine's [`JobQueue`], which
+//! returns the job's finished fence without waiting. The queue's worker writes the job to the
+//! ring once its dependencies have signalled and the ring has room ([`Hw::run`]): its `COPY`
+//! and `FILL` commands followed by a `FENCE` command whose seqno is the hardware fence's and
+//! which raises the completion vector. Jobs are written in fence order under the ring lock, so
+//! `FENCE_SEQNO` names the last completed job and every job up to it is done. The completion
+//! handler signals those jobs' hardware fences, and the queue their finished fences.
 //!
 //! When the device stops on an error, the error handler (a threaded handler, it sleeps) fails
 //! the job that contains the failing command with [`EIO`], resets the device, which discards
-//! the commands still in the ring, and writes the later jobs to the ring again. A job that has
-//! been the oldest in flight for [`job_timeout_ms()`] is failed with [`ETIMEDOUT`] the same way.
+//! the commands still in the ring, and writes the later jobs to the ring again. The queue's
+//! watchdog fails a job that has been the oldest in flight for [`job_timeout_ms()`] with
+//! [`ETIMEDOUT`] the same way, whether or not anybody waits for it.
 
 mod job;
 
 use kernel::{
     device::Bound,
     dma_fence::{
+        queue::{
+            JobQueue,
+            PreparedJob,
+            QueueOps,
+            Run, //
+        },
         Fence,
         FenceContext,
+        FenceMemory,
         FenceTimeline, //
     },
     io::{
@@ -37,21 +50,20 @@ use kernel::{
         Mutex,
         SpinLockIrq, //
     },
-    time::{
-        msecs_to_jiffies,
-        Delta,
-        Instant,
-        Monotonic, //
-    },
+    time::Delta,
 };
 
-use crate::regs::{
-    self,
-    Bar0,
-    Bar2,
-    State,
-    CTL_BAR,
-    SLOT_SIZE, //
+use crate::{
+    driver::Object,
+    regs::{
+        self,
+        Bar0,
+        Bar2,
+        State,
+        CTL_BAR,
+        CTL_SIZE,
+        SLOT_SIZE, //
+    },
 };
 
 pub(crate) use job::Command;
@@ -75,7 +87,10 @@ pub(crate) fn job_timeout_ms() -> u32 {
 /// The most commands in one job.
 pub(crate) const MAX_JOB_COMMANDS: usize = 64;
 
-/// The fence timeline of an engine.
+/// The most jobs an engine's queue holds, waiting or in flight.
+const MAX_QUEUED: usize = 1024;
+
+/// The hardware fence timeline of an engine.
 pub(crate) struct Timeline;
 
 impl FenceTimeline for Timeline {
@@ -83,10 +98,30 @@ impl FenceTimeline for Timeline {
     const TIMELINE_NAME: &'static CStr = c"engine";
 }
 
-/// What the submitters share: the ring head and the MMU root the driver last wrote.
+/// The timeline of the finished fences, the ones userspace and other drivers see.
+pub(crate) struct Jobs;
+
+impl FenceTimeline for Jobs {
+    const DRIVER_NAME: &'static CStr = c"conflux";
+    const TIMELINE_NAME: &'static CStr = c"jobs";
+}
+
+/// A job of the engine's queue: what it runs, and what it keeps alive until it has finished.
+pub(crate) struct EngineJob {
+    root: u64,
+    commands: KVec<Command>,
+    /// The memory of the hardware fence, taken when the job is written to the ring.
+    hw: Option<FenceMemory>,
+    /// The buffers the job uses.
+    _buffers: KVec<ARef<Object>>,
+}
+
+/// What the worker and recovery share: the ring head, the MMU root the driver last wrote,
+/// and whether the device failed to confirm a reset.
 struct Ring {
     head: u32,
     root: u64,
+    wedged: bool,
 }
 
 /// Counters of the device, in bytes and commands.
@@ -99,14 +134,14 @@ pub(crate) struct Counters {
     pub(crate) errors: u64,
 }
 
-/// The command engine of a bound device.
+/// The ring of a bound device: what the engine's queue runs jobs on.
 ///
 /// # Invariants
 ///
 /// `ring_offset..ring_offset + ring_slots * SLOT_SIZE` lies inside `bar2`, `ring_slots` is a
-/// power of two of at least 2 and `ring_mask` is `ring_slots - 1`.
-#[pin_data(PinnedDrop)]
-pub(crate) struct Engine<'bound> {
+/// power of two of at least [`MAX_JOB_COMMANDS`] + 1 and `ring_mask` is `ring_slots - 1`.
+#[pin_data]
+pub(crate) struct Hw<'bound> {
     pdev: &'bound pci::Device<Bound>,
     doorbell: Bar0<'bound>,
     bar2: Arc<Bar2<'bound>>,
@@ -115,7 +150,7 @@ pub(crate) struct Engine<'bound> {
     /// `ring_slots - 1`: a ring counter masked with it is a slot index.
     ring_mask: u32,
     fences: FenceContext<Timeline>,
-    /// Serialises submission and recovery.
+    /// Serialises writing jobs to the ring and recovery.
     #[pin]
     ring: Mutex<Ring>,
     /// Taken by the completion handler.
@@ -123,51 +158,79 @@ pub(crate) struct Engine<'bound> {
     pending: SpinLockIrq<Pending>,
 }
 
+/// The command engine of a bound device: its queue, and the ring behind it.
+#[pin_data(PinnedDrop)]
+pub(crate) struct Engine<'bound> {
+    #[pin]
+    queue: JobQueue<Hw<'bound>, EngineJob, Jobs>,
+}
+
 impl<'bound> Engine<'bound> {
     /// Takes over the device's doorbell and control block, resets it and checks its ring
-    /// registers.
+    /// registers: the ring lies between the control block and VRAM, which starts at BAR2
+    /// offset `vram_offset`, and holds the largest job.
     pub(crate) fn new(
         pdev: &'bound pci::Device<Bound>,
         doorbell: Bar0<'bound>,
         bar2: Arc<Bar2<'bound>>,
+        vram_offset: u64,
     ) -> Result<Arc<Self>> {
         reset(pdev, &doorbell, &bar2)?;
         let ring_offset = regs::read64::<regs::RING_OFFSET>(&bar2)?.offset().get();
         let ring_size = regs::read64::<regs::RING_SIZE>(&bar2)?.bytes().get();
-        let bar_len = pdev.resource_len(CTL_BAR)?;
+        let bar_len = pdev.resource_len(CTL_BAR)?.min(vram_offset);
         let slots = ring_size / SLOT_SIZE as u64;
-        let fits = matches!(ring_offset.checked_add(ring_size), Some(end) if end <= bar_len);
-        if !fits || !slots.is_power_of_two() || slots < 2 || slots > u64::from(u32::MAX) {
+        let fits = ring_offset >= CTL_SIZE as u64
+            && matches!(ring_offset.checked_add(ring_size), Some(end) if end <= bar_len);
+        let min_slots = MAX_JOB_COMMANDS as u64 + 1;
+        if !fits || !slots.is_power_of_two() || slots < min_slots || slots > u64::from(u32::MAX) {
             dev_err!(
                 pdev,
-                "probe: ring at BAR2 + {:#x}, {:#x} bytes, does not fit BAR2 ({:#x} bytes)\n",
+                "probe: ring at {:#x}, {:#x} bytes: not {}..{} slots of {} bytes in {:#x}..{:#x}\n",
                 ring_offset,
                 ring_size,
+                min_slots,
+                u32::MAX,
+                SLOT_SIZE,
+                CTL_SIZE,
                 bar_len
             );
             return Err(EIO);
         }
         let head = bar2.read(regs::RING_HEAD).count().get();
         let root = regs::read64::<regs::MMU_ROOT>(&bar2)?.offset().get();
+        let ring_slots = u32::try_from(slots)?;
+        let ring_mask = ring_slots - 1;
+        let hw = try_pin_init!(Hw {
+            pdev,
+            doorbell,
+            bar2,
+            ring_offset: usize::try_from(ring_offset)?,
+            ring_slots,
+            ring_mask,
+            fences: FenceContext::new(),
+            ring <- new_mutex!(Ring {
+                head,
+                root,
+                wedged: false,
+            }),
+            pending <- new_spinlock_irq!(Pending::new()?),
+        }? Error);
         Arc::pin_init(
             try_pin_init!(Self {
-                pdev,
-                doorbell,
-                bar2,
-                ring_offset: usize::try_from(ring_offset)?,
-                ring_slots: u32::try_from(slots)?,
-                ring_mask: u32::try_from(slots - 1)?,
-                fences: FenceContext::new(),
-                ring <- new_mutex!(Ring { head, root }),
-                pending <- new_spinlock_irq!(Pending::new()?),
+                queue <- JobQueue::new(hw, ring_slots, MAX_QUEUED),
             }),
             GFP_KERNEL,
         )
     }
 
+    fn hw(&self) -> &Hw<'bound> {
+        self.queue.ops()
+    }
+
     /// The device's counters.
     pub(crate) fn counters(&self) -> Result<Counters> {
-        let bar2 = &self.bar2;
+        let bar2 = &self.hw().bar2;
         Ok(Counters {
             local_bytes: regs::read64::<regs::CNT_LOCAL_BYTES>(bar2)?.count().get(),
             p2p_bytes: regs::read64::<regs::CNT_P2P_BYTES>(bar2)?.count().get(),
@@ -177,114 +240,142 @@ impl<'bound> Engine<'bound> {
         })
     }
 
-    /// Submits a job of `commands` on the address space whose level-3 table is at VRAM offset
-    /// `root`, and returns its fence.
-    ///
-    /// Waits, interruptibly, while the ring or the table of jobs in flight is full, and for the
-    /// engine to go idle before it switches to another address space. Nothing is submitted when
-    /// it fails.
-    pub(crate) fn submit(&self, root: u64, commands: KVec<Command>) -> Result<ARef<Fence>> {
+    /// Prepares a job of `commands` on the address space whose level-3 table is at VRAM offset
+    /// `root`, which keeps `buffers` alive until it has finished. Allocates all the job needs.
+    pub(crate) fn prepare(
+        &self,
+        root: u64,
+        commands: KVec<Command>,
+        buffers: KVec<ARef<Object>>,
+    ) -> Result<PreparedJob<'_, Hw<'bound>, EngineJob, Jobs>> {
         if commands.is_empty() || commands.len() > MAX_JOB_COMMANDS {
             return Err(EINVAL);
         }
         // The commands and the fence.
-        let need = commands.len() as u32 + 1;
-        loop {
-            let mut ring = self.ring.lock();
-            let busy = {
-                let tail = self.bar2.read(regs::RING_TAIL).count().get();
-                let used = ring.head.wrapping_sub(tail);
-                let pending = self.pending.lock();
-                if pending.is_full() || used.saturating_add(need) > self.ring_slots {
-                    pending.front().map(|job| job.fence.shared())
-                } else if root != ring.root {
-                    pending.back().map(|job| job.fence.shared())
-                } else {
-                    None
-                }
-            };
-            if let Some(fence) = busy {
-                drop(ring);
-                self.wait(&fence, true)?;
-                continue;
-            }
-            if root != ring.root {
-                regs::write64(&self.bar2, regs::MMU_ROOT::zeroed().with_offset(root))?;
-                ring.root = root;
-            }
-            let fence = self.fences.new_fence(GFP_KERNEL)?;
-            let shared = fence.shared();
-            let job = Job {
-                seqno: shared.seqno(),
-                fence,
-                commands,
-            };
-            let head = self.write_job(ring.head, &job)?;
-            if self.pending.lock().push(job).is_err() {
-                // Not reached: the table was not full and only submitters, which hold the ring
-                // lock, add jobs. The dropped job's fence signals `ECANCELED`.
-                return Err(EBUSY);
-            }
-            ring.head = head;
-            self.publish(head)?;
-            return Ok(shared);
-        }
-    }
-
-    /// Waits for `fence` of this engine, failing the job and resetting the engine when the job
-    /// has not completed within [`job_timeout_ms()`].
-    ///
-    /// Returns [`ERESTARTSYS`] when an interruptible wait is interrupted by a signal.
-    pub(crate) fn wait(&self, fence: &Fence, interruptible: bool) -> Result {
-        self.wait_for(fence, interruptible, None).map(|_| ())
-    }
-
-    /// Waits at most `timeout_ms` milliseconds (without limit for `None`) for `fence` of this
-    /// engine and returns whether it signalled. While it waits, a job that has been the oldest
-    /// in flight for [`job_timeout_ms()`] is failed and the engine recovered.
-    pub(crate) fn wait_for(
-        &self,
-        fence: &Fence,
-        interruptible: bool,
-        timeout_ms: Option<u64>,
-    ) -> Result<bool> {
-        let start = Instant::<Monotonic>::now();
-        loop {
-            let step = match timeout_ms {
-                None => job_timeout_ms(),
-                Some(limit) => {
-                    let waited = u64::try_from(start.elapsed().as_millis()).unwrap_or(0);
-                    let left = limit.saturating_sub(waited);
-                    if left == 0 {
-                        return Ok(fence.is_signaled());
-                    }
-                    u32::try_from(left)
-                        .unwrap_or(u32::MAX)
-                        .min(job_timeout_ms())
-                }
-            };
-            if fence.wait_timeout(interruptible, msecs_to_jiffies(step))? {
-                return Ok(true);
-            }
-            self.check_timeout();
-        }
-    }
-
-    /// Fails the oldest job when it has been the oldest for [`job_timeout_ms()`].
-    pub(crate) fn check_timeout(&self) {
-        let expired = {
-            let pending = self.pending.lock();
-            let age = pending.front_age_ms();
-            pending
-                .front()
-                .filter(|_| age >= i64::from(job_timeout_ms()))
-                .map(|job| job.seqno)
+        let credits = commands.len() as u32 + 1;
+        let job = EngineJob {
+            root,
+            commands,
+            hw: Some(FenceMemory::new(GFP_KERNEL)?),
+            _buffers: buffers,
         };
-        if let Some(seqno) = expired {
-            self.timed_out(seqno);
-        }
+        self.queue.prepare(job, credits, GFP_KERNEL)
     }
 
+    /// Queues `job` and returns its finished fence. Waits while the queue is full:
+    /// [`ERESTARTSYS`] when `interruptible` and a signal comes first.
+    pub(crate) fn push(
+        &self,
+        job: PreparedJob<'_, Hw<'bound>, EngineJob, Jobs>,
+        interruptible: bool,
+    ) -> Result<ARef<Fence>> {
+        self.queue.push(job, interruptible)
+    }
+
+    /// Submits a job of `commands` on the address space at `root`, without dependencies, and
+    /// returns its finished fence. Waits, not interruptibly, while the queue is full.
+    pub(crate) fn submit(&self, root: u64, commands: KVec<Command>) -> Result<ARef<Fence>> {
+        let job = self.prepare(root, commands, KVec::new())?;
+        self.push(job, false)
+    }
+
+    /// Whether the device failed to confirm a reset: it runs no more jobs.
+    pub(crate) fn is_wedged(&self) -> bool {
+        self.hw().ring.lock().wedged
+    }
+
+    /// Handles the error vector: the device recorded an error and stopped.
+    fn error(&self) {
+        self.hw().error();
+    }
+
+    /// Signals the hardware fences of the jobs that completed.
+    fn complete(&self) {
+        self.hw().complete();
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Engine<'_> {
+    fn drop(self: Pin<&mut Self>) {
+        // Stop the device first: the commands still in the ring are discarded. The queue then
+        // cancels its jobs: their fences signal `ECANCELED`.
+        let hw = self.hw();
+        let mut ring = hw.ring.lock();
+        if !ring.wedged && reset(hw.pdev, &hw.doorbell, &hw.bar2).is_err() {
+            hw.wedge(&mut ring);
+        }
+    }
+}
+
+impl QueueOps for Hw<'_> {
+    type Job = EngineJob;
+    type Timeline = Jobs;
+    const IN_ORDER: bool = true;
+
+    /// Writes `job` to the ring. Waits for the engine to go idle before it switches to another
+    /// address space, and for room in the ring and in the table of jobs in flight.
+    fn run(&self, job: &mut EngineJob, idle: bool) -> Run {
+        let mut ring = self.ring.lock();
+        if ring.wedged {
+            return Run::Failed(ENODEV);
+        }
+        let need = job.commands.len() as u32 + 1;
+        let tail = self.bar2.read(regs::RING_TAIL).count().get();
+        let used = ring.head.wrapping_sub(tail);
+        let full = self.pending.lock().is_full() || used.saturating_add(need) > self.ring_slots;
+        if (job.root != ring.root || full) && !idle {
+            return Run::Later;
+        }
+        if job.root != ring.root {
+            let root = regs::MMU_ROOT::zeroed().with_offset(job.root);
+            if let Err(e) = regs::write64(&self.bar2, root) {
+                return Run::Failed(e);
+            }
+            ring.root = job.root;
+        }
+        let Some(memory) = job.hw.take() else {
+            return Run::Failed(EINVAL);
+        };
+        let fence = self.fences.init_fence(memory);
+        let shared = fence.shared();
+        let job = Job {
+            seqno: shared.seqno(),
+            fence,
+            commands: core::mem::take(&mut job.commands),
+        };
+        let head = match self.write_job(ring.head, &job) {
+            Ok(head) => head,
+            Err(e) => return Run::Failed(e),
+        };
+        if self.pending.lock().push(job).is_err() {
+            // Not reached: the table was not full and only this worker adds jobs. The dropped
+            // job's fence signals `ECANCELED`.
+            return Run::Failed(EBUSY);
+        }
+        ring.head = head;
+        self.publish(head);
+        Run::Started(shared)
+    }
+
+    fn timed_out(&self, hw: &Fence) {
+        self.timed_out(hw.seqno());
+    }
+
+    fn timeout(&self) -> Delta {
+        Delta::from_millis(i64::from(job_timeout_ms()))
+    }
+
+    /// A job that ran on a device that then failed to confirm its reset may still be using its
+    /// memory: it is never given back.
+    fn finished(&self, job: EngineJob, _result: Result) {
+        if job.hw.is_none() && self.ring.lock().wedged {
+            core::mem::forget(job);
+        }
+    }
+}
+
+impl Hw<'_> {
     /// Writes the slots of `job` from ring counter `head` on and returns the new head.
     fn write_job(&self, mut head: u32, job: &Job) -> Result<u32> {
         for slot in job.slots() {
@@ -297,20 +388,40 @@ impl<'bound> Engine<'bound> {
 
     /// Publishes the ring head and rings the doorbell. MMIO writes are ordered, so the device
     /// sees the slots before the head and the head before the doorbell.
-    fn publish(&self, head: u32) -> Result {
+    fn publish(&self, head: u32) {
         self.bar2
             .write_reg(regs::RING_HEAD::zeroed().with_count(head));
         ring_doorbell(&self.doorbell);
-        Ok(())
     }
 
     /// Signals the fences of the jobs that completed. Runs in the completion handler.
+    ///
+    /// `FENCE_SEQNO` must name a job between the one before the oldest in flight and the newest
+    /// written: any other value is not one the device could have reached, and is ignored (the
+    /// watchdog then recovers the device).
     fn complete(&self) {
         let Ok(done) = regs::read64::<regs::FENCE_SEQNO>(&self.bar2) else {
             return;
         };
         let done = done.seqno().get();
         let mut pending = self.pending.lock();
+        let (Some(oldest), Some(newest)) = (
+            pending.front().map(|job| job.seqno),
+            pending.back().map(|job| job.seqno),
+        ) else {
+            return;
+        };
+        if done > newest || done.saturating_add(1) < oldest {
+            drop(pending);
+            dev_err!(
+                self.pdev,
+                "engine: FENCE_SEQNO {} is not a job in flight ({} to {}); ignored\n",
+                done,
+                oldest,
+                newest
+            );
+            return;
+        }
         while pending.front().is_some_and(|job| job.seqno <= done) {
             if let Some(job) = pending.pop() {
                 job.fence.signal();
@@ -318,15 +429,25 @@ impl<'bound> Engine<'bound> {
         }
     }
 
-    /// Fails the oldest job with `error`, resets the device and writes the later jobs to the
-    /// ring again. The caller holds the ring lock.
-    fn recover(&self, ring: &mut Ring, error: Error) -> Result {
+    /// Resets the device, then signals the jobs it completed, fails the oldest job left with
+    /// `error` if it is job `culprit`, or with [`ECANCELED`] (the reset interrupted it) if it is
+    /// not, and writes the later jobs to the ring again. No job runs twice, and no fence
+    /// signals before the device has confirmed that it stopped: if it does not, the device is
+    /// wedged. The caller holds the ring lock.
+    fn recover(&self, ring: &mut Ring, error: Error, culprit: u64) -> Result {
+        if let Err(e) = reset(self.pdev, &self.doorbell, &self.bar2) {
+            self.wedge(ring);
+            return Err(e);
+        }
         self.complete();
         let failed = self.pending.lock().pop();
         if let Some(job) = failed {
-            job.fence.signal_error(error);
+            job.fence.signal_error(if job.seqno == culprit {
+                error
+            } else {
+                ECANCELED
+            });
         }
-        reset(self.pdev, &self.doorbell, &self.bar2)?;
         let mut head = self.bar2.read(regs::RING_TAIL).count().get();
         let pending = self.pending.lock();
         for job in pending.iter() {
@@ -334,13 +455,14 @@ impl<'bound> Engine<'bound> {
         }
         drop(pending);
         ring.head = head;
-        self.publish(head)
+        self.publish(head);
+        Ok(())
     }
 
     /// Handles the error vector: the device recorded an error and stopped.
     fn error(&self) {
         let mut ring = self.ring.lock();
-        if self.bar2.read(regs::STATUS).state() != State::Error {
+        if ring.wedged || self.bar2.read(regs::STATUS).state() != State::Error {
             return;
         }
         let cause = self.bar2.read(regs::ERR_CAUSE);
@@ -356,7 +478,7 @@ impl<'bound> Engine<'bound> {
             opcode,
             va
         );
-        if let Err(e) = self.recover(&mut ring, EIO) {
+        if let Err(e) = self.recover(&mut ring, EIO, seqno) {
             dev_err!(self.pdev, "engine: recovery failed: {:?}\n", e);
         }
     }
@@ -366,6 +488,9 @@ impl<'bound> Engine<'bound> {
     /// at least as long, and recovers the engine.
     fn timed_out(&self, seqno: u64) {
         let mut ring = self.ring.lock();
+        if ring.wedged {
+            return;
+        }
         self.complete();
         let Some(oldest) = self.pending.lock().front().map(|job| job.seqno) else {
             return;
@@ -380,19 +505,26 @@ impl<'bound> Engine<'bound> {
             oldest,
             job_timeout_ms()
         );
-        if let Err(e) = self.recover(&mut ring, ETIMEDOUT) {
+        if let Err(e) = self.recover(&mut ring, ETIMEDOUT, oldest) {
             dev_err!(self.pdev, "engine: recovery failed: {:?}\n", e);
         }
     }
-}
 
-#[pinned_drop]
-impl PinnedDrop for Engine<'_> {
-    fn drop(self: Pin<&mut Self>) {
-        // Stop the device: the commands still in the ring are discarded, and the fences of the
-        // jobs in flight signal `ECANCELED` when `pending` is dropped.
-        if reset(self.pdev, &self.doorbell, &self.bar2).is_err() {
-            dev_err!(self.pdev, "unbind: the engine did not reset\n");
+    /// The device did not confirm a reset: it may still be running, so the memory of its jobs
+    /// in flight is never given back ([`QueueOps::finished`]). Their fences, and the ones of
+    /// every later job, fail with [`ENODEV`].
+    fn wedge(&self, ring: &mut Ring) {
+        ring.wedged = true;
+        dev_err!(
+            self.pdev,
+            "engine: reset not confirmed: the device is wedged, its jobs fail with -ENODEV\n"
+        );
+        loop {
+            let job = self.pending.lock().pop();
+            match job {
+                Some(job) => job.fence.signal_error(ENODEV),
+                None => break,
+            }
         }
     }
 }

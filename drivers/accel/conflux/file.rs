@@ -38,9 +38,12 @@ const KEPT_FAILURES: usize = 256;
 /// # Invariants
 ///
 /// `jobs` holds, in job order, every job up to `last` that has not completed successfully, but
-/// for failed jobs beyond the [`KEPT_FAILURES`] most recent.
+/// failed jobs up to `forgotten`, beyond the [`KEPT_FAILURES`] most recent. Its capacity leaves
+/// room for `reserved` more.
 struct Jobs {
     last: u64,
+    forgotten: u64,
+    reserved: usize,
     jobs: KVec<(u64, ARef<Fence>)>,
 }
 
@@ -50,6 +53,20 @@ pub(crate) enum JobState {
     Done,
     /// The job runs, or failed: its fence tells.
     Fence(ARef<Fence>),
+    /// The job ended before the [`KEPT_FAILURES`] most recent failures: whether it failed is
+    /// no longer known.
+    Forgotten,
+}
+
+/// Room for one job in a file's records, taken before the job is submitted, so that
+/// recording it cannot fail. Given back when dropped unused.
+pub(crate) struct JobSlot<'a>(&'a File);
+
+impl Drop for JobSlot<'_> {
+    fn drop(&mut self) {
+        let mut jobs = self.0.jobs.lock();
+        jobs.reserved = jobs.reserved.saturating_sub(1);
+    }
 }
 
 /// A client of the accel device.
@@ -71,6 +88,8 @@ impl drm::file::DriverFile for File {
                 vm <- new_mutex!(None),
                 jobs <- new_mutex!(Jobs {
                     last: 0,
+                    forgotten: 0,
+                    reserved: 0,
                     jobs: KVec::new(),
                 }),
             }),
@@ -124,21 +143,35 @@ impl File {
         self.vm.lock()
     }
 
-    /// Records `fence` as the file's next job and returns the job's number, for WAIT.
-    pub(crate) fn add_job(&self, fence: ARef<Fence>) -> u64 {
+    /// Makes room to record one more job, before it is submitted.
+    pub(crate) fn reserve_job(&self) -> Result<JobSlot<'_>> {
         let mut jobs = self.jobs.lock();
-        jobs.last += 1;
-        let job = jobs.last;
         // Forget the jobs that completed successfully, and the oldest failures.
         jobs.jobs.retain(|(_, f)| !matches!(f.status(), Ok(true)));
         let failed = jobs.jobs.iter().filter(|(_, f)| f.is_signaled()).count();
-        if failed >= KEPT_FAILURES {
+        if failed > KEPT_FAILURES {
             if let Some(i) = jobs.jobs.iter().position(|(_, f)| f.is_signaled()) {
-                let _ = jobs.jobs.remove(i);
+                if let Ok((job, _)) = jobs.jobs.remove(i) {
+                    jobs.forgotten = jobs.forgotten.max(job);
+                }
             }
         }
-        // Without memory for the entry, WAIT reports the job as complete when it is.
-        let _ = jobs.jobs.push((job, fence), GFP_KERNEL);
+        let more = jobs.reserved + 1;
+        jobs.jobs.reserve(more, GFP_KERNEL)?;
+        jobs.reserved = more;
+        Ok(JobSlot(self))
+    }
+
+    /// Records `fence` as the file's next job, in the room `slot` holds, and returns the
+    /// job's number, for WAIT.
+    pub(crate) fn add_job(&self, slot: JobSlot<'_>, fence: ARef<Fence>) -> u64 {
+        let mut jobs = self.jobs.lock();
+        jobs.last += 1;
+        let job = jobs.last;
+        // Cannot fail: `slot` holds room for the entry, which it gives up below.
+        let _ = jobs.jobs.push_within_capacity((job, fence));
+        drop(jobs);
+        drop(slot);
         job
     }
 
@@ -150,6 +183,7 @@ impl File {
         }
         Some(match jobs.jobs.iter().find(|(j, _)| *j == job) {
             Some((_, fence)) => JobState::Fence(fence.clone()),
+            None if job <= jobs.forgotten => JobState::Forgotten,
             None => JobState::Done,
         })
     }

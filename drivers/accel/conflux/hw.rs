@@ -155,7 +155,7 @@ pub(crate) fn identify<'bound>(pdev: &'bound pci::Device<Bound>) -> Result<Ident
     let doorbell =
         pdev.iomap_region_sized::<DOORBELL_BAR_SIZE>(DOORBELL_BAR, c"conflux/doorbell")?;
     let bar2 = Arc::new(bar2, GFP_KERNEL)?;
-    let engine = Engine::new(pdev, doorbell, bar2.clone())?;
+    let engine = Engine::new(pdev, doorbell, bar2.clone(), info.vram_offset)?;
     Ok(Identified { info, bar2, engine })
 }
 
@@ -257,7 +257,7 @@ impl<'bound> DeviceData<'bound> {
     /// wrote it, so that a late fill never overwrites data of its next user.
     pub(crate) fn scrub(&self, ranges: impl Iterator<Item = (u64, u64)>) -> Result {
         let mut commands = KVec::new();
-        let mut last = None;
+        let mut jobs = KVec::new();
         let submitted = (|| -> Result {
             for (offset, len) in ranges {
                 let mut done = 0;
@@ -274,22 +274,27 @@ impl<'bound> DeviceData<'bound> {
                     done += piece;
                     if commands.len() == MAX_JOB_COMMANDS {
                         let job = core::mem::take(&mut commands);
-                        last = Some(self.engine.submit(self.kernel_vm.root(), job)?);
+                        jobs.reserve(1, GFP_KERNEL)?;
+                        jobs.push(self.engine.submit(self.kernel_vm.root(), job)?, GFP_KERNEL)?;
                     }
                 }
             }
             if !commands.is_empty() {
                 let job = core::mem::take(&mut commands);
-                last = Some(self.engine.submit(self.kernel_vm.root(), job)?);
+                jobs.reserve(1, GFP_KERNEL)?;
+                jobs.push(self.engine.submit(self.kernel_vm.root(), job)?, GFP_KERNEL)?;
             }
             Ok(())
         })();
-        // Jobs complete in order: the last one's fence covers the others. It is waited for even
-        // when a later submission failed, so that no fill outlives this call.
-        if let Some(fence) = last {
-            self.engine.wait(&fence, false)?;
-            fence.status()?;
+        // Every job is waited for, even when a later submission failed, so that no fill
+        // outlives this call; each must have succeeded.
+        let mut failed = Ok(());
+        for fence in jobs.iter() {
+            fence.wait(false)?;
+            if let Err(e) = fence.status() {
+                failed = Err(e);
+            }
         }
-        submitted
+        submitted.and(failed)
     }
 }

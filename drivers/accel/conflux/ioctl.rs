@@ -48,7 +48,7 @@ const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_create>() == 16)
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind_op>() == 40);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind>() == 24);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_cmd>() == 32);
-const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_submit>() == 40);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_submit>() == 72);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_wait>() == 24);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_info>() == 32);
@@ -72,14 +72,14 @@ impl fmt::Display for Fields<'_> {
 }
 
 /// One ioctl call on a bound device: the checks of its arguments.
-pub(crate) struct Call<'a> {
-    data: &'a DeviceData<'a>,
+pub(crate) struct Call<'a, 'bound> {
+    data: &'a DeviceData<'bound>,
     name: &'static str,
 }
 
-impl<'a> Call<'a> {
+impl<'a, 'bound> Call<'a, 'bound> {
     /// The call `name` (as the uAPI names it, `VM_BIND` say) on `data`'s device.
-    pub(crate) fn new(data: &'a DeviceData<'a>, name: &'static str) -> Self {
+    pub(crate) fn new(data: &'a DeviceData<'bound>, name: &'static str) -> Self {
         Self { data, name }
     }
 
@@ -138,7 +138,7 @@ impl<'a> Call<'a> {
     }
 
     /// The device's data.
-    pub(crate) fn data(&self) -> &'a DeviceData<'a> {
+    pub(crate) fn data(&self) -> &'a DeviceData<'bound> {
         self.data
     }
 }

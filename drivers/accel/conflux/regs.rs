@@ -275,21 +275,27 @@ impl From<FaultCause> for Bounded<u32, 32> {
     }
 }
 
+/// How often [`read64_at`] reads a 64-bit field whose high half keeps changing before it gives
+/// up: a device that changes it that fast is broken.
+const READ64_TRIES: usize = 4;
+
 /// Reads the 64-bit register `R` of `bar2` as two 32-bit halves. The high half is read again
-/// until it did not change, so that the halves of a value the device updates belong together.
+/// until it did not change, so that the halves of a value the device updates belong together;
+/// [`EIO`] after [`READ64_TRIES`] tries.
 pub(crate) fn read64<R: Register + From<u64>>(bar2: &Bar2<'_>) -> Result<R> {
     read64_at(bar2, R::OFFSET).map(R::from)
 }
 
 /// Reads the 64-bit field at byte `offset` of `bar2`, as [`read64`] does.
 pub(crate) fn read64_at(bar2: &Bar2<'_>, offset: usize) -> Result<u64> {
-    loop {
+    for _ in 0..READ64_TRIES {
         let hi = bar2.try_read32(offset + 4)?;
         let lo = bar2.try_read32(offset)?;
         if bar2.try_read32(offset + 4)? == hi {
             return Ok(u64::from(hi) << 32 | u64::from(lo));
         }
     }
+    Err(EIO)
 }
 
 /// Writes `value` to the 64-bit field at byte `offset` of `bar2`, which the device does not

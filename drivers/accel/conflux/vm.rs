@@ -32,7 +32,6 @@ use kernel::{
         aref::ARef,
         Arc, //
     },
-    time::msecs_to_jiffies,
 };
 
 use crate::{
@@ -40,7 +39,6 @@ use crate::{
         ConfluxDevice,
         Object, //
     },
-    engine::job_timeout_ms,
     gem::{
         memory::Memory,
         Contents, //
@@ -219,14 +217,16 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        // The VM's memory is freed below; no job may still use it. The file is closed, so
-        // nobody waits on its jobs: give the engine twice its job timeout.
+        // The VM's memory is freed below; no job may still use it. The engine's watchdog ends
+        // every job in finite time, and its fence signals only once the device has stopped it.
         if let Some(last) = self.last.take() {
-            let timeout = msecs_to_jiffies(2 * job_timeout_ms());
-            if !matches!(last.wait_timeout(false, timeout), Ok(true)) {
-                // Keep the tables, and the buffers through their mappings, which the job may
-                // still use: the mappings keep the `drm_gpuvm` alive too.
-                pr_err!("conflux: a closed file's job did not complete; leaking its VM\n");
+            let _ = last.wait(false);
+            if last.status() == Err(ENODEV) {
+                // The device did not confirm a reset and may still walk the tables and use the
+                // buffers through their mappings: keep them all, the `drm_gpuvm` included.
+                pr_err!("conflux: a closed file's jobs ran on a wedged device; keeping its VM\n");
+                core::mem::forget(ARef::<GpuVm<VmData>>::from(&*self.gpuvm));
+                core::mem::forget(self.space.clone());
                 return;
             }
         }

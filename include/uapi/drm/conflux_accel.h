@@ -259,32 +259,79 @@ struct drm_conflux_cmd {
 	__u64 len;
 };
 
+/* &struct drm_conflux_submit.flags */
+/* No implicit dependencies: the job waits only for the fences it is given. */
+#define DRM_CONFLUX_SUBMIT_EXPLICIT_SYNC	(1 << 0)
+/* @in_fence_fd is a sync_file whose fence the job waits for. */
+#define DRM_CONFLUX_SUBMIT_IN_FENCE_FD		(1 << 1)
+/* Out: @out_fence_fd receives a new sync_file of the job's fence. */
+#define DRM_CONFLUX_SUBMIT_OUT_FENCE_FD		(1 << 2)
+
+/* Most entries in each of &struct drm_conflux_submit's in_syncs and out_syncs. */
+#define DRM_CONFLUX_MAX_SYNCS		64
+
+/**
+ * struct drm_conflux_sync - a syncobj and a point on its timeline
+ * @handle: the syncobj
+ * @flags: must be 0
+ * @point: the timeline point; 0 for a binary syncobj (its current fence as
+ *	an in-fence; as an out-fence, the job's fence replaces it)
+ */
+struct drm_conflux_sync {
+	__u32 handle;
+	__u32 flags;
+	__u64 point;
+};
+
 /**
  * struct drm_conflux_submit - run a job on the device's engine
  * @vm_id: the VM whose addresses the commands use; 0 is the file's own VM
  * @num_cmds: number of commands, 1 to DRM_CONFLUX_MAX_CMDS
  * @cmds: user pointer to @num_cmds &struct drm_conflux_cmd
- * @flags: must be 0
- * @in_syncobj: 0, or a syncobj whose fence the job waits for
- * @out_syncobj: 0, or a syncobj that receives the job's fence
+ * @flags: DRM_CONFLUX_SUBMIT_* flags
+ * @in_syncobj: 0, or a binary syncobj whose fence the job waits for
+ * @out_syncobj: 0, or a binary syncobj that receives the job's fence
  * @pad: must be 0
  * @job: out: the job's number in this file, for DRM_IOCTL_CONFLUX_WAIT
+ * @in_syncs: user pointer to @num_in_syncs &struct drm_conflux_sync the
+ *	job waits for
+ * @out_syncs: user pointer to @num_out_syncs &struct drm_conflux_sync that
+ *	receive the job's fence
+ * @num_in_syncs: 0 to DRM_CONFLUX_MAX_SYNCS
+ * @num_out_syncs: 0 to DRM_CONFLUX_MAX_SYNCS
+ * @in_fence_fd: with DRM_CONFLUX_SUBMIT_IN_FENCE_FD, a sync_file the job
+ *	waits for
+ * @out_fence_fd: out, with DRM_CONFLUX_SUBMIT_OUT_FENCE_FD: a sync_file of
+ *	the job's fence (close-on-exec)
  *
- * The commands run in order. The call waits for the in-fence before it
- * queues the job; when that fence signalled an error, the job is not run and
- * the call fails with that error. The job's fence is added to the
- * reservation object of every buffer the commands address (as a write for
- * destinations, a read for sources), and put in @out_syncobj. It signals
- * when the last command completed, or with an error: -EIO when the device
- * reported an error (an address that is not mapped, a write through a
- * read-only mapping), -ETIMEDOUT when the job did not complete in 10
- * seconds, -ECANCELED when the device was unbound first; the engine is reset
- * and runs the jobs after it.
+ * The commands run in order. The call queues the job and returns without
+ * waiting: the job runs once every fence it depends on has signalled. It
+ * depends on the in-fences (@in_syncobj, @in_syncs, @in_fence_fd) and,
+ * unless DRM_CONFLUX_SUBMIT_EXPLICIT_SYNC is set, on the fences of every
+ * buffer the commands address: a job that writes a buffer waits for all
+ * its fences, one that reads it for the fences of writes and kernel work
+ * (moves, clears), other drivers' fences included. When a fence it
+ * depends on failed, the job does not run and its fence signals that error.
  *
- * Errors: -EINVAL for a malformed call or command, or an in-syncobj without
- * fence; -EFAULT when @cmds cannot be read; -ENOENT for an unknown @vm_id or
- * syncobj; -ENOMEM; -EINTR while waiting for the in-fence or for room in
- * the engine's ring (nothing was queued); the in-fence's error.
+ * The job's fence is added to the reservation object of every buffer the
+ * commands address (as a write for destinations, a read for sources), and
+ * put in @out_syncobj and @out_syncs. It signals when the last command
+ * completed, or with an error: -EIO when the device reported an error (an
+ * address that is not mapped, a write through a read-only mapping),
+ * -ETIMEDOUT when the job did not complete in the job timeout (10 seconds
+ * unless the module parameter job_timeout_ms says otherwise), whether or not
+ * anybody waits for it; -ECANCELED when the device was unbound, or a reset
+ * for another job's timeout interrupted it, or its file was closed before
+ * it started; -ENODEV when the device did not confirm a reset (it is wedged,
+ * see uapi.rst); a failed in-fence's error. The engine is reset after a
+ * failed job and runs the jobs after it; no job runs twice.
+ *
+ * Errors: -EINVAL for a malformed call, command or sync, a syncobj without
+ * fence at the point asked, or an @in_fence_fd that is not a sync_file;
+ * -EFAULT when @cmds, @in_syncs or @out_syncs cannot be read; -ENOENT for an
+ * unknown @vm_id or syncobj; -ENODEV when the device is wedged; -EMFILE when
+ * no descriptor is left for @out_fence_fd; -ENOMEM; -EINTR while waiting for
+ * room in the engine's queue (nothing was queued).
  */
 struct drm_conflux_submit {
 	__u32 vm_id;
@@ -295,6 +342,12 @@ struct drm_conflux_submit {
 	__u32 out_syncobj;
 	__u32 pad;
 	__u64 job;
+	__u64 in_syncs;
+	__u64 out_syncs;
+	__u32 num_in_syncs;
+	__u32 num_out_syncs;
+	__s32 in_fence_fd;
+	__s32 out_fence_fd;
 };
 
 /**
@@ -307,12 +360,14 @@ struct drm_conflux_submit {
  *
  * Returns 0 when the job completed. The file keeps the result of its failed
  * jobs, up to the 256 most recent, so that WAIT reports a failure even after
- * the job completed.
+ * the job completed; for a job that ended before those, whether it failed is
+ * no longer known.
  *
  * Errors: -EINVAL for a malformed call or a job number this file never
  * returned; -ETIME when the job did not complete within @timeout_ns; -EINTR;
- * the job's error (-EIO, -ETIMEDOUT, -ECANCELED, see &struct
- * drm_conflux_submit).
+ * -ESTALE for a job that ended before the file's 256 most recent failed
+ * jobs; the job's error (-EIO, -ETIMEDOUT, -ECANCELED, -ENODEV, see
+ * &struct drm_conflux_submit).
  */
 struct drm_conflux_wait {
 	__u64 job;

@@ -4,11 +4,7 @@
 
 use kernel::{
     dma_fence::SignalFence,
-    prelude::*,
-    time::{
-        Instant,
-        Monotonic, //
-    },
+    prelude::*, //
 };
 
 use crate::regs::{
@@ -78,8 +74,6 @@ pub(super) struct Pending {
     jobs: KVec<Option<Job>>,
     first: usize,
     len: usize,
-    /// When the oldest job became the oldest: the time the engine has had for it.
-    front_since: Instant<Monotonic>,
 }
 
 impl Pending {
@@ -92,7 +86,6 @@ impl Pending {
             jobs,
             first: 0,
             len: 0,
-            front_since: Instant::now(),
         })
     }
 
@@ -118,11 +111,6 @@ impl Pending {
         self.get(0)
     }
 
-    /// How long the oldest job has been the oldest, in milliseconds.
-    pub(super) fn front_age_ms(&self) -> i64 {
-        self.front_since.elapsed().as_millis()
-    }
-
     pub(super) fn back(&self) -> Option<&Job> {
         self.len.checked_sub(1).and_then(|i| self.get(i))
     }
@@ -135,9 +123,6 @@ impl Pending {
         match self.jobs.get_mut((self.first + self.len) % MAX_JOBS) {
             Some(slot) => {
                 *slot = Some(job);
-                if self.len == 0 {
-                    self.front_since = Instant::now();
-                }
                 self.len += 1;
                 Ok(())
             }
@@ -152,7 +137,6 @@ impl Pending {
         let job = self.jobs.get_mut(self.first).and_then(Option::take);
         self.first = (self.first + 1) % MAX_JOBS;
         self.len -= 1;
-        self.front_since = Instant::now();
         job
     }
 }

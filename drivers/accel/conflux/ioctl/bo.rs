@@ -12,7 +12,7 @@ use kernel::{
     },
     prelude::*,
     sizes::SZ_4K,
-    time::msecs_to_jiffies,
+    time::Jiffies,
     uaccess::{
         UserPtr,
         UserSlice, //
@@ -25,7 +25,6 @@ use crate::{
         ConfluxDevice,
         DrmFile, //
     },
-    engine::job_timeout_ms,
     gem::{
         memory::Memory,
         Bo,
@@ -144,7 +143,7 @@ pub(crate) fn write(
 
 /// Copies between a buffer and user memory, for BO_READ and BO_WRITE.
 fn copy(
-    call: &Call<'_>,
+    call: &Call<'_, '_>,
     args: &uapi::drm_conflux_bo_rw,
     file: &DrmFile,
     write: bool,
@@ -171,12 +170,8 @@ fn copy(
     }
     // A write waits for readers and writers, a read for writers.
     let usage = vm::usage(!write);
-    while !bo
-        .dma_resv()
-        .wait_timeout(usage, true, msecs_to_jiffies(job_timeout_ms()))?
-    {
-        data.engine.check_timeout();
-    }
+    // The engine's watchdog ends a job that does not complete.
+    while !bo.dma_resv().wait_timeout(usage, true, Jiffies::MAX)? {}
     let user = UserSlice::new(
         UserPtr::from_addr(usize::try_from(args.data)?),
         usize::try_from(size)?,

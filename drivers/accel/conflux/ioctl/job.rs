@@ -3,16 +3,33 @@
 //! The job ioctls: SUBMIT and WAIT.
 
 use kernel::{
+    dma_fence::{
+        Fence,
+        SyncFile, //
+    },
     dma_resv::{
         DmaResv,
         ResvSet, //
     },
     drm::{
         gem::BaseObject,
-        syncobj::SyncObj,
+        syncobj::{
+            ChainNode,
+            SyncObj, //
+        },
         Registered, //
     },
+    fmt,
+    fs::file::{
+        flags,
+        FileDescriptorReservation, //
+    },
     prelude::*,
+    sync::aref::ARef,
+    time::{
+        msecs_to_jiffies,
+        Jiffies, //
+    },
     transmute::FromBytes,
     uapi, //
 };
@@ -75,6 +92,101 @@ fn check_command(cmd: &uapi::drm_conflux_cmd) -> Option<(Command, Option<Access>
     }
 }
 
+/// A `drm_conflux_sync` as read from userspace.
+#[repr(transparent)]
+struct RawSync(uapi::drm_conflux_sync);
+
+// SAFETY: The structure has only integer fields and no padding, so any bytes are a valid value.
+unsafe impl FromBytes for RawSync {}
+
+/// The fences a job waits for, and the syncobjs that receive its fence, looked up and
+/// allocated before the job is queued.
+struct Syncs {
+    wait: KVec<ARef<Fence>>,
+    /// Binary syncobjs, whose fence the job's replaces.
+    replace: KVec<ARef<SyncObj>>,
+    /// Timeline syncobjs, the point the job's fence takes, and the node it needs.
+    points: KVec<(ARef<SyncObj>, u64, ChainNode)>,
+}
+
+impl Syncs {
+    /// Reads and looks up the in- and out-fences of SUBMIT.
+    fn read(call: &Call<'_, '_>, args: &uapi::drm_conflux_submit, file: &DrmFile) -> Result<Self> {
+        let max = uapi::DRM_CONFLUX_MAX_SYNCS;
+        let (n_in, n_out) = (args.num_in_syncs, args.num_out_syncs);
+        if n_in > max || n_out > max {
+            return Err(call.refuse(
+                EINVAL,
+                fmt!("num_in_syncs {n_in}, num_out_syncs {n_out}: at most {max} each"),
+            ));
+        }
+        let ins = call.read_array::<RawSync>(args.in_syncs, usize::try_from(n_in)?)?;
+        let outs = call.read_array::<RawSync>(args.out_syncs, usize::try_from(n_out)?)?;
+        let mut syncs = Self {
+            wait: KVec::with_capacity(ins.len() + 2, GFP_KERNEL)?,
+            replace: KVec::new(),
+            points: KVec::new(),
+        };
+        if args.in_syncobj != 0 {
+            let handle = args.in_syncobj;
+            let fence = SyncObj::find_fence(file, handle, 0)
+                .map_err(|e| call.refuse(e, fmt!("in_syncobj {handle}: no fence")))?;
+            syncs.wait.push(fence, GFP_KERNEL)?;
+        }
+        for (i, RawSync(s)) in ins.iter().enumerate() {
+            if s.flags != 0 {
+                return Err(call.refuse(EINVAL, fmt!("in_syncs[{i}]: flags {:#x}", s.flags)));
+            }
+            let (handle, point) = (s.handle, s.point);
+            let fence = SyncObj::find_fence(file, handle, point).map_err(|e| {
+                call.refuse(
+                    e,
+                    fmt!("in_syncs[{i}]: syncobj {handle}: no fence at {point}"),
+                )
+            })?;
+            syncs.wait.push(fence, GFP_KERNEL)?;
+        }
+        if args.flags & uapi::DRM_CONFLUX_SUBMIT_IN_FENCE_FD != 0 {
+            let fd = args.in_fence_fd;
+            let fence = Fence::from_sync_file(fd)
+                .map_err(|e| call.refuse(e, fmt!("in_fence_fd {fd}: not a sync_file")))?;
+            syncs.wait.push(fence, GFP_KERNEL)?;
+        }
+        let lookup = |what: fmt::Arguments<'_>, handle: u32| {
+            SyncObj::lookup(file, handle)
+                .map_err(|e| call.refuse(e, fmt!("{what}: no syncobj {handle}")))
+        };
+        if args.out_syncobj != 0 {
+            let syncobj = lookup(fmt!("out_syncobj"), args.out_syncobj)?;
+            syncs.replace.push(syncobj, GFP_KERNEL)?;
+        }
+        for (i, RawSync(s)) in outs.iter().enumerate() {
+            if s.flags != 0 {
+                return Err(call.refuse(EINVAL, fmt!("out_syncs[{i}]: flags {:#x}", s.flags)));
+            }
+            let syncobj = lookup(fmt!("out_syncs[{i}]"), s.handle)?;
+            match s.point {
+                0 => syncs.replace.push(syncobj, GFP_KERNEL)?,
+                point => {
+                    let node = ChainNode::new(GFP_KERNEL)?;
+                    syncs.points.push((syncobj, point, node), GFP_KERNEL)?;
+                }
+            }
+        }
+        Ok(syncs)
+    }
+
+    /// Puts `fence`, the job's, in every out-syncobj. Cannot fail.
+    fn signal(self, fence: &Fence) {
+        for syncobj in self.replace.iter() {
+            syncobj.replace_fence(Some(fence));
+        }
+        for (syncobj, point, node) in self.points {
+            syncobj.add_point(node, fence, point);
+        }
+    }
+}
+
 /// `DRM_IOCTL_CONFLUX_SUBMIT`.
 pub(crate) fn submit(
     dev: &ConfluxDevice<Registered>,
@@ -83,10 +195,30 @@ pub(crate) fn submit(
     file: &DrmFile,
 ) -> Result<u32> {
     let call = Call::new(data, "SUBMIT");
+    if data.engine.is_wedged() {
+        return Err(call.refuse(
+            ENODEV,
+            fmt!("the device is wedged (a reset was not confirmed): it runs no more jobs"),
+        ));
+    }
+    let flags = args.flags;
+    let known = uapi::DRM_CONFLUX_SUBMIT_EXPLICIT_SYNC
+        | uapi::DRM_CONFLUX_SUBMIT_IN_FENCE_FD
+        | uapi::DRM_CONFLUX_SUBMIT_OUT_FENCE_FD;
+    let out_fd = flags & uapi::DRM_CONFLUX_SUBMIT_OUT_FENCE_FD != 0;
     call.zero(&[
-        ("flags", args.flags.into()),
+        ("unknown flags", (flags & !known).into()),
         ("pad", args.pad.into()),
         ("job", args.job),
+        (
+            "out_fence_fd",
+            if out_fd {
+                0
+            } else {
+                // CAST: only zero matters.
+                args.out_fence_fd as u64
+            },
+        ),
     ])?;
     let count = call.count("num_cmds", args.num_cmds, uapi::DRM_CONFLUX_MAX_CMDS)?;
     call.vm_id(args.vm_id)?;
@@ -115,37 +247,43 @@ pub(crate) fn submit(
         }
         accesses.push(dst, GFP_KERNEL)?;
     }
-    let out = match args.out_syncobj {
-        0 => None,
-        handle => Some(
-            SyncObj::lookup(file, handle)
-                .map_err(|e| call.refuse(e, fmt!("no out-syncobj {handle}")))?,
-        ),
+    let syncs = Syncs::read(&call, args, file)?;
+    // Reserved now: nothing can fail once the job is queued but the sync_file itself.
+    let out_fence_fd = match out_fd {
+        true => Some(FileDescriptorReservation::get_unused_fd_flags(
+            flags::O_CLOEXEC,
+        )?),
+        false => None,
     };
-    if args.in_syncobj != 0 {
-        let handle = args.in_syncobj;
-        let syncobj = SyncObj::lookup(file, handle)
-            .map_err(|e| call.refuse(e, fmt!("no in-syncobj {handle}")))?;
-        let fence = syncobj
-            .fence()
-            .ok_or_else(|| call.refuse(EINVAL, fmt!("in-syncobj {handle} has no fence")))?;
-        fence.wait(true)?;
-        fence
-            .status()
-            .map_err(|e| call.refuse(e, fmt!("the in-fence failed: {e:?}")))?;
-    }
     let inner = file.inner();
+    let slot = inner.reserve_job()?;
     let fence = inner.with_vm(dev, |vm| {
         let buffers = vm.buffers(&accesses)?;
         let mut resvs = KVec::with_capacity(buffers.len(), GFP_KERNEL)?;
+        let mut kept = KVec::with_capacity(buffers.len(), GFP_KERNEL)?;
         for used in buffers.iter() {
             resvs.push(used.bo.dma_resv(), GFP_KERNEL)?;
+            kept.push(used.bo.clone(), GFP_KERNEL)?;
         }
         let mut locked = ResvSet::lock(&resvs, true, GFP_KERNEL)?;
         locked.reserve_fences(1)?;
         // Buffers whose memory changed since they were bound are mapped again first.
         vm.revalidate(data, &buffers, &locked)?;
-        let fence = data.engine.submit(vm.root(), commands)?;
+        let mut job = data.engine.prepare(vm.root(), commands, kept)?;
+        for fence in syncs.wait.iter() {
+            job.add_dependency(fence, GFP_KERNEL)?;
+        }
+        // Implicit synchronisation: a write waits for every job that uses the buffer, a read
+        // for the ones that write it, moves and clears included.
+        if flags & uapi::DRM_CONFLUX_SUBMIT_EXPLICIT_SYNC == 0 {
+            for used in buffers.iter() {
+                let resv = used.bo.dma_resv();
+                resv.for_each_fence(&locked, crate::vm::usage(!used.write), |f| {
+                    job.add_implicit_dependency(f, GFP_KERNEL)
+                })?;
+            }
+        }
+        let fence = data.engine.push(job, true)?;
         let written = |resv: &DmaResv| {
             buffers
                 .iter()
@@ -156,10 +294,15 @@ pub(crate) fn submit(
         vm.set_last(fence.clone());
         Ok(fence)
     })?;
-    if let Some(out) = out {
-        out.replace_fence(Some(&fence));
+    syncs.signal(&fence);
+    if let Some(fd) = out_fence_fd {
+        // The job is queued: this is the only step left that can fail (-ENOMEM), and the job
+        // runs anyway, as its other out-fences tell.
+        let sync_file = SyncFile::new(&fence, fd)?;
+        args.out_fence_fd = i32::try_from(sync_file.fd())?;
+        sync_file.install();
     }
-    args.job = inner.add_job(fence);
+    args.job = inner.add_job(slot, fence);
     Ok(0)
 }
 
@@ -174,21 +317,28 @@ pub(crate) fn wait(
     let inner = file.inner();
     let (job, flags, pad) = (args.job, args.flags, args.pad);
     let state = inner.job(job).filter(|_| flags == 0 && pad == 0);
-    let fence = match state {
-        None => {
-            let last = inner.last_job();
-            return Err(call.refuse(
-                EINVAL,
-                fmt!("job {job} (last {last}), flags {flags:#x}, pad {pad:#x} is not valid"),
-            ));
-        }
-        Some(JobState::Done) => return Ok(0),
-        Some(JobState::Fence(fence)) => fence,
-    };
-    let timeout_ms = u64::try_from(args.timeout_ns)
-        .ok()
-        .map(|ns| ns.div_ceil(1_000_000));
-    if !data.engine.wait_for(&fence, true, timeout_ms)? {
+    let fence =
+        match state {
+            None => {
+                let last = inner.last_job();
+                return Err(call.refuse(
+                    EINVAL,
+                    fmt!("job {job} (last {last}), flags {flags:#x}, pad {pad:#x} is not valid"),
+                ));
+            }
+            Some(JobState::Done) => return Ok(0),
+            Some(JobState::Forgotten) => return Err(call.refuse(
+                ESTALE,
+                fmt!("job {job} ended before the file's last 256 failed jobs: its result is gone"),
+            )),
+            Some(JobState::Fence(fence)) => fence,
+        };
+    // A negative timeout waits without limit; the engine's watchdog ends a job that does not
+    // complete.
+    let timeout = u64::try_from(args.timeout_ns).map_or(Jiffies::MAX, |ns| {
+        msecs_to_jiffies(u32::try_from(ns.div_ceil(1_000_000)).unwrap_or(u32::MAX))
+    });
+    if !fence.wait_timeout(true, timeout)? {
         return Err(ETIME);
     }
     fence.status()?;

@@ -36,7 +36,7 @@ use kernel::{
     },
     prelude::*,
     sync::aref::ARef,
-    time::msecs_to_jiffies,
+    time::Jiffies,
     uapi,
 };
 
@@ -45,7 +45,6 @@ use crate::{
         IoctlDevice,
         Object, //
     },
-    engine::job_timeout_ms,
     gem::{
         self,
         memory::Memory, //
@@ -130,9 +129,8 @@ impl Export {
             return Err(EBUSY);
         }
         let resv = self.obj.dma_resv();
-        while !resv.wait_timeout(Usage::Bookkeep, true, msecs_to_jiffies(job_timeout_ms()))? {
-            data.engine.check_timeout();
-        }
+        // The engine's watchdog ends a job that does not complete.
+        while !resv.wait_timeout(Usage::Bookkeep, true, Jiffies::MAX)? {}
         let Some(vram) = gem::move_to_system(&self.obj, &data.vram)? else {
             return Ok(());
         };

@@ -271,7 +271,7 @@ impl Vm {
             .count();
         if unmaps > 0 {
             if let Some(last) = self.last.clone() {
-                data.engine.wait(&last, true)?;
+                last.wait(true)?;
             }
         }
         // A va per map, three per unmap (two split mappings, one freed by the first split and

@@ -13,7 +13,10 @@ use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
+    time::Duration,
 };
+
+pub mod sync;
 
 /// The uAPI, generated from the kernel header.
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
@@ -27,7 +30,7 @@ const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_create>() == 16);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind_op>() == 40);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind>() == 24);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_cmd>() == 32);
-const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_submit>() == 40);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_submit>() == 72);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_wait>() == 24);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_join>() == 16);
@@ -54,6 +57,9 @@ const DRM_IOCTL_SYNCOBJ_DESTROY: u64 = drm_ioc::<uapi::drm_syncobj_destroy>(3, 0
 const DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD: u64 = drm_ioc::<uapi::drm_syncobj_handle>(3, 0xc1);
 /// `DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE`: `_IOWR('d', 0xc2, struct drm_syncobj_handle)`.
 const DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE: u64 = drm_ioc::<uapi::drm_syncobj_handle>(3, 0xc2);
+
+/// `DRM_IOCTL_SYNCOBJ_WAIT`: `_IOWR('d', 0xc3, struct drm_syncobj_wait)`.
+const DRM_IOCTL_SYNCOBJ_WAIT: u64 = drm_ioc::<uapi::drm_syncobj_wait>(3, 0xc3);
 
 /// One operation of [`Device::vm_bind`].
 pub type BindOp = uapi::drm_conflux_vm_bind_op;
@@ -377,6 +383,19 @@ impl Device {
         Ok(args.job)
     }
 
+    /// Runs `cmds` as one job with the other fields of `args` (flags, syncs, fence
+    /// descriptors) as given, and returns the job's number; `args` receives the outputs.
+    pub fn submit_with(
+        &self,
+        cmds: &[Cmd],
+        args: &mut uapi::drm_conflux_submit,
+    ) -> Result<u64, Error> {
+        args.num_cmds = u32::try_from(cmds.len()).unwrap_or(u32::MAX);
+        args.cmds = cmds.as_ptr() as u64;
+        self.submit_raw(args)?;
+        Ok(args.job)
+    }
+
     /// `DRM_IOCTL_CONFLUX_WAIT` with `args` as given.
     pub fn wait_raw(&self, args: &mut uapi::drm_conflux_wait) -> Result<(), Error> {
         self.ioctl(
@@ -478,6 +497,58 @@ impl Device {
             &mut args,
         )?;
         Ok(args.handle)
+    }
+
+    /// Puts the fence of the sync_file `fd` into syncobj `handle`.
+    pub fn syncobj_import_sync_file(&self, handle: u32, fd: BorrowedFd<'_>) -> Result<(), Error> {
+        let mut args = uapi::drm_syncobj_handle {
+            handle,
+            flags: uapi::DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE,
+            fd: fd.as_raw_fd(),
+            ..Default::default()
+        };
+        self.ioctl(
+            "DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE (IMPORT_SYNC_FILE)",
+            DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE,
+            &mut args,
+        )
+    }
+
+    /// A sync_file of the fence that syncobj `handle` holds.
+    pub fn syncobj_export_sync_file(&self, handle: u32) -> Result<OwnedFd, Error> {
+        let mut args = uapi::drm_syncobj_handle {
+            handle,
+            flags: uapi::DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE,
+            ..Default::default()
+        };
+        self.ioctl(
+            "DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD (EXPORT_SYNC_FILE)",
+            DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD,
+            &mut args,
+        )?;
+        // SAFETY: The kernel just gave us this descriptor, which nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(args.fd) })
+    }
+
+    /// Waits at most `timeout` for the fence of syncobj `handle` to signal
+    /// (`DRM_IOCTL_SYNCOBJ_WAIT`); `ETIME` when it does not.
+    pub fn syncobj_wait(&self, handle: u32, timeout: Duration) -> Result<(), Error> {
+        let handles = [handle];
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid `timespec` to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let now_ns = now.tv_sec * 1_000_000_000 + now.tv_nsec;
+        let mut args = uapi::drm_syncobj_wait {
+            handles: handles.as_ptr() as u64,
+            timeout_nsec: now_ns.saturating_add(timeout.as_nanos().try_into().unwrap_or(i64::MAX)),
+            count_handles: 1,
+            flags: uapi::DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL,
+            ..Default::default()
+        };
+        self.ioctl("DRM_IOCTL_SYNCOBJ_WAIT", DRM_IOCTL_SYNCOBJ_WAIT, &mut args)
     }
 
     /// Destroys syncobj `handle`.

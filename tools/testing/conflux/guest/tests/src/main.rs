@@ -31,7 +31,9 @@ use conflux::{devices, Device, Error};
 use crate::{
     bind::test_bind,
     device::test_device,
-    jobs::{test_jobs, test_timeout},
+    jobs::{
+        test_close_with_running_jobs, test_fences, test_forgotten_failures, test_jobs, test_timeout,
+    },
     memory::test_memory,
     migration::test_migration,
     shared_vm::test_shared_vm,
@@ -113,6 +115,19 @@ fn main() -> ExitCode {
                 }
                 if let Err(e) = test_jobs(&mut t, &dev) {
                     t.check(&format!("{}: jobs", path.display()), false, e);
+                }
+                if let Err(e) = test_fences(&mut t, &dev) {
+                    t.check(&format!("{}: fences", path.display()), false, e);
+                }
+                if let Err(e) = test_forgotten_failures(&mut t, path) {
+                    t.check(&format!("{}: forgotten failures", path.display()), false, e);
+                }
+                if let Err(e) = test_close_with_running_jobs(&mut t, path) {
+                    t.check(
+                        &format!("{}: close with running jobs", path.display()),
+                        false,
+                        e,
+                    );
                 }
                 if let Err(e) = test_memory(&mut t, &dev) {
                     t.check(&format!("{}: memory", path.display()), false, e);
