@@ -335,6 +335,12 @@ impl Engine {
         if let Err(e) = self.run(mem, &mut out) {
             self.fail(e, &mut out);
         }
+        if self
+            .faults(mem)
+            .is_ok_and(|f| f & ctrl::FAULT_DROP_COMPLETION != 0)
+        {
+            out.completion_irq = false;
+        }
         if let Err(e) = self.publish(mem) {
             if out.error.is_none() {
                 self.fail(
@@ -359,6 +365,10 @@ impl Engine {
         out: &mut Outcome,
     ) -> Result<(), ErrorRecord> {
         if self.reset_requested(mem)? {
+            if self.faults(mem)? & ctrl::FAULT_IGNORE_RESET != 0 {
+                // Never acknowledged: `CONTROL` keeps its `RESET` bit.
+                return Ok(());
+            }
             self.reset(mem)?;
             out.reset = true;
         }
@@ -379,6 +389,9 @@ impl Engine {
             huge_pages: self.caps & ctrl::CAP_MMU_2M != 0,
         };
         while self.tail != head {
+            if self.faults(mem)? & ctrl::FAULT_STALL != 0 {
+                return Ok(());
+            }
             let mut slot: Slot = [0; 64];
             mem.read(self.bar(), ring.slot_offset(self.tail), &mut slot)
                 .map_err(|e| bus_fault("reading a ring slot", e))?;
@@ -405,6 +418,11 @@ impl Engine {
         Ok(self.reg32(mem, ctrl::CONTROL)? & ctrl::CONTROL_RESET != 0)
     }
 
+    /// The fault switches a test set (`FAULTS`).
+    fn faults<M: Memory + ?Sized>(&self, mem: &M) -> Result<u32, Fault> {
+        self.reg32(mem, ctrl::FAULTS)
+    }
+
     /// Resets: tail = head, error record cleared, status READY; VRAM, the
     /// ring registers, `MMU_ROOT`, `FENCE_SEQNO` and the counters are kept.
     /// `CONTROL` is cleared last.
@@ -414,6 +432,9 @@ impl Engine {
             .map_err(io)?;
         self.tail = self.reg32(mem, ctrl::RING_HEAD)?;
         self.error = None;
+        let faults = self.faults(mem)? & !ctrl::FAULTS_CLEARED_BY_RESET;
+        mem.write_u32(self.bar(), ctrl::FAULTS, faults)
+            .map_err(io)?;
         self.status = ctrl::STATUS_READY;
         self.write_identification(mem).map_err(io)?;
         self.publish(mem).map_err(io)?;
@@ -438,8 +459,11 @@ impl Engine {
             Op::Fence => {
                 // Published at once, not with the rest at the end of the batch: the driver
                 // reads it after a reset to learn exactly which jobs completed.
-                self.fence = cmd.seqno;
-                mem.write_u64(self.bar(), ctrl::FENCE_SEQNO, cmd.seqno)
+                self.fence = match self.faults(mem)? & ctrl::FAULT_BOGUS_SEQNO {
+                    0 => cmd.seqno,
+                    _ => cmd.seqno.wrapping_add(1 << 40),
+                };
+                mem.write_u64(self.bar(), ctrl::FENCE_SEQNO, self.fence)
                     .map_err(|e| bus_fault("publishing FENCE_SEQNO", e))
             }
         }
@@ -511,8 +535,8 @@ impl Engine {
         let mut done = 0;
         while done < len {
             // A reset requested while the command runs stops it before its
-            // next piece.
-            if self.reset_requested(mem)? {
+            // next piece, unless the device ignores resets.
+            if self.reset_requested(mem)? && self.faults(mem)? & ctrl::FAULT_IGNORE_RESET == 0 {
                 self.interrupted = true;
                 return Ok(());
             }

@@ -9,6 +9,10 @@
 //! the guest rings the engine (peer 0, vector 0), raising the MSI-X vectors
 //! the engine returns. The fabric is learned from QEMU over QMP at the
 //! first doorbell.
+//!
+//! Each device's engine runs on a thread of its own, as real devices run
+//! side by side: the main thread only watches the sockets and doorbells and
+//! passes doorbells on, so one device's long job stalls no other device.
 
 use std::{
     fmt,
@@ -22,7 +26,8 @@ use std::{
         },
     },
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{mpsc, Arc},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -248,8 +253,6 @@ struct Client {
     /// The engine's eventfds (peer 0), one per vector; the guest rings
     /// vector 0.
     engine: Vec<EventFd>,
-    /// The client's eventfds (peer 1): writing one raises that MSI-X vector.
-    vectors: Vec<EventFd>,
 }
 
 struct Device {
@@ -257,9 +260,107 @@ struct Device {
     listener: Option<UnixListener>,
     memfd: File,
     client: Option<Client>,
-    engine: Engine,
+    worker: Worker,
     /// A doorbell waits for the fabric.
     pending: bool,
+}
+
+/// What the main thread asks of a device's thread.
+enum Request {
+    /// Move the engine into this fabric; the answer says whether it could.
+    Topology(Arc<Topology>, mpsc::Sender<Result<(), String>>),
+    /// A client connected: raise these MSI-X vectors from now on (the
+    /// client's eventfds, peer 1: writing one raises that vector).
+    Vectors(Vec<EventFd>),
+    /// The guest rang the engine's doorbell.
+    Doorbell,
+}
+
+/// The thread that runs a device's engine, which it gives back when the
+/// server lets go of it.
+struct Worker {
+    requests: Option<mpsc::Sender<Request>>,
+    thread: Option<thread::JoinHandle<Engine>>,
+    /// The counters of the engine once it is given back.
+    counters: Option<Counters>,
+}
+
+impl Worker {
+    fn start(i: usize, engine: Engine, mem: Arc<SharedMemory>) -> io::Result<Self> {
+        let (requests, inbox) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name(format!("conflux-dev{i}"))
+            .spawn(move || serve_device(i, engine, &mem, &inbox))?;
+        Ok(Self {
+            requests: Some(requests),
+            thread: Some(thread),
+            counters: None,
+        })
+    }
+
+    fn send(&self, request: Request) {
+        if let Some(r) = &self.requests {
+            // Only fails once the thread has ended, which it does only when
+            // the server lets go of it.
+            let _ = r.send(request);
+        }
+    }
+
+    /// Stops the thread and keeps the engine's counters.
+    fn stop(&mut self) -> Option<Counters> {
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            match t.join() {
+                Ok(engine) => self.counters = Some(engine.counters()),
+                Err(_) => eprintln!("conflux-emu: a device thread panicked"),
+            }
+        }
+        self.counters
+    }
+}
+
+/// A device's thread: runs the engine on each doorbell, several queued
+/// doorbells at once, until the server lets go of it.
+fn serve_device(
+    i: usize,
+    mut engine: Engine,
+    mem: &SharedMemory,
+    inbox: &mpsc::Receiver<Request>,
+) -> Engine {
+    let mut vectors = Vec::new();
+    while let Ok(first) = inbox.recv() {
+        let mut ring = false;
+        let mut next = Some(first);
+        while let Some(request) = next {
+            match request {
+                Request::Topology(topology, answer) => {
+                    let _ = answer.send(engine.set_topology(topology).map_err(|e| e.to_string()));
+                }
+                Request::Vectors(v) => vectors = v,
+                Request::Doorbell => ring = true,
+            }
+            next = inbox.try_recv().ok();
+        }
+        if ring {
+            process(i, &mut engine, mem, &vectors);
+        }
+    }
+    engine
+}
+
+/// Runs device `i`'s engine and raises the vectors it returns.
+fn process(i: usize, engine: &mut Engine, mem: &SharedMemory, vectors: &[EventFd]) {
+    let out = engine.process(&mut &*mem);
+    if let Some(e) = &out.error {
+        eprintln!("conflux-emu: device {i}: {e}");
+    }
+    for v in out.vectors() {
+        if let Some(fd) = vectors.get(usize::from(v)) {
+            if let Err(e) = fd.signal() {
+                eprintln!("conflux-emu: device {i}: raising vector {v}: {e}");
+            }
+        }
+    }
 }
 
 /// What an epoll token stands for.
@@ -300,7 +401,6 @@ pub struct Server {
     devices: Vec<Device>,
     /// The sockets this server created, removed when it is dropped.
     sockets: Vec<PathBuf>,
-    mem: SharedMemory,
     epoll: Epoll,
     signals: SignalFd,
     /// The fabric has been learned from QMP.
@@ -425,7 +525,6 @@ impl Server {
         let mut server = Self {
             devices: Vec::new(),
             sockets: Vec::new(),
-            mem: SharedMemory::default(),
             epoll,
             signals,
             fabric: false,
@@ -438,6 +537,7 @@ impl Server {
         };
         // On an error, dropping `server` removes the sockets made so far.
         let mut bars = Vec::new();
+        let mut parts = Vec::new();
         for i in 0..server.config.devices {
             let socket = server.config.socket(i);
             let ctx = |e: String| err(format!("device {i}: socket {}: {e}", socket.display()));
@@ -465,25 +565,28 @@ impl Server {
             bars.push(bar);
             let engine = Engine::new(Arc::clone(&topology), i)
                 .map_err(|e| err(format!("device {i}: {e}")))?;
-            server.devices.push(Device {
-                socket,
-                listener: Some(listener),
-                memfd,
-                client: None,
-                engine,
-                pending: false,
-            });
+            parts.push((socket, listener, memfd, engine));
         }
         let plain = match &server.config.plain {
             Some((path, len)) => vec![map_guest_ram(path, *len)
                 .map_err(|e| err(format!("--plain {}: {e}", path.display())))?],
             None => Vec::new(),
         };
-        server.mem = SharedMemory::new(bars, Some(guest_ram)).with_plain(plain);
-        for (i, d) in server.devices.iter_mut().enumerate() {
-            d.engine
-                .power_on(&mut server.mem)
+        let mem = Arc::new(SharedMemory::new(bars, Some(guest_ram)).with_plain(plain));
+        for (i, (socket, listener, memfd, mut engine)) in parts.into_iter().enumerate() {
+            engine
+                .power_on(&mut &*mem)
                 .map_err(|e| err(format!("device {i}: powering on: {e}")))?;
+            let worker = Worker::start(i, engine, Arc::clone(&mem))
+                .map_err(|e| err(format!("device {i}: starting its thread: {e}")))?;
+            server.devices.push(Device {
+                socket,
+                listener: Some(listener),
+                memfd,
+                client: None,
+                worker,
+                pending: false,
+            });
         }
         server
             .epoll
@@ -492,9 +595,12 @@ impl Server {
         Ok(server)
     }
 
-    /// The devices' counters.
-    pub fn counters(&self) -> Vec<Counters> {
-        self.devices.iter().map(|d| d.engine.counters()).collect()
+    /// Stops the devices' threads and returns their counters.
+    pub fn counters(&mut self) -> Vec<Counters> {
+        self.devices
+            .iter_mut()
+            .map(|d| d.worker.stop().unwrap_or_default())
+            .collect()
     }
 
     /// Serves until `SIGTERM` or `SIGINT`, or until every client that
@@ -578,11 +684,9 @@ impl Server {
                     }
                     return;
                 }
-                d.client = Some(Client {
-                    stream,
-                    engine,
-                    vectors,
-                });
+                // The device's thread raises the vectors.
+                d.worker.send(Request::Vectors(vectors));
+                d.client = Some(Client { stream, engine });
                 self.connected += 1;
             }
             Err(e) => eprintln!(
@@ -647,6 +751,10 @@ impl Server {
                 eprintln!("conflux-emu: device {i}: reading the doorbell: {e}");
             }
         }
+        if self.fabric {
+            d.worker.send(Request::Doorbell);
+            return;
+        }
         d.pending = true;
         // A new doorbell retries the query at once.
         self.last_query = None;
@@ -674,10 +782,9 @@ impl Server {
                 }
             }
         }
-        for i in 0..self.devices.len() {
-            if self.devices[i].pending {
-                self.devices[i].pending = false;
-                self.process(i);
+        for d in &mut self.devices {
+            if std::mem::take(&mut d.pending) {
+                d.worker.send(Request::Doorbell);
             }
         }
     }
@@ -693,10 +800,14 @@ impl Server {
             plain: self.config.plain.iter().count(),
         };
         let topology = Arc::new(expected.topology(&reply)?);
-        for d in &mut self.devices {
-            d.engine
-                .set_topology(Arc::clone(&topology))
-                .map_err(|e| QueryError::Invalid(e.to_string()))?;
+        for d in &self.devices {
+            let (answer, answered) = mpsc::channel();
+            d.worker
+                .send(Request::Topology(Arc::clone(&topology), answer));
+            answered
+                .recv()
+                .map_err(|_| QueryError::Invalid("a device thread has ended".into()))?
+                .map_err(QueryError::Invalid)?;
         }
         let bars: Vec<String> = (0..topology.devices())
             .filter_map(|i| topology.bar(i).map(|b| format!("dev{i} {:#x}", b.base)))
@@ -707,27 +818,6 @@ impl Server {
             bars.join(", ")
         );
         Ok(())
-    }
-
-    /// Runs device `i`'s engine and raises the vectors it returns.
-    fn process(&mut self, i: usize) {
-        let Some(d) = self.devices.get_mut(i) else {
-            return;
-        };
-        let out = d.engine.process(&mut self.mem);
-        if let Some(e) = &out.error {
-            eprintln!("conflux-emu: device {i}: {e}");
-        }
-        let Some(c) = d.client.as_ref() else {
-            return;
-        };
-        for v in out.vectors() {
-            if let Some(fd) = c.vectors.get(usize::from(v)) {
-                if let Err(e) = fd.signal() {
-                    eprintln!("conflux-emu: device {i}: raising vector {v}: {e}");
-                }
-            }
-        }
     }
 }
 

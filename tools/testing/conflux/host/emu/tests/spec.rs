@@ -120,6 +120,7 @@ fn control_block_table() {
         ("CNT_SYSMEM_BYTES", CNT_SYSMEM_BYTES, 8, d),
         ("CNT_COMMANDS", CNT_COMMANDS, 8, d),
         ("CNT_ERRORS", CNT_ERRORS, 8, d),
+        ("FAULTS", FAULTS, 4, "test"),
     ];
     let want: Vec<_> = want
         .iter()

@@ -93,6 +93,20 @@ pub mod ctrl {
     pub const CNT_COMMANDS: u64 = 0x0d8;
     /// u64, device: errors recorded.
     pub const CNT_ERRORS: u64 = 0x0e0;
+    /// u32, test: fault switches that make the device misbehave on purpose.
+    pub const FAULTS: u64 = 0x0f0;
+
+    /// Fault: the engine executes no command until a reset (which clears the switch).
+    pub const FAULT_STALL: u32 = 1 << 0;
+    /// Fault: the completion vector is not raised.
+    pub const FAULT_DROP_COMPLETION: u32 = 1 << 1;
+    /// Fault: `FENCE` writes a seqno 2^40 beyond its own, until a reset (which clears the
+    /// switch).
+    pub const FAULT_BOGUS_SEQNO: u32 = 1 << 2;
+    /// Fault: reset requests are never acknowledged.
+    pub const FAULT_IGNORE_RESET: u32 = 1 << 3;
+    /// The fault switches a reset clears.
+    pub const FAULTS_CLEARED_BY_RESET: u32 = FAULT_STALL | FAULT_BOGUS_SEQNO;
 
     /// Value of [`SIGNATURE`].
     pub const SIGNATURE_VALUE: [u8; 8] = *b"CNFXACCL";

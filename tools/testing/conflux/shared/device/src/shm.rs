@@ -46,6 +46,12 @@ pub struct Mapping {
 // accessed through raw pointers with bounds checks, from any thread.
 unsafe impl Send for Mapping {}
 
+// SAFETY: as for `Send`: `&Mapping` hands out raw pointers only. Several
+// threads writing the same shared memory is what several devices (and the
+// guest, in another process) do to it; no Rust reference to its bytes is
+// ever made.
+unsafe impl Sync for Mapping {}
+
 impl Mapping {
     /// Maps `len` bytes of `fd` from offset 0.
     pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
@@ -166,7 +172,9 @@ impl SharedMemory {
     }
 }
 
-impl Memory for SharedMemory {
+/// A shared reference accesses the memory as an owner does: the devices of
+/// one server, each on its own thread, share it.
+impl Memory for &SharedMemory {
     fn read(&self, target: Target, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         let src = self.span(target, offset, buf.len())?;
         // SAFETY: `src` has `buf.len()` bytes inside the mapping, which
@@ -275,6 +283,54 @@ impl Memory for SharedMemory {
             done += n;
         }
         Ok(())
+    }
+}
+
+/// The owner accesses the memory as any holder of a shared reference does.
+impl Memory for SharedMemory {
+    fn read(&self, target: Target, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        <&SharedMemory as Memory>::read(&self, target, offset, buf)
+    }
+
+    fn write(&mut self, target: Target, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
+        <&SharedMemory as Memory>::write(&mut &*self, target, offset, data)
+    }
+
+    fn read_u32(&self, target: Target, offset: u64) -> Result<u32, MemoryError> {
+        <&SharedMemory as Memory>::read_u32(&self, target, offset)
+    }
+
+    fn read_u64(&self, target: Target, offset: u64) -> Result<u64, MemoryError> {
+        <&SharedMemory as Memory>::read_u64(&self, target, offset)
+    }
+
+    fn write_u32(&mut self, target: Target, offset: u64, value: u32) -> Result<(), MemoryError> {
+        <&SharedMemory as Memory>::write_u32(&mut &*self, target, offset, value)
+    }
+
+    fn write_u64(&mut self, target: Target, offset: u64, value: u64) -> Result<(), MemoryError> {
+        <&SharedMemory as Memory>::write_u64(&mut &*self, target, offset, value)
+    }
+
+    fn copy(
+        &mut self,
+        src: Target,
+        src_offset: u64,
+        dst: Target,
+        dst_offset: u64,
+        len: usize,
+    ) -> Result<(), MemoryError> {
+        <&SharedMemory as Memory>::copy(&mut &*self, src, src_offset, dst, dst_offset, len)
+    }
+
+    fn fill(
+        &mut self,
+        target: Target,
+        offset: u64,
+        len: usize,
+        pattern: u64,
+    ) -> Result<(), MemoryError> {
+        <&SharedMemory as Memory>::fill(&mut &*self, target, offset, len, pattern)
     }
 }
 

@@ -1203,3 +1203,109 @@ fn a_reset_requested_during_a_command_stops_it_before_its_next_piece() {
     assert!(d.data(0)[..5 * 4096].iter().all(|&b| b == 0xff));
     assert!(d.data(0)[5 * 4096..16 * 4096].iter().all(|&b| b == 0));
 }
+
+/// Memory that records `FENCE_SEQNO`, as a driver on another CPU would read it, whenever a
+/// fill starts.
+struct WatchFence<'a> {
+    inner: &'a mut Buffers,
+    bar: Target,
+    seen: Vec<u64>,
+}
+
+impl Memory for WatchFence<'_> {
+    fn read(&self, target: Target, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.inner.read(target, offset, buf)
+    }
+
+    fn write(&mut self, target: Target, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.inner.write(target, offset, data)
+    }
+
+    fn fill(
+        &mut self,
+        target: Target,
+        offset: u64,
+        len: usize,
+        pattern: u64,
+    ) -> Result<(), MemoryError> {
+        let seqno = self.inner.read_u64(self.bar, ctrl::FENCE_SEQNO)?;
+        self.seen.push(seqno);
+        self.inner.fill(target, offset, len, pattern)
+    }
+}
+
+#[test]
+fn fence_seqno_is_written_as_each_fence_executes() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    for c in [
+        fence(3, false),
+        fill(W4K, 8, 1),
+        fence(4, false),
+        fill(W4K, 8, 2),
+    ] {
+        d.push_slot(&c.encode());
+    }
+    d.set32(ctrl::RING_HEAD, d.head);
+    let bar = d.bar();
+    let mut mem = WatchFence {
+        inner: &mut d.mem,
+        bar,
+        seen: Vec::new(),
+    };
+    d.eng.process(&mut mem);
+    // Each fill saw the fence before it, in the middle of one doorbell.
+    assert_eq!(mem.seen, [3, 4]);
+}
+
+#[test]
+fn fault_stall_holds_the_engine_until_a_reset() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    d.set32(ctrl::FAULTS, ctrl::FAULT_STALL);
+    let out = d.run(&[fill(W4K, 8, 0x11), fence(1, true)]);
+    assert_eq!((out.completed, out.vectors().count()), (0, 0));
+    assert_eq!(d.reg64(ctrl::FENCE_SEQNO), 0);
+    // Doorbells change nothing while it stalls.
+    assert_eq!(d.doorbell().completed, 0);
+    d.reset();
+    assert_eq!(d.reg32(ctrl::FAULTS), 0, "a reset clears the stall");
+    let out = d.run(&[fill(W4K, 8, 0x22), fence(2, true)]);
+    assert_eq!(out.completed, 2);
+    assert_eq!(d.reg64(ctrl::FENCE_SEQNO), 2);
+}
+
+#[test]
+fn fault_drop_completion_keeps_the_vector_quiet() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    d.set32(ctrl::FAULTS, ctrl::FAULT_DROP_COMPLETION);
+    let out = d.run(&[fill(W4K, 8, 1), fence(4, true)]);
+    assert_eq!((out.completed, out.vectors().count()), (2, 0));
+    assert_eq!(d.reg64(ctrl::FENCE_SEQNO), 4, "the job still completes");
+    d.reset();
+    assert_eq!(d.reg32(ctrl::FAULTS), ctrl::FAULT_DROP_COMPLETION);
+    d.set32(ctrl::FAULTS, 0);
+    assert!(d.run(&[fence(5, true)]).completion_irq);
+}
+
+#[test]
+fn fault_bogus_seqno_until_a_reset() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    d.set32(ctrl::FAULTS, ctrl::FAULT_BOGUS_SEQNO);
+    d.run(&[fence(6, true)]);
+    assert_eq!(d.reg64(ctrl::FENCE_SEQNO), 6 + (1 << 40));
+    d.reset();
+    d.run(&[fence(7, true)]);
+    assert_eq!(d.reg64(ctrl::FENCE_SEQNO), 7);
+}
+
+#[test]
+fn fault_ignore_reset_never_acknowledges() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    d.set32(ctrl::FAULTS, ctrl::FAULT_IGNORE_RESET);
+    d.set32(ctrl::CONTROL, ctrl::CONTROL_RESET);
+    let out = d.doorbell();
+    assert!(!out.reset);
+    assert_eq!(d.reg32(ctrl::CONTROL), ctrl::CONTROL_RESET);
+    d.set32(ctrl::FAULTS, 0);
+    assert!(d.doorbell().reset);
+    assert_eq!(d.reg32(ctrl::CONTROL), 0);
+}
