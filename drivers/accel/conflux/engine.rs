@@ -20,6 +20,11 @@
 
 mod job;
 
+use core::sync::atomic::{
+    AtomicU64,
+    Ordering, //
+};
+
 use kernel::{
     device::Bound,
     dma_fence::{
@@ -150,6 +155,8 @@ pub(crate) struct Hw<'bound> {
     /// `ring_slots - 1`: a ring counter masked with it is a slot index.
     ring_mask: u32,
     fences: FenceContext<Timeline>,
+    /// The last bogus `FENCE_SEQNO` logged.
+    bogus: AtomicU64,
     /// Serialises writing jobs to the ring and recovery.
     #[pin]
     ring: Mutex<Ring>,
@@ -209,6 +216,7 @@ impl<'bound> Engine<'bound> {
             ring_slots,
             ring_mask,
             fences: FenceContext::new(),
+            bogus: AtomicU64::new(0),
             ring <- new_mutex!(Ring {
                 head,
                 root,
@@ -413,13 +421,16 @@ impl Hw<'_> {
         };
         if done > newest || done.saturating_add(1) < oldest {
             drop(pending);
-            dev_err!(
-                self.pdev,
-                "engine: FENCE_SEQNO {} is not a job in flight ({} to {}); ignored\n",
-                done,
-                oldest,
-                newest
-            );
+            // Once per bogus value: the device may keep it for many interrupts.
+            if self.bogus.swap(done, Ordering::Relaxed) != done {
+                dev_err!(
+                    self.pdev,
+                    "engine: FENCE_SEQNO {} is not a job in flight ({} to {}); ignored\n",
+                    done,
+                    oldest,
+                    newest
+                );
+            }
             return;
         }
         while pending.front().is_some_and(|job| job.seqno <= done) {

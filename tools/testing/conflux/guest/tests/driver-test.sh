@@ -205,7 +205,9 @@ expect "accel nodes after reloading" "$(nodes)" "$want"
 if rmmod conflux; then ok "rmmod conflux again"; else bad "rmmod conflux again"; fi
 
 # Job timeouts: with a limit of 500 ms, a job of 256 GiB of copies fails
-# with ETIMEDOUT, the engine is reset and runs the next job.
+# with ETIMEDOUT, the engine is reset and runs the next job. Then the device
+# model's fault switches, the last of which wedges the first device: unload
+# and reload must still work.
 if modprobe conflux job_timeout_ms=500; then
 	ok "modprobe conflux job_timeout_ms=500"
 	conflux-uapi-test --timeout | grep -E '^(PASS|FAIL) '
@@ -215,6 +217,14 @@ if modprobe conflux job_timeout_ms=500; then
 	else
 		bad "no timeout log line"
 	fi
+	n=$(dmesg | grep -c 'engine: FENCE_SEQNO [0-9]* is not a job in flight')
+	if [ "$n" -ge 1 ]; then
+		ok "a bogus FENCE_SEQNO logged and ignored ($n)"
+	else
+		bad "no log line for the bogus FENCE_SEQNO"
+	fi
+	n=$(dmesg | grep -c 'engine: reset not confirmed: the device is wedged')
+	expect "wedged device logged" "$n" 1
 	if rmmod conflux; then
 		ok "rmmod conflux after the timeout"
 	else

@@ -9,12 +9,14 @@
 //! one [`bind`], [`jobs`], [`memory`], [`udmabuf`] and [`static_import`]; with two devices or
 //! more [`shared_vm`]; with three or more [`migration`], [`vfio`] and the revocation of
 //! [`unbind`]; last, the unbind of the first device with a buffer. `--timeout` runs only the
-//! job timeout of [`jobs`], for the driver loaded with `job_timeout_ms=500`. Helpers that
-//! several subjects use are in [`common`].
+//! job timeout of [`jobs`] and the device's fault switches ([`faults`]), which end with the
+//! device wedged, for the driver loaded with `job_timeout_ms=500`. Helpers that several
+//! subjects use are in [`common`].
 
 mod bind;
 mod common;
 mod device;
+mod faults;
 mod jobs;
 mod memory;
 mod migration;
@@ -31,6 +33,7 @@ use conflux::{devices, Device, Error};
 use crate::{
     bind::test_bind,
     device::test_device,
+    faults::test_faults,
     jobs::{
         test_close_with_running_jobs, test_fences, test_forgotten_failures, test_jobs, test_timeout,
     },
@@ -79,6 +82,13 @@ fn main() -> ExitCode {
             Some(Ok(dev)) => {
                 if let Err(e) = test_timeout(&mut t, &dev) {
                     t.check(&format!("{}: job timeout", dev.path().display()), false, e);
+                }
+                if let Err(e) = test_faults(&mut t, &dev) {
+                    t.check(
+                        &format!("{}: fault switches", dev.path().display()),
+                        false,
+                        e,
+                    );
                 }
             }
             Some(Err(e)) => t.check("open", false, e),

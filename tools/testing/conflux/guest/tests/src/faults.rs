@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The device model's fault switches (`device.rst`, "Fault switches"), set through the BAR2
+//! resource file in sysfs: a stalled engine, lost completion interrupts, a bogus
+//! `FENCE_SEQNO`, and a reset that is never acknowledged. Run with the driver loaded with
+//! `job_timeout_ms=500`; the last case wedges the device.
+
+use std::{
+    fs::OpenOptions,
+    os::fd::AsRawFd,
+    ptr::{self, NonNull},
+    time::Duration,
+};
+
+use conflux::{fill_cmd, map_op, unmap_op, Device, Error};
+use conflux_device::regs::ctrl;
+
+use crate::{
+    common::{io_err, job_errno, MIB2, VA},
+    Tally,
+};
+
+/// The first page of a device's BAR2, mapped from its sysfs resource file.
+struct Switches {
+    ptr: NonNull<u8>,
+}
+
+/// The bytes of BAR2 mapped: the control block.
+const MAPPED: usize = 4096;
+
+/// Where the buffer is bound: above what the job timeout's test leaves bound.
+const AT: u64 = 6 * VA;
+
+impl Switches {
+    fn open(dev: &Device) -> Result<Self, Error> {
+        let name = dev.path().display().to_string();
+        let pci = dev.pci_address().ok_or_else(|| {
+            io_err(&name, "PCI address")(std::io::Error::from(std::io::ErrorKind::NotFound))
+        })?;
+        let path = format!("/sys/bus/pci/devices/{pci}/resource2");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        // SAFETY: a new shared mapping of the resource file; nothing else in this process
+        // refers to it.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                MAPPED,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io_err(&path, "mmap")(std::io::Error::last_os_error()));
+        }
+        NonNull::new(p.cast())
+            .map(|ptr| Self { ptr })
+            .ok_or_else(|| io_err(&path, "mmap")(std::io::Error::last_os_error()))
+    }
+
+    fn register(&self) -> *mut u32 {
+        // SAFETY: `FAULTS` is a naturally aligned field of the mapped control block.
+        unsafe { self.ptr.as_ptr().add(ctrl::FAULTS as usize).cast() }
+    }
+
+    fn set(&self, bits: u32) {
+        // SAFETY: see `register`; one aligned 32-bit store, as the device expects.
+        unsafe { ptr::write_volatile(self.register(), bits) }
+    }
+
+    fn get(&self) -> u32 {
+        // SAFETY: see `register`.
+        unsafe { ptr::read_volatile(self.register()) }
+    }
+}
+
+impl Drop for Switches {
+    fn drop(&mut self) {
+        self.set(0);
+        // SAFETY: the mapping made in `open`, unused from now on.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), MAPPED) };
+    }
+}
+
+/// Every fault switch, the last one wedging the device.
+pub(crate) fn test_faults(t: &mut Tally, dev: &Device) -> Result<(), Error> {
+    let name = dev.path().display().to_string();
+    let sw = Switches::open(dev)?;
+    let buf = dev.bo_create(MIB2)?;
+    dev.vm_bind(&[map_op(buf.handle, 0, AT, MIB2, false)])?;
+    let out = dev.syncobj_create()?;
+    let filled = |pattern: u8| -> Result<bool, Error> {
+        let mut b = [0u8; 64];
+        dev.read(buf.handle, 0, &mut b)?;
+        Ok(b == [pattern; 64])
+    };
+    let fill = |pattern: u8| fill_cmd(AT, 64, u64::from_le_bytes([pattern; 8]));
+    let minute = Duration::from_secs(60);
+
+    // A stalled engine: the watchdog fails the job with nobody waiting; the reset cures it.
+    sw.set(ctrl::FAULT_STALL);
+    let job = dev.submit(&[fill(0x33)], 0, out)?;
+    let waited = dev.syncobj_wait(out, minute);
+    let err = job_errno(dev, job);
+    t.check(
+        &format!("{name}: a stalled engine: the job's out-syncobj signals ETIMEDOUT, and the reset clears the stall"),
+        waited.is_ok() && err == Some(libc::ETIMEDOUT) && sw.get() == 0,
+        format!("{waited:?}, job {err:?}, FAULTS {:#x}", sw.get()),
+    );
+    let next = dev.submit(&[fill(0x44)], 0, 0)?;
+    t.check(
+        &format!("{name}: after the stall, the next job runs"),
+        job_errno(dev, next).is_none() && filled(0x44)?,
+        "0x44",
+    );
+
+    // Lost completion interrupts: the watchdog finds the job complete, and it succeeds.
+    sw.set(ctrl::FAULT_DROP_COMPLETION);
+    let job = dev.submit(&[fill(0x55)], 0, 0)?;
+    let err = job_errno(dev, job);
+    sw.set(0);
+    t.check(
+        &format!("{name}: a lost completion interrupt: the watchdog finds the job done"),
+        err.is_none() && filled(0x55)?,
+        format!("job {err:?}"),
+    );
+
+    // A bogus FENCE_SEQNO signals no job: the job is failed after the timeout, never
+    // reported done on the device's word.
+    sw.set(ctrl::FAULT_BOGUS_SEQNO);
+    let job = dev.submit(&[fill(0x66)], 0, 0)?;
+    let err = job_errno(dev, job);
+    t.check(
+        &format!("{name}: a bogus FENCE_SEQNO completes no job; the reset clears it"),
+        err == Some(libc::ETIMEDOUT) && sw.get() == 0,
+        format!("job {err:?}, FAULTS {:#x}", sw.get()),
+    );
+    let next = dev.submit(&[fill(0x77)], 0, 0)?;
+    t.check(
+        &format!("{name}: after the bogus seqno, the next job runs"),
+        job_errno(dev, next).is_none() && filled(0x77)?,
+        "0x77",
+    );
+    dev.vm_bind(&[unmap_op(AT, MIB2)])?;
+
+    // A reset that is never acknowledged wedges the device: its jobs and every later SUBMIT
+    // fail with ENODEV, and nothing hangs.
+    let wedged = Device::open(dev.path())?;
+    let buf = wedged.bo_create(MIB2)?;
+    wedged.vm_bind(&[map_op(buf.handle, 0, AT, MIB2, false)])?;
+    let out = wedged.syncobj_create()?;
+    sw.set(ctrl::FAULT_STALL | ctrl::FAULT_IGNORE_RESET);
+    let job = wedged.submit(&[fill(0x88)], 0, out)?;
+    let waited = wedged.syncobj_wait(out, minute);
+    let err = job_errno(&wedged, job);
+    t.check(
+        &format!("{name}: a reset never acknowledged: the job fails with ENODEV"),
+        waited.is_ok() && err == Some(libc::ENODEV),
+        format!("{waited:?}, job {err:?}"),
+    );
+    t.errno(
+        &format!("{name}: SUBMIT on a wedged device"),
+        wedged.submit(&[fill(0x99)], 0, 0),
+        libc::ENODEV,
+    );
+    t.errno(
+        &format!("{name}: a VRAM buffer on a wedged device (its zeroing job cannot run)"),
+        wedged.bo_create(MIB2).map(|_| ()),
+        libc::ENODEV,
+    );
+    sw.set(0);
+    Ok(())
+}
