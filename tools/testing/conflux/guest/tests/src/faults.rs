@@ -5,31 +5,25 @@
 //! `FENCE_SEQNO`, and a reset that is never acknowledged. Run with the driver loaded with
 //! `job_timeout_ms=500`; the last case wedges the device.
 
-use std::{
-    fs::OpenOptions,
-    os::fd::AsRawFd,
-    ptr::{self, NonNull},
-    time::Duration,
-};
+use std::{fs::OpenOptions, os::fd::AsFd, time::Duration};
 
 use conflux::{fill_cmd, map_op, unmap_op, Device, Error};
-use conflux_device::regs::ctrl;
+use conflux_device::{
+    memory::{Memory, Target},
+    regs::ctrl,
+    shm::{Mapping, SharedMemory},
+};
 
 use crate::{
     common::{io_err, job_errno, MIB2, VA},
     Tally,
 };
 
-/// The first page of a device's BAR2, mapped from its sysfs resource file.
-struct Switches {
-    ptr: NonNull<u8>,
-}
-
-/// The bytes of BAR2 mapped: the control block.
-const MAPPED: usize = 4096;
-
 /// Where the buffer is bound: above what the job timeout's test leaves bound.
 const AT: u64 = 6 * VA;
+
+/// The control block of a device, mapped from its BAR2 resource file in sysfs.
+struct Switches(SharedMemory);
 
 impl Switches {
     fn open(dev: &Device) -> Result<Self, Error> {
@@ -43,47 +37,26 @@ impl Switches {
             .write(true)
             .open(&path)
             .map_err(io_err(&path, "open"))?;
-        // SAFETY: a new shared mapping of the resource file; nothing else in this process
-        // refers to it.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                MAPPED,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io_err(&path, "mmap")(std::io::Error::last_os_error()));
-        }
-        NonNull::new(p.cast())
-            .map(|ptr| Self { ptr })
-            .ok_or_else(|| io_err(&path, "mmap")(std::io::Error::last_os_error()))
-    }
-
-    fn register(&self) -> *mut u32 {
-        // SAFETY: `FAULTS` is a naturally aligned field of the mapped control block.
-        unsafe { self.ptr.as_ptr().add(ctrl::FAULTS as usize).cast() }
+        let len = usize::try_from(ctrl::SIZE).unwrap_or(4096);
+        let map = Mapping::new(file.as_fd(), len).map_err(io_err(&path, "mmap"))?;
+        Ok(Self(SharedMemory::new(vec![map], None)))
     }
 
     fn set(&self, bits: u32) {
-        // SAFETY: see `register`; one aligned 32-bit store, as the device expects.
-        unsafe { ptr::write_volatile(self.register(), bits) }
+        // One aligned 32-bit store, as the device expects; inside the mapping.
+        let _ = (&self.0).write_u32(Target::Bar(0), ctrl::FAULTS, bits);
     }
 
     fn get(&self) -> u32 {
-        // SAFETY: see `register`.
-        unsafe { ptr::read_volatile(self.register()) }
+        self.0
+            .read_u32(Target::Bar(0), ctrl::FAULTS)
+            .unwrap_or(u32::MAX)
     }
 }
 
 impl Drop for Switches {
     fn drop(&mut self) {
         self.set(0);
-        // SAFETY: the mapping made in `open`, unused from now on.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), MAPPED) };
     }
 }
 
