@@ -81,7 +81,7 @@ pub(crate) fn test_faults(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     let waited = dev.syncobj_wait(out, minute);
     let err = job_errno(dev, job);
     t.check(
-        &format!("{name}: a stalled engine: the job's out-syncobj signals ETIMEDOUT, and the reset clears the stall"),
+        &format!("{name}: stalled engine: out-syncobj signals ETIMEDOUT, reset ends the stall"),
         waited.is_ok() && err == Some(libc::ETIMEDOUT) && sw.get() == 0,
         format!("{waited:?}, job {err:?}, FAULTS {:#x}", sw.get()),
     );
