@@ -321,10 +321,10 @@ struct drm_conflux_sync {
  * -ETIMEDOUT when the job did not complete in the job timeout (10 seconds
  * unless the module parameter job_timeout_ms says otherwise), whether or not
  * anybody waits for it; -ECANCELED when the device was unbound, or a reset
- * for another job's timeout interrupted it, or its file was closed before
- * it started; -ENODEV when the device did not confirm a reset (it is wedged,
- * see uapi.rst); a failed in-fence's error. The engine is reset after a
- * failed job and runs the jobs after it; no job runs twice.
+ * for another job's timeout interrupted it; -ENODEV when the device did not
+ * confirm a reset (it is wedged, see uapi.rst); a failed in-fence's error.
+ * The engine is reset after a failed job and runs the jobs after it; no job
+ * runs twice. Closing the file waits for its jobs to end.
  *
  * Errors: -EINVAL for a malformed call, command or sync, a syncobj without
  * fence at the point asked, or an @in_fence_fd that is not a sync_file;
