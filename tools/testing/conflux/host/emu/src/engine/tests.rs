@@ -1145,15 +1145,14 @@ fn set_topology_keeps_the_state_and_changes_the_routes() {
     assert!(e.0.contains("no device 2"), "{e}");
 }
 
-/// Memory that requests a reset, as a driver would from another CPU, once
-/// `after` fills have run.
-struct ResetAfter<'a> {
+/// Memory that runs `before` on the backing memory ahead of each fill: what a driver on
+/// another CPU does meanwhile.
+struct BeforeFill<'a, F: FnMut(&mut Buffers) -> Result<(), MemoryError>> {
     inner: &'a mut Buffers,
-    bar: Target,
-    after: usize,
+    before: F,
 }
 
-impl Memory for ResetAfter<'_> {
+impl<F: FnMut(&mut Buffers) -> Result<(), MemoryError>> Memory for BeforeFill<'_, F> {
     fn read(&self, target: Target, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.inner.read(target, offset, buf)
     }
@@ -1169,11 +1168,7 @@ impl Memory for ResetAfter<'_> {
         len: usize,
         pattern: u64,
     ) -> Result<(), MemoryError> {
-        if self.after == 0 {
-            self.inner
-                .write_u32(self.bar, ctrl::CONTROL, ctrl::CONTROL_RESET)?;
-        }
-        self.after = self.after.saturating_sub(1);
+        (self.before)(self.inner)?;
         self.inner.fill(target, offset, len, pattern)
     }
 }
@@ -1187,10 +1182,16 @@ fn a_reset_requested_during_a_command_stops_it_before_its_next_piece() {
     d.push_slot(&fence(7, true).encode());
     d.set32(ctrl::RING_HEAD, d.head);
     let bar = d.bar();
-    let out = d.eng.process(&mut ResetAfter {
+    let mut after = 4_u32;
+    let out = d.eng.process(&mut BeforeFill {
         inner: &mut d.mem,
-        bar,
-        after: 4,
+        before: |mem| {
+            if after == 0 {
+                mem.write_u32(bar, ctrl::CONTROL, ctrl::CONTROL_RESET)?;
+            }
+            after = after.saturating_sub(1);
+            Ok(())
+        },
     });
     assert!(out.reset);
     assert!(out.error.is_none());
@@ -1202,36 +1203,6 @@ fn a_reset_requested_during_a_command_stops_it_before_its_next_piece() {
     // Five pieces were written; the rest of the command never ran.
     assert!(d.data(0)[..5 * 4096].iter().all(|&b| b == 0xff));
     assert!(d.data(0)[5 * 4096..16 * 4096].iter().all(|&b| b == 0));
-}
-
-/// Memory that records `FENCE_SEQNO`, as a driver on another CPU would read it, whenever a
-/// fill starts.
-struct WatchFence<'a> {
-    inner: &'a mut Buffers,
-    bar: Target,
-    seen: Vec<u64>,
-}
-
-impl Memory for WatchFence<'_> {
-    fn read(&self, target: Target, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.inner.read(target, offset, buf)
-    }
-
-    fn write(&mut self, target: Target, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
-        self.inner.write(target, offset, data)
-    }
-
-    fn fill(
-        &mut self,
-        target: Target,
-        offset: u64,
-        len: usize,
-        pattern: u64,
-    ) -> Result<(), MemoryError> {
-        let seqno = self.inner.read_u64(self.bar, ctrl::FENCE_SEQNO)?;
-        self.seen.push(seqno);
-        self.inner.fill(target, offset, len, pattern)
-    }
 }
 
 #[test]
@@ -1247,14 +1218,17 @@ fn fence_seqno_is_written_as_each_fence_executes() {
     }
     d.set32(ctrl::RING_HEAD, d.head);
     let bar = d.bar();
-    let mut mem = WatchFence {
+    // FENCE_SEQNO as a driver on another CPU reads it whenever a fill starts.
+    let mut seen = Vec::new();
+    d.eng.process(&mut BeforeFill {
         inner: &mut d.mem,
-        bar,
-        seen: Vec::new(),
-    };
-    d.eng.process(&mut mem);
+        before: |mem| {
+            seen.push(mem.read_u64(bar, ctrl::FENCE_SEQNO)?);
+            Ok(())
+        },
+    });
     // Each fill saw the fence before it, in the middle of one doorbell.
-    assert_eq!(mem.seen, [3, 4]);
+    assert_eq!(seen, [3, 4]);
 }
 
 #[test]
