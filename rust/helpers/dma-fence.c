@@ -27,3 +27,16 @@ __rust_helper bool rust_helper_dma_fence_is_later(struct dma_fence *f1,
 {
 	return dma_fence_is_later(f1, f2);
 }
+
+/*
+ * The error of a fence that has signalled (0 or negative), or 1 while it is pending, without
+ * the fence's lock: the error is set before the fence signals and never changes after.
+ */
+__rust_helper int rust_helper_dma_fence_result(struct dma_fence *fence)
+{
+	if (!dma_fence_test_signaled_flag(fence))
+		return 1;
+	/* Pairs with the fully ordered test_and_set_bit() that signals the fence. */
+	smp_rmb();
+	return fence->error;
+}

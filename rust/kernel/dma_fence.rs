@@ -179,6 +179,18 @@ impl Fence {
         }
     }
 
+    /// As [`Fence::status`], but from the fence's signalled flag alone, without its lock and
+    /// without asking its ops whether it has signalled meanwhile: for code that runs often, or
+    /// that holds a lock the fence's signalling path takes. Allowed in any context.
+    pub fn result(&self) -> Result<bool> {
+        // SAFETY: The fence is valid by the type invariants.
+        match unsafe { bindings::dma_fence_result(self.as_raw()) } {
+            1 => Ok(false),
+            0 => Ok(true),
+            e => Err(Error::from_errno(e)),
+        }
+    }
+
     /// Waits for the fence to signal, for at most `timeout` jiffies.
     ///
     /// Returns `Ok(true)` once the fence has signalled (whether with an error or not: see
