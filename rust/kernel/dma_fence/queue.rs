@@ -10,22 +10,29 @@
 //! *finished* fence, the one userspace and other drivers see. The submission never waits for a
 //! dependency.
 //!
-//! The queue's worker starts the oldest queued job once its dependencies have signalled and the
-//! ring has room for it (its *credits*): it calls [`QueueOps::run`], which writes the job to the
-//! hardware and returns the job's hardware fence. When that signals, the worker signals the
-//! finished fence with the same result, gives the credits back and drops the job, and with it
-//! everything the job kept alive. Finished fences signal in submission order. A job whose
-//! dependency failed does not run: its finished fence signals the dependency's error.
+//! A job starts once its dependencies have signalled and the ring has room for it (its
+//! *credits*): [`push`](JobQueue::push) starts it right away when nothing holds it back, and the
+//! queue's worker otherwise, when a dependency signals or a job ends. Starting calls
+//! [`QueueOps::run`], which writes the job to the hardware and returns the job's hardware fence.
+//! When that signals, the finished fence signals with the same result and the credits go back;
+//! the worker later drops the job, and with it everything the job kept alive. Finished fences
+//! signal in submission order. A job whose dependency failed does not run: its finished fence
+//! signals the dependency's error.
+//!
+//! A driver whose completion handler calls [`JobQueue::signal_done`] once it has signalled
+//! hardware fences ([`QueueOps::SIGNALS_DONE`]) has the finished fences signalled right there,
+//! in the handler; the worker then retires jobs a few at a time, shortly after. For other
+//! drivers a callback on each hardware fence wakes the worker, which signals.
 //!
 //! A watchdog fires when the oldest running job has been running for the queue's timeout,
 //! whether or not anybody waits for it, and calls [`QueueOps::timed_out`]: the driver stops the
 //! hardware and signals the job's hardware fence with an error.
 //!
-//! Fence callbacks only wake the worker, so that no fence's lock is taken inside another's. The
-//! worker and the watchdog run as fence-signalling sections ([`SignallingSection`]), so lockdep
-//! reports an allocation or a wait on their path. Dropping the queue cancels the jobs that
-//! have not finished: their finished fences signal [`ECANCELED`]. The driver stops its hardware
-//! before it drops the queue.
+//! Fence callbacks only wake the worker, so that no fence's lock is taken inside another's.
+//! Starting jobs, [`JobQueue::signal_done`], the worker and the watchdog run as
+//! fence-signalling sections ([`SignallingSection`]), so lockdep reports an allocation or a wait
+//! on their path. Dropping the queue cancels the jobs that have not finished: their finished
+//! fences signal [`ECANCELED`]. The driver stops its hardware before it drops the queue.
 //!
 //! This is a dependency queue, not a scheduler: one queue per hardware ring, no entities and no
 //! priorities.
@@ -47,7 +54,8 @@ use crate::{
     prelude::*,
     sync::{
         aref::ARef,
-        SpinLockIrq, //
+        SpinLockIrq,
+        SpinLockIrqGuard, //
     },
     time::{
         msecs_to_jiffies,
@@ -57,6 +65,13 @@ use crate::{
     },
     types::Opaque, //
 };
+
+/// How long the worker waits before it retires jobs whose finished fences signalled from the
+/// driver's completion handler, so that it retires several at a time.
+const RETIRE_DELAY_MS: u32 = 2;
+
+/// How many jobs the worker takes off the queue at a time.
+const RETIRE_BATCH: usize = 16;
 
 /// What [`QueueOps::run`] did with a job.
 pub enum Run {
@@ -81,10 +96,16 @@ pub trait QueueOps: Send + Sync {
     /// job does not wait for the queue's own earlier jobs: they end before it does.
     const IN_ORDER: bool;
 
+    /// Whether the driver calls [`JobQueue::signal_done`] each time it has signalled hardware
+    /// fences: in its completion handler, and after a recovery that [`QueueOps::timed_out`]
+    /// did not do. The queue then puts no callback on hardware fences; finished fences signal
+    /// right in the driver's handler, and the worker retires jobs a few at a time.
+    const SIGNALS_DONE: bool = false;
+
     /// Writes `job` to the hardware. `idle` tells whether no job of the queue is running.
     ///
-    /// Called from the queue's worker, one job at a time, in submission order, in a
-    /// fence-signalling section: it must not allocate memory or wait for a fence.
+    /// Called from [`JobQueue::push`] or the queue's worker, one job at a time, in submission
+    /// order, in a fence-signalling section: it must not allocate memory or wait for a fence.
     fn run(&self, job: &mut Self::Job, idle: bool) -> Run;
 
     /// The oldest running job, whose hardware fence is `hw`, has run for [`QueueOps::timeout`].
@@ -241,17 +262,23 @@ where
 /// # Invariants
 ///
 /// The `len` entries from `first` on (modulo the ring's size) are the queue's jobs in
-/// submission order; the first `running` of them have started. Each is `Some`, but the one at
-/// `running` while `starting`, which the worker holds. The others are `None`.
+/// submission order; the first `running` of them have started, and the finished fences of the
+/// first `signalled` of those have signalled (finished fences signal in order). Each is `Some`,
+/// but the one at `running` while `starting`, which the starting task holds. The others are
+/// `None`.
 struct State<J> {
     slots: KVec<Option<Pin<KBox<Node<J>>>>>,
     first: usize,
     len: usize,
     running: usize,
+    signalled: usize,
     starting: bool,
-    /// Credits not used by a running job.
+    /// Another task wanted to start jobs while one was at it: that one looks again before it
+    /// stops.
+    rekick: bool,
+    /// Credits not used by a job the hardware works on.
     credits: u32,
-    /// When the oldest running job became the oldest.
+    /// When the oldest running job whose finished fence has not signalled became the oldest.
     front_since: Instant<Monotonic>,
     /// New jobs are refused.
     stopped: bool,
@@ -287,7 +314,20 @@ impl<J> State<J> {
         self.first = self.index(1);
         self.len -= 1;
         self.running = self.running.saturating_sub(1);
+        self.signalled = self.signalled.saturating_sub(1);
         node
+    }
+
+    /// Moves the jobs to `bigger`, which has more room, all of it `None`.
+    fn grow(&mut self, mut bigger: KVec<Option<Pin<KBox<Node<J>>>>>) {
+        for i in 0..self.len {
+            let node = self.slot(i).and_then(Option::take);
+            if let Some(slot) = bigger.get_mut(i) {
+                *slot = node;
+            }
+        }
+        self.slots = bigger;
+        self.first = 0;
     }
 }
 
@@ -295,9 +335,9 @@ impl<J> State<J> {
 ///
 /// # Invariants
 ///
-/// `run` and `watchdog` are initialised work items whose functions are
-/// [`JobQueue::run_work`] and [`JobQueue::watchdog_work`] of this queue. They are not queued or
-/// running once [`PinnedDrop::drop`] has returned.
+/// `run`, `later` and `watchdog` are initialised work items whose functions are
+/// [`JobQueue::run_work`], [`JobQueue::later_work`] and [`JobQueue::watchdog_work`] of this
+/// queue. They are not queued or running once [`PinnedDrop::drop`] has returned.
 #[pin_data(PinnedDrop)]
 pub struct JobQueue<T, J, L>
 where
@@ -309,10 +349,15 @@ where
     ops: T,
     fences: FenceContext<L>,
     capacity: u32,
+    max_jobs: usize,
     #[pin]
     state: SpinLockIrq<State<J>>,
     #[pin]
     run: Opaque<bindings::work_struct>,
+    /// The worker, a little later: it retires the jobs whose fences signalled meanwhile in one
+    /// go.
+    #[pin]
+    later: Opaque<bindings::delayed_work>,
     #[pin]
     watchdog: Opaque<bindings::delayed_work>,
 }
@@ -336,36 +381,78 @@ where
 {
 }
 
+/// A ring of `n` empty slots.
+fn empty_slots<N>(n: usize, flags: Flags) -> Result<KVec<Option<N>>> {
+    let mut slots = KVec::with_capacity(n, flags)?;
+    for _ in 0..n {
+        slots.push(None, flags)?;
+    }
+    Ok(slots)
+}
+
+/// Initialises the delayed work item at `dwork`, which runs `f`, and whose timer runs in
+/// irq-safe context as the timer of every delayed work item must.
+///
+/// # Safety
+///
+/// `dwork` is valid for writes; `f` may run as the function of this work item.
+unsafe fn init_delayed_work(
+    dwork: *mut bindings::delayed_work,
+    f: unsafe extern "C" fn(*mut bindings::work_struct),
+    name: &'static CStr,
+    work_key: Pin<&'static crate::sync::LockClassKey>,
+    timer_key: Pin<&'static crate::sync::LockClassKey>,
+) {
+    // SAFETY: `dwork` is valid for writes (safety requirements); the names and keys are static;
+    // `delayed_work_timer_fn` is the timer function of delayed work items.
+    unsafe {
+        bindings::init_work_with_key(
+            &raw mut (*dwork).work,
+            Some(f),
+            false,
+            name.as_char_ptr(),
+            work_key.as_ptr(),
+        );
+        bindings::timer_init_key(
+            &raw mut (*dwork).timer,
+            Some(bindings::delayed_work_timer_fn),
+            bindings::TIMER_IRQSAFE,
+            name.as_char_ptr(),
+            timer_key.as_ptr(),
+        );
+    }
+}
+
 impl<T, J, L> JobQueue<T, J, L>
 where
     T: QueueOps<Job = J, Timeline = L>,
     J: Send,
     L: FenceTimeline,
 {
-    /// A queue for a ring of `capacity` credits that holds at most `max_jobs` jobs, queued or
-    /// running.
+    /// A queue for a ring of `capacity` credits that holds at most `max_jobs` jobs whose
+    /// finished fences have not signalled, queued or running.
     pub fn new(
         ops: impl PinInit<T, Error>,
         capacity: u32,
         max_jobs: usize,
     ) -> impl PinInit<Self, Error> {
         let credits = capacity;
+        let max_jobs = max_jobs.max(1);
+        // Room for as many jobs again that have finished and wait to be retired.
+        let ring = 2 * max_jobs;
         try_pin_init!(Self {
             ops <- ops,
             fences: FenceContext::new(),
             capacity,
+            max_jobs,
             state <- new_spinlock_irq!(State {
-                slots: {
-                    let mut slots = KVec::with_capacity(max_jobs.max(1), GFP_KERNEL)?;
-                    for _ in 0..max_jobs.max(1) {
-                        slots.push(None, GFP_KERNEL)?;
-                    }
-                    slots
-                },
+                slots: empty_slots(ring, GFP_KERNEL)?,
                 first: 0,
                 len: 0,
                 running: 0,
+                signalled: 0,
                 starting: false,
+                rekick: false,
                 credits,
                 front_since: Instant::now(),
                 stopped: false,
@@ -383,25 +470,30 @@ where
                     )
                 }
             }),
+            later <- Opaque::ffi_init(|dwork: *mut bindings::delayed_work| {
+                // SAFETY: `dwork` is valid for writes; `later_work` takes the work item of a
+                // queue's `later`.
+                unsafe {
+                    init_delayed_work(
+                        dwork,
+                        Self::later_work,
+                        c"JobQueue::later",
+                        crate::static_lock_class!(),
+                        crate::static_lock_class!(),
+                    )
+                }
+            }),
             watchdog <- Opaque::ffi_init(|dwork: *mut bindings::delayed_work| {
                 // SAFETY: `dwork` is valid for writes; `watchdog_work` takes the work item of a
-                // queue's watchdog; `delayed_work_timer_fn` is the timer function of every
-                // delayed work item, which it must run in irq-safe context.
+                // queue's watchdog.
                 unsafe {
-                    bindings::init_work_with_key(
-                        &raw mut (*dwork).work,
-                        Some(Self::watchdog_work),
-                        false,
-                        c"JobQueue::watchdog".as_char_ptr(),
-                        crate::static_lock_class!().as_ptr(),
-                    );
-                    bindings::timer_init_key(
-                        &raw mut (*dwork).timer,
-                        Some(bindings::delayed_work_timer_fn),
-                        bindings::TIMER_IRQSAFE,
-                        c"JobQueue::watchdog".as_char_ptr(),
-                        crate::static_lock_class!().as_ptr(),
-                    );
+                    init_delayed_work(
+                        dwork,
+                        Self::watchdog_work,
+                        c"JobQueue::watchdog",
+                        crate::static_lock_class!(),
+                        crate::static_lock_class!(),
+                    )
                 }
             }),
         })
@@ -443,12 +535,13 @@ where
         Ok(PreparedJob { queue: self, node })
     }
 
-    /// Queues `job` and returns its finished fence.
+    /// Queues `job` and returns its finished fence, and starts it if nothing holds it back.
     ///
     /// The fence gets its sequence number here, in queue order. While the queue holds as many
-    /// jobs as it can, waits for the oldest to finish; [`ERESTARTSYS`] when `interruptible` and
-    /// a signal comes first. Fails with [`ESHUTDOWN`] once the queue is stopped. The job is
-    /// dropped on failure.
+    /// unfinished jobs as it can, waits for the oldest to finish; [`ERESTARTSYS`] when
+    /// `interruptible` and a signal comes first. Fails with [`ESHUTDOWN`] once the queue is
+    /// stopped, and with [`ENOMEM`] when the queue needs more room for finished jobs that the
+    /// worker has not retired yet and cannot get it. The job is dropped on failure.
     pub fn push(&self, job: PreparedJob<'_, T, J, L>, interruptible: bool) -> Result<ARef<Fence>> {
         if !core::ptr::eq(job.queue, self) {
             return Err(EINVAL);
@@ -459,14 +552,26 @@ where
             if state.stopped {
                 return Err(ESHUTDOWN);
             }
-            if state.len == state.slots.len() {
-                let oldest = state
-                    .get(0)
-                    .and_then(|n| n.finished.as_ref())
+            if state.len - state.signalled >= self.max_jobs {
+                // The oldest unfinished job, unless it is being started.
+                let oldest = (state.signalled..state.len)
+                    .find_map(|i| state.get(i).and_then(|n| n.finished.as_ref()))
                     .map(SignalFence::shared);
                 drop(state);
                 if let Some(oldest) = oldest {
                     oldest.wait(interruptible)?;
+                }
+                continue;
+            }
+            if state.len == state.slots.len() {
+                // Finished jobs wait for the worker: more room, rather than a wait for the
+                // worker, which may need a lock the caller holds to drop them.
+                let more = state.slots.len() * 2;
+                drop(state);
+                let bigger = empty_slots(more, GFP_KERNEL)?;
+                let mut state = self.state.lock();
+                if state.len == state.slots.len() && more > state.slots.len() {
+                    state.grow(bigger);
                 }
                 continue;
             }
@@ -481,13 +586,13 @@ where
                 *slot = Some(node);
             }
             state.len += 1;
-            drop(state);
-            self.wake();
+            // Started here when nothing holds it back, which spares a trip through the worker.
+            self.start_locked(state);
             return Ok(shared);
         }
     }
 
-    /// How many jobs the queue holds, and how many of them run.
+    /// How many jobs the queue holds, and how many of them have started.
     pub fn jobs(&self) -> (usize, usize) {
         let state = self.state.lock();
         (state.len, state.running)
@@ -499,11 +604,29 @@ where
         unsafe { queue_run(self.run.get()) };
     }
 
+    /// Wakes the worker a little later, unless it is woken already: to retire jobs in batches.
+    fn wake_later(&self) {
+        let cpu = bindings::wq_misc_consts_WORK_CPU_UNBOUND as i32;
+        // SAFETY: By the type invariants `later` is initialised, and `self` is alive;
+        // `system_wq` is always available.
+        unsafe {
+            bindings::queue_delayed_work_on(
+                cpu,
+                bindings::system_wq,
+                self.later.get(),
+                msecs_to_jiffies(RETIRE_DELAY_MS),
+            )
+        };
+    }
+
     /// Waits until the worker has gone through the queue once more.
     pub fn flush(&self) {
         self.wake();
-        // SAFETY: By the type invariants `run` is initialised.
-        unsafe { bindings::flush_work(self.run.get()) };
+        // SAFETY: By the type invariants the work items are initialised.
+        unsafe {
+            bindings::flush_work(self.run.get());
+            bindings::flush_delayed_work(self.later.get());
+        }
     }
 
     /// Stops the queue: jobs not started never will be, and new jobs are refused with
@@ -530,11 +653,90 @@ where
         self.wake();
     }
 
+    /// Signals the finished fences of the jobs the hardware is done with, oldest first, at
+    /// once, and gives their credits back.
+    ///
+    /// For the driver's completion handler, once it has signalled hardware fences (see
+    /// [`QueueOps::SIGNALS_DONE`]): their finished fences signal without a trip through the
+    /// worker, which retires the jobs later, several at a time. Any context, hard interrupts
+    /// included, but not a fence callback, nor with a fence's lock held. Allocates nothing.
+    ///
+    /// The fences signal under the queue's lock, which keeps them in order: callbacks on
+    /// finished fences must not call into the queue.
+    pub fn signal_done(&self) {
+        let (signalled, waiting, retire_now) = {
+            let _section = SignallingSection::begin();
+            let mut state = self.state.lock();
+            if state.dead {
+                return;
+            }
+            let signalled = self.signal_due(&mut state);
+            let waiting = state.len > state.running;
+            (
+                signalled,
+                waiting,
+                2 * (state.signalled + 1) > self.max_jobs,
+            )
+        };
+        if waiting || retire_now {
+            self.wake();
+        } else if signalled {
+            self.wake_later();
+        }
+    }
+
+    /// Signals the finished fences that are due, in order, and gives their credits back;
+    /// returns whether any signalled.
+    fn signal_due(&self, state: &mut State<J>) -> bool {
+        if state.dead {
+            return false;
+        }
+        let before = state.signalled;
+        while state.signalled < state.running {
+            let i = state.signalled;
+            let Some(Some(node)) = state.slot(i) else {
+                break;
+            };
+            if !node.done() {
+                break;
+            }
+            let error = node
+                .error
+                .or_else(|| node.hw.as_ref().and_then(|hw| hw.result().err()));
+            // SAFETY: `finished` and `credits` are not structurally pinned.
+            let fields = unsafe { node.as_mut().get_unchecked_mut() };
+            let credits = core::mem::take(&mut fields.credits);
+            match (fields.finished.take(), error) {
+                (Some(f), Some(e)) => f.signal_error(e),
+                (Some(f), None) => f.signal(),
+                (None, _) => {}
+            }
+            state.credits = state.credits.saturating_add(credits);
+            state.signalled += 1;
+        }
+        if state.signalled == before {
+            return false;
+        }
+        state.front_since = Instant::now();
+        true
+    }
+
     extern "C" fn run_work(work: *mut bindings::work_struct) {
         // SAFETY: By the type invariants, `work` is the `run` field of a live queue; `Opaque` is
         // `repr(transparent)`.
         let this = unsafe {
             &*crate::container_of!(work.cast::<Opaque<bindings::work_struct>>(), Self, run)
+        };
+        this.retire();
+        this.start();
+    }
+
+    extern "C" fn later_work(work: *mut bindings::work_struct) {
+        // SAFETY: By the type invariants, `work` is the work item of the `later` field of a live
+        // queue; `Opaque` is `repr(transparent)`.
+        let this = unsafe {
+            let dwork = crate::container_of!(work, bindings::delayed_work, work);
+            &*crate::container_of!(dwork.cast::<Opaque<bindings::delayed_work>>(), Self, later)
         };
         this.retire();
         this.start();
@@ -570,74 +772,81 @@ where
         }
     }
 
-    /// Signals the finished fences of the jobs the hardware is done with, oldest first.
+    /// Signals the finished fences that are due, then takes the jobs whose finished fences
+    /// have signalled off the queue and drops them.
     fn retire(&self) {
+        let mut first = true;
         loop {
-            let (mut node, next) = {
+            let mut batch: [Option<Pin<KBox<Node<J>>>>; RETIRE_BATCH] =
+                [const { None }; RETIRE_BATCH];
+            {
+                let _section = first.then(SignallingSection::begin);
                 let mut state = self.state.lock();
-                let ready =
-                    !state.dead && state.running > 0 && state.get(0).is_some_and(|n| n.done());
-                let Some(node) = ready.then(|| state.pop()).flatten() else {
-                    return;
-                };
-                state.credits = state.credits.saturating_add(node.credits);
-                state.front_since = Instant::now();
-                (node, state.running > 0)
-            };
-            if next {
-                self.arm_watchdog(self.ops.timeout(), true);
-            }
-            // SAFETY: `finished` is not structurally pinned.
-            let finished = unsafe { node.as_mut().get_unchecked_mut().finished.take() };
-            let error = node
-                .error
-                .or_else(|| node.hw.as_ref().and_then(|hw| hw.status().err()));
-            if let Some(finished) = finished {
-                let _section = SignallingSection::begin();
-                match error {
-                    Some(e) => finished.signal_error(e),
-                    None => finished.signal(),
+                if first {
+                    self.signal_due(&mut state);
+                    first = false;
+                }
+                for slot in batch.iter_mut() {
+                    if state.dead || state.signalled == 0 {
+                        break;
+                    }
+                    *slot = state.pop();
                 }
             }
-            // The job's resources go outside the signalling section: freeing them may take
-            // locks that allocating paths hold.
-            // SAFETY: `job` is not structurally pinned.
-            let job = unsafe { node.as_mut().get_unchecked_mut().job.take() };
-            drop(node);
-            if let Some(job) = job {
-                self.ops.finished(job, error.map_or(Ok(()), Err));
+            if batch[0].is_none() {
+                return;
+            }
+            for mut node in batch.into_iter().flatten() {
+                let error = node
+                    .error
+                    .or_else(|| node.hw.as_ref().and_then(|hw| hw.result().err()));
+                // The job's resources go outside the signalling section: freeing them may take
+                // locks that allocating paths hold.
+                // SAFETY: `job` is not structurally pinned.
+                let job = unsafe { node.as_mut().get_unchecked_mut().job.take() };
+                drop(node);
+                if let Some(job) = job {
+                    self.ops.finished(job, error.map_or(Ok(()), Err));
+                }
             }
         }
     }
 
     /// Starts the queued jobs whose dependencies have signalled, in order, while the ring has
-    /// room.
+    /// room. One task at a time starts jobs (`starting`); the others leave it to that one,
+    /// which looks at the queue again before it stops.
     fn start(&self) {
+        self.start_locked(self.state.lock());
+    }
+
+    /// [`Self::start`] with the queue's lock held.
+    fn start_locked<'a>(&'a self, mut state: SpinLockIrqGuard<'a, State<J>>) {
         loop {
-            let (mut node, idle) = {
-                let mut state = self.state.lock();
-                let i = state.running;
-                if state.dead || state.starting || i >= state.len {
-                    return;
-                }
-                let free = state.credits;
-                let Some(Some(node)) = state.slot(i) else {
-                    return;
-                };
-                if node.error.is_none() && !Self::dependencies_done(node.as_mut()) {
-                    return;
-                }
-                let runs = node.error.is_none();
-                if runs && node.credits > free {
-                    return;
-                }
-                let idle = state.running == 0;
-                let Some(node) = state.slot(i).and_then(Option::take) else {
-                    return;
-                };
-                state.starting = true;
-                (node, idle)
+            if state.starting {
+                state.rekick = true;
+                return;
+            }
+            let i = state.running;
+            if state.dead || i >= state.len {
+                return;
+            }
+            let free = state.credits;
+            let Some(Some(node)) = state.slot(i) else {
+                return;
             };
+            if node.error.is_none() && !Self::dependencies_done(node.as_mut()) {
+                return;
+            }
+            if node.error.is_none() && node.credits > free {
+                return;
+            }
+            let idle = state.running == state.signalled;
+            let Some(mut node) = state.slot(i).and_then(Option::take) else {
+                return;
+            };
+            state.starting = true;
+            state.rekick = false;
+            drop(state);
             let outcome = match node.error {
                 Some(e) => Run::Failed(e),
                 None => {
@@ -649,20 +858,24 @@ where
                     }
                 }
             };
-            let mut state = self.state.lock();
-            state.starting = false;
-            let i = state.running;
             // SAFETY: `hw`, `error` and `credits` are not structurally pinned.
             let fields = unsafe { node.as_mut().get_unchecked_mut() };
             let started = match outcome {
                 Run::Later => {
+                    state = self.state.lock();
+                    state.starting = false;
+                    let i = state.running;
                     if let Some(slot) = state.slot(i) {
                         *slot = Some(node);
+                    }
+                    // The jobs it waited for may have ended meanwhile, and the task that
+                    // learned it found this one starting.
+                    if core::mem::take(&mut state.rekick) {
+                        continue;
                     }
                     return;
                 }
                 Run::Started(hw) => {
-                    state.credits = state.credits.saturating_sub(fields.credits);
                     fields.hw = Some(hw);
                     true
                 }
@@ -676,23 +889,36 @@ where
             // SAFETY: `wake` is structurally pinned and projected as such.
             let mut wake = unsafe { node.as_mut().map_unchecked_mut(|n| &mut n.wake) };
             wake.as_mut().unregister();
-            let signalled = match (&hw, started) {
-                (Some(hw), true) => !matches!(wake.register(hw), Ok(true)),
-                _ => true,
-            };
+            // Without a callback the driver calls `signal_done()` once the hardware fence has
+            // signalled.
+            if let Some(hw) = hw.as_ref().filter(|_| !T::SIGNALS_DONE) {
+                // Not registered: the fence has signalled, which is looked at below.
+                let _ = wake.register(hw);
+            }
+            state = self.state.lock();
+            state.starting = false;
+            if started {
+                state.credits = state.credits.saturating_sub(node.credits);
+            }
+            let i = state.running;
             if let Some(slot) = state.slot(i) {
                 *slot = Some(node);
             }
             state.running += 1;
-            if state.running == 1 {
+            // A hardware fence that signalled before the job was back in the queue found
+            // nothing to signal: its finished fence is due now. One that signals later finds
+            // the job, since `signal_done()` takes the lock.
+            let done = hw.as_ref().is_none_or(|hw| hw.is_signaled());
+            if state.running == state.signalled + 1 {
                 state.front_since = Instant::now();
+                if started {
+                    self.arm_watchdog(self.ops.timeout(), false);
+                }
             }
-            drop(state);
-            if started {
-                self.arm_watchdog(self.ops.timeout(), false);
-            }
-            if signalled {
-                self.wake();
+            if done {
+                drop(state);
+                self.signal_done();
+                state = self.state.lock();
             }
         }
     }
@@ -736,28 +962,37 @@ where
         let timeout = self.ops.timeout();
         let (hw, age) = {
             let state = self.state.lock();
-            if state.dead || state.running == 0 {
+            if state.dead || state.running == state.signalled {
                 return;
             }
-            let hw = state.get(0).and_then(|n| n.hw.clone());
+            let hw = state.get(state.signalled).and_then(|n| n.hw.clone());
             (hw, state.front_since.elapsed())
         };
-        let Some(hw) = hw else {
-            // The oldest ended without running: the worker retires it.
-            self.wake();
-            return;
-        };
-        if hw.is_signaled() {
-            self.wake();
-        } else if age.as_nanos() >= timeout.as_nanos() {
-            {
-                let _section = SignallingSection::begin();
-                self.ops.timed_out(&hw);
+        match hw {
+            // The oldest ended without running, or its hardware fence signalled: its finished
+            // fence is due.
+            None => self.signal_done(),
+            Some(hw) if hw.is_signaled() => self.signal_done(),
+            Some(hw) if age.as_nanos() >= timeout.as_nanos() => {
+                {
+                    let _section = SignallingSection::begin();
+                    self.ops.timed_out(&hw);
+                }
+                self.signal_done();
+                self.arm_watchdog(timeout, true);
             }
-            self.arm_watchdog(timeout, true);
-        } else {
-            let left = Delta::from_nanos(timeout.as_nanos() - age.as_nanos());
-            self.arm_watchdog(left, true);
+            Some(_) => {
+                let left = Delta::from_nanos(timeout.as_nanos() - age.as_nanos());
+                self.arm_watchdog(left, true);
+            }
+        }
+        // Armed again while jobs run, in case the ones that signalled are not the last.
+        let running = {
+            let state = self.state.lock();
+            !state.dead && state.running > state.signalled
+        };
+        if running {
+            self.arm_watchdog(timeout, false);
         }
     }
 }
@@ -778,6 +1013,7 @@ where
         // SAFETY: By the type invariants the work items are initialised.
         unsafe {
             bindings::cancel_work_sync(self.run.get());
+            bindings::cancel_delayed_work_sync(self.later.get());
             bindings::cancel_delayed_work_sync(self.watchdog.get());
         }
         // Nothing but fence callbacks can queue the worker now. Dropping a job unregisters its
@@ -787,11 +1023,18 @@ where
             let Some(mut node) = node else {
                 break;
             };
+            // A job whose finished fence has signalled keeps its result.
+            let error = match node.finished {
+                Some(_) => Some(ECANCELED),
+                None => node
+                    .error
+                    .or_else(|| node.hw.as_ref().and_then(|hw| hw.result().err())),
+            };
             // SAFETY: `job` is not structurally pinned.
             let job = unsafe { node.as_mut().get_unchecked_mut().job.take() };
             drop(node);
             if let Some(job) = job {
-                self.ops.finished(job, Err(ECANCELED));
+                self.ops.finished(job, error.map_or(Ok(()), Err));
             }
         }
         // INVARIANT: no callback is left to queue the worker, which a callback may have queued
@@ -800,6 +1043,7 @@ where
         // SAFETY: By the type invariants the work items are initialised.
         unsafe {
             bindings::cancel_work_sync(self.run.get());
+            bindings::cancel_delayed_work_sync(self.later.get());
             bindings::cancel_delayed_work_sync(self.watchdog.get());
         }
     }
@@ -888,10 +1132,39 @@ mod tests {
         }
     }
 
+    /// The fake engine of a driver whose completion handler calls `signal_done()`.
+    struct Direct(Fake);
+
+    impl QueueOps for Direct {
+        type Job = FakeJob;
+        type Timeline = Finished;
+        const IN_ORDER: bool = true;
+        const SIGNALS_DONE: bool = true;
+
+        fn run(&self, job: &mut FakeJob, idle: bool) -> Run {
+            self.0.run(job, idle)
+        }
+
+        fn timed_out(&self, hw: &Fence) {
+            self.0.timed_out(hw)
+        }
+
+        fn timeout(&self) -> Delta {
+            self.0.timeout()
+        }
+    }
+
     type Queue = Pin<KBox<JobQueue<Fake, FakeJob, Finished>>>;
 
     fn queue(credits: u32, max_jobs: usize, timeout_ms: i64) -> Result<Queue> {
-        let fake = Fake {
+        KBox::pin_init(
+            JobQueue::new(Ok::<_, Error>(fake(timeout_ms)?), credits, max_jobs),
+            GFP_KERNEL,
+        )
+    }
+
+    fn fake(timeout_ms: i64) -> Result<Fake> {
+        Ok(Fake {
             hw: FenceContext::new(),
             started: KBox::pin_init(
                 new_spinlock_irq!(KVec::with_capacity(MAX_STARTED, GFP_KERNEL)?),
@@ -903,11 +1176,7 @@ mod tests {
             )?,
             timeouts: AtomicU32::new(0),
             timeout_ms,
-        };
-        KBox::pin_init(
-            JobQueue::new(Ok::<_, Error>(fake), credits, max_jobs),
-            GFP_KERNEL,
-        )
+        })
     }
 
     fn prepare(
@@ -943,8 +1212,13 @@ mod tests {
 
     /// Ends job `id` on the fake hardware.
     fn end(q: &Queue, id: u32) {
+        end_on(q.ops(), id)
+    }
+
+    /// Ends job `id` on `fake`.
+    fn end_on(fake: &Fake, id: u32) {
         let fence = {
-            let mut started = q.ops().started.lock();
+            let mut started = fake.started.lock();
             let i = started.iter().position(|(j, _)| *j == id);
             i.and_then(|i| started.remove(i).ok())
         };
@@ -1125,6 +1399,41 @@ mod tests {
         assert_eq!(waiting.status(), Err(ECANCELED));
         // The job's callback went with it.
         fa.signal();
+        Ok(())
+    }
+
+    #[test]
+    fn a_driver_that_signals_done_needs_no_worker() -> Result {
+        let q = KBox::pin_init(
+            JobQueue::new(Ok::<_, Error>(Direct(fake(10_000)?)), 64, 8),
+            GFP_KERNEL,
+        )?;
+        let mut done = KVec::new();
+        for id in 1..=2 {
+            let job = FakeJob {
+                id,
+                hw: Some(FenceMemory::new(GFP_KERNEL)?),
+            };
+            done.push(q.push(q.prepare(job, 1, GFP_KERNEL)?, false)?, GFP_KERNEL)?;
+        }
+        let (Some(one), Some(two)) = (done.first(), done.get(1)) else {
+            return Err(EINVAL);
+        };
+        // Started by `push()` itself, with no worker.
+        assert_eq!(q.ops().0.order.lock().len(), 2);
+        assert_eq!(q.jobs(), (2, 2));
+        // The completion handler: the hardware ends job 2 first. Nothing else wakes the worker,
+        // so whatever signals here signals from `signal_done()`.
+        end_on(&q.ops().0, 2);
+        q.signal_done();
+        assert!(!one.is_signaled() && !two.is_signaled());
+        end_on(&q.ops().0, 1);
+        q.signal_done();
+        assert_eq!(one.result(), Ok(true));
+        assert_eq!(two.result(), Ok(true));
+        // The worker retires them later, together.
+        q.flush();
+        assert_eq!(q.jobs(), (0, 0));
         Ok(())
     }
 
