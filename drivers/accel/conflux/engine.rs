@@ -21,6 +21,7 @@
 mod job;
 
 use core::sync::atomic::{
+    AtomicBool,
     AtomicU64,
     Ordering, //
 };
@@ -121,12 +122,10 @@ pub(crate) struct EngineJob {
     _buffers: KVec<ARef<Object>>,
 }
 
-/// What the worker and recovery share: the ring head, the MMU root the driver last wrote,
-/// and whether the device failed to confirm a reset.
+/// What the worker and recovery share: the ring head and the MMU root the driver last wrote.
 struct Ring {
     head: u32,
     root: u64,
-    wedged: bool,
 }
 
 /// Counters of the device, in bytes and commands.
@@ -157,6 +156,8 @@ pub(crate) struct Hw<'bound> {
     fences: FenceContext<Timeline>,
     /// The last bogus `FENCE_SEQNO` logged.
     bogus: AtomicU64,
+    /// The device failed to confirm a reset. Set with the ring lock held, and never cleared.
+    wedged: AtomicBool,
     /// Serialises writing jobs to the ring and recovery.
     #[pin]
     ring: Mutex<Ring>,
@@ -217,11 +218,8 @@ impl<'bound> Engine<'bound> {
             ring_mask,
             fences: FenceContext::new(),
             bogus: AtomicU64::new(0),
-            ring <- new_mutex!(Ring {
-                head,
-                root,
-                wedged: false,
-            }),
+            wedged: AtomicBool::new(false),
+            ring <- new_mutex!(Ring { head, root }),
             pending <- new_spinlock_irq!(Pending::new()?),
         }? Error);
         Arc::pin_init(
@@ -289,17 +287,19 @@ impl<'bound> Engine<'bound> {
 
     /// Whether the device failed to confirm a reset: it runs no more jobs.
     pub(crate) fn is_wedged(&self) -> bool {
-        self.hw().ring.lock().wedged
+        self.hw().is_wedged()
     }
 
     /// Handles the error vector: the device recorded an error and stopped.
     fn error(&self) {
         self.hw().error();
+        self.queue.signal_done();
     }
 
     /// Signals the hardware fences of the jobs that completed.
     fn complete(&self) {
         self.hw().complete();
+        self.queue.signal_done();
     }
 }
 
@@ -310,7 +310,7 @@ impl PinnedDrop for Engine<'_> {
         // cancels its jobs: their fences signal `ECANCELED`.
         let hw = self.hw();
         let mut ring = hw.ring.lock();
-        if !ring.wedged && reset(hw.pdev, &hw.doorbell, &hw.bar2).is_err() {
+        if !hw.is_wedged() && reset(hw.pdev, &hw.doorbell, &hw.bar2).is_err() {
             hw.wedge(&mut ring);
         }
     }
@@ -320,12 +320,13 @@ impl QueueOps for Hw<'_> {
     type Job = EngineJob;
     type Timeline = Jobs;
     const IN_ORDER: bool = true;
+    const SIGNALS_DONE: bool = true;
 
     /// Writes `job` to the ring. Waits for the engine to go idle before it switches to another
     /// address space, and for room in the ring and in the table of jobs in flight.
     fn run(&self, job: &mut EngineJob, idle: bool) -> Run {
         let mut ring = self.ring.lock();
-        if ring.wedged {
+        if self.is_wedged() {
             return Run::Failed(ENODEV);
         }
         let need = job.commands.len() as u32 + 1;
@@ -377,13 +378,17 @@ impl QueueOps for Hw<'_> {
     /// A job that ran on a device that then failed to confirm its reset may still be using its
     /// memory: it is never given back.
     fn finished(&self, job: EngineJob, _result: Result) {
-        if job.hw.is_none() && self.ring.lock().wedged {
+        if job.hw.is_none() && self.is_wedged() {
             core::mem::forget(job);
         }
     }
 }
 
 impl Hw<'_> {
+    fn is_wedged(&self) -> bool {
+        self.wedged.load(Ordering::Acquire)
+    }
+
     /// Writes the slots of `job` from ring counter `head` on and returns the new head.
     fn write_job(&self, mut head: u32, job: &Job) -> Result<u32> {
         for slot in job.slots() {
@@ -473,7 +478,7 @@ impl Hw<'_> {
     /// Handles the error vector: the device recorded an error and stopped.
     fn error(&self) {
         let mut ring = self.ring.lock();
-        if ring.wedged || self.bar2.read(regs::STATUS).state() != State::Error {
+        if self.is_wedged() || self.bar2.read(regs::STATUS).state() != State::Error {
             return;
         }
         let cause = self.bar2.read(regs::ERR_CAUSE);
@@ -499,7 +504,7 @@ impl Hw<'_> {
     /// at least as long, and recovers the engine.
     fn timed_out(&self, seqno: u64) {
         let mut ring = self.ring.lock();
-        if ring.wedged {
+        if self.is_wedged() {
             return;
         }
         self.complete();
@@ -524,8 +529,8 @@ impl Hw<'_> {
     /// The device did not confirm a reset: it may still be running, so the memory of its jobs
     /// in flight is never given back ([`QueueOps::finished`]). Their fences, and the ones of
     /// every later job, fail with [`ENODEV`].
-    fn wedge(&self, ring: &mut Ring) {
-        ring.wedged = true;
+    fn wedge(&self, _ring: &mut Ring) {
+        self.wedged.store(true, Ordering::Release);
         dev_err!(
             self.pdev,
             "engine: reset not confirmed: the device is wedged, its jobs fail with -ENODEV\n"

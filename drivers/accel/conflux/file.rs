@@ -147,7 +147,7 @@ impl File {
     pub(crate) fn reserve_job(&self) -> Result<JobSlot<'_>> {
         let mut jobs = self.jobs.lock();
         // Forget the jobs that completed successfully, and the oldest failures.
-        jobs.jobs.retain(|(_, f)| !matches!(f.status(), Ok(true)));
+        jobs.jobs.retain(|(_, f)| !matches!(f.result(), Ok(true)));
         let failed = jobs.jobs.iter().filter(|(_, f)| f.is_signaled()).count();
         if failed > KEPT_FAILURES {
             if let Some(i) = jobs.jobs.iter().position(|(_, f)| f.is_signaled()) {

@@ -123,7 +123,7 @@ impl Syncs {
         let ins = call.read_array::<RawSync>(args.in_syncs, usize::try_from(n_in)?)?;
         let outs = call.read_array::<RawSync>(args.out_syncs, usize::try_from(n_out)?)?;
         let mut syncs = Self {
-            wait: KVec::with_capacity(ins.len() + 2, GFP_KERNEL)?,
+            wait: KVec::new(),
             replace: KVec::new(),
             points: KVec::new(),
         };
