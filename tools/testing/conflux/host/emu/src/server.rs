@@ -272,14 +272,28 @@ enum Request {
     /// A client connected: raise these MSI-X vectors from now on (the
     /// client's eventfds, peer 1: writing one raises that vector).
     Vectors(Vec<EventFd>),
-    /// The guest rang the engine's doorbell.
+    /// Watch the engine's doorbell from now on: the main thread watches it
+    /// until the fabric is known, then hands it over, which spares every
+    /// doorbell a trip through the main thread.
+    Watch(EventFd),
+    /// The client has gone: stop watching its doorbell.
+    Unwatch,
+    /// The guest rang the engine's doorbell while the main thread watched
+    /// it.
     Doorbell,
 }
+
+/// The epoll token of a device thread's wake-up eventfd.
+const WAKE: u64 = 0;
+/// The epoll token of the engine's doorbell, in a device thread.
+const DOORBELL: u64 = 1;
 
 /// The thread that runs a device's engine, which it gives back when the
 /// server lets go of it.
 struct Worker {
     requests: Option<mpsc::Sender<Request>>,
+    /// Signalled after each request, and when the server lets go.
+    wake: Arc<EventFd>,
     thread: Option<thread::JoinHandle<Engine>>,
     /// The counters of the engine once it is given back.
     counters: Option<Counters>,
@@ -288,11 +302,16 @@ struct Worker {
 impl Worker {
     fn start(i: usize, engine: Engine, mem: Arc<SharedMemory>) -> io::Result<Self> {
         let (requests, inbox) = mpsc::channel();
+        let wake = Arc::new(EventFd::new()?);
+        let epoll = Epoll::new()?;
+        epoll.add(wake.as_fd(), WAKE, EPOLLIN)?;
+        let woken = Arc::clone(&wake);
         let thread = thread::Builder::new()
             .name(format!("conflux-dev{i}"))
-            .spawn(move || serve_device(i, engine, &mem, &inbox))?;
+            .spawn(move || serve_device(i, engine, &mem, &inbox, &epoll, &woken))?;
         Ok(Self {
             requests: Some(requests),
+            wake,
             thread: Some(thread),
             counters: None,
         })
@@ -302,13 +321,22 @@ impl Worker {
         if let Some(r) = &self.requests {
             // Only fails once the thread has ended, which it does only when
             // the server lets go of it.
-            let _ = r.send(request);
+            if r.send(request).is_ok() {
+                self.kick();
+            }
+        }
+    }
+
+    fn kick(&self) {
+        if let Err(e) = self.wake.signal() {
+            eprintln!("conflux-emu: waking a device thread: {e}");
         }
     }
 
     /// Stops the thread and keeps the engine's counters.
     fn stop(&mut self) -> Option<Counters> {
         self.requests = None;
+        self.kick();
         if let Some(t) = self.thread.take() {
             match t.join() {
                 Ok(engine) => self.counters = Some(engine.counters()),
@@ -320,32 +348,72 @@ impl Worker {
 }
 
 /// A device's thread: runs the engine on each doorbell, several queued
-/// doorbells at once, until the server lets go of it.
+/// doorbells at once, until the server lets go of it. It waits on its
+/// wake-up eventfd, which tells it of requests, and on the engine's doorbell
+/// once the main thread hands it over.
 fn serve_device(
     i: usize,
     mut engine: Engine,
     mem: &SharedMemory,
     inbox: &mpsc::Receiver<Request>,
+    epoll: &Epoll,
+    wake: &EventFd,
 ) -> Engine {
     let mut vectors = Vec::new();
-    while let Ok(first) = inbox.recv() {
+    let mut doorbell: Option<EventFd> = None;
+    loop {
+        let events = match epoll.wait(None) {
+            Ok(events) => events,
+            Err(e) => {
+                eprintln!("conflux-emu: device {i}: waiting for doorbells: {e}");
+                return engine;
+            }
+        };
         let mut ring = false;
-        let mut next = Some(first);
-        while let Some(request) = next {
-            match request {
-                Request::Topology(topology, answer) => {
+        for (token, _) in events {
+            let fd = match token {
+                WAKE => Some(wake),
+                DOORBELL => {
+                    ring = true;
+                    doorbell.as_ref()
+                }
+                _ => None,
+            };
+            if let Some(Err(e)) = fd.map(EventFd::drain) {
+                eprintln!("conflux-emu: device {i}: reading an eventfd: {e}");
+            }
+        }
+        loop {
+            match inbox.try_recv() {
+                Ok(Request::Topology(topology, answer)) => {
                     let _ = answer.send(engine.set_topology(topology).map_err(|e| e.to_string()));
                 }
-                Request::Vectors(v) => vectors = v,
-                Request::Doorbell => ring = true,
+                Ok(Request::Vectors(v)) => vectors = v,
+                Ok(Request::Watch(fd)) => {
+                    if let Some(old) = doorbell.take() {
+                        let _ = epoll.delete(old.as_fd());
+                    }
+                    match epoll.add(fd.as_fd(), DOORBELL, EPOLLIN) {
+                        Ok(()) => doorbell = Some(fd),
+                        Err(e) => eprintln!("conflux-emu: device {i}: watching the doorbell: {e}"),
+                    }
+                    // It may have rung while it changed hands.
+                    ring = true;
+                }
+                Ok(Request::Unwatch) => {
+                    if let Some(old) = doorbell.take() {
+                        let _ = epoll.delete(old.as_fd());
+                    }
+                }
+                Ok(Request::Doorbell) => ring = true,
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return engine,
             }
-            next = inbox.try_recv().ok();
         }
         if ring {
             process(i, &mut engine, mem, &vectors);
         }
     }
-    engine
 }
 
 /// Runs device `i`'s engine and raises the vectors it returns.
@@ -688,6 +756,9 @@ impl Server {
                 d.worker.send(Request::Vectors(vectors));
                 d.client = Some(Client { stream, engine });
                 self.connected += 1;
+                if self.fabric {
+                    self.hand_over(i);
+                }
             }
             Err(e) => eprintln!(
                 "conflux-emu: device {i}: handshake on {}: {e}",
@@ -735,6 +806,7 @@ impl Server {
         self.connected -= 1;
         if let Some(d) = self.devices.get_mut(i) {
             d.pending = false;
+            d.worker.send(Request::Unwatch);
         }
         eprintln!("conflux-emu: device {i}: client disconnected");
     }
@@ -760,6 +832,30 @@ impl Server {
         self.last_query = None;
     }
 
+    /// Gives the doorbell of device `i`'s client to the device's thread,
+    /// once the fabric is known. Without a descriptor for it, the main
+    /// thread keeps watching it and passes the doorbells on.
+    fn hand_over(&mut self, i: usize) {
+        let Some(d) = self.devices.get(i) else {
+            return;
+        };
+        let Some(e) = d.client.as_ref().and_then(|c| c.engine.first()) else {
+            return;
+        };
+        match e.try_clone() {
+            Ok(fd) => {
+                let _ = self.epoll.delete(e.as_fd());
+                d.worker.send(Request::Watch(fd));
+            }
+            Err(err) => {
+                eprintln!("conflux-emu: device {i}: handing the doorbell to its thread: {err}");
+                let _ = self
+                    .epoll
+                    .add(e.as_fd(), Token::Doorbell(i).encode(), EPOLLIN);
+            }
+        }
+    }
+
     /// Learns the fabric if needed, then handles every pending doorbell.
     fn service(&mut self) {
         if !self.fabric {
@@ -771,6 +867,9 @@ impl Server {
                 Ok(()) => {
                     self.fabric = true;
                     self.last_complaint.clear();
+                    for i in 0..self.devices.len() {
+                        self.hand_over(i);
+                    }
                 }
                 Err(e) => {
                     let msg = format!("conflux-emu: fabric: {e}; doorbells wait");

@@ -58,6 +58,11 @@ impl EventFd {
         }
     }
 
+    /// Another descriptor of the same eventfd.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self(self.0.try_clone()?))
+    }
+
     /// Reads and clears the counter; returns the sum of what was read, 0
     /// when it was already clear. The file description may be shared with
     /// another process that made it non-blocking or not: this only reads
