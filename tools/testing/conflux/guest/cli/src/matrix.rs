@@ -40,22 +40,36 @@ fn delta(after: Counters, before: Counters) -> Counters {
 
 /// Runs one copy of `size` bytes from `src` to `dst` (both mapped in `dev`'s VM) and waits.
 pub(crate) fn run_copy(dev: &Device, src: &Bo<'_>, dst: &Bo<'_>, size: u64) -> Result<f64, String> {
-    let e = |e: conflux::Error| e.to_string();
+    bind_copy(dev, src, dst, size)?;
+    let done = time_copy(dev, size);
+    unbind_copy(dev, size)?;
+    done
+}
+
+/// Maps `src` and `dst` where [`time_copy`] copies from and to.
+pub(crate) fn bind_copy(dev: &Device, src: &Bo<'_>, dst: &Bo<'_>, size: u64) -> Result<(), String> {
     dev.vm_bind(&[
         map_op(src.handle, 0, VA_SRC, size, true),
         map_op(dst.handle, 0, VA_DST, size, false),
     ])
-    .map_err(e)?;
+    .map_err(|e| e.to_string())
+}
+
+/// Undoes [`bind_copy`].
+pub(crate) fn unbind_copy(dev: &Device, size: u64) -> Result<(), String> {
+    dev.vm_bind(&[unmap_op(VA_SRC, size), unmap_op(VA_DST, size)])
+        .map_err(|e| e.to_string())
+}
+
+/// The time of one copy of `size` bytes between the buffers [`bind_copy`] mapped: SUBMIT to
+/// WAIT's return.
+pub(crate) fn time_copy(dev: &Device, size: u64) -> Result<f64, String> {
     let cmds = split(size, |at, n| copy_cmd(VA_SRC + at, VA_DST + at, n));
     let start = Instant::now();
-    let done = dev
-        .submit(&cmds, 0, 0)
+    dev.submit(&cmds, 0, 0)
         .and_then(|job| dev.wait(job, -1))
-        .map_err(e);
-    let secs = start.elapsed().as_secs_f64();
-    dev.vm_bind(&[unmap_op(VA_SRC, size), unmap_op(VA_DST, size)])
-        .map_err(e)?;
-    done.map(|()| secs)
+        .map_err(|e| e.to_string())?;
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// One copy from device `a`'s VRAM to device `b`'s VRAM.

@@ -19,7 +19,12 @@ use std::{
 use conflux::{fill_cmd, map_op, uapi, unmap_op, Bo, Device};
 use serde_json::{json, Value};
 
-use crate::{matrix::run_copy, mbps, png::Canvas, random_bytes, verify};
+use crate::{
+    matrix::{bind_copy, run_copy, time_copy, unbind_copy},
+    mbps,
+    png::Canvas,
+    random_bytes, verify,
+};
 
 const MIB: u64 = 1 << 20;
 const VA: u64 = 1 << 32;
@@ -216,24 +221,39 @@ fn small_jobs(dev: &Device, runs: u32) -> Result<[Value; 2], String> {
     ])
 }
 
-/// One device copying within its VRAM: the time of one copy of `size` bytes, buffers set up.
+/// One device copying within its VRAM: buffers set up and mapped, so that only the copies are
+/// timed.
 struct LocalCopy<'a> {
     dev: &'a Device,
-    src: Bo<'a>,
-    dst: Bo<'a>,
+    size: u64,
+    _src: Bo<'a>,
+    _dst: Bo<'a>,
 }
 
 impl<'a> LocalCopy<'a> {
     fn new(dev: &'a Device, size: u64) -> Result<Self, String> {
+        let src = dev.bo_create(size).map_err(e)?;
+        let dst = dev.bo_create(size).map_err(e)?;
+        bind_copy(dev, &src, &dst, size)?;
         Ok(Self {
             dev,
-            src: dev.bo_create(size).map_err(e)?,
-            dst: dev.bo_create(size).map_err(e)?,
+            size,
+            _src: src,
+            _dst: dst,
         })
     }
 
-    fn run(&self, size: u64) -> Result<f64, String> {
-        run_copy(self.dev, &self.src, &self.dst, size)
+    /// The time of one copy of all of the buffer.
+    fn run(&self) -> Result<f64, String> {
+        time_copy(self.dev, self.size)
+    }
+}
+
+impl Drop for LocalCopy<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = unbind_copy(self.dev, self.size) {
+            eprintln!("bench-suite: unmapping the copy buffers: {err}");
+        }
     }
 }
 
@@ -242,7 +262,7 @@ impl<'a> LocalCopy<'a> {
 fn all_devices(devs: &[Device], size: u64, runs: u32) -> Result<Value, String> {
     let alone = {
         let copy = LocalCopy::new(&devs[0], size)?;
-        repeat(runs, || Ok(mbps(size, copy.run(size)?)))?
+        repeat(runs, || Ok(mbps(size, copy.run()?)))?
     };
     let mut aggregate = Vec::new();
     let copies = devs
@@ -258,7 +278,7 @@ fn all_devices(devs: &[Device], size: u64, runs: u32) -> Result<Value, String> {
                     let start = start.clone();
                     s.spawn(move || {
                         start.wait();
-                        c.run(size)
+                        c.run()
                     })
                 })
                 .collect();
