@@ -285,6 +285,12 @@ impl<'bound> Engine<'bound> {
         self.push(job, false)
     }
 
+    /// Drops the jobs whose fences have signalled, and with them the buffers they hold, before
+    /// returning; the queue otherwise does it a little later. Sleeps.
+    pub(crate) fn retire_finished(&self) {
+        self.queue.flush();
+    }
+
     /// Whether the device failed to confirm a reset: it runs no more jobs.
     pub(crate) fn is_wedged(&self) -> bool {
         self.hw().is_wedged()

@@ -158,6 +158,9 @@ pub(crate) fn get_info(
 ) -> Result<u32> {
     let call = Call::new(data, "GET_INFO");
     call.zero(&[("flags", args.flags.into()), ("pad", args.pad.into())])?;
+    // The memory of the jobs that have finished counts as available: it is, once they are
+    // dropped, which the queue otherwise does a little later.
+    data.engine.retire_finished();
     let counters = data.engine.counters()?;
     let inner = file.inner();
     let pages = inner

@@ -224,7 +224,7 @@ impl Drop for Vm {
             if last.status() == Err(ENODEV) {
                 // The device did not confirm a reset and may still walk the tables and use the
                 // buffers through their mappings: keep them all, the `drm_gpuvm` included.
-                pr_err!("conflux: a closed file's jobs ran on a wedged device; keeping its VM\n");
+                pr_err!("a closed file's jobs ran on a wedged device; keeping its VM\n");
                 core::mem::forget(ARef::<GpuVm<VmData>>::from(&*self.gpuvm));
                 core::mem::forget(self.space.clone());
                 return;

@@ -258,7 +258,7 @@ impl SharedVm {
                 let committed =
                     DeviceData::with(&m.dev, |_, data| m.vm.commit(data, ops, p, locked.as_ref()));
                 if let Err(e) = committed {
-                    pr_err!("conflux: VM_BIND: member {} failed to commit: {:?}\n", i, e);
+                    pr_err!("VM_BIND: member {} failed to commit: {:?}\n", i, e);
                 }
             }
         } else {

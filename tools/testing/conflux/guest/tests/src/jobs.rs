@@ -670,13 +670,14 @@ pub(crate) fn test_close_with_running_jobs(
     // signal: the memory comes back then.
     let ended = Instant::now();
     let mut after = c.info()?.vram_avail;
-    while after != before && ended.elapsed() < Duration::from_secs(2) {
+    // At least as much as before: finished jobs of earlier tests may give theirs back too.
+    while after < before && ended.elapsed() < Duration::from_secs(2) {
         thread::sleep(Duration::from_millis(2));
         after = c.info()?.vram_avail;
     }
     t.check(
         &format!("{name}: closing a file with running jobs frees its VRAM only after they end"),
-        freed_early.is_none() && samples > 0 && after == before,
+        freed_early.is_none() && samples > 0 && after >= before,
         format!(
             "{samples} samples, freed early: {freed_early:?}, VRAM {before} -> {after} \
              {} ms after the last job ended",
