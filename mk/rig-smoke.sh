@@ -71,6 +71,26 @@ for topo in switch3+rp1 switch3+rp1-zen; do
 	check_clean "the driver test on $topo"
 done
 
+# A device model that dies in the middle of a job (FAULT_EXIT): the jobs
+# fail with ENODEV, the devices are wedged, the module unloads, and the
+# launcher cleans up after the dead model.
+say "booting switch3+rp1 and killing the device model in the middle of a job"
+log=$(mktemp)
+set +e
+vm --topology switch3+rp1 --add "$GUEST_TESTS/model-exit.sh" --add "$GBIN/conflux-uapi-test" \
+	--timeout 600 -- sh /usr/bin/model-exit.sh 2>&1 | tee "$log" | sed "s/^/    [model exit] /"
+rc=${PIPESTATUS[0]}
+set -e
+guest_results "model exit" "$log" "the model-exit test ran no check (launcher exit $rc)"
+if grep -q 'FAULT_EXIT: the model dies' "$log"; then
+	pass "model exit: the model died at the doorbell, as asked"
+else
+	fail "model exit: the model did not log its death"
+fi
+[ "$rc" -eq 0 ] || fail "model exit: launcher exit status $rc"
+rm -f "$log"
+check_clean "the model-exit boot"
+
 set +e
 vm --timeout 300 -- false >/dev/null 2>&1
 rc=$?

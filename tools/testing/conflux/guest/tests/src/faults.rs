@@ -2,8 +2,9 @@
 
 //! The device model's fault switches (`device.rst`, "Fault switches"), set through the BAR2
 //! resource file in sysfs: a stalled engine, lost completion interrupts, a bogus
-//! `FENCE_SEQNO`, and a reset that is never acknowledged. Run with the driver loaded with
-//! `job_timeout_ms=500`; the last case wedges the device.
+//! `FENCE_SEQNO`, a reset that is never acknowledged, and a device model that dies in the
+//! middle of a job. Run with the driver loaded with `job_timeout_ms=500`; the last case of
+//! [`test_faults`] wedges the device, and [`test_model_exit`] stops every device.
 
 use std::{fs::OpenOptions, os::fd::AsFd, time::Duration};
 
@@ -22,8 +23,9 @@ use crate::{
 /// Where the buffer is bound: above what the job timeout's test leaves bound.
 const AT: u64 = 6 * VA;
 
-/// The control block of a device, mapped from its BAR2 resource file in sysfs.
-struct Switches(SharedMemory);
+/// The control block of a device, mapped from its BAR2 resource file in sysfs; dropped, it
+/// clears the fault switches.
+pub(crate) struct Switches(SharedMemory);
 
 impl Switches {
     fn open(dev: &Device) -> Result<Self, Error> {
@@ -31,6 +33,11 @@ impl Switches {
         let pci = dev.pci_address().ok_or_else(|| {
             io_err(&name, "PCI address")(std::io::Error::from(std::io::ErrorKind::NotFound))
         })?;
+        Self::open_pci(&pci)
+    }
+
+    /// The control block of the PCI function `pci`, bound to a driver or not.
+    pub(crate) fn open_pci(pci: &str) -> Result<Self, Error> {
         let path = format!("/sys/bus/pci/devices/{pci}/resource2");
         let file = OpenOptions::new()
             .read(true)
@@ -51,6 +58,16 @@ impl Switches {
         self.0
             .read_u32(Target::Bar(0), ctrl::FAULTS)
             .unwrap_or(u32::MAX)
+    }
+
+    /// The 64-bit register at `offset` of the control block.
+    pub(crate) fn read64(&self, offset: u64) -> u64 {
+        self.0.read_u64(Target::Bar(0), offset).unwrap_or(u64::MAX)
+    }
+
+    /// Writes the 64-bit register at `offset`, which a driver reads at probe.
+    pub(crate) fn write64(&self, offset: u64, value: u64) {
+        let _ = (&self.0).write_u64(Target::Bar(0), offset, value);
     }
 }
 
@@ -147,5 +164,35 @@ pub(crate) fn test_faults(t: &mut Tally, dev: &Device) -> Result<(), Error> {
         libc::ENODEV,
     );
     sw.set(0);
+    Ok(())
+}
+
+/// Kills the device model in the middle of a job (`FAULT_EXIT`): a job stalls on the device,
+/// and the doorbell of the next one makes the model die. Both jobs fail with ENODEV once the
+/// watchdog's reset goes unanswered, with nobody calling WAIT; later SUBMITs fail the same way.
+/// Every device of the model stops: run it last, in a boot of its own.
+pub(crate) fn test_model_exit(t: &mut Tally, dev: &Device) -> Result<(), Error> {
+    let name = dev.path().display().to_string();
+    let sw = Switches::open(dev)?;
+    let buf = dev.bo_create(MIB2)?;
+    dev.vm_bind(&[map_op(buf.handle, 0, AT, MIB2, false)])?;
+    let out = dev.syncobj_create()?;
+    let fill = |pattern: u8| fill_cmd(AT, MIB2, u64::from_ne_bytes([pattern; 8]));
+    sw.set(ctrl::FAULT_STALL);
+    let stalled = dev.submit(&[fill(0x11)], 0, 0)?;
+    sw.set(ctrl::FAULT_STALL | ctrl::FAULT_EXIT);
+    let last = dev.submit(&[fill(0x22)], 0, out)?;
+    let waited = dev.syncobj_wait(out, Duration::from_secs(60));
+    let errs = (job_errno(dev, stalled), job_errno(dev, last));
+    t.check(
+        &format!("{name}: the model died in the middle of a job: its jobs fail with ENODEV"),
+        waited.is_ok() && errs == (Some(libc::ENODEV), Some(libc::ENODEV)),
+        format!("{waited:?}, jobs {errs:?}"),
+    );
+    t.errno(
+        &format!("{name}: SUBMIT once the model has died"),
+        dev.submit(&[fill(0x33)], 0, 0),
+        libc::ENODEV,
+    );
     Ok(())
 }

@@ -10,8 +10,9 @@
 //! more [`shared_vm`]; with three or more [`migration`], [`vfio`] and the revocation of
 //! [`unbind`]; last, the unbind of the first device with a buffer. `--timeout` runs only the
 //! job timeout of [`jobs`] and the device's fault switches ([`faults`]), which end with the
-//! device wedged, for the driver loaded with `job_timeout_ms=500`. Helpers that several
-//! subjects use are in [`common`].
+//! device wedged, for the driver loaded with `job_timeout_ms=500`; `--model-exit` kills the
+//! device model in the middle of a job ([`faults::test_model_exit`]), which stops every device.
+//! Helpers that several subjects use are in [`common`].
 
 mod bind;
 mod common;
@@ -33,7 +34,7 @@ use conflux::{devices, Device, Error};
 use crate::{
     bind::test_bind,
     device::test_device,
-    faults::test_faults,
+    faults::{test_faults, test_model_exit},
     jobs::{
         test_close_with_running_jobs, test_fences, test_forgotten_failures, test_jobs, test_timeout,
     },
@@ -42,7 +43,7 @@ use crate::{
     shared_vm::test_shared_vm,
     static_import::test_static_import,
     udmabuf::test_udmabuf,
-    unbind::{revoke_while_peers_copy, unbind_with_buffer},
+    unbind::{bad_ring_fails_the_probe, revoke_while_peers_copy, unbind_with_buffer},
     vfio::test_vfio,
 };
 
@@ -77,8 +78,14 @@ fn main() -> ExitCode {
         failed: 0,
     };
     let found = devices();
-    if std::env::args().nth(1).as_deref() == Some("--timeout") {
+    let mode = std::env::args().nth(1);
+    if matches!(mode.as_deref(), Some("--timeout" | "--model-exit")) {
         match found.first().map(Device::open) {
+            Some(Ok(dev)) if mode.as_deref() == Some("--model-exit") => {
+                if let Err(e) = test_model_exit(&mut t, &dev) {
+                    t.check(&format!("{}: model exit", dev.path().display()), false, e);
+                }
+            }
             Some(Ok(dev)) => {
                 if let Err(e) = test_timeout(&mut t, &dev) {
                     t.check(&format!("{}: job timeout", dev.path().display()), false, e);
@@ -185,6 +192,9 @@ fn main() -> ExitCode {
             if let Err(e) = revoke_while_peers_copy(&mut t, &found) {
                 t.check(&format!("{}: revocation", found[1].display()), false, e);
             }
+        }
+        if let Err(e) = bad_ring_fails_the_probe(&mut t, path) {
+            t.check(&format!("{}: bad ring registers", path.display()), false, e);
         }
         if let Err(e) = unbind_with_buffer(&mut t, path) {
             t.check(

@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Unbinding a device in use: with a buffer of its own file in VRAM, and with a buffer
-//! peers import.
+//! peers import; and binding a device whose ring registers are wrong.
 
 use std::{os::fd::AsFd, path::PathBuf};
 
 use conflux::{copy_cmd, fill_cmd, map_op, uapi, Cmd, Device, Error, Mapping};
+use conflux_device::regs::{ctrl, slot};
 
 use crate::{
     common::{first_diff, io_err, pattern, prime_reach, MIB, VA},
+    faults::Switches,
     udmabuf::udmabuf,
     Tally,
 };
@@ -233,4 +235,53 @@ pub(crate) fn revoke_while_peers_copy(t: &mut Tally, paths: &[PathBuf]) -> Resul
         None => t.check(&format!("{pci}: bound again"), false, "no accel node"),
     }
     Ok(())
+}
+
+/// A device whose ring registers are wrong is refused at probe with EIO: a ring too small for
+/// the largest job (two slots), and a ring inside VRAM. The registers are rewritten
+/// through the BAR2 resource file while the device is unbound, and put back afterwards: the
+/// device then binds again.
+pub(crate) fn bad_ring_fails_the_probe(t: &mut Tally, path: &std::path::Path) -> Result<(), Error> {
+    let dev = Device::open(path)?;
+    let name = path.display().to_string();
+    let Some(pci) = dev.pci_address() else {
+        t.check(&format!("{name}: PCI address"), false, "not found in sysfs");
+        return Ok(());
+    };
+    drop(dev);
+    let ctl = Switches::open_pci(&pci)?;
+    let (offset, size) = (ctl.read64(ctrl::RING_OFFSET), ctl.read64(ctrl::RING_SIZE));
+    driver_sysfs(&pci, "unbind")?;
+    for (what, bad_offset, bad_size) in [
+        ("a ring of 2 slots", offset, 2 * slot::SIZE),
+        ("a ring inside VRAM", ctl.read64(ctrl::VRAM_OFFSET), size),
+    ] {
+        ctl.write64(ctrl::RING_OFFSET, bad_offset);
+        ctl.write64(ctrl::RING_SIZE, bad_size);
+        let bound = driver_sysfs(&pci, "bind");
+        let node = node_of(&pci);
+        let regs = format!("RING_OFFSET {bad_offset:#x}, RING_SIZE {bad_size:#x}");
+        t.check(
+            &format!("{pci}: probe refuses {what} ({regs}) with EIO"),
+            bound.as_ref().err().and_then(Error::errno) == Some(libc::EIO) && node.is_none(),
+            format!("bind: {bound:?}, accel node: {node:?}"),
+        );
+    }
+    ctl.write64(ctrl::RING_OFFSET, offset);
+    ctl.write64(ctrl::RING_SIZE, size);
+    driver_sysfs(&pci, "bind")?;
+    let node = node_of(&pci);
+    t.check(
+        &format!("{pci}: bound again once its ring registers are right"),
+        node.is_some(),
+        format!("accel node: {node:?}"),
+    );
+    Ok(())
+}
+
+/// The accel node of the PCI function `pci`, if it has one.
+fn node_of(pci: &str) -> Option<PathBuf> {
+    conflux::devices()
+        .into_iter()
+        .find(|p| Device::open(p).is_ok_and(|d| d.pci_address().as_deref() == Some(pci)))
 }

@@ -423,6 +423,12 @@ impl Engine {
         self.reg32(mem, ctrl::FAULTS)
     }
 
+    /// Whether a test asked the process that implements the device to die
+    /// (`FAULT_EXIT`): its server does so before it runs the engine.
+    pub fn exit_requested<M: Memory + ?Sized>(&self, mem: &M) -> bool {
+        self.faults(mem).is_ok_and(|f| f & ctrl::FAULT_EXIT != 0)
+    }
+
     /// Resets: tail = head, error record cleared, status READY; VRAM, the
     /// ring registers, `MMU_ROOT`, `FENCE_SEQNO` and the counters are kept.
     /// `CONTROL` is cleared last.

@@ -410,6 +410,11 @@ fn serve_device(
                 Err(mpsc::TryRecvError::Disconnected) => return engine,
             }
         }
+        if ring && engine.exit_requested(&mem) {
+            // The jobs in the ring stay unfinished, as with a crash.
+            eprintln!("conflux-emu: device {i}: FAULT_EXIT: the model dies, as if killed");
+            let _ = sys::kill(std::process::id(), libc::SIGKILL);
+        }
         if ring {
             process(i, &mut engine, mem, &vectors);
         }

@@ -105,6 +105,9 @@ pub mod ctrl {
     pub const FAULT_BOGUS_SEQNO: u32 = 1 << 2;
     /// Fault: reset requests are never acknowledged.
     pub const FAULT_IGNORE_RESET: u32 = 1 << 3;
+    /// Fault: the process that implements the device dies at the device's next doorbell, as if
+    /// it had been killed: every device it serves stops.
+    pub const FAULT_EXIT: u32 = 1 << 4;
     /// The fault switches a reset clears.
     pub const FAULTS_CLEARED_BY_RESET: u32 = FAULT_STALL | FAULT_BOGUS_SEQNO;
 

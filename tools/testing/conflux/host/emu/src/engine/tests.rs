@@ -1283,3 +1283,13 @@ fn fault_ignore_reset_never_acknowledges() {
     assert!(d.doorbell().reset);
     assert_eq!(d.reg32(ctrl::CONTROL), 0);
 }
+
+#[test]
+fn fault_exit_is_asked_of_the_server_and_survives_a_reset() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    assert!(!d.eng.exit_requested(&d.mem));
+    d.set32(ctrl::FAULTS, ctrl::FAULT_EXIT);
+    assert!(d.eng.exit_requested(&d.mem));
+    d.reset();
+    assert!(d.eng.exit_requested(&d.mem));
+}
