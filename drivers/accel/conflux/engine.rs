@@ -158,6 +158,8 @@ pub(crate) struct Hw<'bound> {
     bogus: AtomicU64,
     /// The device failed to confirm a reset. Set with the ring lock held, and never cleared.
     wedged: AtomicBool,
+    /// The last read of `FENCE_SEQNO` found it torn (logged once until a read succeeds).
+    torn: AtomicBool,
     /// Serialises writing jobs to the ring and recovery.
     #[pin]
     ring: Mutex<Ring>,
@@ -219,6 +221,7 @@ impl<'bound> Engine<'bound> {
             fences: FenceContext::new(),
             bogus: AtomicU64::new(0),
             wedged: AtomicBool::new(false),
+            torn: AtomicBool::new(false),
             ring <- new_mutex!(Ring { head, root }),
             pending <- new_spinlock_irq!(Pending::new()?),
         }? Error);
@@ -417,11 +420,20 @@ impl Hw<'_> {
     ///
     /// `FENCE_SEQNO` must name a job between the one before the oldest in flight and the newest
     /// written: any other value is not one the device could have reached, and is ignored (the
-    /// watchdog then recovers the device).
+    /// watchdog then recovers the device). A value whose high half changes under each of the
+    /// reads of [`regs::read64`] is left to the watchdog as well.
     fn complete(&self) {
         let Ok(done) = regs::read64::<regs::FENCE_SEQNO>(&self.bar2) else {
+            // Its high half changed under every read: the watchdog looks again later.
+            if !self.torn.swap(true, Ordering::Relaxed) {
+                dev_err!(
+                    self.pdev,
+                    "engine: FENCE_SEQNO changed under each of its reads; left to the watchdog\n"
+                );
+            }
             return;
         };
+        self.torn.store(false, Ordering::Relaxed);
         let done = done.seqno().get();
         let mut pending = self.pending.lock();
         let (Some(oldest), Some(newest)) = (

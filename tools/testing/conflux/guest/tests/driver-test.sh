@@ -223,6 +223,13 @@ if modprobe conflux job_timeout_ms=500; then
 	else
 		bad "no log line for the bogus FENCE_SEQNO"
 	fi
+	# A torn FENCE_SEQNO reads as 2^32 beyond the real one.
+	n=$(dmesg | grep -cE 'engine: FENCE_SEQNO 429496[0-9]{4} is not a job in flight')
+	if [ "$n" -ge 1 ]; then
+		ok "torn FENCE_SEQNO values logged and ignored ($n)"
+	else
+		bad "no torn FENCE_SEQNO value seen"
+	fi
 	n=$(dmesg | grep -c 'engine: reset not confirmed: the device is wedged')
 	expect "wedged device logged" "$n" 1
 	if rmmod conflux; then

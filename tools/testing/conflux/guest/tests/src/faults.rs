@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The device model's fault switches (`device.rst`, "Fault switches"), set through the BAR2
-//! resource file in sysfs: a stalled engine, lost completion interrupts, a bogus
+//! resource file in sysfs: a stalled engine, lost completion interrupts, a torn and a bogus
 //! `FENCE_SEQNO`, a reset that is never acknowledged, and a device model that dies in the
 //! middle of a job. Run with the driver loaded with `job_timeout_ms=500`; the last case of
 //! [`test_faults`] wedges the device, and [`test_model_exit`] stops every device.
@@ -119,6 +119,25 @@ pub(crate) fn test_faults(t: &mut Tally, dev: &Device) -> Result<(), Error> {
         err.is_none() && filled(0x55)?,
         format!("job {err:?}"),
     );
+
+    // A FENCE_SEQNO torn under the reader while the next job waits in the ring: the driver
+    // never takes a torn value (one 2^32 beyond the real one) for a completion, which would
+    // end the next job before it ran, and its interrupt handler gives up after a few reads.
+    // Both jobs complete, at the latest when the watchdog looks, in order. A read may also
+    // happen to see the real value: eight rounds.
+    sw.set(ctrl::FAULT_TEAR_SEQNO);
+    for round in 0..8u8 {
+        let first = dev.submit(&[fill(0x50 + 2 * round)], 0, 0)?;
+        let second = dev.submit(&[fill(0x51 + 2 * round)], 0, 0)?;
+        let err = (job_errno(dev, second), job_errno(dev, first));
+        let data = filled(0x51 + 2 * round)?;
+        t.check(
+            &format!("{name}: a torn FENCE_SEQNO ends no job early, round {round}"),
+            err == (None, None) && data,
+            format!("jobs {err:?}, the second's data written: {data}"),
+        );
+    }
+    sw.set(0);
 
     // A bogus FENCE_SEQNO signals no job: the job is failed after the timeout, never
     // reported done on the device's word.

@@ -423,6 +423,28 @@ impl Engine {
         self.reg32(mem, ctrl::FAULTS)
     }
 
+    /// Whether the high half of `FENCE_SEQNO` is to flap after a completion
+    /// (`FAULT_TEAR_SEQNO`), which its server does with [`Self::tear_fence_seqno`].
+    pub fn tear_requested<M: Memory + ?Sized>(&self, mem: &M) -> bool {
+        self.faults(mem)
+            .is_ok_and(|f| f & ctrl::FAULT_TEAR_SEQNO != 0)
+    }
+
+    /// Rewrites the high half of `FENCE_SEQNO` with its value plus one, three
+    /// times, then with its own value, `times` times: a reader of the two
+    /// halves that reads the high one twice may see it change, and mostly
+    /// sees the torn value.
+    pub fn tear_fence_seqno<M: Memory + ?Sized>(&self, mem: &mut M, times: u32) {
+        // CAST: the high half.
+        let hi = (self.fence >> 32) as u32;
+        for _ in 0..times {
+            for _ in 0..3 {
+                let _ = mem.write_u32(self.bar(), ctrl::FENCE_SEQNO + 4, hi.wrapping_add(1));
+            }
+            let _ = mem.write_u32(self.bar(), ctrl::FENCE_SEQNO + 4, hi);
+        }
+    }
+
     /// Whether a test asked the process that implements the device to die
     /// (`FAULT_EXIT`): its server does so before it runs the engine.
     pub fn exit_requested<M: Memory + ?Sized>(&self, mem: &M) -> bool {

@@ -421,6 +421,9 @@ fn serve_device(
     }
 }
 
+/// How long `FAULT_TEAR_SEQNO` tears `FENCE_SEQNO` after a completion.
+const TEAR_FOR: Duration = Duration::from_millis(20);
+
 /// Runs device `i`'s engine and raises the vectors it returns.
 fn process(i: usize, engine: &mut Engine, mem: &SharedMemory, vectors: &[EventFd]) {
     let out = engine.process(&mut &*mem);
@@ -432,6 +435,13 @@ fn process(i: usize, engine: &mut Engine, mem: &SharedMemory, vectors: &[EventFd
             if let Err(e) = fd.signal() {
                 eprintln!("conflux-emu: device {i}: raising vector {v}: {e}");
             }
+        }
+    }
+    let completed = out.vectors().any(|v| v == bar0::VECTOR_COMPLETION);
+    if completed && engine.tear_requested(&mem) {
+        let end = Instant::now() + TEAR_FOR;
+        while Instant::now() < end {
+            engine.tear_fence_seqno(&mut &*mem, 64);
         }
     }
 }

@@ -108,6 +108,10 @@ pub mod ctrl {
     /// Fault: the process that implements the device dies at the device's next doorbell, as if
     /// it had been killed: every device it serves stops.
     pub const FAULT_EXIT: u32 = 1 << 4;
+    /// Fault: after raising the completion vector, the device keeps rewriting the high half of
+    /// `FENCE_SEQNO` with its value plus one, and back, for 20 ms: a driver that reads the
+    /// register in two halves sees it torn.
+    pub const FAULT_TEAR_SEQNO: u32 = 1 << 5;
     /// The fault switches a reset clears.
     pub const FAULTS_CLEARED_BY_RESET: u32 = FAULT_STALL | FAULT_BOGUS_SEQNO;
 

@@ -1293,3 +1293,14 @@ fn fault_exit_is_asked_of_the_server_and_survives_a_reset() {
     d.reset();
     assert!(d.eng.exit_requested(&d.mem));
 }
+
+#[test]
+fn fault_tear_seqno_leaves_fence_seqno_as_it_was() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    d.run(&[fence(6, true)]);
+    assert!(!d.eng.tear_requested(&d.mem));
+    d.set32(ctrl::FAULTS, ctrl::FAULT_TEAR_SEQNO);
+    assert!(d.eng.tear_requested(&d.mem));
+    d.eng.tear_fence_seqno(&mut d.mem, 3);
+    assert_eq!(d.reg64(ctrl::FENCE_SEQNO), 6);
+}
