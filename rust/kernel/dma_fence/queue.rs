@@ -1438,6 +1438,34 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_of_jobs_grows_without_reordering_them() -> Result {
+        // One credit, and a ring of four slots.
+        let q = queue(1, 2, 10_000)?;
+        // Three jobs through, so that the ring does not start at its first slot.
+        for id in 1..=3 {
+            let done = push(&q, id, &[])?;
+            end(&q, id);
+            assert_eq!(finishes(&done), Ok(true));
+            q.flush();
+        }
+        let running = push(&q, 4, &[])?;
+        let waiting = push(&q, 5, &[])?;
+        // What `push()` does when finished jobs fill the ring.
+        let bigger = empty_slots(16, GFP_KERNEL)?;
+        {
+            let mut state = q.state.lock();
+            state.grow(bigger);
+            assert_eq!((state.len, state.running, state.slots.len()), (2, 1, 16));
+        }
+        end(&q, 4);
+        assert_eq!(finishes(&running), Ok(true));
+        assert_eq!(&*started(&q)?, &[1, 2, 3, 4, 5]);
+        end(&q, 5);
+        assert_eq!(finishes(&waiting), Ok(true));
+        Ok(())
+    }
+
+    #[test]
     fn a_full_queue_waits_for_its_oldest_job() -> Result {
         let q = queue(64, 2, 10_000)?;
         let one = push(&q, 1, &[])?;
