@@ -185,7 +185,8 @@ struct Node<J> {
     hw: Option<ARef<Fence>>,
     /// Why the job ends without running: a failed dependency, or [`Run::Failed`].
     error: Option<Error>,
-    /// Registered on the dependency waited for, then on the hardware fence.
+    /// Registered on the dependency waited for, then on the hardware fence (unless
+    /// [`QueueOps::SIGNALS_DONE`]).
     #[pin]
     wake: FenceCallback<Wake>,
 }
@@ -194,6 +195,12 @@ impl<J> Node<J> {
     /// Whether the job has started and the hardware is done with it.
     fn done(&self) -> bool {
         !matches!(&self.hw, Some(hw) if !hw.is_signaled())
+    }
+
+    /// The error the job ended with: why it did not run, or its hardware fence's error.
+    fn failure(&self) -> Option<Error> {
+        self.error
+            .or_else(|| self.hw.as_ref().and_then(|hw| hw.result().err()))
     }
 }
 
@@ -700,9 +707,7 @@ where
             if !node.done() {
                 break;
             }
-            let error = node
-                .error
-                .or_else(|| node.hw.as_ref().and_then(|hw| hw.result().err()));
+            let error = node.failure();
             // SAFETY: `finished` and `credits` are not structurally pinned.
             let fields = unsafe { node.as_mut().get_unchecked_mut() };
             let credits = core::mem::take(&mut fields.credits);
@@ -797,9 +802,7 @@ where
                 return;
             }
             for mut node in batch.into_iter().flatten() {
-                let error = node
-                    .error
-                    .or_else(|| node.hw.as_ref().and_then(|hw| hw.result().err()));
+                let error = node.failure();
                 // The job's resources go outside the signalling section: freeing them may take
                 // locks that allocating paths hold.
                 // SAFETY: `job` is not structurally pinned.
@@ -1026,9 +1029,7 @@ where
             // A job whose finished fence has signalled keeps its result.
             let error = match node.finished {
                 Some(_) => Some(ECANCELED),
-                None => node
-                    .error
-                    .or_else(|| node.hw.as_ref().and_then(|hw| hw.result().err())),
+                None => node.failure(),
             };
             // SAFETY: `job` is not structurally pinned.
             let job = unsafe { node.as_mut().get_unchecked_mut().job.take() };
