@@ -65,13 +65,24 @@ pub(crate) fn create(
     } else if size > data.vram.size() {
         Err(call.refuse(ENOSPC, fmt!("size {size:#x} exceeds VRAM")))
     } else {
-        data.vram.alloc_buffer(size).map_err(|e| {
-            let avail = data.vram.avail();
-            call.refuse(
-                e,
-                fmt!("size {size:#x}: {e:?} ({avail:#x} bytes of VRAM available)"),
-            )
-        })
+        data.vram
+            .alloc_buffer(size)
+            .or_else(|e| {
+                if e != ENOSPC {
+                    return Err(e);
+                }
+                // Jobs that have finished keep their buffers until the engine drops them,
+                // shortly after their fences signal: drop them now and look again.
+                data.engine.retire_finished();
+                data.vram.alloc_buffer(size)
+            })
+            .map_err(|e| {
+                let avail = data.vram.avail();
+                call.refuse(
+                    e,
+                    fmt!("size {size:#x}: {e:?} ({avail:#x} bytes of VRAM available)"),
+                )
+            })
     };
     let memory = match memory {
         Ok(vram) => {
