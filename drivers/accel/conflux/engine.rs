@@ -61,6 +61,7 @@ use kernel::{
 
 use crate::{
     driver::Object,
+    mmu::address_space::KeptTables,
     regs::{
         self,
         Bar0,
@@ -120,6 +121,8 @@ pub(crate) struct EngineJob {
     hw: Option<FenceMemory>,
     /// The buffers the job uses.
     _buffers: KVec<ARef<Object>>,
+    /// The page tables of the job's VM, which may be gone before the job.
+    _tables: Option<Arc<KeptTables>>,
 }
 
 /// What the worker and recovery share: the ring head and the MMU root the driver last wrote.
@@ -250,12 +253,14 @@ impl<'bound> Engine<'bound> {
     }
 
     /// Prepares a job of `commands` on the address space whose level-3 table is at VRAM offset
-    /// `root`, which keeps `buffers` alive until it has finished. Allocates all the job needs.
+    /// `root`, which keeps `buffers` and the tables of its VM, `tables`, alive until it has
+    /// finished. Allocates all the job needs.
     pub(crate) fn prepare(
         &self,
         root: u64,
         commands: KVec<Command>,
         buffers: KVec<ARef<Object>>,
+        tables: Option<Arc<KeptTables>>,
     ) -> Result<PreparedJob<'_, Hw<'bound>, EngineJob, Jobs>> {
         if commands.is_empty() || commands.len() > MAX_JOB_COMMANDS {
             return Err(EINVAL);
@@ -267,6 +272,7 @@ impl<'bound> Engine<'bound> {
             commands,
             hw: Some(FenceMemory::new(GFP_KERNEL)?),
             _buffers: buffers,
+            _tables: tables,
         };
         self.queue.prepare(job, credits, GFP_KERNEL)
     }
@@ -284,7 +290,7 @@ impl<'bound> Engine<'bound> {
     /// Submits a job of `commands` on the address space at `root`, without dependencies, and
     /// returns its finished fence. Waits, not interruptibly, while the queue is full.
     pub(crate) fn submit(&self, root: u64, commands: KVec<Command>) -> Result<ARef<Fence>> {
-        let job = self.prepare(root, commands, KVec::new())?;
+        let job = self.prepare(root, commands, KVec::new(), None)?;
         self.push(job, false)
     }
 

@@ -49,7 +49,10 @@ use crate::{
         USER_VA_START, //
     },
     mmu::{
-        address_space::AddressSpace,
+        address_space::{
+            AddressSpace,
+            KeptTables, //
+        },
         PageCounts,
         PageTables, //
     },
@@ -89,14 +92,16 @@ pub(crate) fn usage(write: bool) -> Usage {
 ///
 /// The tables of `space` map exactly what `gpuvm` holds, each mapping to its buffer's memory,
 /// but for the ranges of imported buffers recorded as invalid, which are unmapped; they keep a
-/// spare table per 2 MiB entry. No job but the one of `last` and earlier ones uses the VM. The
-/// tables are taken out of `space` only in `drop`. `root` is their level-3 table.
+/// spare table per 2 MiB entry. No job but the one of `last` and earlier ones uses the VM, and
+/// each holds `kept`. The tables are taken out of `space` only in `drop`, and handed to `kept`.
+/// `root` is their level-3 table.
 pub(crate) struct Vm {
     gpuvm: UniqueRefGpuVm<VmData>,
     space: Arc<AddressSpace>,
     root: u64,
     /// The fence of the last job submitted on the VM.
     last: Option<ARef<Fence>>,
+    kept: Arc<KeptTables>,
 }
 
 impl Vm {
@@ -119,12 +124,18 @@ impl Vm {
             space: AddressSpace::new(tables)?,
             root,
             last: None,
+            kept: KeptTables::new()?,
         })
     }
 
     /// The VRAM offset of the level-3 table, for jobs.
     pub(crate) fn root(&self) -> u64 {
         self.root
+    }
+
+    /// What a job on the VM holds until it is dropped: the tables outlive the VM until then.
+    pub(crate) fn kept_tables(&self) -> Arc<KeptTables> {
+        self.kept.clone()
     }
 
     /// Records `fence` as the VM's last job.
@@ -217,19 +228,9 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        // The VM's memory is freed below; no job may still use it. The engine's watchdog ends
-        // every job in finite time, and its fence signals only once the device has stopped it.
-        if let Some(last) = self.last.take() {
-            let _ = last.wait(false);
-            if last.status() == Err(ENODEV) {
-                // The device did not confirm a reset and may still walk the tables and use the
-                // buffers through their mappings: keep them all, the `drm_gpuvm` included.
-                pr_err!("a closed file's jobs ran on a wedged device; keeping its VM\n");
-                core::mem::forget(ARef::<GpuVm<VmData>>::from(&*self.gpuvm));
-                core::mem::forget(self.space.clone());
-                return;
-            }
-        }
+        // Jobs may still run on the VM: only the tree goes now. The buffers stay with the jobs
+        // that use them, and the tables with `kept`, which every job holds until the engine
+        // drops it once the device has finished or stopped it.
         let mut vas = KVec::new();
         let mut guard = self.space.lock();
         let st = &mut *guard;
@@ -251,6 +252,6 @@ impl Drop for Vm {
             .sm_unmap(range.start, range.end - range.start, &mut ctx);
         drop(guard);
         self.gpuvm.deferred_cleanup();
-        drop(tables);
+        self.kept.keep(tables);
     }
 }

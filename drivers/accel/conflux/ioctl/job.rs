@@ -269,7 +269,9 @@ pub(crate) fn submit(
         locked.reserve_fences(1)?;
         // Buffers whose memory changed since they were bound are mapped again first.
         vm.revalidate(data, &buffers, &locked)?;
-        let mut job = data.engine.prepare(vm.root(), commands, kept)?;
+        let mut job = data
+            .engine
+            .prepare(vm.root(), commands, kept, Some(vm.kept_tables()))?;
         for fence in syncs.wait.iter() {
             job.add_dependency(fence, GFP_KERNEL)?;
         }

@@ -97,6 +97,34 @@ impl Movable {
     }
 }
 
+/// Where a VM leaves its page tables when it goes, for the jobs that may still walk them.
+///
+/// Every job on the VM holds a reference; the tables are freed with the last one, when the
+/// engine drops a job whose fence has signalled: the device finished or stopped it. A job that
+/// ran on a wedged device is never dropped, and its tables never freed.
+#[pin_data]
+pub(crate) struct KeptTables {
+    #[pin]
+    tables: Mutex<Option<PageTables>>,
+}
+
+impl KeptTables {
+    /// An empty holder.
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                tables <- new_mutex!(None),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Keeps `tables` until the last reference goes.
+    pub(crate) fn keep(&self, tables: PageTables) {
+        *self.tables.lock() = Some(tables);
+    }
+}
+
 /// What [`AddressSpace`] protects.
 pub(crate) struct State {
     /// `None` once the VM is gone.

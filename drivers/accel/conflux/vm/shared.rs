@@ -147,7 +147,7 @@ impl SharedVm {
         })
     }
 
-    /// Removes `file`'s member; its VM goes once its jobs are done.
+    /// Removes `file`'s member; its VM goes at once, what its jobs use once they are done.
     pub(crate) fn leave(&self, file: usize) {
         let gone = {
             let mut members = self.members.lock();
@@ -156,7 +156,7 @@ impl SharedVm {
                 .position(|m| m.file == file)
                 .and_then(|i| members.remove(i).ok())
         };
-        // The VM waits for its jobs as it drops, outside the lock.
+        // The VM's tree goes outside the lock.
         drop(gone);
     }
 

@@ -619,8 +619,9 @@ pub(crate) fn test_fences(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     Ok(())
 }
 
-/// Closing a file whose jobs still run: its VRAM stays allocated, as another file of the
-/// device sees, until the jobs have ended; the jobs' fences, which outlive the file, say so.
+/// Closing a file whose jobs still run: close returns at once, and the file's VRAM (buffers
+/// and page tables) stays allocated, as another file of the device sees, until the jobs have
+/// ended; the jobs' fences, which outlive the file, say so.
 pub(crate) fn test_close_with_running_jobs(
     t: &mut Tally,
     path: &std::path::Path,
@@ -653,19 +654,28 @@ pub(crate) fn test_close_with_running_jobs(
     // While the jobs run, the file's buffers stay allocated.
     let mut samples = 0;
     let mut freed_early = None;
+    // Whether close returned while the jobs still ran: it does not wait for them.
+    let mut closed_first = false;
     loop {
+        let closed = closer.is_finished();
         let avail = c.info()?.vram_avail;
         let done = matches!(sync_file_status(last.as_fd()), Ok(1));
         if done {
             break;
         }
         samples += 1;
+        closed_first |= closed;
         if avail >= before {
             freed_early = Some(avail);
         }
         thread::sleep(Duration::from_millis(2));
     }
     let _ = closer.join();
+    t.check(
+        &format!("{name}: closing a file returns while its jobs still run"),
+        closed_first,
+        format!("{samples} samples while the jobs ran, after close returned: {closed_first}"),
+    );
     // The engine drops finished jobs, and the buffers they hold, shortly after their fences
     // signal: the memory comes back then.
     let ended = Instant::now();
