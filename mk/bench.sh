@@ -5,8 +5,9 @@
 # framework against dma_buf_phys_vec_to_sgt(), 64 MiB copies (peer to peer,
 # staged through system memory, local) beside the host's memcpy, binds of
 # 1 GiB with 2 MiB and 4 KiB pages, small jobs beside a no-op ioctl, the
-# submit-to-signal latency, and every device copying at once beside one
-# alone. Each figure is the median of BENCH_RUNS runs (default 5) with its
+# submit-to-signal latency, and every device copying 256 MiB at once beside
+# one alone and beside the host's memcpy by one thread and by as many threads
+# as devices at once (the ceiling of the host's two cores). Each figure is the median of BENCH_RUNS runs (default 5) with its
 # range. Prints the table and writes it as JSON and as a PNG chart.
 STEP=bench
 . "$(dirname "$0")/common.sh"
@@ -28,6 +29,21 @@ for _ in $(seq "$RUNS"); do
 done
 say "host memcpy: ${memcpy[*]} MB/s"
 
+# The references of the row of every device copying at once: the host's own
+# memcpy of the same size by one thread, and by one thread per device at once.
+DEVICES=4
+say "host memcpy of 256 MiB, one thread and $DEVICES threads at once, $RUNS runs"
+one=() all=()
+for _ in $(seq "$RUNS"); do
+	for t in 1 "$DEVICES"; do
+		line=$("$BIN/conflux-emu" memcpy-bench --size 256M --threads "$t") ||
+			die "conflux-emu memcpy-bench --threads $t failed"
+		rate=$(sed -nE 's/.*: ([0-9]+) MB\/s$/\1/p' <<<"$line")
+		if [ "$t" = 1 ]; then one+=("$rate"); else all+=("$rate"); fi
+	done
+done
+say "host memcpy of 256 MiB: one thread ${one[*]} MB/s; $DEVICES at once ${all[*]} MB/s"
+
 log=$OUT/guest.log
 say "booting $TOPOLOGY with 1 GiB BARs (TCG) and running the bench suite, $RUNS runs of each figure"
 start=$SECONDS
@@ -43,8 +59,9 @@ say "the guest ran the suite in $((SECONDS - start)) s (launcher exit $rc)"
 check_clean "the bench boot" >/dev/null || true
 [ "$rc" -eq 0 ] || { tail -n 40 "$log" >&2; die "the bench failed in the guest (exit $rc); log: $log"; }
 
-memcpy_csv=$(IFS=,; echo "${memcpy[*]}")
-python3 "$TOP/mk/bench_report.py" --log "$log" --memcpy "$memcpy_csv" \
+csv() { local IFS=,; echo "$*"; }
+python3 "$TOP/mk/bench_report.py" --log "$log" --memcpy "$(csv "${memcpy[@]}")" \
+	--memcpy-one "$(csv "${one[@]}")" --memcpy-all "$(csv "${all[@]}")" \
 	--topology "$TOPOLOGY" --out "$OUT/bench.json"
 say "the figures (median of $RUNS runs; min and max of the runs):"
 "$GBIN/conflux" --png "$OUT/bench.png" render-bench "$OUT/bench.json" | sed 's/^/    /'

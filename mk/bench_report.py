@@ -6,7 +6,9 @@ The guest printed `conflux bench-suite`'s document after "BENCH-JSON " and,
 from the rust_pci_p2pdma KUnit suite, one line with the figures of the
 DMA-only table against dma_buf_phys_vec_to_sgt(); the host measured its
 memcpy. Writes one JSON document: the table-building row first, then the
-guest's rows, the copy row with the host's memcpy as its last reference.
+guest's rows, the copy row with the host's memcpy as its last reference,
+and the row of every device copying at once with the host's memcpy by one
+thread and by as many threads as devices at once.
 """
 
 import argparse
@@ -31,6 +33,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--log", required=True, help="the guest's output")
     ap.add_argument("--memcpy", required=True, help="the host's memcpy runs, MB/s, comma-separated")
+    ap.add_argument("--memcpy-one", required=True,
+                    help="the host's memcpy of the devices row's size, one thread, MB/s runs")
+    ap.add_argument("--memcpy-all", required=True,
+                    help="the same, as many threads at once as devices: aggregate MB/s runs")
     ap.add_argument("--topology", required=True)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -62,10 +68,18 @@ def main():
              "note": f"{g[6]} entries, {g[7]} violating the importer's limits"},
         ],
     }
-    memcpy = [float(x) for x in a.memcpy.split(",") if x]
+    def runs(csv):
+        return [float(x) for x in csv.split(",") if x]
+
     for row in doc["rows"]:
         if row["id"] == "copy":
-            row["figures"].append({"label": "host memcpy", "value": stat(memcpy)})
+            row["figures"].append({"label": "host memcpy", "value": stat(runs(a.memcpy))})
+        if row["id"] == "devices":
+            n = row.get("devices", 0)
+            row["figures"].append({"label": f"host memcpy, {n} threads at once",
+                                   "value": stat(runs(a.memcpy_all))})
+            row["figures"].append({"label": "host memcpy, one thread",
+                                   "value": stat(runs(a.memcpy_one))})
     doc["rows"].insert(0, sg)
     doc["topology"] = a.topology
     with open(a.out, "w") as fh:

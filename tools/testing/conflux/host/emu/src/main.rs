@@ -86,24 +86,38 @@ fn serve(args: &[String]) -> ExitCode {
 }
 
 fn memcpy_bench(args: &[String]) -> ExitCode {
-    let size = server::options(args, &["--size"]).and_then(|o| {
-        let (_, v) = o.first().ok_or("missing option --size")?;
+    let parsed = server::options(args, &["--size", "--threads"]).and_then(|o| {
+        let value = |name: &str| o.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        let v = value("--size").ok_or("missing option --size")?;
         let n = parse_size(v).map_err(|e| format!("--size: {e}"))?;
-        usize::try_from(n)
+        let size = usize::try_from(n)
             .ok()
             .filter(|&n| n > 0)
-            .ok_or_else(|| format!("--size: {v:?} is not a buffer size"))
+            .ok_or_else(|| format!("--size: {v:?} is not a buffer size"))?;
+        let threads = match value("--threads") {
+            None => 1,
+            Some(t) => t
+                .parse::<usize>()
+                .ok()
+                .filter(|t| (1..=64).contains(t))
+                .ok_or_else(|| format!("--threads: {t:?} is not 1 to 64"))?,
+        };
+        Ok((size, threads))
     });
-    let size = match size {
-        Ok(s) => s,
+    let (size, threads) = match parsed {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("conflux-emu memcpy-bench: {e}\n{USAGE}");
             return ExitCode::from(STARTUP);
         }
     };
-    let rate = bench::host_memcpy(size);
+    let rate = bench::host_memcpy_parallel(size, threads);
+    let who = match threads {
+        1 => String::new(),
+        n => format!(", {n} threads at once"),
+    };
     println!(
-        "host memcpy {}: {:.0} MB/s",
+        "host memcpy {}{who}: {:.0} MB/s",
         human_size(size as u64),
         rate / 1e6
     );
