@@ -326,7 +326,11 @@ pub fn cmd_bench_suite(paths: &[std::path::PathBuf], runs: u32) -> Result<(), St
     // A bandwidth: copies long enough that the four jobs starting one after another on the
     // guest's one CPU are a small part of the time.
     let size = 256 * MIB;
-    eprintln!("bench-suite: {} devices at once, {} MiB each", devs.len(), size / MIB);
+    eprintln!(
+        "bench-suite: {} devices at once, {} MiB each",
+        devs.len(),
+        size / MIB
+    );
     rows.push(all_devices(&devs, size, runs)?);
     println!("{}", json!({"runs": runs, "rows": rows}));
     Ok(())
