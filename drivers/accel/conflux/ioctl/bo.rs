@@ -86,7 +86,8 @@ pub(crate) fn create(
     };
     let memory = match memory {
         Ok(vram) => {
-            data.scrub(vram.iter().map(|b| (b.offset(), b.size())))?;
+            data.scrub(vram.iter().map(|b| (b.offset(), b.size())))
+                .map_err(|e| call.refuse(e, fmt!("size {size:#x}: zeroing its VRAM: {e:?}")))?;
             Memory::Vram(vram)
         }
         Err(e) if e == ENOSPC && system => {

@@ -2,9 +2,10 @@
 
 //! The device model's fault switches (`device.rst`, "Fault switches"), set through the BAR2
 //! resource file in sysfs: a stalled engine, lost completion interrupts, a torn and a bogus
-//! `FENCE_SEQNO`, a reset that is never acknowledged, and a device model that dies in the
-//! middle of a job. Run with the driver loaded with `job_timeout_ms=500`; the last case of
-//! [`test_faults`] wedges the device, and [`test_model_exit`] stops every device.
+//! `FENCE_SEQNO`, a failed command in the middle of a buffer's zeroing, a reset that is never
+//! acknowledged, and a device model that dies in the middle of a job. Run with the driver
+//! loaded with `job_timeout_ms=500`; the last case of [`test_faults`] wedges the device, and
+//! [`test_model_exit`] stops every device.
 
 use std::{fs::OpenOptions, os::fd::AsFd, time::Duration};
 
@@ -157,6 +158,8 @@ pub(crate) fn test_faults(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     );
     dev.vm_bind(&[unmap_op(AT, MIB2)])?;
 
+    scrub_fails_in_the_middle(t, dev, &sw)?;
+
     // A reset that is never acknowledged wedges the device: its jobs and every later SUBMIT
     // fail with ENODEV, and nothing hangs.
     let wedged = Device::open(dev.path())?;
@@ -183,6 +186,71 @@ pub(crate) fn test_faults(t: &mut Tally, dev: &Device) -> Result<(), Error> {
         libc::ENODEV,
     );
     sw.set(0);
+    Ok(())
+}
+
+/// A buffer whose VRAM takes more than one zeroing job (more than 64 blocks) and whose first
+/// zeroing job fails (`FAULT_FAIL_COMMAND`) while the later ones succeed: BO_CREATE fails
+/// with EIO rather than hand out memory that was not cleared, and keeps none of it; the same
+/// BO_CREATE then succeeds with the buffer zeroed.
+///
+/// VRAM is fragmented on purpose: filled with 2 MiB buffers, then with 4 KiB ones, then one
+/// 2 MiB buffer is replaced by 512 of 4 KiB, every other one of which is freed.
+fn scrub_fails_in_the_middle(t: &mut Tally, dev: &Device, sw: &Switches) -> Result<(), Error> {
+    const PAGE: u64 = 4096;
+    const PAGES: u64 = 200;
+    let name = dev.path().display().to_string();
+    let full = |e: &Error| e.errno() == Some(libc::ENOSPC);
+    let fill_with = |size: u64, most: usize| -> Result<Vec<_>, Error> {
+        let mut bos = Vec::new();
+        while bos.len() < most {
+            match dev.bo_create(size) {
+                Ok(bo) => bos.push(bo),
+                Err(e) if full(&e) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(bos)
+    };
+    let mut big = fill_with(MIB2, 4096)?;
+    let small = fill_with(PAGE, 8192)?;
+    drop(big.pop());
+    let mut pages = fill_with(PAGE, 512)?;
+    let mut i = 0;
+    pages.retain(|_| {
+        i += 1;
+        i % 2 == 0
+    });
+    let before = dev.info()?.vram_avail;
+    sw.set(ctrl::FAULT_FAIL_COMMAND);
+    let failed = dev.bo_create(PAGES * PAGE);
+    let consumed = sw.get() & ctrl::FAULT_FAIL_COMMAND == 0;
+    sw.set(0);
+    let after = dev.info()?.vram_avail;
+    let errno = failed.as_ref().err().and_then(Error::errno);
+    drop(failed);
+    t.check(
+        &format!(
+            "{name}: the first of several zeroing jobs fails: BO_CREATE fails with EIO and \
+             keeps no VRAM"
+        ),
+        errno == Some(libc::EIO) && consumed && after == before,
+        format!(
+            "{} big, {} small, {} pages left; errno {errno:?}, fault used: {consumed}, VRAM \
+             {before} -> {after}",
+            big.len(),
+            small.len(),
+            pages.len()
+        ),
+    );
+    let bo = dev.bo_create(PAGES * PAGE)?;
+    let mut got = vec![0xffu8; (PAGES * PAGE) as usize];
+    dev.read(bo.handle, 0, &mut got)?;
+    t.check(
+        &format!("{name}: the same BO_CREATE then succeeds, the buffer zeroed"),
+        got.iter().all(|&b| b == 0),
+        format!("{} non-zero bytes", got.iter().filter(|&&b| b != 0).count()),
+    );
     Ok(())
 }
 

@@ -475,6 +475,15 @@ impl Engine {
         mmu: &Mmu,
         cmd: &Command,
     ) -> Result<(), Fault> {
+        if let Op::Copy { dst, .. } | Op::Fill { dst, .. } = cmd.op {
+            let faults = self.faults(mem)?;
+            if faults & ctrl::FAULT_FAIL_COMMAND != 0 {
+                mem.write_u32(self.bar(), ctrl::FAULTS, faults & !ctrl::FAULT_FAIL_COMMAND)
+                    .map_err(|e| bus_fault("clearing FAULT_FAIL_COMMAND", e))?;
+                let why = "FAULT_FAIL_COMMAND: the command fails on purpose";
+                return Err(Fault::new(Cause::Bus, why).at(dst));
+            }
+        }
         match cmd.op {
             Op::Copy { src, dst, len } => self.transfer(mem, mmu, Source::Va(src), dst, len),
             Op::Fill { dst, len, pattern } => {

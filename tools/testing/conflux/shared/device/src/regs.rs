@@ -112,6 +112,9 @@ pub mod ctrl {
     /// `FENCE_SEQNO` with its value plus one, and back, for 20 ms: a driver that reads the
     /// register in two halves sees it torn.
     pub const FAULT_TEAR_SEQNO: u32 = 1 << 5;
+    /// Fault: the next `COPY` or `FILL` fails with a bus error before it writes anything, and
+    /// the device clears the switch as it fails the command: one failed command per setting.
+    pub const FAULT_FAIL_COMMAND: u32 = 1 << 6;
     /// The fault switches a reset clears.
     pub const FAULTS_CLEARED_BY_RESET: u32 = FAULT_STALL | FAULT_BOGUS_SEQNO;
 

@@ -1304,3 +1304,22 @@ fn fault_tear_seqno_leaves_fence_seqno_as_it_was() {
     d.eng.tear_fence_seqno(&mut d.mem, 3);
     assert_eq!(d.reg64(ctrl::FENCE_SEQNO), 6);
 }
+
+#[test]
+fn fault_fail_command_fails_one_command_and_clears_itself() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    d.run(&[fill(W4K, 4, rep(0x11))]);
+    d.set32(
+        ctrl::FAULTS,
+        ctrl::FAULT_FAIL_COMMAND | ctrl::FAULT_DROP_COMPLETION,
+    );
+    // A FENCE is neither a COPY nor a FILL: it runs.
+    d.run(&[fence(2, false)]);
+    assert_eq!(d.reg64(ctrl::FENCE_SEQNO), 2);
+    d.expect_error(fill(W4K, 4, rep(0x22)), Cause::Bus, W4K);
+    assert_eq!(d.data(0)[..4], [0x11; 4]);
+    assert_eq!(d.reg32(ctrl::FAULTS), ctrl::FAULT_DROP_COMPLETION);
+    let out = d.run(&[fill(W4K, 4, rep(0x33))]);
+    assert_eq!((out.completed, out.error), (1, None));
+    assert_eq!(d.data(0)[..4], [0x33; 4]);
+}
