@@ -128,13 +128,28 @@ impl<'a, 'bound> Call<'a, 'bound> {
 
     /// Reads `count` elements of `T` from the user array at `addr`.
     pub(crate) fn read_array<T: FromBytes>(&self, addr: u64, count: usize) -> Result<KVec<T>> {
+        let mut out = KVec::with_capacity(count, GFP_KERNEL)?;
+        self.read_each(addr, count, |_, item: T| {
+            out.push(item, GFP_KERNEL)?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Reads the `count` elements of `T` of the user array at `addr` one by one, and hands
+    /// each to `f` with its index, as long as `f` succeeds.
+    pub(crate) fn read_each<T: FromBytes>(
+        &self,
+        addr: u64,
+        count: usize,
+        mut f: impl FnMut(usize, T) -> Result,
+    ) -> Result {
         let len = count.checked_mul(core::mem::size_of::<T>()).ok_or(EINVAL)?;
         let mut reader = UserSlice::new(UserPtr::from_addr(usize::try_from(addr)?), len).reader();
-        let mut out = KVec::with_capacity(count, GFP_KERNEL)?;
-        for _ in 0..count {
-            out.push(reader.read::<T>()?, GFP_KERNEL)?;
+        for i in 0..count {
+            f(i, reader.read::<T>()?)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The device's data.

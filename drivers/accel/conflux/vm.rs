@@ -202,9 +202,13 @@ impl Vm {
     }
 
     /// The buffers mapped in the ranges of `accesses`, each once, with whether a job writes
-    /// them.
-    pub(crate) fn buffers(&self, accesses: &[Access]) -> Result<KVec<Used>> {
-        let mut out = KVec::<Used>::new();
+    /// them; room is made for `expected` of them at once.
+    pub(crate) fn buffers(
+        &self,
+        accesses: impl Iterator<Item = Access>,
+        expected: usize,
+    ) -> Result<KVec<Used>> {
+        let mut out = KVec::<Used>::with_capacity(expected, GFP_KERNEL)?;
         for access in accesses {
             let mut cur = access.range.start;
             while let Some(va) = self.gpuvm.find_first(cur..access.range.end) {

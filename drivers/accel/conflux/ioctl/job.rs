@@ -57,39 +57,45 @@ struct RawCmd(uapi::drm_conflux_cmd);
 // SAFETY: The structure has only integer fields and no padding, so any bytes are a valid value.
 unsafe impl FromBytes for RawCmd {}
 
-/// A command of SUBMIT, checked, with the ranges it reads and writes.
-fn check_command(cmd: &uapi::drm_conflux_cmd) -> Option<(Command, Option<Access>, Access)> {
+/// A command of SUBMIT, checked.
+fn check_command(cmd: &uapi::drm_conflux_cmd) -> Option<Command> {
     let len_ok = cmd.len <= uapi::DRM_CONFLUX_MAX_CMD_LEN;
     let dst_end = user_range(cmd.dst, cmd.len).filter(|_| len_ok && cmd.pad == 0)?;
-    let dst = Access {
-        range: cmd.dst..dst_end,
-        write: true,
-    };
     match cmd.op {
         uapi::DRM_CONFLUX_CMD_COPY => {
-            let src_end = user_range(cmd.src, cmd.len)
+            user_range(cmd.src, cmd.len)
                 .filter(|&src_end| src_end <= cmd.dst || dst_end <= cmd.src)?;
-            let copy = Command::Copy {
+            Some(Command::Copy {
                 src: cmd.src,
                 dst: cmd.dst,
                 len: cmd.len,
-            };
-            let src = Access {
-                range: cmd.src..src_end,
-                write: false,
-            };
-            Some((copy, Some(src), dst))
+            })
         }
-        uapi::DRM_CONFLUX_CMD_FILL => {
-            let fill = Command::Fill {
-                dst: cmd.dst,
-                len: cmd.len,
-                pattern: cmd.src,
-            };
-            Some((fill, None, dst))
-        }
+        uapi::DRM_CONFLUX_CMD_FILL => Some(Command::Fill {
+            dst: cmd.dst,
+            len: cmd.len,
+            pattern: cmd.src,
+        }),
         _ => None,
     }
+}
+
+/// The ranges a checked command reads and writes, which [`check_command`] found to lie where
+/// userspace binds.
+fn accesses(cmd: &Command) -> impl Iterator<Item = Access> {
+    let (src, dst, len) = match *cmd {
+        Command::Copy { src, dst, len } => (Some(src), dst, len),
+        Command::Fill { dst, len, .. } => (None, dst, len),
+    };
+    let read = src.map(|src| Access {
+        range: src..src + len,
+        write: false,
+    });
+    let write = Access {
+        range: dst..dst + len,
+        write: true,
+    };
+    Iterator::chain(read.into_iter(), core::iter::once(write))
 }
 
 /// A `drm_conflux_sync` as read from userspace.
@@ -222,12 +228,9 @@ pub(crate) fn submit(
     ])?;
     let count = call.count("num_cmds", args.num_cmds, uapi::DRM_CONFLUX_MAX_CMDS)?;
     call.vm_id(args.vm_id)?;
-    let raw = call.read_array::<RawCmd>(args.cmds, count)?;
-    let mut commands = KVec::with_capacity(raw.len(), GFP_KERNEL)?;
-    // The ranges the commands read and write.
-    let mut accesses = KVec::with_capacity(2 * raw.len(), GFP_KERNEL)?;
-    for (i, RawCmd(cmd)) in raw.iter().enumerate() {
-        let Some((command, src, dst)) = check_command(cmd) else {
+    let mut commands = KVec::with_capacity(count, GFP_KERNEL)?;
+    call.read_each(args.cmds, count, |i, RawCmd(cmd)| {
+        let Some(command) = check_command(&cmd) else {
             return Err(call.refuse(
                 EINVAL,
                 fmt!(
@@ -242,11 +245,8 @@ pub(crate) fn submit(
             ));
         };
         commands.push(command, GFP_KERNEL)?;
-        if let Some(src) = src {
-            accesses.push(src, GFP_KERNEL)?;
-        }
-        accesses.push(dst, GFP_KERNEL)?;
-    }
+        Ok(())
+    })?;
     let syncs = Syncs::read(&call, args, file)?;
     // Reserved now: nothing can fail once the job is queued but the sync_file itself.
     let out_fence_fd = match out_fd {
@@ -258,7 +258,7 @@ pub(crate) fn submit(
     let inner = file.inner();
     let slot = inner.reserve_job()?;
     let fence = inner.with_vm(dev, |vm| {
-        let buffers = vm.buffers(&accesses)?;
+        let buffers = vm.buffers(commands.iter().flat_map(accesses), 2 * commands.len())?;
         let mut resvs = KVec::with_capacity(buffers.len(), GFP_KERNEL)?;
         let mut kept = KVec::with_capacity(buffers.len(), GFP_KERNEL)?;
         for used in buffers.iter() {
