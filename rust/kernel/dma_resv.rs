@@ -323,7 +323,7 @@ unsafe impl ResvLocked for ResvGuard<'_> {
 // invariants).
 unsafe impl ResvLocked for ResvSet<'_> {
     fn holds(&self, resv: &DmaResv) -> bool {
-        self.locked.iter().any(|l| l.as_raw() == resv.as_raw())
+        self.locked.iter().any(|(l, _)| l.as_raw() == resv.as_raw())
     }
 }
 
@@ -335,11 +335,10 @@ unsafe impl ResvLocked for ResvSet<'_> {
 ///
 /// # Invariants
 ///
-/// Every object in `locked` is locked with `ctx`, once; `reserved[i]` slots were reserved on
-/// `locked[i]` and not used yet.
+/// Every object in `locked` is locked with `ctx`, once, beside the number of fence slots
+/// reserved on it and not used yet.
 pub struct ResvSet<'a> {
-    locked: KVec<&'a DmaResv>,
-    reserved: KVec<u32>,
+    locked: KVec<(&'a DmaResv, u32)>,
     backoffs: u32,
     // Dropped after `locked` is unlocked (in `Drop`).
     ctx: Pin<KBox<AcquireCtx>>,
@@ -353,7 +352,6 @@ impl<'a> ResvSet<'a> {
         let ctx = KBox::pin_init(AcquireCtx::new(), flags)?;
         let mut set = ResvSet {
             locked: KVec::with_capacity(objs.len(), flags)?,
-            reserved: KVec::with_capacity(objs.len(), flags)?,
             backoffs: 0,
             ctx,
             _not_send: NotThreadSafe,
@@ -361,7 +359,7 @@ impl<'a> ResvSet<'a> {
         'retry: loop {
             for obj in objs {
                 let raw = obj.as_raw();
-                if set.locked.iter().any(|l| l.as_raw() == raw) {
+                if set.locked.iter().any(|(l, _)| l.as_raw() == raw) {
                     continue;
                 }
                 // SAFETY: `obj` is valid and `ctx` is initialised; the lock is recorded in
@@ -374,7 +372,7 @@ impl<'a> ResvSet<'a> {
                     }
                 };
                 if ret == 0 {
-                    set.locked.push(obj, flags)?;
+                    set.locked.push((obj, 0), flags)?;
                     continue;
                 }
                 set.unlock_all();
@@ -393,13 +391,10 @@ impl<'a> ResvSet<'a> {
                     }
                 };
                 to_result(ret)?;
-                set.locked.push(obj, flags)?;
+                set.locked.push((obj, 0), flags)?;
                 continue 'retry;
             }
             break;
-        }
-        for _ in 0..set.locked.len() {
-            set.reserved.push(0, flags)?;
         }
         // SAFETY: `ctx` is initialised; no more locks will be taken with it.
         unsafe { bindings::ww_acquire_done(set.ctx.ctx.get()) };
@@ -408,16 +403,15 @@ impl<'a> ResvSet<'a> {
     }
 
     fn unlock_all(&mut self) {
-        while let Some(obj) = self.locked.pop() {
+        while let Some((obj, _)) = self.locked.pop() {
             // SAFETY: Locked with this set's context (type invariants).
             unsafe { bindings::dma_resv_unlock(obj.as_raw()) };
         }
-        self.reserved.clear();
     }
 
     /// The locked objects, duplicates removed.
-    pub fn objects(&self) -> &[&'a DmaResv] {
-        &self.locked
+    pub fn objects(&self) -> impl ExactSizeIterator<Item = &'a DmaResv> + '_ {
+        self.locked.iter().map(|&(obj, _)| obj)
     }
 
     /// How many times locking backed off because an older context held an object.
@@ -427,7 +421,7 @@ impl<'a> ResvSet<'a> {
 
     /// Makes room for `num` more fences on every object.
     pub fn reserve_fences(&mut self, num: u32) -> Result {
-        for (obj, r) in self.locked.iter().zip(self.reserved.iter_mut()) {
+        for (obj, r) in self.locked.iter_mut() {
             reserve(obj, r, num)?;
         }
         Ok(())
@@ -436,10 +430,10 @@ impl<'a> ResvSet<'a> {
     /// Adds `fence` with `usage` to every object, into slots reserved with
     /// [`Self::reserve_fences`]; returns [`ENOSPC`], adding nothing, when an object has no slot.
     pub fn add_fence(&mut self, fence: &Fence, usage: Usage) -> Result {
-        if self.reserved.contains(&0) {
+        if self.locked.iter().any(|&(_, r)| r == 0) {
             return Err(ENOSPC);
         }
-        for (obj, r) in self.locked.iter().zip(self.reserved.iter_mut()) {
+        for (obj, r) in self.locked.iter_mut() {
             add(obj, r, fence, usage)?;
         }
         Ok(())
@@ -449,10 +443,10 @@ impl<'a> ResvSet<'a> {
     /// with [`Self::reserve_fences`]; returns [`ENOSPC`], adding nothing, when an object has no
     /// slot.
     pub fn add_fence_with(&mut self, fence: &Fence, usage: impl Fn(&DmaResv) -> Usage) -> Result {
-        if self.reserved.contains(&0) {
+        if self.locked.iter().any(|&(_, r)| r == 0) {
             return Err(ENOSPC);
         }
-        for (obj, r) in self.locked.iter().zip(self.reserved.iter_mut()) {
+        for (obj, r) in self.locked.iter_mut() {
             add(obj, r, fence, usage(obj))?;
         }
         Ok(())
