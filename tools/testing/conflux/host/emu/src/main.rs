@@ -86,7 +86,7 @@ fn serve(args: &[String]) -> ExitCode {
 }
 
 fn memcpy_bench(args: &[String]) -> ExitCode {
-    let parsed = server::options(args, &["--size", "--threads"]).and_then(|o| {
+    let parsed = server::options(args, &["--size", "--threads", "--in"]).and_then(|o| {
         let value = |name: &str| o.iter().find(|(n, _)| n == name).map(|(_, v)| v);
         let v = value("--size").ok_or("missing option --size")?;
         let n = parse_size(v).map_err(|e| format!("--size: {e}"))?;
@@ -102,20 +102,34 @@ fn memcpy_bench(args: &[String]) -> ExitCode {
                 .filter(|t| (1..=64).contains(t))
                 .ok_or_else(|| format!("--threads: {t:?} is not 1 to 64"))?,
         };
-        Ok((size, threads))
+        let buffers = match value("--in").map(String::as_str) {
+            None | Some("private") => bench::Buffers::Private,
+            Some("shared") => bench::Buffers::Shared,
+            Some(other) => return Err(format!("--in: {other:?} is not private or shared")),
+        };
+        Ok((size, threads, buffers))
     });
-    let (size, threads) = match parsed {
+    let (size, threads, buffers) = match parsed {
         Ok(p) => p,
         Err(e) => {
             eprintln!("conflux-emu memcpy-bench: {e}\n{USAGE}");
             return ExitCode::from(STARTUP);
         }
     };
-    let rate = bench::host_memcpy_parallel(size, threads);
-    let who = match threads {
+    let rate = match bench::host_memcpy_parallel(size, threads, buffers) {
+        Ok(rate) => rate,
+        Err(e) => {
+            eprintln!("conflux-emu memcpy-bench: shared memory of {size} bytes: {e}");
+            return ExitCode::from(STARTUP);
+        }
+    };
+    let mut who = match threads {
         1 => String::new(),
         n => format!(", {n} threads at once"),
     };
+    if buffers == bench::Buffers::Shared {
+        who.push_str(", in shared memory");
+    }
     println!(
         "host memcpy {}{who}: {:.0} MB/s",
         human_size(size as u64),

@@ -98,7 +98,7 @@ pub const USAGE: &str = "\
 usage: conflux-emu serve --run-dir DIR --devices N --bar-size BYTES --topology NAME
                          --qmp PATH --guest-ram PATH --guest-ram-size BYTES
                          [--plain PATH --plain-size BYTES]
-       conflux-emu memcpy-bench --size BYTES [--threads N]
+       conflux-emu memcpy-bench --size BYTES [--threads N] [--in private|shared]
 BYTES: an integer with an optional K, M or G suffix (powers of 1024)";
 
 /// Parses a size: an integer with an optional `K`, `M` or `G` suffix
