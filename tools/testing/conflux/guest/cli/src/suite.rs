@@ -29,15 +29,29 @@ use crate::{
 const MIB: u64 = 1 << 20;
 const VA: u64 = 1 << 32;
 
+/// The median of `samples`.
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The median of the ratios `a[i] / b[i]` of runs that took turns.
+fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    median(&ratios)
+}
+
 /// The median, smallest and largest of `samples`.
 fn stats(mut samples: Vec<f64>) -> Value {
+    let median = median(&samples);
     samples.sort_by(f64::total_cmp);
     let n = samples.len();
-    let median = match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => samples[n / 2],
-        _ => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
-    };
     json!({
         "median": median,
         "min": samples.first().copied().unwrap_or(f64::NAN),
@@ -179,16 +193,18 @@ fn small_jobs(dev: &Device, runs: u32) -> Result<[Value; 2], String> {
     dev.vm_bind(&[map_op(bo.handle, 0, VA, 4096, false)])
         .map_err(e)?;
     let cmd = [fill_cmd(VA, 4096, 0x5a5a_5a5a_5a5a_5a5a)];
-    let rate = repeat(runs, || {
+    // The jobs and their reference take turns, so that both see the same machine.
+    let (mut rate, mut noop) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
         let start = Instant::now();
         let mut last = 0;
         for _ in 0..JOBS {
             last = dev.submit(&cmd, 0, 0).map_err(e)?;
         }
         dev.wait(last, -1).map_err(e)?;
-        Ok(f64::from(JOBS) / start.elapsed().as_secs_f64())
-    })?;
-    let noop = repeat(runs, || noop_rate(dev, 4096))?;
+        rate.push(f64::from(JOBS) / start.elapsed().as_secs_f64());
+        noop.push(noop_rate(dev, 4096)?);
+    }
     let mut latency = Vec::new();
     for _ in 0..runs * LATENCY_SAMPLES {
         let start = Instant::now();
@@ -207,7 +223,17 @@ fn small_jobs(dev: &Device, runs: u32) -> Result<[Value; 2], String> {
             "unit": "per s",
             "higher_is_better": true,
             "figures": [
-                figure("jobs submitted back to back", rate, json!({"jobs_per_run": JOBS})),
+                figure(
+                    "jobs submitted back to back",
+                    rate.clone(),
+                    json!({
+                        "jobs_per_run": JOBS,
+                        "note": format!(
+                            "{:.1} % of the no-op rate, the median of the runs' ratios",
+                            100.0 * median_ratio(&rate, &noop)
+                        ),
+                    })
+                ),
                 figure("no-op ioctl (DRM_IOCTL_VERSION)", noop, json!({})),
             ],
         }),
@@ -260,16 +286,15 @@ impl Drop for LocalCopy<'_> {
 /// Every device copying within its VRAM at once: the aggregate bandwidth, beside one device
 /// alone.
 fn all_devices(devs: &[Device], size: u64, runs: u32) -> Result<Value, String> {
-    let alone = {
-        let copy = LocalCopy::new(&devs[0], size)?;
-        repeat(runs, || Ok(mbps(size, copy.run()?)))?
-    };
-    let mut aggregate = Vec::new();
+    let (mut alone, mut aggregate) = (Vec::new(), Vec::new());
     let copies = devs
         .iter()
         .map(|d| LocalCopy::new(d, size))
         .collect::<Result<Vec<_>, _>>()?;
+    // One device alone and all at once take turns, so that both see the same machine.
     for _ in 0..runs {
+        let first = copies.first().ok_or("no device")?;
+        alone.push(mbps(size, first.run()?));
         let start = Arc::new(Barrier::new(copies.len() + 1));
         let secs = thread::scope(|s| {
             let handles: Vec<_> = copies
@@ -299,7 +324,14 @@ fn all_devices(devs: &[Device], size: u64, runs: u32) -> Result<Value, String> {
         "unit": "MB/s",
         "higher_is_better": true,
         "figures": [
-            figure(&format!("all {} at once, aggregate", devs.len()), aggregate, json!({})),
+            figure(
+                &format!("all {} at once, aggregate", devs.len()),
+                aggregate.clone(),
+                json!({"note": format!(
+                    "{:.2}x one alone, the median of the runs' ratios",
+                    median_ratio(&aggregate, &alone)
+                )})
+            ),
             figure("one device alone", alone, json!({})),
         ],
     }))
