@@ -513,7 +513,7 @@ mod tests {
             resv.wait_timeout(Usage::Read, true, msecs_to_jiffies(10)),
             Ok(false)
         );
-        workqueue::system().try_spawn(GFP_KERNEL, move || read.signal())?;
+        workqueue::system_highpri().try_spawn(GFP_KERNEL, move || read.signal())?;
         assert_eq!(
             resv.wait_timeout(Usage::Read, true, msecs_to_jiffies(10_000)),
             Ok(true)
@@ -573,7 +573,7 @@ mod tests {
         let older = ResvSet::lock(&[&r2], false, GFP_KERNEL)?;
         let (w1, w2, wdone) = (r1.clone(), r2.clone(), done.clone());
         let (wstarted, wback) = (started.clone(), backoffs.clone());
-        workqueue::system().try_spawn(GFP_KERNEL, move || {
+        workqueue::system_highpri().try_spawn(GFP_KERNEL, move || {
             wstarted.store(1, Ordering::Relaxed);
             // Younger: takes r1, finds r2 held by the older context, must back off (drop r1),
             // sleep on r2, and then take r1 again.

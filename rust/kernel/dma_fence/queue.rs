@@ -615,11 +615,11 @@ where
     fn wake_later(&self) {
         let cpu = bindings::wq_misc_consts_WORK_CPU_UNBOUND as i32;
         // SAFETY: By the type invariants `later` is initialised, and `self` is alive;
-        // `system_wq` is always available.
+        // `system_dfl_wq` is always available.
         unsafe {
             bindings::queue_delayed_work_on(
                 cpu,
-                bindings::system_wq,
+                bindings::system_dfl_wq,
                 self.later.get(),
                 msecs_to_jiffies(RETIRE_DELAY_MS),
             )
@@ -766,9 +766,9 @@ where
         let ms = u32::try_from(delay.as_millis().max(1)).unwrap_or(u32::MAX);
         let cpu = bindings::wq_misc_consts_WORK_CPU_UNBOUND as i32;
         // SAFETY: By the type invariants `watchdog` is initialised, and `self` is alive;
-        // `system_unbound_wq` is always available.
+        // `system_dfl_wq` is always available.
         unsafe {
-            let wq = bindings::system_unbound_wq;
+            let wq = bindings::system_dfl_wq;
             if rearm {
                 bindings::mod_delayed_work_on(cpu, wq, self.watchdog.get(), msecs_to_jiffies(ms));
             } else {
@@ -1473,7 +1473,7 @@ mod tests {
         push(&q, 2, &[])?;
         let ender = core::ptr::from_ref(q.ops()) as usize;
         // Ends job 1 from a worker while this task waits in `push()`.
-        crate::workqueue::system().try_spawn(GFP_KERNEL, move || {
+        crate::workqueue::system_highpri().try_spawn(GFP_KERNEL, move || {
             fsleep(Delta::from_millis(20));
             // SAFETY: The queue outlives the wait below, which ends only when this signals.
             let fake = unsafe { &*(ender as *const Fake) };
