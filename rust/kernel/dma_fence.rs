@@ -498,10 +498,17 @@ impl<T: FenceCallbackHandler> PinnedDrop for FenceCallback<T> {
 /// A sync_file of a fence, with a file descriptor reserved for it in the current task.
 ///
 /// [`SyncFile::install`] gives it the descriptor at the end of the call that hands it out.
-/// Dropped uninstalled, it frees both.
+/// Dropped uninstalled, it frees both. [`SyncFile::reserve`] makes one before its fence
+/// exists, so that nothing is left to allocate once the fence's work has been queued.
+///
+/// # Invariants
+///
+/// `sync_file` is the sync_file whose file is `file`, which nobody else can reach until
+/// [`SyncFile::install`].
 pub struct SyncFile {
     fd: FileDescriptorReservation,
     file: ARef<File>,
+    sync_file: NonNull<bindings::sync_file>,
 }
 
 impl SyncFile {
@@ -510,14 +517,43 @@ impl SyncFile {
     pub fn new(fence: &Fence, fd: FileDescriptorReservation) -> Result<Self> {
         // SAFETY: The fence is valid; the sync_file takes its own reference to it.
         let sync_file = unsafe { bindings::sync_file_create(fence.as_raw()) };
-        if sync_file.is_null() {
-            return Err(ENOMEM);
-        }
+        let sync_file = NonNull::new(sync_file).ok_or(ENOMEM)?;
         // SAFETY: `sync_file` is valid; its `file` holds the only reference to the sync_file,
         // which the `ARef` takes over. `File` is a transparent wrapper of `struct file`, and a
         // sync_file's file has no `fdget_pos` users.
-        let file = unsafe { ARef::from_raw(NonNull::new_unchecked((*sync_file).file.cast())) };
-        Ok(Self { fd, file })
+        let file =
+            unsafe { ARef::from_raw(NonNull::new_unchecked((*sync_file.as_ptr()).file.cast())) };
+        // INVARIANT: the file is new, and only this value holds it.
+        Ok(Self {
+            fd,
+            file,
+            sync_file,
+        })
+    }
+
+    /// A sync_file for descriptor `fd` whose fence is set later, with [`Self::set_fence`];
+    /// until then it holds the kernel's signalled stub fence.
+    pub fn reserve(fd: FileDescriptorReservation) -> Result<Self> {
+        // SAFETY: `dma_fence_get_stub()` returns a new reference to a valid fence.
+        let stub = unsafe {
+            ARef::from_raw(NonNull::new_unchecked(
+                bindings::dma_fence_get_stub().cast::<Fence>(),
+            ))
+        };
+        Self::new(&stub, fd)
+    }
+
+    /// Makes `fence` the fence of the sync_file, in place of the one it was made with.
+    pub fn set_fence(&mut self, fence: &Fence) {
+        let new = ARef::<Fence>::from(fence);
+        // SAFETY: By the type invariants the sync_file is valid and nobody else can reach it,
+        // so its `fence` field, a counted reference, can be replaced: the new reference is
+        // handed to it, the old one dropped.
+        unsafe {
+            let slot = &raw mut (*self.sync_file.as_ptr()).fence;
+            let old = core::mem::replace(&mut *slot, ARef::into_raw(new).as_ptr().cast());
+            bindings::dma_fence_put(old);
+        }
     }
 
     /// The descriptor the sync_file will have.
@@ -663,7 +699,7 @@ mod tests {
         let shared = job.shared();
         assert_eq!(shared.wait_timeout(true, msecs_to_jiffies(10)), Ok(false));
         // Signalled by a worker while this task sleeps in the wait.
-        workqueue::system().try_spawn(GFP_KERNEL, move || job.signal())?;
+        workqueue::system_highpri().try_spawn(GFP_KERNEL, move || job.signal())?;
         assert_eq!(
             shared.wait_timeout(true, msecs_to_jiffies(10_000)),
             Ok(true)

@@ -324,7 +324,8 @@ struct drm_conflux_sync {
  * for another job's timeout interrupted it; -ENODEV when the device did not
  * confirm a reset (it is wedged, see uapi.rst); a failed in-fence's error.
  * The engine is reset after a failed job and runs the jobs after it; no job
- * runs twice. Closing the file waits for its jobs to end.
+ * runs twice. Closing the file does not wait for its jobs, which keep what
+ * they use until they end. A SUBMIT that fails has queued nothing.
  *
  * Errors: -EINVAL for a malformed call, command or sync, a syncobj without
  * fence at the point asked, or an @in_fence_fd that is not a sync_file;

@@ -248,12 +248,17 @@ pub(crate) fn submit(
         Ok(())
     })?;
     let syncs = Syncs::read(&call, args, file)?;
-    // Reserved now: nothing can fail once the job is queued but the sync_file itself.
-    let out_fence_fd = match out_fd {
-        true => Some(FileDescriptorReservation::get_unused_fd_flags(
-            flags::O_CLOEXEC,
-        )?),
+    // Made now, with its descriptor: nothing can fail once the job is queued.
+    let mut out_sync_file = match out_fd {
+        true => {
+            let fd = FileDescriptorReservation::get_unused_fd_flags(flags::O_CLOEXEC)?;
+            Some(SyncFile::reserve(fd)?)
+        }
         false => None,
+    };
+    let out_fence_fd = match out_sync_file.as_ref() {
+        Some(sync_file) => i32::try_from(sync_file.fd())?,
+        None => args.out_fence_fd,
     };
     let inner = file.inner();
     let slot = inner.reserve_job()?;
@@ -297,13 +302,11 @@ pub(crate) fn submit(
         Ok(fence)
     })?;
     syncs.signal(&fence);
-    if let Some(fd) = out_fence_fd {
-        // The job is queued: this is the only step left that can fail (-ENOMEM), and the job
-        // runs anyway, as its other out-fences tell.
-        let sync_file = SyncFile::new(&fence, fd)?;
-        args.out_fence_fd = i32::try_from(sync_file.fd())?;
+    if let Some(mut sync_file) = out_sync_file.take() {
+        sync_file.set_fence(&fence);
         sync_file.install();
     }
+    args.out_fence_fd = out_fence_fd;
     args.job = inner.add_job(slot, fence);
     Ok(0)
 }
