@@ -46,9 +46,9 @@ const DRM_IOCTL_GEM_CLOSE: u64 = drm_ioc::<uapi::drm_gem_close>(1, 0x09);
 /// `DRM_IOCTL_SYNCOBJ_CREATE`: `_IOWR('d', 0xbf, struct drm_syncobj_create)`.
 const DRM_IOCTL_SYNCOBJ_CREATE: u64 = drm_ioc::<uapi::drm_syncobj_create>(3, 0xbf);
 /// `DRM_IOCTL_PRIME_HANDLE_TO_FD`: `_IOWR('d', 0x2d, struct drm_prime_handle)`.
-const DRM_IOCTL_PRIME_HANDLE_TO_FD: u64 = drm_ioc::<uapi::drm_prime_handle>(3, 0x2d);
+pub const DRM_IOCTL_PRIME_HANDLE_TO_FD: u64 = drm_ioc::<uapi::drm_prime_handle>(3, 0x2d);
 /// `DRM_IOCTL_PRIME_FD_TO_HANDLE`: `_IOWR('d', 0x2e, struct drm_prime_handle)`.
-const DRM_IOCTL_PRIME_FD_TO_HANDLE: u64 = drm_ioc::<uapi::drm_prime_handle>(3, 0x2e);
+pub const DRM_IOCTL_PRIME_FD_TO_HANDLE: u64 = drm_ioc::<uapi::drm_prime_handle>(3, 0x2e);
 /// `DRM_IOCTL_VERSION`: `_IOWR('d', 0x00, struct drm_version)`.
 const DRM_IOCTL_VERSION: u64 = drm_ioc::<uapi::drm_version>(3, 0x00);
 /// `DRM_IOCTL_SYNCOBJ_DESTROY`: `_IOWR('d', 0xc0, struct drm_syncobj_destroy)`.
@@ -828,16 +828,18 @@ impl Bo<'_> {
 
 impl Drop for Bo<'_> {
     fn drop(&mut self) {
-        let mut args = uapi::drm_gem_close {
-            handle: self.handle,
-            pad: 0,
-        };
-        if let Err(e) = self
-            .dev
-            .ioctl("DRM_IOCTL_GEM_CLOSE", DRM_IOCTL_GEM_CLOSE, &mut args)
-        {
+        if let Err(e) = self.dev.gem_close(self.handle) {
             eprintln!("conflux: {e}");
         }
+    }
+}
+
+impl Device {
+    /// Closes buffer handle `handle` (`DRM_IOCTL_GEM_CLOSE`), for a handle that no [`Bo`]
+    /// owns.
+    pub fn gem_close(&self, handle: u32) -> Result<(), Error> {
+        let mut args = uapi::drm_gem_close { handle, pad: 0 };
+        self.ioctl("DRM_IOCTL_GEM_CLOSE", DRM_IOCTL_GEM_CLOSE, &mut args)
     }
 }
 

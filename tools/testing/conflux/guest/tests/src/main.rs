@@ -14,6 +14,7 @@
 //! device model in the middle of a job ([`faults::test_model_exit`]), which stops every device.
 //! Helpers that several subjects use are in [`common`].
 
+mod alloc_walk;
 mod bind;
 mod common;
 mod device;
@@ -32,6 +33,7 @@ use std::process::ExitCode;
 use conflux::{devices, Device, Error};
 
 use crate::{
+    alloc_walk::test_alloc_walks,
     bind::test_bind,
     device::test_device,
     faults::{test_faults, test_model_exit},
@@ -79,6 +81,29 @@ fn main() -> ExitCode {
     };
     let found = devices();
     let mode = std::env::args().nth(1);
+    if mode.as_deref() == Some("--alloc-walks") {
+        match (
+            found.first().map(Device::open),
+            found.get(1).map(Device::open),
+        ) {
+            (Some(Ok(a)), Some(Ok(b))) => {
+                if let Err(e) = test_alloc_walks(&mut t, &a, &b) {
+                    t.check(
+                        &format!("{}: allocation walks", a.path().display()),
+                        false,
+                        e,
+                    );
+                }
+            }
+            _ => t.check("two Conflux devices that open", false, found.len()),
+        }
+        println!("{} passed, {} failed", t.passed, t.failed);
+        return if t.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     if matches!(mode.as_deref(), Some("--timeout" | "--model-exit")) {
         match found.first().map(Device::open) {
             Some(Ok(dev)) if mode.as_deref() == Some("--model-exit") => {
@@ -172,6 +197,14 @@ fn main() -> ExitCode {
                 }
             }
             Err(e) => t.check(&format!("{}: open", path.display()), false, e),
+        }
+        if let (Some(Ok(a)), Some(Ok(b))) = (
+            found.first().map(Device::open),
+            found.get(1).map(Device::open),
+        ) {
+            if let Err(e) = test_alloc_walks(&mut t, &a, &b) {
+                t.check(&format!("{}: allocation walks", path.display()), false, e);
+            }
         }
         if found.len() >= 2 {
             if let Err(e) = test_shared_vm(&mut t, &found) {

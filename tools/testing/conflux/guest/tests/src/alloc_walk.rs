@@ -1,0 +1,511 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Allocation-failure walks over the ioctls (`Documentation/fault-injection`, `fail-nth`).
+//!
+//! For each call and each n from 1 on, the n-th allocation of the calling thread fails: writing
+//! n to `/proc/thread-self/fail-nth` arms it, and reading 0 back afterwards says the call
+//! reached it. Once the call no longer reaches its n-th allocation, the walk has gone through
+//! every allocation of the call. A call whose allocation failed must fail (or, where the driver
+//! has another way, succeed whole) and leave what userspace sees as it was: the VRAM available,
+//! the mappings of the VM, the contents of buffers, the members of a shared VM, the open file
+//! descriptors. Between arming and the call the test allocates nothing, so that the failure
+//! lands in the call. Failures are injected silently (`verbose` 0): any kernel report is a
+//! failure of the run.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::Write,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::FileExt,
+    },
+};
+
+use conflux::{
+    fill_cmd, map_op, uapi, unmap_op, BindOp, Device, Error, DRM_IOCTL_PRIME_FD_TO_HANDLE,
+    DRM_IOCTL_PRIME_HANDLE_TO_FD,
+};
+
+use crate::{
+    common::{io_err, MIB2, VA},
+    Tally,
+};
+
+/// Where the walks map: above what the other tests leave bound.
+const AT: u64 = 12 * VA;
+/// The most allocations a call is walked through.
+const MOST: u32 = 400;
+
+/// The `fail-nth` file of the calling thread.
+struct FailNth(File);
+
+impl FailNth {
+    fn open() -> Result<Self, Error> {
+        let path = "/proc/thread-self/fail-nth";
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path, "open"))?;
+        Ok(Self(file))
+    }
+
+    /// Makes the thread's `n`-th allocation from now on fail.
+    fn arm(&self, n: u32) -> Result<(), Error> {
+        let text = n.to_string();
+        (&self.0)
+            .write_all(text.as_bytes())
+            .map_err(io_err("fail-nth", "write"))
+    }
+
+    /// Whether the armed failure happened; disarms it.
+    fn fired(&self) -> Result<bool, Error> {
+        let mut buf = [0u8; 16];
+        let n = self
+            .0
+            .read_at(&mut buf, 0)
+            .map_err(io_err("fail-nth", "read"))?;
+        let left = std::str::from_utf8(&buf[..n]).unwrap_or("?").trim() == "0";
+        (&self.0)
+            .write_all(b"0")
+            .map_err(io_err("fail-nth", "write"))?;
+        Ok(left)
+    }
+}
+
+/// Makes every allocation fail-able, silently: `fail-nth` obeys these attributes too.
+fn quiet_injection() -> Result<(), Error> {
+    let debugfs = "/sys/kernel/debug";
+    let mounted = fs::read_to_string("/proc/mounts")
+        .map(|m| m.contains(" /sys/kernel/debug "))
+        .unwrap_or(false);
+    if !mounted {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "debugfs", "none", debugfs])
+            .status()
+            .map_err(io_err(debugfs, "mount"))?;
+        if !status.success() {
+            return Err(io_err(debugfs, "mount")(std::io::Error::other(
+                status.to_string(),
+            )));
+        }
+    }
+    for (file, value) in [
+        ("failslab/ignore-gfp-wait", "N"),
+        ("failslab/verbose", "0"),
+        ("fail_page_alloc/ignore-gfp-wait", "N"),
+        ("fail_page_alloc/ignore-gfp-highmem", "N"),
+        ("fail_page_alloc/min-order", "0"),
+        ("fail_page_alloc/verbose", "0"),
+    ] {
+        let path = format!("{debugfs}/{file}");
+        fs::write(&path, value).map_err(io_err(&path, "write"))?;
+    }
+    Ok(())
+}
+
+/// What a walk found.
+#[derive(Default)]
+struct Walk {
+    /// Allocations the call made when none failed.
+    allocations: u32,
+    /// Errors the failed calls returned, by errno.
+    errors: BTreeMap<i32, u32>,
+    /// Calls that succeeded though one of their allocations failed.
+    absorbed: u32,
+    /// What went wrong, first of all.
+    wrong: Option<String>,
+}
+
+impl Walk {
+    fn wrong(&mut self, what: String) {
+        self.wrong.get_or_insert(what);
+    }
+}
+
+/// Walks `call` through its allocations: for n from 1 on, fails the n-th, and checks with
+/// `same` that a failed call changed nothing; `undo` undoes a call that succeeded.
+/// `prepare` runs before each call, with nothing armed, and makes its arguments.
+fn walk<A>(
+    fail: &FailNth,
+    mut prepare: impl FnMut() -> Result<A, Error>,
+    mut call: impl FnMut(&mut A) -> Result<(), Error>,
+    mut same: impl FnMut(&A) -> Result<Option<String>, Error>,
+    mut undo: impl FnMut(&A) -> Result<(), Error>,
+) -> Result<Walk, Error> {
+    let mut w = Walk::default();
+    for n in 1..=MOST {
+        let mut args = prepare()?;
+        fail.arm(n)?;
+        let result = call(&mut args);
+        let fired = fail.fired()?;
+        match (fired, result) {
+            (false, Ok(())) => {
+                w.allocations = n - 1;
+                undo(&args)?;
+                return Ok(w);
+            }
+            (false, Err(e)) => {
+                w.wrong(format!("with no failure injected: {e}"));
+                return Ok(w);
+            }
+            (true, Ok(())) => {
+                w.absorbed += 1;
+                undo(&args)?;
+            }
+            (true, Err(e)) => {
+                let errno = e.errno().unwrap_or(0);
+                *w.errors.entry(errno).or_default() += 1;
+                if errno == libc::EFAULT || errno == 0 {
+                    w.wrong(format!("allocation {n}: {e}"));
+                }
+                if let Some(changed) = same(&args)? {
+                    w.wrong(format!("allocation {n} failed ({e}), yet {changed}"));
+                }
+            }
+        }
+    }
+    w.wrong(format!("more than {MOST} allocations"));
+    Ok(w)
+}
+
+/// Reports the walk of `what`.
+fn report(t: &mut Tally, name: &str, what: &str, w: Result<Walk, Error>) {
+    match w {
+        Ok(w) => {
+            let errors: Vec<String> = w
+                .errors
+                .iter()
+                .map(|(errno, n)| {
+                    let name = conflux::errno_name(*errno).unwrap_or("?");
+                    format!("{name} x{n}")
+                })
+                .collect();
+            t.check(
+                &format!("{name}: {what}: every allocation failed in turn leaves it as it was"),
+                w.wrong.is_none(),
+                format!(
+                    "{} allocations; failed with {}; succeeded anyway {} times{}",
+                    w.allocations,
+                    if errors.is_empty() {
+                        "nothing".into()
+                    } else {
+                        errors.join(", ")
+                    },
+                    w.absorbed,
+                    w.wrong.map(|s| format!("; {s}")).unwrap_or_default()
+                ),
+            );
+        }
+        Err(e) => t.check(&format!("{name}: {what}: allocation walk"), false, e),
+    }
+}
+
+/// The path and member count of `va` in `dev`'s VM.
+fn path_at(dev: &Device, va: u64) -> Result<(u32, u32), Error> {
+    let mut args = uapi::drm_conflux_vm_path {
+        va,
+        ..Default::default()
+    };
+    dev.vm_path_raw(&mut args)?;
+    Ok((args.path, args.members))
+}
+
+/// The open file descriptors of the process.
+fn open_fds() -> usize {
+    fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// A PRIME handle ioctl of `dev` with `args`.
+fn prime(dev: &Device, request: u64, args: &mut uapi::drm_prime_handle) -> Result<(), Error> {
+    dev.ioctl("DRM_IOCTL_PRIME", request, args)
+}
+
+/// Walks the allocations of every ioctl of the driver on `dev`, with `peer` (another device)
+/// for the imports and the shared VM.
+pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Result<(), Error> {
+    let name = dev.path().display().to_string();
+    quiet_injection()?;
+    let fail = FailNth::open()?;
+    let vram = |d: &Device| d.info().map(|i| i.vram_avail);
+    let buf = dev.bo_create(MIB2)?;
+    dev.vm_bind(&[map_op(buf.handle, 0, AT, MIB2, false)])?;
+    let other = dev.bo_create(MIB2)?;
+
+    let w = walk(
+        &fail,
+        || Ok(uapi::drm_conflux_get_info::default()),
+        |a| dev.ioctl("GET_INFO", uapi::DRM_IOCTL_CONFLUX_GET_INFO as u64, a),
+        |_| Ok(None),
+        |_| Ok(()),
+    );
+    report(t, &name, "GET_INFO", w);
+
+    // A system buffer takes a page at a time: a small one.
+    for (what, flags, size) in [
+        ("BO_CREATE in VRAM", uapi::DRM_CONFLUX_BO_VRAM, MIB2),
+        (
+            "BO_CREATE in system memory",
+            uapi::DRM_CONFLUX_BO_SYSTEM,
+            16 * 4096,
+        ),
+    ] {
+        let before = vram(dev)?;
+        let w = walk(
+            &fail,
+            || {
+                Ok(uapi::drm_conflux_bo_create {
+                    size,
+                    flags,
+                    handle: 0,
+                })
+            },
+            |a| dev.bo_create_raw(a),
+            |_| {
+                let now = vram(dev)?;
+                Ok((now != before).then(|| format!("VRAM available {before} -> {now}")))
+            },
+            |a| dev.gem_close(a.handle),
+        );
+        report(t, &name, what, w);
+    }
+
+    let ops_map: [BindOp; 1] = [map_op(other.handle, 0, AT + MIB2, MIB2, false)];
+    let ops_unmap: [BindOp; 1] = [unmap_op(AT + MIB2, MIB2)];
+    let w = walk(
+        &fail,
+        || {
+            Ok(uapi::drm_conflux_vm_bind {
+                num_ops: 1,
+                ops: ops_map.as_ptr() as u64,
+                ..Default::default()
+            })
+        },
+        |a| dev.vm_bind_raw(a),
+        |_| {
+            let (path, _) = path_at(dev, AT + MIB2)?;
+            Ok((path != 0).then(|| format!("the range is mapped (path {path})")))
+        },
+        |_| dev.vm_bind(&ops_unmap),
+    );
+    report(t, &name, "VM_BIND map", w);
+
+    dev.vm_bind(&ops_map)?;
+    let w = walk(
+        &fail,
+        || {
+            Ok(uapi::drm_conflux_vm_bind {
+                num_ops: 1,
+                ops: ops_unmap.as_ptr() as u64,
+                ..Default::default()
+            })
+        },
+        |a| dev.vm_bind_raw(a),
+        |_| {
+            let (path, _) = path_at(dev, AT + MIB2)?;
+            Ok((path == 0).then(|| "the range is unmapped".to_string()))
+        },
+        |_| dev.vm_bind(&ops_map),
+    );
+    report(t, &name, "VM_BIND unmap", w);
+    dev.vm_bind(&ops_unmap)?;
+
+    // SUBMIT with every kind of out-fence: a fill of a new pattern each time, which a failed
+    // call must not have written, and no new descriptor.
+    let sync = dev.syncobj_create()?;
+    let outs = [uapi::drm_conflux_sync {
+        handle: sync,
+        flags: 0,
+        point: 0,
+    }];
+    let mut round = 0u8;
+    let w = walk(
+        &fail,
+        || {
+            round = round.wrapping_add(1);
+            let cmds = vec![fill_cmd(AT, 64, u64::from_ne_bytes([round; 8]))];
+            let mut head = [0u8; 8];
+            dev.read(buf.handle, 0, &mut head)?;
+            let args = uapi::drm_conflux_submit {
+                flags: uapi::DRM_CONFLUX_SUBMIT_OUT_FENCE_FD,
+                num_cmds: 1,
+                cmds: cmds.as_ptr() as u64,
+                num_out_syncs: 1,
+                out_syncs: outs.as_ptr() as u64,
+                ..Default::default()
+            };
+            Ok((args, cmds, head, open_fds()))
+        },
+        |(a, ..)| dev.submit_raw(a),
+        |(_, _, head, fds)| {
+            let mut now = [0u8; 8];
+            dev.read(buf.handle, 0, &mut now)?;
+            let n = open_fds();
+            Ok((now != *head || n != *fds)
+                .then(|| format!("the buffer went {head:?} -> {now:?}, descriptors {fds} -> {n}")))
+        },
+        |(a, ..)| {
+            // SAFETY: SUBMIT returned this new descriptor, which nothing else owns.
+            drop(unsafe { OwnedFd::from_raw_fd(a.out_fence_fd) });
+            dev.wait(a.job, -1)
+        },
+    );
+    report(t, &name, "SUBMIT", w);
+    dev.syncobj_destroy(sync)?;
+
+    let job = dev.submit(&[fill_cmd(AT, 64, 0x0101_0101_0101_0101)], 0, 0)?;
+    dev.wait(job, -1)?;
+    let w = walk(
+        &fail,
+        || {
+            Ok(uapi::drm_conflux_wait {
+                job,
+                timeout_ns: -1,
+                ..Default::default()
+            })
+        },
+        |a| dev.wait_raw(a),
+        |_| Ok(None),
+        |_| Ok(()),
+    );
+    report(t, &name, "WAIT", w);
+
+    let data = [0x5au8; 4096];
+    let w = walk(
+        &fail,
+        || {
+            let mut before = [0u8; 4096];
+            dev.read(buf.handle, 0, &mut before)?;
+            let args = uapi::drm_conflux_bo_rw {
+                handle: buf.handle,
+                size: data.len() as u64,
+                data: data.as_ptr() as u64,
+                ..Default::default()
+            };
+            Ok((args, before))
+        },
+        |(a, _)| dev.bo_rw_raw(true, a),
+        |(_, before)| {
+            let mut back = [0u8; 4096];
+            dev.read(buf.handle, 0, &mut back)?;
+            Ok((back != *before).then(|| "the buffer changed".to_string()))
+        },
+        |_| dev.write(buf.handle, 0, &[0u8; 4096]),
+    );
+    report(t, &name, "BO_WRITE", w);
+
+    let mut back = [0u8; 4096];
+    let w = walk(
+        &fail,
+        || {
+            Ok(uapi::drm_conflux_bo_rw {
+                handle: buf.handle,
+                size: back.len() as u64,
+                data: back.as_mut_ptr() as u64,
+                ..Default::default()
+            })
+        },
+        |a| dev.bo_rw_raw(false, a),
+        |_| Ok(None),
+        |_| Ok(()),
+    );
+    report(t, &name, "BO_READ", w);
+
+    let w = walk(
+        &fail,
+        || {
+            Ok(conflux::BoInfo {
+                handle: buf.handle,
+                ..Default::default()
+            })
+        },
+        |a| dev.bo_info_raw(a),
+        |_| Ok(None),
+        |_| Ok(()),
+    );
+    report(t, &name, "BO_INFO", w);
+
+    let w = walk(
+        &fail,
+        || {
+            Ok(uapi::drm_conflux_vm_path {
+                va: AT,
+                ..Default::default()
+            })
+        },
+        |a| dev.vm_path_raw(a),
+        |_| Ok(None),
+        |_| Ok(()),
+    );
+    report(t, &name, "VM_PATH", w);
+
+    let w = walk(
+        &fail,
+        || {
+            let args = uapi::drm_prime_handle {
+                handle: other.handle,
+                // CAST: small positive flags.
+                flags: (libc::O_CLOEXEC | libc::O_RDWR) as u32,
+                fd: -1,
+            };
+            Ok((args, open_fds()))
+        },
+        |(a, _)| prime(dev, DRM_IOCTL_PRIME_HANDLE_TO_FD, a),
+        |(_, fds)| {
+            let n = open_fds();
+            Ok((n != *fds).then(|| format!("descriptors {fds} -> {n}")))
+        },
+        |(a, _)| {
+            // SAFETY: the ioctl returned this new descriptor, which nothing else owns.
+            drop(unsafe { OwnedFd::from_raw_fd(a.fd) });
+            Ok(())
+        },
+    );
+    report(t, &name, "PRIME export", w);
+
+    // An import of another device's buffer; a failed one leaves no handle, which closing it
+    // would show.
+    let theirs = peer.bo_create(MIB2)?;
+    let exported = peer.export(theirs.handle)?;
+    let w = walk(
+        &fail,
+        || {
+            Ok(uapi::drm_prime_handle {
+                handle: 0,
+                flags: 0,
+                fd: exported.0.as_raw_fd(),
+            })
+        },
+        |a| prime(dev, DRM_IOCTL_PRIME_FD_TO_HANDLE, a),
+        |_| Ok(None),
+        |a| dev.gem_close(a.handle),
+    );
+    report(t, &name, "PRIME import of a peer's buffer", w);
+    drop(exported);
+
+    // VM_JOIN: a fresh pair of files each time; a failed join leaves each VM to itself.
+    let w = walk(
+        &fail,
+        || {
+            let (a, b) = (Device::open(dev.path())?, Device::open(peer.path())?);
+            // Each file's VM exists before the call.
+            path_at(&a, AT)?;
+            path_at(&b, AT)?;
+            let args = uapi::drm_conflux_vm_join {
+                fd: b.as_fd().as_raw_fd(),
+                ..Default::default()
+            };
+            Ok((args, a, b))
+        },
+        |(args, a, _)| a.vm_join_raw(args),
+        |(_, a, b)| {
+            let (ma, mb) = (path_at(a, AT)?.1, path_at(b, AT)?.1);
+            Ok((ma != 1 || mb != 1).then(|| format!("members {ma} and {mb}")))
+        },
+        |_| Ok(()),
+    );
+    report(t, &name, "VM_JOIN", w);
+    dev.vm_bind(&[unmap_op(AT, MIB2)])?;
+    Ok(())
+}
