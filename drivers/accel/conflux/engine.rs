@@ -347,7 +347,9 @@ impl QueueOps for Hw<'_> {
         let need = job.commands.len() as u32 + 1;
         let tail = self.bar2.read(regs::RING_TAIL).count().get();
         let used = ring.head.wrapping_sub(tail);
-        let full = self.pending.lock().is_full() || used.saturating_add(need) > self.ring_slots;
+        // Held until the job is in the table: only the completion handler takes it meanwhile.
+        let mut pending = self.pending.lock();
+        let full = pending.is_full() || used.saturating_add(need) > self.ring_slots;
         if (job.root != ring.root || full) && !idle {
             return Run::Later;
         }
@@ -372,11 +374,12 @@ impl QueueOps for Hw<'_> {
             Ok(head) => head,
             Err(e) => return Run::Failed(e),
         };
-        if self.pending.lock().push(job).is_err() {
+        if pending.push(job).is_err() {
             // Not reached: the table was not full and only this worker adds jobs. The dropped
             // job's fence signals `ECANCELED`.
             return Run::Failed(EBUSY);
         }
+        drop(pending);
         ring.head = head;
         self.publish(head);
         Run::Started(shared)

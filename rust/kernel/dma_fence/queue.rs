@@ -226,7 +226,9 @@ where
     /// Fences signalled without an error are not kept; of the fences of one context only the
     /// latest is.
     pub fn add_dependency(&mut self, fence: &Fence, flags: Flags) -> Result {
-        if matches!(fence.status(), Ok(true)) {
+        // Lockless: a fence whose flag is not set yet is kept, and looked at again when the job
+        // may start.
+        if matches!(fence.result(), Ok(true)) {
             return Ok(());
         }
         // SAFETY: `deps` is not structurally pinned.
@@ -933,7 +935,9 @@ where
             let Some(dep) = node.deps.last().cloned() else {
                 return true;
             };
-            match dep.status() {
+            // Lockless: a fence done but not flagged yet is caught by the callback's
+            // registration, which then fails.
+            match dep.result() {
                 Ok(true) => {
                     // SAFETY: `deps` is not structurally pinned.
                     unsafe { node.as_mut().get_unchecked_mut() }.deps.pop();
