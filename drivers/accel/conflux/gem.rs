@@ -92,6 +92,19 @@ impl Contents {
 /// [`Memory::None`] when `imported` is set. It changes only from VRAM to system memory, when
 /// `movable`, under the lock of the object's reservation object, and every address space that
 /// maps the buffer meanwhile is in `spaces`.
+/// The error of creating a GEM object, as the driver reports it.
+///
+/// `drm_gem_object_init()` backs every object with a file on the kernel's internal shmem
+/// mount, which has no size or inode limit, and shmem reports an inode it could not allocate as
+/// [`ENOSPC`]: that is memory running out, [`ENOMEM`], not device memory.
+pub(crate) fn create_error(e: Error) -> Error {
+    if e == ENOSPC {
+        ENOMEM
+    } else {
+        e
+    }
+}
+
 #[pin_data]
 pub(crate) struct Bo {
     #[pin]

@@ -104,6 +104,7 @@ pub(crate) fn import(dev: &IoctlDevice, buf: &DmaBuf) -> Result<ARef<Object>> {
             );
         })?;
         Object::new_imported(dev, buf, Contents::imported(imported, spaces))
+            .map_err(crate::gem::create_error)
     })
 }
 

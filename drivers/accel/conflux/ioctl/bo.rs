@@ -107,7 +107,8 @@ pub(crate) fn create(
     // cannot reach the device's VRAM.
     let movable = system && matches!(memory, Memory::Vram(_));
     let contents = Contents::local(memory, movable)?;
-    let obj = gem::Object::<Bo>::new(dev, usize::try_from(size)?, contents)?;
+    let obj = gem::Object::<Bo>::new(dev, usize::try_from(size)?, contents)
+        .map_err(crate::gem::create_error)?;
     args.handle = obj.create_handle(file)?;
     args.size = size;
     Ok(0)

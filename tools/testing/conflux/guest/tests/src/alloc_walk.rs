@@ -5,12 +5,12 @@
 //! For each call and each n from 1 on, the n-th allocation of the calling thread fails: writing
 //! n to `/proc/thread-self/fail-nth` arms it, and reading 0 back afterwards says the call
 //! reached it. Once the call no longer reaches its n-th allocation, the walk has gone through
-//! every allocation of the call. A call whose allocation failed must fail (or, where the driver
-//! has another way, succeed whole) and leave what userspace sees as it was: the VRAM available,
-//! the mappings of the VM, the contents of buffers, the members of a shared VM, the open file
-//! descriptors. Between arming and the call the test allocates nothing, so that the failure
-//! lands in the call. Failures are injected silently (`verbose` 0): any kernel report is a
-//! failure of the run.
+//! every allocation of the call. A call whose allocation failed must fail with `ENOMEM` (or,
+//! where the driver has another way, succeed whole) and leave what userspace sees as it was:
+//! the VRAM available, the mappings of the VM, the contents of buffers, the members of a shared
+//! VM, the open file descriptors. Between arming and the call the test allocates nothing, so
+//! that the failure lands in the call. Failures are injected silently (`verbose` 0): any kernel
+//! report is a failure of the run.
 
 use std::{
     collections::BTreeMap,
@@ -157,7 +157,8 @@ fn walk<A>(
             (true, Err(e)) => {
                 let errno = e.errno().unwrap_or(0);
                 *w.errors.entry(errno).or_default() += 1;
-                if errno == libc::EFAULT || errno == 0 {
+                // Memory ran out, not device memory or address space: -ENOMEM, nothing else.
+                if errno != libc::ENOMEM {
                     w.wrong(format!("allocation {n}: {e}"));
                 }
                 if let Some(changed) = same(&args)? {
