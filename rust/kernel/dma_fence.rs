@@ -514,7 +514,7 @@ pub struct SyncFile {
 impl SyncFile {
     /// A sync_file of `fence`, for descriptor `fd`, reserved before (so that a task out of
     /// descriptors is refused early).
-    pub fn new(fence: &Fence, fd: FileDescriptorReservation) -> Result<Self> {
+    fn new(fence: &Fence, fd: FileDescriptorReservation) -> Result<Self> {
         // SAFETY: The fence is valid; the sync_file takes its own reference to it.
         let sync_file = unsafe { bindings::sync_file_create(fence.as_raw()) };
         let sync_file = NonNull::new(sync_file).ok_or(ENOMEM)?;

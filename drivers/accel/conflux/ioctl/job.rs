@@ -249,17 +249,17 @@ pub(crate) fn submit(
     })?;
     let syncs = Syncs::read(&call, args, file)?;
     // Made now, with its descriptor: nothing can fail once the job is queued.
-    let mut out_sync_file = match out_fd {
+    let out_sync_file = match out_fd {
         true => {
             let fd = FileDescriptorReservation::get_unused_fd_flags(flags::O_CLOEXEC)?;
             Some(SyncFile::reserve(fd)?)
         }
         false => None,
     };
-    let out_fence_fd = match out_sync_file.as_ref() {
-        Some(sync_file) => i32::try_from(sync_file.fd())?,
-        None => args.out_fence_fd,
-    };
+    let out_fence_fd = out_sync_file
+        .as_ref()
+        .map(|sync_file| i32::try_from(sync_file.fd()))
+        .transpose()?;
     let inner = file.inner();
     let slot = inner.reserve_job()?;
     let fence = inner.with_vm(dev, |vm| {
@@ -302,11 +302,11 @@ pub(crate) fn submit(
         Ok(fence)
     })?;
     syncs.signal(&fence);
-    if let Some(mut sync_file) = out_sync_file.take() {
+    if let (Some(mut sync_file), Some(fd)) = (out_sync_file, out_fence_fd) {
         sync_file.set_fence(&fence);
         sync_file.install();
+        args.out_fence_fd = fd;
     }
-    args.out_fence_fd = out_fence_fd;
     args.job = inner.add_job(slot, fence);
     Ok(0)
 }
