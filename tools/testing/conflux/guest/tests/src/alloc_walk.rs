@@ -171,6 +171,15 @@ fn walk<A>(
     Ok(w)
 }
 
+/// [`walk`] for a call that changes nothing, made with a copy of `args` each time.
+fn walk_query<A: Clone>(
+    fail: &FailNth,
+    args: A,
+    call: impl FnMut(&mut A) -> Result<(), Error>,
+) -> Result<Walk, Error> {
+    walk(fail, || Ok(args.clone()), call, |_| Ok(None), |_| Ok(()))
+}
+
 /// Reports the walk of `what`.
 fn report(t: &mut Tally, name: &str, what: &str, w: Result<Walk, Error>) {
     match w {
@@ -234,13 +243,9 @@ pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Re
     dev.vm_bind(&[map_op(buf.handle, 0, AT, MIB2, false)])?;
     let other = dev.bo_create(MIB2)?;
 
-    let w = walk(
-        &fail,
-        || Ok(uapi::drm_conflux_get_info::default()),
-        |a| dev.ioctl("GET_INFO", uapi::DRM_IOCTL_CONFLUX_GET_INFO as u64, a),
-        |_| Ok(None),
-        |_| Ok(()),
-    );
+    let w = walk_query(&fail, uapi::drm_conflux_get_info::default(), |a| {
+        dev.ioctl("GET_INFO", uapi::DRM_IOCTL_CONFLUX_GET_INFO as u64, a)
+    });
     report(t, &name, "GET_INFO", w);
 
     // A system buffer takes a page at a time: a small one.
@@ -357,19 +362,12 @@ pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Re
 
     let job = dev.submit(&[fill_cmd(AT, 64, 0x0101_0101_0101_0101)], 0, 0)?;
     dev.wait(job, -1)?;
-    let w = walk(
-        &fail,
-        || {
-            Ok(uapi::drm_conflux_wait {
-                job,
-                timeout_ns: -1,
-                ..Default::default()
-            })
-        },
-        |a| dev.wait_raw(a),
-        |_| Ok(None),
-        |_| Ok(()),
-    );
+    let args = uapi::drm_conflux_wait {
+        job,
+        timeout_ns: -1,
+        ..Default::default()
+    };
+    let w = walk_query(&fail, args, |a| dev.wait_raw(a));
     report(t, &name, "WAIT", w);
 
     let data = [0x5au8; 4096];
@@ -397,48 +395,27 @@ pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Re
     report(t, &name, "BO_WRITE", w);
 
     let mut back = [0u8; 4096];
-    let w = walk(
-        &fail,
-        || {
-            Ok(uapi::drm_conflux_bo_rw {
-                handle: buf.handle,
-                size: back.len() as u64,
-                data: back.as_mut_ptr() as u64,
-                ..Default::default()
-            })
-        },
-        |a| dev.bo_rw_raw(false, a),
-        |_| Ok(None),
-        |_| Ok(()),
-    );
+    let args = uapi::drm_conflux_bo_rw {
+        handle: buf.handle,
+        size: back.len() as u64,
+        data: back.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    let w = walk_query(&fail, args, |a| dev.bo_rw_raw(false, a));
     report(t, &name, "BO_READ", w);
 
-    let w = walk(
-        &fail,
-        || {
-            Ok(conflux::BoInfo {
-                handle: buf.handle,
-                ..Default::default()
-            })
-        },
-        |a| dev.bo_info_raw(a),
-        |_| Ok(None),
-        |_| Ok(()),
-    );
+    let args = conflux::BoInfo {
+        handle: buf.handle,
+        ..Default::default()
+    };
+    let w = walk_query(&fail, args, |a| dev.bo_info_raw(a));
     report(t, &name, "BO_INFO", w);
 
-    let w = walk(
-        &fail,
-        || {
-            Ok(uapi::drm_conflux_vm_path {
-                va: AT,
-                ..Default::default()
-            })
-        },
-        |a| dev.vm_path_raw(a),
-        |_| Ok(None),
-        |_| Ok(()),
-    );
+    let args = uapi::drm_conflux_vm_path {
+        va: AT,
+        ..Default::default()
+    };
+    let w = walk_query(&fail, args, |a| dev.vm_path_raw(a));
     report(t, &name, "VM_PATH", w);
 
     let w = walk(
