@@ -348,16 +348,21 @@ pub struct ResvSet<'a> {
 impl<'a> ResvSet<'a> {
     /// Locks every object of `objs` (duplicates are locked once). An interruptible lock returns
     /// [`EINTR`] when a signal interrupts a wait; nothing stays locked then.
-    pub fn lock(objs: &[&'a DmaResv], interruptible: bool, flags: Flags) -> Result<Self> {
+    pub fn lock<I>(objs: I, interruptible: bool, flags: Flags) -> Result<Self>
+    where
+        I: IntoIterator<Item = &'a DmaResv>,
+        I::IntoIter: Clone,
+    {
+        let objs = objs.into_iter();
         let ctx = KBox::pin_init(AcquireCtx::new(), flags)?;
         let mut set = ResvSet {
-            locked: KVec::with_capacity(objs.len(), flags)?,
+            locked: KVec::with_capacity(objs.clone().count(), flags)?,
             backoffs: 0,
             ctx,
             _not_send: NotThreadSafe,
         };
         'retry: loop {
-            for obj in objs {
+            for obj in objs.clone() {
                 let raw = obj.as_raw();
                 if set.locked.iter().any(|(l, _)| l.as_raw() == raw) {
                     continue;
@@ -543,7 +548,7 @@ mod tests {
         let ctx = FenceContext::<Timeline>::new();
         let job = ctx.new_fence(GFP_KERNEL)?;
         {
-            let mut set = ResvSet::lock(&[&a, &b, &a, &c], true, GFP_KERNEL)?;
+            let mut set = ResvSet::lock([&*a, &*b, &*a, &*c], true, GFP_KERNEL)?;
             assert_eq!(set.objects().len(), 3);
             assert_eq!(set.backoffs(), 0);
             assert_eq!(set.add_fence(job.fence(), Usage::Write), Err(ENOSPC));
@@ -570,14 +575,14 @@ mod tests {
         let started = Arc::new(AtomicU32::new(0), GFP_KERNEL)?;
         let backoffs = Arc::new(AtomicU32::new(u32::MAX), GFP_KERNEL)?;
         // The older context holds r2.
-        let older = ResvSet::lock(&[&r2], false, GFP_KERNEL)?;
+        let older = ResvSet::lock([&*r2], false, GFP_KERNEL)?;
         let (w1, w2, wdone) = (r1.clone(), r2.clone(), done.clone());
         let (wstarted, wback) = (started.clone(), backoffs.clone());
         workqueue::system_highpri().try_spawn(GFP_KERNEL, move || {
             wstarted.store(1, Ordering::Relaxed);
             // Younger: takes r1, finds r2 held by the older context, must back off (drop r1),
             // sleep on r2, and then take r1 again.
-            if let Ok(set) = ResvSet::lock(&[&w1, &w2], false, GFP_KERNEL) {
+            if let Ok(set) = ResvSet::lock([&*w1, &*w2], false, GFP_KERNEL) {
                 if set.objects().len() == 2 {
                     wback.store(set.backoffs(), Ordering::Relaxed);
                 }
@@ -607,7 +612,7 @@ mod tests {
             100,
             || {
                 let job = ctx.new_fence(GFP_KERNEL)?;
-                let mut set = ResvSet::lock(&[&a, &b], true, GFP_KERNEL)?;
+                let mut set = ResvSet::lock([&*a, &*b], true, GFP_KERNEL)?;
                 set.reserve_fences(2)?;
                 set.add_fence(job.fence(), Usage::Write)?;
                 Ok(job)

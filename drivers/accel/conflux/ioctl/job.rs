@@ -264,13 +264,11 @@ pub(crate) fn submit(
     let slot = inner.reserve_job()?;
     let fence = inner.with_vm(dev, |vm| {
         let buffers = vm.buffers(commands.iter().flat_map(accesses), 2 * commands.len())?;
-        let mut resvs = KVec::with_capacity(buffers.len(), GFP_KERNEL)?;
         let mut kept = KVec::with_capacity(buffers.len(), GFP_KERNEL)?;
         for used in buffers.iter() {
-            resvs.push(used.bo.dma_resv(), GFP_KERNEL)?;
             kept.push(used.bo.clone(), GFP_KERNEL)?;
         }
-        let mut locked = ResvSet::lock(&resvs, true, GFP_KERNEL)?;
+        let mut locked = ResvSet::lock(buffers.iter().map(|u| u.bo.dma_resv()), true, GFP_KERNEL)?;
         locked.reserve_fences(1)?;
         // Buffers whose memory changed since they were bound are mapped again first.
         vm.revalidate(data, &buffers, &locked)?;

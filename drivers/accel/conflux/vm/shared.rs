@@ -228,7 +228,7 @@ impl SharedVm {
             }
         }
         let locked = match (&result, resvs.is_empty()) {
-            (Ok(()), false) => match ResvSet::lock(&resvs, true, GFP_KERNEL) {
+            (Ok(()), false) => match ResvSet::lock(resvs.iter().copied(), true, GFP_KERNEL) {
                 Ok(set) => Some(set),
                 Err(e) => {
                     result = Err(e);
