@@ -148,9 +148,14 @@ impl File {
         let mut jobs = self.jobs.lock();
         // Forget the jobs that completed successfully, and the oldest failures.
         jobs.jobs.retain(|(_, f)| !matches!(f.result(), Ok(true)));
-        let failed = jobs.jobs.iter().filter(|(_, f)| f.is_signaled()).count();
+        // The signalled flag alone, which the queue's finished fences set when they signal.
+        let failed = jobs
+            .jobs
+            .iter()
+            .filter(|(_, f)| f.result().is_err())
+            .count();
         if failed > KEPT_FAILURES {
-            if let Some(i) = jobs.jobs.iter().position(|(_, f)| f.is_signaled()) {
+            if let Some(i) = jobs.jobs.iter().position(|(_, f)| f.result().is_err()) {
                 if let Ok((job, _)) = jobs.jobs.remove(i) {
                     jobs.forgotten = jobs.forgotten.max(job);
                 }
@@ -168,10 +173,10 @@ impl File {
         let mut jobs = self.jobs.lock();
         jobs.last += 1;
         let job = jobs.last;
-        // Cannot fail: `slot` holds room for the entry, which it gives up below.
+        // Cannot fail: `slot` holds room for the entry, which it gives up here.
         let _ = jobs.jobs.push_within_capacity((job, fence));
-        drop(jobs);
-        drop(slot);
+        jobs.reserved = jobs.reserved.saturating_sub(1);
+        core::mem::forget(slot);
         job
     }
 
