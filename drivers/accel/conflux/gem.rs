@@ -82,16 +82,6 @@ impl Contents {
     }
 }
 
-/// A Conflux buffer object.
-///
-/// # Invariants
-///
-/// The memory, when there is some, holds exactly the object's size: for VRAM, the object's byte
-/// `n` is in the block that covers `n` when the blocks are laid end to end in their iteration
-/// order; in system memory, it is byte `n % PAGE_SIZE` of page `n / PAGE_SIZE`. It is
-/// [`Memory::None`] when `imported` is set. It changes only from VRAM to system memory, when
-/// `movable`, under the lock of the object's reservation object, and every address space that
-/// maps the buffer meanwhile is in `spaces`.
 /// The error of creating a GEM object, as the driver reports it.
 ///
 /// `drm_gem_object_init()` backs every object with a file on the kernel's internal shmem
@@ -105,6 +95,16 @@ pub(crate) fn create_error(e: Error) -> Error {
     }
 }
 
+/// A Conflux buffer object.
+///
+/// # Invariants
+///
+/// The memory, when there is some, holds exactly the object's size: for VRAM, the object's byte
+/// `n` is in the block that covers `n` when the blocks are laid end to end in their iteration
+/// order; in system memory, it is byte `n % PAGE_SIZE` of page `n / PAGE_SIZE`. It is
+/// [`Memory::None`] when `imported` is set. It changes only from VRAM to system memory, when
+/// `movable`, under the lock of the object's reservation object, and every address space that
+/// maps the buffer meanwhile is in `spaces`.
 #[pin_data]
 pub(crate) struct Bo {
     #[pin]
