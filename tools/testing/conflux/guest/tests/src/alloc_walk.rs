@@ -279,43 +279,34 @@ pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Re
 
     let ops_map: [BindOp; 1] = [map_op(other.handle, 0, AT + MIB2, MIB2, false)];
     let ops_unmap: [BindOp; 1] = [unmap_op(AT + MIB2, MIB2)];
-    let w = walk(
-        &fail,
-        || {
-            Ok(uapi::drm_conflux_vm_bind {
-                num_ops: 1,
-                ops: ops_map.as_ptr() as u64,
-                ..Default::default()
-            })
-        },
-        |a| dev.vm_bind_raw(a),
-        |_| {
-            let (path, _) = path_at(dev, AT + MIB2)?;
-            Ok((path != 0).then(|| format!("the range is mapped (path {path})")))
-        },
-        |_| dev.vm_bind(&ops_unmap),
-    );
-    report(t, &name, "VM_BIND map", w);
-
-    dev.vm_bind(&ops_map)?;
-    let w = walk(
-        &fail,
-        || {
-            Ok(uapi::drm_conflux_vm_bind {
-                num_ops: 1,
-                ops: ops_unmap.as_ptr() as u64,
-                ..Default::default()
-            })
-        },
-        |a| dev.vm_bind_raw(a),
-        |_| {
-            let (path, _) = path_at(dev, AT + MIB2)?;
-            Ok((path == 0).then(|| "the range is unmapped".to_string()))
-        },
-        |_| dev.vm_bind(&ops_map),
-    );
-    report(t, &name, "VM_BIND unmap", w);
-    dev.vm_bind(&ops_unmap)?;
+    // The map, then the unmap of what it mapped; each undoes the other after a call that
+    // succeeded, and is done for real after its walk.
+    for (what, ops, undo, maps) in [
+        ("VM_BIND map", &ops_map, &ops_unmap, true),
+        ("VM_BIND unmap", &ops_unmap, &ops_map, false),
+    ] {
+        let w = walk(
+            &fail,
+            || {
+                Ok(uapi::drm_conflux_vm_bind {
+                    num_ops: 1,
+                    ops: ops.as_ptr() as u64,
+                    ..Default::default()
+                })
+            },
+            |a| dev.vm_bind_raw(a),
+            |_| {
+                let (path, _) = path_at(dev, AT + MIB2)?;
+                Ok(((path != 0) == maps).then(|| match maps {
+                    true => format!("the range is mapped (path {path})"),
+                    false => "the range is unmapped".to_string(),
+                }))
+            },
+            |_| dev.vm_bind(undo),
+        );
+        report(t, &name, what, w);
+        dev.vm_bind(ops)?;
+    }
 
     // SUBMIT with every kind of out-fence: a fill of a new pattern each time, which a failed
     // call must not have written, and no new descriptor.
