@@ -133,6 +133,10 @@ pub struct Engine {
     counters: Counters,
     /// A reset was requested while a command ran: the command stopped.
     interrupted: bool,
+    /// `RING_POLL`'s `AWAKE`: the engine reads `RING_HEAD` without a doorbell.
+    awake: bool,
+    /// The `RING_HEAD` the engine read last.
+    head_seen: u32,
 }
 
 impl fmt::Debug for Engine {
@@ -144,6 +148,7 @@ impl fmt::Debug for Engine {
             .field("tail", &self.tail)
             .field("status", &self.status)
             .field("fence", &self.fence)
+            .field("awake", &self.awake)
             .field("error", &self.error)
             .field("counters", &self.counters)
             .finish_non_exhaustive()
@@ -176,6 +181,8 @@ impl Engine {
             status: ctrl::STATUS_OFF,
             fence: 0,
             interrupted: false,
+            awake: false,
+            head_seen: 0,
             error: None,
             counters: Counters::default(),
         })
@@ -252,11 +259,33 @@ impl Engine {
         Target::Bar(self.dev)
     }
 
+    /// Sets or clears `RING_POLL`'s `AWAKE` bit: whether the engine reads
+    /// `RING_HEAD` on its own, so that the driver may skip the doorbell.
+    pub fn set_awake<M: Memory + ?Sized>(&mut self, mem: &mut M, awake: bool) {
+        self.awake = awake;
+        // The control block lies in BAR2, which is always there: a failed
+        // write can only be a shorter mapping, which the next doorbell
+        // reports as a bus fault.
+        let _ = mem.write_u32(self.bar(), ctrl::RING_POLL, u32::from(awake));
+    }
+
+    /// Whether the driver wrote a `RING_HEAD` the engine has not read yet:
+    /// what the engine looks for while it is awake. Only while the device is
+    /// `READY`: it executes nothing otherwise.
+    pub fn head_moved<M: Memory + ?Sized>(&self, mem: &M) -> bool {
+        self.status == ctrl::STATUS_READY
+            && self
+                .reg32(mem, ctrl::RING_HEAD)
+                .is_ok_and(|head| head != self.head_seen)
+    }
+
     /// Powers the device on: clears its state and writes the whole control
     /// block (identification, default ring, head 0, MMU off, status READY).
     pub fn power_on<M: Memory + ?Sized>(&mut self, mem: &mut M) -> Result<(), MemoryError> {
         let bar = self.bar();
         self.tail = 0;
+        self.head_seen = 0;
+        self.awake = false;
         self.status = ctrl::STATUS_READY;
         self.fence = 0;
         self.error = None;
@@ -306,6 +335,7 @@ impl Engine {
             (ctrl::ERR_OPCODE, e.map_or(0, |e| e.opcode)),
             (ctrl::RING_TAIL, self.tail),
             (ctrl::STATUS, self.status),
+            (ctrl::RING_POLL, u32::from(self.awake)),
         ] {
             mem.write_u32(bar, at, v)?;
         }
@@ -381,6 +411,7 @@ impl Engine {
             self.layout.bar_size,
         )?;
         let head = self.reg32(mem, ctrl::RING_HEAD)?;
+        self.head_seen = head;
         ring.pending(head, self.tail)?;
         let mmu = Mmu {
             bar: self.bar(),
@@ -459,6 +490,7 @@ impl Engine {
         mem.write_u32(self.bar(), ctrl::STATUS, ctrl::STATUS_RESETTING)
             .map_err(io)?;
         self.tail = self.reg32(mem, ctrl::RING_HEAD)?;
+        self.head_seen = self.tail;
         self.error = None;
         let faults = self.faults(mem)? & !ctrl::FAULTS_CLEARED_BY_RESET;
         mem.write_u32(self.bar(), ctrl::FAULTS, faults)

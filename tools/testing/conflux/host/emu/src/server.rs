@@ -26,7 +26,10 @@ use std::{
         },
     },
     path::{Path, PathBuf},
-    sync::{mpsc, Arc},
+    sync::{
+        atomic::{fence, Ordering},
+        mpsc, Arc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -74,6 +77,9 @@ pub struct Config {
     /// The file that backs the BAR2 of a plain ivshmem function with id
     /// `plain0`, and its size: memory the devices can copy to and from.
     pub plain: Option<(PathBuf, u64)>,
+    /// How long an engine keeps reading its ring head after it emptied the
+    /// ring, with `RING_POLL`'s `AWAKE` set; zero never sets it.
+    pub poll: Duration,
 }
 
 /// The options of `serve`, all required.
@@ -90,6 +96,15 @@ pub const SERVE_OPTIONS: [&str; 7] = [
 /// The options of `serve` that may be left out, together.
 pub const PLAIN_OPTIONS: [&str; 2] = ["--plain", "--plain-size"];
 
+/// The option of `serve` that sets [`Config::poll`], in microseconds.
+pub const POLL_OPTION: &str = "--poll-us";
+
+/// [`Config::poll`] when `--poll-us` is left out.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(1);
+
+/// The longest `--poll-us`: one second.
+const MAX_POLL_US: u64 = 1_000_000;
+
 /// The line `serve` prints on standard output once every socket listens.
 pub const READY: &str = "conflux-emu: ready";
 
@@ -97,7 +112,7 @@ pub const READY: &str = "conflux-emu: ready";
 pub const USAGE: &str = "\
 usage: conflux-emu serve --run-dir DIR --devices N --bar-size BYTES --topology NAME
                          --qmp PATH --guest-ram PATH --guest-ram-size BYTES
-                         [--plain PATH --plain-size BYTES]
+                         [--plain PATH --plain-size BYTES] [--poll-us MICROSECONDS]
        conflux-emu memcpy-bench --size BYTES [--threads N] [--in private|shared]
 BYTES: an integer with an optional K, M or G suffix (powers of 1024)";
 
@@ -168,6 +183,7 @@ impl Config {
         let known: Vec<&str> = SERVE_OPTIONS
             .iter()
             .chain(&PLAIN_OPTIONS)
+            .chain(&[POLL_OPTION])
             .copied()
             .collect();
         let opts = options(args, &known)?;
@@ -212,6 +228,17 @@ impl Config {
                 return Err(format!("--plain and --plain-size go together: {e}"))
             }
         };
+        let poll = match get(POLL_OPTION) {
+            Err(_) => DEFAULT_POLL,
+            Ok(us) => us
+                .parse::<u64>()
+                .ok()
+                .filter(|us| *us <= MAX_POLL_US)
+                .map(Duration::from_micros)
+                .ok_or_else(|| {
+                    format!("{POLL_OPTION}: {us:?} is not 0 to {MAX_POLL_US} microseconds")
+                })?,
+        };
         Ok(Self {
             run_dir: get("--run-dir")?.into(),
             devices,
@@ -221,6 +248,7 @@ impl Config {
             guest_ram: get("--guest-ram")?.into(),
             guest_ram_size,
             plain,
+            poll,
         })
     }
 
@@ -300,7 +328,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(i: usize, engine: Engine, mem: Arc<SharedMemory>) -> io::Result<Self> {
+    fn start(i: usize, engine: Engine, mem: Arc<SharedMemory>, poll: Duration) -> io::Result<Self> {
         let (requests, inbox) = mpsc::channel();
         let wake = Arc::new(EventFd::new()?);
         let epoll = Epoll::new()?;
@@ -308,7 +336,7 @@ impl Worker {
         let woken = Arc::clone(&wake);
         let thread = thread::Builder::new()
             .name(format!("conflux-dev{i}"))
-            .spawn(move || serve_device(i, engine, &mem, &inbox, &epoll, &woken))?;
+            .spawn(move || serve_device(i, engine, &mem, &inbox, &epoll, &woken, poll))?;
         Ok(Self {
             requests: Some(requests),
             wake,
@@ -350,7 +378,10 @@ impl Worker {
 /// A device's thread: runs the engine on each doorbell, several queued
 /// doorbells at once, until the server lets go of it. It waits on its
 /// wake-up eventfd, which tells it of requests, and on the engine's doorbell
-/// once the main thread hands it over.
+/// once the main thread hands it over. After each doorbell it stays awake
+/// for `poll`: it reads the ring head, yielding its CPU in between, and runs
+/// the engine when the head moves, without a doorbell (device.rst,
+/// "Skipping the doorbell").
 fn serve_device(
     i: usize,
     mut engine: Engine,
@@ -358,11 +389,15 @@ fn serve_device(
     inbox: &mpsc::Receiver<Request>,
     epoll: &Epoll,
     wake: &EventFd,
+    poll: Duration,
 ) -> Engine {
     let mut vectors = Vec::new();
     let mut doorbell: Option<EventFd> = None;
+    // While the engine is awake: until when it polls the ring head.
+    let mut awake_until: Option<Instant> = None;
     loop {
-        let events = match epoll.wait(None) {
+        // Awake, it only looks for events, and reads the ring head.
+        let events = match epoll.wait(awake_until.map(|_| Duration::ZERO)) {
             Ok(events) => events,
             Err(e) => {
                 eprintln!("conflux-emu: device {i}: waiting for doorbells: {e}");
@@ -410,13 +445,34 @@ fn serve_device(
                 Err(mpsc::TryRecvError::Disconnected) => return engine,
             }
         }
+        if let (false, Some(until)) = (ring, awake_until) {
+            if engine.head_moved(&mem) {
+                ring = true;
+            } else if Instant::now() < until {
+                thread::yield_now();
+                continue;
+            } else {
+                // Asleep, then one more look: a head written before the
+                // driver could see `AWAKE` clear is not missed.
+                engine.set_awake(&mut &*mem, false);
+                fence(Ordering::SeqCst);
+                ring = engine.head_moved(&mem);
+                awake_until = None;
+            }
+        }
         if ring && engine.exit_requested(&mem) {
             // The jobs in the ring stay unfinished, as with a crash.
             eprintln!("conflux-emu: device {i}: FAULT_EXIT: the model dies, as if killed");
             let _ = sys::kill(std::process::id(), libc::SIGKILL);
         }
         if ring {
+            if !poll.is_zero() {
+                engine.set_awake(&mut &*mem, true);
+            }
             process(i, &mut engine, mem, &vectors);
+            if !poll.is_zero() {
+                awake_until = Some(Instant::now() + poll);
+            }
         }
     }
 }
@@ -660,7 +716,7 @@ impl Server {
             engine
                 .power_on(&mut &*mem)
                 .map_err(|e| err(format!("device {i}: powering on: {e}")))?;
-            let worker = Worker::start(i, engine, Arc::clone(&mem))
+            let worker = Worker::start(i, engine, Arc::clone(&mem), server.config.poll)
                 .map_err(|e| err(format!("device {i}: starting its thread: {e}")))?;
             server.devices.push(Device {
                 socket,
@@ -1021,8 +1077,22 @@ mod tests {
                 guest_ram: "/dev/shm/ram".into(),
                 guest_ram_size: 512 << 20,
                 plain: None,
+                poll: DEFAULT_POLL,
             }
         );
+        let poll = |extra: &str| Config::from_args(&args(&format!("{GOOD} {extra}")));
+        assert_eq!(
+            poll("--poll-us 250").unwrap().poll,
+            Duration::from_micros(250)
+        );
+        assert_eq!(poll("--poll-us 0").unwrap().poll, Duration::ZERO);
+        for bad in ["--poll-us 1000001", "--poll-us -1", "--poll-us 1ms"] {
+            let e = poll(bad).unwrap_err();
+            assert!(
+                e.contains("--poll-us") && e.contains("microseconds"),
+                "{bad}: {e}"
+            );
+        }
         assert!(!c.host_bridge_p2p());
         let p = Config::from_args(&args(&format!(
             "{GOOD} --plain /tmp/x/plain --plain-size 4M"

@@ -108,16 +108,17 @@ fn fake_qmp(path: &Path) {
 }
 
 impl Rig {
-    /// Starts `serve` with `devices` devices in a new directory, without
-    /// waiting for it.
-    fn spawn(tag: &str, devices: usize, topology: &str) -> Self {
+    /// Starts `serve` with `devices` devices in a new directory, and the
+    /// options `extra`, without waiting for it.
+    fn spawn(tag: &str, devices: usize, topology: &str, extra: &[&str]) -> Self {
         let dir = temp_dir(tag);
         let mut rig = Self {
             dir,
             child: None,
             stderr: None,
         };
-        rig.child = Some(rig.command(devices, topology, &rig.dir).spawn().unwrap());
+        let mut command = rig.command(devices, topology, &rig.dir);
+        rig.child = Some(command.args(extra).spawn().unwrap());
         let stderr = rig.child.as_mut().unwrap().stderr.take().unwrap();
         rig.stderr = Some(thread::spawn(move || {
             let mut s = String::new();
@@ -147,7 +148,12 @@ impl Rig {
 
     /// Starts `serve` and waits for its ready line.
     fn start(tag: &str, devices: usize, topology: &str) -> Self {
-        let mut rig = Self::spawn(tag, devices, topology);
+        Self::start_with(tag, devices, topology, &[])
+    }
+
+    /// Starts `serve` with the options `extra` and waits for its ready line.
+    fn start_with(tag: &str, devices: usize, topology: &str, extra: &[&str]) -> Self {
+        let mut rig = Self::spawn(tag, devices, topology, extra);
         fake_qmp(&rig.dir.join("qmp.sock"));
         let stdout = rig.child.as_mut().unwrap().stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -289,6 +295,12 @@ impl Qemu {
 
     /// Queues `cmds`, publishes the head and rings the engine.
     fn submit(&mut self, cmds: &[Cmd]) {
+        self.queue(cmds);
+        self.doorbell.signal().unwrap();
+    }
+
+    /// Queues `cmds` and publishes the head, without the doorbell.
+    fn queue(&mut self, cmds: &[Cmd]) {
         let (ring, size) = (self.reg64(ctrl::RING_OFFSET), self.reg64(ctrl::RING_SIZE));
         for c in cmds {
             let at = ring + (u64::from(self.head) * 64) % size;
@@ -298,7 +310,11 @@ impl Qemu {
         self.mem
             .write_u32(Target::Bar(0), ctrl::RING_HEAD, self.head)
             .unwrap();
-        self.doorbell.signal().unwrap();
+    }
+
+    /// Whether the engine reads the ring head on its own (`RING_POLL`).
+    fn awake(&self) -> bool {
+        self.reg32(ctrl::RING_POLL) & ctrl::RING_POLL_AWAKE != 0
     }
 
     /// Waits for MSI-X vector `v`; returns how often it was raised.
@@ -422,6 +438,50 @@ fn fill_copy_and_fence_through_the_real_server() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn a_busy_engine_needs_no_doorbell() {
+    // A long window, so that the engine is still awake when the test looks.
+    let rig = Rig::start_with("poll", 1, "switch3+rp1", &["--poll-us", "500000"]);
+    let mut q = Qemu::connect(&rig, 0);
+    q.map();
+    assert!(!q.awake(), "asleep before the first doorbell");
+    q.submit(&[fill(W_VRAM, 64, 1), fence(1)]);
+    assert_eq!(q.wait_vector(0), 1);
+    assert!(q.awake(), "awake after a doorbell");
+    // Awake: a new head runs without a doorbell.
+    q.queue(&[fill(W_VRAM + 64, 64, 2), fence(2)]);
+    assert_eq!(q.wait_vector(0), 1);
+    assert_eq!(q.reg64(ctrl::FENCE_SEQNO), 2);
+    assert_eq!(q.vram(2 * MIB + 64, 64), pattern_bytes(2, 64));
+    // Its window over, the engine sleeps: a new head waits for the doorbell.
+    let start = Instant::now();
+    while q.awake() {
+        assert!(start.elapsed() < WAIT, "still awake after {WAIT:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Past its last look at the head, which follows `AWAKE` by microseconds.
+    thread::sleep(Duration::from_millis(50));
+    q.queue(&[fill(W_VRAM + 128, 64, 3), fence(3)]);
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        q.quiet(0),
+        "a head written to a sleeping engine ran without a doorbell"
+    );
+    assert_eq!(q.reg64(ctrl::FENCE_SEQNO), 2);
+    q.doorbell.signal().unwrap();
+    assert_eq!(q.wait_vector(0), 1);
+    assert_eq!(q.reg64(ctrl::FENCE_SEQNO), 3);
+    assert!(q.quiet(1), "no error vector");
+
+    // With no window, the engine never says it is awake.
+    let rig = Rig::start_with("nopoll", 1, "switch3+rp1", &["--poll-us", "0"]);
+    let mut q = Qemu::connect(&rig, 0);
+    q.map();
+    q.submit(&[fill(W_VRAM, 64, 1), fence(1)]);
+    assert_eq!(q.wait_vector(0), 1);
+    assert!(!q.awake(), "awake with --poll-us 0");
 }
 
 #[test]

@@ -111,6 +111,7 @@ fn control_block_table() {
         ("MMU_ROOT", MMU_ROOT, 8, h),
         ("STATUS", STATUS, 4, d),
         ("CONTROL", CONTROL, 4, h),
+        ("RING_POLL", RING_POLL, 4, d),
         ("ERR_VA", ERR_VA, 8, d),
         ("ERR_CAUSE", ERR_CAUSE, 4, d),
         ("ERR_OPCODE", ERR_OPCODE, 4, d),

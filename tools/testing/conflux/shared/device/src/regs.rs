@@ -75,6 +75,8 @@ pub mod ctrl {
     pub const STATUS: u64 = 0x060;
     /// u32, driver: `CONTROL_*`.
     pub const CONTROL: u64 = 0x064;
+    /// u32, device: `RING_POLL_*`.
+    pub const RING_POLL: u64 = 0x068;
     /// u64, device: virtual address of the failing access.
     pub const ERR_VA: u64 = 0x080;
     /// u32, device: `CAUSE_*` of the recorded error, 0 = none.
@@ -120,8 +122,8 @@ pub mod ctrl {
 
     /// Value of [`SIGNATURE`].
     pub const SIGNATURE_VALUE: [u8; 8] = *b"CNFXACCL";
-    /// Value of [`VERSION`]: 1.0.
-    pub const VERSION_VALUE: u32 = 1 << 16;
+    /// Value of [`VERSION`]: 1.1.
+    pub const VERSION_VALUE: u32 = 1 << 16 | 1;
 
     /// Capability: `COPY` command.
     pub const CAP_COPY: u32 = 1 << 0;
@@ -149,6 +151,9 @@ pub mod ctrl {
 
     /// Control: request a reset.
     pub const CONTROL_RESET: u32 = 1 << 0;
+
+    /// Ring poll: the engine reads `RING_HEAD` on its own, without waiting for a doorbell.
+    pub const RING_POLL_AWAKE: u32 = 1 << 0;
 }
 
 /// Ring command slots.

@@ -275,7 +275,7 @@ impl Dev {
 fn power_on_writes_the_control_block() {
     let d = Dev::new("switch3+rp1", 2);
     assert_eq!(d.mem.bars[2][..8], *b"CNFXACCL");
-    assert_eq!(d.reg32(ctrl::VERSION), 0x0001_0000);
+    assert_eq!(d.reg32(ctrl::VERSION), 0x0001_0001);
     assert_eq!(d.reg32(ctrl::CAPS), 0x3f);
     let regs = [
         (ctrl::BAR_SIZE, BAR_SIZE),
@@ -1229,6 +1229,40 @@ fn fence_seqno_is_written_as_each_fence_executes() {
     });
     // Each fill saw the fence before it, in the middle of one doorbell.
     assert_eq!(seen, [3, 4]);
+}
+
+#[test]
+fn an_awake_engine_looks_for_heads_it_has_not_read() {
+    let mut d = Dev::new("switch3+rp1", 0);
+    assert!(!d.eng.head_moved(&d.mem), "nothing written yet");
+    d.eng.set_awake(&mut d.mem, true);
+    assert_eq!(d.reg32(ctrl::RING_POLL), ctrl::RING_POLL_AWAKE);
+    d.push_slot(&fill(W4K, 8, 0x11).encode());
+    d.set32(ctrl::RING_HEAD, d.head);
+    assert!(d.eng.head_moved(&d.mem), "a new head");
+    assert_eq!(d.eng.process(&mut d.mem).completed, 1);
+    assert!(!d.eng.head_moved(&d.mem), "read by the doorbell's work");
+    assert_eq!(
+        d.reg32(ctrl::RING_POLL),
+        ctrl::RING_POLL_AWAKE,
+        "published with the other device registers"
+    );
+    // A stalled engine read the head: it does not spin on it.
+    d.set32(ctrl::FAULTS, ctrl::FAULT_STALL);
+    assert_eq!(d.run(&[fill(W4K, 8, 0x22)]).completed, 0);
+    assert!(!d.eng.head_moved(&d.mem));
+    // A reset takes the head as its tail.
+    d.push_slot(&fill(W4K, 8, 0x33).encode());
+    d.set32(ctrl::RING_HEAD, d.head);
+    d.reset();
+    assert!(!d.eng.head_moved(&d.mem));
+    // An engine stopped on an error executes nothing: no head is new to it.
+    assert!(d.run(&[fill(W4K, 0, 1)]).error.is_some());
+    assert_eq!(d.reg32(ctrl::STATUS), ctrl::STATUS_ERROR);
+    d.set32(ctrl::RING_HEAD, d.head.wrapping_add(1));
+    assert!(!d.eng.head_moved(&d.mem));
+    d.eng.set_awake(&mut d.mem, false);
+    assert_eq!(d.reg32(ctrl::RING_POLL), 0);
 }
 
 #[test]
