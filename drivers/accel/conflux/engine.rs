@@ -52,6 +52,10 @@ use kernel::{
     prelude::*,
     sync::{
         aref::ARef,
+        barrier::{
+            mb,
+            Full, //
+        },
         Arc,
         Mutex,
         SpinLockIrq, //
@@ -417,12 +421,18 @@ impl Hw<'_> {
         Ok(head)
     }
 
-    /// Publishes the ring head and rings the doorbell. MMIO writes are ordered, so the device
-    /// sees the slots before the head and the head before the doorbell.
+    /// Publishes the ring head and rings the doorbell, unless the engine is awake: it then
+    /// reads the head without one (device.rst, "Skipping the doorbell"). MMIO writes are
+    /// ordered, so the device sees the slots before the head and the head before the doorbell;
+    /// the full barrier orders the head before the read of `RING_POLL`, so that an engine that
+    /// goes to sleep after that read looks at the head once more.
     fn publish(&self, head: u32) {
         self.bar2
             .write_reg(regs::RING_HEAD::zeroed().with_count(head));
-        ring_doorbell(&self.doorbell);
+        mb(Full);
+        if !self.bar2.read(regs::RING_POLL).awake() {
+            ring_doorbell(&self.doorbell);
+        }
     }
 
     /// Signals the fences of the jobs that completed. Runs in the completion handler.

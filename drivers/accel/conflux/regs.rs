@@ -116,6 +116,13 @@ register! {
         0:0 reset => bool;
     }
 
+    /// `RING_POLL`: whether the engine reads `RING_HEAD` without a doorbell.
+    pub(crate) RING_POLL(u32) @ 0x068 {
+        /// The engine is awake: a `RING_HEAD` written before this bit is read set needs no
+        /// doorbell.
+        0:0 awake => bool;
+    }
+
     /// `ERR_VA`: the virtual address of the failing access.
     pub(crate) ERR_VA(u64) @ 0x080 {
         63:0 va;
