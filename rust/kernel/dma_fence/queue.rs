@@ -12,7 +12,9 @@
 //!
 //! A job starts once its dependencies have signalled and the ring has room for it (its
 //! *credits*): [`push`](JobQueue::push) starts it right away when nothing holds it back, and the
-//! queue's worker otherwise, when a dependency signals or a job ends. Starting calls
+//! queue's worker otherwise, when a dependency signals or a job ends. A caller that holds locks
+//! which starting a job need not hold [`enqueue`](JobQueue::enqueue)s it instead, and
+//! [`start`](JobQueue::start)s it once it has released them. Starting calls
 //! [`QueueOps::run`], which writes the job to the hardware and returns the job's hardware fence.
 //! When that signals, the finished fence signals with the same result and the credits go back;
 //! the worker later drops the job, and with it everything the job kept alive. Finished fences
@@ -282,8 +284,8 @@ struct State<J> {
     running: usize,
     signalled: usize,
     starting: bool,
-    /// Another task wanted to start jobs while one was at it: that one looks again before it
-    /// stops.
+    /// Another task wanted to start jobs, or jobs ended, while one was at it: that one looks
+    /// again before it stops.
     rekick: bool,
     /// Credits not used by a job the hardware works on.
     credits: u32,
@@ -552,6 +554,32 @@ where
     /// stopped, and with [`ENOMEM`] when the queue needs more room for finished jobs that the
     /// worker has not retired yet and cannot get it. The job is dropped on failure.
     pub fn push(&self, job: PreparedJob<'_, T, J, L>, interruptible: bool) -> Result<ARef<Fence>> {
+        let (state, fence) = self.insert(job, interruptible)?;
+        // Started here when nothing holds it back, which spares a trip through the worker.
+        self.start_locked(state);
+        Ok(fence)
+    }
+
+    /// As [`Self::push`], but leaves the job for [`Self::start`]: for a caller that holds locks
+    /// (reservation objects, say) which starting the job need not hold. Until the caller
+    /// starts it, the worker may.
+    pub fn enqueue(
+        &self,
+        job: PreparedJob<'_, T, J, L>,
+        interruptible: bool,
+    ) -> Result<ARef<Fence>> {
+        let (state, fence) = self.insert(job, interruptible)?;
+        drop(state);
+        Ok(fence)
+    }
+
+    /// Puts `job` at the end of the queue and gives its finished fence, with the queue's lock
+    /// still held. See [`Self::push`].
+    fn insert(
+        &self,
+        job: PreparedJob<'_, T, J, L>,
+        interruptible: bool,
+    ) -> Result<(SpinLockIrqGuard<'_, State<J>>, ARef<Fence>)> {
         if !core::ptr::eq(job.queue, self) {
             return Err(EINVAL);
         }
@@ -595,9 +623,7 @@ where
                 *slot = Some(node);
             }
             state.len += 1;
-            // Started here when nothing holds it back, which spares a trip through the worker.
-            self.start_locked(state);
-            return Ok(shared);
+            return Ok((state, shared));
         }
     }
 
@@ -680,7 +706,10 @@ where
                 return;
             }
             let signalled = self.signal_due(&mut state);
-            let waiting = state.len > state.running;
+            // A task that is starting a job looks at the queue again before it stops: the
+            // worker is not needed for the jobs after that one, nor to retry it.
+            let waiting = state.len > state.running && !state.starting;
+            state.rekick |= state.starting;
             (
                 signalled,
                 waiting,
@@ -820,7 +849,7 @@ where
     /// Starts the queued jobs whose dependencies have signalled, in order, while the ring has
     /// room. One task at a time starts jobs (`starting`); the others leave it to that one,
     /// which looks at the queue again before it stops.
-    fn start(&self) {
+    pub fn start(&self) {
         self.start_locked(self.state.lock());
     }
 
@@ -1238,6 +1267,21 @@ mod tests {
 
     fn external() -> FenceContext<Hardware> {
         FenceContext::new()
+    }
+
+    #[test]
+    fn an_enqueued_job_waits_for_start() -> Result {
+        let q = queue(64, 8, 10_000)?;
+        let one = q.enqueue(prepare(&q, 1, 1)?, false)?;
+        // Nothing holds it back, but nothing started it either: not even the worker.
+        assert!(q.ops().order.lock().is_empty());
+        assert_eq!(q.jobs(), (1, 0));
+        q.start();
+        assert_eq!(q.jobs(), (1, 1));
+        assert_eq!(&*started(&q)?, &[1]);
+        end(&q, 1);
+        assert_eq!(finishes(&one), Ok(true));
+        Ok(())
     }
 
     #[test]
