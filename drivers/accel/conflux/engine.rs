@@ -291,6 +291,22 @@ impl<'bound> Engine<'bound> {
         self.queue.push(job, interruptible)
     }
 
+    /// As [`Self::push`], but the job waits for [`Self::start`] (or the queue's worker): for a
+    /// caller that holds the reservation locks of the job's buffers, which writing the job to
+    /// the ring need not hold.
+    pub(crate) fn enqueue(
+        &self,
+        job: PreparedJob<'_, Hw<'bound>, EngineJob, Jobs>,
+        interruptible: bool,
+    ) -> Result<ARef<Fence>> {
+        self.queue.enqueue(job, interruptible)
+    }
+
+    /// Starts the queued jobs that nothing holds back.
+    pub(crate) fn start(&self) {
+        self.queue.start();
+    }
+
     /// Submits a job of `commands` on the address space at `root`, without dependencies, and
     /// returns its finished fence. Waits, not interruptibly, while the queue is full.
     pub(crate) fn submit(&self, root: u64, commands: KVec<Command>) -> Result<ARef<Fence>> {

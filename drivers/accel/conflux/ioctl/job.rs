@@ -288,7 +288,8 @@ pub(crate) fn submit(
                 })?;
             }
         }
-        let fence = data.engine.push(job, true)?;
+        // Written to the ring once the locks are released, below.
+        let fence = data.engine.enqueue(job, true)?;
         let written = |resv: &DmaResv| {
             buffers
                 .iter()
@@ -299,6 +300,7 @@ pub(crate) fn submit(
         vm.set_last(fence.clone());
         Ok(fence)
     })?;
+    data.engine.start();
     syncs.signal(&fence);
     if let (Some(mut sync_file), Some(fd)) = (out_sync_file, out_fence_fd) {
         sync_file.set_fence(&fence);
