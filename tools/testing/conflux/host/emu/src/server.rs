@@ -102,6 +102,10 @@ pub const POLL_OPTION: &str = "--poll-us";
 /// [`Config::poll`] when `--poll-us` is left out.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(1);
 
+/// How long an awake engine sleeps between two looks at the ring head: a
+/// spinning thread would take a CPU from the guest's.
+const POLL_NAP: Duration = Duration::from_micros(1);
+
 /// The longest `--poll-us`: one second.
 const MAX_POLL_US: u64 = 1_000_000;
 
@@ -379,9 +383,9 @@ impl Worker {
 /// doorbells at once, until the server lets go of it. It waits on its
 /// wake-up eventfd, which tells it of requests, and on the engine's doorbell
 /// once the main thread hands it over. After each doorbell it stays awake
-/// for `poll`: it reads the ring head, yielding its CPU in between, and runs
-/// the engine when the head moves, without a doorbell (device.rst,
-/// "Skipping the doorbell").
+/// for `poll`: it reads the ring head every [`POLL_NAP`], sleeping in
+/// between, and runs the engine when the head moves, without a doorbell
+/// (device.rst, "Skipping the doorbell").
 fn serve_device(
     i: usize,
     mut engine: Engine,
@@ -395,6 +399,10 @@ fn serve_device(
     let mut doorbell: Option<EventFd> = None;
     // While the engine is awake: until when it polls the ring head.
     let mut awake_until: Option<Instant> = None;
+    // The naps between two looks at the ring head are short.
+    if let Err(e) = sys::fine_timers() {
+        eprintln!("conflux-emu: device {i}: setting the timer slack: {e}");
+    }
     loop {
         // Awake, it only looks for events, and reads the ring head.
         let events = match epoll.wait(awake_until.map(|_| Duration::ZERO)) {
@@ -449,7 +457,7 @@ fn serve_device(
             if engine.head_moved(&mem) {
                 ring = true;
             } else if Instant::now() < until {
-                thread::yield_now();
+                thread::sleep(POLL_NAP);
                 continue;
             } else {
                 // Asleep, then one more look: a head written before the

@@ -364,6 +364,16 @@ pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the calling thread's sleeps as short as asked: a timer slack of
+/// one microsecond instead of the default 50.
+pub fn fine_timers() -> io::Result<()> {
+    // SAFETY: `PR_SET_TIMERSLACK` takes a value and no pointer.
+    check(unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, FINE_SLACK_NS, 0, 0, 0) }).map(|_| ())
+}
+
+/// The timer slack of [`fine_timers`], in nanoseconds.
+const FINE_SLACK_NS: libc::c_ulong = 1000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
