@@ -146,20 +146,39 @@ impl File {
     /// Makes room to record one more job, before it is submitted.
     pub(crate) fn reserve_job(&self) -> Result<JobSlot<'_>> {
         let mut jobs = self.jobs.lock();
-        // Forget the jobs that completed successfully, and the oldest failures.
-        jobs.jobs.retain(|(_, f)| !matches!(f.result(), Ok(true)));
-        // The signalled flag alone, which the queue's finished fences set when they signal.
+        // The jobs of a file end in order, so the ones that have ended come first: forget
+        // those that completed successfully, and the oldest failures. The signalled flag
+        // alone, which the queue's finished fences set when they signal.
+        let ended = jobs
+            .jobs
+            .iter()
+            .position(|(_, f)| matches!(f.result(), Ok(false)))
+            .unwrap_or(jobs.jobs.len());
         let failed = jobs
             .jobs
             .iter()
+            .take(ended)
             .filter(|(_, f)| f.result().is_err())
             .count();
-        if failed > KEPT_FAILURES {
-            if let Some(i) = jobs.jobs.iter().position(|(_, f)| f.result().is_err()) {
-                if let Ok((job, _)) = jobs.jobs.remove(i) {
-                    jobs.forgotten = jobs.forgotten.max(job);
+        let excess = failed.saturating_sub(KEPT_FAILURES);
+        if failed < ended || excess > 0 {
+            let (mut i, mut seen, mut forgotten) = (0, 0, jobs.forgotten);
+            jobs.jobs.retain(|(job, f)| {
+                i += 1;
+                if i > ended {
+                    return true;
                 }
-            }
+                if f.result().is_ok() {
+                    return false;
+                }
+                seen += 1;
+                if seen <= excess {
+                    forgotten = forgotten.max(*job);
+                    return false;
+                }
+                true
+            });
+            jobs.forgotten = forgotten;
         }
         let more = jobs.reserved + 1;
         jobs.jobs.reserve(more, GFP_KERNEL)?;
@@ -186,10 +205,14 @@ impl File {
         if job == 0 || job > jobs.last {
             return None;
         }
-        Some(match jobs.jobs.iter().find(|(j, _)| *j == job) {
-            Some((_, fence)) => JobState::Fence(fence.clone()),
-            None if job <= jobs.forgotten => JobState::Forgotten,
-            None => JobState::Done,
+        // In job order: a binary search.
+        Some(match jobs.jobs.binary_search_by_key(&job, |(j, _)| *j) {
+            Ok(i) => match jobs.jobs.get(i) {
+                Some((_, fence)) => JobState::Fence(fence.clone()),
+                None => JobState::Done,
+            },
+            Err(_) if job <= jobs.forgotten => JobState::Forgotten,
+            Err(_) => JobState::Done,
         })
     }
 
