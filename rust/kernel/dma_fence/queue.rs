@@ -24,7 +24,10 @@
 //! A driver whose completion handler calls [`JobQueue::signal_done`] once it has signalled
 //! hardware fences ([`QueueOps::SIGNALS_DONE`]) has the finished fences signalled right there,
 //! in the handler; the worker then retires jobs a few at a time, shortly after. For other
-//! drivers a callback on each hardware fence wakes the worker, which signals.
+//! drivers a callback on each hardware fence wakes the worker, which signals. A driver whose
+//! hardware completes jobs in order can do without hardware fences: it numbers the jobs it
+//! starts ([`Run::Numbered`]) and tells the queue which have ended ([`JobQueue::ended`]), which
+//! spares a fence per job.
 //!
 //! A watchdog fires when the oldest running job has been running for the queue's timeout,
 //! whether or not anybody waits for it, and calls [`QueueOps::timed_out`]: the driver stops the
@@ -67,6 +70,7 @@ use crate::{
     },
     types::Opaque, //
 };
+use core::ops::RangeInclusive;
 
 /// How long the worker waits before it retires jobs whose finished fences signalled from the
 /// driver's completion handler, so that it retires several at a time.
@@ -79,12 +83,34 @@ const RETIRE_BATCH: usize = 16;
 pub enum Run {
     /// The job is on the hardware; the fence signals when the hardware is done with it.
     Started(ARef<Fence>),
+    /// The job is on the hardware as number `n`, greater than the number of every job started
+    /// before it: the driver reports its end with [`JobQueue::ended`]. Only for drivers with
+    /// [`QueueOps::SIGNALS_DONE`].
+    Numbered(u64),
     /// The hardware cannot take the job before a running job finishes (another address space,
     /// a full table): the queue retries then. Only allowed while a job runs.
     Later,
     /// The job cannot run (for example the device is wedged): its finished fence signals the
     /// error, in order.
     Failed(Error),
+}
+
+/// A job on the hardware, as [`QueueOps::run`] started it.
+pub enum Running<'a> {
+    /// [`Run::Started`]: its hardware fence.
+    Fence(&'a Fence),
+    /// [`Run::Numbered`]: its number.
+    Numbered(u64),
+}
+
+/// How the jobs of a driver that numbers them ([`Run::Numbered`]) ended.
+#[derive(Clone, Default)]
+pub struct Ended {
+    /// Every job up to this number has ended: successfully, unless `failed` names it.
+    pub through: u64,
+    /// The jobs whose numbers lie in the range failed with the error. The hardware must be done
+    /// with them.
+    pub failed: Option<(RangeInclusive<u64>, Error)>,
 }
 
 /// A driver's hardware ring, fed by a [`JobQueue`].
@@ -110,11 +136,13 @@ pub trait QueueOps: Send + Sync {
     /// order, in a fence-signalling section: it must not allocate memory or wait for a fence.
     fn run(&self, job: &mut Self::Job, idle: bool) -> Run;
 
-    /// The oldest running job, whose hardware fence is `hw`, has run for [`QueueOps::timeout`].
+    /// The oldest running job, `job`, has run for [`QueueOps::timeout`].
     ///
     /// Called from the watchdog in a fence-signalling section. The driver stops the hardware
-    /// and signals `hw` with an error, or lets the job go on for another timeout.
-    fn timed_out(&self, hw: &Fence);
+    /// and signals the job's hardware fence with an error, or lets the job go on for another
+    /// timeout. A driver that numbers its jobs returns how they ended instead, which the queue
+    /// applies as [`JobQueue::ended`] does; others return [`Ended::default()`].
+    fn timed_out(&self, job: Running<'_>) -> Ended;
 
     /// How long the oldest running job may run.
     fn timeout(&self) -> Delta;
@@ -183,8 +211,12 @@ struct Node<J> {
     /// The finished fence's memory until the job is pushed.
     memory: Option<FenceMemory>,
     finished: Option<SignalFence>,
-    /// The hardware fence, once started.
+    /// The hardware fence, once started with [`Run::Started`].
     hw: Option<ARef<Fence>>,
+    /// The job's number, once started with [`Run::Numbered`]; 0 otherwise.
+    number: u64,
+    /// The error the driver reported for a numbered job ([`JobQueue::ended`]).
+    hw_error: Option<Error>,
     /// Why the job ends without running: a failed dependency, or [`Run::Failed`].
     error: Option<Error>,
     /// Registered on the dependency waited for, then on the hardware fence (unless
@@ -194,14 +226,20 @@ struct Node<J> {
 }
 
 impl<J> Node<J> {
-    /// Whether the job has started and the hardware is done with it.
-    fn done(&self) -> bool {
-        !matches!(&self.hw, Some(hw) if !hw.is_signaled())
+    /// Whether the job has started and the hardware is done with it, when every numbered job up
+    /// to `through` has ended.
+    fn done(&self, through: u64) -> bool {
+        match &self.hw {
+            Some(hw) => hw.is_signaled(),
+            None => self.number <= through || self.hw_error.is_some(),
+        }
     }
 
-    /// The error the job ended with: why it did not run, or its hardware fence's error.
+    /// The error the job ended with: why it did not run, the error the driver reported, or its
+    /// hardware fence's error.
     fn failure(&self) -> Option<Error> {
         self.error
+            .or(self.hw_error)
             .or_else(|| self.hw.as_ref().and_then(|hw| hw.result().err()))
     }
 }
@@ -289,6 +327,10 @@ struct State<J> {
     rekick: bool,
     /// Credits not used by a job the hardware works on.
     credits: u32,
+    /// Every numbered job up to this number has ended ([`JobQueue::ended`]).
+    through: u64,
+    /// A failure [`JobQueue::ended`] reported while a job was starting, for that job.
+    stray: Option<(RangeInclusive<u64>, Error)>,
     /// When the oldest running job whose finished fence has not signalled became the oldest.
     front_since: Instant<Monotonic>,
     /// New jobs are refused.
@@ -465,6 +507,8 @@ where
                 starting: false,
                 rekick: false,
                 credits,
+                through: 0,
+                stray: None,
                 front_since: Instant::now(),
                 stopped: false,
                 dead: false,
@@ -536,6 +580,8 @@ where
                 memory: Some(memory),
                 finished: None,
                 hw: None,
+                number: 0,
+                hw_error: None,
                 error: None,
                 wake <- FenceCallback::new(Wake {
                     work: self.run.get(),
@@ -699,11 +745,29 @@ where
     /// The fences signal under the queue's lock, which keeps them in order: callbacks on
     /// finished fences must not call into the queue.
     pub fn signal_done(&self) {
+        self.finish(None);
+    }
+
+    /// Records how numbered jobs ([`Run::Numbered`]) ended, then does what
+    /// [`Self::signal_done`] does: their finished fences signal, in order.
+    ///
+    /// For the driver's completion and error handlers. `ended.through` only counts when it is
+    /// greater than the one of an earlier call. Any context, hard interrupts included, but not a
+    /// fence callback, nor with a fence's lock held. Allocates nothing.
+    pub fn ended(&self, ended: Ended) {
+        self.finish(Some(ended));
+    }
+
+    /// [`Self::signal_done`], after recording `ended`.
+    fn finish(&self, ended: Option<Ended>) {
         let (signalled, waiting, retire_now) = {
             let _section = SignallingSection::begin();
             let mut state = self.state.lock();
             if state.dead {
                 return;
+            }
+            if let Some(ended) = ended {
+                Self::record(&mut state, ended);
             }
             let signalled = self.signal_due(&mut state);
             // A task that is starting a job looks at the queue again before it stops: the
@@ -723,6 +787,25 @@ where
         }
     }
 
+    /// Records how numbered jobs ended: the ones running, and the one being started.
+    fn record(state: &mut State<J>, ended: Ended) {
+        state.through = state.through.max(ended.through);
+        let Some((range, error)) = ended.failed else {
+            return;
+        };
+        for i in state.signalled..state.running {
+            if let Some(Some(node)) = state.slot(i) {
+                if node.number != 0 && range.contains(&node.number) && node.hw_error.is_none() {
+                    // SAFETY: `hw_error` is not structurally pinned.
+                    unsafe { node.as_mut().get_unchecked_mut().hw_error = Some(error) };
+                }
+            }
+        }
+        if state.starting {
+            state.stray = Some((range, error));
+        }
+    }
+
     /// Signals the finished fences that are due, in order, and gives their credits back;
     /// returns whether any signalled.
     fn signal_due(&self, state: &mut State<J>) -> bool {
@@ -730,12 +813,13 @@ where
             return false;
         }
         let before = state.signalled;
+        let through = state.through;
         while state.signalled < state.running {
             let i = state.signalled;
             let Some(Some(node)) = state.slot(i) else {
                 break;
             };
-            if !node.done() {
+            if !node.done(through) {
                 break;
             }
             let error = node.failure();
@@ -913,6 +997,16 @@ where
                     fields.hw = Some(hw);
                     true
                 }
+                // The queue would never learn that the job ended.
+                Run::Numbered(n) if !T::SIGNALS_DONE || n == 0 => {
+                    fields.error = Some(EINVAL);
+                    fields.credits = 0;
+                    false
+                }
+                Run::Numbered(n) => {
+                    fields.number = n;
+                    true
+                }
                 Run::Failed(e) => {
                     fields.error = Some(e);
                     fields.credits = 0;
@@ -934,15 +1028,22 @@ where
             if started {
                 state.credits = state.credits.saturating_sub(node.credits);
             }
+            // A failure reported while the job was out of the queue.
+            if let Some((range, error)) = state.stray.take() {
+                if node.number != 0 && range.contains(&node.number) {
+                    // SAFETY: `hw_error` is not structurally pinned.
+                    unsafe { node.as_mut().get_unchecked_mut().hw_error = Some(error) };
+                }
+            }
+            // A hardware fence that signalled, or a numbered job that ended, before the job was
+            // back in the queue found nothing to signal: its finished fence is due now. One
+            // that ends later finds the job, since `signal_done()` takes the lock.
+            let done = node.done(state.through);
             let i = state.running;
             if let Some(slot) = state.slot(i) {
                 *slot = Some(node);
             }
             state.running += 1;
-            // A hardware fence that signalled before the job was back in the queue found
-            // nothing to signal: its finished fence is due now. One that signals later finds
-            // the job, since `signal_done()` takes the lock.
-            let done = hw.as_ref().is_none_or(|hw| hw.is_signaled());
             if state.running == state.signalled + 1 {
                 state.front_since = Instant::now();
                 if started {
@@ -996,25 +1097,30 @@ where
     /// timeout, and arms itself again while jobs run.
     fn check_timeout(&self) {
         let timeout = self.ops.timeout();
-        let (hw, age) = {
+        let (oldest, age) = {
             let state = self.state.lock();
             if state.dead || state.running == state.signalled {
                 return;
             }
-            let hw = state.get(state.signalled).and_then(|n| n.hw.clone());
-            (hw, state.front_since.elapsed())
+            let oldest = state
+                .get(state.signalled)
+                .filter(|n| !n.done(state.through))
+                .map(|n| (n.hw.clone(), n.number));
+            (oldest, state.front_since.elapsed())
         };
-        match hw {
-            // The oldest ended without running, or its hardware fence signalled: its finished
+        match oldest {
+            // The oldest ended without running, or the hardware is done with it: its finished
             // fence is due.
             None => self.signal_done(),
-            Some(hw) if hw.is_signaled() => self.signal_done(),
-            Some(hw) if age.as_nanos() >= timeout.as_nanos() => {
-                {
+            Some((hw, number)) if age.as_nanos() >= timeout.as_nanos() => {
+                let ended = {
                     let _section = SignallingSection::begin();
-                    self.ops.timed_out(&hw);
-                }
-                self.signal_done();
+                    self.ops.timed_out(match &hw {
+                        Some(hw) => Running::Fence(hw),
+                        None => Running::Numbered(number),
+                    })
+                };
+                self.ended(ended);
                 self.arm_watchdog(timeout, true);
             }
             Some(_) => {
@@ -1148,8 +1254,11 @@ mod tests {
             }
         }
 
-        fn timed_out(&self, hw: &Fence) {
+        fn timed_out(&self, job: Running<'_>) -> Ended {
             self.timeouts.fetch_add(1, Ordering::Relaxed);
+            let Running::Fence(hw) = job else {
+                return Ended::default();
+            };
             let mut started = self.started.lock();
             if let Some(i) = started
                 .iter()
@@ -1159,6 +1268,7 @@ mod tests {
                     fence.signal_error(ETIMEDOUT);
                 }
             }
+            Ended::default()
         }
 
         fn timeout(&self) -> Delta {
@@ -1179,13 +1289,61 @@ mod tests {
             self.0.run(job, idle)
         }
 
-        fn timed_out(&self, hw: &Fence) {
-            self.0.timed_out(hw)
+        fn timed_out(&self, job: Running<'_>) -> Ended {
+            self.0.timed_out(job)
         }
 
         fn timeout(&self) -> Delta {
             self.0.timeout()
         }
+    }
+
+    /// The fake engine of a driver that numbers its jobs (with their ids) and reports which
+    /// ended, without hardware fences.
+    struct Numbered(Fake);
+
+    impl QueueOps for Numbered {
+        type Job = FakeJob;
+        type Timeline = Finished;
+        const IN_ORDER: bool = true;
+        const SIGNALS_DONE: bool = true;
+
+        fn run(&self, job: &mut FakeJob, _idle: bool) -> Run {
+            let _ = self.0.order.lock().push_within_capacity(job.id);
+            Run::Numbered(u64::from(job.id))
+        }
+
+        /// Fails the job that timed out, and only it.
+        fn timed_out(&self, job: Running<'_>) -> Ended {
+            self.0.timeouts.fetch_add(1, Ordering::Relaxed);
+            match job {
+                Running::Numbered(n) => Ended {
+                    through: n - 1,
+                    failed: Some((n..=n, ETIMEDOUT)),
+                },
+                Running::Fence(_) => Ended::default(),
+            }
+        }
+
+        fn timeout(&self) -> Delta {
+            self.0.timeout()
+        }
+    }
+
+    type NumberedQueue = Pin<KBox<JobQueue<Numbered, FakeJob, Finished>>>;
+
+    /// A queue on a [`Numbered`] engine, with jobs `1..=n` pushed; their finished fences.
+    fn numbered(n: u32, timeout_ms: i64) -> Result<(NumberedQueue, KVec<ARef<Fence>>)> {
+        let q = KBox::pin_init(
+            JobQueue::new(Ok::<_, Error>(Numbered(fake(timeout_ms)?)), 64, 8),
+            GFP_KERNEL,
+        )?;
+        let mut done = KVec::new();
+        for id in 1..=n {
+            let job = FakeJob { id, hw: None };
+            done.push(q.push(q.prepare(job, 1, GFP_KERNEL)?, false)?, GFP_KERNEL)?;
+        }
+        Ok((q, done))
     }
 
     type Queue = Pin<KBox<JobQueue<Fake, FakeJob, Finished>>>;
@@ -1258,6 +1416,17 @@ mod tests {
         };
         if let Some((_, fence)) = fence {
             fence.signal();
+        }
+    }
+
+    /// Looks at `fence` every 10 ms, for at most 5 s, until it has signalled: nobody waits on
+    /// it.
+    fn poll_signalled(fence: &Fence) {
+        for _ in 0..500 {
+            if fence.is_signaled() {
+                break;
+            }
+            fsleep(Delta::from_millis(10));
         }
     }
 
@@ -1399,22 +1568,11 @@ mod tests {
         let q = queue(64, 8, 20)?;
         let hung = push(&q, 1, &[])?;
         let next = push(&q, 2, &[])?;
-        // Nobody waits on a fence: look every 10 ms, for at most 5 s.
-        for _ in 0..500 {
-            if hung.is_signaled() {
-                break;
-            }
-            fsleep(Delta::from_millis(10));
-        }
+        poll_signalled(&hung);
         assert_eq!(hung.status(), Err(ETIMEDOUT));
         assert!(q.ops().timeouts.load(Ordering::Relaxed) >= 1);
         // The watchdog goes on with the next job.
-        for _ in 0..500 {
-            if next.is_signaled() {
-                break;
-            }
-            fsleep(Delta::from_millis(10));
-        }
+        poll_signalled(&next);
         assert_eq!(next.status(), Err(ETIMEDOUT));
         Ok(())
     }
@@ -1483,6 +1641,58 @@ mod tests {
         // The worker retires them later, together.
         q.flush();
         assert_eq!(q.jobs(), (0, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn a_driver_that_numbers_its_jobs_reports_how_they_ended() -> Result {
+        let (q, done) = numbered(3, 10_000)?;
+        let (Some(one), Some(two), Some(three)) = (done.first(), done.get(1), done.get(2)) else {
+            return Err(EINVAL);
+        };
+        assert_eq!(q.jobs(), (3, 3));
+        q.ended(Ended {
+            through: 1,
+            failed: None,
+        });
+        assert_eq!(one.result(), Ok(true));
+        assert!(!two.is_signaled() && !three.is_signaled());
+        // Job 2 fails; job 3 still runs.
+        q.ended(Ended {
+            through: 1,
+            failed: Some((2..=2, EIO)),
+        });
+        assert_eq!(two.result(), Err(EIO));
+        assert!(!three.is_signaled());
+        // An older report changes nothing; job 3 then ends, and job 2 keeps its error.
+        q.ended(Ended {
+            through: 0,
+            failed: None,
+        });
+        assert!(!three.is_signaled());
+        q.ended(Ended {
+            through: 3,
+            failed: None,
+        });
+        assert_eq!(three.result(), Ok(true));
+        assert_eq!(two.result(), Err(EIO));
+        q.flush();
+        assert_eq!(q.jobs(), (0, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn the_watchdog_fails_a_numbered_job_with_no_waiter() -> Result {
+        let (q, done) = numbered(2, 20)?;
+        let (Some(hung), Some(next)) = (done.first(), done.get(1)) else {
+            return Err(EINVAL);
+        };
+        poll_signalled(hung);
+        assert_eq!(hung.status(), Err(ETIMEDOUT));
+        assert!(q.ops().0.timeouts.load(Ordering::Relaxed) >= 1);
+        // The watchdog goes on with the next job.
+        poll_signalled(next);
+        assert_eq!(next.status(), Err(ETIMEDOUT));
         Ok(())
     }
 
