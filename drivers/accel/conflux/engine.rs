@@ -1,20 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The command engine: a job queue in front of the ring, the hardware fences, the interrupt
-//! handlers and error recovery.
+//! The command engine: a job queue in front of the ring, the interrupt handlers and error
+//! recovery.
 //!
-//! A submission prepares a job (which allocates everything it needs, its hardware fence
-//! included), adds the fences it depends on and pushes it to the engine's [`JobQueue`], which
-//! returns the job's finished fence without waiting. The queue's worker writes the job to the
-//! ring once its dependencies have signalled and the ring has room ([`Hw::run`]): its `COPY`
-//! and `FILL` commands followed by a `FENCE` command whose seqno is the hardware fence's and
-//! which raises the completion vector. Jobs are written in fence order under the ring lock, so
-//! `FENCE_SEQNO` names the last completed job and every job up to it is done. The completion
-//! handler signals those jobs' hardware fences, and the queue their finished fences.
+//! A submission prepares a job (which allocates everything it needs), adds the fences it
+//! depends on and pushes it to the engine's [`JobQueue`], which returns the job's finished
+//! fence without waiting. The queue's worker writes the job to the ring once its dependencies
+//! have signalled and the ring has room ([`Hw::run`]): its `COPY` and `FILL` commands followed
+//! by a `FENCE` command which raises the completion vector. The jobs are numbered in the order
+//! they are written, under the ring lock, and each command carries its job's number as its
+//! seqno, so `FENCE_SEQNO` names the last completed job and every job up to it is done. The
+//! completion handler tells the queue so ([`JobQueue::ended`]), which signals their finished
+//! fences: a job needs no hardware fence.
 //!
-//! When the device stops on an error, the error handler (a threaded handler, it sleeps) fails
-//! the job that contains the failing command with [`EIO`], resets the device, which discards
-//! the commands still in the ring, and writes the later jobs to the ring again. The queue's
+//! When the device stops on an error, the error handler (a threaded handler, it sleeps) resets
+//! the device, which discards the commands still in the ring, fails the job that contains the
+//! failing command with [`EIO`], and writes the later jobs to the ring again. The queue's
 //! watchdog fails a job that has been the oldest in flight for [`job_timeout_ms()`] with
 //! [`ETIMEDOUT`] the same way, whether or not anybody waits for it.
 
@@ -30,14 +31,14 @@ use kernel::{
     device::Bound,
     dma_fence::{
         queue::{
+            Ended,
             JobQueue,
             PreparedJob,
             QueueOps,
-            Run, //
+            Run,
+            Running, //
         },
         Fence,
-        FenceContext,
-        FenceMemory,
         FenceTimeline, //
     },
     io::{
@@ -101,14 +102,6 @@ pub(crate) const MAX_JOB_COMMANDS: usize = 64;
 /// The most jobs an engine's queue holds, waiting or in flight.
 const MAX_QUEUED: usize = 1024;
 
-/// The hardware fence timeline of an engine.
-pub(crate) struct Timeline;
-
-impl FenceTimeline for Timeline {
-    const DRIVER_NAME: &'static CStr = c"conflux";
-    const TIMELINE_NAME: &'static CStr = c"engine";
-}
-
 /// The timeline of the finished fences, the ones userspace and other drivers see.
 pub(crate) struct Jobs;
 
@@ -121,18 +114,20 @@ impl FenceTimeline for Jobs {
 pub(crate) struct EngineJob {
     root: u64,
     commands: KVec<Command>,
-    /// The memory of the hardware fence, taken when the job is written to the ring.
-    hw: Option<FenceMemory>,
+    /// The job was written to the ring.
+    ran: bool,
     /// The buffers the job uses.
     _buffers: KVec<ARef<Object>>,
     /// The page tables of the job's VM, which may be gone before the job.
     _tables: Option<Arc<KeptTables>>,
 }
 
-/// What the worker and recovery share: the ring head and the MMU root the driver last wrote.
+/// What the worker and recovery share: the ring head and the MMU root the driver last wrote,
+/// and the number of the next job written.
 struct Ring {
     head: u32,
     root: u64,
+    next: u64,
 }
 
 /// Counters of the device, in bytes and commands.
@@ -160,7 +155,6 @@ pub(crate) struct Hw<'bound> {
     ring_slots: u32,
     /// `ring_slots - 1`: a ring counter masked with it is a slot index.
     ring_mask: u32,
-    fences: FenceContext<Timeline>,
     /// The last bogus `FENCE_SEQNO` logged.
     bogus: AtomicU64,
     /// The device failed to confirm a reset. Set with the ring lock held, and never cleared.
@@ -225,11 +219,14 @@ impl<'bound> Engine<'bound> {
             ring_offset: usize::try_from(ring_offset)?,
             ring_slots,
             ring_mask,
-            fences: FenceContext::new(),
             bogus: AtomicU64::new(0),
             wedged: AtomicBool::new(false),
             torn: AtomicBool::new(false),
-            ring <- new_mutex!(Ring { head, root }),
+            ring <- new_mutex!(Ring {
+                head,
+                root,
+                next: 1
+            }),
             pending <- new_spinlock_irq!(Pending::new()?),
         }? Error);
         Arc::pin_init(
@@ -258,7 +255,7 @@ impl<'bound> Engine<'bound> {
 
     /// Prepares a job of `commands` on the address space whose level-3 table is at VRAM offset
     /// `root`, which keeps `buffers` and the tables of its VM, `tables`, alive until it has
-    /// finished. Allocates all the job needs.
+    /// finished.
     pub(crate) fn prepare(
         &self,
         root: u64,
@@ -274,7 +271,7 @@ impl<'bound> Engine<'bound> {
         let job = EngineJob {
             root,
             commands,
-            hw: Some(FenceMemory::new(GFP_KERNEL)?),
+            ran: false,
             _buffers: buffers,
             _tables: tables,
         };
@@ -327,14 +324,19 @@ impl<'bound> Engine<'bound> {
 
     /// Handles the error vector: the device recorded an error and stopped.
     fn error(&self) {
-        self.hw().error();
-        self.queue.signal_done();
+        if let Some(ended) = self.hw().error() {
+            self.queue.ended(ended);
+        }
     }
 
-    /// Signals the hardware fences of the jobs that completed.
+    /// Tells the queue which jobs completed.
     fn complete(&self) {
-        self.hw().complete();
-        self.queue.signal_done();
+        if let Some(through) = self.hw().complete() {
+            self.queue.ended(Ended {
+                through,
+                failed: None,
+            });
+        }
     }
 }
 
@@ -346,7 +348,8 @@ impl PinnedDrop for Engine<'_> {
         let hw = self.hw();
         let mut ring = hw.ring.lock();
         if !hw.is_wedged() && reset(hw.pdev, &hw.doorbell, &hw.bar2).is_err() {
-            hw.wedge(&mut ring);
+            // The queue fails every job when dropped: this one's end need not reach it.
+            let _ = hw.wedge(&mut ring);
         }
     }
 }
@@ -380,14 +383,10 @@ impl QueueOps for Hw<'_> {
             }
             ring.root = job.root;
         }
-        let Some(memory) = job.hw.take() else {
-            return Run::Failed(EINVAL);
-        };
-        let fence = self.fences.init_fence(memory);
-        let shared = fence.shared();
+        job.ran = true;
+        let seqno = ring.next;
         let job = Job {
-            seqno: shared.seqno(),
-            fence,
+            seqno,
             commands: core::mem::take(&mut job.commands),
         };
         let head = match self.write_job(ring.head, &job) {
@@ -395,18 +394,21 @@ impl QueueOps for Hw<'_> {
             Err(e) => return Run::Failed(e),
         };
         if pending.push(job).is_err() {
-            // Not reached: the table was not full and only this worker adds jobs. The dropped
-            // job's fence signals `ECANCELED`.
+            // Not reached: the table was not full and only this worker adds jobs.
             return Run::Failed(EBUSY);
         }
         drop(pending);
+        ring.next += 1;
         ring.head = head;
         self.publish(head);
-        Run::Started(shared)
+        Run::Numbered(seqno)
     }
 
-    fn timed_out(&self, hw: &Fence) {
-        self.timed_out(hw.seqno());
+    fn timed_out(&self, job: Running<'_>) -> Ended {
+        match job {
+            Running::Numbered(seqno) => self.timed_out(seqno),
+            Running::Fence(_) => Ended::default(),
+        }
     }
 
     fn timeout(&self) -> Delta {
@@ -416,7 +418,7 @@ impl QueueOps for Hw<'_> {
     /// A job that ran on a device that then failed to confirm its reset may still be using its
     /// memory: it is never given back.
     fn finished(&self, job: EngineJob, _result: Result) {
-        if job.hw.is_none() && self.is_wedged() {
+        if job.ran && self.is_wedged() {
             core::mem::forget(job);
         }
     }
@@ -451,13 +453,15 @@ impl Hw<'_> {
         }
     }
 
-    /// Signals the fences of the jobs that completed. Runs in the completion handler.
+    /// Drops the jobs that completed from the table of jobs in flight, and returns the number
+    /// of the last, which the queue is to learn ([`JobQueue::ended`]). Runs in the completion
+    /// handler.
     ///
     /// `FENCE_SEQNO` must name a job between the one before the oldest in flight and the newest
     /// written: any other value is not one the device could have reached, and is ignored (the
     /// watchdog then recovers the device). A value whose high half changes under each of the
     /// reads of [`regs::read64`] is left to the watchdog as well.
-    fn complete(&self) {
+    fn complete(&self) -> Option<u64> {
         let Ok(done) = regs::read64::<regs::FENCE_SEQNO>(&self.bar2) else {
             // Its high half changed under every read: the watchdog looks again later.
             if !self.torn.swap(true, Ordering::Relaxed) {
@@ -466,7 +470,7 @@ impl Hw<'_> {
                     "engine: FENCE_SEQNO changed under each of its reads; left to the watchdog\n"
                 );
             }
-            return;
+            return None;
         };
         self.torn.store(false, Ordering::Relaxed);
         let done = done.seqno().get();
@@ -475,7 +479,7 @@ impl Hw<'_> {
             pending.front().map(|job| job.seqno),
             pending.back().map(|job| job.seqno),
         ) else {
-            return;
+            return None;
         };
         if done > newest || done.saturating_add(1) < oldest {
             drop(pending);
@@ -489,50 +493,60 @@ impl Hw<'_> {
                     newest
                 );
             }
-            return;
+            return None;
         }
         while pending.front().is_some_and(|job| job.seqno <= done) {
-            if let Some(job) = pending.pop() {
-                job.fence.signal();
-            }
+            pending.pop();
         }
+        Some(done)
     }
 
-    /// Resets the device, then signals the jobs it completed, fails the oldest job left with
-    /// `error` if it is job `culprit`, or with [`ECANCELED`] (the reset interrupted it) if it is
-    /// not, and writes the later jobs to the ring again. No job runs twice, and no fence
-    /// signals before the device has confirmed that it stopped: if it does not, the device is
-    /// wedged. The caller holds the ring lock.
-    fn recover(&self, ring: &mut Ring, error: Error, culprit: u64) -> Result {
-        if let Err(e) = reset(self.pdev, &self.doorbell, &self.bar2) {
-            self.wedge(ring);
-            return Err(e);
+    /// Resets the device, then returns how the jobs ended for the queue: the ones it completed,
+    /// and the oldest job left, failed with `error` if it is job `culprit`, or with
+    /// [`ECANCELED`] (the reset interrupted it) if it is not. Writes the later jobs to the ring
+    /// again. No job runs twice, and no job is reported ended before the device has confirmed
+    /// that it stopped: if it does not, the device is wedged. The caller holds the ring lock.
+    fn recover(&self, ring: &mut Ring, error: Error, culprit: u64) -> Ended {
+        if reset(self.pdev, &self.doorbell, &self.bar2).is_err() {
+            return self.wedge(ring);
         }
-        self.complete();
+        let mut ended = Ended {
+            through: self.complete().unwrap_or(0),
+            failed: None,
+        };
         let failed = self.pending.lock().pop();
         if let Some(job) = failed {
-            job.fence.signal_error(if job.seqno == culprit {
+            let error = if job.seqno == culprit {
                 error
             } else {
                 ECANCELED
-            });
+            };
+            ended.failed = Some((job.seqno..=job.seqno, error));
         }
         let mut head = self.bar2.read(regs::RING_TAIL).count().get();
         let pending = self.pending.lock();
         for job in pending.iter() {
-            head = self.write_job(head, job)?;
+            match self.write_job(head, job) {
+                Ok(next) => head = next,
+                Err(e) => {
+                    // The jobs left never complete: the watchdog fails them.
+                    dev_err!(self.pdev, "engine: recovery failed: {:?}\n", e);
+                    break;
+                }
+            }
         }
         drop(pending);
         ring.head = head;
         self.publish(head);
-        Ok(())
+        ended
     }
 
-    /// Handles the error vector: the device recorded an error and stopped.
-    fn error(&self) {
+    /// Handles the error vector: the device recorded an error and stopped. Returns how the jobs
+    /// ended, for the queue.
+    fn error(&self) -> Option<Ended> {
         let mut ring = self.ring.lock();
         if self.is_wedged() || self.bar2.read(regs::STATUS).state() != State::Error {
-            return;
+            return None;
         }
         let cause = self.bar2.read(regs::ERR_CAUSE);
         let opcode = self.bar2.read(regs::ERR_OPCODE).opcode().get();
@@ -547,26 +561,27 @@ impl Hw<'_> {
             opcode,
             va
         );
-        if let Err(e) = self.recover(&mut ring, EIO, seqno) {
-            dev_err!(self.pdev, "engine: recovery failed: {:?}\n", e);
-        }
+        Some(self.recover(&mut ring, EIO, seqno))
     }
 
     /// Called when job `seqno` did not complete within [`job_timeout_ms()`]: fails the oldest job
     /// in flight with [`ETIMEDOUT`] if it is that job or an earlier one, which has been in flight
-    /// at least as long, and recovers the engine.
-    fn timed_out(&self, seqno: u64) {
+    /// at least as long, and recovers the engine. Returns how the jobs ended, for the queue.
+    fn timed_out(&self, seqno: u64) -> Ended {
         let mut ring = self.ring.lock();
         if self.is_wedged() {
-            return;
+            return Ended::default();
         }
-        self.complete();
+        let done = Ended {
+            through: self.complete().unwrap_or(0),
+            failed: None,
+        };
         let Some(oldest) = self.pending.lock().front().map(|job| job.seqno) else {
-            return;
+            return done;
         };
         if oldest > seqno {
             // Job `seqno` completed meanwhile.
-            return;
+            return done;
         }
         dev_err!(
             self.pdev,
@@ -574,26 +589,29 @@ impl Hw<'_> {
             oldest,
             job_timeout_ms()
         );
-        if let Err(e) = self.recover(&mut ring, ETIMEDOUT, oldest) {
-            dev_err!(self.pdev, "engine: recovery failed: {:?}\n", e);
-        }
+        let mut ended = self.recover(&mut ring, ETIMEDOUT, oldest);
+        ended.through = ended.through.max(done.through);
+        ended
     }
 
     /// The device did not confirm a reset: it may still be running, so the memory of its jobs
-    /// in flight is never given back ([`QueueOps::finished`]). Their fences, and the ones of
-    /// every later job, fail with [`ENODEV`].
-    fn wedge(&self, _ring: &mut Ring) {
+    /// in flight is never given back ([`QueueOps::finished`]). Returns their end for the queue:
+    /// they fail with [`ENODEV`], as every later job does.
+    fn wedge(&self, _ring: &mut Ring) -> Ended {
         self.wedged.store(true, Ordering::Release);
         dev_err!(
             self.pdev,
             "engine: reset not confirmed: the device is wedged, its jobs fail with -ENODEV\n"
         );
-        loop {
-            let job = self.pending.lock().pop();
-            match job {
-                Some(job) => job.fence.signal_error(ENODEV),
-                None => break,
-            }
+        let mut pending = self.pending.lock();
+        let first = pending.front().map(|job| job.seqno);
+        let mut last = first;
+        while let Some(job) = pending.pop() {
+            last = Some(job.seqno);
+        }
+        Ended {
+            through: 0,
+            failed: first.zip(last).map(|(first, last)| (first..=last, ENODEV)),
         }
     }
 }

@@ -2,10 +2,7 @@
 
 //! Jobs: their commands, and the table of jobs in flight, oldest first.
 
-use kernel::{
-    dma_fence::SignalFence,
-    prelude::*, //
-};
+use kernel::prelude::*;
 
 use crate::regs::{
     Opcode,
@@ -43,10 +40,9 @@ impl Command {
     }
 }
 
-/// A job in flight.
+/// A job in flight: its number, in the order the jobs were written, and its commands.
 pub(super) struct Job {
     pub(super) seqno: u64,
-    pub(super) fence: SignalFence,
     pub(super) commands: KVec<Command>,
 }
 
