@@ -327,6 +327,56 @@ unsafe impl ResvLocked for ResvSet<'_> {
     }
 }
 
+/// How many objects a [`ResvSet`] records without allocating.
+const INLINE: usize = 4;
+
+/// The objects of a [`ResvSet`], in the order they were locked, each with the number of fence
+/// slots reserved on it: the first [`INLINE`] in place, the others in a vector, so that locking
+/// a few objects allocates nothing for them.
+///
+/// # Invariants
+///
+/// The `Some` entries of `first` come before its `None` ones, and `rest` is empty unless
+/// `first` is full.
+struct Locked<'a> {
+    first: [Option<(&'a DmaResv, u32)>; INLINE],
+    rest: KVec<(&'a DmaResv, u32)>,
+}
+
+impl<'a> Locked<'a> {
+    /// Room for `n` objects.
+    fn with_capacity(n: usize, flags: Flags) -> Result<Self> {
+        Ok(Self {
+            first: [None; INLINE],
+            rest: KVec::with_capacity(n.saturating_sub(INLINE), flags)?,
+        })
+    }
+
+    /// Adds an object; allocates only beyond the capacity asked for.
+    fn push(&mut self, entry: (&'a DmaResv, u32), flags: Flags) -> Result {
+        match self.first.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(entry),
+            None => self.rest.push(entry, flags)?,
+        }
+        Ok(())
+    }
+
+    /// Removes the object added last.
+    fn pop(&mut self) -> Option<(&'a DmaResv, u32)> {
+        self.rest
+            .pop()
+            .or_else(|| self.first.iter_mut().rev().find_map(Option::take))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(&'a DmaResv, u32)> {
+        Iterator::chain(self.first.iter().flatten(), self.rest.iter())
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut (&'a DmaResv, u32)> {
+        Iterator::chain(self.first.iter_mut().flatten(), self.rest.iter_mut())
+    }
+}
+
 /// Several reservation objects locked together; unlocks them all when dropped.
 ///
 /// [`ResvSet::lock`] takes the locks with a wound/wait acquire context and backs off on
@@ -338,7 +388,7 @@ unsafe impl ResvLocked for ResvSet<'_> {
 /// Every object in `locked` is locked with `ctx`, once, beside the number of fence slots
 /// reserved on it and not used yet.
 pub struct ResvSet<'a> {
-    locked: KVec<(&'a DmaResv, u32)>,
+    locked: Locked<'a>,
     backoffs: u32,
     // Dropped after `locked` is unlocked (in `Drop`).
     ctx: Pin<KBox<AcquireCtx>>,
@@ -356,7 +406,7 @@ impl<'a> ResvSet<'a> {
         let objs = objs.into_iter();
         let ctx = KBox::pin_init(AcquireCtx::new(), flags)?;
         let mut set = ResvSet {
-            locked: KVec::with_capacity(objs.clone().count(), flags)?,
+            locked: Locked::with_capacity(objs.clone().count(), flags)?,
             backoffs: 0,
             ctx,
             _not_send: NotThreadSafe,
@@ -415,7 +465,7 @@ impl<'a> ResvSet<'a> {
     }
 
     /// The locked objects, duplicates removed.
-    pub fn objects(&self) -> impl ExactSizeIterator<Item = &'a DmaResv> + '_ {
+    pub fn objects(&self) -> impl Iterator<Item = &'a DmaResv> + '_ {
         self.locked.iter().map(|&(obj, _)| obj)
     }
 
@@ -549,7 +599,7 @@ mod tests {
         let job = ctx.new_fence(GFP_KERNEL)?;
         {
             let mut set = ResvSet::lock([&*a, &*b, &*a, &*c], true, GFP_KERNEL)?;
-            assert_eq!(set.objects().len(), 3);
+            assert_eq!(set.objects().count(), 3);
             assert_eq!(set.backoffs(), 0);
             assert_eq!(set.add_fence(job.fence(), Usage::Write), Err(ENOSPC));
             set.reserve_fences(1)?;
@@ -583,7 +633,7 @@ mod tests {
             // Younger: takes r1, finds r2 held by the older context, must back off (drop r1),
             // sleep on r2, and then take r1 again.
             if let Ok(set) = ResvSet::lock([&*w1, &*w2], false, GFP_KERNEL) {
-                if set.objects().len() == 2 {
+                if set.objects().count() == 2 {
                     wback.store(set.backoffs(), Ordering::Relaxed);
                 }
             }
