@@ -125,9 +125,10 @@ pub trait QueueOps: Send + Sync {
     const IN_ORDER: bool;
 
     /// Whether the driver calls [`JobQueue::signal_done`] each time it has signalled hardware
-    /// fences: in its completion handler, and after a recovery that [`QueueOps::timed_out`]
-    /// did not do. The queue then puts no callback on hardware fences; finished fences signal
-    /// right in the driver's handler, and the worker retires jobs a few at a time.
+    /// fences, or [`JobQueue::ended`] each time numbered jobs ([`Run::Numbered`]) ended: in its
+    /// completion handler, and after a recovery that [`QueueOps::timed_out`] did not do. The
+    /// queue then puts no callback on hardware fences; finished fences signal right in the
+    /// driver's handler, and the worker retires jobs a few at a time.
     const SIGNALS_DONE: bool = false;
 
     /// Writes `job` to the hardware. `idle` tells whether no job of the queue is running.
