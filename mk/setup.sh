@@ -7,7 +7,7 @@ STEP=setup
 
 DEBS=(build-essential flex bison bc cpio kmod libelf-dev libssl-dev python3
       git xz-utils ca-certificates debian-archive-keyring
-      "libclang-$LLVM_VERSION-dev" "clang-$LLVM_VERSION"
+      "libclang-$LLVM_VERSION-dev" "clang-$LLVM_VERSION" "lld-$LLVM_VERSION" "llvm-$LLVM_VERSION"
       qemu-system-x86 busybox-static)
 
 as_root() {

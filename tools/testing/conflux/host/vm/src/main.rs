@@ -183,7 +183,7 @@ fn sh_quote(s: &str) -> String {
 
 /// Kernel log lines that mean a checker fired.
 fn is_checker_report(line: &str) -> bool {
-    const PATTERNS: [&str; 14] = [
+    const PATTERNS: [&str; 18] = [
         "WARNING:",
         "BUG:",
         "kernel BUG at",
@@ -192,6 +192,12 @@ fn is_checker_report(line: &str) -> bool {
         "INFO: possible",
         "INFO: inconsistent",
         "INFO: trying to register",
+        // The hung-task detector and RCU's stall warnings.
+        "INFO: task ",
+        "INFO: rcu",
+        // kmemleak's suspects, as the init prints them, and its own log line.
+        "unreferenced object 0x",
+        "suspected memory leak",
         "DEBUG_LOCKS_WARN_ON",
         "KASAN",
         "UBSAN",
@@ -266,6 +272,15 @@ impl Drop for Rig {
     }
 }
 
+/// What the guest's init runs after the command, in a kernel with kmemleak: a scan for memory
+/// that nothing references any more, once what the command freed last is older than the 5 s
+/// kmemleak waits for, and each suspect printed (a checker report, [`is_checker_report`]).
+const LEAK_SCAN: &str = "if [ -w /sys/kernel/debug/kmemleak ]; then\n\
+     sleep 6\n\
+     echo scan > /sys/kernel/debug/kmemleak\n\
+     cat /sys/kernel/debug/kmemleak\n\
+     fi\n";
+
 /// Builds the guest's initramfs: busybox, the modules, the added programs,
 /// an init that runs `/cmd` and reports its status.
 fn build_initramfs(o: &Options, path: &Path) -> io::Result<()> {
@@ -290,9 +305,12 @@ fn build_initramfs(o: &Options, path: &Path) -> io::Result<()> {
          mount -t proc none /proc\n\
          mount -t sysfs none /sys\n\
          mount -t devtmpfs none /dev 2>/dev/null\n\
+         mount -t debugfs none /sys/kernel/debug 2>/dev/null\n\
          echo '{READY_MARKER}'\n\
          sh /cmd\n\
-         echo \"{EXIT_MARKER}$?\"\n\
+         rc=$?\n\
+         {LEAK_SCAN}\
+         echo \"{EXIT_MARKER}$rc\"\n\
          poweroff -f\n"
     );
     a.file("/init", 0o755, init.as_bytes());
@@ -526,6 +544,14 @@ mod tests {
     fn checker_lines() {
         assert!(is_checker_report("[    1.0] WARNING: CPU: 0 PID: 1 at foo"));
         assert!(is_checker_report("BUG: KASAN: use-after-free in x"));
+        assert!(is_checker_report(
+            "unreferenced object 0xffff888004a1c000 (size 64):"
+        ));
+        assert!(is_checker_report(
+            "[  42.0] INFO: task kworker/0:1:17 blocked for more than 120 seconds."
+        ));
+        assert!(is_checker_report("BUG: KFENCE: out-of-bounds read in f"));
+        assert!(is_checker_report("UBSAN: array-index-out-of-bounds in f"));
         assert!(!is_checker_report("conflux 0000:03:00.0: not binding"));
     }
 
