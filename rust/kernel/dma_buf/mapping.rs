@@ -67,8 +67,8 @@ impl Attachment {
     /// Returns [`EOPNOTSUPP`] if the importer does not take peer-to-peer addresses
     /// ([`Attachment::peer2peer`]) and [`EXDEV`] if there is no peer-to-peer route between the
     /// devices, so that the exporter can fall back (to system memory, say) or refuse;
-    /// [`EINVAL`] for no range, and [`EIO`] if the DMA API cannot map a range through the host
-    /// bridge.
+    /// [`EINVAL`] for no range, [`ERANGE`] for a range that is not all inside the provider's BAR
+    /// ([`Provider::bar`]), and [`EIO`] if the DMA API cannot map a range through the host bridge.
     #[cfg(CONFIG_PCI)]
     pub fn map_bar(
         &self,
@@ -79,6 +79,15 @@ impl Attachment {
     ) -> Result<Table> {
         if ranges.is_empty() {
             return Err(EINVAL);
+        }
+        // Only the BAR's own memory: anything else would hand the importer a route to whatever
+        // lies at those addresses.
+        let bar = provider.bar().ok_or(ERANGE)?;
+        if !ranges
+            .iter()
+            .all(|r| r.addr() >= bar.addr() && r.last() <= bar.last())
+        {
+            return Err(ERANGE);
         }
         if !self.peer2peer() {
             return Err(EOPNOTSUPP);
@@ -97,7 +106,10 @@ impl Attachment {
                 SegmentPlan::new(bus.iter().copied(), limits)?.into_table(Backing::Bus, flags)
             }
             MapType::ThroughHostBridge => {
-                let mut mapping = MmioMapping::new(self.device(), dir, ranges.len(), flags)?;
+                // SAFETY: An importer keeps its device bound while it is attached, and unmaps
+                // its tables, which own the mapping, before it detaches.
+                let mut mapping =
+                    unsafe { MmioMapping::new(self.device(), dir, ranges.len(), flags) }?;
                 for r in ranges {
                     mapping.map(*r)?;
                 }
@@ -136,13 +148,14 @@ impl Attachment {
 /// MMIO ranges mapped for DMA by one device, through the host bridge (`dma_map_resource()`);
 /// dropping it unmaps every one.
 ///
-/// The device must stay bound to its driver while the mapping exists; an importer detaches from
-/// a dma-buf before it unbinds, so the mappings of its attachments satisfy this.
+/// Only [`Attachment::map_bar`] makes one, for the importing device of an attachment: an
+/// importer detaches from a dma-buf before it unbinds, and unmaps its tables before it detaches.
 ///
 /// # Invariants
 ///
 /// Every entry of `mapped` is a DMA range that `dma_map_resource(dev, _, len, dir, 0)` returned
-/// and that has not been unmapped; `mapped` never grows beyond the capacity reserved at creation.
+/// and that has not been unmapped; `mapped` never grows beyond the capacity reserved at creation;
+/// `dev` stays bound while the mapping exists.
 pub struct MmioMapping {
     dev: ARef<Device>,
     dir: DataDirection,
@@ -151,7 +164,12 @@ pub struct MmioMapping {
 
 impl MmioMapping {
     /// A mapping for `dev`, with room for `capacity` ranges, empty.
-    fn new(dev: &Device, dir: DataDirection, capacity: usize, flags: Flags) -> Result<Self> {
+    ///
+    /// # Safety
+    ///
+    /// `dev` is bound to a driver, and the mapping is dropped before `dev` is unbound.
+    unsafe fn new(dev: &Device, dir: DataDirection, capacity: usize, flags: Flags) -> Result<Self> {
+        // INVARIANT: nothing is mapped yet; the caller keeps `dev` bound (safety requirements).
         Ok(Self {
             dev: dev.into(),
             dir,

@@ -28,6 +28,7 @@ use crate::{
         Bound, //
     },
     dma::DmaAddress,
+    dma_segments::DmaRange,
     pci,
     prelude::*,
     types::Opaque, //
@@ -121,6 +122,38 @@ impl Provider {
         // SAFETY: The provider is valid (type invariants) and its owner is the bound device it
         // came from, alive for at least as long.
         unsafe { device::Device::from_raw((*self.0.get()).owner) }
+    }
+
+    /// The CPU physical addresses of this provider's BAR, or [`None`] if its owner is not a PCI
+    /// device with such a BAR.
+    // `resource_size_t` is 32 or 64 bits wide depending on the configuration.
+    #[allow(clippy::useless_conversion)]
+    pub fn bar(&self) -> Option<DmaRange> {
+        #[cfg(CONFIG_PCI_P2PDMA)]
+        {
+            let pdev = <&pci::Device>::try_from(self.owner()).ok()?;
+            (0..bindings::PCI_STD_NUM_BARS).find_map(|bar| {
+                // Only memory BARs have a provider; asking for another one returns NULL.
+                if pdev.resource_len(bar).ok()? == 0 {
+                    return None;
+                }
+                // CAST: `bar` is below `PCI_STD_NUM_BARS`.
+                // SAFETY: `pdev` is the bound owner of this provider (type invariants), set up
+                // for peer-to-peer DMA when the provider was made; the function only looks up the
+                // provider of `bar`.
+                let p = unsafe { bindings::pcim_p2pdma_provider(pdev.as_raw(), bar as i32) };
+                if p != self.as_raw() {
+                    return None;
+                }
+                let start = pdev.resource_start(bar).ok()?;
+                let len = pdev.resource_len(bar).ok()?;
+                DmaRange::new(u64::from(start), u64::from(len)).ok()
+            })
+        }
+        #[cfg(not(CONFIG_PCI_P2PDMA))]
+        {
+            None
+        }
     }
 
     /// How `client` reaches this provider's memory.

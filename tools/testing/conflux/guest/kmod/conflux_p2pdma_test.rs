@@ -682,7 +682,32 @@ mod tests {
             matches!(Provider::of_bar(pdev, 3), Err(e) if e == EINVAL),
             "BAR 3 is not a memory BAR"
         );
-        check!(Provider::of_bar(pdev, VRAM_BAR).is_ok(), "BAR 2 is");
+        let provider = Provider::of_bar(pdev, VRAM_BAR)?;
+        let (start, len) = (pdev.resource_start(VRAM_BAR)?, pdev.resource_len(VRAM_BAR)?);
+        check!(
+            provider.bar() == Some(DmaRange::new(start, len)?),
+            "the provider knows its BAR's addresses"
+        );
+
+        // Ranges that leave the BAR, at either end: the exporter's bug must not become the
+        // importer's route to whatever lies there.
+        let peer = pci_dev(SWITCH_PEER)?;
+        let inside = DmaRange::new(start, 4 * KIB)?;
+        let refused = |stray: DmaRange| -> Result<bool> {
+            let buf = BarExporter::export(provider, [inside, stray])?;
+            let att = ImportAttachment::new(&buf, dev(&peer), TestImporter::<true>, GFP_KERNEL)?;
+            let guard = buf.resv().lock();
+            let r = att.map(&guard, DataDirection::Bidirectional);
+            Ok(matches!(r, Err(e) if e == ERANGE))
+        };
+        check!(
+            refused(DmaRange::new(start - 4 * KIB, 8 * KIB)?)?,
+            "a range that starts before the BAR is refused with ERANGE"
+        );
+        check!(
+            refused(DmaRange::new(start + len - 4 * KIB, 8 * KIB)?)?,
+            "a range that runs past the BAR's end is refused with ERANGE"
+        );
         Ok(())
     }
 
