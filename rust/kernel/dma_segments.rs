@@ -59,6 +59,7 @@ use crate::{
         Device,
         DeviceContext, //
     },
+    devres::Devres,
     dma::{
         DataDirection,
         DmaAddress, //
@@ -368,14 +369,16 @@ impl<I: Iterator<Item = DmaRange> + Clone> SegmentPlan<I> {
 /// Pages of system memory mapped for DMA by one device, page by page.
 ///
 /// The pages are shared with their other users through an [`Arc`]; the mapping keeps them
-/// allocated. Dropping it unmaps every page, so a mapping kept in a
-/// [`Devres`](crate::devres::Devres) is unmapped at the latest when the device is unbound.
-/// [`PageMapping::ranges`] gives the addresses, contiguous pages merged, for a [`SegmentPlan`].
+/// allocated. Dropping it unmaps every page. A mapping never outlives the binding of its
+/// device: [`PageMapping::new`] hands it out in a [`Devres`], which drops it at the latest when
+/// the device is unbound. [`PageMapping::ranges`] gives the addresses, contiguous pages merged,
+/// for a [`SegmentPlan`].
 ///
 /// # Invariants
 ///
 /// `addrs[i]` is the address `dma_map_page_attrs()` returned for all of `pages[i]` on `dev` in
-/// direction `dir`, not unmapped yet; `addrs` has no more entries than `pages`.
+/// direction `dir`, not unmapped yet; `addrs` has no more entries than `pages`; `dev` stays
+/// bound while the mapping exists.
 pub struct PageMapping {
     dev: ARef<Device>,
     pages: Arc<KVVec<Page>>,
@@ -384,25 +387,27 @@ pub struct PageMapping {
 }
 
 impl PageMapping {
-    /// Maps every page of `pages` for DMA by `dev` in direction `dir`.
+    /// Maps every page of `pages` for DMA by `dev` in direction `dir`; the mapping lives until
+    /// the [`Devres`] is dropped or `dev` is unbound, whichever comes first.
     ///
-    /// Maps nothing when it fails: [`ENOMEM`] when the addresses cannot be stored, [`EIO`] when
-    /// the DMA layer cannot map a page.
+    /// Maps nothing when it fails: [`ENOMEM`] when the addresses or the device resource cannot
+    /// be stored, [`EIO`] when the DMA layer cannot map a page.
     pub fn new(
         dev: &Device<Bound>,
         pages: Arc<KVVec<Page>>,
         dir: DataDirection,
         flags: Flags,
-    ) -> Result<Self> {
-        // SAFETY: `dev` is bound.
-        unsafe { Self::new_unchecked(dev, pages, dir, flags) }
+    ) -> Result<Devres<Self>> {
+        // SAFETY: `dev` is bound, and the `Devres` drops the mapping by the time it is unbound.
+        let mapping = unsafe { Self::new_unchecked(dev, pages, dir, flags) }?;
+        Devres::new(dev, mapping)
     }
 
     /// As [`PageMapping::new`], for a device whose binding the caller vouches for.
     ///
     /// # Safety
     ///
-    /// `dev` is bound to a driver.
+    /// `dev` is bound to a driver, and the mapping is dropped before `dev` is unbound.
     pub(crate) unsafe fn new_unchecked(
         dev: &Device,
         pages: Arc<KVVec<Page>>,
@@ -410,7 +415,7 @@ impl PageMapping {
         flags: Flags,
     ) -> Result<Self> {
         let addrs = KVVec::with_capacity(pages.len(), flags)?;
-        // INVARIANT: nothing is mapped yet.
+        // INVARIANT: nothing is mapped yet; the caller drops the mapping before `dev` is unbound.
         let mut this = Self {
             dev: dev.into(),
             pages,

@@ -51,6 +51,7 @@ use kernel::{
     },
     new_mutex, new_spinlock_irq, pci,
     prelude::*,
+    ratelimit::RateLimit,
     sync::{
         aref::ARef,
         barrier::{
@@ -161,6 +162,9 @@ pub(crate) struct Hw<'bound> {
     wedged: AtomicBool,
     /// The last read of `FENCE_SEQNO` found it torn (logged once until a read succeeds).
     torn: AtomicBool,
+    /// Limits the lines about failed and hung jobs, which userspace can cause at will.
+    #[pin]
+    log_limit: RateLimit,
     /// Serialises writing jobs to the ring and recovery.
     #[pin]
     ring: Mutex<Ring>,
@@ -222,6 +226,7 @@ impl<'bound> Engine<'bound> {
             bogus: AtomicU64::new(0),
             wedged: AtomicBool::new(false),
             torn: AtomicBool::new(false),
+            log_limit <- RateLimit::log_lines(),
             ring <- new_mutex!(Ring {
                 head,
                 root,
@@ -275,7 +280,7 @@ impl<'bound> Engine<'bound> {
             _buffers: buffers,
             _tables: tables,
         };
-        self.queue.prepare(job, credits, GFP_KERNEL)
+        self.queue.prepare(job, credits, GFP_KERNEL_ACCOUNT)
     }
 
     /// Queues `job` and returns its finished fence. Waits while the queue is full:
@@ -552,15 +557,17 @@ impl Hw<'_> {
         let opcode = self.bar2.read(regs::ERR_OPCODE).opcode().get();
         let va = regs::read64::<regs::ERR_VA>(&self.bar2).map_or(0, |r| r.va().get());
         let seqno = regs::read64::<regs::ERR_SEQNO>(&self.bar2).map_or(0, |r| r.seqno().get());
-        dev_err!(
-            self.pdev,
-            "engine: job {} failed: cause {} ({}), opcode {}, VA {:#x}; resetting\n",
-            seqno,
-            cause.into_raw(),
-            cause.cause().name(),
-            opcode,
-            va
-        );
+        if self.log_limit.allow(c"conflux engine") {
+            dev_err!(
+                self.pdev,
+                "engine: job {} failed: cause {} ({}), opcode {}, VA {:#x}; resetting\n",
+                seqno,
+                cause.into_raw(),
+                cause.cause().name(),
+                opcode,
+                va
+            );
+        }
         Some(self.recover(&mut ring, EIO, seqno))
     }
 
@@ -583,12 +590,14 @@ impl Hw<'_> {
             // Job `seqno` completed meanwhile.
             return done;
         }
-        dev_err!(
-            self.pdev,
-            "engine: job {} did not complete in {} ms; resetting\n",
-            oldest,
-            job_timeout_ms()
-        );
+        if self.log_limit.allow(c"conflux engine") {
+            dev_err!(
+                self.pdev,
+                "engine: job {} did not complete in {} ms; resetting\n",
+                oldest,
+                job_timeout_ms()
+            );
+        }
         let mut ended = self.recover(&mut ring, ETIMEDOUT, oldest);
         ended.through = ended.through.max(done.through);
         ended

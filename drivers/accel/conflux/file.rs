@@ -93,7 +93,7 @@ impl drm::file::DriverFile for File {
                     jobs: KVec::new(),
                 }),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
     }
 }
@@ -181,7 +181,7 @@ impl File {
             jobs.forgotten = forgotten;
         }
         let more = jobs.reserved + 1;
-        jobs.jobs.reserve(more, GFP_KERNEL)?;
+        jobs.jobs.reserve(more, GFP_KERNEL_ACCOUNT)?;
         jobs.reserved = more;
         Ok(JobSlot(self))
     }

@@ -321,7 +321,7 @@ pub(crate) fn move_to_system(obj: &Object, vram: &Vram<'_>) -> Result<Option<Mem
     let size = obj.size() as u64;
     // Allocated before the lock, which faults and CPU copies wait for.
     let system = Memory::system(vram, size)?;
-    let mut bounce = KVec::from_elem(0u8, MOVE_CHUNK, GFP_KERNEL)?;
+    let mut bounce = KVec::from_elem(0u8, MOVE_CHUNK, GFP_KERNEL_ACCOUNT)?;
     let mut memory = obj.memory();
     obj.unmap_userspace();
     let mut at = 0u64;

@@ -29,6 +29,7 @@ use kernel::{
     },
     prelude::*,
     ptr::Alignment,
+    ratelimit::RateLimit,
     sizes::{
         SZ_2M,
         SZ_4K, //
@@ -176,6 +177,8 @@ pub(crate) struct DeviceData<'bound> {
     pub(crate) imports: Arc<ImportList>,
     /// The importers told that they cannot reach VRAM.
     refused: Pin<KBox<Mutex<KVec<ARef<Device>>>>>,
+    /// Limits the log lines that userspace can cause ([`DeviceData::log_allowed`]).
+    log_limit: Pin<KBox<RateLimit>>,
 }
 
 impl Drop for DeviceData<'_> {
@@ -216,9 +219,16 @@ impl<'bound> DeviceData<'bound> {
             exports: Arc::pin_init(ExportList::new(), GFP_KERNEL)?,
             imports: Arc::pin_init(ImportList::new(), GFP_KERNEL)?,
             refused: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,
+            log_limit: KBox::pin_init(RateLimit::log_lines(), GFP_KERNEL)?,
         };
         data.scrub_free()?;
         Ok(data)
+    }
+
+    /// Whether a log line that userspace can cause at will may go out now: at most 10 of them
+    /// every 5 s for the device; the kernel counts the ones suppressed.
+    pub(crate) fn log_allowed(&self) -> bool {
+        self.log_limit.allow(c"conflux")
     }
 
     /// Runs `f` with the registered accel device behind `dev` and its data while the device is

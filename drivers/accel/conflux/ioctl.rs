@@ -128,9 +128,9 @@ impl<'a, 'bound> Call<'a, 'bound> {
 
     /// Reads `count` elements of `T` from the user array at `addr`.
     pub(crate) fn read_array<T: FromBytes>(&self, addr: u64, count: usize) -> Result<KVec<T>> {
-        let mut out = KVec::with_capacity(count, GFP_KERNEL)?;
+        let mut out = KVec::with_capacity(count, GFP_KERNEL_ACCOUNT)?;
         self.read_each(addr, count, |_, item: T| {
-            out.push(item, GFP_KERNEL)?;
+            out.push(item, GFP_KERNEL_ACCOUNT)?;
             Ok(())
         })?;
         Ok(out)

@@ -111,7 +111,7 @@ impl PageTables {
     /// Allocates `count` more spare tables. On failure the spares allocated stay until
     /// [`Self::trim`].
     pub(crate) fn add_spares(&mut self, vram: &Vram<'_>, count: usize) -> Result {
-        self.spare.reserve(count, GFP_KERNEL)?;
+        self.spare.reserve(count, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..count {
             let table = Table::new(vram)?;
             self.spare.push_within_capacity(table).map_err(|_| ENOMEM)?;
@@ -224,7 +224,7 @@ impl PageTables {
             table.set(vram, i, Pte::INVALID)?;
             if let Some(child) = table.children.get_mut(i).and_then(Option::take) {
                 // Without room in the pool, the table is freed.
-                let _ = spare.push(child, GFP_KERNEL);
+                let _ = spare.push(child, GFP_KERNEL_ACCOUNT);
             }
         }
         if table.entry(i).valid() || table.children.get(i).is_some_and(Option::is_some) {

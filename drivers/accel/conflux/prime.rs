@@ -70,7 +70,7 @@ pub(crate) fn export(obj: &Object, dev: &IoctlDevice) -> Result<ARef<DmaBuf>> {
             obj.size(),
             THIS_MODULE,
             &data.exports,
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?;
         Ok(exported.buf())
     })

@@ -209,7 +209,7 @@ impl Vm {
         accesses: impl Iterator<Item = Access>,
         expected: usize,
     ) -> Result<KVec<Used>> {
-        let mut out = KVec::<Used>::with_capacity(expected, GFP_KERNEL)?;
+        let mut out = KVec::<Used>::with_capacity(expected, GFP_KERNEL_ACCOUNT)?;
         for access in accesses {
             let mut cur = access.range.start;
             while let Some(va) = self.gpuvm.find_first(cur..access.range.end) {
@@ -221,7 +221,7 @@ impl Vm {
                             bo: obj.into(),
                             write: access.write,
                         },
-                        GFP_KERNEL,
+                        GFP_KERNEL_ACCOUNT,
                     )?,
                 }
                 cur = va.range().end;

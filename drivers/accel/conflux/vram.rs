@@ -114,7 +114,7 @@ impl<'bound> Vram<'bound> {
                 min_block,
                 GpuBuddyAllocFlags::default(),
             ),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
     }
 

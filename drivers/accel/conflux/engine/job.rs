@@ -74,9 +74,9 @@ pub(super) struct Pending {
 
 impl Pending {
     pub(super) fn new() -> Result<Self> {
-        let mut jobs = KVec::with_capacity(MAX_JOBS, GFP_KERNEL)?;
+        let mut jobs = KVec::with_capacity(MAX_JOBS, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..MAX_JOBS {
-            jobs.push(None, GFP_KERNEL)?;
+            jobs.push(None, GFP_KERNEL_ACCOUNT)?;
         }
         Ok(Self {
             jobs,

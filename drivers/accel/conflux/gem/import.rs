@@ -79,8 +79,13 @@ impl Imported {
             dev: dev.into(),
             spaces,
         };
-        let attachment =
-            ImportAttachment::new_in(buf, data.pdev.as_ref(), notify, &data.imports, GFP_KERNEL)?;
+        let attachment = ImportAttachment::new_in(
+            buf,
+            data.pdev.as_ref(),
+            notify,
+            &data.imports,
+            GFP_KERNEL_ACCOUNT,
+        )?;
         Ok(Self { attachment })
     }
 
@@ -99,13 +104,15 @@ impl Imported {
     ) -> Result<&'g SGTable> {
         let fresh = !self.attachment.is_mapped();
         let table = self.attachment.held_mapping(lock).inspect_err(|e| {
-            dev_info!(
-                data.pdev,
-                "PRIME import: exporter {} did not map a buffer of {:#x} bytes: {:?}\n",
-                self.buf().exporter_name(),
-                self.buf().size(),
-                e
-            );
+            if data.log_allowed() {
+                dev_info!(
+                    data.pdev,
+                    "PRIME import: exporter {} did not map a buffer of {:#x} bytes: {:?}\n",
+                    self.buf().exporter_name(),
+                    self.buf().size(),
+                    e
+                );
+            }
         })?;
         if fresh {
             let limits = SegmentLimits::of_device(data.pdev.as_ref())?;
@@ -134,6 +141,9 @@ fn check_segments(data: &DeviceData<'_>, table: &SGTable, limits: SegmentLimits)
         let ok = DmaRange::of_entry(sg)
             .is_ok_and(|r| limits.admits(&r) && (r.addr() | r.len()) % page == 0);
         if !ok {
+            if !data.log_allowed() {
+                return Err(EIO);
+            }
             dev_err!(
                 data.pdev,
                 "PRIME import: segment {} ({:#x}, {:#x} bytes) is not whole pages within {:?}\n",

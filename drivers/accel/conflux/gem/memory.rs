@@ -68,20 +68,23 @@ pub(crate) fn for_each_piece(
 
 impl Memory {
     /// Allocates `size` bytes of zeroed system memory, mapped for the DMA of `vram`'s device.
+    ///
+    /// The memory is charged to the caller's memory cgroup; beyond its limit the allocation
+    /// fails with [`ENOMEM`], and the OOM killer is left alone.
     pub(crate) fn system(vram: &Vram<'_>, size: u64) -> Result<Self> {
+        // The pages, and the array of them, which may be large.
+        let gfp = GFP_KERNEL_ACCOUNT | __GFP_NOWARN | __GFP_RETRY_MAYFAIL;
         // CAST: `PAGE_SIZE` fits in `u64`.
         let count = usize::try_from(size.div_ceil(PAGE_SIZE as u64))?;
-        let mut pages = KVVec::with_capacity(count, GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
+        let mut pages = KVVec::with_capacity(count, gfp)?;
         for _ in 0..count {
-            pages.push(
-                Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO | __GFP_NOWARN)?,
-                GFP_KERNEL_ACCOUNT,
-            )?;
+            pages.push(Page::alloc_page(gfp | __GFP_ZERO)?, gfp)?;
         }
-        let pages = Arc::new(pages, GFP_KERNEL)?;
+        let pages = Arc::new(pages, GFP_KERNEL_ACCOUNT)?;
         let dev = vram.device().as_ref();
-        let mapping = PageMapping::new(dev, pages, DataDirection::Bidirectional, GFP_KERNEL)?;
-        Ok(Memory::System(Devres::new(dev, mapping)?))
+        let mapping =
+            PageMapping::new(dev, pages, DataDirection::Bidirectional, GFP_KERNEL_ACCOUNT)?;
+        Ok(Memory::System(mapping))
     }
 
     /// Calls `f` with the pieces, `(target, length)` in order, that hold bytes

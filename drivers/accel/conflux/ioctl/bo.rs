@@ -190,7 +190,7 @@ fn copy(
         usize::try_from(size)?,
     );
     let (mut reader, mut writer) = user.reader_writer();
-    let mut buf = KVec::from_elem(0u8, CHUNK, GFP_KERNEL)?;
+    let mut buf = KVec::from_elem(0u8, CHUNK, GFP_KERNEL_ACCOUNT)?;
     let mut done = 0u64;
     while done < size {
         let n = usize::try_from(size - done)?.min(CHUNK);

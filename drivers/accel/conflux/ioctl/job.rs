@@ -137,7 +137,7 @@ impl Syncs {
             let handle = args.in_syncobj;
             let fence = SyncObj::find_fence(file, handle, 0)
                 .map_err(|e| call.refuse(e, fmt!("in_syncobj {handle}: no fence")))?;
-            syncs.wait.push(fence, GFP_KERNEL)?;
+            syncs.wait.push(fence, GFP_KERNEL_ACCOUNT)?;
         }
         for (i, RawSync(s)) in ins.iter().enumerate() {
             if s.flags != 0 {
@@ -150,13 +150,13 @@ impl Syncs {
                     fmt!("in_syncs[{i}]: syncobj {handle}: no fence at {point}"),
                 )
             })?;
-            syncs.wait.push(fence, GFP_KERNEL)?;
+            syncs.wait.push(fence, GFP_KERNEL_ACCOUNT)?;
         }
         if args.flags & uapi::DRM_CONFLUX_SUBMIT_IN_FENCE_FD != 0 {
             let fd = args.in_fence_fd;
             let fence = Fence::from_sync_file(fd)
                 .map_err(|e| call.refuse(e, fmt!("in_fence_fd {fd}: not a sync_file")))?;
-            syncs.wait.push(fence, GFP_KERNEL)?;
+            syncs.wait.push(fence, GFP_KERNEL_ACCOUNT)?;
         }
         let lookup = |what: fmt::Arguments<'_>, handle: u32| {
             SyncObj::lookup(file, handle)
@@ -164,7 +164,7 @@ impl Syncs {
         };
         if args.out_syncobj != 0 {
             let syncobj = lookup(fmt!("out_syncobj"), args.out_syncobj)?;
-            syncs.replace.push(syncobj, GFP_KERNEL)?;
+            syncs.replace.push(syncobj, GFP_KERNEL_ACCOUNT)?;
         }
         for (i, RawSync(s)) in outs.iter().enumerate() {
             if s.flags != 0 {
@@ -172,10 +172,12 @@ impl Syncs {
             }
             let syncobj = lookup(fmt!("out_syncs[{i}]"), s.handle)?;
             match s.point {
-                0 => syncs.replace.push(syncobj, GFP_KERNEL)?,
+                0 => syncs.replace.push(syncobj, GFP_KERNEL_ACCOUNT)?,
                 point => {
-                    let node = ChainNode::new(GFP_KERNEL)?;
-                    syncs.points.push((syncobj, point, node), GFP_KERNEL)?;
+                    let node = ChainNode::new(GFP_KERNEL_ACCOUNT)?;
+                    syncs
+                        .points
+                        .push((syncobj, point, node), GFP_KERNEL_ACCOUNT)?;
                 }
             }
         }
@@ -228,7 +230,7 @@ pub(crate) fn submit(
     ])?;
     let count = call.count("num_cmds", args.num_cmds, uapi::DRM_CONFLUX_MAX_CMDS)?;
     call.vm_id(args.vm_id)?;
-    let mut commands = KVec::with_capacity(count, GFP_KERNEL)?;
+    let mut commands = KVec::with_capacity(count, GFP_KERNEL_ACCOUNT)?;
     call.read_each(args.cmds, count, |i, RawCmd(cmd)| {
         let Some(command) = check_command(&cmd) else {
             return Err(call.refuse(
@@ -244,7 +246,7 @@ pub(crate) fn submit(
                 ),
             ));
         };
-        commands.push(command, GFP_KERNEL)?;
+        commands.push(command, GFP_KERNEL_ACCOUNT)?;
         Ok(())
     })?;
     let syncs = Syncs::read(&call, args, file)?;
@@ -264,11 +266,15 @@ pub(crate) fn submit(
     let slot = inner.reserve_job()?;
     let fence = inner.with_vm(dev, |vm| {
         let buffers = vm.buffers(commands.iter().flat_map(accesses), 2 * commands.len())?;
-        let mut kept = KVec::with_capacity(buffers.len(), GFP_KERNEL)?;
+        let mut kept = KVec::with_capacity(buffers.len(), GFP_KERNEL_ACCOUNT)?;
         for used in buffers.iter() {
-            kept.push(used.bo.clone(), GFP_KERNEL)?;
+            kept.push(used.bo.clone(), GFP_KERNEL_ACCOUNT)?;
         }
-        let mut locked = ResvSet::lock(buffers.iter().map(|u| u.bo.dma_resv()), true, GFP_KERNEL)?;
+        let mut locked = ResvSet::lock(
+            buffers.iter().map(|u| u.bo.dma_resv()),
+            true,
+            GFP_KERNEL_ACCOUNT,
+        )?;
         locked.reserve_fences(1)?;
         // Buffers whose memory changed since they were bound are mapped again first.
         vm.revalidate(data, &buffers, &locked)?;
@@ -276,7 +282,7 @@ pub(crate) fn submit(
             .engine
             .prepare(vm.root(), commands, kept, Some(vm.kept_tables()))?;
         for fence in syncs.wait.iter() {
-            job.add_dependency(fence, GFP_KERNEL)?;
+            job.add_dependency(fence, GFP_KERNEL_ACCOUNT)?;
         }
         // Implicit synchronisation: a write waits for every job that uses the buffer, a read
         // for the ones that write it, moves and clears included.
@@ -284,7 +290,7 @@ pub(crate) fn submit(
             for used in buffers.iter() {
                 let resv = used.bo.dma_resv();
                 resv.for_each_fence(&locked, crate::vm::usage(!used.write), |f| {
-                    job.add_implicit_dependency(f, GFP_KERNEL)
+                    job.add_implicit_dependency(f, GFP_KERNEL_ACCOUNT)
                 })?;
             }
         }

@@ -48,7 +48,7 @@ pub(crate) fn bind(
     let count = call.count("num_ops", args.num_ops, uapi::DRM_CONFLUX_MAX_BIND_OPS)?;
     call.vm_id(args.vm_id)?;
     let raw = call.read_array::<RawBindOp>(args.ops, count)?;
-    let mut ops = KVec::with_capacity(raw.len(), GFP_KERNEL)?;
+    let mut ops = KVec::with_capacity(raw.len(), GFP_KERNEL_ACCOUNT)?;
     let page = SZ_4K as u64;
     for (i, RawBindOp(op)) in raw.iter().enumerate() {
         let aligned = (op.va | op.range | op.bo_offset) % page == 0;
@@ -107,7 +107,7 @@ pub(crate) fn bind(
                 range: op.range,
             }
         };
-        ops.push(checked, GFP_KERNEL)?;
+        ops.push(checked, GFP_KERNEL_ACCOUNT)?;
     }
     let inner = file.inner();
     inner

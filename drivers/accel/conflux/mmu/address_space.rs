@@ -42,7 +42,7 @@ impl Movable {
     /// Makes room for `count` more records, so that [`Self::push`] and [`Self::cut`] cannot
     /// fail for lack of memory.
     pub(crate) fn reserve(&mut self, count: usize) -> Result {
-        self.0.reserve(count, GFP_KERNEL)?;
+        self.0.reserve(count, GFP_KERNEL_ACCOUNT)?;
         Ok(())
     }
 
@@ -115,7 +115,7 @@ impl KeptTables {
             pin_init!(Self {
                 tables <- new_mutex!(None),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
     }
 
@@ -151,7 +151,7 @@ impl AddressSpace {
                     movable: Movable(KVec::new()),
                 }),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
     }
 
@@ -201,7 +201,7 @@ impl AddressSpaces {
             pin_init!(Self {
                 spaces <- new_mutex!(KVec::new()),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
     }
 
@@ -210,7 +210,7 @@ impl AddressSpaces {
         let mut spaces = self.spaces.lock();
         spaces.retain(|s| s.is_alive());
         if !spaces.iter().any(|s| Arc::ptr_eq(s, space)) {
-            spaces.push(space.clone(), GFP_KERNEL)?;
+            spaces.push(space.clone(), GFP_KERNEL_ACCOUNT)?;
         }
         Ok(())
     }

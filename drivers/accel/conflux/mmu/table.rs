@@ -41,11 +41,11 @@ impl Table {
     pub(super) fn new(vram: &Vram<'_>) -> Result<KBox<Self>> {
         let mem = vram.alloc(TABLE_SIZE, Alignment::new::<SZ_4K>())?;
         let offset = mem.iter().next().map(|b| b.offset()).ok_or(ENOMEM)?;
-        let mut entries = KVec::with_capacity(TABLE_ENTRIES, GFP_KERNEL)?;
-        let mut children = KVec::with_capacity(TABLE_ENTRIES, GFP_KERNEL)?;
+        let mut entries = KVec::with_capacity(TABLE_ENTRIES, GFP_KERNEL_ACCOUNT)?;
+        let mut children = KVec::with_capacity(TABLE_ENTRIES, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..TABLE_ENTRIES {
-            entries.push(Pte::INVALID, GFP_KERNEL)?;
-            children.push(None, GFP_KERNEL)?;
+            entries.push(Pte::INVALID, GFP_KERNEL_ACCOUNT)?;
+            children.push(None, GFP_KERNEL_ACCOUNT)?;
         }
         for i in 0..TABLE_ENTRIES {
             write_entry(vram, offset, i, Pte::INVALID)?;
@@ -57,7 +57,7 @@ impl Table {
                 entries,
                 children,
             },
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?)
     }
 

@@ -120,12 +120,14 @@ impl Export {
         }
         let pins = self.pins.load(Ordering::Relaxed);
         if pins > 0 {
-            dev_info!(
-                data.pdev,
-                "export: a buffer cannot move to system memory for {}: {} attachments pinned it in VRAM (-EBUSY)\n",
-                importer.name(),
-                pins
-            );
+            if data.log_allowed() {
+                dev_info!(
+                    data.pdev,
+                    "export: a buffer cannot move to system memory for {}: {} attachments pinned it in VRAM (-EBUSY)\n",
+                    importer.name(),
+                    pins
+                );
+            }
             return Err(EBUSY);
         }
         let resv = self.obj.dma_resv();
@@ -164,16 +166,16 @@ impl Export {
                     let Target::Vram(at) = t else {
                         return Err(EINVAL);
                     };
-                    ranges.push(DmaRange::new(base + at, n)?, GFP_KERNEL)?;
+                    ranges.push(DmaRange::new(base + at, n)?, GFP_KERNEL_ACCOUNT)?;
                     Ok(())
                 })?;
                 // `place_for()` found that the importer reaches VRAM, else the buffer is not here.
                 let provider = Provider::of_bar(data.pdev, CTL_BAR)?;
-                attachment.map_bar(provider, &ranges, dir, GFP_KERNEL)
+                attachment.map_bar(provider, &ranges, dir, GFP_KERNEL_ACCOUNT)
             }
             Memory::System(dma) => {
                 let pages = dma.access(data.pdev.as_ref())?.pages().clone();
-                attachment.map_pages(pages, dir, GFP_KERNEL)
+                attachment.map_pages(pages, dir, GFP_KERNEL_ACCOUNT)
             }
             Memory::None => Err(EOPNOTSUPP),
         }

@@ -213,7 +213,7 @@ pub(super) fn imported_resvs<'a>(ops: &'a [BindOp], resvs: &mut KVec<&'a DmaResv
     for op in ops {
         if let BindOp::Map { bo, .. } = op {
             if let Some(imp) = bo.imported() {
-                resvs.push(imp.resv(), GFP_KERNEL)?;
+                resvs.push(imp.resv(), GFP_KERNEL_ACCOUNT)?;
             }
         }
     }
@@ -230,7 +230,7 @@ impl Vm {
             match op {
                 BindOp::Unmap { .. } => {
                     added = range::subtract(&added, &span)?;
-                    removed.push(span, GFP_KERNEL)?;
+                    removed.push(span, GFP_KERNEL_ACCOUNT)?;
                 }
                 BindOp::Map { .. } => {
                     let mut free = !range::overlaps(&span, &added);
@@ -254,7 +254,7 @@ impl Vm {
                         );
                         return Err(ENOSPC);
                     }
-                    added.push(span, GFP_KERNEL)?;
+                    added.push(span, GFP_KERNEL_ACCOUNT)?;
                 }
             }
         }
@@ -277,11 +277,11 @@ impl Vm {
         // A va per map, three per unmap (two split mappings, one freed by the first split and
         // taken again).
         let count = (ops.len() - unmaps) + 3 * unmaps;
-        let mut vas = KVec::with_capacity(count, GFP_KERNEL)?;
+        let mut vas = KVec::with_capacity(count, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..count {
-            vas.push(GpuVaAlloc::new(GFP_KERNEL)?, GFP_KERNEL)?;
+            vas.push(GpuVaAlloc::new(GFP_KERNEL_ACCOUNT)?, GFP_KERNEL_ACCOUNT)?;
         }
-        let mut vm_bos = KVec::with_capacity(ops.len(), GFP_KERNEL)?;
+        let mut vm_bos = KVec::with_capacity(ops.len(), GFP_KERNEL_ACCOUNT)?;
         let mut tables = 0;
         for op in ops {
             let vm_bo = match op {
@@ -291,7 +291,7 @@ impl Vm {
                 }
                 BindOp::Unmap { .. } => None,
             };
-            vm_bos.push(vm_bo, GFP_KERNEL)?;
+            vm_bos.push(vm_bo, GFP_KERNEL_ACCOUNT)?;
         }
         Ok(Prepared {
             vas,

@@ -25,17 +25,17 @@ pub(super) fn overlaps(r: &Range<u64>, ranges: &[Range<u64>]) -> bool {
 
 /// The ranges of `ranges` without `r`.
 pub(super) fn subtract(ranges: &[Range<u64>], r: &Range<u64>) -> Result<KVec<Range<u64>>> {
-    let mut out = KVec::with_capacity(ranges.len() + 1, GFP_KERNEL)?;
+    let mut out = KVec::with_capacity(ranges.len() + 1, GFP_KERNEL_ACCOUNT)?;
     for s in ranges {
         if s.end <= r.start || r.end <= s.start {
-            out.push(s.clone(), GFP_KERNEL)?;
+            out.push(s.clone(), GFP_KERNEL_ACCOUNT)?;
             continue;
         }
         if s.start < r.start {
-            out.push(s.start..r.start, GFP_KERNEL)?;
+            out.push(s.start..r.start, GFP_KERNEL_ACCOUNT)?;
         }
         if r.end < s.end {
-            out.push(r.end..s.end, GFP_KERNEL)?;
+            out.push(r.end..s.end, GFP_KERNEL_ACCOUNT)?;
         }
     }
     Ok(out)

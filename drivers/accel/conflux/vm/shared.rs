@@ -80,15 +80,15 @@ impl SharedVm {
             Member {
                 file,
                 dev: dev.into(),
-                vm: KBox::new(vm, GFP_KERNEL)?,
+                vm: KBox::new(vm, GFP_KERNEL_ACCOUNT)?,
             },
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?;
         Arc::pin_init(
             pin_init!(Self {
                 members <- new_mutex!(members),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
     }
 
@@ -122,7 +122,7 @@ impl SharedVm {
     /// Adds `file` on `dev` as a member, if nothing is mapped.
     pub(crate) fn join(&self, file: usize, dev: &IoctlDevice) -> Result<Membership> {
         let vm = DeviceData::with(dev, Vm::new)?;
-        let vm = KBox::new(vm, GFP_KERNEL)?;
+        let vm = KBox::new(vm, GFP_KERNEL_ACCOUNT)?;
         let mut members = self.members.lock();
         if let Some(index) = members.iter().position(|m| m.file == file) {
             return Ok(Membership {
@@ -139,7 +139,7 @@ impl SharedVm {
                 dev: dev.into(),
                 vm,
             },
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?;
         Ok(Membership {
             members: members.len(),
@@ -183,7 +183,8 @@ impl SharedVm {
         let mut members = self.members.lock();
         // The operations of each member, with the buffers as its device reaches them.
         let mine = members.iter().position(|m| m.file == file).ok_or(ENOENT)?;
-        let mut plans = KVec::<(usize, KVec<BindOp>)>::with_capacity(members.len(), GFP_KERNEL)?;
+        let mut plans =
+            KVec::<(usize, KVec<BindOp>)>::with_capacity(members.len(), GFP_KERNEL_ACCOUNT)?;
         for (i, m) in members.iter().enumerate() {
             if i == mine {
                 continue;
@@ -192,29 +193,31 @@ impl SharedVm {
                 // The device is unbound: its VM runs no job any more.
                 continue;
             }
-            let mut theirs = KVec::with_capacity(ops.len(), GFP_KERNEL)?;
+            let mut theirs = KVec::with_capacity(ops.len(), GFP_KERNEL_ACCOUNT)?;
             for (j, op) in ops.iter().enumerate() {
                 let op = op.for_device(dev, &m.dev).inspect_err(|e| {
-                    dev_info!(
-                        data.pdev,
-                        "VM_BIND: operation {}: member {} cannot reach the buffer: {:?}\n",
-                        j,
-                        i,
-                        e
-                    );
+                    if data.log_allowed() {
+                        dev_info!(
+                            data.pdev,
+                            "VM_BIND: operation {}: member {} cannot reach the buffer: {:?}\n",
+                            j,
+                            i,
+                            e
+                        );
+                    }
                 })?;
-                theirs.push(op, GFP_KERNEL)?;
+                theirs.push(op, GFP_KERNEL_ACCOUNT)?;
             }
-            plans.push((i, theirs), GFP_KERNEL)?;
+            plans.push((i, theirs), GFP_KERNEL_ACCOUNT)?;
         }
-        plans.push((mine, ops), GFP_KERNEL)?;
+        plans.push((mine, ops), GFP_KERNEL_ACCOUNT)?;
         // Check, wait and allocate on every member before anything changes.
-        let mut prepared = KVec::with_capacity(plans.len(), GFP_KERNEL)?;
+        let mut prepared = KVec::with_capacity(plans.len(), GFP_KERNEL_ACCOUNT)?;
         let mut result = Ok(());
         for (i, ops) in plans.iter() {
             let m = &mut members[*i];
             match DeviceData::with(&m.dev, |_, data| m.vm.prepare(data, ops)) {
-                Ok(p) => prepared.push(p, GFP_KERNEL)?,
+                Ok(p) => prepared.push(p, GFP_KERNEL_ACCOUNT)?,
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -228,7 +231,8 @@ impl SharedVm {
             }
         }
         let locked = match (&result, resvs.is_empty()) {
-            (Ok(()), false) => match ResvSet::lock(resvs.iter().copied(), true, GFP_KERNEL) {
+            (Ok(()), false) => match ResvSet::lock(resvs.iter().copied(), true, GFP_KERNEL_ACCOUNT)
+            {
                 Ok(set) => Some(set),
                 Err(e) => {
                     result = Err(e);
