@@ -56,3 +56,35 @@ check_clean() {
 		pass "cleanup after $what: no process, socket or file left"
 	fi
 }
+
+# guest_results LABEL LOG WHY-NONE: counts the guest's "PASS ..." and
+# "FAIL ..." lines of LOG; a log without any is a failure.
+guest_results() {
+	local n line
+	n=$(grep -cE '^(PASS|FAIL) ' "$2" || true)
+	[ "$n" -gt 0 ] || fail "$1: $3"
+	while read -r line; do
+		case $line in
+		PASS*) pass "$1: ${line#PASS }" ;;
+		FAIL*) fail "$1: ${line#FAIL }" ;;
+		esac
+	done < <(grep -E '^(PASS|FAIL) ' "$2")
+}
+
+# fuzz_run SEED CALLS TIMEOUT: boots switch3+rp1 and runs the ioctl fuzzer for
+# CALLS calls from SEED; counts its PASS and FAIL lines and the cleanup.
+fuzz_run() {
+	local seed=$1 calls=$2 timeout=$3 log rc
+	say "booting switch3+rp1 and fuzzing: seed $seed, $calls calls"
+	log=$(mktemp)
+	set +e
+	vm --topology switch3+rp1 --add "$GUEST_TESTS/fuzz.sh" --add "$GBIN/conflux-uapi-test" \
+		--timeout "$timeout" -- sh /usr/bin/fuzz.sh "$seed" "$calls" 2>&1 |
+		tee "$log" | sed "s/^/    [fuzz] /"
+	rc=${PIPESTATUS[0]}
+	set -e
+	guest_results fuzz "$log" "no result (launcher exit $rc)"
+	[ "$rc" -eq 0 ] || fail "fuzz (seed $seed): launcher exit status $rc"
+	rm -f "$log"
+	check_clean "the fuzzer's boot"
+}

@@ -3,7 +3,8 @@
 # make rig-smoke: boot the QEMU rig on both topologies and run the raw guest
 # tool (no kernel driver) against the device model; compare the 64 MiB
 # peer-to-peer copy with the host's memcpy; load conflux.ko on both topologies
-# (bind, accel nodes, unbind, unload, reload); check that the launcher leaves
+# (bind, accel nodes, unbind, unload, reload); run a fixed-seed slice of the
+# ioctl fuzzer (mk/fuzz.sh); check that the launcher leaves
 # no process or file behind after success, failure, timeout and SIGTERM.
 STEP=rig-smoke
 . "$(dirname "$0")/common.sh"
@@ -11,20 +12,6 @@ STEP=rig-smoke
 . "$TOP/mk/rig-lib.sh"
 
 rig_prepare
-
-# guest_results LABEL LOG WHY-NONE: counts the guest's "PASS ..." and
-# "FAIL ..." lines of LOG; a log without any is a failure.
-guest_results() {
-	local n line
-	n=$(grep -cE '^(PASS|FAIL) ' "$2" || true)
-	[ "$n" -gt 0 ] || fail "$1: $3"
-	while read -r line; do
-		case $line in
-		PASS*) pass "$1: ${line#PASS }" ;;
-		FAIL*) fail "$1: ${line#FAIL }" ;;
-		esac
-	done < <(grep -E '^(PASS|FAIL) ' "$2")
-}
 
 memcpy=$("$BIN/conflux-emu" memcpy-bench --size 64M) || die "conflux-emu memcpy-bench failed"
 memcpy_mbs=$(sed -nE 's/.*: ([0-9]+) MB\/s$/\1/p' <<<"$memcpy")
@@ -90,6 +77,10 @@ fi
 [ "$rc" -eq 0 ] || fail "model exit: launcher exit status $rc"
 rm -f "$log"
 check_clean "the model-exit boot"
+
+# The ioctl fuzzer: a short slice with a fixed seed (`make fuzz` runs a
+# million calls from a seed of its own).
+fuzz_run 20261205 "${FUZZ_SLICE:-20000}" 900
 
 set +e
 vm --timeout 300 -- false >/dev/null 2>&1

@@ -6,12 +6,13 @@
 //! `FAIL ...` line per check and ends with `N passed, N failed`.
 //!
 //! One module per subject, run in this order: [`device`] on every device; then on the first
-//! one [`bind`], [`jobs`], [`memory`], [`udmabuf`] and [`static_import`]; with two devices or
-//! more [`shared_vm`]; with three or more [`migration`], [`vfio`] and the revocation of
-//! [`unbind`]; last, the unbind of the first device with a buffer. `--timeout` runs only the
+//! one [`bind`], [`jobs`], [`memory`], [`memcg`], [`udmabuf`] and [`static_import`]; with two
+//! devices or more [`shared_vm`]; with three or more [`migration`], [`vfio`] and the revocation
+//! of [`unbind`]; last, the unbind of the first device with a buffer. `--timeout` runs only the
 //! job timeout of [`jobs`] and the device's fault switches ([`faults`]), which end with the
 //! device wedged, for the driver loaded with `job_timeout_ms=500`; `--model-exit` kills the
 //! device model in the middle of a job ([`faults::test_model_exit`]), which stops every device.
+//! `--fuzz SEED CALLS` runs the ioctl fuzzer ([`fuzz`]), `--fuzz-one SEED N` one sequence of it.
 //! Helpers that several subjects use are in [`common`].
 
 mod alloc_walk;
@@ -19,7 +20,9 @@ mod bind;
 mod common;
 mod device;
 mod faults;
+mod fuzz;
 mod jobs;
+mod memcg;
 mod memory;
 mod migration;
 mod shared_vm;
@@ -40,6 +43,7 @@ use crate::{
     jobs::{
         test_close_with_running_jobs, test_fences, test_forgotten_failures, test_jobs, test_timeout,
     },
+    memcg::test_memcg,
     memory::test_memory,
     migration::test_migration,
     shared_vm::test_shared_vm,
@@ -81,6 +85,33 @@ fn main() -> ExitCode {
     };
     let found = devices();
     let mode = std::env::args().nth(1);
+    if matches!(mode.as_deref(), Some("--fuzz" | "--fuzz-one")) {
+        let num = |i: usize| std::env::args().nth(i).and_then(|s| s.parse::<u64>().ok());
+        let (Some(seed), Some(n)) = (num(2), num(3)) else {
+            eprintln!("usage: conflux-uapi-test --fuzz SEED CALLS | --fuzz-one SEED SEQUENCE");
+            return ExitCode::FAILURE;
+        };
+        let ok = if mode.as_deref() == Some("--fuzz") {
+            fuzz::fuzz(&found, seed, n)
+        } else {
+            fuzz::replay(&found, seed, n)
+        };
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    if mode.as_deref() == Some("--memcg-child") {
+        let path = std::env::args().nth(2).unwrap_or_default();
+        return match memcg::child(std::path::Path::new(&path)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if mode.as_deref() == Some("--alloc-walks") {
         match (
             found.first().map(Device::open),
@@ -173,6 +204,9 @@ fn main() -> ExitCode {
                 }
                 if let Err(e) = test_memory(&mut t, &dev) {
                     t.check(&format!("{}: memory", path.display()), false, e);
+                }
+                if let Err(e) = test_memcg(&mut t, path) {
+                    t.check(&format!("{}: memcg", path.display()), false, e);
                 }
                 if let Err(e) = test_udmabuf(&mut t, &dev) {
                     t.check(&format!("{}: udmabuf", path.display()), false, e);
