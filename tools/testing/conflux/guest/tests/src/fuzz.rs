@@ -378,29 +378,26 @@ impl fmt::Display for Broken {
     }
 }
 
-/// The errnos that Conflux's ioctls and the DRM core document.
-const DOCUMENTED: [i32; 21] = [
-    libc::EINVAL,
-    libc::ENOENT,
+/// The errnos that the uAPI documents (`conflux_accel.h`, `uapi.rst`), for Conflux's ioctls
+/// and the DRM core's PRIME and syncobj calls.
+const DOCUMENTED: [i32; 17] = [
+    libc::EBADF,
+    libc::EBUSY,
+    libc::ECANCELED,
     libc::EFAULT,
+    libc::EINTR,
+    libc::EINVAL,
+    libc::EIO,
+    libc::EMFILE,
+    libc::ENODEV,
+    libc::ENOENT,
     libc::ENOMEM,
     libc::ENOSPC,
-    libc::EBUSY,
-    libc::ETIMEDOUT,
-    libc::EIO,
-    libc::EXDEV,
     libc::EOPNOTSUPP,
-    libc::ERANGE,
-    libc::E2BIG,
-    libc::EBADF,
-    libc::ENODEV,
-    libc::EOVERFLOW,
-    libc::EPERM,
-    libc::EAGAIN,
-    libc::EINTR,
-    libc::ENOTTY,
-    libc::EACCES,
-    libc::ENXIO,
+    libc::ESTALE,
+    libc::ETIME,
+    libc::ETIMEDOUT,
+    libc::EXDEV,
 ];
 
 impl State {
