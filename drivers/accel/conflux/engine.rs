@@ -214,6 +214,18 @@ impl<'bound> Engine<'bound> {
         }
         let head = bar2.read(regs::RING_HEAD).count().get();
         let root = regs::read64::<regs::MMU_ROOT>(&bar2)?.offset().get();
+        // The device keeps `FENCE_SEQNO` across resets, and so across bindings: the jobs are
+        // numbered on from it, so that a value an earlier binding left is never taken for the
+        // completion of a job of this one. Half of the range is left to count in.
+        let last = regs::read64::<regs::FENCE_SEQNO>(&bar2)?.seqno().get();
+        if last > u64::MAX / 2 {
+            dev_err!(
+                pdev,
+                "probe: FENCE_SEQNO {:#x} leaves no room to count jobs\n",
+                last
+            );
+            return Err(EIO);
+        }
         let ring_slots = u32::try_from(slots)?;
         let ring_mask = ring_slots - 1;
         let hw = try_pin_init!(Hw {
@@ -230,7 +242,7 @@ impl<'bound> Engine<'bound> {
             ring <- new_mutex!(Ring {
                 head,
                 root,
-                next: 1
+                next: last + 1
             }),
             pending <- new_spinlock_irq!(Pending::new()?),
         }? Error);

@@ -50,12 +50,12 @@ impl Switches {
         Ok(Self(SharedMemory::new(vec![map], None)))
     }
 
-    fn set(&self, bits: u32) {
+    pub(crate) fn set(&self, bits: u32) {
         // One aligned 32-bit store, as the device expects; inside the mapping.
         let _ = (&self.0).write_u32(Target::Bar(0), ctrl::FAULTS, bits);
     }
 
-    fn get(&self) -> u32 {
+    pub(crate) fn get(&self) -> u32 {
         self.0
             .read_u32(Target::Bar(0), ctrl::FAULTS)
             .unwrap_or(u32::MAX)

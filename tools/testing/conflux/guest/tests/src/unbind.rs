@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Writes `pci` to the conflux driver's sysfs `file` (`bind` or `unbind`).
-fn driver_sysfs(pci: &str, file: &str) -> Result<(), Error> {
+pub(crate) fn driver_sysfs(pci: &str, file: &str) -> Result<(), Error> {
     let path = format!("/sys/bus/pci/drivers/conflux/{file}");
     std::fs::write(&path, pci).map_err(io_err(pci, &format!("write {path}")))
 }
@@ -240,7 +240,8 @@ pub(crate) fn revoke_while_peers_copy(t: &mut Tally, paths: &[PathBuf]) -> Resul
 /// A device whose ring registers are wrong is refused at probe with EIO: a ring too small for
 /// the largest job (two slots), and a ring inside VRAM. The registers are rewritten
 /// through the BAR2 resource file while the device is unbound, and put back afterwards: the
-/// device then binds again.
+/// device then binds again. Last, a probe whose zeroing of VRAM fails is refused too, whatever
+/// `FENCE_SEQNO` the binding before left.
 pub(crate) fn bad_ring_fails_the_probe(t: &mut Tally, path: &std::path::Path) -> Result<(), Error> {
     let dev = Device::open(path)?;
     let name = path.display().to_string();
@@ -276,11 +277,41 @@ pub(crate) fn bad_ring_fails_the_probe(t: &mut Tally, path: &std::path::Path) ->
         node.is_some(),
         format!("accel node: {node:?}"),
     );
+
+    // The device keeps FENCE_SEQNO across bindings: after one whose only jobs were the
+    // probe's zeroing of VRAM, it names the last of them, a number the next binding's first
+    // jobs would have too. That binding's zeroing fails on its first command: the value left
+    // must not pass for its completion, and the probe fails rather than hand out VRAM that
+    // was not zeroed.
+    driver_sysfs(&pci, "unbind")?;
+    let left = ctl.read64(ctrl::FENCE_SEQNO);
+    ctl.set(ctrl::FAULT_FAIL_COMMAND);
+    let bound = driver_sysfs(&pci, "bind");
+    let node = node_of(&pci);
+    ctl.set(0);
+    t.check(
+        &format!(
+            "{pci}: a probe whose zeroing of VRAM fails is refused with EIO, with FENCE_SEQNO \
+             {left} left by the binding before"
+        ),
+        bound.as_ref().err().and_then(Error::errno) == Some(libc::EIO) && node.is_none(),
+        format!("bind: {bound:?}, accel node: {node:?}"),
+    );
+    if bound.is_ok() {
+        driver_sysfs(&pci, "unbind")?;
+    }
+    driver_sysfs(&pci, "bind")?;
+    let node = node_of(&pci);
+    t.check(
+        &format!("{pci}: bound again once its zeroing works"),
+        node.is_some(),
+        format!("accel node: {node:?}"),
+    );
     Ok(())
 }
 
 /// The accel node of the PCI function `pci`, if it has one.
-fn node_of(pci: &str) -> Option<PathBuf> {
+pub(crate) fn node_of(pci: &str) -> Option<PathBuf> {
     conflux::devices()
         .into_iter()
         .find(|p| Device::open(p).is_ok_and(|d| d.pci_address().as_deref() == Some(pci)))
