@@ -424,7 +424,8 @@ struct drm_conflux_bo_rw {
  * A buffer is mapped with mmap(MAP_SHARED) at @mmap_offset, of up to @size
  * bytes. mmap() refuses with -EINVAL a private mapping (MAP_PRIVATE), which
  * could be made writable, a mapping that starts elsewhere in the buffer, and
- * one longer than the buffer. VRAM is mapped write-combined through the device's BAR,
+ * one longer than the buffer, and with -EACCES an offset that lands in a buffer
+ * this file does not hold. VRAM is mapped write-combined through the device's BAR,
  * system memory cached. The mapping does not wait for jobs: use
  * DRM_IOCTL_CONFLUX_WAIT first. When the device is unbound, every mapping of
  * its buffers is emptied, and touching it raises SIGBUS.

@@ -243,6 +243,14 @@ pub(crate) fn test_memory(t: &mut Tally, dev: &Device) -> Result<(), Error> {
         dev.mmap_raw(info.mmap_offset + 4096, 8192, rw, libc::MAP_SHARED),
         libc::EINVAL,
     );
+    // Another file on the same device holds no handle of the buffer: it may not map it.
+    let other = Device::open(dev.path())?;
+    t.errno(
+        &format!("{name}: mmap() of another file's buffer"),
+        other.mmap_raw(info.mmap_offset, len, rw, libc::MAP_SHARED),
+        libc::EACCES,
+    );
+    drop(other);
     let part = dev.mmap_raw(info.mmap_offset, 8192, rw, libc::MAP_SHARED)?;
     let mut first = vec![0u8; 8192];
     part.read(0, &mut first);
