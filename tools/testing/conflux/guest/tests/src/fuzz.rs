@@ -8,14 +8,17 @@
 //! against what the sequence holds when it runs, so that any sub-list of a sequence can be run
 //! again. Operations: every Conflux ioctl, `GEM_CLOSE`, PRIME export and import between files
 //! and devices, syncobjs and sync_files passed between files, `mmap`, faults on the mapping and
-//! `munmap`, closing and reopening a file, and `fork` with a child that goes on calling on the
-//! inherited files. Every call must return success or an errno the uAPI documents.
+//! `munmap`, closing and reopening a file, `fork` with a child that goes on calling on the
+//! inherited files, a fault switch of the device model (`faults.rs`) set for one operation,
+//! and unbinding and binding a device under the sequence's files. Every call must return
+//! success or an errno the uAPI documents.
 //!
 //! After each sequence, with everything closed: the VRAM available on every device is back to
 //! what it was at the start (`GET_INFO`), and no dma-buf is left
-//! (`/sys/kernel/debug/dma_buf/bufinfo`). A failure prints the seed, the sequence's number and
-//! the shortest list of its operations found to fail the same way. Kernel reports (KASAN,
-//! lockdep, kmemleak at the end of the boot...) fail the run through the rig's launcher.
+//! (`/sys/kernel/debug/dma_buf/bufinfo`). Every minute, and at the end, kmemleak scans and
+//! must find nothing. A failure prints the seed, the sequence's number and the shortest list
+//! of its operations found to fail the same way. Other kernel reports (KASAN, lockdep...) fail
+//! the run through the rig's launcher.
 
 use std::{
     fmt, fs,
@@ -25,17 +28,22 @@ use std::{
 };
 
 use conflux::{uapi, BindOp, BoInfo, Cmd, Device, DmaBufFd, Error, Mapping};
+use conflux_device::regs::ctrl;
 
-use crate::common::{io_err, MIB2, VA};
+use crate::{
+    common::{io_err, MIB2, VA},
+    faults::Switches,
+    unbind::{driver_sysfs, node_of},
+};
 
 /// Operations per sequence.
 const SEQUENCE: usize = 48;
 
 /// xorshift64*: small, fast, reproducible.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         // SplitMix64 of the seed, so that nearby seeds give unrelated streams; never zero.
         let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -50,7 +58,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 
@@ -204,6 +212,15 @@ enum Op {
         calls: u32,
         seed: u64,
     },
+    /// Sets fault switches of the file's device until the next operation ends.
+    Fault {
+        file: u64,
+        bits: u32,
+    },
+    /// Unbinds the file's device from the driver and binds it again.
+    Rebind {
+        file: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -232,6 +249,26 @@ impl Op {
             1 => 1 << r.below(32),
             _ => 0,
         };
+        // Rare: a rebind takes a probe, and a stall or a bogus seqno a job timeout.
+        if r.below(3000) == 0 {
+            return Self::Rebind { file };
+        }
+        if r.below(300) == 0 {
+            return Self::Fault {
+                file,
+                bits: r.pick(&[
+                    ctrl::FAULT_DROP_COMPLETION,
+                    ctrl::FAULT_DROP_COMPLETION,
+                    ctrl::FAULT_TEAR_SEQNO,
+                    ctrl::FAULT_TEAR_SEQNO,
+                    ctrl::FAULT_FAIL_COMMAND,
+                    ctrl::FAULT_FAIL_COMMAND,
+                    ctrl::FAULT_FAIL_COMMAND,
+                    ctrl::FAULT_BOGUS_SEQNO,
+                    ctrl::FAULT_STALL,
+                ]),
+            };
+        }
         match r.below(100) {
             0..=3 => Self::Info { file },
             4..=17 => Self::Create {
@@ -355,6 +392,12 @@ impl Op {
 /// What a sequence holds.
 struct State {
     paths: Vec<PathBuf>,
+    /// The PCI function of each file's device.
+    pcis: Vec<String>,
+    /// Fault switches set by this operation, cleared when dropped.
+    armed: Option<Switches>,
+    /// Fault switches set by the operation before, cleared once this one has run.
+    clearing: Option<Switches>,
     files: Vec<Device>,
     /// Buffer handles per file.
     handles: Vec<Vec<u64>>,
@@ -401,17 +444,21 @@ const DOCUMENTED: [i32; 17] = [
 ];
 
 impl State {
-    fn open(paths: &[PathBuf]) -> Result<Self, Error> {
+    /// Opens two files on the first device of `pcis`, one on each of the next two.
+    fn open(pcis: &[String]) -> Result<Self, Error> {
+        let mut chosen: Vec<String> = vec![pcis[0].clone()];
+        chosen.extend(pcis.iter().take(3).cloned());
+        let paths = nodes(&chosen)?;
         let mut files = Vec::new();
-        // Two files on the first device, one on each of the next two.
-        let mut chosen: Vec<PathBuf> = vec![paths[0].clone()];
-        chosen.extend(paths.iter().take(3).cloned());
-        for p in &chosen {
+        for p in &paths {
             files.push(Device::open(p)?);
         }
         let n = files.len();
         Ok(Self {
-            paths: chosen,
+            paths,
+            pcis: chosen,
+            armed: None,
+            clearing: None,
             files,
             handles: vec![Vec::new(); n],
             jobs: vec![Vec::new(); n],
@@ -692,6 +739,13 @@ impl State {
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_SHARED,
                 );
+                if offset_delta != 0
+                    && r.as_ref().err().and_then(Error::errno) == Some(libc::EACCES)
+                {
+                    // The offset lands in a buffer of another file, which this one may not map.
+                    self.calls += 1;
+                    return Ok(());
+                }
                 if let Some(m) = self.check("mmap", r)? {
                     if touch && offset_delta == 0 {
                         // A fault on the first and the last page: the buffer is still open.
@@ -733,7 +787,13 @@ impl State {
                     let mut ok = true;
                     for _ in 0..calls {
                         let op = Op::draw(&mut r, self.files.len() as u64);
-                        if matches!(op, Op::Fork { .. } | Op::Reopen { .. }) {
+                        if matches!(
+                            op,
+                            Op::Fork { .. }
+                                | Op::Reopen { .. }
+                                | Op::Fault { .. }
+                                | Op::Rebind { .. }
+                        ) {
                             continue;
                         }
                         ok &= self.run(&op).is_ok();
@@ -751,9 +811,60 @@ impl State {
                     )));
                 }
             }
+            Op::Fault { file, bits } => {
+                let f = self.idx(file);
+                let sw = Switches::open_pci(&self.pcis[f])
+                    .map_err(|e| Broken(format!("fault switches: {e}")))?;
+                sw.set(bits);
+                self.armed = Some(sw);
+            }
+            Op::Rebind { file } => {
+                let f = self.idx(file);
+                let pci = self.pcis[f].clone();
+                // The files stay open across the unbind: they see ENODEV, and the device's
+                // node may come back under another minor while they are open.
+                driver_sysfs(&pci, "unbind").map_err(|e| Broken(format!("unbind: {e}")))?;
+                // With a fault switch set, the probe's first jobs may fail, and the probe with
+                // EIO: then, the switches cleared, the device binds.
+                let faulty = self.clearing.is_some();
+                match driver_sysfs(&pci, "bind") {
+                    Err(e) if faulty && e.errno() == Some(libc::EIO) => {
+                        self.clearing = None;
+                        driver_sysfs(&pci, "bind")
+                    }
+                    other => other,
+                }
+                .map_err(|e| Broken(format!("bind: {e}")))?;
+                let node = node_of(&pci)
+                    .ok_or_else(|| Broken(format!("{pci}: no accel node after the bind")))?;
+                for (p, q) in self.paths.iter_mut().zip(&self.pcis) {
+                    if *q == pci {
+                        *p = node.clone();
+                    }
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// The accel node of each PCI function of `pcis`, found in sysfs without opening any.
+fn nodes(pcis: &[String]) -> Result<Vec<PathBuf>, Error> {
+    let in_sysfs = |pci: &str| -> Option<PathBuf> {
+        let dir = fs::read_dir(format!("/sys/bus/pci/devices/{pci}/accel")).ok()?;
+        dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .find(|n| n.starts_with("accel"))
+            .map(|n| PathBuf::from("/dev/accel").join(n))
+    };
+    pcis.iter()
+        .map(|pci| {
+            in_sysfs(pci).or_else(|| node_of(pci)).ok_or_else(|| {
+                io_err(pci, "find the accel node")(std::io::Error::from(
+                    std::io::ErrorKind::NotFound,
+                ))
+            })
+        })
+        .collect()
 }
 
 /// What every device has available, and the dma-bufs that exist, between sequences.
@@ -773,9 +884,9 @@ fn dmabufs() -> Result<usize, Error> {
         .unwrap_or(usize::MAX))
 }
 
-fn baseline(paths: &[PathBuf]) -> Result<Baseline, Error> {
+fn baseline(pcis: &[String]) -> Result<Baseline, Error> {
     let mut vram = Vec::new();
-    for p in paths {
+    for p in nodes(pcis)? {
         vram.push(Device::open(p)?.info()?.vram_avail);
     }
     Ok(Baseline {
@@ -786,19 +897,21 @@ fn baseline(paths: &[PathBuf]) -> Result<Baseline, Error> {
 
 /// Runs `ops` on fresh files; then, everything closed, checks the baseline (waiting up to 10 s
 /// for jobs still running).
-fn run_sequence(paths: &[PathBuf], ops: &[Op], base: &Baseline) -> Result<u64, Broken> {
+fn run_sequence(pcis: &[String], ops: &[Op], base: &Baseline) -> Result<u64, Broken> {
     let calls;
     {
-        let mut s = State::open(paths).map_err(|e| Broken(format!("open: {e}")))?;
+        let mut s = State::open(pcis).map_err(|e| Broken(format!("open: {e}")))?;
         for (i, op) in ops.iter().enumerate() {
+            s.clearing = s.armed.take();
             s.run(op)
                 .map_err(|b| Broken(format!("operation {i}: {b}")))?;
+            s.clearing = None;
         }
         calls = s.calls;
     }
     let start = Instant::now();
     loop {
-        let now = baseline(paths).map_err(|e| Broken(format!("baseline: {e}")))?;
+        let now = baseline(pcis).map_err(|e| Broken(format!("baseline: {e}")))?;
         if now == *base {
             return Ok(calls);
         }
@@ -818,44 +931,75 @@ fn sequence(seed: u64, n: u64, files: u64) -> Vec<Op> {
 }
 
 /// Drops operations from `ops` one at a time while the sequence still fails.
-fn shrink(paths: &[PathBuf], mut ops: Vec<Op>, base: &Baseline) -> Vec<Op> {
+fn shrink(pcis: &[String], mut ops: Vec<Op>, base: &Baseline) -> Vec<Op> {
     let mut i = ops.len();
     while i > 0 {
         i -= 1;
         let mut fewer = ops.clone();
         fewer.remove(i);
-        if run_sequence(paths, &fewer, base).is_err() {
+        if run_sequence(pcis, &fewer, base).is_err() {
             ops = fewer;
         }
     }
     ops
 }
 
+/// The PCI functions of the devices at `paths`, and what they have available at the start;
+/// or a FAIL line.
+fn setup(paths: &[PathBuf]) -> Option<(Vec<String>, Baseline)> {
+    if paths.len() < 3 {
+        println!("FAIL fuzz: needs 3 Conflux devices, found {}", paths.len());
+        return None;
+    }
+    let pcis = paths
+        .iter()
+        .map(|p| Device::open(p).ok().and_then(|d| d.pci_address()))
+        .collect::<Option<Vec<_>>>();
+    let Some(pcis) = pcis else {
+        println!("FAIL fuzz: the PCI function of a device is not in sysfs");
+        return None;
+    };
+    match baseline(&pcis) {
+        Ok(b) => Some((pcis, b)),
+        Err(e) => {
+            println!("FAIL fuzz: baseline: {e}");
+            None
+        }
+    }
+}
+
+/// Has kmemleak scan now: the objects it reports, `None` when the kernel has no kmemleak.
+/// Objects younger than its minimum age (5 s) are found by a later scan.
+fn kmemleak() -> Option<Result<usize, String>> {
+    let path = "/sys/kernel/debug/kmemleak";
+    if fs::metadata(path).is_err() {
+        return None;
+    }
+    Some(
+        fs::write(path, "scan")
+            .and_then(|()| fs::read_to_string(path))
+            .map(|text| text.matches("unreferenced object 0x").count())
+            .map_err(|e| format!("{path}: {e}")),
+    )
+}
+
 /// `--fuzz SEED CALLS`: runs sequences until `CALLS` calls were made. Prints progress, and on
 /// failure the seed, the sequence and its shortest failing list of operations.
 pub(crate) fn fuzz(paths: &[PathBuf], seed: u64, calls: u64) -> bool {
-    if paths.len() < 3 {
-        println!("FAIL fuzz: needs 3 Conflux devices, found {}", paths.len());
+    let Some((pcis, base)) = setup(paths) else {
         return false;
-    }
-    let base = match baseline(paths) {
-        Ok(b) => b,
-        Err(e) => {
-            println!("FAIL fuzz: baseline: {e}");
-            return false;
-        }
     };
     let files = 4;
-    let (mut done, mut n) = (0u64, 0u64);
+    let (mut done, mut n, mut scanned, mut scans) = (0u64, 0u64, 0u64, 0u64);
     let start = Instant::now();
-    let mut report = Instant::now();
+    let (mut report, mut scan) = (Instant::now(), Instant::now());
     while done < calls {
         let ops = sequence(seed, n, files);
-        match run_sequence(paths, &ops, &base) {
+        match run_sequence(&pcis, &ops, &base) {
             Ok(c) => done += c,
             Err(b) => {
                 println!("FAIL fuzz: seed {seed}, sequence {n}: {b}");
-                let min = shrink(paths, ops, &base);
+                let min = shrink(&pcis, ops, &base);
                 println!("fuzz: shortest failing list ({} operations):", min.len());
                 for op in &min {
                     println!("fuzz:     {op:?}");
@@ -865,6 +1009,37 @@ pub(crate) fn fuzz(paths: &[PathBuf], seed: u64, calls: u64) -> bool {
             }
         }
         n += 1;
+        let last = done >= calls;
+        if last || scan.elapsed() > Duration::from_secs(60) {
+            if last {
+                // Old enough for kmemleak to judge.
+                std::thread::sleep(Duration::from_secs(6));
+            }
+            let took = Instant::now();
+            match kmemleak() {
+                None => {}
+                Some(Ok(0)) => {
+                    scans += 1;
+                    println!(
+                        "fuzz: kmemleak scan {scans} after {n} sequences: clean ({} ms)",
+                        took.elapsed().as_millis()
+                    );
+                }
+                Some(Ok(k)) => {
+                    println!(
+                        "FAIL fuzz: seed {seed}: kmemleak reports {k} objects after sequences \
+                         {scanned}..{n} (or the ones before them, younger than 5 s)"
+                    );
+                    return false;
+                }
+                Some(Err(e)) => {
+                    println!("FAIL fuzz: kmemleak scan: {e}");
+                    return false;
+                }
+            }
+            scanned = n;
+            scan = Instant::now();
+        }
         if report.elapsed() > Duration::from_secs(30) {
             println!(
                 "fuzz: {done} calls in {n} sequences, {} s",
@@ -875,7 +1050,8 @@ pub(crate) fn fuzz(paths: &[PathBuf], seed: u64, calls: u64) -> bool {
     }
     println!(
         "PASS fuzz: seed {seed}: {done} calls in {n} sequences of {SEQUENCE} operations, every \
-         result documented, VRAM and dma-bufs back to the start after each ({} s)",
+         result documented, VRAM and dma-bufs back to the start after each, {scans} kmemleak \
+         scans clean ({} s)",
         start.elapsed().as_secs()
     );
     true
@@ -883,25 +1059,21 @@ pub(crate) fn fuzz(paths: &[PathBuf], seed: u64, calls: u64) -> bool {
 
 /// `--fuzz-one SEED N`: runs sequence `N` of run `SEED` alone, and shrinks it if it fails.
 pub(crate) fn replay(paths: &[PathBuf], seed: u64, n: u64) -> bool {
-    let base = match baseline(paths) {
-        Ok(b) => b,
-        Err(e) => {
-            println!("FAIL fuzz: baseline: {e}");
-            return false;
-        }
+    let Some((pcis, base)) = setup(paths) else {
+        return false;
     };
     let ops = sequence(seed, n, 4);
     for (i, op) in ops.iter().enumerate() {
         println!("fuzz: {i:3} {op:?}");
     }
-    match run_sequence(paths, &ops, &base) {
+    match run_sequence(&pcis, &ops, &base) {
         Ok(c) => {
             println!("PASS fuzz: seed {seed}, sequence {n}: {c} calls");
             true
         }
         Err(b) => {
             println!("FAIL fuzz: seed {seed}, sequence {n}: {b}");
-            for op in shrink(paths, ops, &base) {
+            for op in shrink(&pcis, ops, &base) {
                 println!("fuzz:     {op:?}");
             }
             false
