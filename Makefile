@@ -14,13 +14,14 @@ SHELL := /bin/bash
 export CONFLUX_CACHE ?= $(HOME)/.cache/conflux
 MK := $(CURDIR)/mk
 
-.PHONY: help setup overlay kunit guest style emu rig-smoke rig-kunit check demo bench fuzz patches patches-check clean
+.PHONY: help setup overlay kunit guest style emu rig-smoke rig-kunit check demo bench fuzz races patches patches-check clean
 
 help:
 	@echo "make setup          install what is missing and fetch Linux 7.3 (idempotent)"
 	@echo "make demo           boot the rig, copy between every pair of devices, print the path/bandwidth matrix, draw it as a PNG"
 	@echo "make bench          every headline figure beside its reference, in one run: a table, JSON and a PNG chart"
 	@echo "make fuzz           the seeded ioctl fuzzer in the sanitizer guest: FUZZ_CALLS (1000000) calls from FUZZ_SEED"
+	@echo "make races          the races on purpose in the sanitizer guest, timings drawn from RACES_SEED"
 	@echo "make check          run every test (runs setup first when anything is missing)"
 	@echo "make kunit          build the UML kernel and run the KUnit suites"
 	@echo "make guest          build the x86_64 guest kernel and the conflux module"
@@ -68,6 +69,9 @@ bench:
 
 fuzz:
 	@$(MK)/fuzz.sh
+
+races:
+	@$(MK)/races.sh
 
 patches:
 	@$(MK)/patches.sh

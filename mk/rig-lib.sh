@@ -71,20 +71,35 @@ guest_results() {
 	done < <(grep -E '^(PASS|FAIL) ' "$2")
 }
 
-# fuzz_run SEED CALLS TIMEOUT: boots switch3+rp1 and runs the ioctl fuzzer for
-# CALLS calls from SEED; counts its PASS and FAIL lines and the cleanup.
-fuzz_run() {
-	local seed=$1 calls=$2 timeout=$3 log rc
-	say "booting switch3+rp1 and fuzzing: seed $seed, $calls calls"
+# guest_suite LABEL SCRIPT TIMEOUT ARGS...: boots switch3+rp1 with the guest
+# script SCRIPT and conflux-uapi-test, runs `sh SCRIPT ARGS...`, and counts
+# its PASS and FAIL lines and the cleanup.
+guest_suite() {
+	local label=$1 script=$2 timeout=$3 log rc
+	shift 3
 	log=$(mktemp)
 	set +e
-	vm --topology switch3+rp1 --add "$GUEST_TESTS/fuzz.sh" --add "$GBIN/conflux-uapi-test" \
-		--timeout "$timeout" -- sh /usr/bin/fuzz.sh "$seed" "$calls" 2>&1 |
-		tee "$log" | sed "s/^/    [fuzz] /"
+	vm --topology switch3+rp1 --add "$GUEST_TESTS/$script" --add "$GBIN/conflux-uapi-test" \
+		--timeout "$timeout" -- sh "/usr/bin/$script" "$@" 2>&1 |
+		tee "$log" | sed "s/^/    [$label] /"
 	rc=${PIPESTATUS[0]}
 	set -e
-	guest_results fuzz "$log" "no result (launcher exit $rc)"
-	[ "$rc" -eq 0 ] || fail "fuzz (seed $seed): launcher exit status $rc"
+	guest_results "$label" "$log" "no result (launcher exit $rc)"
+	[ "$rc" -eq 0 ] || fail "$label ($*): launcher exit status $rc"
 	rm -f "$log"
-	check_clean "the fuzzer's boot"
+	check_clean "the $label boot"
+}
+
+# fuzz_run SEED CALLS TIMEOUT: boots switch3+rp1 and runs the ioctl fuzzer for
+# CALLS calls from SEED.
+fuzz_run() {
+	say "booting switch3+rp1 and fuzzing: seed $1, $2 calls"
+	guest_suite fuzz fuzz.sh "$3" "$1" "$2"
+}
+
+# races_run SEED TIMEOUT: boots switch3+rp1 and runs the races on purpose
+# (conflux-uapi-test --races) with timings drawn from SEED.
+races_run() {
+	say "booting switch3+rp1 and racing on purpose: seed $1"
+	guest_suite races races.sh "$2" "$1"
 }

@@ -4,8 +4,9 @@
 # tool (no kernel driver) against the device model; compare the 64 MiB
 # peer-to-peer copy with the host's memcpy; load conflux.ko on both topologies
 # (bind, accel nodes, unbind, unload, reload); run a fixed-seed slice of the
-# ioctl fuzzer (mk/fuzz.sh); check that the launcher leaves
-# no process or file behind after success, failure, timeout and SIGTERM.
+# ioctl fuzzer (mk/fuzz.sh) and the races on purpose (mk/races.sh); check
+# that the launcher leaves no process or file behind after success, failure,
+# timeout and SIGTERM.
 STEP=rig-smoke
 . "$(dirname "$0")/common.sh"
 . "$TOP/mk/tally.sh"
@@ -81,6 +82,9 @@ check_clean "the model-exit boot"
 # The ioctl fuzzer: a short slice with a fixed seed (`make fuzz` runs a
 # million calls from a seed of its own).
 fuzz_run 20261205 "${FUZZ_SLICE:-20000}" 900
+
+# The races on purpose, with fixed timings (`make races` draws its own).
+races_run 20261205 1200
 
 set +e
 vm --timeout 300 -- false >/dev/null 2>&1

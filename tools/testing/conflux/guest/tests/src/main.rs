@@ -13,6 +13,8 @@
 //! device wedged, for the driver loaded with `job_timeout_ms=500`; `--model-exit` kills the
 //! device model in the middle of a job ([`faults::test_model_exit`]), which stops every device.
 //! `--fuzz SEED CALLS` runs the ioctl fuzzer ([`fuzz`]), `--fuzz-one SEED N` one sequence of it.
+//! `--races SEED` runs the races on purpose ([`races`]), for the driver loaded with
+//! `job_timeout_ms=500`; they end with a device unbound and bound again.
 //! Helpers that several subjects use are in [`common`].
 
 mod alloc_walk;
@@ -25,6 +27,7 @@ mod jobs;
 mod memcg;
 mod memory;
 mod migration;
+mod races;
 mod shared_vm;
 mod static_import;
 mod udmabuf;
@@ -97,6 +100,20 @@ fn main() -> ExitCode {
             fuzz::replay(&found, seed, n)
         };
         return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    if mode.as_deref() == Some("--races") {
+        let seed = std::env::args().nth(2).and_then(|s| s.parse::<u64>().ok());
+        let Some(seed) = seed else {
+            eprintln!("usage: conflux-uapi-test --races SEED");
+            return ExitCode::FAILURE;
+        };
+        races::test_races(&mut t, &found, seed);
+        println!("{} passed, {} failed", t.passed, t.failed);
+        return if t.failed == 0 {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
