@@ -16,9 +16,11 @@
 //! After each sequence, with everything closed: the VRAM available on every device is back to
 //! what it was at the start (`GET_INFO`), and no dma-buf is left
 //! (`/sys/kernel/debug/dma_buf/bufinfo`). Every minute, and at the end, kmemleak scans and
-//! must find nothing. A failure prints the seed, the sequence's number and the shortest list
-//! of its operations found to fail the same way. Other kernel reports (KASAN, lockdep...) fail
-//! the run through the rig's launcher.
+//! must find nothing (a scan takes seconds: one per sequence would divide the rate by ten);
+//! when it finds something, the sequences since the last clean scan are replayed by halves,
+//! each half followed by a scan, down to the one that leaks. A failure prints the seed, the
+//! sequence's number and the shortest list of its operations found to fail the same way.
+//! Other kernel reports (KASAN, lockdep...) fail the run through the rig's launcher.
 
 use std::{
     fmt, fs,
@@ -38,6 +40,9 @@ use crate::{
 
 /// Operations per sequence.
 const SEQUENCE: usize = 48;
+
+/// Seconds between kmemleak scans.
+const SCAN_EVERY: u64 = 60;
 
 /// xorshift64*: small, fast, reproducible.
 pub(crate) struct Rng(u64);
@@ -983,6 +988,72 @@ fn kmemleak() -> Option<Result<usize, String>> {
     )
 }
 
+/// Has kmemleak scan once the objects made until now are old enough for it to judge (its
+/// minimum age is 5 s): the objects it reports, `None` when the kernel has no kmemleak.
+fn kmemleak_settled() -> Option<Result<usize, String>> {
+    std::thread::sleep(Duration::from_secs(6));
+    kmemleak()
+}
+
+/// Has kmemleak forget the objects it reported until now: later scans report only new ones.
+fn kmemleak_clear() -> Result<(), String> {
+    let path = "/sys/kernel/debug/kmemleak";
+    fs::write(path, "clear").map_err(|e| format!("{path}: {e}"))
+}
+
+/// The sequence of `from..to` that leaks, found by halves: `leaks(a, b)` runs sequences `a..b`
+/// again and tells whether kmemleak then reports an object. `None` when the sequences do not
+/// leak again, or only together: no half leaks on its own.
+fn leaking_sequence(
+    mut from: u64,
+    mut to: u64,
+    mut leaks: impl FnMut(u64, u64) -> Result<bool, String>,
+) -> Result<Option<u64>, String> {
+    if from >= to || !leaks(from, to)? {
+        return Ok(None);
+    }
+    while to - from > 1 {
+        let mid = from + (to - from) / 2;
+        if leaks(from, mid)? {
+            to = mid;
+        } else if leaks(mid, to)? {
+            from = mid;
+        } else {
+            return Ok(None);
+        }
+    }
+    Ok(Some(from))
+}
+
+/// After a scan found leaks since sequence `from`, before `to`: names the sequence that
+/// leaks on its own, with its operations, or says that none does.
+fn report_leak(pcis: &[String], base: &Baseline, seed: u64, from: u64, to: u64) {
+    println!("fuzz: replaying sequences {from}..{to} by halves, a kmemleak scan after each");
+    let found = leaking_sequence(from, to, |a, b| {
+        kmemleak_clear()?;
+        for n in a..b {
+            run_sequence(pcis, &sequence(seed, n, 4), base)
+                .map_err(|e| format!("sequence {n} again: {e}"))?;
+        }
+        match kmemleak_settled() {
+            Some(Ok(k)) => Ok(k > 0),
+            Some(Err(e)) => Err(e),
+            None => Err("kmemleak went away".into()),
+        }
+    });
+    match found {
+        Ok(Some(n)) => {
+            println!("fuzz: sequence {n} leaks on its own:");
+            for op in sequence(seed, n, 4) {
+                println!("fuzz:     {op:?}");
+            }
+            println!("fuzz: replay with conflux-uapi-test --fuzz-one {seed} {n}");
+        }
+        Ok(None) => println!("fuzz: no sequence of {from}..{to} leaks again on its own"),
+        Err(e) => println!("fuzz: replaying them: {e}"),
+    }
+}
+
 /// `--fuzz SEED CALLS`: runs sequences until `CALLS` calls were made. Prints progress, and on
 /// failure the seed, the sequence and its shortest failing list of operations.
 pub(crate) fn fuzz(paths: &[PathBuf], seed: u64, calls: u64) -> bool {
@@ -990,7 +1061,10 @@ pub(crate) fn fuzz(paths: &[PathBuf], seed: u64, calls: u64) -> bool {
         return false;
     };
     let files = 4;
-    let (mut done, mut n, mut scanned, mut scans) = (0u64, 0u64, 0u64, 0u64);
+    let (mut done, mut n, mut scans) = (0u64, 0u64, 0u64);
+    // Sequences before `settled` were old enough for the last clean scan to judge them;
+    // `aging` is the count that will be when the next scan runs.
+    let (mut settled, mut aging) = (0u64, 0u64);
     let start = Instant::now();
     let (mut report, mut scan) = (Instant::now(), Instant::now());
     while done < calls {
@@ -1010,13 +1084,13 @@ pub(crate) fn fuzz(paths: &[PathBuf], seed: u64, calls: u64) -> bool {
         }
         n += 1;
         let last = done >= calls;
-        if last || scan.elapsed() > Duration::from_secs(60) {
-            if last {
-                // Old enough for kmemleak to judge.
-                std::thread::sleep(Duration::from_secs(6));
-            }
+        if scan.elapsed() < Duration::from_secs(SCAN_EVERY - 6) {
+            aging = n;
+        }
+        if last || scan.elapsed() > Duration::from_secs(SCAN_EVERY) {
             let took = Instant::now();
-            match kmemleak() {
+            let scanned_now = if last { kmemleak_settled() } else { kmemleak() };
+            match scanned_now {
                 None => {}
                 Some(Ok(0)) => {
                     scans += 1;
@@ -1028,8 +1102,9 @@ pub(crate) fn fuzz(paths: &[PathBuf], seed: u64, calls: u64) -> bool {
                 Some(Ok(k)) => {
                     println!(
                         "FAIL fuzz: seed {seed}: kmemleak reports {k} objects after sequences \
-                         {scanned}..{n} (or the ones before them, younger than 5 s)"
+                         {settled}..{n}"
                     );
+                    report_leak(&pcis, &base, seed, settled, n);
                     return false;
                 }
                 Some(Err(e)) => {
@@ -1037,7 +1112,7 @@ pub(crate) fn fuzz(paths: &[PathBuf], seed: u64, calls: u64) -> bool {
                     return false;
                 }
             }
-            scanned = n;
+            settled = if last { n } else { aging };
             scan = Instant::now();
         }
         if report.elapsed() > Duration::from_secs(30) {
@@ -1057,7 +1132,8 @@ pub(crate) fn fuzz(paths: &[PathBuf], seed: u64, calls: u64) -> bool {
     true
 }
 
-/// `--fuzz-one SEED N`: runs sequence `N` of run `SEED` alone, and shrinks it if it fails.
+/// `--fuzz-one SEED N`: runs sequence `N` of run `SEED` alone, and shrinks it if it fails;
+/// then, where the kernel has kmemleak, scans for what the sequence leaked.
 pub(crate) fn replay(paths: &[PathBuf], seed: u64, n: u64) -> bool {
     let Some((pcis, base)) = setup(paths) else {
         return false;
@@ -1066,11 +1142,36 @@ pub(crate) fn replay(paths: &[PathBuf], seed: u64, n: u64) -> bool {
     for (i, op) in ops.iter().enumerate() {
         println!("fuzz: {i:3} {op:?}");
     }
+    let leak_check = kmemleak().is_some();
+    if leak_check {
+        if let Err(e) = kmemleak_clear() {
+            println!("FAIL fuzz: {e}");
+            return false;
+        }
+    }
     match run_sequence(&pcis, &ops, &base) {
-        Ok(c) => {
+        Ok(c) if !leak_check => {
             println!("PASS fuzz: seed {seed}, sequence {n}: {c} calls");
             true
         }
+        Ok(c) => match kmemleak_settled() {
+            Some(Ok(0)) => {
+                println!("PASS fuzz: seed {seed}, sequence {n}: {c} calls, kmemleak clean");
+                true
+            }
+            Some(Ok(k)) => {
+                println!("FAIL fuzz: seed {seed}, sequence {n}: kmemleak reports {k} objects");
+                false
+            }
+            Some(Err(e)) => {
+                println!("FAIL fuzz: seed {seed}, sequence {n}: {e}");
+                false
+            }
+            None => {
+                println!("FAIL fuzz: seed {seed}, sequence {n}: kmemleak went away");
+                false
+            }
+        },
         Err(b) => {
             println!("FAIL fuzz: seed {seed}, sequence {n}: {b}");
             for op in shrink(&pcis, ops, &base) {
@@ -1078,5 +1179,69 @@ pub(crate) fn replay(paths: &[PathBuf], seed: u64, n: u64) -> bool {
             }
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leaking_sequence;
+
+    /// `leaking_sequence` over sequences of which those in `leaky` leak: what it finds, and
+    /// the ranges it replays.
+    fn find(from: u64, to: u64, leaky: &[u64]) -> (Option<u64>, Vec<(u64, u64)>) {
+        let mut runs = Vec::new();
+        let found = leaking_sequence(from, to, |a, b| {
+            runs.push((a, b));
+            Ok(leaky.iter().any(|n| (a..b).contains(n)))
+        });
+        (found.ok().flatten(), runs)
+    }
+
+    #[test]
+    fn finds_the_sequence_that_leaks() {
+        for leak in 400..437 {
+            let (found, runs) = find(400, 437, &[leak]);
+            assert_eq!(found, Some(leak));
+            // The whole range, then at most two halves per halving.
+            assert!(runs.len() <= 1 + 2 * 6, "{runs:?}");
+        }
+        assert_eq!(find(7, 8, &[7]), (Some(7), vec![(7, 8)]));
+    }
+
+    #[test]
+    fn of_two_that_leak_finds_the_first() {
+        assert_eq!(find(0, 100, &[30, 70]).0, Some(30));
+    }
+
+    #[test]
+    fn no_leak_again_is_none() {
+        assert_eq!(find(0, 100, &[]), (None, vec![(0, 100)]));
+        assert_eq!(find(5, 5, &[5]), (None, vec![]));
+    }
+
+    #[test]
+    fn a_leak_of_two_sequences_together_is_none() {
+        let mut runs = 0;
+        let found = leaking_sequence(0, 8, |a, b| {
+            runs += 1;
+            // Only sequences 3 and 4 together leak.
+            Ok(a <= 3 && b > 4)
+        });
+        assert_eq!(found, Ok(None));
+        assert_eq!(runs, 3);
+    }
+
+    #[test]
+    fn an_error_stops_the_search() {
+        let found = leaking_sequence(0, 8, |a, _| {
+            if a == 0 {
+                Ok(true)
+            } else {
+                Err(format!("sequence {a} failed"))
+            }
+        });
+        assert_eq!(found, Ok(Some(0)));
+        let found = leaking_sequence(0, 8, |_, b| if b == 8 { Ok(true) } else { Err("x".into()) });
+        assert_eq!(found, Err("x".into()));
     }
 }
