@@ -244,7 +244,7 @@ impl<'bound> Engine<'bound> {
                 root,
                 next: last + 1
             }),
-            pending <- new_spinlock_irq!(Pending::new()?),
+            pending <- new_spinlock_irq!(Pending::new(last)?),
         }? Error);
         Arc::pin_init(
             try_pin_init!(Self {
@@ -474,10 +474,11 @@ impl Hw<'_> {
     /// of the last, which the queue is to learn ([`JobQueue::ended`]). Runs in the completion
     /// handler.
     ///
-    /// `FENCE_SEQNO` must name a job between the one before the oldest in flight and the newest
-    /// written: any other value is not one the device could have reached, and is ignored (the
-    /// watchdog then recovers the device). A value whose high half changes under each of the
-    /// reads of [`regs::read64`] is left to the watchdog as well.
+    /// `FENCE_SEQNO` must lie between the last value taken and the newest job written: it
+    /// stays below jobs that failed (it may then name no job in flight), and any other value is
+    /// not one the device could have reached, and is ignored (the watchdog then recovers the
+    /// device). A value whose high half changes under each of the reads of [`regs::read64`] is
+    /// left to the watchdog as well.
     fn complete(&self) -> Option<u64> {
         let Ok(done) = regs::read64::<regs::FENCE_SEQNO>(&self.bar2) else {
             // Its high half changed under every read: the watchdog looks again later.
@@ -492,21 +493,18 @@ impl Hw<'_> {
         self.torn.store(false, Ordering::Relaxed);
         let done = done.seqno().get();
         let mut pending = self.pending.lock();
-        let (Some(oldest), Some(newest)) = (
-            pending.front().map(|job| job.seqno),
-            pending.back().map(|job| job.seqno),
-        ) else {
-            return None;
-        };
-        if done > newest || done.saturating_add(1) < oldest {
+        let newest = pending.back()?.seqno;
+        if done > newest || done < pending.reached {
+            let reached = pending.reached;
             drop(pending);
             // Once per bogus value: the device may keep it for many interrupts.
             if self.bogus.swap(done, Ordering::Relaxed) != done {
                 dev_err!(
                     self.pdev,
-                    "engine: FENCE_SEQNO {} is not a job in flight ({} to {}); ignored\n",
+                    "engine: FENCE_SEQNO {} is not a job in flight (it was {}, the newest job is \
+                     {}); ignored\n",
                     done,
-                    oldest,
+                    reached,
                     newest
                 );
             }
@@ -515,6 +513,7 @@ impl Hw<'_> {
         while pending.front().is_some_and(|job| job.seqno <= done) {
             pending.pop();
         }
+        pending.reached = done;
         Some(done)
     }
 

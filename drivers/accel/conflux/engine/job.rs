@@ -70,10 +70,14 @@ pub(super) struct Pending {
     jobs: KVec<Option<Job>>,
     first: usize,
     len: usize,
+    /// The last value of `FENCE_SEQNO` taken for the device's: it only grows, and it stays
+    /// below jobs that failed, which leave the table without completing.
+    pub(super) reached: u64,
 }
 
 impl Pending {
-    pub(super) fn new() -> Result<Self> {
+    /// An empty table, for a device whose `FENCE_SEQNO` is `reached`.
+    pub(super) fn new(reached: u64) -> Result<Self> {
         let mut jobs = KVec::with_capacity(MAX_JOBS, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..MAX_JOBS {
             jobs.push(None, GFP_KERNEL_ACCOUNT)?;
@@ -82,6 +86,7 @@ impl Pending {
             jobs,
             first: 0,
             len: 0,
+            reached,
         })
     }
 
