@@ -166,6 +166,30 @@ impl DmaResv {
         Ok(())
     }
 
+    /// Adds `fence` with `usage`, for a holder of the lock (`locked`) that has no guard to
+    /// reserve slots with: makes room for it first, so it fails only with [`ENOMEM`], before
+    /// anything changes, or [`EINVAL`] when `locked` does not hold the object. Room made
+    /// earlier under the same lock ([`Self::reserve_locked`]) is used without allocating.
+    pub fn add_fence_locked(
+        &self,
+        locked: &impl ResvLocked,
+        fence: &Fence,
+        usage: Usage,
+    ) -> Result {
+        self.reserve_locked(locked, 1)?;
+        let mut reserved = 1;
+        add(self, &mut reserved, fence, usage)
+    }
+
+    /// Makes room for `num` more fences, for [`Self::add_fence_locked`] under the same lock.
+    pub fn reserve_locked(&self, locked: &impl ResvLocked, num: u32) -> Result {
+        if !locked.holds(self) {
+            return Err(EINVAL);
+        }
+        let mut reserved = 0;
+        reserve(self, &mut reserved, num)
+    }
+
     /// Whether every fence of `usage` (and the usages before it) has signalled.
     pub fn test_signaled(&self, usage: Usage) -> bool {
         // SAFETY: The object is valid; the test takes RCU, not the lock.

@@ -305,6 +305,13 @@ where
     pub fn dependencies(&self) -> usize {
         self.node.deps.len()
     }
+
+    /// The job, to complete it once every fallible step of the submission is done.
+    pub fn job_mut(&mut self) -> Option<&mut J> {
+        // SAFETY: `job` is not structurally pinned.
+        let node = unsafe { self.node.as_mut().get_unchecked_mut() };
+        node.job.as_mut()
+    }
 }
 
 /// The jobs of a queue, oldest first: a ring of `slots.len()` entries.
