@@ -249,7 +249,9 @@ impl gem::DriverObject for Bo {
 
     fn fault(obj: &Object, dev: &IoctlDevice, fault: &gem::Fault<'_>) -> Result {
         // Once the device is unplugged, its mappings are emptied and stay empty.
-        DeviceData::with(dev, |_, data| obj.fault_in(obj.size(), &data.vram, fault))
+        DeviceData::with(dev, |_, data| {
+            obj.fault_in(obj.size(), obj.dma_resv(), &data.vram, fault)
+        })
     }
 
     fn export(obj: &Object, dev: &IoctlDevice, _flags: u32) -> Result<ARef<DmaBuf>> {

@@ -67,6 +67,7 @@ use kernel::{
 
 use crate::{
     driver::Object,
+    gem::moves::MoveKeep,
     mmu::address_space::KeptTables,
     regs::{
         self,
@@ -121,6 +122,8 @@ pub(crate) struct EngineJob {
     _buffers: KVec<ARef<Object>>,
     /// The page tables of the job's VM, which may be gone before the job.
     _tables: Option<Arc<KeptTables>>,
+    /// For the last job of a move: the memory the buffer left, and the window's addresses.
+    pub(crate) moved: Option<MoveKeep>,
 }
 
 /// What the worker and recovery share: the ring head and the MMU root the driver last wrote,
@@ -291,6 +294,7 @@ impl<'bound> Engine<'bound> {
             ran: false,
             _buffers: buffers,
             _tables: tables,
+            moved: None,
         };
         self.queue.prepare(job, credits, GFP_KERNEL_ACCOUNT)
     }

@@ -4,13 +4,26 @@
 //!
 //! A buffer of the device's own is in VRAM or in system memory ([`memory`]); one of another
 //! device or exporter holds its attachment ([`import`]). A buffer created for VRAM or system
-//! memory is movable: it moves from VRAM to system memory, for good, for an importer that
+//! memory is movable: the engine moves it between the two ([`moves`]), for an importer that
 //! cannot reach VRAM ([`move_to_system`]).
 
 pub(crate) mod import;
 pub(crate) mod memory;
+pub(crate) mod moves;
+
+use core::sync::atomic::{
+    AtomicU64,
+    AtomicUsize,
+    Ordering, //
+};
 
 use kernel::{
+    dma_fence::Fence,
+    dma_resv::{
+        DmaResv,
+        ResvLocked,
+        Usage, //
+    },
     dma_segments::DmaRange,
     drm::gem::{
         self,
@@ -24,15 +37,18 @@ use kernel::{
     prelude::*,
     scatterlist::SGTable,
     sync::{
+        aref::ARef,
         Arc,
         Mutex,
         MutexGuard, //
     },
+    time::Jiffies,
     uapi, //
 };
 
 use crate::{
     driver::Object,
+    hw::DeviceData,
     mmu::{
         address_space::AddressSpaces,
         MapRange,
@@ -44,9 +60,6 @@ use crate::{
 
 use import::Imported;
 use memory::Memory;
-
-/// Bytes a move to system memory copies at once.
-const MOVE_CHUNK: usize = 64 * 1024;
 
 /// Pages a CPU fault maps at once, from the faulting one on.
 const FAULT_AROUND: usize = 16;
@@ -102,9 +115,10 @@ pub(crate) fn create_error(e: Error) -> Error {
 /// The memory, when there is some, holds exactly the object's size: for VRAM, the object's byte
 /// `n` is in the block that covers `n` when the blocks are laid end to end in their iteration
 /// order; in system memory, it is byte `n % PAGE_SIZE` of page `n / PAGE_SIZE`. It is
-/// [`Memory::None`] when `imported` is set. It changes only from VRAM to system memory, when
-/// `movable`, under the lock of the object's reservation object, and every address space that
-/// maps the buffer meanwhile is in `spaces`.
+/// [`Memory::None`] when `imported` is set. It changes only between VRAM and system memory,
+/// when `movable`, under the lock of the object's reservation object, by a move whose fence is
+/// in the reservation object ([`moves`]), and every address space that maps the buffer
+/// meanwhile is in `spaces`.
 #[pin_data]
 pub(crate) struct Bo {
     #[pin]
@@ -113,6 +127,10 @@ pub(crate) struct Bo {
     imported: Option<Imported>,
     movable: bool,
     spaces: Arc<AddressSpaces>,
+    /// How many times the buffer moved.
+    moves: AtomicU64,
+    /// How many importers pinned the buffer where it is.
+    pins: AtomicUsize,
 }
 
 impl Bo {
@@ -123,7 +141,24 @@ impl Bo {
             imported: contents.imported,
             movable: contents.movable,
             spaces: contents.spaces,
+            moves: AtomicU64::new(0),
+            pins: AtomicUsize::new(0),
         })
+    }
+
+    /// How many times the buffer moved.
+    pub(crate) fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
+    }
+
+    /// Counts a move of the buffer.
+    pub(crate) fn count_move(&self) {
+        self.moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many importers pinned the buffer where it is; it moves for none of them.
+    pub(crate) fn pins(&self) -> &AtomicUsize {
+        &self.pins
     }
 
     /// The placement, as a `DRM_CONFLUX_BO_*` flag; 0 for the object of a VM.
@@ -233,13 +268,20 @@ impl Bo {
         if self.imported.is_some() {
             return Err(EOPNOTSUPP);
         }
-        // Held across the copy, so that a move to system memory takes all of it along.
+        // The caller holds the reservation lock and waited for the moves: the memory is the
+        // buffer's and holds its bytes.
         self.memory.lock().cpu_copy(vram, offset, buf, write)
     }
 
-    /// Fills a userspace mapping of the buffer, of `size` bytes, at a fault: the faulting page
-    /// and up to [`FAULT_AROUND`] - 1 pages after it.
-    pub(crate) fn fault_in(&self, size: usize, vram: &Vram<'_>, fault: &gem::Fault<'_>) -> Result {
+    /// Fills a userspace mapping of the buffer, of `size` bytes and with reservation object
+    /// `resv`, at a fault: the faulting page and up to [`FAULT_AROUND`] - 1 pages after it.
+    pub(crate) fn fault_in(
+        &self,
+        size: usize,
+        resv: &DmaResv,
+        vram: &Vram<'_>,
+        fault: &gem::Fault<'_>,
+    ) -> Result {
         let first = fault.page();
         let pages = size >> PAGE_SHIFT;
         let end = (first + FAULT_AROUND).min(fault.pages().end).min(pages);
@@ -253,8 +295,11 @@ impl Bo {
         if self.imported.is_some() {
             return Err(EINVAL);
         }
-        // Held while the pages are inserted: a move to system memory takes the mappings away
-        // under it, before it copies.
+        // A move takes the mappings away under the reservation lock: held while the pages are
+        // inserted, after the moves have copied the bytes. The engine's watchdog ends a move
+        // that does not complete.
+        let _locked = resv.lock();
+        while !resv.wait_timeout(Usage::Kernel, false, Jiffies::MAX)? {}
         let memory = self.memory.lock();
         match &*memory {
             Memory::None => Err(EINVAL),
@@ -269,9 +314,9 @@ impl Bo {
                         let pfn = usize::try_from((vram_base + at + k * page_size) >> PAGE_SHIFT)?;
                         // SAFETY: `pfn` is VRAM of this buffer behind BAR2, which stays until the
                         // device is unbound; `drm_dev_unplug()` empties the mappings before that,
-                        // and waits for this fault, which holds a registration guard. A move to
-                        // system memory frees the VRAM after `unmap_userspace()`, which it calls
-                        // under the memory's lock, held here.
+                        // and waits for this fault, which holds a registration guard. A move
+                        // frees the VRAM after `unmap_userspace()`, which it calls under the
+                        // reservation and memory locks, held here.
                         let inserted =
                             unsafe { fault.insert_pfn(page, pfn, gem::Caching::WriteCombined) };
                         // Only the faulting page must be mapped; the others are a bonus.
@@ -304,13 +349,17 @@ impl Bo {
     }
 }
 
-/// Moves `obj`, one of the device's buffers, from VRAM to system memory, for an importer that
-/// cannot reach VRAM: takes the userspace mappings away and copies the bytes, under the memory's
-/// lock. Returns the VRAM, for the caller to free once nothing can reach it any more (the
-/// address spaces in [`Bo::spaces`], other importers); [`None`] when the buffer is not in VRAM.
+/// Moves `obj`, one of the device's buffers, from VRAM to system memory with the engine, for
+/// an importer that cannot reach VRAM. Returns the move's fence, added to the reservation
+/// object; [`None`] when the buffer is not in VRAM.
 ///
-/// The caller holds the buffer's reservation lock and waited for every job that uses it.
-pub(crate) fn move_to_system(obj: &Object, vram: &Vram<'_>) -> Result<Option<Memory>> {
+/// The caller holds the buffer's reservation lock (`locked`) and waited for every job that uses
+/// it; it tells the importers, and starts the engine once it has released the lock.
+pub(crate) fn move_to_system(
+    obj: &Object,
+    data: &DeviceData<'_>,
+    locked: &impl ResvLocked,
+) -> Result<Option<ARef<Fence>>> {
     if !obj.movable() {
         return Err(EINVAL);
     }
@@ -318,20 +367,11 @@ pub(crate) fn move_to_system(obj: &Object, vram: &Vram<'_>) -> Result<Option<Mem
         return Ok(None);
     }
     // CAST: `usize` fits in `u64`.
-    let size = obj.size() as u64;
-    // Allocated before the lock, which faults and CPU copies wait for.
-    let system = Memory::system(vram, size)?;
-    let mut bounce = KVec::from_elem(0u8, MOVE_CHUNK, GFP_KERNEL_ACCOUNT)?;
-    let mut memory = obj.memory();
-    obj.unmap_userspace();
-    let mut at = 0u64;
-    while at < size {
-        let part = bounce
-            .get_mut(..usize::try_from(size - at)?.min(MOVE_CHUNK))
-            .ok_or(EINVAL)?;
-        memory.cpu_copy(vram, at, part, false)?;
-        system.cpu_copy(vram, at, part, true)?;
-        at += u64::try_from(part.len())?;
-    }
-    Ok(Some(core::mem::replace(&mut *memory, system)))
+    let system = Memory::system(&data.vram, obj.size() as u64)?;
+    let resv = obj.dma_resv();
+    resv.reserve_locked(locked, 1)?;
+    let fence = moves::start(data, obj, system, locked)?;
+    // Cannot fail: the slot is reserved.
+    resv.add_fence_locked(locked, &fence, Usage::Kernel)?;
+    Ok(Some(fence))
 }

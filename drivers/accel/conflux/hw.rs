@@ -9,7 +9,10 @@
 //! kernel's own address space, which maps all of VRAM so that the engine can scrub it, and the
 //! dma-bufs exported and imported, which the unbind revokes and unmaps.
 
-use core::pin::Pin;
+use core::{
+    pin::Pin,
+    sync::atomic::AtomicU64, //
+};
 
 use kernel::{
     device::{
@@ -21,6 +24,14 @@ use kernel::{
         ImportList, //
     },
     drm::Registered,
+    gpu::buddy::{
+        AllocatedBlocks,
+        GpuBuddy,
+        GpuBuddyAllocFlag,
+        GpuBuddyAllocFlags,
+        GpuBuddyAllocMode,
+        GpuBuddyParams, //
+    },
     io::Io,
     new_mutex,
     pci::{
@@ -53,6 +64,7 @@ use crate::{
         Engine,
         MAX_JOB_COMMANDS, //
     },
+    gem::memory::Memory,
     mmu::{
         PageTables,
         Target, //
@@ -74,6 +86,20 @@ use crate::{
 pub(crate) const KERNEL_VA_BASE: u64 = 511 << 39;
 /// The lowest virtual address userspace can bind a buffer at.
 pub(crate) const USER_VA_START: u64 = SZ_2M as u64;
+/// Where the kernel's address space maps the system memory of buffers that move, for the
+/// engine's copies: above VRAM's mapping, in the same level-3 entry.
+const WINDOW_OFFSET: u64 = 256 << 30;
+
+/// What the device's moves did, for `GET_INFO`.
+#[derive(Default)]
+pub(crate) struct MoveStats {
+    /// Buffers moved out of VRAM to make room.
+    pub(crate) evictions: AtomicU64,
+    /// Buffers moved back to VRAM.
+    pub(crate) returns: AtomicU64,
+    /// Bytes the engine copied for moves.
+    pub(crate) bytes: AtomicU64,
+}
 
 /// What a device reports about itself at probe.
 #[derive(Clone, Copy, Debug)]
@@ -169,8 +195,16 @@ pub(crate) struct DeviceData<'bound> {
     pub(crate) engine: Arc<Engine<'bound>>,
     pub(crate) info: DeviceInfo,
     pub(crate) vram: Vram<'bound>,
-    /// Maps all of VRAM at [`KERNEL_VA_BASE`], for scrubbing.
-    kernel_vm: PageTables,
+    /// Maps all of VRAM at [`KERNEL_VA_BASE`], for scrubbing and moves, and the system memory
+    /// of moves in the window above it.
+    kernel_vm: Pin<KBox<Mutex<PageTables>>>,
+    /// The level-3 table of `kernel_vm`.
+    kernel_root: u64,
+    /// The virtual addresses of the window, handed to moves: twice VRAM, and mapped with
+    /// tables allocated at probe, so that a move needs no VRAM for them.
+    window: GpuBuddy,
+    /// What the moves did.
+    pub(crate) moves: MoveStats,
     /// The buffers exported as dma-bufs, revoked when the device is unbound.
     pub(crate) exports: Arc<ExportList>,
     /// The device's attachments to imported dma-bufs, unmapped when it is unbound.
@@ -208,6 +242,16 @@ impl<'bound> DeviceData<'bound> {
         let vram = Vram::new(pdev, hw.bar2.clone(), info.vram_offset, info.vram_size)?;
         let mut kernel_vm = PageTables::new(&vram)?;
         kernel_vm.map(&vram, KERNEL_VA_BASE, Target::Vram(0), info.vram_size, true)?;
+        kernel_vm.add_spares(
+            &vram,
+            PageTables::tables_for(KERNEL_VA_BASE + WINDOW_OFFSET, 2 * info.vram_size),
+        )?;
+        // Both sides of a move, of at most all of VRAM.
+        let window = GpuBuddy::new(GpuBuddyParams {
+            base_offset: 0,
+            size: 2 * info.vram_size,
+            chunk_size: Alignment::new::<SZ_4K>(),
+        })?;
         // Set the device up as a peer-to-peer provider now, so that a failure shows at probe.
         Provider::of_bar(pdev, CTL_BAR)?;
         let data = Self {
@@ -215,7 +259,10 @@ impl<'bound> DeviceData<'bound> {
             engine: hw.engine.clone(),
             info,
             vram,
-            kernel_vm,
+            kernel_root: kernel_vm.root(),
+            kernel_vm: KBox::pin_init(new_mutex!(kernel_vm), GFP_KERNEL)?,
+            window,
+            moves: MoveStats::default(),
             exports: Arc::pin_init(ExportList::new(), GFP_KERNEL)?,
             imports: Arc::pin_init(ImportList::new(), GFP_KERNEL)?,
             refused: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,
@@ -261,6 +308,73 @@ impl<'bound> DeviceData<'bound> {
         self.scrub(free.iter().map(|b| (b.offset(), b.size())))
     }
 
+    /// The level-3 table of the kernel's address space, for its jobs.
+    pub(crate) fn kernel_root(&self) -> u64 {
+        self.kernel_root
+    }
+
+    /// Maps the first `size` bytes of `memory` into the move window, for the engine's copies,
+    /// and returns the window's addresses: the lease, whose blocks laid end to end hold the
+    /// bytes. They stay mapped while the lease lives, which the last job of the move keeps until
+    /// the engine is done with it. [`ENOSPC`] when the window is full of moves in flight.
+    pub(crate) fn map_window(
+        &self,
+        memory: &Memory,
+        size: u64,
+    ) -> Result<Pin<KBox<AllocatedBlocks>>> {
+        let alloc = |flags| {
+            KBox::pin_init(
+                self.window.alloc_blocks(
+                    GpuBuddyAllocMode::Simple,
+                    size,
+                    Alignment::new::<SZ_4K>(),
+                    flags,
+                ),
+                GFP_KERNEL_ACCOUNT,
+            )
+        };
+        // One block makes one command per 4 GiB.
+        let lease = alloc(GpuBuddyAllocFlags::from(GpuBuddyAllocFlag::Contiguous))
+            .or_else(|_| alloc(GpuBuddyAllocFlags::default()))?;
+        let mut vm = self.kernel_vm.lock();
+        // An earlier move left its entries there: no job uses them since its lease went.
+        for (va, len) in Self::window_ranges(&lease) {
+            vm.unmap(&self.vram, va, len);
+        }
+        let mut blocks = Self::window_ranges(&lease).peekable();
+        let mut in_block = 0u64;
+        let mapped = memory.for_each_piece(&self.vram, 0, size, |target, mut len| {
+            let (mut at, vram) = match target {
+                Target::Vram(at) => (at, true),
+                Target::Bus(at) => (at, false),
+            };
+            while len > 0 {
+                let (va, block_len) = *blocks.peek().ok_or(EINVAL)?;
+                let n = len.min(block_len - in_block);
+                let target = if vram {
+                    Target::Vram(at)
+                } else {
+                    Target::Bus(at)
+                };
+                vm.map(&self.vram, va + in_block, target, n, true)?;
+                (at, len, in_block) = (at + n, len - n, in_block + n);
+                if in_block == block_len {
+                    blocks.next();
+                    in_block = 0;
+                }
+            }
+            Ok(())
+        });
+        drop(blocks);
+        mapped.map(|()| lease)
+    }
+
+    /// The virtual addresses of a lease of the move window, laid end to end.
+    pub(crate) fn window_ranges(lease: &AllocatedBlocks) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let base = KERNEL_VA_BASE + WINDOW_OFFSET;
+        lease.iter().map(move |b| (base + b.offset(), b.size()))
+    }
+
     /// Zeroes the VRAM ranges `(offset, len)` with the engine and waits for it.
     ///
     /// The wait is not interruptible: the memory is freed or handed out only after the engine
@@ -285,14 +399,14 @@ impl<'bound> DeviceData<'bound> {
                     if commands.len() == MAX_JOB_COMMANDS {
                         let job = core::mem::take(&mut commands);
                         jobs.reserve(1, GFP_KERNEL)?;
-                        jobs.push(self.engine.submit(self.kernel_vm.root(), job)?, GFP_KERNEL)?;
+                        jobs.push(self.engine.submit(self.kernel_root, job)?, GFP_KERNEL)?;
                     }
                 }
             }
             if !commands.is_empty() {
                 let job = core::mem::take(&mut commands);
                 jobs.reserve(1, GFP_KERNEL)?;
-                jobs.push(self.engine.submit(self.kernel_vm.root(), job)?, GFP_KERNEL)?;
+                jobs.push(self.engine.submit(self.kernel_root, job)?, GFP_KERNEL)?;
             }
             Ok(())
         })();

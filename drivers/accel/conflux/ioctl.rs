@@ -11,6 +11,8 @@ pub(crate) mod bo;
 pub(crate) mod job;
 pub(crate) mod vm;
 
+use core::sync::atomic::Ordering;
+
 use kernel::{
     drm::{
         gem::BaseObject,
@@ -43,7 +45,7 @@ use crate::{
 
 // The uAPI structures have the sizes the header documents, on both sides: userspace checks
 // the same numbers.
-const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_get_info>() == 112);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_get_info>() == 136);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_create>() == 16);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind_op>() == 40);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind>() == 24);
@@ -51,7 +53,7 @@ const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_cmd>() == 32);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_submit>() == 72);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_wait>() == 24);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
-const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_info>() == 32);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_info>() == 40);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_join>() == 16);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_path>() == 24);
 const _: () = assert!(uapi::DRM_CONFLUX_MAX_CMDS as usize == MAX_JOB_COMMANDS);
@@ -199,6 +201,9 @@ pub(crate) fn get_info(
         vm_2m_entries: pages.huge,
         vm_4k_entries: pages.small,
         vm_spare_tables: pages.spare as u64,
+        evictions: data.moves.evictions.load(Ordering::Relaxed),
+        returns: data.moves.returns.load(Ordering::Relaxed),
+        bytes_moved: data.moves.bytes.load(Ordering::Relaxed),
     };
     Ok(0)
 }

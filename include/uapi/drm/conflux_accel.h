@@ -69,9 +69,13 @@ enum drm_conflux_ioctl_id {
  * @vm_4k_entries: out: 4 KiB page-table entries of the file's VM
  * @vm_spare_tables: out: page tables the file's VM keeps in reserve, one per
  *	2 MiB entry (see &struct drm_conflux_vm_bind)
+ * @evictions: out: buffers moved out of VRAM to make room for others
+ * @returns: out: buffers moved back to VRAM for a job that uses them
+ * @bytes_moved: out: bytes the engine copied to move buffers, for any reason
  *
- * The counters count from the device's power-on, are kept across resets and
- * wrap modulo 2^64. The VM fields are 0 until the file's VM exists.
+ * The engine's counters count from the device's power-on, are kept across
+ * resets and wrap modulo 2^64; the move counters count from the driver's
+ * binding. The VM fields are 0 until the file's VM exists.
  */
 struct drm_conflux_get_info {
 	__u32 flags;
@@ -90,6 +94,9 @@ struct drm_conflux_get_info {
 	__u64 vm_2m_entries;
 	__u64 vm_4k_entries;
 	__u64 vm_spare_tables;
+	__u64 evictions;
+	__u64 returns;
+	__u64 bytes_moved;
 };
 
 /* Placement of a buffer: &struct drm_conflux_bo_create.flags. */
@@ -125,7 +132,9 @@ struct drm_conflux_get_info {
  * &struct drm_conflux_bo_info tells where it went. A buffer with both flags
  * that went to VRAM moves to system memory, for good, when an importer that
  * cannot reach the device's VRAM maps it (see PRIME in the documentation);
- * its data, its mappings in VMs and mmap() go with it.
+ * its data, its mappings in VMs and mmap() go with it. The device's engine
+ * copies it; later jobs, reads, writes and faults of the buffer wait for
+ * the copy.
  *
  * New memory never shows data of an earlier user: VRAM is zeroed by the
  * device's engine before the ioctl returns, system memory by the kernel's
@@ -418,6 +427,8 @@ struct drm_conflux_bo_rw {
  *	for a buffer imported from another Conflux device, that device's VRAM
  *	through PCIe switches (P2P) or through the host bridge (HOST_BRIDGE),
  *	or its system memory (SYSTEM)
+ * @moves: out: how many times the buffer moved between VRAM and system
+ *	memory; 0 for an imported buffer
  *
  * An imported buffer has no @mmap_offset (0): map it through its exporter.
  *
@@ -427,7 +438,8 @@ struct drm_conflux_bo_rw {
  * one longer than the buffer, and with -EACCES an offset that lands in a buffer
  * this file does not hold. VRAM is mapped write-combined through the device's BAR,
  * system memory cached. The mapping does not wait for jobs: use
- * DRM_IOCTL_CONFLUX_WAIT first. When the device is unbound, every mapping of
+ * DRM_IOCTL_CONFLUX_WAIT first; a fault waits for a move of the buffer.
+ * When the device is unbound, every mapping of
  * its buffers is emptied, and touching it raises SIGBUS.
  *
  * Errors: -EINVAL for a malformed call, -ENOENT for an unknown handle,
@@ -440,6 +452,7 @@ struct drm_conflux_bo_info {
 	__u64 mmap_offset;
 	__u32 placement;
 	__u32 path;
+	__u64 moves;
 };
 
 /**

@@ -122,7 +122,11 @@ pub(crate) fn info(
     file: &DrmFile,
 ) -> Result<u32> {
     let call = Call::new(data, "BO_INFO");
-    call.zero(&[("flags", args.flags.into()), ("path", args.path.into())])?;
+    call.zero(&[
+        ("flags", args.flags.into()),
+        ("path", args.path.into()),
+        ("moves", args.moves),
+    ])?;
     let bo = call.bo(file, fmt!(""), args.handle)?;
     args.mmap_offset = match bo.imported() {
         Some(_) => 0,
@@ -131,6 +135,7 @@ pub(crate) fn info(
     args.size = bo.size() as u64;
     args.placement = bo.placement();
     args.path = prime::path(&bo);
+    args.moves = bo.moves();
     Ok(0)
 }
 
@@ -197,9 +202,15 @@ fn copy(
         let chunk = buf.get_mut(..n).ok_or(EINVAL)?;
         if write {
             reader.read_slice(chunk)?;
-            bo.cpu_copy(&data.vram, offset + done, chunk, true)?;
-        } else {
-            bo.cpu_copy(&data.vram, offset + done, chunk, false)?;
+        }
+        {
+            // A move cannot start while the lock is held, and one that started is waited for:
+            // the copy reaches the buffer's memory when it holds the buffer's bytes.
+            let _locked = bo.dma_resv().lock();
+            while !bo.dma_resv().wait_timeout(usage, true, Jiffies::MAX)? {}
+            bo.cpu_copy(&data.vram, offset + done, chunk, write)?;
+        }
+        if !write {
             writer.write_slice(chunk)?;
         }
         done += n as u64;

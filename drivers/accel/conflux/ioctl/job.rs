@@ -9,7 +9,8 @@ use kernel::{
     },
     dma_resv::{
         DmaResv,
-        ResvSet, //
+        ResvSet,
+        Usage, //
     },
     drm::{
         gem::BaseObject,
@@ -283,6 +284,15 @@ pub(crate) fn submit(
             .prepare(vm.root(), commands, kept, Some(vm.kept_tables()))?;
         for fence in syncs.wait.iter() {
             job.add_dependency(fence, GFP_KERNEL_ACCOUNT)?;
+        }
+        // Moves of the buffers, even with explicit synchronisation: a job never sees a buffer's
+        // new memory before the engine copied its bytes there, and fails if the copy did.
+        for used in buffers.iter() {
+            used.bo
+                .dma_resv()
+                .for_each_fence(&locked, Usage::Kernel, |f| {
+                    job.add_dependency(f, GFP_KERNEL_ACCOUNT)
+                })?;
         }
         // Implicit synchronisation: a write waits for every job that uses the buffer, a read
         // for the ones that write it, moves and clears included.

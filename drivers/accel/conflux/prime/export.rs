@@ -9,10 +9,7 @@
 //! importer's first map, and any other is refused. A buffer in system memory is exported as its
 //! pages, mapped for each importer.
 
-use core::sync::atomic::{
-    AtomicUsize,
-    Ordering, //
-};
+use core::sync::atomic::Ordering;
 
 use kernel::{
     device::Device,
@@ -67,8 +64,6 @@ fn path_of(route: MapType) -> u32 {
 pub(crate) struct Export {
     pub(super) obj: ARef<Object>,
     pub(super) dev: ARef<IoctlDevice>,
-    /// How many attachments pinned the buffer where it is.
-    pins: AtomicUsize,
 }
 
 impl Export {
@@ -77,7 +72,6 @@ impl Export {
         Self {
             obj: obj.into(),
             dev: dev.into(),
-            pins: AtomicUsize::new(0),
         }
     }
 
@@ -100,8 +94,9 @@ impl Export {
     /// [`EOPNOTSUPP`] when the buffer may not move, [`EBUSY`] when another importer pinned it in
     /// VRAM.
     ///
-    /// Every job that uses the buffer, on any device, finishes first; then the device's address
-    /// spaces and the other importers lose their mappings of the VRAM, which is freed last.
+    /// Every job that uses the buffer, on any device, finishes first; then the engine copies the
+    /// buffer, the device's address spaces and the other importers lose their mappings of the
+    /// VRAM, which is freed once the copy is done.
     fn place_for(
         &self,
         data: &DeviceData<'_>,
@@ -118,7 +113,7 @@ impl Export {
         if !self.obj.movable() {
             return Err(refusal);
         }
-        let pins = self.pins.load(Ordering::Relaxed);
+        let pins = self.obj.pins().load(Ordering::Relaxed);
         if pins > 0 {
             if data.log_allowed() {
                 dev_info!(
@@ -133,12 +128,15 @@ impl Export {
         let resv = self.obj.dma_resv();
         // The engine's watchdog ends a job that does not complete.
         while !resv.wait_timeout(Usage::Bookkeep, true, Jiffies::MAX)? {}
-        let Some(vram) = gem::move_to_system(&self.obj, &data.vram)? else {
+        let Some(fence) = gem::move_to_system(&self.obj, data, locked)? else {
             return Ok(());
         };
-        self.obj.spaces().invalidate(Some(&data.vram));
         locked.buf().invalidate_mappings(locked)?;
-        drop(vram);
+        data.engine.start();
+        // An importer that is not dynamic does not wait for the move's fence.
+        if !attachment.is_dynamic() {
+            fence.wait(false)?;
+        }
         dev_dbg!(
             data.pdev,
             "export: moved a buffer of {:#x} bytes to system memory for {}\n",
@@ -246,12 +244,12 @@ impl Exporter for Export {
         DeviceData::with(&self.dev, |_, data| {
             self.place_for(data, attachment, locked)
         })?;
-        self.pins.fetch_add(1, Ordering::Relaxed);
+        self.obj.pins().fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     fn unpin(&self, _attachment: &Attachment) {
-        self.pins.fetch_sub(1, Ordering::Relaxed);
+        self.obj.pins().fetch_sub(1, Ordering::Relaxed);
     }
 
     fn map(

@@ -25,7 +25,7 @@ pub mod uapi {
 }
 
 // The structure sizes the header documents; the driver checks the same numbers.
-const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_get_info>() == 112);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_get_info>() == 136);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_create>() == 16);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind_op>() == 40);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind>() == 24);

@@ -166,6 +166,11 @@ fn info_json(dev: &Device, i: &Info) -> Value {
             "commands": i.commands,
             "errors": i.errors,
         },
+        "moves": {
+            "evictions": i.evictions,
+            "returns": i.returns,
+            "bytes_moved": i.bytes_moved,
+        },
     })
 }
 
@@ -174,7 +179,8 @@ fn info_text(dev: &Device, i: &Info) -> String {
         "{} ({}): Conflux {}.{}, capabilities {:#x} ({})\n  \
          VRAM {} MiB, {} KiB available\n  \
          VA range {:#x}..{:#x}\n  \
-         engine: {} commands, {} errors; local {} bytes, p2p {} bytes, system memory {} bytes",
+         engine: {} commands, {} errors; local {} bytes, p2p {} bytes, system memory {} bytes\n  \
+         moves: {} evictions, {} returns, {} bytes moved",
         dev.path().display(),
         dev.pci_address().unwrap_or_else(|| "?".into()),
         i.version >> 16,
@@ -189,7 +195,10 @@ fn info_text(dev: &Device, i: &Info) -> String {
         i.errors,
         i.local_bytes,
         i.p2p_bytes,
-        i.sysmem_bytes
+        i.sysmem_bytes,
+        i.evictions,
+        i.returns,
+        i.bytes_moved
     )
 }
 

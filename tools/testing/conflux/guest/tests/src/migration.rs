@@ -85,7 +85,8 @@ pub(crate) fn test_migration(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
             placement_name(still)
         ),
     );
-    let avail = x.info()?.vram_avail;
+    let before_info = x.info()?;
+    let avail = before_info.vram_avail;
     let y_dst = y.bo_create(len)?.into_handle();
 
     // The exporter and the P2P importer still run jobs that read the buffer (256 MiB of copies
@@ -99,6 +100,9 @@ pub(crate) fn test_migration(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
         map_op(y_dst, 0, 2 * VA, len, false),
     ])?;
     let errors = [job_errno(x, jobs[0]), job_errno(z, jobs[1])];
+    // The move is a job of the exporter's engine, which the CPU's reads wait for.
+    let mut first = [0u8; 4];
+    x.read(bo, 0, &mut first)?;
     let after = [counters(x)?, counters(z)?];
     let mut copied = [vec![0; len as usize], vec![0; len as usize]];
     x.read(x_dst, 0, &mut copied[0])?;
@@ -109,13 +113,14 @@ pub(crate) fn test_migration(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
             && errors == [None, None]
             && after[0][0] - before[0][0] == 64 * len
             && after[1][1] - before[1][1] == 64 * len
-            && after[0][2] == before[0][2]
+            && after[0][2] - before[0][2] == len
             && after[1][2] == before[1][2]
             && copied[0] == data
             && copied[1] == data,
         format!(
             "still running at the bind: {running:?}; fence errors {errors:?}; \
-             {name} local +{}, system memory +{}; {zn} P2P +{}, system memory +{}; \
+             {name} local +{}, system memory +{} (the move's copy: {len}); \
+             {zn} P2P +{}, system memory +{}; \
              copies differ at {:?} and {:?}",
             after[0][0] - before[0][0],
             after[0][2] - before[0][2],
@@ -126,16 +131,22 @@ pub(crate) fn test_migration(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
         ),
     );
     let info = x.bo_info(bo)?;
-    let freed = x.info()?.vram_avail - avail;
+    let x_info = x.info()?;
+    let freed = x_info.vram_avail - avail;
+    let bytes_moved = x_info.bytes_moved - before_info.bytes_moved;
     t.check(
-        &format!("{name}: the buffer moved to system memory when {yn} mapped it"),
+        &format!("{name}: the buffer moved to system memory when {yn} mapped it, by the engine"),
         info.placement == uapi::DRM_CONFLUX_BO_SYSTEM
             && info.path == uapi::DRM_CONFLUX_PATH_SYSTEM
+            && info.moves == 1
+            && bytes_moved == len
             && freed == len,
         format!(
-            "placement {}, path {}; {freed} bytes of VRAM freed",
+            "placement {}, path {}, {} moves, {bytes_moved} bytes moved; {freed} bytes of VRAM \
+             freed",
             placement_name(info.placement),
-            conflux::path_name(info.path)
+            conflux::path_name(info.path),
+            info.moves
         ),
     );
     let z_path = z.bo_info(z_bo)?.path;
@@ -232,5 +243,8 @@ pub(crate) fn test_migration(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
         ),
     );
     g[0].vm_bind(&[unmap_op(VA, len)])?;
-    Ok(())
+    drop(g);
+
+    // Every allocation of the move failed in turn.
+    crate::alloc_walk::test_move_walk(t, x, y)
 }
