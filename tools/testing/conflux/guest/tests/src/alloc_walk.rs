@@ -17,7 +17,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::Write,
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::fs::FileExt,
     },
 };
@@ -476,67 +476,5 @@ pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Re
     );
     report(t, &name, "VM_JOIN", w);
     dev.vm_bind(&[unmap_op(AT, MIB2)])?;
-    Ok(())
-}
-
-/// Walks the move of a buffer of `x` to system memory, which the first bind by `y`, a device
-/// without a route to `x`'s VRAM, makes: a failed allocation fails the bind with `ENOMEM` and
-/// leaves the buffer in VRAM with its bytes, unmoved, and `x`'s VRAM as it was.
-pub(crate) fn test_move_walk(t: &mut Tally, x: &Device, y: &Device) -> Result<(), Error> {
-    // Small, so that the walk stays within [`MOST`] allocations: a page takes one.
-    const SIZE: u64 = 16 * 4096;
-    let name = format!("{} by {}", x.path().display(), y.path().display());
-    quiet_injection()?;
-    let fail = FailNth::open()?;
-    let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
-    let data: Vec<u8> = (0..SIZE as usize).map(|i| (i * 7 + 3) as u8).collect();
-    let w = walk(
-        &fail,
-        || {
-            let bo = x.bo_create_in(SIZE, both)?;
-            x.write(bo.handle, 0, &data)?;
-            let fd = x.export(bo.handle)?;
-            let imported = y.import(fd.0.as_fd())?;
-            let avail = x.info()?.vram_avail;
-            let args = [map_op(imported.handle, 0, AT, SIZE, false)];
-            Ok((bo, imported, avail, args))
-        },
-        |(_, _, _, args)| y.vm_bind(args),
-        |(bo, _, avail, _)| {
-            let info = x.bo_info(bo.handle)?;
-            let mut got = vec![0u8; data.len()];
-            x.read(bo.handle, 0, &mut got)?;
-            let now = x.info()?.vram_avail;
-            Ok((info.placement != uapi::DRM_CONFLUX_BO_VRAM
-                || info.moves != 0
-                || got != data
-                || now != *avail)
-                .then(|| {
-                    format!(
-                        "placement {:#x}, {} moves, bytes {}, VRAM available {avail:#x} -> \
-                         {now:#x}",
-                        info.placement,
-                        info.moves,
-                        if got == data { "kept" } else { "changed" }
-                    )
-                }))
-        },
-        |(bo, _, _, _)| {
-            let info = x.bo_info(bo.handle)?;
-            let mut got = vec![0u8; data.len()];
-            x.read(bo.handle, 0, &mut got)?;
-            y.vm_bind(&[unmap_op(AT, SIZE)])?;
-            if info.placement != uapi::DRM_CONFLUX_BO_SYSTEM || info.moves != 1 || got != data {
-                return Err(io_err("move", "check")(std::io::Error::other(format!(
-                    "after the move: placement {:#x}, {} moves, bytes {}",
-                    info.placement,
-                    info.moves,
-                    if got == data { "kept" } else { "changed" }
-                ))));
-            }
-            Ok(())
-        },
-    );
-    report(t, &name, "VM_BIND that moves a buffer to system memory", w);
     Ok(())
 }
