@@ -17,7 +17,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::Write,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
         unix::fs::FileExt,
     },
 };
@@ -476,5 +476,79 @@ pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Re
     );
     report(t, &name, "VM_JOIN", w);
     dev.vm_bind(&[unmap_op(AT, MIB2)])?;
+    Ok(())
+}
+
+/// Walks the move of a buffer of `x` to system memory, which the first bind by `y`, a device
+/// without a route to `x`'s VRAM, makes: a failed allocation fails the bind with `ENOMEM` and
+/// leaves the buffer with its bytes, in VRAM unmoved, or moved once to system memory when the
+/// failure came after the move. Once the buffers of the walk are gone, `x` has all of the VRAM
+/// it had before: no failure leaked any.
+pub(crate) fn test_move_walk(t: &mut Tally, x: &Device, y: &Device) -> Result<(), Error> {
+    // Small, so that the walk stays within [`MOST`] allocations: a page takes one.
+    const SIZE: u64 = 16 * 4096;
+    let name = format!("{} by {}", x.path().display(), y.path().display());
+    quiet_injection()?;
+    let fail = FailNth::open()?;
+    let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+    let data: Vec<u8> = (0..SIZE as usize).map(|i| (i * 7 + 3) as u8).collect();
+    let state = |bo: u32| -> Result<(uapi::drm_conflux_bo_info, bool), Error> {
+        let mut got = vec![0u8; data.len()];
+        x.read(bo, 0, &mut got)?;
+        Ok((x.bo_info(bo)?, got == data))
+    };
+    let avail = x.info()?.vram_avail;
+    let w = walk(
+        &fail,
+        || {
+            let bo = x.bo_create_in(SIZE, both)?;
+            x.write(bo.handle, 0, &data)?;
+            let fd = x.export(bo.handle)?;
+            let imported = y.import(fd.0.as_fd())?;
+            let args = [map_op(imported.handle, 0, AT, SIZE, false)];
+            Ok((bo, imported, args))
+        },
+        |(_, _, args)| y.vm_bind(args),
+        |(bo, _, _)| {
+            // The bind maps the buffer, which moves it, before it makes its own entries: a
+            // failure after the map leaves the buffer moved, with its bytes.
+            let (info, kept) = state(bo.handle)?;
+            let unmoved = info.placement == uapi::DRM_CONFLUX_BO_VRAM && info.moves == 0;
+            let moved = info.placement == uapi::DRM_CONFLUX_BO_SYSTEM && info.moves == 1;
+            Ok((!(unmoved || moved) || !kept).then(|| {
+                format!(
+                    "placement {:#x}, {} moves, bytes {}",
+                    info.placement,
+                    info.moves,
+                    if kept { "kept" } else { "changed" }
+                )
+            }))
+        },
+        |(bo, _, _)| {
+            let (info, kept) = state(bo.handle)?;
+            y.vm_bind(&[unmap_op(AT, SIZE)])?;
+            if info.placement != uapi::DRM_CONFLUX_BO_SYSTEM || info.moves != 1 || !kept {
+                return Err(io_err("move", "check")(std::io::Error::other(format!(
+                    "after the move: placement {:#x}, {} moves, bytes {}",
+                    info.placement,
+                    info.moves,
+                    if kept { "kept" } else { "changed" }
+                ))));
+            }
+            Ok(())
+        },
+    );
+    report(t, &name, "VM_BIND that moves a buffer to system memory", w);
+    // A bind and unbind on `y` drops what its failed binds left for later.
+    let spare = y.bo_create(SIZE)?;
+    y.vm_bind(&[map_op(spare.handle, 0, AT, SIZE, false)])?;
+    y.vm_bind(&[unmap_op(AT, SIZE)])?;
+    drop(spare);
+    let after = x.info()?.vram_avail;
+    t.check(
+        &format!("{name}: the walk of the move leaves all of the exporter's VRAM"),
+        after == avail,
+        format!("VRAM available {avail:#x} before, {after:#x} after"),
+    );
     Ok(())
 }

@@ -243,5 +243,8 @@ pub(crate) fn test_migration(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
         ),
     );
     g[0].vm_bind(&[unmap_op(VA, len)])?;
-    Ok(())
+    drop(g);
+
+    // Every allocation of the move failed in turn.
+    crate::alloc_walk::test_move_walk(t, x, y)
 }
