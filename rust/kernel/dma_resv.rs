@@ -136,6 +136,22 @@ impl DmaResv {
         }
     }
 
+    /// Locks the object if nobody holds it, without waiting: for a caller that may already hold
+    /// other reservation objects, outside their acquire context.
+    pub fn try_lock(&self) -> Option<ResvGuard<'_>> {
+        // SAFETY: The object is valid; `dma_resv_trylock()` is `ww_mutex_trylock()` on its lock
+        // without an acquire context.
+        let locked = unsafe {
+            bindings::ww_mutex_trylock(&raw mut (*self.as_raw()).lock, core::ptr::null_mut())
+        };
+        // INVARIANT: locked just above when `locked` is not 0.
+        (locked != 0).then(|| ResvGuard {
+            resv: self,
+            reserved: 0,
+            _not_send: NotThreadSafe,
+        })
+    }
+
     /// Calls `f` on every fence of the object of `usage` or a usage before it, as long as `f`
     /// succeeds.
     ///
