@@ -8,10 +8,12 @@
 //! cannot reach VRAM ([`move_to_system`]).
 
 pub(crate) mod import;
+pub(crate) mod lru;
 pub(crate) mod memory;
 pub(crate) mod moves;
 
 use core::sync::atomic::{
+    AtomicBool,
     AtomicU64,
     AtomicUsize,
     Ordering, //
@@ -59,6 +61,7 @@ use crate::{
 };
 
 use import::Imported;
+use lru::Lru;
 use memory::Memory;
 
 /// Pages a CPU fault maps at once, from the faulting one on.
@@ -68,17 +71,18 @@ const FAULT_AROUND: usize = 16;
 pub(crate) struct Contents {
     memory: Memory,
     imported: Option<Imported>,
-    movable: bool,
+    lru: Option<Arc<Lru>>,
     spaces: Arc<AddressSpaces>,
 }
 
 impl Contents {
-    /// The device's own `memory`; `movable` when the buffer may move from VRAM to system memory.
-    pub(crate) fn local(memory: Memory, movable: bool) -> Result<Self> {
+    /// The device's own `memory`; a buffer that may be in VRAM or in system memory is
+    /// movable, and goes in the device's `lru`.
+    pub(crate) fn local(memory: Memory, lru: Option<Arc<Lru>>) -> Result<Self> {
         Ok(Contents {
             memory,
             imported: None,
-            movable,
+            lru,
             spaces: AddressSpaces::new()?,
         })
     }
@@ -89,7 +93,7 @@ impl Contents {
         Contents {
             memory: Memory::None,
             imported: Some(imported),
-            movable: false,
+            lru: None,
             spaces,
         }
     }
@@ -116,17 +120,21 @@ pub(crate) fn create_error(e: Error) -> Error {
 /// `n` is in the block that covers `n` when the blocks are laid end to end in their iteration
 /// order; in system memory, it is byte `n % PAGE_SIZE` of page `n / PAGE_SIZE`. It is
 /// [`Memory::None`] when `imported` is set. It changes only between VRAM and system memory,
-/// when `movable`, under the lock of the object's reservation object, by a move whose fence is
-/// in the reservation object ([`moves`]), and every address space that maps the buffer
-/// meanwhile is in `spaces`.
-#[pin_data]
+/// when the buffer is movable (it has an `lru`), under the lock of the object's reservation
+/// object, by a move whose fence is in the reservation object ([`moves`]), and every address
+/// space that maps the buffer meanwhile is in `spaces`. A movable buffer is in `lru` until it
+/// is dropped.
+#[pin_data(PinnedDrop)]
 pub(crate) struct Bo {
     #[pin]
     memory: Mutex<Memory>,
     /// The attachment, for a buffer of another device or exporter.
     imported: Option<Imported>,
-    movable: bool,
+    /// The device's list of movable buffers, for a movable one.
+    lru: Option<Arc<Lru>>,
     spaces: Arc<AddressSpaces>,
+    /// The buffer was exported as a dma-buf.
+    exported: AtomicBool,
     /// How many times the buffer moved.
     moves: AtomicU64,
     /// How many importers pinned the buffer where it is.
@@ -139,8 +147,9 @@ impl Bo {
         try_pin_init!(Bo {
             memory <- new_mutex!(contents.memory),
             imported: contents.imported,
-            movable: contents.movable,
+            lru: contents.lru,
             spaces: contents.spaces,
+            exported: AtomicBool::new(false),
             moves: AtomicU64::new(0),
             pins: AtomicUsize::new(0),
         })
@@ -154,6 +163,27 @@ impl Bo {
     /// Counts a move of the buffer.
     pub(crate) fn count_move(&self) {
         self.moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records that the buffer was exported as a dma-buf.
+    pub(crate) fn set_exported(&self) {
+        self.exported.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether eviction and returns may move the buffer: a movable buffer that was never
+    /// exported, so that no importer needs telling, and that no importer pinned.
+    pub(crate) fn evictable(&self) -> bool {
+        self.lru.is_some()
+            && !self.exported.load(Ordering::Relaxed)
+            && self.pins.load(Ordering::Relaxed) == 0
+    }
+
+    /// Makes the buffer the device's most recently used, when it is movable. Without memory
+    /// to add it, it keeps its place.
+    pub(crate) fn touch(obj: &Object) {
+        if let Some(lru) = &obj.lru {
+            let _ = lru.touch(obj);
+        }
     }
 
     /// How many importers pinned the buffer where it is; it moves for none of them.
@@ -196,16 +226,16 @@ impl Bo {
         self.imported.as_ref()
     }
 
-    /// Whether the buffer may move from VRAM to system memory.
+    /// Whether the buffer may be in VRAM and in system memory, and move between them.
     pub(crate) fn movable(&self) -> bool {
-        self.movable
+        self.lru.is_some()
     }
 
     /// Whether the memory can change under an address space that maps the buffer: an imported
     /// buffer's exporter can invalidate it, and a movable buffer can move. The address spaces
     /// that map such a buffer record where, and are in [`Bo::spaces`].
     pub(crate) fn may_change(&self) -> bool {
-        self.movable || self.imported.is_some()
+        self.movable() || self.imported.is_some()
     }
 
     /// The address spaces of the device that map the buffer, when [`Bo::may_change`].
@@ -345,6 +375,15 @@ impl Bo {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Bo {
+    fn drop(self: Pin<&mut Self>) {
+        if let Some(lru) = &self.lru {
+            lru.remove(&self);
         }
     }
 }

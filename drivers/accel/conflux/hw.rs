@@ -6,8 +6,9 @@
 //! signature and version in the control block at BAR2 offset 0, declines any other ivshmem
 //! device with `-ENODEV`, checks the layout and capabilities and takes over the engine, reset.
 //! [`DeviceData`] is what the registered accel device then holds: the engine, VRAM, the
-//! kernel's own address space, which maps all of VRAM so that the engine can scrub it, and the
-//! dma-bufs exported and imported, which the unbind revokes and unmaps.
+//! kernel's own address space, which maps all of VRAM so that the engine can scrub it and, in a
+//! window above it, the memory of buffers that move, and the dma-bufs exported and imported,
+//! which the unbind revokes and unmaps.
 
 use core::{
     pin::Pin,
@@ -64,7 +65,10 @@ use crate::{
         Engine,
         MAX_JOB_COMMANDS, //
     },
-    gem::memory::Memory,
+    gem::{
+        lru::Lru,
+        memory::Memory, //
+    },
     mmu::{
         PageTables,
         Target, //
@@ -205,6 +209,8 @@ pub(crate) struct DeviceData<'bound> {
     window: GpuBuddy,
     /// What the moves did.
     pub(crate) moves: MoveStats,
+    /// The movable buffers, least recently used first.
+    pub(crate) lru: Arc<Lru>,
     /// The buffers exported as dma-bufs, revoked when the device is unbound.
     pub(crate) exports: Arc<ExportList>,
     /// The device's attachments to imported dma-bufs, unmapped when it is unbound.
@@ -263,6 +269,7 @@ impl<'bound> DeviceData<'bound> {
             kernel_vm: KBox::pin_init(new_mutex!(kernel_vm), GFP_KERNEL)?,
             window,
             moves: MoveStats::default(),
+            lru: Lru::new()?,
             exports: Arc::pin_init(ExportList::new(), GFP_KERNEL)?,
             imports: Arc::pin_init(ImportList::new(), GFP_KERNEL)?,
             refused: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,
@@ -343,21 +350,13 @@ impl<'bound> DeviceData<'bound> {
         }
         let mut blocks = Self::window_ranges(&lease).peekable();
         let mut in_block = 0u64;
-        let mapped = memory.for_each_piece(&self.vram, 0, size, |target, mut len| {
-            let (mut at, vram) = match target {
-                Target::Vram(at) => (at, true),
-                Target::Bus(at) => (at, false),
-            };
-            while len > 0 {
+        let mapped = memory.for_each_piece(&self.vram, 0, size, |target, len| {
+            let mut done = 0;
+            while done < len {
                 let (va, block_len) = *blocks.peek().ok_or(EINVAL)?;
-                let n = len.min(block_len - in_block);
-                let target = if vram {
-                    Target::Vram(at)
-                } else {
-                    Target::Bus(at)
-                };
-                vm.map(&self.vram, va + in_block, target, n, true)?;
-                (at, len, in_block) = (at + n, len - n, in_block + n);
+                let n = (len - done).min(block_len - in_block);
+                vm.map(&self.vram, va + in_block, target.add(done), n, true)?;
+                (done, in_block) = (done + n, in_block + n);
                 if in_block == block_len {
                     blocks.next();
                     in_block = 0;

@@ -48,6 +48,16 @@ pub(crate) enum Target {
     Bus(u64),
 }
 
+impl Target {
+    /// The target `n` bytes further on.
+    pub(crate) fn add(self, n: u64) -> Self {
+        match self {
+            Target::Vram(at) => Target::Vram(at + n),
+            Target::Bus(at) => Target::Bus(at + n),
+        }
+    }
+}
+
 /// Where an address space maps part of some memory: `len` bytes at `va`, from byte `offset`
 /// of the memory on.
 #[derive(Clone, Copy, Debug)]

@@ -65,6 +65,8 @@ pub(crate) fn export(obj: &Object, dev: &IoctlDevice) -> Result<ARef<DmaBuf>> {
             );
             return Err(EOPNOTSUPP);
         }
+        // From now on an importer may hold the memory: eviction leaves the buffer alone.
+        obj.set_exported();
         let exported = Exported::export_in(
             Export::new(obj, dev),
             obj.size(),

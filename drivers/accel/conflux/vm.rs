@@ -108,7 +108,7 @@ impl Vm {
     /// A VM with nothing mapped, spanning [`USER_VA_START`] to [`KERNEL_VA_BASE`].
     pub(crate) fn new(dev: &ConfluxDevice<Registered>, data: &DeviceData<'_>) -> Result<Self> {
         // The object that carries the VM's reservation object; it has no memory.
-        let r_obj = Object::new(dev, SZ_4K, Contents::local(Memory::None, false)?)
+        let r_obj = Object::new(dev, SZ_4K, Contents::local(Memory::None, None)?)
             .map_err(crate::gem::create_error)?;
         let gpuvm = GpuVm::new::<Error, _>(
             c"conflux",

@@ -128,13 +128,17 @@ struct drm_conflux_get_info {
  * @handle: out: GEM handle of the new buffer
  *
  * A buffer is placed in VRAM when DRM_CONFLUX_BO_VRAM is set and VRAM has
- * room, else in system memory when DRM_CONFLUX_BO_SYSTEM is set.
+ * room, after evicting buffers that may be in either place when it has
+ * not, else in system memory when DRM_CONFLUX_BO_SYSTEM is set.
  * &struct drm_conflux_bo_info tells where it went. A buffer with both flags
- * that went to VRAM moves to system memory, for good, when an importer that
- * cannot reach the device's VRAM maps it (see PRIME in the documentation);
- * its data, its mappings in VMs and mmap() go with it. The device's engine
- * copies it; later jobs, reads, writes and faults of the buffer wait for
- * the copy.
+ * moves between VRAM and system memory: it is evicted, least recently used
+ * first, when VRAM is needed, and comes back to VRAM for the next job that
+ * uses it when VRAM has room (unless it was exported or is pinned); it
+ * moves to system memory, for good, when an importer that cannot reach the
+ * device's VRAM maps it (see PRIME in the documentation). Its data, its
+ * mappings in VMs and mmap() go with it. The device's engine copies it;
+ * later jobs, reads, writes and faults of the buffer wait for the copy. A
+ * buffer with only DRM_CONFLUX_BO_VRAM is never evicted.
  *
  * New memory never shows data of an earlier user: VRAM is zeroed by the
  * device's engine before the ioctl returns, system memory by the kernel's
@@ -147,7 +151,8 @@ struct drm_conflux_get_info {
  * Errors: -EINVAL for a size of 0 or unknown flags, a missing placement, a
  * non-zero handle, or a buffer that would go to system memory and is larger
  * than DRM_CONFLUX_MAX_SYSTEM_SIZE; -ENOSPC when VRAM has no room for a
- * buffer that must be in VRAM; -ENOMEM when system memory cannot be allocated; -EIO when it
+ * buffer that must be in VRAM, even after evicting every buffer that may
+ * move; -ENOMEM when system memory cannot be allocated; -EIO when it
  * cannot be mapped for the device's DMA; -EINTR when a signal arrived while
  * the call waited for room in the engine's ring (nothing was created); -EIO
  * or -ETIMEDOUT when the engine failed to zero the memory.

@@ -24,6 +24,7 @@ use kernel::{
     gpu::buddy::AllocatedBlocks,
     prelude::*,
     sync::aref::ARef,
+    time::Jiffies,
 };
 
 use crate::{
@@ -163,4 +164,148 @@ fn map_window(
         data.engine.retire_finished();
         data.map_window(memory, size)
     })
+}
+
+/// Evicts buffers of the device to system memory, least recently used first and idle ones
+/// before busy ones, until VRAM has `need` bytes available or no buffer is left to evict; the
+/// buffers of `keep` (a job's) stay. Waits for the copies, and for the engine's worker to drop
+/// them, so that the VRAM is free on return: the caller holds no reservation lock, which the
+/// worker may wait for. Returns whether anything was evicted.
+///
+/// Only buffers that may be in either place, were never exported and are not pinned move
+/// ([`Bo::evictable`](super::Bo::evictable)). A buffer whose reservation lock someone holds is
+/// left alone: the caller may hold the locks of other buffers.
+pub(crate) fn make_room(data: &DeviceData<'_>, need: u64, keep: &[ARef<Object>]) -> Result<bool> {
+    data.engine.retire_finished();
+    let want = need.saturating_sub(data.vram.avail());
+    if want == 0 {
+        return Ok(false);
+    }
+    let candidates = data.lru.buffers()?;
+    let mut fences = KVec::new();
+    let mut freed = 0u64;
+    let evicted = (|| -> Result {
+        for idle_only in [true, false] {
+            for obj in candidates.iter() {
+                if freed >= want {
+                    break;
+                }
+                let resv = obj.dma_resv();
+                let in_vram = matches!(*obj.memory(), Memory::Vram(_));
+                let kept = keep.iter().any(|k| core::ptr::eq::<Object>(&**k, &**obj));
+                if !in_vram || kept || !obj.evictable() {
+                    continue;
+                }
+                if idle_only != resv.test_signaled(Usage::Bookkeep) {
+                    continue;
+                }
+                let Some(mut guard) = resv.try_lock() else {
+                    continue;
+                };
+                // The page-table entries of the VRAM go: the jobs that use them finish first. The
+                // engine's watchdog ends a job that does not complete.
+                while !resv.wait_timeout(Usage::Bookkeep, true, Jiffies::MAX)? {}
+                if !matches!(*obj.memory(), Memory::Vram(_)) || !obj.evictable() {
+                    continue;
+                }
+                // CAST: `usize` fits in `u64`.
+                let size = obj.size() as u64;
+                let system = Memory::system(&data.vram, size)?;
+                guard.reserve_fences(1)?;
+                fences.reserve(1, GFP_KERNEL_ACCOUNT)?;
+                let fence = start(data, obj, system, &guard)?;
+                // Cannot fail: a slot is reserved, and room in `fences` made.
+                guard.add_fence(&fence, Usage::Kernel)?;
+                fences.push(fence, GFP_KERNEL_ACCOUNT)?;
+                data.moves.evictions.fetch_add(1, Ordering::Relaxed);
+                freed += size;
+            }
+        }
+        Ok(())
+    })();
+    // The moves queued before a failure run all the same.
+    data.engine.start();
+    for fence in fences.iter() {
+        // The VRAM is freed with the move's last job; a failed copy fails the jobs that use the
+        // buffer next, as any move's does.
+        fence.wait(false)?;
+    }
+    data.engine.retire_finished();
+    match evicted {
+        Err(e) if fences.is_empty() => Err(e),
+        _ => Ok(!fences.is_empty()),
+    }
+}
+
+/// The bytes of VRAM that the buffers of `used` which [`bring_back`] would move need.
+pub(crate) fn room_to_bring_back(data: &DeviceData<'_>, used: &[ARef<Object>]) -> u64 {
+    used.iter()
+        .filter(|obj| returns(data, obj))
+        // CAST: `usize` fits in `u64`.
+        .map(|obj| obj.size() as u64)
+        .sum()
+}
+
+/// Whether `obj` is a buffer that [`bring_back`] moves: in system memory, evictable, and not
+/// so large that it would push out half of VRAM each time.
+fn returns(data: &DeviceData<'_>, obj: &Object) -> bool {
+    obj.evictable()
+        && matches!(*obj.memory(), Memory::System(_))
+        // CAST: `usize` fits in `u64`.
+        && obj.size() as u64 <= data.vram.size() / 2
+}
+
+/// Moves `obj`, a movable buffer of `data`'s device in system memory, back to VRAM for a job
+/// that uses it, when VRAM has room for it: the caller made room first, before it took the
+/// locks ([`room_to_bring_back`], [`make_room`]). Returns the move's fence, in the reservation
+/// object, which `locked` holds with a fence slot reserved; [`None`] when the buffer stays
+/// where it is.
+pub(crate) fn bring_back(
+    data: &DeviceData<'_>,
+    obj: &Object,
+    locked: &impl ResvLocked,
+) -> Result<Option<ARef<Fence>>> {
+    if !returns(data, obj) {
+        return Ok(None);
+    }
+    // CAST: `usize` fits in `u64`.
+    let size = obj.size() as u64;
+    // Eviction waits for the engine's worker to drop the moves, which must not wait for the
+    // locks held here: room was made before they were taken ([`make_room`]).
+    let vram = match data.vram.alloc_buffer(size) {
+        Ok(vram) => vram,
+        Err(e) if e == ENOSPC => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let resv = obj.dma_resv();
+    // The page-table entries of the system memory go: the jobs that use them finish first.
+    while !resv.wait_timeout(Usage::Bookkeep, true, Jiffies::MAX)? {}
+    resv.reserve_locked(locked, 1)?;
+    let fence = start(data, obj, Memory::Vram(vram), locked)?;
+    // Cannot fail: the slot is reserved.
+    resv.add_fence_locked(locked, &fence, Usage::Kernel)?;
+    data.moves.returns.fetch_add(1, Ordering::Relaxed);
+    Ok(Some(fence))
+}
+
+/// Allocates `size` bytes of VRAM for a buffer ([`Vram::alloc_buffer`]), evicting buffers that
+/// are not in `keep` when VRAM is short; [`ENOSPC`] when no eviction makes room.
+///
+/// [`Vram::alloc_buffer`]: crate::vram::Vram::alloc_buffer
+pub(crate) fn alloc_vram(
+    data: &DeviceData<'_>,
+    size: u64,
+    keep: &[ARef<Object>],
+) -> Result<Pin<KBox<AllocatedBlocks>>> {
+    loop {
+        match data.vram.alloc_buffer(size) {
+            Err(e) if e == ENOSPC => {}
+            blocks => return blocks,
+        }
+        // Jobs that have finished keep their buffers until the engine drops them, shortly
+        // after their fences signal: that is done first.
+        if !make_room(data, size, keep)? {
+            return data.vram.alloc_buffer(size);
+        }
+    }
 }

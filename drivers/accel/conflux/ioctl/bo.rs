@@ -27,6 +27,7 @@ use crate::{
     },
     gem::{
         memory::Memory,
+        moves,
         Bo,
         Contents, //
     },
@@ -65,24 +66,13 @@ pub(crate) fn create(
     } else if size > data.vram.size() {
         Err(call.refuse(ENOSPC, fmt!("size {size:#x} exceeds VRAM")))
     } else {
-        data.vram
-            .alloc_buffer(size)
-            .or_else(|e| {
-                if e != ENOSPC {
-                    return Err(e);
-                }
-                // Jobs that have finished keep their buffers until the engine drops them,
-                // shortly after their fences signal: drop them now and look again.
-                data.engine.retire_finished();
-                data.vram.alloc_buffer(size)
-            })
-            .map_err(|e| {
-                let avail = data.vram.avail();
-                call.refuse(
-                    e,
-                    fmt!("size {size:#x}: {e:?} ({avail:#x} bytes of VRAM available)"),
-                )
-            })
+        moves::alloc_vram(data, size, &[]).map_err(|e| {
+            let avail = data.vram.avail();
+            call.refuse(
+                e,
+                fmt!("size {size:#x}: {e:?} ({avail:#x} bytes of VRAM available)"),
+            )
+        })
     };
     let memory = match memory {
         Ok(vram) => {
@@ -103,12 +93,14 @@ pub(crate) fn create(
         }
         Err(e) => return Err(e),
     };
-    // A buffer that may be in either place moves to system memory for an importer that
-    // cannot reach the device's VRAM.
-    let movable = system && matches!(memory, Memory::Vram(_));
-    let contents = Contents::local(memory, movable)?;
+    // A buffer that may be in either place moves between them: it is evicted when VRAM is
+    // short, comes back for a job, and moves to system memory for an importer that cannot
+    // reach the device's VRAM.
+    let movable = system && args.flags & uapi::DRM_CONFLUX_BO_VRAM != 0;
+    let contents = Contents::local(memory, movable.then(|| data.lru.clone()))?;
     let obj = gem::Object::<Bo>::new(dev, usize::try_from(size)?, contents)
         .map_err(crate::gem::create_error)?;
+    Bo::touch(&obj);
     args.handle = obj.create_handle(file)?;
     args.size = size;
     Ok(0)

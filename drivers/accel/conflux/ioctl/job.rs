@@ -42,6 +42,10 @@ use crate::{
     },
     engine::Command,
     file::JobState,
+    gem::{
+        moves,
+        Bo, //
+    },
     hw::DeviceData,
     vm::Access,
 };
@@ -271,12 +275,24 @@ pub(crate) fn submit(
         for used in buffers.iter() {
             kept.push(used.bo.clone(), GFP_KERNEL_ACCOUNT)?;
         }
+        // Room in VRAM for the buffers that come back for the job, made before the locks.
+        let need = moves::room_to_bring_back(data, &kept);
+        if need > 0 {
+            moves::make_room(data, need, &kept)?;
+        }
         let mut locked = ResvSet::lock(
             buffers.iter().map(|u| u.bo.dma_resv()),
             true,
             GFP_KERNEL_ACCOUNT,
         )?;
-        locked.reserve_fences(1)?;
+        // The job's fence, and a move back to VRAM.
+        locked.reserve_fences(2)?;
+        // Movable buffers the job uses become the most recently used, and those evicted come
+        // back to VRAM when it has room, behind a move the job depends on.
+        for used in buffers.iter() {
+            Bo::touch(&used.bo);
+            moves::bring_back(data, &used.bo, &locked)?;
+        }
         // Buffers whose memory changed since they were bound are mapped again first.
         vm.revalidate(data, &buffers, &locked)?;
         let mut job = data

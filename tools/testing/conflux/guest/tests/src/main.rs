@@ -21,6 +21,7 @@ mod alloc_walk;
 mod bind;
 mod common;
 mod device;
+mod evict;
 mod faults;
 mod fuzz;
 mod jobs;
@@ -256,6 +257,9 @@ fn main() -> ExitCode {
             if let Err(e) = test_alloc_walks(&mut t, &a, &b) {
                 t.check(&format!("{}: allocation walks", path.display()), false, e);
             }
+        }
+        if let Err(e) = evict::test_eviction(&mut t, &found) {
+            t.check(&format!("{}: eviction", path.display()), false, e);
         }
         if found.len() >= 2 {
             if let Err(e) = test_shared_vm(&mut t, &found) {

@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The device's movable buffers, least recently used first: where eviction looks for VRAM.
+//!
+//! The list holds no reference: a buffer that userspace closed must not stay in VRAM for it. A
+//! buffer leaves the list when it is dropped, under the list's lock, and eviction takes its
+//! references with [`Object::try_get`], which fails for a buffer whose last reference is gone.
+
+use core::ptr::NonNull;
+
+use kernel::{
+    new_mutex,
+    prelude::*,
+    sync::{
+        aref::ARef,
+        Arc,
+        Mutex, //
+    },
+};
+
+use crate::{
+    driver::Object,
+    gem::Bo, //
+};
+
+/// A buffer in the list: the object, and its data, by which it leaves the list.
+struct Entry {
+    obj: NonNull<Object>,
+    bo: *const Bo,
+}
+
+// SAFETY: An entry is only a pair of addresses; the objects it names are thread-safe, and the
+// list dereferences `obj` only under its lock, while the object cannot be freed (type invariants
+// of `Lru`).
+unsafe impl Send for Entry {}
+
+/// The movable buffers of a device, least recently used first.
+///
+/// # Invariants
+///
+/// Every entry names a live object: its data's drop removes the entry, under `entries`' lock,
+/// before the object's memory is freed ([`Lru::remove`]).
+#[pin_data]
+pub(crate) struct Lru {
+    #[pin]
+    entries: Mutex<KVec<Entry>>,
+}
+
+impl Lru {
+    /// An empty list.
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                entries <- new_mutex!(KVec::new()),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Makes `obj`, whose data has this list, the most recently used buffer; adds it when it is
+    /// not in the list yet, which alone can fail ([`ENOMEM`]).
+    pub(crate) fn touch(&self, obj: &Object) -> Result {
+        let bo: &Bo = obj;
+        let mut entries = self.entries.lock();
+        let entry = match entries.iter().position(|e| core::ptr::eq(e.bo, bo)) {
+            Some(i) => entries.remove(i).map_err(|_| EINVAL)?,
+            None => {
+                entries.reserve(1, GFP_KERNEL_ACCOUNT)?;
+                Entry {
+                    obj: NonNull::from(obj),
+                    bo,
+                }
+            }
+        };
+        // INVARIANT: `bo`'s drop removes the entry (`Bo`'s `PinnedDrop`).
+        entries.push_within_capacity(entry).map_err(|_| ENOMEM)
+    }
+
+    /// Removes the entry of `bo`, when it is dropped.
+    pub(crate) fn remove(&self, bo: &Bo) {
+        let mut entries = self.entries.lock();
+        if let Some(i) = entries.iter().position(|e| core::ptr::eq(e.bo, bo)) {
+            let _ = entries.remove(i);
+        }
+    }
+
+    /// References to the buffers of the list, least recently used first, but the ones being
+    /// freed.
+    pub(crate) fn buffers(&self) -> Result<KVec<ARef<Object>>> {
+        let mut out = KVec::new();
+        {
+            let entries = self.entries.lock();
+            out.reserve(entries.len(), GFP_KERNEL)?;
+            for e in entries.iter() {
+                // SAFETY: The object is live: its entry is in the list, whose lock is held, and
+                // its drop removes the entry under that lock first (type invariants).
+                if let Some(obj) = unsafe { Object::try_get(e.obj) } {
+                    // Cannot fail: room was made for every entry.
+                    let _ = out.push_within_capacity(obj);
+                }
+            }
+        }
+        // The references are dropped, when the caller is done, without the lock: the last one
+        // frees its buffer, whose drop takes the lock.
+        Ok(out)
+    }
+}

@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VRAM overcommit: buffers that add up to more than VRAM has room for are evicted to system
+//! memory and come back for the jobs that use them, with every byte kept.
+
+use std::path::{Path, PathBuf};
+
+use conflux::{copy_cmd, fill_cmd, map_op, uapi, unmap_op, Cmd, Device, Error};
+
+use crate::{
+    common::{first_diff, MIB},
+    Tally,
+};
+
+/// VRAM left free for the movable buffers; the rest is taken by a buffer that may only be in
+/// VRAM, which is never evicted.
+const ROOM: u64 = 32 * MIB;
+/// The movable buffers: three times the room, in buffers of `BUF` bytes, written in chunks.
+const BUF: u64 = 8 * MIB;
+const COUNT: u64 = 3 * ROOM / BUF;
+const CHUNK: u64 = MIB;
+const CHUNKS: u64 = BUF / CHUNK;
+/// Where the movable buffers are bound, one after the other.
+const BASE: u64 = 64 * MIB;
+/// Jobs per device.
+const ROUNDS: u32 = 120;
+
+/// A small generator of the test's random choices, from a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What one device's run found.
+struct Outcome {
+    name: String,
+    /// The first job that failed, with its errno.
+    failed: Option<(u32, i32)>,
+    /// The first chunk whose bytes were not the last ones written, and where.
+    wrong: Option<(u64, u64, usize)>,
+    evictions: u64,
+    returns: u64,
+    moves: u64,
+    errors: u64,
+    in_vram: u64,
+}
+
+/// The bytes of a chunk filled with `pattern` (0 for a chunk never written).
+fn chunk_bytes(pattern: u64) -> Vec<u8> {
+    pattern.to_le_bytes().repeat((CHUNK / 8) as usize)
+}
+
+/// Runs the oversubscribed workload on the device at `path`: fills and copies of chunks of the
+/// movable buffers in a random order, then a check of every byte.
+fn oversubscribe(path: &Path, seed: u64) -> Result<Outcome, Error> {
+    let dev = Device::open(path)?;
+    let name = path.display().to_string();
+    let before = dev.info()?;
+    let ballast_size = (before.vram_avail.saturating_sub(ROOM)) & !(2 * MIB - 1);
+    let _ballast = dev.bo_create_in(ballast_size, uapi::DRM_CONFLUX_BO_VRAM)?;
+    let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+    let mut bufs = Vec::new();
+    for i in 0..COUNT {
+        let bo = dev.bo_create_in(BUF, both)?;
+        dev.vm_bind(&[map_op(bo.handle, 0, BASE + i * BUF, BUF, false)])?;
+        bufs.push(bo);
+    }
+    let at = |buf: u64, chunk: u64| BASE + buf * BUF + chunk * CHUNK;
+    let mut want = vec![vec![0u64; CHUNKS as usize]; COUNT as usize];
+    let mut rng = Rng(seed | 1);
+    let mut jobs = Vec::new();
+    for _ in 0..ROUNDS {
+        let (i, k) = (rng.below(COUNT), rng.below(CHUNKS));
+        let cmd: Cmd = if rng.below(3) == 0 {
+            // A copy from a chunk of another buffer, which may be evicted: the engine reads
+            // what the moves carried.
+            let (j, l) = ((i + 1 + rng.below(COUNT - 1)) % COUNT, rng.below(CHUNKS));
+            want[i as usize][k as usize] = want[j as usize][l as usize];
+            copy_cmd(at(j, l), at(i, k), CHUNK)
+        } else {
+            let p = rng.next();
+            want[i as usize][k as usize] = p;
+            fill_cmd(at(i, k), CHUNK, p)
+        };
+        jobs.push(dev.submit(&[cmd], 0, 0)?);
+    }
+    let mut failed = None;
+    for (n, job) in jobs.iter().enumerate() {
+        if let Err(e) = dev.wait(*job, -1) {
+            failed = failed.or(Some((n as u32, e.errno().unwrap_or(0))));
+        }
+    }
+    let mut wrong = None;
+    let mut moves = 0;
+    let mut in_vram = 0;
+    let mut got = vec![0u8; BUF as usize];
+    for (i, bo) in bufs.iter().enumerate() {
+        let info = dev.bo_info(bo.handle)?;
+        moves += info.moves;
+        in_vram += u64::from(info.placement == uapi::DRM_CONFLUX_BO_VRAM);
+        dev.read(bo.handle, 0, &mut got)?;
+        for (k, &p) in want[i].iter().enumerate() {
+            let part = &got[k * CHUNK as usize..(k + 1) * CHUNK as usize];
+            if let Some(d) = first_diff(part, &chunk_bytes(p)) {
+                wrong = wrong.or(Some((i as u64, k as u64, d)));
+            }
+        }
+    }
+    let after = dev.info()?;
+    dev.vm_bind(&[unmap_op(BASE, COUNT * BUF)])?;
+    Ok(Outcome {
+        name,
+        failed,
+        wrong,
+        evictions: after.evictions - before.evictions,
+        returns: after.returns - before.returns,
+        moves,
+        errors: after.errors - before.errors,
+        in_vram,
+    })
+}
+
+/// Oversubscribes the free VRAM of up to two devices three times, at once.
+pub(crate) fn test_eviction(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
+    let outcomes: Vec<Result<Outcome, Error>> = std::thread::scope(|s| {
+        let runs: Vec<_> = paths
+            .iter()
+            .take(2)
+            .enumerate()
+            .map(|(n, p)| s.spawn(move || oversubscribe(p, 20261205 + n as u64)))
+            .collect();
+        runs.into_iter()
+            .map(|r| {
+                r.join().unwrap_or_else(|_| {
+                    Err(Error {
+                        device: "eviction".into(),
+                        call: "thread".into(),
+                        error: std::io::Error::other("the thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    for outcome in outcomes {
+        let o = outcome?;
+        t.check(
+            &format!(
+                "{}: {COUNT} buffers of {} MiB in {} MiB of VRAM: {ROUNDS} jobs in a random \
+                 order keep every byte",
+                o.name,
+                BUF / MIB,
+                ROOM / MIB
+            ),
+            o.failed.is_none() && o.wrong.is_none() && o.errors == 0,
+            format!(
+                "failed job {:?}; first wrong chunk (buffer, chunk, offset) {:?}; {} engine \
+                 errors",
+                o.failed, o.wrong, o.errors
+            ),
+        );
+        t.check(
+            &format!(
+                "{}: buffers were evicted and came back for their jobs",
+                o.name
+            ),
+            o.evictions > 0 && o.returns > 0 && o.moves >= o.returns,
+            format!(
+                "{} evictions, {} returns, {} moves counted on the buffers; {} of {COUNT} in \
+                 VRAM at the end",
+                o.evictions, o.returns, o.moves, o.in_vram
+            ),
+        );
+    }
+    Ok(())
+}
