@@ -351,6 +351,112 @@ fn all_devices(devs: &[Device], size: u64, runs: u32) -> Result<Value, String> {
     }))
 }
 
+/// Where [`eviction`] binds its two movable buffers.
+const VA_MOVE: [u64; 2] = [VA, VA + (1 << 30)];
+
+/// Runs `jobs` jobs that each fill all of one of the two buffers bound at [`VA_MOVE`], taking
+/// turns, and waits for them: the seconds taken and the bytes the device moved meanwhile.
+fn alternate(dev: &Device, size: u64, jobs: u32) -> Result<(f64, u64), String> {
+    let before = dev.info().map_err(e)?.bytes_moved;
+    let start = Instant::now();
+    let mut last = 0;
+    for n in 0..jobs {
+        let va = VA_MOVE[(n % 2) as usize];
+        last = dev
+            .submit(&[fill_cmd(va, size, u64::from(n))], 0, 0)
+            .map_err(e)?;
+    }
+    dev.wait(last, -1).map_err(e)?;
+    let secs = start.elapsed().as_secs_f64();
+    Ok((secs, dev.info().map_err(e)?.bytes_moved - before))
+}
+
+/// Eviction: two movable buffers of `size` bytes that take turns in jobs, first with room in
+/// VRAM for both, then with room for one only (the rest taken by a VRAM-only buffer), where
+/// each job evicts the other buffer and brings its own back. Rows: the bandwidth of those moves
+/// beside a plain copy of the same size from VRAM to system memory, and the jobs' throughput
+/// oversubscribed beside the same jobs fitting in VRAM.
+fn eviction(dev: &Device, size: u64, runs: u32) -> Result<[Value; 2], String> {
+    const JOBS: u32 = 8;
+    let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+    // The reference: the engine's copy from VRAM to system memory.
+    let src = dev.bo_create(size).map_err(e)?;
+    let sys = dev
+        .bo_create_in(size, uapi::DRM_CONFLUX_BO_SYSTEM)
+        .map_err(e)?;
+    let plain = repeat(runs, || Ok(mbps(size, run_copy(dev, &src, &sys, size)?)))?;
+    drop((src, sys));
+    let bufs = [
+        dev.bo_create_in(size, both).map_err(e)?,
+        dev.bo_create_in(size, both).map_err(e)?,
+    ];
+    for (bo, va) in bufs.iter().zip(VA_MOVE) {
+        dev.vm_bind(&[map_op(bo.handle, 0, va, size, false)])
+            .map_err(e)?;
+    }
+    // Room for both, then for one.
+    let fitting = repeat(runs, || {
+        let (secs, moved) = alternate(dev, size, JOBS)?;
+        if moved != 0 {
+            return Err(format!(
+                "bench-suite: {moved} bytes moved with room for both"
+            ));
+        }
+        Ok(mbps(size * u64::from(JOBS), secs))
+    })?;
+    let avail = dev.info().map_err(e)?.vram_avail;
+    let ballast = dev
+        .bo_create_in(
+            (avail + size / 2) & !(2 * MIB - 1),
+            uapi::DRM_CONFLUX_BO_VRAM,
+        )
+        .map_err(e)?;
+    let (mut over, mut moves) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (secs, moved) = alternate(dev, size, JOBS)?;
+        // Every job but the first moves one buffer out and the other in.
+        if moved < 2 * size * u64::from(JOBS - 1) {
+            return Err(format!(
+                "bench-suite: {moved} bytes moved by {JOBS} jobs taking turns in room for one"
+            ));
+        }
+        over.push(mbps(size * u64::from(JOBS), secs));
+        moves.push(mbps(moved, secs));
+    }
+    drop(ballast);
+    dev.vm_bind(&[unmap_op(VA_MOVE[0], size), unmap_op(VA_MOVE[1], size)])
+        .map_err(e)?;
+    let ratio = median_ratio(&moves, &plain);
+    Ok([
+        json!({
+            "id": "evict",
+            "title": format!("eviction of {} MiB buffers", size / MIB),
+            "unit": "MB/s",
+            "higher_is_better": true,
+            "figures": [
+                figure(
+                    "moves, VRAM to system memory and back",
+                    moves,
+                    json!({"note": format!("{ratio:.2}x the plain copy")}),
+                ),
+                figure("plain copy, VRAM to system memory", plain, json!({})),
+            ],
+        }),
+        json!({
+            "id": "oversubscribed",
+            "title": format!("{JOBS} fills of two {} MiB buffers taking turns", size / MIB),
+            "unit": "MB/s",
+            "higher_is_better": true,
+            "figures": [
+                figure("room in VRAM for one", over.clone(), json!({"note": format!(
+                    "{:.2}x fitting", median_ratio(&over, &fitting)
+                )})),
+                figure("room in VRAM for both", fitting, json!({})),
+            ],
+        }),
+    ])
+}
+
 /// `conflux bench-suite [RUNS]`: every figure the guest measures, as one JSON document.
 pub fn cmd_bench_suite(paths: &[std::path::PathBuf], runs: u32) -> Result<(), String> {
     if paths.len() < 2 {
@@ -369,6 +475,8 @@ pub fn cmd_bench_suite(paths: &[std::path::PathBuf], runs: u32) -> Result<(), St
     rows.push(binds(a, runs)?);
     eprintln!("bench-suite: small jobs, the no-op ioctl, the latency");
     rows.extend(small_jobs(a, runs)?);
+    eprintln!("bench-suite: eviction of {} MiB buffers", size / MIB);
+    rows.extend(eviction(a, size, runs)?);
     // A bandwidth: copies long enough that the four jobs starting one after another on the
     // guest's one CPU are a small part of the time.
     let size = 256 * MIB;
