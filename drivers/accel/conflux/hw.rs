@@ -93,6 +93,8 @@ pub(crate) const USER_VA_START: u64 = SZ_2M as u64;
 /// Where the kernel's address space maps the system memory of buffers that move, for the
 /// engine's copies: above VRAM's mapping, in the same level-3 entry.
 const WINDOW_OFFSET: u64 = 256 << 30;
+/// How much of the window has its tables allocated at probe.
+const WINDOW_TABLES_AT_PROBE: u64 = 128 << 20;
 
 /// What the device's moves did, for `GET_INFO`.
 #[derive(Default)]
@@ -204,8 +206,8 @@ pub(crate) struct DeviceData<'bound> {
     kernel_vm: Pin<KBox<Mutex<PageTables>>>,
     /// The level-3 table of `kernel_vm`.
     kernel_root: u64,
-    /// The virtual addresses of the window, handed to moves: twice VRAM, and mapped with
-    /// tables allocated at probe, so that a move needs no VRAM for them.
+    /// The virtual addresses of the window, handed to moves: twice VRAM. The tables of its first
+    /// [`WINDOW_TABLES_AT_PROBE`] bytes are allocated at probe.
     window: GpuBuddy,
     /// What the moves did.
     pub(crate) moves: MoveStats,
@@ -248,9 +250,15 @@ impl<'bound> DeviceData<'bound> {
         let vram = Vram::new(pdev, hw.bar2.clone(), info.vram_offset, info.vram_size)?;
         let mut kernel_vm = PageTables::new(&vram)?;
         kernel_vm.map(&vram, KERNEL_VA_BASE, Target::Vram(0), info.vram_size, true)?;
+        // Tables for the first part of the window, so that moves of up to half of it need no
+        // VRAM for tables even when VRAM is full; the window's other tables are allocated when
+        // a move first reaches them, and kept.
         kernel_vm.add_spares(
             &vram,
-            PageTables::tables_for(KERNEL_VA_BASE + WINDOW_OFFSET, 2 * info.vram_size),
+            PageTables::tables_for(
+                KERNEL_VA_BASE + WINDOW_OFFSET,
+                (2 * info.vram_size).min(WINDOW_TABLES_AT_PROBE),
+            ),
         )?;
         // Both sides of a move, of at most all of VRAM.
         let window = GpuBuddy::new(GpuBuddyParams {
@@ -329,20 +337,20 @@ impl<'bound> DeviceData<'bound> {
         memory: &Memory,
         size: u64,
     ) -> Result<Pin<KBox<AllocatedBlocks>>> {
-        let alloc = |flags| {
+        let alloc = |mode, flags| {
             KBox::pin_init(
-                self.window.alloc_blocks(
-                    GpuBuddyAllocMode::Simple,
-                    size,
-                    Alignment::new::<SZ_4K>(),
-                    flags,
-                ),
+                self.window
+                    .alloc_blocks(mode, size, Alignment::new::<SZ_4K>(), flags),
                 GFP_KERNEL_ACCOUNT,
             )
         };
-        // One block makes one command per 4 GiB.
-        let lease = alloc(GpuBuddyAllocFlags::from(GpuBuddyAllocFlag::Contiguous))
-            .or_else(|_| alloc(GpuBuddyAllocFlags::default()))?;
+        let contiguous = GpuBuddyAllocFlags::from(GpuBuddyAllocFlag::Contiguous);
+        let ready = 0..self.window.size().min(WINDOW_TABLES_AT_PROBE);
+        // Where the tables are, in one block if it can (one command per 4 GiB), else anywhere.
+        let lease = alloc(GpuBuddyAllocMode::Range(ready.clone()), contiguous)
+            .or_else(|_| alloc(GpuBuddyAllocMode::Range(ready), Default::default()))
+            .or_else(|_| alloc(GpuBuddyAllocMode::Simple, contiguous))
+            .or_else(|_| alloc(GpuBuddyAllocMode::Simple, Default::default()))?;
         let mut vm = self.kernel_vm.lock();
         // An earlier move left its entries there: no job uses them since its lease went.
         for (va, len) in Self::window_ranges(&lease) {

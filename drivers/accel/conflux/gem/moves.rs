@@ -213,7 +213,12 @@ pub(crate) fn make_room(data: &DeviceData<'_>, need: u64, keep: &[ARef<Object>])
                 let system = Memory::system(&data.vram, size)?;
                 guard.reserve_fences(1)?;
                 fences.reserve(1, GFP_KERNEL_ACCOUNT)?;
-                let fence = start(data, obj, system, &guard)?;
+                let fence = match start(data, obj, system, &guard) {
+                    Ok(fence) => fence,
+                    // VRAM for the window's tables ran out: a smaller buffer may still move.
+                    Err(e) if e == ENOSPC => continue,
+                    Err(e) => return Err(e),
+                };
                 // Cannot fail: a slot is reserved, and room in `fences` made.
                 guard.add_fence(&fence, Usage::Kernel)?;
                 fences.push(fence, GFP_KERNEL_ACCOUNT)?;
