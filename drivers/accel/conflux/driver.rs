@@ -241,10 +241,10 @@ impl gem::DriverObject for Bo {
 
     fn new(
         _dev: &drm::Device<ConfluxDrm>,
-        _size: usize,
+        size: usize,
         contents: Contents,
     ) -> impl PinInit<Self, Error> {
-        Bo::new(contents)
+        Bo::new(contents, size)
     }
 
     fn fault(obj: &Object, dev: &IoctlDevice, fault: &gem::Fault<'_>) -> Result {

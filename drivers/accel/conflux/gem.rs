@@ -135,6 +135,12 @@ pub(crate) struct Bo {
     spaces: Arc<AddressSpaces>,
     /// The buffer was exported as a dma-buf.
     exported: AtomicBool,
+    /// The system memory a buffer that came back to VRAM left, for its next eviction, which
+    /// then copies without allocating and mapping pages; counted in the budget of `lru`.
+    #[pin]
+    spare: Mutex<Option<Memory>>,
+    /// The size of the buffer, in bytes.
+    size: u64,
     /// How many times the buffer moved.
     moves: AtomicU64,
     /// How many importers pinned the buffer where it is.
@@ -142,14 +148,17 @@ pub(crate) struct Bo {
 }
 
 impl Bo {
-    /// The initialiser of the driver's part of a new object.
-    pub(crate) fn new(contents: Contents) -> impl PinInit<Self, Error> {
+    /// The initialiser of the driver's part of a new object of `size` bytes.
+    pub(crate) fn new(contents: Contents, size: usize) -> impl PinInit<Self, Error> {
         try_pin_init!(Bo {
             memory <- new_mutex!(contents.memory),
             imported: contents.imported,
             lru: contents.lru,
             spaces: contents.spaces,
             exported: AtomicBool::new(false),
+            spare <- new_mutex!(None),
+            // CAST: `usize` fits in `u64`.
+            size: size as u64,
             moves: AtomicU64::new(0),
             pins: AtomicUsize::new(0),
         })
@@ -163,6 +172,32 @@ impl Bo {
     /// Counts a move of the buffer.
     pub(crate) fn count_move(&self) {
         self.moves.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The system memory the buffer left when it came back to VRAM, if it kept it.
+    pub(crate) fn take_spare(&self) -> Option<Memory> {
+        let spare = self.spare.lock().take();
+        if let (Some(_), Some(lru)) = (&spare, &self.lru) {
+            lru.return_spare_budget(self.spare_size());
+        }
+        spare
+    }
+
+    /// Keeps `memory`, the system memory the buffer leaves for VRAM, for its next eviction,
+    /// when the device's budget for such memory allows; gives it back otherwise.
+    pub(crate) fn keep_spare(&self, memory: Memory) -> Option<Memory> {
+        match &self.lru {
+            Some(lru) if lru.take_spare_budget(self.spare_size()) => {
+                *self.spare.lock() = Some(memory);
+                None
+            }
+            _ => Some(memory),
+        }
+    }
+
+    /// The size of the buffer's spare system memory: the buffer's.
+    fn spare_size(&self) -> u64 {
+        self.size
     }
 
     /// Records that the buffer was exported as a dma-buf.
@@ -384,6 +419,9 @@ impl PinnedDrop for Bo {
     fn drop(self: Pin<&mut Self>) {
         if let Some(lru) = &self.lru {
             lru.remove(&self);
+            if self.spare.lock().is_some() {
+                lru.return_spare_budget(self.size);
+            }
         }
     }
 }
@@ -405,8 +443,11 @@ pub(crate) fn move_to_system(
     if !matches!(*obj.memory(), Memory::Vram(_)) {
         return Ok(None);
     }
-    // CAST: `usize` fits in `u64`.
-    let system = Memory::system(&data.vram, obj.size() as u64)?;
+    let system = match obj.take_spare() {
+        Some(spare) => spare,
+        // CAST: `usize` fits in `u64`.
+        None => Memory::system(&data.vram, obj.size() as u64)?,
+    };
     let resv = obj.dma_resv();
     resv.reserve_locked(locked, 1)?;
     let fence = moves::start(data, obj, system, locked)?;

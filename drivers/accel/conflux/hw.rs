@@ -277,7 +277,8 @@ impl<'bound> DeviceData<'bound> {
             kernel_vm: KBox::pin_init(new_mutex!(kernel_vm), GFP_KERNEL)?,
             window,
             moves: MoveStats::default(),
-            lru: Lru::new()?,
+            // Buffers back in VRAM keep system memory for a quarter of VRAM.
+            lru: Lru::new(info.vram_size / 4)?,
             exports: Arc::pin_init(ExportList::new(), GFP_KERNEL)?,
             imports: Arc::pin_init(ImportList::new(), GFP_KERNEL)?,
             refused: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,

@@ -6,7 +6,13 @@
 //! buffer leaves the list when it is dropped, under the list's lock, and eviction takes its
 //! references with [`Object::try_get`], which fails for a buffer whose last reference is gone.
 
-use core::ptr::NonNull;
+use core::{
+    ptr::NonNull,
+    sync::atomic::{
+        AtomicU64,
+        Ordering, //
+    },
+};
 
 use kernel::{
     new_mutex,
@@ -44,17 +50,38 @@ unsafe impl Send for Entry {}
 pub(crate) struct Lru {
     #[pin]
     entries: Mutex<KVec<Entry>>,
+    /// Bytes of system memory that buffers back in VRAM keep for their next eviction
+    /// ([`Bo::keep_spare`]), and the most they may keep.
+    spare_bytes: AtomicU64,
+    spare_limit: u64,
 }
 
 impl Lru {
-    /// An empty list.
-    pub(crate) fn new() -> Result<Arc<Self>> {
+    /// An empty list, whose buffers may keep up to `spare_limit` bytes of system memory for
+    /// their next eviction.
+    pub(crate) fn new(spare_limit: u64) -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Self {
                 entries <- new_mutex!(KVec::new()),
+                spare_bytes: AtomicU64::new(0),
+                spare_limit,
             }),
             GFP_KERNEL,
         )
+    }
+
+    /// Takes `size` bytes of the spare budget; whether they were left.
+    pub(crate) fn take_spare_budget(&self, size: u64) -> bool {
+        self.spare_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(size).filter(|&n| n <= self.spare_limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives `size` bytes back to the spare budget.
+    pub(crate) fn return_spare_budget(&self, size: u64) {
+        self.spare_bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
     /// Makes `obj`, whose data has this list, the most recently used buffer; adds it when it is

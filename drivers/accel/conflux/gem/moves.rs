@@ -42,7 +42,7 @@ use super::memory::Memory;
 /// What the last job of a move keeps until the engine is done with it: the memory the buffer
 /// left, and the window's addresses of both sides.
 pub(crate) struct MoveKeep {
-    _old: Memory,
+    _old: Option<Memory>,
     _leases: [Pin<KBox<AllocatedBlocks>>; 2],
 }
 
@@ -116,7 +116,7 @@ pub(crate) fn start(
     for job in commands {
         let job = data
             .engine
-            .prepare(data.kernel_root(), job, KVec::new(), None)?;
+            .prepare(data.kernel_root(), job, kept_buffer(obj)?, None)?;
         jobs.push(job, GFP_KERNEL_ACCOUNT)?;
     }
     if let Some(first) = jobs.first_mut() {
@@ -128,6 +128,13 @@ pub(crate) fn start(
     // Nothing fails from here on but a queue that refuses jobs, which a device going away does.
     obj.unmap_userspace();
     let old = core::mem::replace(&mut *memory, to);
+    // A buffer that comes back to VRAM keeps its system memory for its next eviction: the
+    // jobs keep the buffer until the copy has read it, and the next move that writes it runs
+    // after this one.
+    let old = match old {
+        old @ Memory::System(_) if matches!(*memory, Memory::Vram(_)) => obj.keep_spare(old),
+        old => Some(old),
+    };
     if let Some(last) = jobs.last_mut().and_then(|j| j.job_mut()) {
         last.moved = Some(MoveKeep {
             _old: old,
@@ -210,7 +217,10 @@ pub(crate) fn make_room(data: &DeviceData<'_>, need: u64, keep: &[ARef<Object>])
                 }
                 // CAST: `usize` fits in `u64`.
                 let size = obj.size() as u64;
-                let system = Memory::system(&data.vram, size)?;
+                let system = match obj.take_spare() {
+                    Some(spare) => spare,
+                    None => Memory::system(&data.vram, size)?,
+                };
                 guard.reserve_fences(1)?;
                 fences.reserve(1, GFP_KERNEL_ACCOUNT)?;
                 let fence = match start(data, obj, system, &guard) {
@@ -313,4 +323,12 @@ pub(crate) fn alloc_vram(
             return data.vram.alloc_buffer(size);
         }
     }
+}
+
+/// The buffer a job of a move keeps alive until the engine is done with it: it holds the
+/// system memory a return leaves behind.
+fn kept_buffer(obj: &Object) -> Result<KVec<ARef<Object>>> {
+    let mut kept = KVec::with_capacity(1, GFP_KERNEL_ACCOUNT)?;
+    kept.push(obj.into(), GFP_KERNEL_ACCOUNT)?;
+    Ok(kept)
 }

@@ -278,7 +278,12 @@ pub(crate) fn submit(
         // Room in VRAM for the buffers that come back for the job, made before the locks.
         let need = moves::room_to_bring_back(data, &kept);
         if need > 0 {
-            moves::make_room(data, need, &kept)?;
+            // Without room, or without system memory to evict to, the buffers stay where they
+            // are for this job.
+            match moves::make_room(data, need, &kept) {
+                Err(e) if e == ERESTARTSYS => return Err(e),
+                _ => {}
+            }
         }
         let mut locked = ResvSet::lock(
             buffers.iter().map(|u| u.bo.dma_resv()),

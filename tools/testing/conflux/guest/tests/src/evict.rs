@@ -14,9 +14,9 @@ use crate::{
 
 /// VRAM left free for the movable buffers; the rest is taken by a buffer that may only be in
 /// VRAM, which is never evicted.
-const ROOM: u64 = 32 * MIB;
+const ROOM: u64 = 16 * MIB;
 /// The movable buffers: three times the room, in buffers of `BUF` bytes, written in chunks.
-const BUF: u64 = 8 * MIB;
+const BUF: u64 = 4 * MIB;
 const COUNT: u64 = 3 * ROOM / BUF;
 const CHUNK: u64 = MIB;
 const CHUNKS: u64 = BUF / CHUNK;
