@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use conflux::{copy_cmd, fill_cmd, map_op, uapi, unmap_op, Cmd, Device, Error};
 
 use crate::{
-    common::{first_diff, MIB},
+    common::{first_diff, mapped, pattern, MIB},
     Tally,
 };
 
@@ -130,6 +130,76 @@ fn oversubscribe(path: &Path, seed: u64) -> Result<Outcome, Error> {
     })
 }
 
+/// A CPU mapping of a buffer made while it is in VRAM, kept across its eviction and its return:
+/// it reads the bytes wherever they are, and what it writes while the buffer is in system
+/// memory comes back to VRAM with it.
+fn mapping_follows(t: &mut Tally, path: &Path) -> Result<(), Error> {
+    let dev = Device::open(path)?;
+    let name = path.display();
+    let len = 4 * MIB;
+    let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+    let bo = dev.bo_create_in(len, both)?;
+    let (a, b) = (pattern(len as usize, 71), pattern(len as usize, 72));
+    dev.write(bo.handle, 0, &a)?;
+    let m = dev.map(bo.handle)?;
+    let before = mapped(&m);
+    // A buffer that may only be in VRAM, 2 MiB larger than what is left: the movable one
+    // makes room.
+    let avail = dev.info()?.vram_avail;
+    let ballast = dev.bo_create_in(
+        (avail + 2 * MIB) & !(2 * MIB - 1),
+        uapi::DRM_CONFLUX_BO_VRAM,
+    )?;
+    let out = dev.bo_info(bo.handle)?;
+    let seen = mapped(&m);
+    m.write(0, &b);
+    drop(ballast);
+    // A job that reads the buffer brings it back.
+    let dst = dev.bo_create(4096)?;
+    dev.vm_bind(&[
+        map_op(bo.handle, 0, BASE, len, false),
+        map_op(dst.handle, 0, BASE + len, 4096, false),
+    ])?;
+    let job = dev.submit(&[copy_cmd(BASE, BASE + len, 4096)], 0, 0)?;
+    dev.wait(job, -1)?;
+    let back = dev.bo_info(bo.handle)?;
+    let mut got = vec![0u8; len as usize];
+    dev.read(bo.handle, 0, &mut got)?;
+    let seen_back = mapped(&m);
+    let mut copied = vec![0u8; 4096];
+    dev.read(dst.handle, 0, &mut copied)?;
+    dev.vm_bind(&[unmap_op(BASE, len + 4096)])?;
+    t.check(
+        &format!("{name}: a CPU mapping made in VRAM reads the buffer after its eviction"),
+        before == a && out.placement == uapi::DRM_CONFLUX_BO_SYSTEM && out.moves == 1 && seen == a,
+        format!(
+            "placement {:#x} after the eviction, {} moves; reads differ at {:?} before, {:?} after",
+            out.placement,
+            out.moves,
+            first_diff(&before, &a),
+            first_diff(&seen, &a)
+        ),
+    );
+    t.check(
+        &format!("{name}: what the mapping wrote in system memory comes back to VRAM with it"),
+        back.placement == uapi::DRM_CONFLUX_BO_VRAM
+            && back.moves == 2
+            && got == b
+            && seen_back == b
+            && copied[..] == b[..4096],
+        format!(
+            "placement {:#x} after the job, {} moves; BO_READ differs at {:?}, the mapping at \
+             {:?}, the job's copy at {:?}",
+            back.placement,
+            back.moves,
+            first_diff(&got, &b),
+            first_diff(&seen_back, &b),
+            first_diff(&copied, &b[..4096])
+        ),
+    );
+    Ok(())
+}
+
 /// Oversubscribes the free VRAM of up to two devices three times, at once.
 pub(crate) fn test_eviction(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
     let outcomes: Vec<Result<Outcome, Error>> = std::thread::scope(|s| {
@@ -151,6 +221,9 @@ pub(crate) fn test_eviction(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Erro
             })
             .collect()
     });
+    if let Some(path) = paths.first() {
+        mapping_follows(t, path)?;
+    }
     for outcome in outcomes {
         let o = outcome?;
         t.check(
