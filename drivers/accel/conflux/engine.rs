@@ -132,6 +132,10 @@ struct Ring {
     head: u32,
     root: u64,
     next: u64,
+    /// A recovery wrote the jobs it did not end to the ring again, and the queue has not yet
+    /// learnt how the others ended: the head is published only then ([`Hw::restart`]), so that
+    /// no later job can be reported complete before the failed one is reported failed.
+    held: bool,
 }
 
 /// Counters of the device, in bytes and commands.
@@ -245,7 +249,8 @@ impl<'bound> Engine<'bound> {
             ring <- new_mutex!(Ring {
                 head,
                 root,
-                next: last + 1
+                next: last + 1,
+                held: false,
             }),
             pending <- new_spinlock_irq!(Pending::new(last)?),
         }? Error);
@@ -343,10 +348,12 @@ impl<'bound> Engine<'bound> {
         self.hw().is_wedged()
     }
 
-    /// Handles the error vector: the device recorded an error and stopped.
+    /// Handles the error vector: the device recorded an error and stopped. The queue learns how
+    /// the jobs ended before the device runs the later ones.
     fn error(&self) {
         if let Some(ended) = self.hw().error() {
             self.queue.ended(ended);
+            self.hw().restart();
         }
     }
 
@@ -421,7 +428,9 @@ impl QueueOps for Hw<'_> {
         drop(pending);
         ring.next += 1;
         ring.head = head;
-        self.publish(head);
+        if !ring.held {
+            self.publish(head);
+        }
         Run::Numbered(seqno)
     }
 
@@ -434,6 +443,15 @@ impl QueueOps for Hw<'_> {
 
     fn timeout(&self) -> Delta {
         Delta::from_millis(i64::from(job_timeout_ms()))
+    }
+
+    /// Publishes the ring's head that a recovery held back ([`Ring::held`]).
+    fn restart(&self) {
+        let mut ring = self.ring.lock();
+        if ring.held && !self.is_wedged() {
+            ring.held = false;
+            self.publish(ring.head);
+        }
     }
 
     /// A job that ran on a device that then failed to confirm its reset may still be using its
@@ -524,7 +542,9 @@ impl Hw<'_> {
     /// Resets the device, then returns how the jobs ended for the queue: the ones it completed,
     /// and the oldest job left, failed with `error` if it is job `culprit`, or with
     /// [`ECANCELED`] (the reset interrupted it) if it is not. Writes the later jobs to the ring
-    /// again. No job runs twice, and no job is reported ended before the device has confirmed
+    /// again, but holds the head back until the queue has learnt how the others ended
+    /// ([`QueueOps::restart`]): a later job that completed first would otherwise be reported
+    /// before the failure, and the failed job's fence would signal success. No job runs twice, and no job is reported ended before the device has confirmed
     /// that it stopped: if it does not, the device is wedged. The caller holds the ring lock.
     fn recover(&self, ring: &mut Ring, error: Error, culprit: u64) -> Ended {
         if reset(self.pdev, &self.doorbell, &self.bar2).is_err() {
@@ -557,7 +577,7 @@ impl Hw<'_> {
         }
         drop(pending);
         ring.head = head;
-        self.publish(head);
+        ring.held = true;
         ended
     }
 

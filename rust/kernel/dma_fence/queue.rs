@@ -145,6 +145,15 @@ pub trait QueueOps: Send + Sync {
     /// applies as [`JobQueue::ended`] does; others return [`Ended::default()`].
     fn timed_out(&self, job: Running<'_>) -> Ended;
 
+    /// The queue has applied what [`QueueOps::timed_out`] returned.
+    ///
+    /// A driver that numbers its jobs and restarts its hardware after a recovery lets the
+    /// hardware go on here, not in [`QueueOps::timed_out`]: a later job that completed, and was
+    /// reported ended, before the queue learnt of the failure would signal the failed job's
+    /// finished fence with success. Called from the watchdog, outside the fence-signalling
+    /// section. Does nothing unless the driver overrides it.
+    fn restart(&self) {}
+
     /// How long the oldest running job may run.
     fn timeout(&self) -> Delta;
 
@@ -1129,6 +1138,7 @@ where
                     })
                 };
                 self.ended(ended);
+                self.ops.restart();
                 self.arm_watchdog(timeout, true);
             }
             Some(_) => {
