@@ -33,8 +33,10 @@ pub use import::{
 };
 pub use list::{
     ExportList,
+    ExportsGuard,
     ImportList,
-    List, //
+    List,
+    ListGuard, //
 };
 pub use mapping::{
     Backing,

@@ -14,12 +14,16 @@ use crate::{
     alloc::Flags,
     bindings,
     dma_resv::{
+        DmaResv,
         ResvGuard,
         Usage, //
     },
     new_mutex,
     prelude::*,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        MutexGuard, //
+    },
     time::Jiffies,
 };
 
@@ -70,6 +74,9 @@ pub struct List<K: Kind> {
 
 /// The buffers a device exported, revoked together when it is unbound.
 pub type ExportList = List<super::export::Exports>;
+
+/// An [`ExportList`], locked.
+pub type ExportsGuard<'a> = ListGuard<'a, super::export::Exports>;
 
 /// The attachments of a device to imported buffers, unmapped together when it is unbound.
 pub type ImportList = List<super::import::Imports>;
@@ -122,6 +129,16 @@ impl<K: Kind> List<K> {
         released
     }
 
+    /// Locks the list: no buffer in it is freed while the returned guard lives.
+    ///
+    /// For an exporter that moves the memory of a buffer and must invalidate the mappings of
+    /// every dma-buf it exported for it. The list's lock comes before the buffers' reservation
+    /// locks, as in [`Self::release_all`]: a caller that holds a reservation lock may only try
+    /// to take this one.
+    pub fn lock(&self) -> ListGuard<'_, K> {
+        ListGuard(self.inner.lock())
+    }
+
     /// Adds `entry`, unless the list is closed ([`ENODEV`]).
     ///
     /// The caller guarantees that what `entry` points to stays valid until it removes the entry
@@ -147,5 +164,28 @@ impl<K: Kind> List<K> {
         if let Some(i) = inner.entries.iter().position(is_it) {
             let _ = inner.entries.remove(i);
         }
+    }
+}
+
+/// A locked [`List`] ([`List::lock`]).
+///
+/// # Invariants
+///
+/// The guard holds the list's lock: no buffer of the list is freed while it lives.
+pub struct ListGuard<'a, K: Kind>(MutexGuard<'a, Registry<K::Entry>>);
+
+impl<K: Kind> ListGuard<'_, K> {
+    /// The buffers of the list whose reservation object is `resv`: the dma-bufs an exporter
+    /// made for one object, which share its reservation object.
+    ///
+    /// A buffer whose last reference went may still be listed until its release removes it,
+    /// which waits for this lock; it has no attachment left.
+    pub fn buffers_sharing<'g>(&'g self, resv: &'g DmaResv) -> impl Iterator<Item = &'g DmaBuf> {
+        self.0.entries.iter().filter_map(move |entry| {
+            // SAFETY: The buffer is not freed while its entry is in the list, which the lock that
+            // `self` holds keeps it in (type invariants of `List` and of `Self`).
+            let buf = unsafe { DmaBuf::from_raw(K::buf(entry)) };
+            core::ptr::eq(buf.resv(), resv).then_some(buf)
+        })
     }
 }
