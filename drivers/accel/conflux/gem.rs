@@ -133,7 +133,8 @@ pub(crate) struct Bo {
     /// The device's list of movable buffers, for a movable one.
     lru: Option<Arc<Lru>>,
     spaces: Arc<AddressSpaces>,
-    /// The buffer was exported as a dma-buf.
+    /// The buffer was exported as a dma-buf: a move invalidates its importers' mappings, with
+    /// the device's list of exported buffers locked.
     exported: AtomicBool,
     /// The system memory a buffer that came back to VRAM left, for its next eviction, which
     /// then copies without allocating and mapping pages; counted in the budget of `lru`.
@@ -145,6 +146,9 @@ pub(crate) struct Bo {
     moves: AtomicU64,
     /// How many importers pinned the buffer where it is.
     pins: AtomicUsize,
+    /// How many attached importers cannot reach VRAM: while there are any, the buffer is not
+    /// brought back to VRAM.
+    far: AtomicUsize,
 }
 
 impl Bo {
@@ -161,6 +165,7 @@ impl Bo {
             size: size as u64,
             moves: AtomicU64::new(0),
             pins: AtomicUsize::new(0),
+            far: AtomicUsize::new(0),
         })
     }
 
@@ -205,12 +210,20 @@ impl Bo {
         self.exported.store(true, Ordering::Relaxed);
     }
 
-    /// Whether eviction and returns may move the buffer: a movable buffer that was never
-    /// exported, so that no importer needs telling, and that no importer pinned.
+    /// Whether the buffer was exported as a dma-buf.
+    pub(crate) fn is_exported(&self) -> bool {
+        self.exported.load(Ordering::Relaxed)
+    }
+
+    /// Whether eviction and returns may move the buffer: a movable buffer that no importer
+    /// pinned.
     pub(crate) fn evictable(&self) -> bool {
-        self.lru.is_some()
-            && !self.exported.load(Ordering::Relaxed)
-            && self.pins.load(Ordering::Relaxed) == 0
+        self.lru.is_some() && self.pins.load(Ordering::Relaxed) == 0
+    }
+
+    /// The count of attached importers that cannot reach VRAM.
+    pub(crate) fn far_importers(&self) -> &AtomicUsize {
+        &self.far
     }
 
     /// Makes the buffer the device's most recently used, when it is movable. Without memory

@@ -65,7 +65,8 @@ pub(crate) fn export(obj: &Object, dev: &IoctlDevice) -> Result<ARef<DmaBuf>> {
             );
             return Err(EOPNOTSUPP);
         }
-        // From now on an importer may hold the memory: eviction leaves the buffer alone.
+        // From now on an importer may hold the memory: a move tells the importers. Set before
+        // the first importer can map, which takes the reservation lock that moves hold.
         obj.set_exported();
         let exported = Exported::export_in(
             Export::new(obj, dev),

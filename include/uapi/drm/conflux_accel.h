@@ -133,10 +133,11 @@ struct drm_conflux_get_info {
  * &struct drm_conflux_bo_info tells where it went. A buffer with both flags
  * moves between VRAM and system memory: it is evicted, least recently used
  * first, when VRAM is needed, and comes back to VRAM for the next job that
- * uses it when VRAM has room (unless it was exported or is pinned); it
- * moves to system memory, for good, when an importer that cannot reach the
- * device's VRAM maps it (see PRIME in the documentation). Its data, its
- * mappings in VMs and mmap() go with it. The device's engine copies it;
+ * uses it when VRAM has room (unless an importer pinned it); it moves to
+ * system memory when an importer that cannot reach the device's VRAM maps
+ * it, and stays there while that importer is attached (see PRIME in the
+ * documentation). Its data, its mappings in VMs and importers, and mmap()
+ * go with it. The device's engine copies it;
  * later jobs, reads, writes and faults of the buffer wait for the copy. A
  * buffer with only DRM_CONFLUX_BO_VRAM is never evicted.
  *

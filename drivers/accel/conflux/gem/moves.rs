@@ -15,6 +15,7 @@ use core::{
 };
 
 use kernel::{
+    dma_buf::ExportsGuard,
     dma_fence::Fence,
     dma_resv::{
         ResvLocked,
@@ -105,8 +106,12 @@ pub(crate) fn start(
     // CAST: `usize` fits in `u64`.
     let size = obj.size() as u64;
     let mut memory = obj.memory();
-    let src = map_window(data, &memory, size)?;
-    let dst = map_window(data, &to, size)?;
+    // The move of an exported buffer may run with the device's list of exported buffers
+    // locked, which the engine's worker may wait for when it drops an import: the window is
+    // not drained for it.
+    let drain = !obj.is_exported();
+    let src = map_window(data, &memory, size, drain)?;
+    let dst = map_window(data, &to, size, drain)?;
     let commands = copy_jobs(
         DeviceData::window_ranges(&src),
         DeviceData::window_ranges(&dst),
@@ -157,15 +162,16 @@ pub(crate) fn start(
     fence.ok_or(EINVAL)
 }
 
-/// Maps `memory` into the move window; when the window is full of moves in flight, drops the
-/// ones that ended and tries again.
+/// Maps `memory` into the move window; when the window is full of moves in flight and `drain`
+/// allows, drops the ones that ended and tries again.
 fn map_window(
     data: &DeviceData<'_>,
     memory: &Memory,
     size: u64,
+    drain: bool,
 ) -> Result<Pin<KBox<AllocatedBlocks>>> {
     data.map_window(memory, size).or_else(|e| {
-        if e != ENOSPC {
+        if e != ENOSPC || !drain {
             return Err(e);
         }
         data.engine.retire_finished();
@@ -179,9 +185,11 @@ fn map_window(
 /// them, so that the VRAM is free on return: the caller holds no reservation lock, which the
 /// worker may wait for. Returns whether anything was evicted.
 ///
-/// Only buffers that may be in either place, were never exported and are not pinned move
-/// ([`Bo::evictable`](super::Bo::evictable)). A buffer whose reservation lock someone holds is
-/// left alone: the caller may hold the locks of other buffers.
+/// Only buffers that may be in either place and that no importer pinned move
+/// ([`Bo::evictable`](super::Bo::evictable)). The importers of an exported buffer lose their
+/// mappings first, once their jobs that use the buffer have finished. A buffer whose
+/// reservation lock someone holds is left alone: the caller may hold the locks of other
+/// buffers.
 pub(crate) fn make_room(data: &DeviceData<'_>, need: u64, keep: &[ARef<Object>]) -> Result<bool> {
     data.engine.retire_finished();
     let want = need.saturating_sub(data.vram.avail());
@@ -206,13 +214,20 @@ pub(crate) fn make_room(data: &DeviceData<'_>, need: u64, keep: &[ARef<Object>])
                 if idle_only != resv.test_signaled(Usage::Bookkeep) {
                     continue;
                 }
+                // The dma-bufs of an exported buffer stay while the list is locked, which comes
+                // before the reservation lock.
+                let exports = obj.is_exported().then(|| data.exports.lock());
                 let Some(mut guard) = resv.try_lock() else {
                     continue;
                 };
                 // The page-table entries of the VRAM go: the jobs that use them finish first. The
                 // engine's watchdog ends a job that does not complete.
                 while !resv.wait_timeout(Usage::Bookkeep, true, Jiffies::MAX)? {}
-                if !matches!(*obj.memory(), Memory::Vram(_)) || !obj.evictable() {
+                // Exported since: the list is needed to tell its importers.
+                if !matches!(*obj.memory(), Memory::Vram(_))
+                    || !obj.evictable()
+                    || (obj.is_exported() && exports.is_none())
+                {
                     continue;
                 }
                 // CAST: `usize` fits in `u64`.
@@ -223,6 +238,9 @@ pub(crate) fn make_room(data: &DeviceData<'_>, need: u64, keep: &[ARef<Object>])
                 };
                 guard.reserve_fences(1)?;
                 fences.reserve(1, GFP_KERNEL_ACCOUNT)?;
+                if let Some(exports) = &exports {
+                    invalidate_importers(obj, exports, &guard)?;
+                }
                 let fence = match start(data, obj, system, &guard) {
                     Ok(fence) => fence,
                     // VRAM for the window's tables ran out: a smaller buffer may still move.
@@ -261,10 +279,26 @@ pub(crate) fn room_to_bring_back(data: &DeviceData<'_>, used: &[ARef<Object>]) -
         .sum()
 }
 
-/// Whether `obj` is a buffer that [`bring_back`] moves: in system memory, evictable, and not
-/// so large that it would push out half of VRAM each time.
-fn returns(data: &DeviceData<'_>, obj: &Object) -> bool {
+/// Invalidates the mappings of the importers of `obj`, an exported buffer whose memory is about
+/// to change: those of every dma-buf made for it, which `exports` holds. Their next map, under
+/// the reservation lock that `locked` holds until the move's fence is in, waits for the move.
+fn invalidate_importers(
+    obj: &Object,
+    exports: &ExportsGuard<'_>,
+    locked: &impl ResvLocked,
+) -> Result {
+    for buf in exports.buffers_sharing(obj.dma_resv()) {
+        buf.invalidate_mappings(locked)?;
+    }
+    Ok(())
+}
+
+/// Whether `obj` is a buffer that [`bring_back`] moves: in system memory, evictable, attached
+/// to no importer that cannot reach VRAM, and not so large that it would push out half of VRAM
+/// each time.
+pub(crate) fn returns(data: &DeviceData<'_>, obj: &Object) -> bool {
     obj.evictable()
+        && obj.far_importers().load(Ordering::Relaxed) == 0
         && matches!(*obj.memory(), Memory::System(_))
         // CAST: `usize` fits in `u64`.
         && obj.size() as u64 <= data.vram.size() / 2
@@ -272,15 +306,17 @@ fn returns(data: &DeviceData<'_>, obj: &Object) -> bool {
 
 /// Moves `obj`, a movable buffer of `data`'s device in system memory, back to VRAM for a job
 /// that uses it, when VRAM has room for it: the caller made room first, before it took the
-/// locks ([`room_to_bring_back`], [`make_room`]). Returns the move's fence, in the reservation
-/// object, which `locked` holds with a fence slot reserved; [`None`] when the buffer stays
-/// where it is.
+/// locks ([`room_to_bring_back`], [`make_room`]). An exported buffer moves only when the caller
+/// locked the device's list of exported buffers (`exports`) before the reservation locks: its
+/// importers' mappings are invalidated. Returns the move's fence, in the reservation object,
+/// which `locked` holds with a fence slot reserved; [`None`] when the buffer stays where it is.
 pub(crate) fn bring_back(
     data: &DeviceData<'_>,
     obj: &Object,
+    exports: Option<&ExportsGuard<'_>>,
     locked: &impl ResvLocked,
 ) -> Result<Option<ARef<Fence>>> {
-    if !returns(data, obj) {
+    if !returns(data, obj) || (obj.is_exported() && exports.is_none()) {
         return Ok(None);
     }
     // CAST: `usize` fits in `u64`.
@@ -296,7 +332,15 @@ pub(crate) fn bring_back(
     // The page-table entries of the system memory go: the jobs that use them finish first.
     while !resv.wait_timeout(Usage::Bookkeep, true, Jiffies::MAX)? {}
     resv.reserve_locked(locked, 1)?;
-    let fence = start(data, obj, Memory::Vram(vram), locked)?;
+    if let Some(exports) = exports.filter(|_| obj.is_exported()) {
+        invalidate_importers(obj, exports, locked)?;
+    }
+    let fence = match start(data, obj, Memory::Vram(vram), locked) {
+        Ok(fence) => fence,
+        // The move window is full of moves in flight: the buffer stays for this job.
+        Err(e) if e == ENOSPC => return Ok(None),
+        Err(e) => return Err(e),
+    };
     // Cannot fail: the slot is reserved.
     resv.add_fence_locked(locked, &fence, Usage::Kernel)?;
     data.moves.returns.fetch_add(1, Ordering::Relaxed);

@@ -285,6 +285,12 @@ pub(crate) fn submit(
                 _ => {}
             }
         }
+        // The importers of an exported buffer that comes back lose their mappings: its
+        // dma-bufs stay while the device's list of them is locked, before the reservations.
+        let exports = kept
+            .iter()
+            .any(|bo| bo.is_exported() && moves::returns(data, bo))
+            .then(|| data.exports.lock());
         let mut locked = ResvSet::lock(
             buffers.iter().map(|u| u.bo.dma_resv()),
             true,
@@ -296,7 +302,7 @@ pub(crate) fn submit(
         // back to VRAM when it has room, behind a move the job depends on.
         for used in buffers.iter() {
             Bo::touch(&used.bo);
-            moves::bring_back(data, &used.bo, &locked)?;
+            moves::bring_back(data, &used.bo, exports.as_ref(), &locked)?;
         }
         // Buffers whose memory changed since they were bound are mapped again first.
         vm.revalidate(data, &buffers, &locked)?;

@@ -113,16 +113,8 @@ impl Export {
         if !self.obj.movable() {
             return Err(refusal);
         }
-        let pins = self.obj.pins().load(Ordering::Relaxed);
-        if pins > 0 {
-            if data.log_allowed() {
-                dev_info!(
-                    data.pdev,
-                    "export: a buffer cannot move to system memory for {}: {} attachments pinned it in VRAM (-EBUSY)\n",
-                    importer.name(),
-                    pins
-                );
-            }
+        if self.obj.pins().load(Ordering::Relaxed) > 0 {
+            self.refuse_pinned(data, attachment);
             return Err(EBUSY);
         }
         let resv = self.obj.dma_resv();
@@ -144,6 +136,19 @@ impl Export {
             importer.name()
         );
         Ok(())
+    }
+
+    /// Logs that the buffer cannot move to system memory for `attachment`: importers pinned it
+    /// in VRAM.
+    fn refuse_pinned(&self, data: &DeviceData<'_>, attachment: &Attachment) {
+        if data.log_allowed() {
+            dev_info!(
+                data.pdev,
+                "export: a buffer cannot move to system memory for {}: {} attachments pinned it in VRAM (-EBUSY)\n",
+                attachment.device().name(),
+                self.obj.pins().load(Ordering::Relaxed)
+            );
+        }
     }
 
     /// Maps the memory that holds the buffer for `attachment`.
@@ -185,17 +190,24 @@ fn map_type(data: &DeviceData<'_>, importer: &Device) -> Result<MapType> {
     Ok(Provider::of_bar(data.pdev, CTL_BAR)?.map_type(importer))
 }
 
+/// Whether `attachment`'s device takes peer-to-peer addresses and has a route to the VRAM of
+/// `data`'s device.
+fn can_reach(data: &DeviceData<'_>, attachment: &Attachment) -> bool {
+    attachment.peer2peer()
+        && map_type(data, attachment.device()).is_ok_and(|route| route != MapType::NotSupported)
+}
+
 /// Whether `attachment`'s device can take the VRAM of `data`'s device: [`EOPNOTSUPP`] if the
 /// importer does not accept peer-to-peer addresses, [`EXDEV`] if the topology has no
 /// peer-to-peer route between the devices, each with its reason in the log once per importer.
 fn reaches_vram(data: &DeviceData<'_>, attachment: &Attachment) -> Result {
     let importer = attachment.device();
-    let refusal = if !attachment.peer2peer() {
-        EOPNOTSUPP
-    } else if map_type(data, importer)? == MapType::NotSupported {
-        EXDEV
-    } else {
+    let refusal = if can_reach(data, attachment) {
         return Ok(());
+    } else if !attachment.peer2peer() {
+        EOPNOTSUPP
+    } else {
+        EXDEV
     };
     if data.first_refusal(importer) {
         let why = if refusal == EXDEV {
@@ -224,20 +236,44 @@ impl Exporter for Export {
     }
 
     fn attach(&self, attachment: &Attachment) -> Result {
-        DeviceData::with(&self.dev, |_, data| match self.obj.placement() {
-            // An importer that cannot reach VRAM gets the buffer in system memory.
-            uapi::DRM_CONFLUX_BO_VRAM if self.obj.movable() => Ok(()),
-            uapi::DRM_CONFLUX_BO_VRAM => reaches_vram(data, attachment),
-            uapi::DRM_CONFLUX_BO_SYSTEM => Ok(()),
-            placement => {
-                dev_info!(
-                    data.pdev,
-                    "export: buffer with placement {:#x} cannot be attached\n",
-                    placement
-                );
-                Err(EOPNOTSUPP)
+        DeviceData::with(&self.dev, |_, data| {
+            let far = self.obj.movable() && !can_reach(data, attachment);
+            match self.obj.placement() {
+                // An importer that cannot reach VRAM gets the buffer in system memory, unless an
+                // importer pinned it in VRAM: it is refused here, since the dma-buf core takes
+                // a refusal at the map of an importer that cannot move as an exporter's bug.
+                uapi::DRM_CONFLUX_BO_VRAM if far && self.obj.pins().load(Ordering::Relaxed) > 0 => {
+                    self.refuse_pinned(data, attachment);
+                    return Err(EBUSY);
+                }
+                uapi::DRM_CONFLUX_BO_VRAM if self.obj.movable() => {}
+                uapi::DRM_CONFLUX_BO_VRAM => reaches_vram(data, attachment)?,
+                uapi::DRM_CONFLUX_BO_SYSTEM => {}
+                placement => {
+                    dev_info!(
+                        data.pdev,
+                        "export: buffer with placement {:#x} cannot be attached\n",
+                        placement
+                    );
+                    return Err(EOPNOTSUPP);
+                }
             }
+            // While it is attached, a movable buffer stays in system memory once there.
+            if far {
+                self.obj.far_importers().fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
         })
+    }
+
+    fn detach(&self, attachment: &Attachment) {
+        // Once the device is unbound, the buffer no longer moves.
+        let _ = DeviceData::with(&self.dev, |_, data| {
+            if self.obj.movable() && !can_reach(data, attachment) {
+                self.obj.far_importers().fetch_sub(1, Ordering::Relaxed);
+            }
+            Ok(())
+        });
     }
 
     fn pin(&self, attachment: &Attachment, locked: &ResvHeld<'_>) -> Result {
