@@ -12,6 +12,10 @@
  * <debugfs>/conflux_static_import/import holds at most one attachment:
  *
  *   write "attach FD"  attach to the dma-buf FD and map it
+ *   write "pin FD BDF" attach to the dma-buf FD for the PCI device BDF
+ *                      (such as 0000:04:00.0) with peer-to-peer allowed,
+ *                      pin it and map it, as RDMA's pinned registrations
+ *                      (ib_umem_dmabuf_get_pinned()) do
  *   write "fill BYTE"  write BYTE to every byte of the mapped segments
  *   read               describe the mapping and hash the bytes it covers:
  *                      "segments N bytes N max_segment N limit N ram N
@@ -27,11 +31,13 @@
 #include <linux/dma-buf.h>
 #include <linux/dma-direct.h>
 #include <linux/dma-mapping.h>
+#include <linux/dma-resv.h>
 #include <linux/io.h>
 #include <linux/ioport.h>
 #include <linux/kernel.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/pci.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/string.h>
@@ -47,11 +53,29 @@ struct import {
 	struct dma_buf *buf;
 	struct dma_buf_attachment *att;
 	struct sg_table *sgt;
+	struct pci_dev *pdev; /* the device a pinned attachment maps for */
+};
+
+/* A pinned attachment is never moved, so never told to map again. */
+static void import_invalidate(struct dma_buf_attachment *att)
+{
+	dev_warn(att->dev, "a pinned attachment was invalidated\n");
+}
+
+static const struct dma_buf_attach_ops import_pinned_ops = {
+	.allow_peer2peer = true,
+	.invalidate_mappings = import_invalidate,
 };
 
 static struct device *import_dev(void)
 {
 	return &importer->dev;
+}
+
+/* The device the mapping of @imp is for. */
+static struct device *import_map_dev(struct import *imp)
+{
+	return imp->pdev ? &imp->pdev->dev : import_dev();
 }
 
 static int import_open(struct inode *inode, struct file *file)
@@ -67,16 +91,27 @@ static int import_open(struct inode *inode, struct file *file)
 
 static void import_drop(struct import *imp)
 {
-	if (imp->sgt)
+	if (imp->pdev && imp->att) {
+		dma_resv_lock(imp->buf->resv, NULL);
+		if (imp->sgt) {
+			dma_buf_unmap_attachment(imp->att, imp->sgt,
+						 DMA_BIDIRECTIONAL);
+			dma_buf_unpin(imp->att);
+		}
+		dma_resv_unlock(imp->buf->resv);
+	} else if (imp->sgt) {
 		dma_buf_unmap_attachment_unlocked(imp->att, imp->sgt,
 						  DMA_BIDIRECTIONAL);
+	}
 	if (imp->att)
 		dma_buf_detach(imp->buf, imp->att);
 	if (imp->buf)
 		dma_buf_put(imp->buf);
+	pci_dev_put(imp->pdev);
 	imp->sgt = NULL;
 	imp->att = NULL;
 	imp->buf = NULL;
+	imp->pdev = NULL;
 }
 
 static int import_release(struct inode *inode, struct file *file)
@@ -127,6 +162,66 @@ static int import_attach(struct import *imp, int fd)
 	return 0;
 }
 
+static int import_pin(struct import *imp, int fd, const char *bdf)
+{
+	struct device *dev = import_dev();
+	unsigned int domain, bus, slot, func;
+	struct sg_table *sgt;
+	int ret;
+
+	if (imp->buf) {
+		dev_err(dev, "pin %d: this file already holds an attachment\n",
+			fd);
+		return -EBUSY;
+	}
+	if (sscanf(bdf, "%x:%x:%x.%x", &domain, &bus, &slot, &func) != 4) {
+		dev_err(dev, "pin %d: \"%s\" is not a PCI address\n", fd, bdf);
+		return -EINVAL;
+	}
+	imp->pdev = pci_get_domain_bus_and_slot(domain, bus,
+						PCI_DEVFN(slot, func));
+	if (!imp->pdev) {
+		dev_err(dev, "pin %d: no PCI device %s\n", fd, bdf);
+		return -ENODEV;
+	}
+	imp->buf = dma_buf_get(fd);
+	if (IS_ERR(imp->buf)) {
+		ret = PTR_ERR(imp->buf);
+		imp->buf = NULL;
+		dev_err(dev, "pin %d: not a dma-buf: %d\n", fd, ret);
+		import_drop(imp);
+		return ret;
+	}
+	imp->att = dma_buf_dynamic_attach(imp->buf, &imp->pdev->dev,
+					  &import_pinned_ops, imp);
+	if (IS_ERR(imp->att)) {
+		ret = PTR_ERR(imp->att);
+		imp->att = NULL;
+		dev_err(dev, "pin %d: dma_buf_dynamic_attach() for %s failed: %d\n",
+			fd, bdf, ret);
+		import_drop(imp);
+		return ret;
+	}
+	dma_resv_lock(imp->buf->resv, NULL);
+	ret = dma_buf_pin(imp->att);
+	if (!ret) {
+		sgt = dma_buf_map_attachment(imp->att, DMA_BIDIRECTIONAL);
+		if (IS_ERR(sgt)) {
+			ret = PTR_ERR(sgt);
+			dma_buf_unpin(imp->att);
+		} else {
+			imp->sgt = sgt;
+		}
+	}
+	dma_resv_unlock(imp->buf->resv);
+	if (ret) {
+		dev_err(dev, "pin %d: pinning or mapping for %s failed: %d\n",
+			fd, bdf, ret);
+		import_drop(imp);
+	}
+	return ret;
+}
+
 /*
  * Calls @fn for every DMA segment of the mapping with its CPU address, and
  * counts the segments whose bytes are all system RAM.
@@ -134,7 +229,7 @@ static int import_attach(struct import *imp, int fd)
 static int import_walk(struct import *imp, unsigned int *ram,
 		       void (*fn)(void *cpu, size_t len, void *arg), void *arg)
 {
-	struct device *dev = import_dev();
+	struct device *dev = import_map_dev(imp);
 	struct scatterlist *sg;
 	unsigned int i;
 
@@ -179,15 +274,17 @@ static ssize_t import_read(struct file *file, char __user *ubuf, size_t count,
 			   loff_t *ppos)
 {
 	struct import *imp = file->private_data;
-	struct device *dev = import_dev();
-	unsigned long mask = dma_get_seg_boundary(dev);
 	unsigned int longest = 0, crossings = 0, ram, i;
 	u64 bytes = 0, hash = FNV1A_OFFSET;
 	struct scatterlist *sg;
+	unsigned long mask;
+	struct device *dev;
 	char out[160];
 	int len, ret;
 
 	mutex_lock(&imp->lock);
+	dev = import_map_dev(imp);
+	mask = dma_get_seg_boundary(dev);
 	if (!imp->sgt) {
 		mutex_unlock(&imp->lock);
 		dev_err(dev, "read: no attachment: write \"attach FD\" first\n");
@@ -222,7 +319,7 @@ static ssize_t import_write(struct file *file, const char __user *ubuf,
 	struct import *imp = file->private_data;
 	struct device *dev = import_dev();
 	unsigned int ram;
-	char cmd[32];
+	char cmd[48], bdf[16];
 	int fd, ret;
 	u8 byte;
 
@@ -239,6 +336,8 @@ static ssize_t import_write(struct file *file, const char __user *ubuf,
 	mutex_lock(&imp->lock);
 	if (sscanf(cmd, "attach %d", &fd) == 1) {
 		ret = import_attach(imp, fd);
+	} else if (sscanf(cmd, "pin %d %15s", &fd, bdf) == 2) {
+		ret = import_pin(imp, fd, bdf);
 	} else if (sscanf(cmd, "fill %hhu", &byte) == 1) {
 		if (imp->sgt) {
 			ret = import_walk(imp, &ram, import_fill, &byte);

@@ -200,6 +200,201 @@ fn mapping_follows(t: &mut Tally, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Rounds of eviction and return of a buffer that another device imports.
+const FOLLOW_ROUNDS: u8 = 12;
+
+/// A buffer of size `len` that may be in VRAM or system memory, exported by `exp` and imported
+/// by `imp`, both bound: the exporter's at `BASE` with a page of its own after it, the
+/// importer's at `BASE` with a buffer of its own of `len` bytes after it.
+struct Shared<'a> {
+    bo: conflux::Bo<'a>,
+    theirs: conflux::Bo<'a>,
+    dst: conflux::Bo<'a>,
+    _page: conflux::Bo<'a>,
+}
+
+impl<'a> Shared<'a> {
+    fn new(exp: &'a Device, imp: &'a Device, len: u64) -> Result<Self, Error> {
+        let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+        let bo = exp.bo_create_in(len, both)?;
+        let page = exp.bo_create(4096)?;
+        exp.vm_bind(&[
+            map_op(bo.handle, 0, BASE, len, false),
+            map_op(page.handle, 0, BASE + len, 4096, false),
+        ])?;
+        let fd = exp.export(bo.handle)?;
+        let theirs = imp.import(std::os::fd::AsFd::as_fd(&fd.0))?;
+        let dst = imp.bo_create(len)?;
+        imp.vm_bind(&[
+            map_op(theirs.handle, 0, BASE, len, true),
+            map_op(dst.handle, 0, BASE + len, len, false),
+        ])?;
+        Ok(Self {
+            bo,
+            theirs,
+            dst,
+            _page: page,
+        })
+    }
+
+    /// A job of the exporter that reads the buffer: it comes back to VRAM if it may.
+    fn use_on_exporter(&self, exp: &Device) -> Result<(), Error> {
+        let job = exp.submit(&[copy_cmd(BASE, BASE + self.len(), 4096)], 0, 0)?;
+        exp.wait(job, -1)
+    }
+
+    /// The importer copies the whole buffer into its own and reads that back.
+    fn copy_on_importer(&self, imp: &Device) -> Result<Vec<u8>, Error> {
+        let len = self.len();
+        let job = imp.submit(&[copy_cmd(BASE, BASE + len, len)], 0, 0)?;
+        imp.wait(job, -1)?;
+        let mut got = vec![0u8; len as usize];
+        imp.read(self.dst.handle, 0, &mut got)?;
+        Ok(got)
+    }
+
+    fn len(&self) -> u64 {
+        self.dst.size
+    }
+
+    fn unbind(&self, exp: &Device, imp: &Device) -> Result<(), Error> {
+        exp.vm_bind(&[unmap_op(BASE, self.len() + 4096)])?;
+        imp.vm_bind(&[unmap_op(BASE, 2 * self.len())])
+    }
+}
+
+/// A VRAM-only buffer 2 MiB larger than what VRAM has left: the movable buffers make room.
+pub(crate) fn squeeze(dev: &Device) -> Result<conflux::Bo<'_>, Error> {
+    let avail = dev.info()?.vram_avail;
+    dev.bo_create_in(
+        (avail + 2 * MIB) & !(2 * MIB - 1),
+        uapi::DRM_CONFLUX_BO_VRAM,
+    )
+}
+
+/// A device that imports a buffer over peer-to-peer keeps copying from it while its exporter
+/// evicts it and brings it back, round after round: each copy reads the bytes last written,
+/// wherever they are, and no job fails on either device.
+fn importer_follows(t: &mut Tally, exp: &Device, imp: &Device) -> Result<(), Error> {
+    let len = 4 * MIB;
+    let name = format!(
+        "{} exporting to {}",
+        exp.path().display(),
+        imp.path().display()
+    );
+    let s = Shared::new(exp, imp, len)?;
+    let path = imp.bo_info(s.theirs.handle)?.path;
+    if path != uapi::DRM_CONFLUX_PATH_P2P {
+        s.unbind(exp, imp)?;
+        t.check(
+            &format!("{name}: the importer reaches the buffer over peer-to-peer"),
+            false,
+            format!("path {path}"),
+        );
+        return Ok(());
+    }
+    let (e0, i0) = (exp.info()?, imp.info()?);
+    let mut bad = Vec::new();
+    let mut placements = Vec::new();
+    for round in 0..FOLLOW_ROUNDS {
+        let want = pattern(len as usize, 90 + round);
+        exp.write(s.bo.handle, 0, &want)?;
+        let ballast = squeeze(exp)?;
+        let out = exp.bo_info(s.bo.handle)?.placement;
+        let got = s.copy_on_importer(imp)?;
+        if let Some(d) = first_diff(&got, &want) {
+            bad.push(format!("round {round}, evicted: byte {d} differs"));
+        }
+        drop(ballast);
+        s.use_on_exporter(exp)?;
+        let back = exp.bo_info(s.bo.handle)?.placement;
+        let got = s.copy_on_importer(imp)?;
+        if let Some(d) = first_diff(&got, &want) {
+            bad.push(format!("round {round}, back in VRAM: byte {d} differs"));
+        }
+        placements.push((out, back));
+    }
+    let moves = exp.bo_info(s.bo.handle)?.moves;
+    let (e1, i1) = (exp.info()?, imp.info()?);
+    s.unbind(exp, imp)?;
+    let (sys, vram) = (uapi::DRM_CONFLUX_BO_SYSTEM, uapi::DRM_CONFLUX_BO_VRAM);
+    t.check(
+        &format!(
+            "{name}: an importer copying over peer-to-peer reads the right bytes through \
+             {FOLLOW_ROUNDS} evictions and returns"
+        ),
+        bad.is_empty()
+            && placements.iter().all(|&p| p == (sys, vram))
+            && moves == 2 * u64::from(FOLLOW_ROUNDS),
+        format!("{bad:?}; placements (evicted, back) {placements:?}; {moves} moves"),
+    );
+    t.check(
+        &format!("{name}: and neither engine recorded an error"),
+        e1.errors == e0.errors && i1.errors == i0.errors,
+        format!(
+            "{} errors on the exporter, {} on the importer",
+            e1.errors - e0.errors,
+            i1.errors - i0.errors
+        ),
+    );
+    Ok(())
+}
+
+/// While an importer that cannot reach VRAM is attached, the buffer stays in system memory,
+/// where that importer reads it; once it has let go, the buffer comes back to VRAM for the
+/// exporter's next job.
+fn far_importer(t: &mut Tally, exp: &Device, imp: &Device) -> Result<(), Error> {
+    let len = 2 * MIB;
+    let name = format!(
+        "{} exporting to {}",
+        exp.path().display(),
+        imp.path().display()
+    );
+    let want = pattern(len as usize, 77);
+    let s = Shared::new(exp, imp, len)?;
+    exp.write(s.bo.handle, 0, &want)?;
+    let got = s.copy_on_importer(imp)?;
+    let moved = exp.bo_info(s.bo.handle)?.placement;
+    s.use_on_exporter(exp)?;
+    let stays = exp.bo_info(s.bo.handle)?.placement;
+    s.unbind(exp, imp)?;
+    let Shared { bo, theirs, .. } = s;
+    drop(theirs);
+    // The attachment goes with the imported buffer, once the importer's engine has dropped
+    // its last job.
+    let mut back = stays;
+    exp.vm_bind(&[map_op(bo.handle, 0, BASE, len, false)])?;
+    for _ in 0..40 {
+        let job = exp.submit(&[fill_cmd(BASE + len - 8, 8, 0)], 0, 0)?;
+        exp.wait(job, -1)?;
+        back = exp.bo_info(bo.handle)?.placement;
+        if back == uapi::DRM_CONFLUX_BO_VRAM {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    exp.vm_bind(&[unmap_op(BASE, len)])?;
+    let sys = uapi::DRM_CONFLUX_BO_SYSTEM;
+    t.check(
+        &format!(
+            "{name}: an importer without a route to VRAM keeps the buffer in system memory \
+             while attached"
+        ),
+        first_diff(&got, &want).is_none() && moved == sys && stays == sys,
+        format!(
+            "bytes differ at {:?}; placement {moved:#x} after its copy, {stays:#x} after the \
+             exporter's job",
+            first_diff(&got, &want)
+        ),
+    );
+    t.check(
+        &format!("{name}: once it detached, the buffer comes back to VRAM"),
+        back == uapi::DRM_CONFLUX_BO_VRAM,
+        format!("placement {back:#x}"),
+    );
+    Ok(())
+}
+
 /// Oversubscribes the free VRAM of up to two devices three times, at once.
 pub(crate) fn test_eviction(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
     let outcomes: Vec<Result<Outcome, Error>> = std::thread::scope(|s| {
@@ -223,6 +418,24 @@ pub(crate) fn test_eviction(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Erro
     });
     if let Some(path) = paths.first() {
         mapping_follows(t, path)?;
+    }
+    let devs = paths
+        .iter()
+        .map(Device::open)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let [exp, imp, rest @ ..] = &devs[..] {
+        importer_follows(t, exp, imp)?;
+        // A device with no peer-to-peer route to the first, if the topology has one.
+        for other in rest {
+            let probe = Shared::new(exp, other, 2 * MIB)?;
+            let path = other.bo_info(probe.theirs.handle)?.path;
+            probe.unbind(exp, other)?;
+            drop(probe);
+            if path == uapi::DRM_CONFLUX_PATH_SYSTEM {
+                far_importer(t, exp, other)?;
+                break;
+            }
+        }
     }
     for outcome in outcomes {
         let o = outcome?;

@@ -258,6 +258,14 @@ fn main() -> ExitCode {
                 t.check(&format!("{}: allocation walks", path.display()), false, e);
             }
         }
+        if let (Some(Ok(a)), Some(Ok(b))) = (
+            found.first().map(Device::open),
+            found.get(1).map(Device::open),
+        ) {
+            if let Err(e) = static_import::test_pins(&mut t, &a, &b) {
+                t.check(&format!("{}: pins", path.display()), false, e);
+            }
+        }
         if let Err(e) = evict::test_eviction(&mut t, &found) {
             t.check(&format!("{}: eviction", path.display()), false, e);
         }

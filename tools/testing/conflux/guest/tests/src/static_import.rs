@@ -9,6 +9,7 @@ use conflux::{fill_cmd, map_op, placement_name, uapi, unmap_op, Device, Error};
 
 use crate::{
     common::{io_err, pattern, MIB, VA},
+    evict::squeeze,
     Tally,
 };
 
@@ -156,6 +157,107 @@ pub(crate) fn test_static_import(t: &mut Tally, dev: &Device) -> Result<(), Erro
         &format!("{name}: the refused buffer stays in VRAM"),
         placement == uapi::DRM_CONFLUX_BO_VRAM,
         placement_name(placement),
+    );
+    Ok(())
+}
+
+/// The PCI address (`0000:04:00.0`) of the device at `path`, `/dev/accel/accelN`, from sysfs.
+fn pci_address(path: &std::path::Path) -> Result<String, Error> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let link = format!("/sys/class/accel/{name}/device");
+    let target = std::fs::read_link(&link).map_err(io_err(&link, "readlink"))?;
+    Ok(target
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Pins. An importer that pins a movable buffer over peer-to-peer (as RDMA's pinned
+/// registrations do, here for the PCI device `peer`) keeps it in VRAM: eviction leaves it,
+/// and the move a static importer would need fails with `EBUSY`. Unpinned, it is evicted like
+/// any other. A static importer's pin keeps it in system memory, where the importer reads the
+/// bytes the exporter's jobs write, through VRAM pressure.
+pub(crate) fn test_pins(t: &mut Tally, exp: &Device, peer: &Device) -> Result<(), Error> {
+    let name = exp.path().display().to_string();
+    let len = 2 * MIB;
+    let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+    let bo = exp.bo_create_in(len, both)?;
+    let want = pattern(len as usize, 55);
+    exp.write(bo.handle, 0, &want)?;
+    let fd = exp.export(bo.handle)?;
+    let bdf = pci_address(peer.path())?;
+    let pin = StaticImport::open()?;
+    pin.command(&format!("pin {} {bdf}", fd.0.as_raw_fd()))?;
+    let report = pin.report()?;
+    let squeezed = squeeze(exp);
+    let info = exp.bo_info(bo.handle)?;
+    t.check(
+        &format!(
+            "{name}: a buffer pinned over peer-to-peer for {bdf} stays in VRAM under pressure"
+        ),
+        report.get("ram") == Some(&0)
+            && report.get("bytes") == Some(&len)
+            && matches!(&squeezed, Err(e) if e.errno() == Some(libc::ENOSPC))
+            && info.placement == uapi::DRM_CONFLUX_BO_VRAM
+            && info.moves == 0,
+        format!(
+            "importer's mapping {report:?}; a VRAM-only buffer larger than what is left: {:?}; \
+             placement {:#x}, {} moves",
+            squeezed.as_ref().map(|b| b.size),
+            info.placement,
+            info.moves
+        ),
+    );
+    drop(squeezed);
+    let other = StaticImport::open()?;
+    t.errno(
+        &format!("{name}: a static importer of a buffer pinned in VRAM"),
+        other.command(&format!("attach {}", fd.0.as_raw_fd())),
+        libc::EBUSY,
+    );
+    drop(other);
+    let mut got = vec![0u8; len as usize];
+    exp.read(bo.handle, 0, &mut got)?;
+    drop(pin);
+    let squeezed = squeeze(exp);
+    let unpinned = exp.bo_info(bo.handle)?;
+    drop(squeezed);
+    t.check(
+        &format!("{name}: unpinned, the buffer keeps its bytes and is evicted"),
+        got == want && unpinned.placement == uapi::DRM_CONFLUX_BO_SYSTEM && unpinned.moves == 1,
+        format!(
+            "bytes equal: {}; placement {:#x}, {} moves",
+            got == want,
+            unpinned.placement,
+            unpinned.moves
+        ),
+    );
+    // A static importer pins it in system memory: the exporter's jobs write it there.
+    let stat = StaticImport::open()?;
+    stat.command(&format!("attach {}", fd.0.as_raw_fd()))?;
+    exp.vm_bind(&[map_op(bo.handle, 0, VA, len, false)])?;
+    let job = exp.submit(&[fill_cmd(VA, len, 0x5a5a_5a5a_5a5a_5a5a)], 0, 0)?;
+    exp.wait(job, -1)?;
+    exp.vm_bind(&[unmap_op(VA, len)])?;
+    let squeezed = squeeze(exp);
+    let report = stat.report()?;
+    let info = exp.bo_info(bo.handle)?;
+    drop(squeezed);
+    t.check(
+        &format!(
+            "{name}: a static importer's pin keeps the buffer in system memory, where it reads \
+             what the exporter's jobs wrote"
+        ),
+        report.get("fnv1a") == Some(&fnv1a(&vec![0x5a; len as usize]))
+            && report.get("ram").is_some_and(|&n| n > 0)
+            && info.placement == uapi::DRM_CONFLUX_BO_SYSTEM
+            && info.moves == 1,
+        format!(
+            "importer's mapping {report:?}; placement {}, {} moves",
+            placement_name(info.placement),
+            info.moves
+        ),
     );
     Ok(())
 }
