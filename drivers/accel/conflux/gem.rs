@@ -183,7 +183,7 @@ impl Bo {
     pub(crate) fn take_spare(&self) -> Option<Memory> {
         let spare = self.spare.lock().take();
         if let (Some(_), Some(lru)) = (&spare, &self.lru) {
-            lru.return_spare_budget(self.spare_size());
+            lru.spare.give(self.spare_size());
         }
         spare
     }
@@ -192,7 +192,7 @@ impl Bo {
     /// when the device's budget for such memory allows; gives it back otherwise.
     pub(crate) fn keep_spare(&self, memory: Memory) -> Option<Memory> {
         match &self.lru {
-            Some(lru) if lru.take_spare_budget(self.spare_size()) => {
+            Some(lru) if lru.spare.take(self.spare_size()) => {
                 *self.spare.lock() = Some(memory);
                 None
             }
@@ -247,7 +247,7 @@ impl Bo {
         match *self.memory.lock() {
             Memory::None => 0,
             Memory::Vram(_) => uapi::DRM_CONFLUX_BO_VRAM,
-            Memory::System(_) => uapi::DRM_CONFLUX_BO_SYSTEM,
+            Memory::System(..) => uapi::DRM_CONFLUX_BO_SYSTEM,
         }
     }
 
@@ -260,7 +260,7 @@ impl Bo {
         match *self.memory.lock() {
             Memory::None => 0,
             Memory::Vram(_) => uapi::DRM_CONFLUX_PATH_LOCAL,
-            Memory::System(_) => uapi::DRM_CONFLUX_PATH_SYSTEM,
+            Memory::System(..) => uapi::DRM_CONFLUX_PATH_SYSTEM,
         }
     }
 
@@ -407,7 +407,7 @@ impl Bo {
                     Ok(())
                 })
             }
-            Memory::System(dma) => {
+            Memory::System(dma, _) => {
                 let pages = dma.access(vram.device().as_ref())?.pages();
                 for page in first..end {
                     let sys_page = pages.get(page).ok_or(EINVAL)?;
@@ -433,7 +433,7 @@ impl PinnedDrop for Bo {
         if let Some(lru) = &self.lru {
             lru.remove(&self);
             if self.spare.lock().is_some() {
-                lru.return_spare_budget(self.size);
+                lru.spare.give(self.size);
             }
         }
     }

@@ -278,7 +278,7 @@ impl<'bound> DeviceData<'bound> {
             window,
             moves: MoveStats::default(),
             // Buffers back in VRAM keep system memory for a quarter of VRAM.
-            lru: Lru::new(info.vram_size / 4)?,
+            lru: Lru::new(info.vram_size / 4, info.vram_size / 2)?,
             exports: Arc::pin_init(ExportList::new(), GFP_KERNEL)?,
             imports: Arc::pin_init(ImportList::new(), GFP_KERNEL)?,
             refused: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,

@@ -51,37 +51,54 @@ pub(crate) struct Lru {
     #[pin]
     entries: Mutex<KVec<Entry>>,
     /// Bytes of system memory that buffers back in VRAM keep for their next eviction
-    /// ([`Bo::keep_spare`]), and the most they may keep.
-    spare_bytes: AtomicU64,
-    spare_limit: u64,
+    /// ([`Bo::keep_spare`]).
+    pub(crate) spare: Budget,
+    /// Bytes of the move window that system memory keeps mapped for its next move
+    /// ([`WindowLease`](super::moves::WindowLease)).
+    pub(crate) window: Budget,
 }
 
-impl Lru {
-    /// An empty list, whose buffers may keep up to `spare_limit` bytes of system memory for
-    /// their next eviction.
-    pub(crate) fn new(spare_limit: u64) -> Result<Arc<Self>> {
-        Arc::pin_init(
-            pin_init!(Self {
-                entries <- new_mutex!(KVec::new()),
-                spare_bytes: AtomicU64::new(0),
-                spare_limit,
-            }),
-            GFP_KERNEL,
-        )
+/// A count of bytes that may not exceed a limit.
+pub(crate) struct Budget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Self {
+        Self {
+            used: AtomicU64::new(0),
+            limit,
+        }
     }
 
-    /// Takes `size` bytes of the spare budget; whether they were left.
-    pub(crate) fn take_spare_budget(&self, size: u64) -> bool {
-        self.spare_bytes
+    /// Takes `size` bytes of the budget; whether they were left.
+    pub(crate) fn take(&self, size: u64) -> bool {
+        self.used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                used.checked_add(size).filter(|&n| n <= self.spare_limit)
+                used.checked_add(size).filter(|&n| n <= self.limit)
             })
             .is_ok()
     }
 
-    /// Gives `size` bytes back to the spare budget.
-    pub(crate) fn return_spare_budget(&self, size: u64) {
-        self.spare_bytes.fetch_sub(size, Ordering::Relaxed);
+    /// Gives `size` bytes back to the budget.
+    pub(crate) fn give(&self, size: u64) {
+        self.used.fetch_sub(size, Ordering::Relaxed);
+    }
+}
+
+impl Lru {
+    /// An empty list, whose buffers may keep up to `spare_limit` bytes of system memory for
+    /// their next eviction, and up to `window_limit` bytes of the move window mapped.
+    pub(crate) fn new(spare_limit: u64, window_limit: u64) -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                entries <- new_mutex!(KVec::new()),
+                spare: Budget::new(spare_limit),
+                window: Budget::new(window_limit),
+            }),
+            GFP_KERNEL,
+        )
     }
 
     /// Makes `obj`, whose data has this list, the most recently used buffer; adds it when it is

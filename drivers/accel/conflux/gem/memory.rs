@@ -28,6 +28,8 @@ use crate::{
     vram::Vram, //
 };
 
+use super::moves::WindowLease;
+
 /// What holds the bytes of one of the device's own buffers.
 pub(crate) enum Memory {
     /// Nothing: the object that carries a VM's reservation object, or an imported buffer.
@@ -35,8 +37,10 @@ pub(crate) enum Memory {
     /// VRAM blocks, zeroed by the engine before the object was created.
     Vram(Pin<KBox<AllocatedBlocks>>),
     /// Pages of system memory, zeroed by the page allocator, held by their mapping for the
-    /// device's DMA; the device's unbind undoes the mapping and frees the pages.
-    System(Devres<PageMapping>),
+    /// device's DMA; the device's unbind undoes the mapping and frees the pages. With the lease
+    /// of the move window that maps them, once a move mapped them and the budget allowed it to
+    /// stay.
+    System(Devres<PageMapping>, Option<WindowLease>),
 }
 
 /// Calls `f` with the pieces of `extents`, laid end to end from byte 0 of a buffer, that hold
@@ -84,7 +88,7 @@ impl Memory {
         let dev = vram.device().as_ref();
         let mapping =
             PageMapping::new(dev, pages, DataDirection::Bidirectional, GFP_KERNEL_ACCOUNT)?;
-        Ok(Memory::System(mapping))
+        Ok(Memory::System(mapping, None))
     }
 
     /// Calls `f` with the pieces, `(target, length)` in order, that hold bytes
@@ -105,7 +109,7 @@ impl Memory {
                     .filter_map(|b| DmaRange::new(b.offset(), b.size()).ok());
                 for_each_piece(extents, offset, len, |at, n| f(Target::Vram(at), n))
             }
-            Memory::System(dma) => {
+            Memory::System(dma, _) => {
                 let dma = dma.access(vram.device().as_ref())?;
                 for_each_piece(dma.ranges(), offset, len, |at, n| f(Target::Bus(at), n))
             }
@@ -141,7 +145,7 @@ impl Memory {
                     Ok(())
                 })
             }
-            Memory::System(dma) => {
+            Memory::System(dma, _) => {
                 let pages = dma.access(vram.device().as_ref())?.pages();
                 let mut at = usize::try_from(offset)?;
                 let mut done = 0usize;

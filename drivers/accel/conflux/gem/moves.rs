@@ -24,7 +24,10 @@ use kernel::{
     drm::gem::BaseObject,
     gpu::buddy::AllocatedBlocks,
     prelude::*,
-    sync::aref::ARef,
+    sync::{
+        aref::ARef,
+        Arc, //
+    },
     time::Jiffies,
 };
 
@@ -38,13 +41,92 @@ use crate::{
     regs::MAX_COMMAND_LEN,
 };
 
-use super::memory::Memory;
+use super::{
+    lru::Lru,
+    memory::Memory, //
+};
 
 /// What the last job of a move keeps until the engine is done with it: the memory the buffer
-/// left, and the window's addresses of both sides.
+/// left, and the window's addresses of the sides that do not keep their own.
 pub(crate) struct MoveKeep {
     _old: Option<Memory>,
-    _leases: [Pin<KBox<AllocatedBlocks>>; 2],
+    _leases: [Option<Lease>; 2],
+}
+
+/// Window addresses that system memory keeps mapped for its next move: a buffer that goes back
+/// and forth between VRAM and the same pages (its spare, [`Bo::keep_spare`](super::Bo)) then
+/// maps them once. Counted in the device's budget ([`Lru::window`](super::lru::Lru)), which it
+/// gives back when dropped.
+///
+/// # Invariants
+///
+/// `size` bytes of `lru.window` are taken for the lease.
+pub(crate) struct WindowLease {
+    blocks: Lease,
+    lru: Arc<Lru>,
+    size: u64,
+}
+
+impl Drop for WindowLease {
+    fn drop(&mut self) {
+        // By the type invariants, the bytes were taken.
+        self.lru.window.give(self.size);
+    }
+}
+
+/// A lease of window addresses.
+type Lease = Pin<KBox<AllocatedBlocks>>;
+
+/// The window's addresses of one side of a move.
+struct Window {
+    /// The addresses, laid end to end.
+    ranges: KVec<(u64, u64)>,
+    /// A lease that the memory does not keep: the move keeps it until the engine is done.
+    keep: Option<Lease>,
+}
+
+/// The window's addresses of the first `size` bytes of `memory`, laid end to end: the lease
+/// system memory keeps, or a new lease. System memory keeps the new lease when the budget
+/// allows; otherwise it is returned, for the move to keep until the engine is done with it.
+fn window_of(
+    data: &DeviceData<'_>,
+    memory: &mut Memory,
+    size: u64,
+    drain: bool,
+) -> Result<Window> {
+    let ranges = |blocks: &AllocatedBlocks| -> Result<KVec<(u64, u64)>> {
+        let mut out = KVec::new();
+        for range in DeviceData::window_ranges(blocks) {
+            out.push(range, GFP_KERNEL_ACCOUNT)?;
+        }
+        Ok(out)
+    };
+    if let Memory::System(_, Some(lease)) = memory {
+        return Ok(Window {
+            ranges: ranges(&lease.blocks)?,
+            keep: None,
+        });
+    }
+    let blocks = map_window(data, &*memory, size, drain)?;
+    let out = ranges(&blocks)?;
+    match memory {
+        Memory::System(_, cached) if data.lru.window.take(size) => {
+            // INVARIANT: `size` bytes of the budget were just taken.
+            *cached = Some(WindowLease {
+                blocks,
+                lru: data.lru.clone(),
+                size,
+            });
+            Ok(Window {
+                ranges: out,
+                keep: None,
+            })
+        }
+        _ => Ok(Window {
+            ranges: out,
+            keep: Some(blocks),
+        }),
+    }
 }
 
 /// The `COPY` commands from the ranges `src` to the ranges `dst`, each laid end to end, in jobs
@@ -100,7 +182,7 @@ fn copy_jobs(
 pub(crate) fn start(
     data: &DeviceData<'_>,
     obj: &Object,
-    to: Memory,
+    mut to: Memory,
     locked: &impl ResvLocked,
 ) -> Result<ARef<Fence>> {
     // CAST: `usize` fits in `u64`.
@@ -110,13 +192,9 @@ pub(crate) fn start(
     // locked, which the engine's worker may wait for when it drops an import: the window is
     // not drained for it.
     let drain = !obj.is_exported();
-    let src = map_window(data, &memory, size, drain)?;
-    let dst = map_window(data, &to, size, drain)?;
-    let commands = copy_jobs(
-        DeviceData::window_ranges(&src),
-        DeviceData::window_ranges(&dst),
-        size,
-    )?;
+    let src = window_of(data, &mut memory, size, drain)?;
+    let dst = window_of(data, &mut to, size, drain)?;
+    let commands = copy_jobs(src.ranges.into_iter(), dst.ranges.into_iter(), size)?;
     let mut jobs = KVec::with_capacity(commands.len(), GFP_KERNEL_ACCOUNT)?;
     for job in commands {
         let job = data
@@ -137,13 +215,13 @@ pub(crate) fn start(
     // jobs keep the buffer until the copy has read it, and the next move that writes it runs
     // after this one.
     let old = match old {
-        old @ Memory::System(_) if matches!(*memory, Memory::Vram(_)) => obj.keep_spare(old),
+        old @ Memory::System(..) if matches!(*memory, Memory::Vram(_)) => obj.keep_spare(old),
         old => Some(old),
     };
     if let Some(last) = jobs.last_mut().and_then(|j| j.job_mut()) {
         last.moved = Some(MoveKeep {
             _old: old,
-            _leases: [src, dst],
+            _leases: [src.keep, dst.keep],
         });
     }
     drop(memory);
@@ -299,7 +377,7 @@ fn invalidate_importers(
 pub(crate) fn returns(data: &DeviceData<'_>, obj: &Object) -> bool {
     obj.evictable()
         && obj.far_importers().load(Ordering::Relaxed) == 0
-        && matches!(*obj.memory(), Memory::System(_))
+        && matches!(*obj.memory(), Memory::System(..))
         // CAST: `usize` fits in `u64`.
         && obj.size() as u64 <= data.vram.size() / 2
 }

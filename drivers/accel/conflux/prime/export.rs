@@ -176,7 +176,7 @@ impl Export {
                 let provider = Provider::of_bar(data.pdev, CTL_BAR)?;
                 attachment.map_bar(provider, &ranges, dir, GFP_KERNEL_ACCOUNT)
             }
-            Memory::System(dma) => {
+            Memory::System(dma, _) => {
                 let pages = dma.access(data.pdev.as_ref())?.pages().clone();
                 attachment.map_pages(pages, dir, GFP_KERNEL_ACCOUNT)
             }
