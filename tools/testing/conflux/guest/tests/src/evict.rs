@@ -60,9 +60,20 @@ fn chunk_bytes(pattern: u64) -> Vec<u8> {
     pattern.to_le_bytes().repeat((CHUNK / 8) as usize)
 }
 
+/// Movable buffers of the first device, which both devices' jobs read: their chunks' fill
+/// patterns, and their dma-bufs.
+const SOURCES: u64 = 4;
+
+/// A buffer that jobs on both devices copy from, and the pattern of each of its chunks.
+struct Source {
+    fd: conflux::DmaBufFd,
+    chunks: Vec<u64>,
+}
+
 /// Runs the oversubscribed workload on the device at `path`: fills and copies of chunks of the
-/// movable buffers in a random order, then a check of every byte.
-fn oversubscribe(path: &Path, seed: u64) -> Result<Outcome, Error> {
+/// movable buffers in a random order, copies from the chunks of `sources` too (buffers of the
+/// first device, imported), then a check of every byte.
+fn oversubscribe(path: &Path, seed: u64, sources: &[Source]) -> Result<Outcome, Error> {
     let dev = Device::open(path)?;
     let name = path.display().to_string();
     let before = dev.info()?;
@@ -75,13 +86,27 @@ fn oversubscribe(path: &Path, seed: u64) -> Result<Outcome, Error> {
         dev.vm_bind(&[map_op(bo.handle, 0, BASE + i * BUF, BUF, false)])?;
         bufs.push(bo);
     }
+    // The sources, bound after the buffers: the same buffers on the first device, imported
+    // over peer-to-peer on the second.
+    let mut imported = Vec::new();
+    for (k, src) in sources.iter().enumerate() {
+        let bo = dev.import(std::os::fd::AsFd::as_fd(&src.fd.0))?;
+        let va = BASE + (COUNT + k as u64) * BUF;
+        dev.vm_bind(&[map_op(bo.handle, 0, va, BUF, true)])?;
+        imported.push(bo);
+    }
     let at = |buf: u64, chunk: u64| BASE + buf * BUF + chunk * CHUNK;
     let mut want = vec![vec![0u64; CHUNKS as usize]; COUNT as usize];
     let mut rng = Rng(seed | 1);
     let mut jobs = Vec::new();
     for _ in 0..ROUNDS {
         let (i, k) = (rng.below(COUNT), rng.below(CHUNKS));
-        let cmd: Cmd = if rng.below(3) == 0 {
+        let cmd: Cmd = if !sources.is_empty() && rng.below(4) == 0 {
+            // A copy from a source, wherever its exporter put it.
+            let (j, l) = (rng.below(sources.len() as u64), rng.below(CHUNKS));
+            want[i as usize][k as usize] = sources[j as usize].chunks[l as usize];
+            copy_cmd(at(COUNT + j, l), at(i, k), CHUNK)
+        } else if rng.below(3) == 0 {
             // A copy from a chunk of another buffer, which may be evicted: the engine reads
             // what the moves carried.
             let (j, l) = ((i + 1 + rng.below(COUNT - 1)) % COUNT, rng.below(CHUNKS));
@@ -117,7 +142,7 @@ fn oversubscribe(path: &Path, seed: u64) -> Result<Outcome, Error> {
         }
     }
     let after = dev.info()?;
-    dev.vm_bind(&[unmap_op(BASE, COUNT * BUF)])?;
+    dev.vm_bind(&[unmap_op(BASE, (COUNT + sources.len() as u64) * BUF)])?;
     Ok(Outcome {
         name,
         failed,
@@ -195,6 +220,87 @@ fn mapping_follows(t: &mut Tally, path: &Path) -> Result<(), Error> {
             first_diff(&got, &b),
             first_diff(&seen_back, &b),
             first_diff(&copied, &b[..4096])
+        ),
+    );
+    Ok(())
+}
+
+/// Writes through a CPU mapping, a pass over every page after another, while another file of
+/// the same device evicts the buffer and brings it back, until it did so `MOVE_ROUNDS` times:
+/// the last value written to each page is there at the end, none lost to a move.
+fn writes_during_moves(t: &mut Tally, path: &Path) -> Result<(), Error> {
+    const PAGES: u64 = 1024;
+    const MOVE_ROUNDS: u32 = 6;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+    let dev = Device::open(path)?;
+    let name = path.display();
+    let len = PAGES * 4096;
+    let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+    let bo = dev.bo_create_in(len, both)?;
+    let m = dev.map(bo.handle)?;
+    let fd = dev.export(bo.handle)?;
+    let (done, rounds) = (AtomicBool::new(false), AtomicU32::new(0));
+    let (moved, last, writes) = std::thread::scope(|s| {
+        let mover = s.spawn(|| -> Result<u32, Error> {
+            let other = Device::open(path)?;
+            let same = other.import(std::os::fd::AsFd::as_fd(&fd.0))?;
+            let page = other.bo_create(4096)?;
+            other.vm_bind(&[
+                map_op(same.handle, 0, BASE, len, false),
+                map_op(page.handle, 0, BASE + len, 4096, false),
+            ])?;
+            while !done.load(Relaxed) {
+                drop(squeeze(&other)?);
+                let job = other.submit(&[copy_cmd(BASE, BASE + len, 4096)], 0, 0)?;
+                other.wait(job, -1)?;
+                rounds.fetch_add(1, Relaxed);
+            }
+            other.vm_bind(&[unmap_op(BASE, len + 4096)])?;
+            Ok(rounds.load(Relaxed))
+        });
+        let mut writes = 0u64;
+        // At most 4096 passes, should the mover stop early.
+        while writes < 4096 * PAGES && (rounds.load(Relaxed) < MOVE_ROUNDS || writes == 0) {
+            for p in 0..PAGES {
+                writes += 1;
+                m.write((p * 4096) as usize, &writes.to_le_bytes());
+            }
+            if mover.is_finished() {
+                break;
+            }
+        }
+        done.store(true, Relaxed);
+        let rounds = mover.join().unwrap_or_else(|_| {
+            Err(Error {
+                device: name.to_string(),
+                call: "mover thread".into(),
+                error: std::io::Error::other("the thread panicked"),
+            })
+        });
+        (rounds, dev.bo_info(bo.handle), writes)
+    });
+    let rounds = moved?;
+    let moves = last?.moves;
+    let mut got = vec![0u8; len as usize];
+    dev.read(bo.handle, 0, &mut got)?;
+    let lost: Vec<u64> = (0..PAGES)
+        .filter(|&p| {
+            let at = (p * 4096) as usize;
+            let word = u64::from_le_bytes(got[at..at + 8].try_into().unwrap_or_default());
+            word != writes - PAGES + p + 1
+        })
+        .collect();
+    t.check(
+        &format!(
+            "{name}: writes through a CPU mapping while another file moves the buffer back \
+             and forth: none lost"
+        ),
+        lost.is_empty() && moves >= 2,
+        format!(
+            "{writes} writes; {rounds} rounds of eviction and return, {moves} moves; pages \
+             whose last write is missing: {} (first {:?})",
+            lost.len(),
+            lost.first()
         ),
     );
     Ok(())
@@ -397,12 +503,36 @@ fn far_importer(t: &mut Tally, exp: &Device, imp: &Device) -> Result<(), Error> 
 
 /// Oversubscribes the free VRAM of up to two devices three times, at once.
 pub(crate) fn test_eviction(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
+    // The sources: movable buffers of the first device, filled chunk by chunk, which it evicts
+    // and brings back for its own jobs while the second device's jobs read them.
+    let first = match paths.first() {
+        Some(path) => Device::open(path)?,
+        None => return Ok(()),
+    };
+    let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+    let mut sources = Vec::new();
+    let mut source_bos = Vec::new();
+    for k in 0..SOURCES {
+        let bo = first.bo_create_in(BUF, both)?;
+        let chunks: Vec<u64> = (0..CHUNKS)
+            .map(|c| 0x5eed_0000_0000_0000 | (k << 8) | c)
+            .collect();
+        for (c, &p) in chunks.iter().enumerate() {
+            first.write(bo.handle, c as u64 * CHUNK, &chunk_bytes(p))?;
+        }
+        sources.push(Source {
+            fd: first.export(bo.handle)?,
+            chunks,
+        });
+        source_bos.push(bo);
+    }
+    let shared = &sources;
     let outcomes: Vec<Result<Outcome, Error>> = std::thread::scope(|s| {
         let runs: Vec<_> = paths
             .iter()
             .take(2)
             .enumerate()
-            .map(|(n, p)| s.spawn(move || oversubscribe(p, 20261205 + n as u64)))
+            .map(|(n, p)| s.spawn(move || oversubscribe(p, 20261205 + n as u64, shared)))
             .collect();
         runs.into_iter()
             .map(|r| {
@@ -416,8 +546,11 @@ pub(crate) fn test_eviction(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Erro
             })
             .collect()
     });
+    // The tests below evict one buffer at a time: nothing else movable is left.
+    drop((sources, source_bos));
     if let Some(path) = paths.first() {
         mapping_follows(t, path)?;
+        writes_during_moves(t, path)?;
     }
     let devs = paths
         .iter()
@@ -442,7 +575,7 @@ pub(crate) fn test_eviction(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Erro
         t.check(
             &format!(
                 "{}: {COUNT} buffers of {} MiB in {} MiB of VRAM: {ROUNDS} jobs in a random \
-                 order keep every byte",
+                 order, copying from {SOURCES} buffers of the first device too, keep every byte",
                 o.name,
                 BUF / MIB,
                 ROOM / MIB
