@@ -129,6 +129,15 @@ impl PageTables {
         Ok(())
     }
 
+    /// Makes sure that the spares hold `count` tables beyond the one kept per 2 MiB entry,
+    /// allocating only the ones missing: what mapping a range that [`Self::tables_for`] counts
+    /// `count` tables for may take. A range mapped again after an unmap finds the spares its
+    /// 2 MiB entries left. On failure the spares allocated stay until [`Self::trim`].
+    pub(crate) fn reserve_spares(&mut self, vram: &Vram<'_>, count: usize) -> Result {
+        let want = usize::try_from(self.huge_pages)?.saturating_add(count);
+        self.add_spares(vram, want.saturating_sub(self.spare.len()))
+    }
+
     /// Frees the spare tables beyond one per 2 MiB entry.
     pub(crate) fn trim(&mut self) {
         while self.spare.len() as u64 > self.huge_pages {

@@ -179,7 +179,7 @@ impl Vm {
             for r in st.movable.stale(id) {
                 let need = PageTables::tables_for(r.range.va, r.range.len);
                 let mapped = tables
-                    .add_spares(&data.vram, need)
+                    .reserve_spares(&data.vram, need)
                     .and_then(|()| bo.map(&data.vram, tables, table, &r.range));
                 // Keep no spare table beyond one per 2 MiB entry, on every path.
                 tables.trim();
