@@ -48,6 +48,7 @@ use crate::{
         PageTables, //
     },
     prime,
+    regs::TABLE_SIZE,
 };
 
 use super::{
@@ -292,6 +293,16 @@ impl Vm {
                 BindOp::Unmap { .. } => None,
             };
             vm_bos.push(vm_bo, GFP_KERNEL_ACCOUNT)?;
+        }
+        // Room in VRAM for the page tables, made by eviction before any reservation lock is
+        // taken. Without it, the tables' allocation reports the shortage.
+        // CAST: `usize` fits in `u64`.
+        let need = tables as u64 * TABLE_SIZE;
+        if need > data.vram.avail() {
+            match crate::gem::moves::make_room(data, need, &[]) {
+                Err(e) if e == ERESTARTSYS => return Err(e),
+                _ => {}
+            }
         }
         Ok(Prepared {
             vas,

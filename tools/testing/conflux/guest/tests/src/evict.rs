@@ -306,6 +306,52 @@ fn writes_during_moves(t: &mut Tally, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// VM_BIND in VRAM full of a VRAM-only buffer and a movable one: the page tables of a new
+/// region take the room the movable buffer leaves when it is evicted.
+fn bind_evicts(t: &mut Tally, path: &Path) -> Result<(), Error> {
+    let dev = Device::open(path)?;
+    let name = path.display();
+    let info = dev.info()?;
+    let sys = dev.bo_create_in(4096, uapi::DRM_CONFLUX_BO_SYSTEM)?;
+    let vram_only = uapi::DRM_CONFLUX_BO_VRAM;
+    let both = vram_only | uapi::DRM_CONFLUX_BO_SYSTEM;
+    let full = dev.bo_create_in(
+        (info.vram_avail & !(2 * MIB - 1)).saturating_sub(2 * MIB),
+        vram_only,
+    )?;
+    let movable = dev.bo_create_in(2 * MIB, both)?;
+    // Two pages left: less than the bind's three tables, enough for a table of the move's
+    // window.
+    let left = dev.info()?.vram_avail;
+    let rest = (left > 8192)
+        .then(|| dev.bo_create_in(left - 8192, vram_only))
+        .transpose()?;
+    let before = dev.info()?;
+    // The last 512 GiB region of the bindable range: its tables are new.
+    let va = (info.va_end - 4096) & !((1u64 << 39) - 1);
+    let bound = dev.vm_bind(&[map_op(sys.handle, 0, va, 4096, false)]);
+    let after = dev.info()?;
+    let placement = dev.bo_info(movable.handle)?.placement;
+    if bound.is_ok() {
+        dev.vm_bind(&[unmap_op(va, 4096)])?;
+    }
+    drop((rest, full));
+    t.check(
+        &format!("{name}: VM_BIND in full VRAM evicts a movable buffer for its page tables"),
+        bound.is_ok()
+            && before.vram_avail <= 8192
+            && after.evictions > before.evictions
+            && placement == uapi::DRM_CONFLUX_BO_SYSTEM,
+        format!(
+            "{bound:?}; {} bytes of VRAM available before; {} evictions; the movable buffer in \
+             {placement:#x}",
+            before.vram_avail,
+            after.evictions - before.evictions
+        ),
+    );
+    Ok(())
+}
+
 /// Rounds of eviction and return of a buffer that another device imports.
 const FOLLOW_ROUNDS: u8 = 12;
 
@@ -551,6 +597,7 @@ pub(crate) fn test_eviction(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Erro
     if let Some(path) = paths.first() {
         mapping_follows(t, path)?;
         writes_during_moves(t, path)?;
+        bind_evicts(t, path)?;
     }
     let devs = paths
         .iter()
