@@ -544,8 +544,9 @@ impl Hw<'_> {
     /// [`ECANCELED`] (the reset interrupted it) if it is not. Writes the later jobs to the ring
     /// again, but holds the head back until the queue has learnt how the others ended
     /// ([`QueueOps::restart`]): a later job that completed first would otherwise be reported
-    /// before the failure, and the failed job's fence would signal success. No job runs twice, and no job is reported ended before the device has confirmed
-    /// that it stopped: if it does not, the device is wedged. The caller holds the ring lock.
+    /// before the failure, and the failed job's fence would signal success. No job runs twice,
+    /// and no job is reported ended before the device has confirmed that it stopped: if it does
+    /// not, the device is wedged. The caller holds the ring lock.
     fn recover(&self, ring: &mut Ring, error: Error, culprit: u64) -> Ended {
         if reset(self.pdev, &self.doorbell, &self.bar2).is_err() {
             return self.wedge(ring);

@@ -88,12 +88,7 @@ struct Window {
 /// The window's addresses of the first `size` bytes of `memory`, laid end to end: the lease
 /// system memory keeps, or a new lease. System memory keeps the new lease when the budget
 /// allows; otherwise it is returned, for the move to keep until the engine is done with it.
-fn window_of(
-    data: &DeviceData<'_>,
-    memory: &mut Memory,
-    size: u64,
-    drain: bool,
-) -> Result<Window> {
+fn window_of(data: &DeviceData<'_>, memory: &mut Memory, size: u64, drain: bool) -> Result<Window> {
     let ranges = |blocks: &AllocatedBlocks| -> Result<KVec<(u64, u64)>> {
         let mut out = KVec::new();
         for range in DeviceData::window_ranges(blocks) {

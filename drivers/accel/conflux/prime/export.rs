@@ -144,9 +144,9 @@ impl Export {
         if data.log_allowed() {
             dev_info!(
                 data.pdev,
-                "export: a buffer cannot move to system memory for {}: {} attachments pinned it in VRAM (-EBUSY)\n",
-                attachment.device().name(),
-                self.obj.pins().load(Ordering::Relaxed)
+                "export: {} attachments pinned a buffer in VRAM: not moved for {} (-EBUSY)\n",
+                self.obj.pins().load(Ordering::Relaxed),
+                attachment.device().name()
             );
         }
     }

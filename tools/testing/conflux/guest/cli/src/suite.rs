@@ -412,9 +412,10 @@ fn evict_and_return(dev: &Device, bufs: &[Bo<'_>; 2], size: u64) -> Result<f64, 
 
 /// Eviction, with two movable buffers of `size` bytes. Rows: the bandwidth of an eviction and
 /// a return timed alone ([`evict_and_return`]) beside a plain copy of the same size from VRAM
-/// to system memory, and the first of each buffer, which allocates its system pages; and the throughput of jobs that fill the buffers taking turns with room in
-/// VRAM for one only (the rest taken by a VRAM-only buffer: each job evicts the other buffer and
-/// brings its own back) beside the same jobs with room for both.
+/// to system memory, and the first of each buffer, which allocates its system pages; and the
+/// throughput of jobs that fill the buffers taking turns with room in VRAM for one only (the
+/// rest taken by a VRAM-only buffer: each job evicts the other buffer and brings its own back)
+/// beside the same jobs with room for both.
 fn eviction(dev: &Device, size: u64, runs: u32) -> Result<[Value; 2], String> {
     const JOBS: u32 = 8;
     let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
