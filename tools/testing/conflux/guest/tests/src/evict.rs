@@ -492,6 +492,76 @@ fn importer_follows(t: &mut Tally, exp: &Device, imp: &Device) -> Result<(), Err
     Ok(())
 }
 
+/// A VM shared by a file of `exp` and one of `imp`: a movable buffer of `exp` bound in it is
+/// evicted and brought back by `exp`, round after round, while `imp`'s jobs copy from it at
+/// the same address: every copy reads the bytes last written, and no job fails.
+fn shared_vm_follows(t: &mut Tally, exp: &Device, imp: &Device) -> Result<(), Error> {
+    const ROUNDS: u8 = 6;
+    let len = 4 * MIB;
+    let name = format!(
+        "{} and {} sharing a VM",
+        exp.path().display(),
+        imp.path().display()
+    );
+    imp.vm_join(exp)?;
+    let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+    let bo = exp.bo_create_in(len, both)?;
+    let dst = imp.bo_create(len)?;
+    exp.vm_bind(&[map_op(bo.handle, 0, BASE, len, false)])?;
+    imp.vm_bind(&[map_op(dst.handle, 0, BASE + len, len, false)])?;
+    let copy = |want: &[u8]| -> Result<Option<usize>, Error> {
+        let job = imp.submit(&[copy_cmd(BASE, BASE + len, len)], 0, 0)?;
+        imp.wait(job, -1)?;
+        let mut got = vec![0u8; len as usize];
+        imp.read(dst.handle, 0, &mut got)?;
+        Ok(first_diff(&got, want))
+    };
+    let (e0, i0) = (exp.info()?, imp.info()?);
+    let (mut bad, mut placements) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let want = pattern(len as usize, 120 + round);
+        exp.write(bo.handle, 0, &want)?;
+        let ballast = squeeze(exp)?;
+        let out = exp.bo_info(bo.handle)?.placement;
+        if let Some(d) = copy(&want)? {
+            bad.push(format!("round {round}, evicted: byte {d} differs"));
+        }
+        drop(ballast);
+        let job = exp.submit(&[fill_cmd(BASE + len - 8, 8, 0)], 0, 0)?;
+        exp.wait(job, -1)?;
+        let back = exp.bo_info(bo.handle)?.placement;
+        // The exporter's job wrote the last 8 bytes.
+        let mut want = want;
+        want[len as usize - 8..].fill(0);
+        if let Some(d) = copy(&want)? {
+            bad.push(format!("round {round}, back in VRAM: byte {d} differs"));
+        }
+        placements.push((out, back));
+    }
+    let moves = exp.bo_info(bo.handle)?.moves;
+    let (e1, i1) = (exp.info()?, imp.info()?);
+    exp.vm_bind(&[unmap_op(BASE, 2 * len)])?;
+    let (sys, vram) = (uapi::DRM_CONFLUX_BO_SYSTEM, uapi::DRM_CONFLUX_BO_VRAM);
+    t.check(
+        &format!(
+            "{name}: the other member's jobs read a buffer at its address through {ROUNDS} \
+             evictions and returns"
+        ),
+        bad.is_empty()
+            && placements.iter().all(|&p| p == (sys, vram))
+            && moves == 2 * u64::from(ROUNDS)
+            && e1.errors == e0.errors
+            && i1.errors == i0.errors,
+        format!(
+            "{bad:?}; placements (evicted, back) {placements:?}; {moves} moves; {} and {} \
+             engine errors",
+            e1.errors - e0.errors,
+            i1.errors - i0.errors
+        ),
+    );
+    Ok(())
+}
+
 /// While an importer that cannot reach VRAM is attached, the buffer stays in system memory,
 /// where that importer reads it; once it has let go, the buffer comes back to VRAM for the
 /// exporter's next job.
@@ -605,6 +675,9 @@ pub(crate) fn test_eviction(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Erro
         .collect::<Result<Vec<_>, _>>()?;
     if let [exp, imp, rest @ ..] = &devs[..] {
         importer_follows(t, exp, imp)?;
+        if let [Ok(a), Ok(b)] = [&paths[0], &paths[1]].map(Device::open) {
+            shared_vm_follows(t, &a, &b)?;
+        }
         // A device with no peer-to-peer route to the first, if the topology has one.
         for other in rest {
             let probe = Shared::new(exp, other, 2 * MIB)?;
