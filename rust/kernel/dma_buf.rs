@@ -13,6 +13,7 @@
 //! - [`import`]: an importer implements [`Importer`] and attaches dynamically with
 //!   [`ImportAttachment::new`]; it maps under the buffer's reservation lock and is told when the
 //!   buffer moves ([`DmaBuf::invalidate_mappings`]).
+//! - [`vmap`]: the kernel mapping of a whole buffer an exporter gives `dma_buf_vmap()`.
 //! - [`list`]: the buffers a device exported ([`ExportList`]) or attached to ([`ImportList`]),
 //!   released together when it is unbound.
 
@@ -20,6 +21,7 @@ pub mod export;
 pub mod import;
 pub mod list;
 pub mod mapping;
+pub mod vmap;
 
 pub use export::{
     Exported,
@@ -42,6 +44,7 @@ pub use mapping::{
     Backing,
     Table, //
 };
+pub use vmap::KernelMap;
 
 use crate::{
     bindings,
@@ -286,6 +289,7 @@ mod tests {
     const BASE: u64 = 0x8000_3000;
     const SIZE: u64 = 4 * MIB + 12 * KIB;
 
+    #[vtable]
     impl Exporter for TestExporter {
         const NAME: &'static CStr = c"rust-dma-buf-test";
 

@@ -453,6 +453,38 @@ impl PageMapping {
         &self.pages
     }
 
+    /// Makes what the device wrote to the pages visible to the CPU, before the CPU reads them.
+    pub fn sync_for_cpu(&self) {
+        for &addr in self.addrs.iter() {
+            // SAFETY: By the type invariants `addr` maps a whole page on `dev`, bound, in
+            // direction `dir`.
+            unsafe {
+                bindings::dma_sync_single_for_cpu(
+                    self.dev.as_raw(),
+                    addr,
+                    PAGE_SIZE,
+                    self.dir.into(),
+                )
+            };
+        }
+    }
+
+    /// Makes what the CPU wrote to the pages visible to the device, before the device reads
+    /// them.
+    pub fn sync_for_device(&self) {
+        for &addr in self.addrs.iter() {
+            // SAFETY: As in `sync_for_cpu`.
+            unsafe {
+                bindings::dma_sync_single_for_device(
+                    self.dev.as_raw(),
+                    addr,
+                    PAGE_SIZE,
+                    self.dir.into(),
+                )
+            };
+        }
+    }
+
     /// The DMA address of page `index`.
     pub fn page_addr(&self, index: usize) -> Option<u64> {
         self.addrs.get(index).copied().map(addr_u64)

@@ -19,6 +19,7 @@ use crate::{
         ResvLocked, //
     },
     error::from_err_ptr,
+    mm::virt::VmaNew,
     prelude::*,
     scatterlist::{
         DmaOnly,
@@ -31,6 +32,7 @@ use crate::{
     ThisModule,
 };
 use core::{
+    cell::UnsafeCell,
     marker::PhantomData,
     ops::Deref,
     ptr::NonNull,
@@ -43,6 +45,7 @@ use core::{
 use super::{
     direction,
     list,
+    vmap::KernelMap,
     Attachment,
     DmaBuf,
     ExportList,
@@ -75,12 +78,18 @@ unsafe impl ResvLocked for ResvHeld<'_> {
     }
 }
 
-/// What an exported buffer's `priv` points to: the exporter, its revocation state and the list
-/// it is registered in.
+/// What an exported buffer's `priv` points to: the exporter, its revocation state, the list
+/// it is registered in and its kernel mapping.
+///
+/// # Invariants
+///
+/// `vmapping` is only accessed with the buffer's reservation lock held; it holds the mapping
+/// [`Exporter::vmap`] made while the core counts users of it.
 struct Private<E> {
     exporter: E,
     revoked: AtomicBool,
     list: Option<Arc<ExportList>>,
+    vmapping: UnsafeCell<Option<KernelMap>>,
 }
 
 /// The [`list::Kind`] of an [`ExportList`]: exported buffers, revoked when it is released.
@@ -174,6 +183,7 @@ impl<E: Exporter> Exported<E> {
                 exporter,
                 revoked: AtomicBool::new(false),
                 list,
+                vmapping: UnsafeCell::new(None),
             },
             flags,
         )?);
@@ -268,7 +278,14 @@ impl<E: Exporter> Deref for Exported<E> {
 
 /// The exporter side of a dma-buf.
 ///
-/// Callbacks other than `attach` and `detach` run with the buffer's reservation lock held.
+/// `pin`, `unpin`, `map`, `unmap`, `vmap` and `vunmap` run with the buffer's reservation lock
+/// held; the others without it.
+///
+/// CPU access is optional: an exporter that implements [`Exporter::mmap`] lets userspace map the
+/// dma-buf's file, one that implements [`Exporter::vmap`] lets kernel importers map the buffer
+/// with `dma_buf_vmap()`. Before [`Exporter::begin_cpu_access`], the core waits for the fences
+/// of the buffer's reservation object that the access must follow.
+#[vtable]
 pub trait Exporter: Send + Sync + Sized + 'static {
     /// The exporter's name, shown in debugfs.
     const NAME: &'static CStr;
@@ -313,6 +330,34 @@ pub trait Exporter: Send + Sync + Sized + 'static {
     fn unmap(&self, _attachment: &Attachment, table: Table<Self::Backing>, _dir: DataDirection) {
         drop(table);
     }
+
+    /// Maps the buffer into `vma`, a new userspace mapping of the dma-buf's file whose range the
+    /// core checked against the buffer's size (`vm_pgoff` counts pages from the buffer's start).
+    fn mmap(&self, _vma: &VmaNew) -> Result {
+        build_error!(crate::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Maps the whole buffer into the kernel's address space for `dma_buf_vmap()`. The core
+    /// counts its users: this runs for the first, and [`Exporter::vunmap`] after the last. The
+    /// mapping must stay valid, the buffer in place, until then.
+    fn vmap(&self, _locked: &ResvHeld<'_>) -> Result<KernelMap> {
+        build_error!(crate::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// The last user of the mapping [`Exporter::vmap`] made is gone; it was dropped just before.
+    fn vunmap(&self, _locked: &ResvHeld<'_>) {}
+
+    /// The CPU is about to access the buffer in direction `dir` (`DMA_BUF_IOCTL_SYNC` or
+    /// `dma_buf_begin_cpu_access()`): the bytes devices wrote must become visible to it.
+    fn begin_cpu_access(&self, _dir: DataDirection) -> Result {
+        Ok(())
+    }
+
+    /// The CPU is done with an access [`Exporter::begin_cpu_access`] began: the bytes it wrote
+    /// must become visible to devices.
+    fn end_cpu_access(&self, _dir: DataDirection) -> Result {
+        Ok(())
+    }
 }
 
 struct ExporterOps<E: Exporter>(PhantomData<E>);
@@ -326,8 +371,15 @@ impl<E: Exporter> ExporterOps<E> {
         map_dma_buf: Some(Self::map),
         unmap_dma_buf: Some(Self::unmap),
         release: Some(Self::release),
-        // SAFETY: All-zeroes (`None`) is valid for the remaining callbacks.
-        ..unsafe { core::mem::zeroed() }
+        mmap: if E::HAS_MMAP { Some(Self::mmap) } else { None },
+        vmap: if E::HAS_VMAP { Some(Self::vmap) } else { None },
+        vunmap: if E::HAS_VMAP {
+            Some(Self::vunmap)
+        } else {
+            None
+        },
+        begin_cpu_access: Some(Self::begin_cpu_access),
+        end_cpu_access: Some(Self::end_cpu_access),
     };
 
     /// # Safety
@@ -420,6 +472,77 @@ impl<E: Exporter> ExporterOps<E> {
             )
         };
         e.unmap(a, t, direction(dir));
+    }
+
+    extern "C" fn mmap(buf: *mut bindings::dma_buf, vma: *mut bindings::vm_area_struct) -> i32 {
+        // SAFETY: The core calls with our buffer, whose file it holds, and a new VMA that is not
+        // yet visible to anyone else.
+        let (p, vma) = unsafe { (Self::private(buf), VmaNew::from_raw(vma)) };
+        if p.revoked.load(Ordering::Acquire) {
+            return ENODEV.to_errno();
+        }
+        match p.exporter.mmap(vma) {
+            Ok(()) => 0,
+            Err(err) => err.to_errno(),
+        }
+    }
+
+    extern "C" fn vmap(buf: *mut bindings::dma_buf, map: *mut bindings::iosys_map) -> i32 {
+        // SAFETY: The core calls with our buffer and a map to fill.
+        let p = unsafe { Self::private(buf) };
+        if p.revoked.load(Ordering::Acquire) {
+            return ENODEV.to_errno();
+        }
+        // SAFETY: The core holds a reference to the buffer for the whole call.
+        let held = unsafe { DmaBuf::from_raw(buf) };
+        // INVARIANT: The core maps with the buffer's reservation lock held.
+        let locked = ResvHeld { buf: held };
+        match p.exporter.vmap(&locked) {
+            Ok(kmap) => {
+                // SAFETY: `map` is valid for writes.
+                unsafe { *map = kmap.as_iosys_map() };
+                // SAFETY: The reservation lock is held, which serialises `vmapping`.
+                unsafe { *p.vmapping.get() = Some(kmap) };
+                0
+            }
+            Err(err) => err.to_errno(),
+        }
+    }
+
+    extern "C" fn vunmap(buf: *mut bindings::dma_buf, _map: *mut bindings::iosys_map) {
+        // SAFETY: The core calls with our buffer, which it holds.
+        let (p, held) = unsafe { (Self::private(buf), DmaBuf::from_raw(buf)) };
+        // SAFETY: The core unmaps with the reservation lock held, which serialises `vmapping`.
+        drop(unsafe { (*p.vmapping.get()).take() });
+        // INVARIANT: As in `vmap`.
+        p.exporter.vunmap(&ResvHeld { buf: held });
+    }
+
+    extern "C" fn begin_cpu_access(
+        buf: *mut bindings::dma_buf,
+        dir: bindings::dma_data_direction,
+    ) -> i32 {
+        // SAFETY: The core calls with our buffer, which it holds.
+        let p = unsafe { Self::private(buf) };
+        if p.revoked.load(Ordering::Acquire) {
+            return ENODEV.to_errno();
+        }
+        match p.exporter.begin_cpu_access(direction(dir)) {
+            Ok(()) => 0,
+            Err(err) => err.to_errno(),
+        }
+    }
+
+    extern "C" fn end_cpu_access(
+        buf: *mut bindings::dma_buf,
+        dir: bindings::dma_data_direction,
+    ) -> i32 {
+        // SAFETY: The core calls with our buffer, which it holds.
+        let p = unsafe { Self::private(buf) };
+        match p.exporter.end_cpu_access(direction(dir)) {
+            Ok(()) => 0,
+            Err(err) => err.to_errno(),
+        }
     }
 
     extern "C" fn release(buf: *mut bindings::dma_buf) {

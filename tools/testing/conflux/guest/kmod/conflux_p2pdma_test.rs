@@ -339,6 +339,7 @@ mod tests {
         }
     }
 
+    #[vtable]
     impl Exporter for BarExporter {
         const NAME: &'static CStr = c"rust-p2pdma-test";
 
