@@ -75,7 +75,11 @@ pub(crate) fn export(obj: &Object, dev: &IoctlDevice) -> Result<ARef<DmaBuf>> {
             &data.exports,
             GFP_KERNEL_ACCOUNT,
         )?;
-        Ok(exported.buf())
+        let buf = exported.buf();
+        // SAFETY: `buf` was just exported from `obj`; the core installs its file descriptor
+        // after this returns, so no one has mapped it.
+        unsafe { obj.share_mappings(&buf) };
+        Ok(buf)
     })
 }
 

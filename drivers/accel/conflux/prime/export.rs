@@ -18,6 +18,7 @@ use kernel::{
         Attachment,
         Backing,
         Exporter,
+        KernelMap,
         ResvHeld,
         Table, //
     },
@@ -25,8 +26,16 @@ use kernel::{
         DmaResv,
         Usage, //
     },
-    dma_segments::DmaRange,
+    dma_segments::{
+        DmaRange,
+        PageMapping, //
+    },
     drm::gem::BaseObject,
+    mm::virt::VmaNew,
+    page::{
+        PAGE_SHIFT,
+        PAGE_SIZE, //
+    },
     pci::p2pdma::{
         MapType,
         Provider, //
@@ -138,6 +147,16 @@ impl Export {
         Ok(())
     }
 
+    /// Calls `sync` with the buffer's mapping for the device's DMA when it is in system memory.
+    fn sync_system(&self, sync: fn(&PageMapping)) -> Result {
+        DeviceData::with(&self.dev, |_, data| {
+            if let Memory::System(dma, _) = &*self.obj.memory() {
+                sync(dma.access(data.pdev.as_ref())?);
+            }
+            Ok(())
+        })
+    }
+
     /// Logs that the buffer cannot move to system memory for `attachment`: importers pinned it
     /// in VRAM.
     fn refuse_pinned(&self, data: &DeviceData<'_>, attachment: &Attachment) {
@@ -226,6 +245,7 @@ fn reaches_vram(data: &DeviceData<'_>, attachment: &Attachment) -> Result {
     Err(refusal)
 }
 
+#[vtable]
 impl Exporter for Export {
     const NAME: &'static CStr = c"conflux";
 
@@ -298,5 +318,66 @@ impl Exporter for Export {
             self.place_for(data, attachment, locked)?;
             self.map_memory(data, attachment, dir)
         })
+    }
+
+    fn mmap(&self, vma: &VmaNew) -> Result {
+        // Through the buffer's fault handler, as a mapping of the buffer's handle: it follows
+        // the buffer when it moves.
+        self.obj.mmap_dma_buf(vma)
+    }
+
+    fn vmap(&self, _locked: &ResvHeld<'_>) -> Result<KernelMap> {
+        DeviceData::with(&self.dev, |_, data| {
+            let memory = self.obj.memory();
+            let map = match &*memory {
+                Memory::Vram(_) => {
+                    let base = data.vram.phys_base()?;
+                    // CAST: `usize` fits in `u64`.
+                    let (size, page) = (self.obj.size() as u64, PAGE_SIZE as u64);
+                    let mut pfns = KVVec::with_capacity(self.obj.size() >> PAGE_SHIFT, GFP_KERNEL)?;
+                    memory.for_each_piece(&data.vram, 0, size, |t, n| {
+                        let Target::Vram(at) = t else {
+                            return Err(EINVAL);
+                        };
+                        for k in 0..n / page {
+                            let pfn = usize::try_from((base + at + k * page) >> PAGE_SHIFT)?;
+                            pfns.push(pfn, GFP_KERNEL)?;
+                        }
+                        Ok(())
+                    })?;
+                    // SAFETY: The frames are the buffer's VRAM behind its BAR, device memory.
+                    unsafe { KernelMap::of_io(&mut pfns) }?
+                }
+                Memory::System(dma, _) => {
+                    KernelMap::of_pages(dma.access(data.pdev.as_ref())?.pages().clone())?
+                }
+                Memory::None => return Err(EOPNOTSUPP),
+            };
+            // The buffer stays where it is, its memory with it, until the last user unmaps it.
+            self.obj.pins().fetch_add(1, Ordering::Relaxed);
+            Ok(map)
+        })
+    }
+
+    fn vunmap(&self, _locked: &ResvHeld<'_>) {
+        self.obj.pins().fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn begin_cpu_access(&self, dir: DataDirection) -> Result {
+        // The jobs the access must follow end first: those that write the buffer before a read,
+        // every one before a write (as the core waits, after this returns). VRAM is reached
+        // uncached through the BAR; pages of system memory then take what the device wrote.
+        let usage = match dir {
+            DataDirection::FromDevice => Usage::Write,
+            _ => Usage::Read,
+        };
+        let resv = self.obj.dma_resv();
+        // The engine's watchdog ends a job that does not complete.
+        while !resv.wait_timeout(usage, true, Jiffies::MAX)? {}
+        self.sync_system(PageMapping::sync_for_cpu)
+    }
+
+    fn end_cpu_access(&self, _dir: DataDirection) -> Result {
+        self.sync_system(PageMapping::sync_for_device)
     }
 }
