@@ -116,7 +116,7 @@ impl Imported {
         })?;
         if fresh {
             let limits = SegmentLimits::of_device(data.pdev.as_ref())?;
-            check_segments(data, table, limits)?;
+            check_segments(data, self.buf(), table, limits)?;
         }
         Ok(table)
     }
@@ -132,9 +132,14 @@ impl Imported {
     }
 }
 
-/// Checks that every entry of `table` is within `limits` and whole pages; [`EIO`] with the
-/// offending entry in the log otherwise.
-fn check_segments(data: &DeviceData<'_>, table: &SGTable, limits: SegmentLimits) -> Result {
+/// Checks that every entry of `table`, which the exporter of `buf` mapped, is within `limits`
+/// and whole pages; [`EIO`] with the exporter and the offending entry in the log otherwise.
+fn check_segments(
+    data: &DeviceData<'_>,
+    buf: &DmaBuf,
+    table: &SGTable,
+    limits: SegmentLimits,
+) -> Result {
     // CAST: `PAGE_SIZE` fits in `u64`.
     let page = PAGE_SIZE as u64;
     for (i, sg) in table.iter().enumerate() {
@@ -146,7 +151,8 @@ fn check_segments(data: &DeviceData<'_>, table: &SGTable, limits: SegmentLimits)
             }
             dev_err!(
                 data.pdev,
-                "PRIME import: segment {} ({:#x}, {:#x} bytes) is not whole pages within {:?}\n",
+                "PRIME import: exporter {} mapped segment {} ({:#x}, {:#x} bytes), not whole pages within {:?}\n",
+                buf.exporter_name(),
                 i,
                 sg.dma_address(),
                 sg.dma_len(),
