@@ -16,10 +16,17 @@
  *                      (such as 0000:04:00.0) with peer-to-peer allowed,
  *                      pin it and map it, as RDMA's pinned registrations
  *                      (ib_umem_dmabuf_get_pinned()) do
- *   write "fill BYTE"  write BYTE to every byte of the mapped segments
+ *   write "vmap FD"    map the whole dma-buf FD into the kernel with
+ *                      dma_buf_vmap(), as kernel importers that read and
+ *                      write a buffer with the CPU (fbdev emulation, for
+ *                      example) do
+ *   write "fill BYTE"  write BYTE to every byte of the mapped segments, or
+ *                      through the kernel mapping
  *   read               describe the mapping and hash the bytes it covers:
  *                      "segments N bytes N max_segment N limit N ram N
- *                       boundary_crossings N fnv1a HEX"
+ *                       boundary_crossings N fnv1a HEX", or for a kernel
+ *                      mapping "kernel_map 1 bytes N iomem 0|1 fnv1a
+ *                      HEX"
  *   close              unmap and detach
  *
  * The bytes are reached at the physical address each DMA address stands for,
@@ -34,6 +41,7 @@
 #include <linux/dma-resv.h>
 #include <linux/io.h>
 #include <linux/ioport.h>
+#include <linux/iosys-map.h>
 #include <linux/kernel.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
@@ -54,6 +62,8 @@ struct import {
 	struct dma_buf_attachment *att;
 	struct sg_table *sgt;
 	struct pci_dev *pdev; /* the device a pinned attachment maps for */
+	struct iosys_map map; /* the kernel mapping of "vmap", when vmapped */
+	bool vmapped;
 };
 
 /* A pinned attachment is never moved, so never told to map again. */
@@ -91,6 +101,9 @@ static int import_open(struct inode *inode, struct file *file)
 
 static void import_drop(struct import *imp)
 {
+	if (imp->vmapped)
+		dma_buf_vunmap_unlocked(imp->buf, &imp->map);
+	imp->vmapped = false;
 	if (imp->pdev && imp->att) {
 		dma_resv_lock(imp->buf->resv, NULL);
 		if (imp->sgt) {
@@ -222,6 +235,32 @@ static int import_pin(struct import *imp, int fd, const char *bdf)
 	return ret;
 }
 
+static int import_vmap(struct import *imp, int fd)
+{
+	struct device *dev = import_dev();
+	int ret;
+
+	if (imp->buf) {
+		dev_err(dev, "vmap %d: this file already holds a buffer\n", fd);
+		return -EBUSY;
+	}
+	imp->buf = dma_buf_get(fd);
+	if (IS_ERR(imp->buf)) {
+		ret = PTR_ERR(imp->buf);
+		imp->buf = NULL;
+		dev_err(dev, "vmap %d: not a dma-buf: %d\n", fd, ret);
+		return ret;
+	}
+	ret = dma_buf_vmap_unlocked(imp->buf, &imp->map);
+	if (ret) {
+		dev_err(dev, "vmap %d: dma_buf_vmap() failed: %d\n", fd, ret);
+		import_drop(imp);
+		return ret;
+	}
+	imp->vmapped = true;
+	return 0;
+}
+
 /*
  * Calls @fn for every DMA segment of the mapping with its CPU address, and
  * counts the segments whose bytes are all system RAM.
@@ -270,6 +309,33 @@ static void import_fill(void *cpu, size_t len, void *arg)
 	memset(cpu, *(u8 *)arg, len);
 }
 
+/* Hashes the bytes of the kernel mapping, read as its memory wants. */
+static u64 import_hash_vmap(struct import *imp)
+{
+	u64 hash = FNV1A_OFFSET;
+	u8 chunk[256];
+	size_t off, n;
+
+	for (off = 0; off < imp->buf->size; off += n) {
+		n = min(sizeof(chunk), imp->buf->size - off);
+		iosys_map_memcpy_from(chunk, &imp->map, off, n);
+		import_hash(chunk, n, &hash);
+	}
+	return hash;
+}
+
+static ssize_t import_read_vmap(struct import *imp, char __user *ubuf,
+				size_t count, loff_t *ppos)
+{
+	char out[80];
+	int len;
+
+	len = scnprintf(out, sizeof(out), "kernel_map 1 bytes %zu iomem %d fnv1a %016llx\n",
+			imp->buf->size, imp->map.is_iomem,
+			import_hash_vmap(imp));
+	return simple_read_from_buffer(ubuf, count, ppos, out, len);
+}
+
 static ssize_t import_read(struct file *file, char __user *ubuf, size_t count,
 			   loff_t *ppos)
 {
@@ -283,6 +349,11 @@ static ssize_t import_read(struct file *file, char __user *ubuf, size_t count,
 	int len, ret;
 
 	mutex_lock(&imp->lock);
+	if (imp->vmapped) {
+		ret = import_read_vmap(imp, ubuf, count, ppos);
+		mutex_unlock(&imp->lock);
+		return ret;
+	}
 	dev = import_map_dev(imp);
 	mask = dma_get_seg_boundary(dev);
 	if (!imp->sgt) {
@@ -338,8 +409,13 @@ static ssize_t import_write(struct file *file, const char __user *ubuf,
 		ret = import_attach(imp, fd);
 	} else if (sscanf(cmd, "pin %d %15s", &fd, bdf) == 2) {
 		ret = import_pin(imp, fd, bdf);
+	} else if (sscanf(cmd, "vmap %d", &fd) == 1) {
+		ret = import_vmap(imp, fd);
 	} else if (sscanf(cmd, "fill %hhu", &byte) == 1) {
-		if (imp->sgt) {
+		if (imp->vmapped) {
+			iosys_map_memset(&imp->map, 0, byte, imp->buf->size);
+			ret = 0;
+		} else if (imp->sgt) {
 			ret = import_walk(imp, &ram, import_fill, &byte);
 		} else {
 			dev_err(dev, "fill: no attachment: write \"attach FD\" first\n");

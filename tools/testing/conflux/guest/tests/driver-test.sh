@@ -244,10 +244,22 @@ segment_limits() { # segment_limits WHAT PARAMETER
 		out=$(conflux matrix 4M 2>&1)
 		rc=$?
 		checked=$(echo "$out" | grep 'data checked' | grep -vc 'DO NOT MATCH')
-		refused=$(dmesg | grep -c 'PRIME import: segment')
+		refused=$(dmesg | grep -c 'PRIME import: exporter .* mapped segment')
 		expect "conflux matrix with $1: exit status" "$rc" 0
 		expect "conflux matrix with $1: copies checked" "$checked" $((want * want))
 		expect "segments refused by an importer" "$refused" 0
+		# The system heap maps in chunks of up to 1 MiB whatever the
+		# importer's limits: a 64 KiB limit refuses them. DMA-API
+		# debugging reports the heap's mapping as the heap's bug; its
+		# driver filter keeps that report for another driver meanwhile.
+		if [ "$2" = max_segment=65536 ]; then
+			filter=/sys/kernel/debug/dma-api/driver_filter
+			echo conflux-no-such-driver >"$filter"
+			conflux-uapi-test --heap-limits | grep -E '^(PASS|FAIL) '
+			echo " " >"$filter"
+			expect "heap segments refused, naming the exporter" \
+				"$(dmesg | grep -c 'PRIME import: exporter system mapped segment')" 1
+		fi
 		if rmmod conflux; then ok "rmmod after $2"; else bad "rmmod after $2"; fi
 	else
 		bad "modprobe conflux $2"

@@ -766,6 +766,34 @@ pub struct Mapping {
 }
 
 impl Mapping {
+    /// A shared, readable and writable mapping of `len` bytes at `offset` of the file `fd`
+    /// (a dma-buf, another driver's device file), which `name` names in errors.
+    pub fn of_fd(fd: BorrowedFd<'_>, offset: u64, len: usize, name: &str) -> Result<Self, Error> {
+        // SAFETY: A new mapping chosen by the kernel replaces nothing of this process.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            let call = format!("mmap (offset {offset:#x}, {len:#x} bytes)");
+            return Err(Error::new(
+                Path::new(name),
+                &call,
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
     /// The mapping's length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -799,6 +827,10 @@ impl Mapping {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
     }
 }
+
+// SAFETY: The mapping belongs to the process, not to a thread: any thread may use it and unmap
+// it.
+unsafe impl Send for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {

@@ -6,13 +6,17 @@
 //! `FAIL ...` line per check and ends with `N passed, N failed`.
 //!
 //! One module per subject, run in this order: [`device`] on every device; then on the first
-//! one [`bind`], [`jobs`], [`memory`], [`memcg`], [`udmabuf`] and [`static_import`]; with two
+//! one [`bind`], [`jobs`], [`memory`], [`memcg`], [`udmabuf`] and [`static_import`], then
+//! [`interop`] (other drivers' importers, exporters and fences) and [`evict`]; with two
 //! devices or more [`shared_vm`]; with three or more [`migration`], [`vfio`] and the revocation
 //! of [`unbind`]; last, the unbind of the first device with a buffer. `--timeout` runs only the
 //! job timeout of [`jobs`] and the device's fault switches ([`faults`]), which end with the
 //! device wedged, for the driver loaded with `job_timeout_ms=500`; `--model-exit` kills the
 //! device model in the middle of a job ([`faults::test_model_exit`]), which stops every device.
-//! `--fuzz SEED CALLS` runs the ioctl fuzzer ([`fuzz`]), `--fuzz-one SEED N` one sequence of it.
+//! `--interop` runs only [`interop`] on the first device, `--heap-limits` its import of a system
+//! heap buffer beyond the device's segment limits (for the driver loaded with
+//! `max_segment=65536`). `--fuzz SEED CALLS` runs the ioctl fuzzer ([`fuzz`]), `--fuzz-one SEED
+//! N` one sequence of it.
 //! `--races SEED` runs the races on purpose ([`races`]), for the driver loaded with
 //! `job_timeout_ms=500`; they end with a device unbound and bound again.
 //! Helpers that several subjects use are in [`common`].
@@ -24,6 +28,7 @@ mod device;
 mod evict;
 mod faults;
 mod fuzz;
+mod interop;
 mod jobs;
 mod memcg;
 mod memory;
@@ -153,6 +158,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    if matches!(mode.as_deref(), Some("--interop" | "--heap-limits")) {
+        match found.first().map(Device::open) {
+            Some(Ok(dev)) if mode.as_deref() == Some("--heap-limits") => {
+                if let Err(e) = interop::heap_refused(&mut t, &dev) {
+                    t.check(&format!("{}: heap limits", dev.path().display()), false, e);
+                }
+            }
+            Some(Ok(dev)) => {
+                if let Err(e) = interop::test_interop(&mut t, &dev) {
+                    t.check(
+                        &format!("{}: other drivers", dev.path().display()),
+                        false,
+                        e,
+                    );
+                }
+            }
+            Some(Err(e)) => t.check("open", false, e),
+            None => t.check("Conflux accel devices found", false, 0),
+        }
+        println!("{} passed, {} failed", t.passed, t.failed);
+        return if t.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     if matches!(mode.as_deref(), Some("--timeout" | "--model-exit")) {
         match found.first().map(Device::open) {
             Some(Ok(dev)) if mode.as_deref() == Some("--model-exit") => {
@@ -265,6 +296,14 @@ fn main() -> ExitCode {
             if let Err(e) = static_import::test_pins(&mut t, &a, &b) {
                 t.check(&format!("{}: pins", path.display()), false, e);
             }
+        }
+        match Device::open(path) {
+            Ok(dev) => {
+                if let Err(e) = interop::test_interop(&mut t, &dev) {
+                    t.check(&format!("{}: other drivers", path.display()), false, e);
+                }
+            }
+            Err(e) => t.check(&format!("{}: open", path.display()), false, e),
         }
         if let Err(e) = evict::test_eviction(&mut t, &found) {
             t.check(&format!("{}: eviction", path.display()), false, e);

@@ -18,17 +18,17 @@ use crate::{
 const STATIC_IMPORT: &str = "/sys/kernel/debug/conflux_static_import/import";
 
 /// FNV-1a (64-bit) of `data`, as `conflux_static_import.ko` hashes the bytes it maps.
-fn fnv1a(data: &[u8]) -> u64 {
+pub(crate) fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
 }
 
 /// One open of [`STATIC_IMPORT`]: at most one attachment, detached when dropped.
-struct StaticImport(std::fs::File);
+pub(crate) struct StaticImport(std::fs::File);
 
 impl StaticImport {
-    fn open() -> Result<Self, Error> {
+    pub(crate) fn open() -> Result<Self, Error> {
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -40,8 +40,8 @@ impl StaticImport {
             ))
     }
 
-    /// Writes `cmd` (`attach FD`, `fill BYTE`).
-    fn command(&self, cmd: &str) -> Result<(), Error> {
+    /// Writes `cmd` (`attach FD`, `pin FD BDF`, `vmap FD`, `fill BYTE`).
+    pub(crate) fn command(&self, cmd: &str) -> Result<(), Error> {
         use std::io::Write;
         (&self.0)
             .write_all(cmd.as_bytes())
@@ -50,7 +50,7 @@ impl StaticImport {
 
     /// The importer's account of its mapping: `segments`, `bytes`, `max_segment`, `limit`,
     /// `ram`, `boundary_crossings` and `fnv1a`.
-    fn report(&self) -> Result<std::collections::HashMap<String, u64>, Error> {
+    pub(crate) fn report(&self) -> Result<std::collections::HashMap<String, u64>, Error> {
         use std::os::unix::fs::FileExt;
         let mut buf = [0u8; 256];
         let n = self
