@@ -223,6 +223,14 @@ impl Attachment {
         unsafe { !(*self.as_raw()).importer_ops.is_null() }
     }
 
+    /// Whether the importer can give the memory back: it takes `invalidate_mappings`
+    /// (`dma_buf_attach_revocable()`), so the exporter can take its mapping away when the buffer
+    /// moves or is revoked, pinned or not.
+    pub fn is_revocable(&self) -> bool {
+        // SAFETY: The attachment is valid.
+        unsafe { bindings::dma_buf_attach_revocable(self.as_raw()) }
+    }
+
     /// Whether the importer accepts peer-to-peer (PCI BAR) addresses.
     pub fn peer2peer(&self) -> bool {
         // SAFETY: The attachment is valid.
