@@ -14,7 +14,7 @@ __rust_helper pgprot_t rust_helper_dma_buf_pgprot_kernel(void)
 	return PAGE_KERNEL;
 }
 
-__rust_helper pgprot_t rust_helper_dma_buf_pgprot_writecombine(void)
+__rust_helper pgprot_t rust_helper_dma_buf_pgprot_io(void)
 {
-	return pgprot_writecombine(PAGE_KERNEL);
+	return pgprot_noncached(PAGE_KERNEL);
 }

@@ -69,8 +69,9 @@ impl KernelMap {
         })
     }
 
-    /// Maps the page frames `pfns` of BAR memory, in order, at contiguous addresses,
-    /// write-combined.
+    /// Maps the page frames `pfns` of BAR memory, in order, at contiguous addresses, uncached
+    /// (UC-), as `ioremap()` maps BARs: the mapping does not alias the BAR's own with another
+    /// caching mode.
     ///
     /// [`EINVAL`] for no page, [`ENOMEM`] when no address range or memory is left.
     ///
@@ -86,13 +87,8 @@ impl KernelMap {
         }
         // SAFETY: `pfns` holds `count` frames of device memory (guaranteed by the caller), which
         // `vmap_pfn()` only reads.
-        let addr = unsafe {
-            bindings::vmap_pfn(
-                pfns.as_mut_ptr(),
-                count,
-                bindings::dma_buf_pgprot_writecombine(),
-            )
-        };
+        let addr =
+            unsafe { bindings::vmap_pfn(pfns.as_mut_ptr(), count, bindings::dma_buf_pgprot_io()) };
         // INVARIANT: `vmap_pfn()` mapped `count` frames.
         Ok(Self {
             addr: NonNull::new(addr.cast()).ok_or(ENOMEM)?,
