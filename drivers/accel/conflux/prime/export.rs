@@ -9,7 +9,10 @@
 //! importer's first map, and any other is refused. A buffer in system memory is exported as its
 //! pages, mapped for each importer.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{
+    AtomicUsize,
+    Ordering, //
+};
 
 use kernel::{
     device::Device,
@@ -73,6 +76,8 @@ fn path_of(route: MapType) -> u32 {
 pub(crate) struct Export {
     pub(super) obj: ARef<Object>,
     pub(super) dev: ARef<IoctlDevice>,
+    /// The tables importers hold, mapped and not unmapped yet.
+    mapped: AtomicUsize,
 }
 
 impl Export {
@@ -81,6 +86,7 @@ impl Export {
         Self {
             obj: obj.into(),
             dev: dev.into(),
+            mapped: AtomicUsize::new(0),
         }
     }
 
@@ -132,7 +138,12 @@ impl Export {
         let Some(fence) = gem::move_to_system(&self.obj, data, locked)? else {
             return Ok(());
         };
-        locked.buf().invalidate_mappings(locked)?;
+        // Importers holding a table of the VRAM map again. Without any, none is told: the one
+        // this move is for is not mapped yet, and a revocable pinned importer takes
+        // `invalidate_mappings` as a revocation for good.
+        if self.mapped.load(Ordering::Relaxed) > 0 {
+            locked.buf().invalidate_mappings(locked)?;
+        }
         data.engine.start();
         // An importer that is not dynamic does not wait for the move's fence.
         if !attachment.is_dynamic() {
@@ -209,10 +220,17 @@ fn map_type(data: &DeviceData<'_>, importer: &Device) -> Result<MapType> {
     Ok(Provider::of_bar(data.pdev, CTL_BAR)?.map_type(importer))
 }
 
-/// Whether `attachment`'s device takes peer-to-peer addresses and has a route to the VRAM of
-/// `data`'s device.
+/// Whether `attachment`'s device takes peer-to-peer addresses, can give them back and has a
+/// route to the VRAM of `data`'s device.
+///
+/// VRAM goes only to importers that can give it back (`invalidate_mappings`): the bus addresses
+/// of a buffer's VRAM mean nothing once the buffer moved or the device is unbound, and an
+/// importer that keeps them for good (a pinned RDMA registration that is not revocable) could
+/// write to whatever uses the BAR next. Such an importer gets the buffer in system memory,
+/// whose pages its mapping keeps.
 fn can_reach(data: &DeviceData<'_>, attachment: &Attachment) -> bool {
     attachment.peer2peer()
+        && attachment.is_revocable()
         && map_type(data, attachment.device()).is_ok_and(|route| route != MapType::NotSupported)
 }
 
@@ -223,7 +241,7 @@ fn reaches_vram(data: &DeviceData<'_>, attachment: &Attachment) -> Result {
     let importer = attachment.device();
     let refusal = if can_reach(data, attachment) {
         return Ok(());
-    } else if !attachment.peer2peer() {
+    } else if !attachment.peer2peer() || !attachment.is_revocable() {
         EOPNOTSUPP
     } else {
         EXDEV
@@ -231,8 +249,10 @@ fn reaches_vram(data: &DeviceData<'_>, attachment: &Attachment) -> Result {
     if data.first_refusal(importer) {
         let why = if refusal == EXDEV {
             "no peer-to-peer route between the devices"
-        } else {
+        } else if !attachment.peer2peer() {
             "it takes no peer-to-peer address"
+        } else {
+            "it cannot give VRAM back: no invalidate_mappings"
         };
         dev_info!(
             data.pdev,
@@ -314,10 +334,17 @@ impl Exporter for Export {
         dir: DataDirection,
         locked: &ResvHeld<'_>,
     ) -> Result<Table> {
-        DeviceData::with(&self.dev, |_, data| {
+        let table = DeviceData::with(&self.dev, |_, data| {
             self.place_for(data, attachment, locked)?;
             self.map_memory(data, attachment, dir)
-        })
+        })?;
+        self.mapped.fetch_add(1, Ordering::Relaxed);
+        Ok(table)
+    }
+
+    fn unmap(&self, _attachment: &Attachment, table: Table, _dir: DataDirection) {
+        drop(table);
+        self.mapped.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn mmap(&self, vma: &VmaNew) -> Result {
