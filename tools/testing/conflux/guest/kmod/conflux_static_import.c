@@ -1,36 +1,52 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * A static dma-buf importer for the Conflux guest tests.
+ * dma-buf importers for the Conflux guest tests, as drivers that Conflux
+ * did not write import: a static importer, the three kinds of RDMA memory
+ * registration of drivers/infiniband/core/umem_dmabuf.c, and a kernel
+ * mapping.
  *
- * It imports the way importers without move_notify do (RDMA memory
- * registrations, display scanout): dma_buf_attach() without importer ops,
- * so without peer-to-peer, and a mapping kept until the importer lets go.
- * The exporter must pin the buffer in memory the importer can reach, and
- * may not move it while the attachment lives.
+ * The static importer (display scanout, drivers without invalidation)
+ * calls dma_buf_attach() without importer ops, so without peer-to-peer,
+ * and keeps its mapping until it lets go: the exporter must pin the buffer
+ * in memory the importer can reach. The RDMA importers attach for a PCI
+ * device with peer-to-peer allowed (dma_buf_dynamic_attach()), map with the
+ * reservation lock held and then wait for the exporter's kernel fences (its
+ * moves), as ib_umem_dmabuf_map_pages() does:
  *
- * The importer is a faux device doing direct DMA. Each open of
- * <debugfs>/conflux_static_import/import holds at most one attachment:
+ *   dynamic   (ib_umem_dmabuf_get()) invalidate_mappings unmaps; the next
+ *             access maps again
+ *   pinned    (ib_umem_dmabuf_get_pinned()) pins, no invalidate_mappings:
+ *             the mapping is kept until the importer lets go, and the
+ *             attachment is not revocable (dma_buf_attach_revocable())
+ *   revocable (ib_umem_dmabuf_get_pinned_revocable_and_lock()) pins;
+ *             invalidate_mappings revokes the registration for good: it
+ *             unmaps and unpins, and later accesses fail with -EINVAL
  *
- *   write "attach FD"  attach to the dma-buf FD and map it
- *   write "pin FD BDF" attach to the dma-buf FD for the PCI device BDF
- *                      (such as 0000:04:00.0) with peer-to-peer allowed,
- *                      pin it and map it, as RDMA's pinned registrations
- *                      (ib_umem_dmabuf_get_pinned()) do
- *   write "vmap FD"    map the whole dma-buf FD into the kernel with
- *                      dma_buf_vmap(), as kernel importers that read and
- *                      write a buffer with the CPU (fbdev emulation, for
- *                      example) do
- *   write "fill BYTE"  write BYTE to every byte of the mapped segments, or
- *                      through the kernel mapping
- *   read               describe the mapping and hash the bytes it covers:
- *                      "segments N bytes N max_segment N limit N ram N
- *                       boundary_crossings N fnv1a HEX", or for a kernel
- *                      mapping "kernel_map 1 bytes N iomem 0|1 fnv1a
- *                      HEX"
- *   close              unmap and detach
+ * The static importer and the kernel mapping belong to a faux device doing
+ * direct DMA. Each open of <debugfs>/conflux_static_import/import holds at
+ * most one buffer:
  *
- * The bytes are reached at the physical address each DMA address stands for,
- * as the device would reach them.
+ *   write "attach FD"         attach statically to the dma-buf FD, map it
+ *   write "dynamic FD BDF"    register the dma-buf FD for the PCI device
+ *   write "pin FD BDF"        BDF (such as 0000:04:00.0) as an RDMA
+ *   write "revocable FD BDF"  registration of that kind, and map it
+ *   write "vmap FD"           map the whole dma-buf FD into the kernel with
+ *                             dma_buf_vmap(), as kernel importers that use
+ *                             a buffer with the CPU (fbdev emulation) do
+ *   write "fill BYTE"         write BYTE to every byte of the mapping
+ *   read                      describe the mapping and hash its bytes:
+ *                             "segments N bytes N max_segment N limit N
+ *                             ram N boundary_crossings N fnv1a HEX
+ *                             invalidations N revoked 0|1", or for a
+ *                             kernel mapping "kernel_map 1 bytes N
+ *                             iomem 0|1 fnv1a HEX"
+ *   close                     unmap and detach
+ *
+ * A dynamic registration maps again at a read or a fill after an
+ * invalidation; a revoked one fails them with -EINVAL. The bytes are
+ * reached at the physical address each DMA address stands for, as the
+ * device would reach them: system RAM through memremap(), device memory
+ * through ioremap().
  */
 
 #include <linux/debugfs.h>
@@ -56,25 +72,99 @@
 static struct faux_device *importer;
 static struct dentry *dir;
 
+enum import_kind {
+	IMPORT_STATIC,
+	IMPORT_DYNAMIC,
+	IMPORT_PINNED,
+	IMPORT_REVOCABLE,
+	IMPORT_VMAP,
+};
+
+/*
+ * One open file's buffer. The fields the exporter's invalidate_mappings
+ * changes (sgt, pinned, revoked, invalidations) are protected by the
+ * buffer's reservation lock for the RDMA kinds.
+ */
 struct import {
 	struct mutex lock; /* serialises the calls of one open file */
+	enum import_kind kind;
 	struct dma_buf *buf;
 	struct dma_buf_attachment *att;
 	struct sg_table *sgt;
-	struct pci_dev *pdev; /* the device a pinned attachment maps for */
+	struct pci_dev *pdev; /* the device an RDMA registration maps for */
 	struct iosys_map map; /* the kernel mapping of "vmap", when vmapped */
 	bool vmapped;
+	bool pinned;
+	bool revoked;
+	unsigned int invalidations;
 };
 
-/* A pinned attachment is never moved, so never told to map again. */
+static void import_unmap_locked(struct import *imp)
+{
+	if (imp->sgt)
+		dma_buf_unmap_attachment(imp->att, imp->sgt, DMA_BIDIRECTIONAL);
+	imp->sgt = NULL;
+}
+
+/* ib_umem_dmabuf_map_pages(): map if need be, then wait for moves. */
+static int import_map_locked(struct import *imp)
+{
+	struct sg_table *sgt;
+	long ret;
+
+	dma_resv_assert_held(imp->buf->resv);
+	if (imp->revoked)
+		return -EINVAL;
+	if (!imp->sgt) {
+		sgt = dma_buf_map_attachment(imp->att, DMA_BIDIRECTIONAL);
+		if (IS_ERR(sgt))
+			return PTR_ERR(sgt);
+		imp->sgt = sgt;
+	}
+	ret = dma_resv_wait_timeout(imp->buf->resv, DMA_RESV_USAGE_KERNEL,
+				    false, MAX_SCHEDULE_TIMEOUT);
+	if (ret < 0)
+		return ret;
+	return ret ? 0 : -ETIMEDOUT;
+}
+
+/* A dynamic registration: the next access maps again. */
 static void import_invalidate(struct dma_buf_attachment *att)
 {
-	dev_warn(att->dev, "a pinned attachment was invalidated\n");
+	struct import *imp = att->importer_priv;
+
+	imp->invalidations++;
+	import_unmap_locked(imp);
 }
+
+/* A revocable registration: revoked for good, as ib_umem_dmabuf_revoke. */
+static void import_revoke(struct dma_buf_attachment *att)
+{
+	struct import *imp = att->importer_priv;
+
+	dma_resv_assert_held(att->dmabuf->resv);
+	if (imp->revoked)
+		return;
+	imp->invalidations++;
+	import_unmap_locked(imp);
+	if (imp->pinned)
+		dma_buf_unpin(att);
+	imp->pinned = false;
+	imp->revoked = true;
+}
+
+static const struct dma_buf_attach_ops import_dynamic_ops = {
+	.allow_peer2peer = true,
+	.invalidate_mappings = import_invalidate,
+};
 
 static const struct dma_buf_attach_ops import_pinned_ops = {
 	.allow_peer2peer = true,
-	.invalidate_mappings = import_invalidate,
+};
+
+static const struct dma_buf_attach_ops import_revocable_ops = {
+	.allow_peer2peer = true,
+	.invalidate_mappings = import_revoke,
 };
 
 static struct device *import_dev(void)
@@ -106,11 +196,10 @@ static void import_drop(struct import *imp)
 	imp->vmapped = false;
 	if (imp->pdev && imp->att) {
 		dma_resv_lock(imp->buf->resv, NULL);
-		if (imp->sgt) {
-			dma_buf_unmap_attachment(imp->att, imp->sgt,
-						 DMA_BIDIRECTIONAL);
+		import_unmap_locked(imp);
+		if (imp->pinned)
 			dma_buf_unpin(imp->att);
-		}
+		imp->pinned = false;
 		dma_resv_unlock(imp->buf->resv);
 	} else if (imp->sgt) {
 		dma_buf_unmap_attachment_unlocked(imp->att, imp->sgt,
@@ -125,6 +214,8 @@ static void import_drop(struct import *imp)
 	imp->att = NULL;
 	imp->buf = NULL;
 	imp->pdev = NULL;
+	imp->revoked = false;
+	imp->invalidations = 0;
 }
 
 static int import_release(struct inode *inode, struct file *file)
@@ -171,65 +262,77 @@ static int import_attach(struct import *imp, int fd)
 		import_drop(imp);
 		return ret;
 	}
+	imp->kind = IMPORT_STATIC;
 	imp->sgt = sgt;
 	return 0;
 }
 
-static int import_pin(struct import *imp, int fd, const char *bdf)
+static const char *const import_kind_name[] = {
+	[IMPORT_STATIC] = "attach",
+	[IMPORT_DYNAMIC] = "dynamic",
+	[IMPORT_PINNED] = "pin",
+	[IMPORT_REVOCABLE] = "revocable",
+	[IMPORT_VMAP] = "vmap",
+};
+
+/* An RDMA registration of @kind of the dma-buf @fd for the PCI device @bdf. */
+static int import_rdma(struct import *imp, enum import_kind kind, int fd,
+		       const char *bdf)
 {
+	static const struct dma_buf_attach_ops *const ops[] = {
+		[IMPORT_DYNAMIC] = &import_dynamic_ops,
+		[IMPORT_PINNED] = &import_pinned_ops,
+		[IMPORT_REVOCABLE] = &import_revocable_ops,
+	};
+	const char *what = import_kind_name[kind];
 	struct device *dev = import_dev();
 	unsigned int domain, bus, slot, func;
-	struct sg_table *sgt;
 	int ret;
 
 	if (imp->buf) {
-		dev_err(dev, "pin %d: this file already holds an attachment\n",
+		dev_err(dev, "%s %d: this file already holds a buffer\n", what,
 			fd);
 		return -EBUSY;
 	}
 	if (sscanf(bdf, "%x:%x:%x.%x", &domain, &bus, &slot, &func) != 4) {
-		dev_err(dev, "pin %d: \"%s\" is not a PCI address\n", fd, bdf);
+		dev_err(dev, "%s %d: \"%s\" is not a PCI address\n", what, fd,
+			bdf);
 		return -EINVAL;
 	}
 	imp->pdev = pci_get_domain_bus_and_slot(domain, bus,
 						PCI_DEVFN(slot, func));
 	if (!imp->pdev) {
-		dev_err(dev, "pin %d: no PCI device %s\n", fd, bdf);
+		dev_err(dev, "%s %d: no PCI device %s\n", what, fd, bdf);
 		return -ENODEV;
 	}
+	imp->kind = kind;
 	imp->buf = dma_buf_get(fd);
 	if (IS_ERR(imp->buf)) {
 		ret = PTR_ERR(imp->buf);
 		imp->buf = NULL;
-		dev_err(dev, "pin %d: not a dma-buf: %d\n", fd, ret);
+		dev_err(dev, "%s %d: not a dma-buf: %d\n", what, fd, ret);
 		import_drop(imp);
 		return ret;
 	}
-	imp->att = dma_buf_dynamic_attach(imp->buf, &imp->pdev->dev,
-					  &import_pinned_ops, imp);
+	imp->att = dma_buf_dynamic_attach(imp->buf, &imp->pdev->dev, ops[kind],
+					  imp);
 	if (IS_ERR(imp->att)) {
 		ret = PTR_ERR(imp->att);
 		imp->att = NULL;
-		dev_err(dev, "pin %d: dma_buf_dynamic_attach() for %s failed: %d\n",
-			fd, bdf, ret);
+		dev_err(dev, "%s %d: dma_buf_dynamic_attach() for %s failed: %d\n",
+			what, fd, bdf, ret);
 		import_drop(imp);
 		return ret;
 	}
 	dma_resv_lock(imp->buf->resv, NULL);
-	ret = dma_buf_pin(imp->att);
-	if (!ret) {
-		sgt = dma_buf_map_attachment(imp->att, DMA_BIDIRECTIONAL);
-		if (IS_ERR(sgt)) {
-			ret = PTR_ERR(sgt);
-			dma_buf_unpin(imp->att);
-		} else {
-			imp->sgt = sgt;
-		}
-	}
+	ret = kind == IMPORT_DYNAMIC ? 0 : dma_buf_pin(imp->att);
+	imp->pinned = !ret && kind != IMPORT_DYNAMIC;
+	if (!ret)
+		ret = import_map_locked(imp);
 	dma_resv_unlock(imp->buf->resv);
 	if (ret) {
-		dev_err(dev, "pin %d: pinning or mapping for %s failed: %d\n",
-			fd, bdf, ret);
+		dev_err(dev, "%s %d: pinning or mapping for %s failed: %d\n",
+			what, fd, bdf, ret);
 		import_drop(imp);
 	}
 	return ret;
@@ -257,18 +360,21 @@ static int import_vmap(struct import *imp, int fd)
 		import_drop(imp);
 		return ret;
 	}
+	imp->kind = IMPORT_VMAP;
 	imp->vmapped = true;
 	return 0;
 }
 
 /*
- * Calls @fn for every DMA segment of the mapping with its CPU address, and
- * counts the segments whose bytes are all system RAM.
+ * Calls @fn for every DMA segment of the mapping with a CPU mapping of it,
+ * and counts the segments whose bytes are all system RAM.
  */
 static int import_walk(struct import *imp, unsigned int *ram,
-		       void (*fn)(void *cpu, size_t len, void *arg), void *arg)
+		       void (*fn)(struct iosys_map *map, size_t len, void *arg),
+		       void *arg)
 {
 	struct device *dev = import_map_dev(imp);
+	struct iosys_map map;
 	struct scatterlist *sg;
 	unsigned int i;
 
@@ -276,91 +382,76 @@ static int import_walk(struct import *imp, unsigned int *ram,
 	for_each_sgtable_dma_sg(imp->sgt, sg, i) {
 		phys_addr_t phys = dma_to_phys(dev, sg_dma_address(sg));
 		size_t len = sg_dma_len(sg);
-		void *cpu;
+		bool is_ram;
 
-		if (region_intersects(phys, len, IORESOURCE_SYSTEM_RAM,
-				      IORES_DESC_NONE) != REGION_INTERSECTS)
-			continue;
-		(*ram)++;
-		cpu = memremap(phys, len, MEMREMAP_WB);
-		if (!cpu) {
-			dev_err(dev, "segment %u at %pa: memremap() failed\n",
-				i, &phys);
+		is_ram = region_intersects(phys, len, IORESOURCE_SYSTEM_RAM,
+					   IORES_DESC_NONE) == REGION_INTERSECTS;
+		if (is_ram) {
+			(*ram)++;
+			iosys_map_set_vaddr(&map, memremap(phys, len, MEMREMAP_WB));
+		} else {
+			iosys_map_set_vaddr_iomem(&map, ioremap(phys, len));
+		}
+		if (iosys_map_is_null(&map)) {
+			dev_err(dev, "segment %u at %pa: mapping it failed\n", i,
+				&phys);
 			return -ENOMEM;
 		}
-		fn(cpu, len, arg);
-		memunmap(cpu);
+		fn(&map, len, arg);
+		if (is_ram)
+			memunmap(map.vaddr);
+		else
+			iounmap(map.vaddr_iomem);
 	}
 	return 0;
 }
 
-static void import_hash(void *cpu, size_t len, void *arg)
+static void import_hash(struct iosys_map *map, size_t len, void *arg)
 {
 	u64 *hash = arg;
-	const u8 *p = cpu;
-	size_t i;
-
-	for (i = 0; i < len; i++)
-		*hash = (*hash ^ p[i]) * FNV1A_PRIME;
-}
-
-static void import_fill(void *cpu, size_t len, void *arg)
-{
-	memset(cpu, *(u8 *)arg, len);
-}
-
-/* Hashes the bytes of the kernel mapping, read as its memory wants. */
-static u64 import_hash_vmap(struct import *imp)
-{
-	u64 hash = FNV1A_OFFSET;
 	u8 chunk[256];
-	size_t off, n;
+	size_t off, n, i;
 
-	for (off = 0; off < imp->buf->size; off += n) {
-		n = min(sizeof(chunk), imp->buf->size - off);
-		iosys_map_memcpy_from(chunk, &imp->map, off, n);
-		import_hash(chunk, n, &hash);
+	for (off = 0; off < len; off += n) {
+		n = min(sizeof(chunk), len - off);
+		iosys_map_memcpy_from(chunk, map, off, n);
+		for (i = 0; i < n; i++)
+			*hash = (*hash ^ chunk[i]) * FNV1A_PRIME;
 	}
-	return hash;
+}
+
+static void import_fill(struct iosys_map *map, size_t len, void *arg)
+{
+	iosys_map_memset(map, 0, *(u8 *)arg, len);
 }
 
 static ssize_t import_read_vmap(struct import *imp, char __user *ubuf,
 				size_t count, loff_t *ppos)
 {
+	u64 hash = FNV1A_OFFSET;
 	char out[80];
 	int len;
 
-	len = scnprintf(out, sizeof(out), "kernel_map 1 bytes %zu iomem %d fnv1a %016llx\n",
-			imp->buf->size, imp->map.is_iomem,
-			import_hash_vmap(imp));
+	import_hash(&imp->map, imp->buf->size, &hash);
+	len = scnprintf(out, sizeof(out),
+			"kernel_map 1 bytes %zu iomem %d fnv1a %016llx\n",
+			imp->buf->size, imp->map.is_iomem, hash);
 	return simple_read_from_buffer(ubuf, count, ppos, out, len);
 }
 
-static ssize_t import_read(struct file *file, char __user *ubuf, size_t count,
-			   loff_t *ppos)
+/* Describes the mapping of @imp, the caller holding what it needs. */
+static int import_describe(struct import *imp, char *out, size_t size)
 {
-	struct import *imp = file->private_data;
+	struct device *dev = import_map_dev(imp);
+	unsigned long mask = dma_get_seg_boundary(dev);
 	unsigned int longest = 0, crossings = 0, ram, i;
 	u64 bytes = 0, hash = FNV1A_OFFSET;
 	struct scatterlist *sg;
-	unsigned long mask;
-	struct device *dev;
-	char out[160];
-	int len, ret;
+	int ret;
 
-	mutex_lock(&imp->lock);
-	if (imp->vmapped) {
-		ret = import_read_vmap(imp, ubuf, count, ppos);
-		mutex_unlock(&imp->lock);
-		return ret;
-	}
-	dev = import_map_dev(imp);
-	mask = dma_get_seg_boundary(dev);
-	if (!imp->sgt) {
-		mutex_unlock(&imp->lock);
-		dev_err(dev, "read: no attachment: write \"attach FD\" first\n");
-		return -ENODATA;
-	}
+	if (imp->revoked)
+		return scnprintf(out, size, "revoked 1 invalidations %u\n",
+				 imp->invalidations);
 	for_each_sgtable_dma_sg(imp->sgt, sg, i) {
 		dma_addr_t start = sg_dma_address(sg);
 		unsigned int seg = sg_dma_len(sg);
@@ -372,26 +463,99 @@ static ssize_t import_read(struct file *file, char __user *ubuf, size_t count,
 			crossings++;
 	}
 	ret = import_walk(imp, &ram, import_hash, &hash);
-	if (ret) {
+	if (ret)
+		return ret;
+	return scnprintf(out, size,
+			 "segments %u bytes %llu max_segment %u limit %u ram %u boundary_crossings %u fnv1a %016llx invalidations %u revoked 0\n",
+			 imp->sgt->nents, bytes, longest,
+			 dma_get_max_seg_size(dev), ram, crossings, hash,
+			 imp->invalidations);
+}
+
+/*
+ * Runs @fn on the mapping of @imp: an RDMA registration holds the buffer's
+ * reservation lock meanwhile and maps again first if it was invalidated (a
+ * revoked one fails with -EINVAL, but for @fn that describes it).
+ */
+static int import_access(struct import *imp, const char *what, bool describe,
+			 int (*fn)(struct import *imp, void *arg), void *arg)
+{
+	struct device *dev = import_dev();
+	int ret = 0;
+
+	if (!imp->buf) {
+		dev_err(dev, "%s: no buffer: write \"attach FD\" first\n", what);
+		return -ENODATA;
+	}
+	if (!imp->pdev)
+		return fn(imp, arg);
+	dma_resv_lock(imp->buf->resv, NULL);
+	if (!imp->revoked || !describe)
+		ret = import_map_locked(imp);
+	if (ret)
+		dev_err(dev, "%s: the %s registration does not map: %d\n", what,
+			import_kind_name[imp->kind], ret);
+	else
+		ret = fn(imp, arg);
+	dma_resv_unlock(imp->buf->resv);
+	return ret;
+}
+
+struct import_out {
+	char text[224];
+	int len;
+};
+
+static int import_describe_into(struct import *imp, void *arg)
+{
+	struct import_out *out = arg;
+
+	out->len = import_describe(imp, out->text, sizeof(out->text));
+	return out->len < 0 ? out->len : 0;
+}
+
+static int import_fill_with(struct import *imp, void *arg)
+{
+	unsigned int ram;
+
+	if (imp->vmapped) {
+		iosys_map_memset(&imp->map, 0, *(u8 *)arg, imp->buf->size);
+		return 0;
+	}
+	return import_walk(imp, &ram, import_fill, arg);
+}
+
+static ssize_t import_read(struct file *file, char __user *ubuf, size_t count,
+			   loff_t *ppos)
+{
+	struct import *imp = file->private_data;
+	struct import_out out;
+	ssize_t ret;
+
+	mutex_lock(&imp->lock);
+	if (imp->vmapped) {
+		ret = import_read_vmap(imp, ubuf, count, ppos);
 		mutex_unlock(&imp->lock);
 		return ret;
 	}
-	len = scnprintf(out, sizeof(out),
-			"segments %u bytes %llu max_segment %u limit %u ram %u boundary_crossings %u fnv1a %016llx\n",
-			imp->sgt->nents, bytes, longest, dma_get_max_seg_size(dev),
-			ram, crossings, hash);
+	ret = import_access(imp, "read", true, import_describe_into, &out);
 	mutex_unlock(&imp->lock);
-	return simple_read_from_buffer(ubuf, count, ppos, out, len);
+	if (ret)
+		return ret;
+	return simple_read_from_buffer(ubuf, count, ppos, out.text, out.len);
 }
 
 static ssize_t import_write(struct file *file, const char __user *ubuf,
 			    size_t count, loff_t *ppos)
 {
+	static const enum import_kind rdma[] = {
+		IMPORT_DYNAMIC, IMPORT_PINNED, IMPORT_REVOCABLE,
+	};
 	struct import *imp = file->private_data;
 	struct device *dev = import_dev();
-	unsigned int ram;
-	char cmd[48], bdf[16];
-	int fd, ret;
+	char cmd[48], word[16], bdf[16];
+	int fd, ret = -EINVAL;
+	unsigned int i;
 	u8 byte;
 
 	if (count >= sizeof(cmd)) {
@@ -407,23 +571,20 @@ static ssize_t import_write(struct file *file, const char __user *ubuf,
 	mutex_lock(&imp->lock);
 	if (sscanf(cmd, "attach %d", &fd) == 1) {
 		ret = import_attach(imp, fd);
-	} else if (sscanf(cmd, "pin %d %15s", &fd, bdf) == 2) {
-		ret = import_pin(imp, fd, bdf);
+	} else if (sscanf(cmd, "%15s %d %15s", word, &fd, bdf) == 3) {
+		for (i = 0; i < ARRAY_SIZE(rdma); i++)
+			if (!strcmp(word, import_kind_name[rdma[i]]))
+				break;
+		if (i < ARRAY_SIZE(rdma))
+			ret = import_rdma(imp, rdma[i], fd, bdf);
+		else
+			dev_err(dev, "write: unknown command \"%s\"\n", cmd);
 	} else if (sscanf(cmd, "vmap %d", &fd) == 1) {
 		ret = import_vmap(imp, fd);
 	} else if (sscanf(cmd, "fill %hhu", &byte) == 1) {
-		if (imp->vmapped) {
-			iosys_map_memset(&imp->map, 0, byte, imp->buf->size);
-			ret = 0;
-		} else if (imp->sgt) {
-			ret = import_walk(imp, &ram, import_fill, &byte);
-		} else {
-			dev_err(dev, "fill: no attachment: write \"attach FD\" first\n");
-			ret = -ENODATA;
-		}
+		ret = import_access(imp, "fill", false, import_fill_with, &byte);
 	} else {
 		dev_err(dev, "write: unknown command \"%s\"\n", cmd);
-		ret = -EINVAL;
 	}
 	mutex_unlock(&imp->lock);
 	return ret ? ret : count;

@@ -5,18 +5,17 @@
 //! engine, and the error code of every documented bad input. Prints one `PASS ...` or
 //! `FAIL ...` line per check and ends with `N passed, N failed`.
 //!
-//! One module per subject, run in this order: [`device`] on every device; then on the first
-//! one [`bind`], [`jobs`], [`memory`], [`memcg`], [`udmabuf`] and [`static_import`], then
-//! [`interop`] (other drivers' importers, exporters and fences) and [`evict`]; with two
-//! devices or more [`shared_vm`]; with three or more [`migration`], [`vfio`] and the revocation
-//! of [`unbind`]; last, the unbind of the first device with a buffer. `--timeout` runs only the
-//! job timeout of [`jobs`] and the device's fault switches ([`faults`]), which end with the
-//! device wedged, for the driver loaded with `job_timeout_ms=500`; `--model-exit` kills the
-//! device model in the middle of a job ([`faults::test_model_exit`]), which stops every device.
+//! One module per subject, run in this order: [`device`] on every device; then on the first one
+//! [`bind`], [`jobs`], [`memory`], [`memcg`], [`udmabuf`] and [`static_import`], then [`interop`]
+//! (other drivers' importers, exporters and fences) and [`evict`]; with two devices or more
+//! [`shared_vm`]; with three or more [`migration`], [`vfio`], the revocation of [`unbind`] and the
+//! RDMA registrations of [`rdma`]; last, the unbind of the first device with a buffer. `--timeout`
+//! runs only the job timeout of [`jobs`] and the device's fault switches ([`faults`]), which end
+//! with the device wedged, for the driver loaded with `job_timeout_ms=500`; `--model-exit` kills
+//! the device model in the middle of a job ([`faults::test_model_exit`]), which stops every device.
 //! `--interop` runs only [`interop`] on the first device, `--heap-limits` its import of a system
-//! heap buffer beyond the device's segment limits (for the driver loaded with
-//! `max_segment=65536`). `--fuzz SEED CALLS` runs the ioctl fuzzer ([`fuzz`]), `--fuzz-one SEED
-//! N` one sequence of it.
+//! heap buffer beyond the device's segment limits (for the driver loaded with `max_segment=65536`).
+//! `--fuzz SEED CALLS` runs the ioctl fuzzer ([`fuzz`]), `--fuzz-one SEED N` one sequence of it.
 //! `--races SEED` runs the races on purpose ([`races`]), for the driver loaded with
 //! `job_timeout_ms=500`; they end with a device unbound and bound again.
 //! Helpers that several subjects use are in [`common`].
@@ -34,8 +33,10 @@ mod memcg;
 mod memory;
 mod migration;
 mod races;
+mod rdma;
 mod shared_vm;
 mod static_import;
+mod storage;
 mod udmabuf;
 mod unbind;
 mod vfio;
@@ -326,6 +327,13 @@ fn main() -> ExitCode {
             }
             if let Err(e) = revoke_while_peers_copy(&mut t, &found) {
                 t.check(&format!("{}: revocation", found[1].display()), false, e);
+            }
+            if let Err(e) = rdma::test_rdma(&mut t, &found) {
+                t.check(
+                    &format!("{}: RDMA registrations", found[1].display()),
+                    false,
+                    e,
+                );
             }
         }
         if let Err(e) = bad_ring_fails_the_probe(&mut t, path) {

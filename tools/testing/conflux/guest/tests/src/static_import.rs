@@ -173,8 +173,9 @@ fn pci_address(path: &std::path::Path) -> Result<String, Error> {
         .into_owned())
 }
 
-/// Pins. An importer that pins a movable buffer over peer-to-peer (as RDMA's pinned
-/// registrations do, here for the PCI device `peer`) keeps it in VRAM: eviction leaves it,
+/// Pins. An importer that pins a movable buffer over peer-to-peer and can give it back (a
+/// revocable RDMA registration, here for the PCI device `peer`) keeps it in VRAM: eviction
+/// leaves it,
 /// and the move a static importer would need fails with `EBUSY`. Unpinned, it is evicted like
 /// any other. A static importer's pin keeps it in system memory, where the importer reads the
 /// bytes the exporter's jobs write, through VRAM pressure.
@@ -188,13 +189,14 @@ pub(crate) fn test_pins(t: &mut Tally, exp: &Device, peer: &Device) -> Result<()
     let fd = exp.export(bo.handle)?;
     let bdf = pci_address(peer.path())?;
     let pin = StaticImport::open()?;
-    pin.command(&format!("pin {} {bdf}", fd.0.as_raw_fd()))?;
+    pin.command(&format!("revocable {} {bdf}", fd.0.as_raw_fd()))?;
     let report = pin.report()?;
     let squeezed = squeeze(exp);
     let info = exp.bo_info(bo.handle)?;
     t.check(
         &format!(
-            "{name}: a buffer pinned over peer-to-peer for {bdf} stays in VRAM under pressure"
+            "{name}: a buffer pinned over peer-to-peer for {bdf} (revocably) stays in VRAM under \
+             pressure"
         ),
         report.get("ram") == Some(&0)
             && report.get("bytes") == Some(&len)
