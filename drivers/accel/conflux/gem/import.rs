@@ -151,7 +151,8 @@ fn check_segments(
             }
             dev_err!(
                 data.pdev,
-                "PRIME import: exporter {} mapped segment {} ({:#x}, {:#x} bytes), not whole pages within {:?}\n",
+                "PRIME import: exporter {} mapped segment {} ({:#x}, {:#x} bytes), \
+                 not whole pages within {:?}\n",
                 buf.exporter_name(),
                 i,
                 sg.dma_address(),
