@@ -19,7 +19,8 @@
 //!   memory, say) or refuse.
 //!
 //! An exporter of BAR memory through a dma-buf maps it for each importer with
-//! [`Attachment::map_bar`](crate::dma_buf::Attachment::map_bar).
+//! [`Attachment::map_bar`](crate::dma_buf::Attachment::map_bar). A driver that lends part of a BAR
+//! to the block layer and to userspace gives it `struct page`s with [`publish_pages`].
 
 use crate::{
     bindings,
@@ -222,4 +223,63 @@ impl Provider {
         // exactly as in C.
         phys.wrapping_add(offset)
     }
+}
+
+/// Gives bytes `offset..offset + size` of BAR `bar` of `pdev` `struct page`s in the device's pool
+/// of peer-to-peer memory (`pci_p2pdma_add_resource()`), and publishes the pool
+/// (`pci_p2pmem_publish()`): the block layer then reads and writes the pages by direct I/O (a
+/// block device whose queue takes peer-to-peer memory, NVMe), and userspace allocates them
+/// through `p2pmem/allocate` in the device's sysfs directory. The pages stay until the driver
+/// unbinds, which waits for every page still in use.
+///
+/// Returns [`EINVAL`] unless the range is in the BAR and starts and ends at 2 MiB boundaries of
+/// the CPU's physical addresses (the kernel adds memory in such sections), and [`EOPNOTSUPP`] if
+/// the kernel is built without `CONFIG_PCI_P2PDMA`.
+// `resource_size_t` is 32 or 64 bits wide depending on the configuration.
+#[allow(clippy::useless_conversion)]
+pub fn publish_pages(
+    pdev: &pci::Device<device::Core<'_>>,
+    bar: u32,
+    offset: u64,
+    size: u64,
+) -> Result {
+    const SECTION: u64 = 2 << 20;
+    if bar >= bindings::PCI_STD_NUM_BARS {
+        return Err(EINVAL);
+    }
+    let start = u64::from(pdev.resource_start(bar)?);
+    let len = u64::from(pdev.resource_len(bar)?);
+    let end = offset.checked_add(size).ok_or(EINVAL)?;
+    if size == 0 || end > len || (start + offset) % SECTION != 0 || size % SECTION != 0 {
+        return Err(EINVAL);
+    }
+    publish_valid_pages(pdev, bar, offset, usize::try_from(size)?)
+}
+
+#[cfg(CONFIG_PCI_P2PDMA)]
+fn publish_valid_pages(
+    pdev: &pci::Device<device::Core<'_>>,
+    bar: u32,
+    offset: u64,
+    size: usize,
+) -> Result {
+    // CAST: `bar` is below `PCI_STD_NUM_BARS`.
+    // SAFETY: `pdev` is a valid device being probed, whose device resources (the pages) are
+    // released when it unbinds; the range lies in its memory BAR `bar`, at section boundaries.
+    crate::error::to_result(unsafe {
+        bindings::pci_p2pdma_add_resource(pdev.as_raw(), bar as i32, size, offset)
+    })?;
+    // SAFETY: `pdev` is valid and has a pool of peer-to-peer memory, added just above.
+    unsafe { bindings::pci_p2pmem_publish(pdev.as_raw(), true) };
+    Ok(())
+}
+
+#[cfg(not(CONFIG_PCI_P2PDMA))]
+fn publish_valid_pages(
+    _pdev: &pci::Device<device::Core<'_>>,
+    _bar: u32,
+    _offset: u64,
+    _size: usize,
+) -> Result {
+    Err(EOPNOTSUPP)
 }
