@@ -30,6 +30,10 @@ kernel::module_pci_driver! {
             default: 0,
             description: "Largest DMA segment of imported buffers in bytes (0: any, else >= 4096)",
         },
+        p2pmem_mib: u32 {
+            default: 0,
+            description: "MiB of VRAM published for direct I/O (even, <= VRAM/2; 0: none)",
+        },
         seg_boundary: u64 {
             default: 0,
             description: "Segment boundary mask of imported buffers, 2^n - 1 >= 4095 (0: 4 GiB)",

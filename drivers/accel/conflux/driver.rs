@@ -18,7 +18,11 @@ use kernel::{
         },
         ioctl, //
     },
-    irq, pci,
+    irq,
+    pci::{
+        self,
+        p2pdma, //
+    },
     prelude::*,
     sizes::SZ_4K,
     sync::aref::ARef,
@@ -179,8 +183,29 @@ impl pci::Driver for ConfluxDriver {
             _reg: {
                 // Zeroing VRAM proves that the engine runs jobs and signals their fences from
                 // the completion interrupt, which is registered now.
-                let data = DeviceData::new(pdev, hw)?;
+                let mut data = DeviceData::new(pdev, hw)?;
                 let info = data.info;
+                let p2pmem = crate::module_parameters::p2pmem_mib.value();
+                if p2pmem > 0 {
+                    let offset = data.take_p2pmem(p2pmem)?;
+                    let size = u64::from(p2pmem) << 20;
+                    p2pdma::publish_pages(pdev, regs::CTL_BAR, offset, size).inspect_err(|e| {
+                        dev_err!(
+                            pdev,
+                            "p2pmem_mib {}: publishing BAR2 {:#x}..{:#x} failed: {:?}\n",
+                            p2pmem,
+                            offset,
+                            offset + size,
+                            e
+                        );
+                    })?;
+                    dev_info!(
+                        pdev,
+                        "{} MiB of VRAM published as peer-to-peer memory at BAR2 + {:#x}\n",
+                        p2pmem,
+                        offset
+                    );
+                }
                 let drm = drm::UnregisteredDevice::<ConfluxDrm>::new(pdev, Ok(()))?;
                 // SAFETY: The registration is kept in the driver's bound data and dropped at
                 // unbind; it is never forgotten.

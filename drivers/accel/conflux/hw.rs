@@ -221,6 +221,9 @@ pub(crate) struct DeviceData<'bound> {
     refused: Pin<KBox<Mutex<KVec<ARef<Device>>>>>,
     /// Limits the log lines that userspace can cause ([`DeviceData::log_allowed`]).
     log_limit: Pin<KBox<RateLimit>>,
+    /// The VRAM published as peer-to-peer memory with `struct page`s, at the top of VRAM, zeroed;
+    /// returned to the allocator at unbind, after the pages are gone.
+    p2pmem: Option<Pin<KBox<AllocatedBlocks>>>,
 }
 
 impl Drop for DeviceData<'_> {
@@ -283,9 +286,31 @@ impl<'bound> DeviceData<'bound> {
             imports: Arc::pin_init(ImportList::new(), GFP_KERNEL)?,
             refused: KBox::pin_init(new_mutex!(KVec::new()), GFP_KERNEL)?,
             log_limit: KBox::pin_init(RateLimit::log_lines(), GFP_KERNEL)?,
+            p2pmem: None,
         };
         data.scrub_free()?;
         Ok(data)
+    }
+
+    /// Takes the top `mib` MiB of VRAM, zeroed, for peer-to-peer memory with `struct page`s:
+    /// returns the range's BAR2 offset, which the caller publishes. [`EINVAL`] with the reason in
+    /// the log for an odd size or one above half of VRAM.
+    pub(crate) fn take_p2pmem(&mut self, mib: u32) -> Result<u64> {
+        let size = u64::from(mib) << 20;
+        if mib % 2 != 0 || size > self.info.vram_size / 2 {
+            dev_err!(
+                self.pdev,
+                "p2pmem_mib {}: an even number of MiB, at most half of VRAM ({} MiB)\n",
+                mib,
+                self.info.vram_size >> 21
+            );
+            return Err(EINVAL);
+        }
+        // At a 2 MiB boundary of VRAM, which BAR2 places at one of the CPU's.
+        // CAST: `SZ_2M` fits in `u64`.
+        let start = (self.info.vram_size - size) & !(SZ_2M as u64 - 1);
+        self.p2pmem = Some(self.vram.alloc_range(start, size)?);
+        Ok(self.info.vram_offset + start)
     }
 
     /// Whether a log line that userspace can cause at will may go out now: at most 10 of them

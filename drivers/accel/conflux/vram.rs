@@ -118,6 +118,20 @@ impl<'bound> Vram<'bound> {
         )
     }
 
+    /// Allocates bytes `start..start + size` of VRAM, multiples of 4 KiB, exactly.
+    pub(crate) fn alloc_range(&self, start: u64, size: u64) -> Result<Pin<KBox<AllocatedBlocks>>> {
+        let end = start.checked_add(size).ok_or(EINVAL)?;
+        KBox::pin_init(
+            self.buddy.alloc_blocks(
+                GpuBuddyAllocMode::Range(start..end),
+                size,
+                Alignment::new::<SZ_4K>(),
+                GpuBuddyAllocFlags::default(),
+            ),
+            GFP_KERNEL,
+        )
+    }
+
     /// Allocates `size` bytes, preferring blocks of 2 MiB so that they can be mapped with
     /// 2 MiB entries, and falling back to 4 KiB blocks when VRAM is fragmented.
     pub(crate) fn alloc_buffer(&self, size: u64) -> Result<Pin<KBox<AllocatedBlocks>>> {
