@@ -360,6 +360,12 @@ fn run(o: &Options) -> Result<u8, String> {
     fs::File::create(&ram)
         .and_then(|f| f.set_len(o.mem))
         .map_err(|e| format!("creating guest RAM {}: {e}", ram.display()))?;
+    for name in topology::nvme_files() {
+        let img = dir.join(name);
+        fs::File::create(&img)
+            .and_then(|f| f.set_len(topology::NVME_SIZE))
+            .map_err(|e| format!("creating the NVMe namespace {}: {e}", img.display()))?;
+    }
 
     // The device model first: QEMU connects to its sockets at startup.
     let devices = o.topology.devices();

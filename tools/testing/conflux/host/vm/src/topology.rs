@@ -16,16 +16,33 @@ pub struct Topology {
 /// The bridge each accelerator `cfx<i>` is plugged into.
 const SWITCH3_RP1_SLOTS: [&str; 4] = ["dp0", "dp1", "dp2", "rp1"];
 
-/// The bridges: a root port with a switch of three downstream ports, and a
-/// second root port.
-const SWITCH3_RP1_BRIDGES: [&str; 6] = [
+/// The bridges: a root port with a switch of three downstream ports, a
+/// second root port, and a third one for the NVMe controller with a
+/// controller memory buffer.
+const SWITCH3_RP1_BRIDGES: [&str; 7] = [
     "pcie-root-port,id=rp0,chassis=1,slot=0",
     "x3130-upstream,id=up0,bus=rp0",
     "xio3130-downstream,id=dp0,bus=up0,chassis=2,slot=0",
     "xio3130-downstream,id=dp1,bus=up0,chassis=3,slot=1",
     "xio3130-downstream,id=dp2,bus=up0,chassis=4,slot=2",
     "pcie-root-port,id=rp1,chassis=5,slot=1",
+    "pcie-root-port,id=rp2,chassis=6,slot=2",
 ];
+
+/// The emulated NVMe controllers: `nvme0` (serial `cfxnvme0`), function 1
+/// beside `cfx2` behind the switch, and `nvme1` (serial `cfxnvme1`) on the
+/// third root port with a 64 MiB controller memory buffer, which the kernel
+/// publishes as peer-to-peer memory of its own. Each has one namespace, the
+/// raw file `dir/nvme<i>.img` of [`NVME_SIZE`] bytes.
+const NVME: [(&str, &str); 2] = [("dp2,addr=00.1", ""), ("rp2", ",cmb_size_mb=64")];
+
+/// Size of each NVMe controller's namespace.
+pub const NVME_SIZE: u64 = 64 << 20;
+
+/// The NVMe namespaces' files in the run directory.
+pub fn nvme_files() -> [String; 2] {
+    [0, 1].map(|i| format!("nvme{i}.img"))
+}
 
 /// The file in the run directory behind the plain ivshmem function's BAR2.
 pub const PLAIN_FILE: &str = "plain-mem";
@@ -111,11 +128,25 @@ impl Topology {
             a.extend(["-device".into(), b.into()]);
         }
         for (i, bus) in SWITCH3_RP1_SLOTS.iter().enumerate() {
+            // `cfx2` shares its slot with `nvme0`.
+            let slot = if *bus == "dp2" {
+                ",addr=00.0,multifunction=on"
+            } else {
+                ""
+            };
             a.extend([
                 "-chardev".into(),
                 format!("socket,id=c{i},path={d}/dev{i}.sock"),
                 "-device".into(),
-                format!("ivshmem-doorbell,chardev=c{i},vectors=2,id=cfx{i},bus={bus}"),
+                format!("ivshmem-doorbell,chardev=c{i},vectors=2,id=cfx{i},bus={bus}{slot}"),
+            ]);
+        }
+        for (i, ((at, extra), file)) in NVME.iter().zip(nvme_files()).enumerate() {
+            a.extend([
+                "-drive".into(),
+                format!("file={d}/{file},if=none,id=nvd{i},format=raw"),
+                "-device".into(),
+                format!("nvme,serial=cfxnvme{i},drive=nvd{i},id=nvme{i},bus={at}{extra}"),
             ]);
         }
         if plain {
@@ -162,6 +193,8 @@ mod tests {
         for (i, bus) in ["dp0", "dp1", "dp2", "rp1"].iter().enumerate() {
             let dev = format!("ivshmem-doorbell,chardev=c{i},vectors=2,id=cfx{i},bus={bus}");
             assert!(joined.contains(&dev), "{dev}");
+            let shared = joined.contains(&format!("{dev},addr=00.0,multifunction=on"));
+            assert_eq!(shared, *bus == "dp2", "{dev}");
             assert!(joined.contains(&format!("path=/r/dev{i}.sock")));
         }
         assert!(joined.contains("size=536870912,mem-path=/r/guest-ram,share=on"));
@@ -175,6 +208,15 @@ mod tests {
             Some("console=ttyS0 panic=-1 oops=panic kunit.enable=1")
         );
         assert!(!joined.contains("ivshmem-plain"));
+        assert!(joined.contains(
+            "-drive file=/r/nvme0.img,if=none,id=nvd0,format=raw \
+             -device nvme,serial=cfxnvme0,drive=nvd0,id=nvme0,bus=dp2,addr=00.1"
+        ));
+        assert!(joined.contains(
+            "-drive file=/r/nvme1.img,if=none,id=nvd1,format=raw \
+             -device nvme,serial=cfxnvme1,drive=nvd1,id=nvme1,bus=rp2,cmb_size_mb=64"
+        ));
+        assert!(joined.contains("pcie-root-port,id=rp2,chassis=6,slot=2"));
         Ok(())
     }
 
