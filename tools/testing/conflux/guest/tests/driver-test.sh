@@ -258,8 +258,8 @@ segment_limits() { # segment_limits WHAT PARAMETER
 			echo conflux-no-such-driver >"$filter"
 			conflux-uapi-test --heap-limits | grep -E '^(PASS|FAIL) '
 			echo " " >"$filter"
-			expect "heap segments refused, naming the exporter" \
-				"$(dmesg | grep -c 'PRIME import: exporter system mapped segment')" 1
+			heap=$(dmesg | grep -c 'PRIME import: exporter system mapped segment')
+			expect "heap segments refused, naming the exporter" "$heap" 1
 		fi
 		if rmmod conflux; then ok "rmmod after $2"; else bad "rmmod after $2"; fi
 	else
@@ -272,6 +272,27 @@ modprobe conflux seg_boundary=0x7ffe 2>/dev/null
 expect "devices probed with seg_boundary=0x7ffe" "$(nodes)" 0
 expect "probe errors naming seg_boundary 0x7ffe" \
 	"$(dmesg | grep -c 'seg_boundary 0x7ffe: not of the form')" "$want"
+rmmod conflux 2>/dev/null
+
+# Storage into VRAM: loaded with p2pmem_mib=16, each device publishes 16 MiB
+# of VRAM as peer-to-peer memory with struct pages, which O_DIRECT reads and
+# writes of the rig's NVMe namespaces reach through the block layer where the
+# topology has a route. An odd size fails the probe.
+if modprobe conflux p2pmem_mib=16; then
+	ok "modprobe conflux p2pmem_mib=16"
+	conflux-uapi-test --storage "$topology" | grep -E '^(PASS|FAIL) '
+	if rmmod conflux; then
+		ok "rmmod after p2pmem_mib=16"
+	else
+		bad "rmmod after p2pmem_mib=16"
+	fi
+else
+	bad "modprobe conflux p2pmem_mib=16"
+fi
+modprobe conflux p2pmem_mib=3 2>/dev/null
+expect "devices probed with p2pmem_mib=3" "$(nodes)" 0
+expect "probe errors naming p2pmem_mib 3" \
+	"$(dmesg | grep -c 'p2pmem_mib 3: an even number')" "$want"
 rmmod conflux 2>/dev/null
 
 # Reports of lockdep, DMA-API debugging (a WARN), debug-objects, or any WARN

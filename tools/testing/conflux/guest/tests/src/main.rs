@@ -15,6 +15,7 @@
 //! the device model in the middle of a job ([`faults::test_model_exit`]), which stops every device.
 //! `--interop` runs only [`interop`] on the first device, `--heap-limits` its import of a system
 //! heap buffer beyond the device's segment limits (for the driver loaded with `max_segment=65536`).
+//! `--storage TOPOLOGY` runs [`storage`], for the driver loaded with `p2pmem_mib=16`.
 //! `--fuzz SEED CALLS` runs the ioctl fuzzer ([`fuzz`]), `--fuzz-one SEED N` one sequence of it.
 //! `--races SEED` runs the races on purpose ([`races`]), for the driver loaded with
 //! `job_timeout_ms=500`; they end with a device unbound and bound again.
@@ -151,6 +152,18 @@ fn main() -> ExitCode {
                 }
             }
             _ => t.check("two Conflux devices that open", false, found.len()),
+        }
+        println!("{} passed, {} failed", t.passed, t.failed);
+        return if t.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    if mode.as_deref() == Some("--storage") {
+        let zen = std::env::args().nth(2).is_some_and(|t| t.ends_with("-zen"));
+        if let Err(e) = storage::test_storage(&mut t, zen) {
+            t.check("storage into peer-to-peer memory", false, e);
         }
         println!("{} passed, {} failed", t.passed, t.failed);
         return if t.failed == 0 {
