@@ -16,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+pub mod storage;
 pub mod sync;
 
 /// The uAPI, generated from the kernel header.

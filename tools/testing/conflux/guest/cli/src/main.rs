@@ -55,6 +55,12 @@ Commands:
   render-bench FILE
                 print (and with --png, draw as a chart) the report of
                 `make bench` in FILE, without any device
+  storage-bench [SIZE]
+                move SIZE bytes (default 8M) between the rig's NVMe namespace
+                (serial cfxnvme0) and the device's VRAM with O_DIRECT, both
+                ways: directly through the device's peer-to-peer memory
+                (the driver loaded with p2pmem_mib) and staged through
+                system memory, in the same run, with the data checked
   p2p-bench [SIZE]
                 copy SIZE bytes (default 64M) from the first device's VRAM to
                 the second's peer to peer, and the same staged through system
@@ -218,6 +224,36 @@ fn targets(o: &Options) -> Result<Vec<PathBuf>, String> {
 
 fn open(path: &Path) -> Result<Device, String> {
     Device::open(path).map_err(|e| e.to_string())
+}
+
+/// `conflux storage-bench [SIZE]`: SIZE bytes between the rig's first NVMe namespace and the
+/// device's VRAM, directly and staged through system memory, both ways, with the data checked.
+fn cmd_storage_bench(o: &Options, size: u64) -> Result<(), String> {
+    let (_, dev) = first_device(o)?;
+    let ns = conflux::storage::nvme_namespace("cfxnvme0").map_err(|e| e.to_string())?;
+    let len = usize::try_from(size).map_err(|e| e.to_string())?;
+    let storage = suite::Storage::new(&dev, &ns, len)?;
+    // A first run, not counted, touches every buffer.
+    storage.run()?;
+    let [din, sin, dout, sout] = storage.run()?;
+    if o.json {
+        println!(
+            "{}",
+            json!({"size": size, "nvme_to_vram": {"direct": din, "staged": sin},
+                   "vram_to_nvme": {"direct": dout, "staged": sout}})
+        );
+    } else {
+        let mib = size >> 20;
+        println!("{mib} MiB, {} and {}:", ns.display(), dev.path().display());
+        for (way, direct, staged) in [("NVMe to VRAM", din, sin), ("VRAM to NVMe", dout, sout)] {
+            println!(
+                "  {way}: directly {direct:.0} MB/s, staged through system memory {staged:.0} \
+                 MB/s ({:.2}x)",
+                direct / staged
+            );
+        }
+    }
+    Ok(())
 }
 
 fn cmd_info(o: &Options) -> Result<(), String> {
@@ -614,6 +650,10 @@ fn run(o: &Options) -> Result<(), String> {
             suite::cmd_bench_suite(&devices(), runs)
         }
         ["render-bench", file] => suite::cmd_render(Path::new(file), o.png.as_deref()),
+        ["storage-bench", rest @ ..] if rest.len() <= 1 => {
+            let size = pages_arg("storage-bench", rest.first(), 8 << 20)?;
+            cmd_storage_bench(o, size)
+        }
         ["p2p-bench", rest @ ..] if rest.len() <= 1 => {
             let size = pages_arg("p2p-bench", rest.first(), 64 << 20)?;
             matrix::cmd_p2p_bench(o.json, &devices(), size)

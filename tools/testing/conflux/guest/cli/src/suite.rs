@@ -511,6 +511,141 @@ fn eviction(dev: &Device, size: u64, runs: u32) -> Result<[Value; 2], String> {
     ])
 }
 
+/// What [`Storage::run`] moves between the NVMe namespace and VRAM of a device, set up once
+/// and reused from run to run, as an application keeps its buffers: the device's peer-to-peer
+/// memory, a staging buffer of system memory (pages of a memfd, which direct I/O takes,
+/// exported by udmabuf and imported by the device) and a VRAM buffer.
+pub struct Storage<'a> {
+    dev: &'a Device,
+    disk: std::fs::File,
+    p2p: conflux::Mapping,
+    _memfd: std::fs::File,
+    sys: conflux::Mapping,
+    staging: Bo<'a>,
+    bo: Bo<'a>,
+    data: Vec<u8>,
+}
+
+impl<'a> Storage<'a> {
+    /// Sets up `len` bytes of each between `dev` and the NVMe namespace `ns`.
+    pub fn new(dev: &'a Device, ns: &Path, len: usize) -> Result<Self, String> {
+        use conflux::storage::{open_direct, p2pmem, udmabuf};
+        let pci = dev
+            .pci_address()
+            .ok_or("storage: the device's PCI address is not in sysfs")?;
+        let disk = open_direct(ns).map_err(e)?;
+        let p2p = p2pmem(&pci, len).map_err(e)?;
+        let (memfd, buf) = udmabuf(len as u64).map_err(|err| format!("storage: {err}"))?;
+        let sys = conflux::Mapping::of_fd(memfd.as_fd(), 0, len, "memfd").map_err(e)?;
+        let staging = dev.import(buf.as_fd()).map_err(e)?;
+        let bo = dev.bo_create(len as u64).map_err(e)?;
+        Ok(Self {
+            dev,
+            disk,
+            p2p,
+            _memfd: memfd,
+            sys,
+            staging,
+            bo,
+            data: random_bytes(len, 0x5707_a6e0),
+        })
+    }
+
+    /// One run of each way, with the data checked: into VRAM directly (`O_DIRECT` into the
+    /// peer-to-peer memory) and staged (`O_DIRECT` into the staging buffer, then the engine's
+    /// copy to the VRAM buffer), and out of VRAM directly and staged (the engine's copy, then
+    /// `O_DIRECT` from the staging buffer). The bandwidths in MB/s, in that order.
+    pub fn run(&self) -> Result<[f64; 4], String> {
+        use conflux::storage::{read_into, write_from};
+        let (dev, disk, p2p, sys) = (self.dev, &self.disk, &self.p2p, &self.sys);
+        let len = self.data.len();
+        let size = len as u64;
+        let data = &self.data;
+        let io = |call: &'static str| move |err: std::io::Error| format!("storage: {call}: {err}");
+        let timed = |f: &mut dyn FnMut() -> Result<(), String>| -> Result<f64, String> {
+            let t = Instant::now();
+            f()?;
+            Ok(mbps(size, t.elapsed().as_secs_f64()))
+        };
+        let mut got = vec![0u8; len];
+        sys.write(0, data);
+        write_from(disk, sys, 0).map_err(io("O_DIRECT write of the data"))?;
+        sys.write(0, &got);
+        p2p.write(0, &got);
+        let direct_in = timed(&mut || read_into(disk, p2p, 0).map_err(io("O_DIRECT into VRAM")))?;
+        p2p.read(0, &mut got);
+        verify("storage: NVMe to VRAM directly", &got, |i| data[i])?;
+        let staged_in = timed(&mut || {
+            read_into(disk, sys, 0).map_err(io("O_DIRECT into system memory"))?;
+            run_copy(dev, &self.staging, &self.bo, size).map(|_| ())
+        })?;
+        check(dev, &self.bo, data, "storage: NVMe to VRAM, staged")?;
+        let direct_out =
+            timed(&mut || write_from(disk, p2p, size).map_err(io("O_DIRECT from VRAM")))?;
+        let staged_out = timed(&mut || {
+            run_copy(dev, &self.bo, &self.staging, size)?;
+            write_from(disk, sys, 2 * size).map_err(io("O_DIRECT from system memory"))
+        })?;
+        for (offset, what) in [
+            (size, "storage: VRAM to NVMe directly"),
+            (2 * size, "storage: VRAM to NVMe, staged"),
+        ] {
+            sys.write(0, &vec![0u8; len]);
+            read_into(disk, sys, offset).map_err(io("O_DIRECT read back"))?;
+            sys.read(0, &mut got);
+            verify(what, &got, |i| data[i])?;
+        }
+        Ok([direct_in, staged_in, direct_out, staged_out])
+    }
+}
+
+/// NVMe to and from VRAM, directly and staged through system memory ([`Storage::run`]): two
+/// rows, with the device's peer-to-peer memory published (`p2pmem_mib`).
+fn storage(dev: &Device, runs: u32) -> Result<[Value; 2], String> {
+    const LEN: usize = 8 << 20;
+    let ns = conflux::storage::nvme_namespace("cfxnvme0").map_err(e)?;
+    let storage = Storage::new(dev, &ns, LEN)?;
+    // A first run, not counted, touches every buffer.
+    storage.run()?;
+    let mut samples = [const { Vec::new() }; 4];
+    for _ in 0..runs {
+        for (s, v) in samples.iter_mut().zip(storage.run()?) {
+            s.push(v);
+        }
+    }
+    let [din, sin, dout, sout] = samples;
+    let row = |id: &str, title: String, direct: Vec<f64>, staged: Vec<f64>, via: &str| {
+        json!({
+            "id": id,
+            "title": title,
+            "unit": "MB/s",
+            "higher_is_better": true,
+            "figures": [
+                figure("directly (peer-to-peer memory)", direct.clone(), json!({"note": format!(
+                    "{:.2}x staged", median_ratio(&direct, &staged)
+                )})),
+                figure(via, staged, json!({})),
+            ],
+        })
+    };
+    Ok([
+        row(
+            "storage-in",
+            format!("{} MiB from NVMe into VRAM, O_DIRECT", LEN >> 20),
+            din,
+            sin,
+            "staged: system memory, then the engine's copy",
+        ),
+        row(
+            "storage-out",
+            format!("{} MiB from VRAM to NVMe, O_DIRECT", LEN >> 20),
+            dout,
+            sout,
+            "staged: the engine's copy, then system memory",
+        ),
+    ])
+}
+
 /// `conflux bench-suite [RUNS]`: every figure the guest measures, as one JSON document.
 pub fn cmd_bench_suite(paths: &[std::path::PathBuf], runs: u32) -> Result<(), String> {
     if paths.len() < 2 {
@@ -531,6 +666,8 @@ pub fn cmd_bench_suite(paths: &[std::path::PathBuf], runs: u32) -> Result<(), St
     rows.extend(small_jobs(a, runs)?);
     eprintln!("bench-suite: eviction of {} MiB buffers", size / MIB);
     rows.extend(eviction(a, size, runs)?);
+    eprintln!("bench-suite: NVMe to and from VRAM");
+    rows.extend(storage(a, runs)?);
     // A bandwidth: copies long enough that the four jobs starting one after another on the
     // guest's one CPU are a small part of the time.
     let size = 256 * MIB;

@@ -7,18 +7,13 @@
 //! topology has a route. The NVMe controller with a controller memory buffer is the control:
 //! its own peer-to-peer memory, which the kernel publishes without Conflux.
 
-use std::{
-    fs::File,
-    io,
-    os::{
-        fd::AsFd,
-        unix::fs::{FileExt, OpenOptionsExt},
+use conflux::{
+    storage::{
+        nvme_namespace, nvme_pci, open_direct, p2pmem, p2pmem_attr, read_into, system_buffer,
+        write_from,
     },
-    path::PathBuf,
-    time::{Duration, Instant},
+    Device, Error,
 };
-
-use conflux::{Device, Error, Mapping};
 
 use crate::{
     common::{first_diff, io_err, mapped, pattern, MIB},
@@ -27,107 +22,6 @@ use crate::{
 
 /// Bytes each test moves.
 const LEN: usize = 4 * MIB as usize;
-
-/// The block device of the namespace of the NVMe controller with serial `serial`, once the
-/// kernel has probed it (NVMe probes asynchronously).
-pub(crate) fn nvme_namespace(serial: &str) -> Result<PathBuf, Error> {
-    let dir = "/sys/class/nvme";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = std::fs::read_dir(dir).ok().and_then(|entries| {
-            entries.filter_map(|e| e.ok()).find_map(|e| {
-                let ctrl = e.file_name().to_string_lossy().into_owned();
-                let s = std::fs::read_to_string(e.path().join("serial")).ok()?;
-                let ns = PathBuf::from(format!("/dev/{ctrl}n1"));
-                (s.trim() == serial && ns.exists()).then_some(ns)
-            })
-        });
-        if let Some(ns) = found {
-            return Ok(ns);
-        }
-        if Instant::now() > deadline {
-            return Err(io_err(
-                dir,
-                &format!("find the namespace of NVMe serial {serial}"),
-            )(io::ErrorKind::NotFound.into()));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The PCI function of the NVMe controller of namespace `ns`.
-fn nvme_pci(ns: &std::path::Path) -> Result<String, Error> {
-    let name = ns.file_name().unwrap_or_default().to_string_lossy();
-    let link = format!("/sys/block/{name}/device/device");
-    let target = std::fs::read_link(&link).map_err(io_err(&link, "readlink"))?;
-    Ok(target
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned())
-}
-
-/// Opens `ns` for direct I/O.
-pub(crate) fn open_direct(ns: &std::path::Path) -> Result<File, Error> {
-    File::options()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(ns)
-        .map_err(io_err(&ns.display().to_string(), "open (O_DIRECT)"))
-}
-
-/// `len` bytes of peer-to-peer memory of the PCI function `pci`, from its `p2pmem/allocate`.
-pub(crate) fn p2pmem(pci: &str, len: usize) -> Result<Mapping, Error> {
-    let path = format!("/sys/bus/pci/devices/{pci}/p2pmem/allocate");
-    let f = File::options()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path, "open"))?;
-    Mapping::of_fd(f.as_fd(), 0, len, &path)
-}
-
-/// A page-aligned buffer of system memory for direct I/O: a shared mapping of `/dev/zero`.
-pub(crate) struct Aligned(Mapping);
-
-impl Aligned {
-    pub(crate) fn new(len: usize) -> Result<Self, Error> {
-        let zero = File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/zero")
-            .map_err(io_err("/dev/zero", "open"))?;
-        Mapping::of_fd(zero.as_fd(), 0, len, "/dev/zero").map(Self)
-    }
-
-    pub(crate) fn map(&self) -> &Mapping {
-        &self.0
-    }
-}
-
-/// `pread()` of `m.len()` bytes at `offset` of `f` into the mapping `m`.
-pub(crate) fn read_into(f: &File, m: &Mapping, offset: u64) -> io::Result<()> {
-    // SAFETY: `m` is a live mapping of `m.len()` bytes, written by the kernel only.
-    let buf = unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), m.len()) };
-    f.read_exact_at(buf, offset)
-}
-
-/// `pwrite()` of the mapping `m` to `offset` of `f`.
-pub(crate) fn write_from(f: &File, m: &Mapping, offset: u64) -> io::Result<()> {
-    // SAFETY: `m` is a live mapping of `m.len()` bytes.
-    let buf = unsafe { std::slice::from_raw_parts(m.as_ptr(), m.len()) };
-    f.write_all_at(buf, offset)
-}
-
-/// Reads `p2pmem/<file>` of the PCI function `pci` as a number.
-fn p2pmem_attr(pci: &str, file: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/sys/bus/pci/devices/{pci}/p2pmem/{file}"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
 
 /// Direct I/O between the NVMe namespace `ns` and the peer-to-peer memory of `pci`: a write
 /// from it and a read into it, checked against system memory, or the error where there is no
@@ -143,13 +37,13 @@ fn direct_io(
     let disk = open_direct(ns)?;
     let nsname = ns.display().to_string();
     let p2p = p2pmem(pci, LEN)?;
-    let sys = Aligned::new(LEN)?;
+    let sys = system_buffer(LEN)?;
     let a = pattern(LEN, seed);
     p2p.write(0, &a);
     let wrote = write_from(&disk, &p2p, 0);
     let b = pattern(LEN, seed.wrapping_add(1));
-    sys.map().write(0, &b);
-    write_from(&disk, sys.map(), LEN as u64).map_err(io_err(&nsname, "pwrite (O_DIRECT)"))?;
+    sys.write(0, &b);
+    write_from(&disk, &sys, LEN as u64).map_err(io_err(&nsname, "pwrite (O_DIRECT)"))?;
     let read = read_into(&disk, &p2p, LEN as u64);
     if !route {
         t.check(
@@ -160,8 +54,8 @@ fn direct_io(
         );
         return Ok(());
     }
-    read_into(&disk, sys.map(), 0).map_err(io_err(&nsname, "pread (O_DIRECT)"))?;
-    let on_disk = mapped(sys.map());
+    read_into(&disk, &sys, 0).map_err(io_err(&nsname, "pread (O_DIRECT)"))?;
+    let on_disk = mapped(&sys);
     let in_p2p = mapped(&p2p);
     t.check(
         &format!("{what}: O_DIRECT writes from peer-to-peer memory and reads into it"),

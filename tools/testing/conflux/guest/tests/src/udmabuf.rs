@@ -2,65 +2,14 @@
 
 //! A udmabuf, system memory that another driver exports, imported and copied to and from.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 
-use conflux::{copy_cmd, map_op, uapi, unmap_op, Device, Error};
+use conflux::{copy_cmd, map_op, storage::udmabuf, uapi, unmap_op, Device, Error};
 
 use crate::{
     common::{counters, first_diff, io_err, pattern, MIB, VA},
     Tally,
 };
-
-/// `struct udmabuf_create` of `include/uapi/linux/udmabuf.h`.
-#[repr(C)]
-struct UdmabufCreate {
-    memfd: u32,
-    flags: u32,
-    offset: u64,
-    size: u64,
-}
-
-/// `UDMABUF_CREATE`: `_IOW('u', 0x42, struct udmabuf_create)`.
-const UDMABUF_CREATE: u64 = 1 << 30 | 24 << 16 | (b'u' as u64) << 8 | 0x42;
-
-/// A dma-buf of `len` bytes of a sealed memfd, made by udmabuf: memory that a driver other
-/// than Conflux exports. Returns the memfd and the dma-buf.
-pub(crate) fn udmabuf(len: u64) -> std::io::Result<(std::fs::File, std::fs::File)> {
-    use std::os::fd::FromRawFd;
-    let last = std::io::Error::last_os_error;
-    // SAFETY: A valid NUL-terminated name; the descriptor returned is owned by the File.
-    let memfd = unsafe { libc::memfd_create(c"conflux-udmabuf".as_ptr(), libc::MFD_ALLOW_SEALING) };
-    if memfd < 0 {
-        return Err(last());
-    }
-    // SAFETY: `memfd` was just opened and nothing else owns it.
-    let memfd = unsafe { std::fs::File::from_raw_fd(memfd) };
-    memfd.set_len(len)?;
-    // SAFETY: Plain fcntl on a descriptor we own.
-    if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) } < 0 {
-        return Err(last());
-    }
-    let dev = std::fs::File::open("/dev/udmabuf")?;
-    let mut args = UdmabufCreate {
-        memfd: memfd.as_raw_fd() as u32,
-        flags: 0x01, // UDMABUF_FLAGS_CLOEXEC
-        offset: 0,
-        size: len,
-    };
-    // SAFETY: `args` is the structure the request encodes.
-    let fd = unsafe {
-        libc::ioctl(
-            dev.as_raw_fd(),
-            UDMABUF_CREATE as libc::Ioctl,
-            std::ptr::from_mut(&mut args),
-        )
-    };
-    if fd < 0 {
-        return Err(last());
-    }
-    // SAFETY: udmabuf just gave us this descriptor.
-    Ok((memfd, unsafe { std::fs::File::from_raw_fd(fd) }))
-}
 
 /// Imports a udmabuf (system memory that another driver exports) and copies to and from it.
 pub(crate) fn test_udmabuf(t: &mut Tally, dev: &Device) -> Result<(), Error> {

@@ -5,13 +5,12 @@
 
 use std::{os::fd::AsFd, path::PathBuf};
 
-use conflux::{copy_cmd, fill_cmd, map_op, uapi, Cmd, Device, Error, Mapping};
+use conflux::{copy_cmd, fill_cmd, map_op, storage::udmabuf, uapi, Cmd, Device, Error, Mapping};
 use conflux_device::regs::{ctrl, slot};
 
 use crate::{
     common::{first_diff, io_err, pattern, prime_reach, MIB, VA},
     faults::Switches,
-    udmabuf::udmabuf,
     Tally,
 };
 
