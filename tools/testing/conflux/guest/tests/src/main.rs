@@ -80,6 +80,16 @@ impl Tally {
         }
     }
 
+    /// Prints the totals and returns the exit status: success when nothing failed.
+    fn finish(&self) -> ExitCode {
+        println!("{} passed, {} failed", self.passed, self.failed);
+        if self.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+
     /// Checks that `r` failed with `errno`.
     fn errno<T>(&mut self, what: &str, r: Result<T, Error>, errno: i32) {
         match r {
@@ -120,12 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         races::test_races(&mut t, &found, seed);
-        println!("{} passed, {} failed", t.passed, t.failed);
-        return if t.failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        return t.finish();
     }
     if mode.as_deref() == Some("--memcg-child") {
         let path = std::env::args().nth(2).unwrap_or_default();
@@ -153,24 +158,14 @@ fn main() -> ExitCode {
             }
             _ => t.check("two Conflux devices that open", false, found.len()),
         }
-        println!("{} passed, {} failed", t.passed, t.failed);
-        return if t.failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        return t.finish();
     }
     if mode.as_deref() == Some("--storage") {
         let zen = std::env::args().nth(2).is_some_and(|t| t.ends_with("-zen"));
         if let Err(e) = storage::test_storage(&mut t, zen) {
             t.check("storage into peer-to-peer memory", false, e);
         }
-        println!("{} passed, {} failed", t.passed, t.failed);
-        return if t.failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        return t.finish();
     }
     if matches!(mode.as_deref(), Some("--interop" | "--heap-limits")) {
         match found.first().map(Device::open) {
@@ -191,12 +186,7 @@ fn main() -> ExitCode {
             Some(Err(e)) => t.check("open", false, e),
             None => t.check("Conflux accel devices found", false, 0),
         }
-        println!("{} passed, {} failed", t.passed, t.failed);
-        return if t.failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        return t.finish();
     }
     if matches!(mode.as_deref(), Some("--timeout" | "--model-exit")) {
         match found.first().map(Device::open) {
@@ -220,12 +210,7 @@ fn main() -> ExitCode {
             Some(Err(e)) => t.check("open", false, e),
             None => t.check("Conflux accel devices found", false, 0),
         }
-        println!("{} passed, {} failed", t.passed, t.failed);
-        return if t.failed == 0 {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
+        return t.finish();
     }
     t.check(
         "Conflux accel devices found",
@@ -360,10 +345,5 @@ fn main() -> ExitCode {
             );
         }
     }
-    println!("{} passed, {} failed", t.passed, t.failed);
-    if t.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    t.finish()
 }
