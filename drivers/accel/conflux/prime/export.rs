@@ -104,8 +104,9 @@ impl Export {
         })
     }
 
-    /// Moves the buffer to system memory if it is in VRAM and `attachment`'s device cannot reach
-    /// VRAM (it takes no peer-to-peer address, or the topology has no route). [`EXDEV`] or
+    /// Moves the buffer to system memory if it is in VRAM and `attachment` cannot reach VRAM (it
+    /// takes no peer-to-peer address, cannot give VRAM back, or the topology has no route; see
+    /// [`can_reach`]). [`EXDEV`] or
     /// [`EOPNOTSUPP`] when the buffer may not move, [`EBUSY`] when another importer pinned it in
     /// VRAM.
     ///
