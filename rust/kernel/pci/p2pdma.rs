@@ -30,6 +30,7 @@ use crate::{
     },
     dma::DmaAddress,
     dma_segments::DmaRange,
+    page::PAGE_SIZE,
     pci,
     prelude::*,
     types::Opaque, //
@@ -282,4 +283,123 @@ fn publish_valid_pages(
     _size: usize,
 ) -> Result {
     Err(EOPNOTSUPP)
+}
+
+/// Pages of a user address space pinned for a device's DMA for as long as this lives
+/// (`pin_user_pages_fast()`), which may be peer-to-peer memory (`FOLL_PCI_P2PDMA`): what
+/// userspace mapped from a provider's `p2pmem/allocate`, say.
+///
+/// The pins are not long-term ones (`FOLL_LONGTERM`): the kernel refuses those of peer-to-peer
+/// memory, whose provider may go at any time, and its unbind waits for every pinned page. A
+/// driver that keeps pins of its own published pages ([`publish_pages`]) holds them in a
+/// [`Devres`](crate::devres::Devres), which drops them when it unbinds.
+///
+/// # Invariants
+///
+/// Each entry of `pages` is a page pinned once by `pin_user_pages_fast()`, unpinned when this is
+/// dropped.
+pub struct UserPages {
+    pages: KVVec<*mut bindings::page>,
+}
+
+// SAFETY: A pin is a reference to the page, which any thread may drop.
+unsafe impl Send for UserPages {}
+
+// SAFETY: The pages are only read through a shared reference, for their physical addresses.
+unsafe impl Sync for UserPages {}
+
+impl UserPages {
+    /// Pins the `count` pages of the current task's address space from `addr` on, page
+    /// aligned, for reads and, when `writable`, writes by a device.
+    ///
+    /// Returns [`EINVAL`] for an address that is not page aligned or a count of 0, and
+    /// [`EFAULT`] when a page in the range is not mapped or not one that can be pinned (a
+    /// `VM_PFNMAP` mapping, or a read-only one when `writable`).
+    pub fn pin(addr: usize, count: usize, writable: bool) -> Result<Self> {
+        // Pinned at most this many at a time: `pin_user_pages_fast()` counts in an `int`.
+        const CHUNK: usize = 1 << 16;
+        if addr % PAGE_SIZE != 0 || count == 0 {
+            return Err(EINVAL);
+        }
+        let mut flags = bindings::FOLL_PCI_P2PDMA;
+        if writable {
+            flags |= bindings::FOLL_WRITE;
+        }
+        // INVARIANT: Only pages that `pin_user_pages_fast()` pinned enter `pages`; a failure
+        // drops `this`, which unpins them.
+        let mut this = Self {
+            pages: KVVec::with_capacity(count, GFP_KERNEL_ACCOUNT)?,
+        };
+        while this.pages.len() < count {
+            let want = (count - this.pages.len()).min(CHUNK);
+            let start = this
+                .pages
+                .len()
+                .checked_mul(PAGE_SIZE)
+                .and_then(|off| addr.checked_add(off))
+                .ok_or(EFAULT)?;
+            let spare = this.pages.spare_capacity_mut();
+            // SAFETY: `spare` has room for at least `want` page pointers (the vector has room
+            // for `count`); the function writes at most `want` of them, the ones it pinned.
+            let pinned = unsafe {
+                bindings::pin_user_pages_fast(
+                    // CAST: `usize` fits in `c_ulong`.
+                    start as crate::ffi::c_ulong,
+                    // CAST: `want` is at most `CHUNK`, which fits in `c_int`.
+                    want as i32,
+                    flags,
+                    spare.as_mut_ptr().cast(),
+                )
+            };
+            crate::error::to_result(pinned)?;
+            let pinned = usize::try_from(pinned)?;
+            // SAFETY: The function wrote the first `pinned` entries of the spare capacity, at
+            // most `want`, which fit.
+            unsafe { this.pages.inc_len(pinned) };
+            if pinned < want {
+                return Err(EFAULT);
+            }
+        }
+        Ok(this)
+    }
+
+    /// How many pages are pinned.
+    pub fn count(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// The CPU physical addresses the pages cover when they are consecutive, first to last;
+    /// [`None`] when they are not.
+    pub fn phys_range(&self) -> Option<DmaRange> {
+        // CAST: `PAGE_SIZE` fits in `u64`.
+        let page_size = PAGE_SIZE as u64;
+        let phys = |page: *mut bindings::page| {
+            // SAFETY: `page` is pinned (type invariants), so it is a valid page.
+            let pfn = unsafe { bindings::page_to_pfn(page) };
+            // CAST: `c_ulong` fits in `u64`.
+            (pfn as u64) << crate::page::PAGE_SHIFT
+        };
+        let first = phys(*self.pages.first()?);
+        let consecutive = self
+            .pages
+            .iter()
+            .zip(0u64..)
+            .all(|(&page, k)| phys(page) == first + k * page_size);
+        let len = u64::try_from(self.pages.len()).ok()? * page_size;
+        consecutive
+            .then(|| DmaRange::new(first, len).ok())
+            .flatten()
+    }
+}
+
+impl Drop for UserPages {
+    fn drop(&mut self) {
+        if self.pages.is_empty() {
+            return;
+        }
+        // CAST: `usize` fits in `c_ulong`.
+        let count = self.pages.len() as crate::ffi::c_ulong;
+        // SAFETY: Every entry is a page pinned once (type invariants), unpinned only here.
+        unsafe { bindings::unpin_user_pages(self.pages.as_mut_ptr(), count) };
+    }
 }
