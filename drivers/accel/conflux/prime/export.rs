@@ -211,7 +211,7 @@ impl Export {
                 let pages = dma.access(data.pdev.as_ref())?.pages().clone();
                 attachment.map_pages(pages, dir, GFP_KERNEL_ACCOUNT)
             }
-            Memory::None => Err(EOPNOTSUPP),
+            Memory::None | Memory::Lent(..) => Err(EOPNOTSUPP),
         }
     }
 }
@@ -367,7 +367,7 @@ impl Exporter for Export {
                         let Target::Vram(at) = t else {
                             return Err(EINVAL);
                         };
-                        for k in 0..n / page {
+                        for k in 0..n >> PAGE_SHIFT {
                             let pfn = usize::try_from((base + at + k * page) >> PAGE_SHIFT)?;
                             pfns.push(pfn, GFP_KERNEL)?;
                         }
@@ -379,7 +379,7 @@ impl Exporter for Export {
                 Memory::System(dma, _) => {
                     KernelMap::of_pages(dma.access(data.pdev.as_ref())?.pages().clone())?
                 }
-                Memory::None => return Err(EOPNOTSUPP),
+                Memory::None | Memory::Lent(..) => return Err(EOPNOTSUPP),
             };
             // The buffer stays where it is, its memory with it, until the last user unmaps it.
             self.obj.pins().fetch_add(1, Ordering::Relaxed);
