@@ -256,6 +256,7 @@ impl drm::Driver for ConfluxDrm {
         (CONFLUX_BO_INFO, drm_conflux_bo_info, ioctl::RENDER_ALLOW, bo::info),
         (CONFLUX_VM_JOIN, drm_conflux_vm_join, ioctl::RENDER_ALLOW, vm::join),
         (CONFLUX_VM_PATH, drm_conflux_vm_path, ioctl::RENDER_ALLOW, vm::path),
+        (CONFLUX_BO_P2PMEM, drm_conflux_bo_p2pmem, ioctl::RENDER_ALLOW, bo::p2pmem),
     }
 }
 

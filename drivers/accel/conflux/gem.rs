@@ -246,7 +246,7 @@ impl Bo {
         }
         match *self.memory.lock() {
             Memory::None => 0,
-            Memory::Vram(_) => uapi::DRM_CONFLUX_BO_VRAM,
+            Memory::Vram(_) | Memory::Lent(..) => uapi::DRM_CONFLUX_BO_VRAM,
             Memory::System(..) => uapi::DRM_CONFLUX_BO_SYSTEM,
         }
     }
@@ -259,7 +259,7 @@ impl Bo {
         }
         match *self.memory.lock() {
             Memory::None => 0,
-            Memory::Vram(_) => uapi::DRM_CONFLUX_PATH_LOCAL,
+            Memory::Vram(_) | Memory::Lent(..) => uapi::DRM_CONFLUX_PATH_LOCAL,
             Memory::System(..) => uapi::DRM_CONFLUX_PATH_SYSTEM,
         }
     }
@@ -381,7 +381,7 @@ impl Bo {
         let memory = self.memory.lock();
         match &*memory {
             Memory::None => Err(EINVAL),
-            Memory::Vram(_) => {
+            Memory::Vram(_) | Memory::Lent(..) => {
                 let vram_base = vram.phys_base()?;
                 let mut page = first;
                 memory.for_each_piece(vram, offset, len, |target, piece| {
@@ -394,7 +394,8 @@ impl Bo {
                         // device is unbound; `drm_dev_unplug()` empties the mappings before that,
                         // and waits for this fault, which holds a registration guard. A move
                         // frees the VRAM after `unmap_userspace()`, which it calls under the
-                        // reservation and memory locks, held here.
+                        // reservation and memory locks, held here; lent VRAM does not move, and
+                        // its pins go at the unbind.
                         let inserted =
                             unsafe { fault.insert_pfn(page, pfn, gem::Caching::WriteCombined) };
                         // Only the faulting page must be mapped; the others are a bonus.

@@ -24,6 +24,7 @@ use kernel::{
         ExportList,
         ImportList, //
     },
+    dma_segments::DmaRange,
     drm::Registered,
     gpu::buddy::{
         AllocatedBlocks,
@@ -221,9 +222,10 @@ pub(crate) struct DeviceData<'bound> {
     refused: Pin<KBox<Mutex<KVec<ARef<Device>>>>>,
     /// Limits the log lines that userspace can cause ([`DeviceData::log_allowed`]).
     log_limit: Pin<KBox<RateLimit>>,
-    /// The VRAM published as peer-to-peer memory with `struct page`s, at the top of VRAM, zeroed;
-    /// returned to the allocator at unbind, after the pages are gone.
-    p2pmem: Option<Pin<KBox<AllocatedBlocks>>>,
+    /// The VRAM published as peer-to-peer memory with `struct page`s, at the top of VRAM, zeroed,
+    /// and its range of VRAM offsets; returned to the allocator at unbind, after the pages are
+    /// gone.
+    p2pmem: Option<(DmaRange, Pin<KBox<AllocatedBlocks>>)>,
 }
 
 impl Drop for DeviceData<'_> {
@@ -309,8 +311,14 @@ impl<'bound> DeviceData<'bound> {
         // At a 2 MiB boundary of VRAM, which BAR2 places at one of the CPU's.
         // CAST: `SZ_2M` fits in `u64`.
         let start = (self.info.vram_size - size) & !(SZ_2M as u64 - 1);
-        self.p2pmem = Some(self.vram.alloc_range(start, size)?);
+        let range = DmaRange::new(start, size)?;
+        self.p2pmem = Some((range, self.vram.alloc_range(start, size)?));
         Ok(self.info.vram_offset + start)
+    }
+
+    /// The VRAM offsets of the range published as peer-to-peer memory, if there is one.
+    pub(crate) fn p2pmem(&self) -> Option<DmaRange> {
+        self.p2pmem.as_ref().map(|(range, _)| *range)
     }
 
     /// Whether a log line that userspace can cause at will may go out now: at most 10 of them

@@ -56,6 +56,7 @@ const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_info>() == 40);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_join>() == 16);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_path>() == 24);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_p2pmem>() == 24);
 const _: () = assert!(uapi::DRM_CONFLUX_MAX_CMDS as usize == MAX_JOB_COMMANDS);
 
 /// Argument fields and their values, printed as `name 0x..., name 0x...`.

@@ -33,6 +33,7 @@ use crate::{
     },
     gem::{
         import::Imported,
+        memory::Memory,
         Contents, //
     },
     hw::DeviceData,
@@ -62,6 +63,13 @@ pub(crate) fn export(obj: &Object, dev: &IoctlDevice) -> Result<ARef<DmaBuf>> {
                 data.pdev,
                 "PRIME export: buffer with placement {:#x}: only VRAM and system memory\n",
                 placement
+            );
+            return Err(EOPNOTSUPP);
+        }
+        if matches!(*obj.memory(), Memory::Lent(..)) {
+            dev_dbg!(
+                data.pdev,
+                "PRIME export: a buffer of lent peer-to-peer memory is not exported\n"
             );
             return Err(EOPNOTSUPP);
         }

@@ -28,6 +28,8 @@ extern "C" {
  * @DRM_CONFLUX_VM_JOIN: share another file's VM, see &struct drm_conflux_vm_join
  * @DRM_CONFLUX_VM_PATH: how a member of the VM reaches a buffer, see
  *	&struct drm_conflux_vm_path
+ * @DRM_CONFLUX_BO_P2PMEM: make a buffer of the device's peer-to-peer memory
+ *	that the caller mapped, see &struct drm_conflux_bo_p2pmem
  */
 enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_GET_INFO = 0,
@@ -40,6 +42,7 @@ enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_BO_INFO,
 	DRM_CONFLUX_VM_JOIN,
 	DRM_CONFLUX_VM_PATH,
+	DRM_CONFLUX_BO_P2PMEM,
 };
 
 /* Capability bits of &struct drm_conflux_get_info.caps (the device's CAPS). */
@@ -159,6 +162,40 @@ struct drm_conflux_get_info {
  * or -ETIMEDOUT when the engine failed to zero the memory.
  */
 struct drm_conflux_bo_create {
+	__u64 size;
+	__u32 flags;
+	__u32 handle;
+};
+
+/**
+ * struct drm_conflux_bo_p2pmem - a buffer of peer-to-peer memory the caller
+ *	mapped
+ * @addr: in: the first byte, 4 KiB aligned, of a writable mapping of the
+ *	device's peer-to-peer memory (from p2pmem/allocate in the device's
+ *	sysfs directory; see the p2pmem_mib module parameter)
+ * @size: in: its length in bytes, a non-zero multiple of 4 KiB
+ * @flags: in: 0
+ * @handle: out: GEM handle of the new buffer
+ *
+ * The buffer is the VRAM behind the mapping, with the bytes that are there
+ * (what userspace or a block device's direct I/O wrote): jobs read and
+ * write it through VM_BIND like any buffer in VRAM, and BO_INFO reports
+ * DRM_CONFLUX_BO_VRAM and DRM_CONFLUX_PATH_LOCAL. Its pages stay pinned,
+ * and the VRAM the buffer's, until the buffer is freed, even when the
+ * mapping goes first; the device's unbind drops the pins, after which the
+ * buffer has no memory, as for any other buffer. It never moves and is not
+ * exported (PRIME export fails with -EOPNOTSUPP).
+ *
+ * Errors: -EINVAL for flags, a non-zero handle, an unaligned address or
+ * size, a size of 0 or one above the published memory, or pages that are
+ * not consecutive in VRAM; -EOPNOTSUPP when the device publishes no
+ * peer-to-peer memory; -EFAULT when part of the range is not mapped, not
+ * writable or not memory with pages (a VM_PFNMAP mapping, such as a
+ * Conflux buffer's mmap); -EXDEV when it is memory other than this device's
+ * peer-to-peer memory (system memory, or another device's).
+ */
+struct drm_conflux_bo_p2pmem {
+	__u64 addr;
 	__u64 size;
 	__u32 flags;
 	__u32 handle;
@@ -548,6 +585,9 @@ enum {
 	DRM_IOCTL_CONFLUX_VM_PATH =
 		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_VM_PATH,
 			 struct drm_conflux_vm_path),
+	DRM_IOCTL_CONFLUX_BO_P2PMEM =
+		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_BO_P2PMEM,
+			 struct drm_conflux_bo_p2pmem),
 };
 
 #if defined(__cplusplus)

@@ -19,6 +19,7 @@ use kernel::{
         Page,
         PAGE_SIZE, //
     },
+    pci::p2pdma::UserPages,
     prelude::*,
     sync::Arc,
 };
@@ -41,6 +42,10 @@ pub(crate) enum Memory {
     /// of the move window that maps them, once a move mapped them and the budget allowed it to
     /// stay.
     System(Devres<PageMapping>, Option<WindowLease>),
+    /// VRAM of the range the device publishes as peer-to-peer memory, which userspace mapped
+    /// and lent to the buffer: the pins of its pages, dropped at the device's unbind, and its
+    /// VRAM offsets. It holds what userspace or another device put there, and never moves.
+    Lent(Devres<UserPages>, DmaRange),
 }
 
 /// Calls `f` with the pieces of `extents`, laid end to end from byte 0 of a buffer, that hold
@@ -113,6 +118,12 @@ impl Memory {
                 let dma = dma.access(vram.device().as_ref())?;
                 for_each_piece(dma.ranges(), offset, len, |at, n| f(Target::Bus(at), n))
             }
+            Memory::Lent(pins, range) => {
+                // The VRAM is the buffer's while the pages are pinned, until the unbind.
+                pins.access(vram.device().as_ref())?;
+                let extents = core::iter::once(*range);
+                for_each_piece(extents, offset, len, |at, n| f(Target::Vram(at), n))
+            }
         }
     }
 
@@ -128,7 +139,7 @@ impl Memory {
         let len = u64::try_from(buf.len())?;
         match self {
             Memory::None => Err(EINVAL),
-            Memory::Vram(_) => {
+            Memory::Vram(_) | Memory::Lent(..) => {
                 let mut done = 0usize;
                 self.for_each_piece(vram, offset, len, |target, piece| {
                     let Target::Vram(at) = target else {

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The buffer ioctls: BO_CREATE, BO_INFO, BO_READ and BO_WRITE.
+//! The buffer ioctls: BO_CREATE, BO_P2PMEM, BO_INFO, BO_READ and BO_WRITE.
 
 use kernel::{
+    devres::Devres,
+    dma_segments::DmaRange,
     drm::{
         gem::{
             self,
@@ -10,6 +12,7 @@ use kernel::{
         },
         Registered, //
     },
+    pci::p2pdma::UserPages,
     prelude::*,
     sizes::SZ_4K,
     time::Jiffies,
@@ -103,6 +106,74 @@ pub(crate) fn create(
     Bo::touch(&obj);
     args.handle = obj.create_handle(file)?;
     args.size = size;
+    Ok(0)
+}
+
+/// `DRM_IOCTL_CONFLUX_BO_P2PMEM`: a buffer of the VRAM behind the caller's mapping of the
+/// device's published peer-to-peer memory, with its bytes.
+pub(crate) fn p2pmem(
+    dev: &ConfluxDevice<Registered>,
+    data: &DeviceData<'_>,
+    args: &mut uapi::drm_conflux_bo_p2pmem,
+    file: &DrmFile,
+) -> Result<u32> {
+    let call = Call::new(data, "BO_P2PMEM");
+    let (addr, size, flags) = (args.addr, args.size, args.flags);
+    if flags != 0 {
+        return Err(call.refuse(EINVAL, fmt!("flags {flags:#x}: unknown")));
+    }
+    call.zero(&[("handle", args.handle.into())])?;
+    let page = SZ_4K as u64;
+    if size == 0 || (addr | size) % page != 0 {
+        return Err(call.refuse(
+            EINVAL,
+            fmt!("addr {addr:#x}, size {size:#x}: not 4 KiB aligned, or empty"),
+        ));
+    }
+    let Some(window) = data.p2pmem() else {
+        return Err(call.refuse(
+            EOPNOTSUPP,
+            fmt!("no peer-to-peer memory is published (module parameter p2pmem_mib is 0)"),
+        ));
+    };
+    if size > window.len() {
+        let max = window.len();
+        return Err(call.refuse(
+            EINVAL,
+            fmt!("size {size:#x} exceeds the {max:#x} bytes of peer-to-peer memory"),
+        ));
+    }
+    let count = usize::try_from(size / page)?;
+    let pins = UserPages::pin(usize::try_from(addr)?, count, true).map_err(|e| {
+        call.refuse(
+            e,
+            fmt!("{size:#x} bytes at {addr:#x}: {e:?}: unmapped, read-only or without pages"),
+        )
+    })?;
+    let Some(phys) = pins.phys_range() else {
+        return Err(call.refuse(
+            EINVAL,
+            fmt!("{size:#x} bytes at {addr:#x}: the pages are not consecutive"),
+        ));
+    };
+    // The pages are this device's when their physical addresses are in its window of VRAM.
+    let first = phys
+        .addr()
+        .checked_sub(data.vram.phys_base()?)
+        .filter(|&first| first >= window.addr() && first + (size - 1) <= window.last());
+    let Some(first) = first else {
+        let at = phys.addr();
+        return Err(call.refuse(
+            EXDEV,
+            fmt!("{size:#x} bytes at {addr:#x}: physical {at:#x} is not this device's p2pmem"),
+        ));
+    };
+    let vram = DmaRange::new(first, size)?;
+    let pins = Devres::new(data.pdev.as_ref(), pins)?;
+    let contents = Contents::local(Memory::Lent(pins, vram), None)?;
+    let obj = gem::Object::<Bo>::new(dev, usize::try_from(size)?, contents)
+        .map_err(crate::gem::create_error)?;
+    args.handle = obj.create_handle(file)?;
     Ok(0)
 }
 
