@@ -36,6 +36,7 @@ const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_wait>() == 24);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_join>() == 16);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_path>() == 24);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_p2pmem>() == 24);
 
 /// A DRM core ioctl request code: `_IOC(dir, 'd', nr, size_of::<T>())`.
 const fn drm_ioc<T>(dir: u64, nr: u64) -> u64 {
@@ -296,6 +297,34 @@ impl Device {
             uapi::DRM_IOCTL_CONFLUX_BO_CREATE as u64,
             args,
         )
+    }
+
+    /// `DRM_IOCTL_CONFLUX_BO_P2PMEM` with `args` as given, for tests of the checks.
+    pub fn bo_p2pmem_raw(&self, args: &mut uapi::drm_conflux_bo_p2pmem) -> Result<(), Error> {
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_BO_P2PMEM",
+            uapi::DRM_IOCTL_CONFLUX_BO_P2PMEM as u64,
+            args,
+        )
+    }
+
+    /// A buffer of the VRAM behind `len` bytes at `addr`, this process's mapping of the
+    /// device's peer-to-peer memory (`p2pmem/allocate`), with the bytes that are there.
+    pub fn bo_p2pmem(&self, addr: *mut u8, len: usize) -> Result<Bo<'_>, Error> {
+        let mut args = uapi::drm_conflux_bo_p2pmem {
+            addr: addr as u64,
+            size: len as u64,
+            ..Default::default()
+        };
+        self.bo_p2pmem_raw(&mut args).map_err(|mut e| {
+            e.call = format!("{} (addr {addr:p}, size {len:#x})", e.call);
+            e
+        })?;
+        Ok(Bo {
+            dev: self,
+            handle: args.handle,
+            size: args.size,
+        })
     }
 
     /// Creates a buffer of at least `size` bytes in VRAM, zeroed.
@@ -944,6 +973,10 @@ mod tests {
         assert_eq!(
             uapi::DRM_IOCTL_CONFLUX_VM_PATH as u64,
             iowr(9, std::mem::size_of::<uapi::drm_conflux_vm_path>())
+        );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_BO_P2PMEM as u64,
+            iowr(10, std::mem::size_of::<uapi::drm_conflux_bo_p2pmem>())
         );
         assert_eq!(DRM_IOCTL_GEM_CLOSE, 0x4008_6409);
         assert_eq!(DRM_IOCTL_SYNCOBJ_CREATE, 0xc008_64bf);

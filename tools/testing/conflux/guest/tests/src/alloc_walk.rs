@@ -180,6 +180,34 @@ fn walk_query<A: Clone>(
     walk(fail, || Ok(args.clone()), call, |_| Ok(None), |_| Ok(()))
 }
 
+/// The walk of `DRM_IOCTL_CONFLUX_BO_P2PMEM` on `dev`, lending the `len` bytes of its
+/// peer-to-peer memory mapped at `addr`: a call whose allocation failed leaves no buffer and
+/// drops the pins it took, else the driver's unbind after the walk would wait for them forever.
+pub(crate) fn test_p2pmem_walk(
+    t: &mut Tally,
+    dev: &Device,
+    addr: u64,
+    len: u64,
+) -> Result<(), Error> {
+    let name = dev.path().display().to_string();
+    quiet_injection()?;
+    let fail = FailNth::open()?;
+    let args = uapi::drm_conflux_bo_p2pmem {
+        addr,
+        size: len,
+        ..Default::default()
+    };
+    let w = walk(
+        &fail,
+        || Ok(args),
+        |a| dev.bo_p2pmem_raw(a),
+        |_| Ok(None),
+        |a| dev.gem_close(a.handle),
+    );
+    report(t, &name, "BO_P2PMEM", w);
+    Ok(())
+}
+
 /// Reports the walk of `what`.
 fn report(t: &mut Tally, name: &str, what: &str, w: Result<Walk, Error>) {
     match w {

@@ -5,7 +5,7 @@
 
 use std::os::fd::AsFd;
 
-use conflux::{copy_cmd, Device, Error, Mapping};
+use conflux::{copy_cmd, map_op, unmap_op, Device, Error, Mapping};
 
 pub(crate) const KIB4: u64 = 4096;
 pub(crate) const MIB: u64 = 1 << 20;
@@ -84,4 +84,23 @@ pub(crate) fn copy_at_va(dev: &Device, len: u64) -> Result<[u64; 3], Error> {
     dev.wait(job, -1)?;
     let c1 = counters(dev)?;
     Ok([c1[0] - c0[0], c1[1] - c0[1], c1[2] - c0[2]])
+}
+
+/// Maps `src` and `dst` (handles of `dev`) and copies `len` bytes from one to the other.
+pub(crate) fn copy(dev: &Device, src: u32, dst: u32, len: u64) -> Result<(), Error> {
+    dev.vm_bind(&[
+        map_op(src, 0, VA, len, false),
+        map_op(dst, 0, VA + len, len, false),
+    ])?;
+    let job = dev.submit(&[copy_cmd(VA, VA + len, len)], 0, 0);
+    let done = job.and_then(|j| dev.wait(j, -1));
+    dev.vm_bind(&[unmap_op(VA, 2 * len)])?;
+    done
+}
+
+/// Reads all of buffer `handle` of `dev`.
+pub(crate) fn read_all(dev: &Device, handle: u32, len: u64) -> Result<Vec<u8>, Error> {
+    let mut got = vec![0u8; len as usize];
+    dev.read(handle, 0, &mut got)?;
+    Ok(got)
 }

@@ -132,6 +132,18 @@ pub(crate) fn test_device(t: &mut Tally, dev: &Device) -> Result<(), Error> {
         );
     }
 
+    // Without p2pmem_mib, the device publishes no peer-to-peer memory to lend.
+    let mut p2p = uapi::drm_conflux_bo_p2pmem {
+        addr: 1 << 30,
+        size: 4096,
+        ..Default::default()
+    };
+    t.errno(
+        &format!("{name}: BO_P2PMEM without published peer-to-peer memory"),
+        dev.bo_p2pmem_raw(&mut p2p),
+        libc::EOPNOTSUPP,
+    );
+
     // Fill VRAM: the last buffer that does not fit fails with ENOSPC, and nothing leaks.
     let before = dev.info()?;
     let mut held = Vec::new();

@@ -16,7 +16,7 @@ use std::{
 use conflux::{copy_cmd, fill_cmd, map_op, uapi, unmap_op, Device, Error, Mapping};
 
 use crate::{
-    common::{first_diff, io_err, mapped, pattern, MIB, VA},
+    common::{copy, first_diff, io_err, mapped, pattern, read_all, MIB, VA},
     evict::squeeze,
     static_import::{fnv1a, StaticImport},
     Tally,
@@ -312,25 +312,6 @@ fn heap_alloc(len: u64) -> Result<OwnedFd, Error> {
     ioctl(heap.as_fd(), req, &mut args).map_err(io_err(HEAP, "DMA_HEAP_IOCTL_ALLOC"))?;
     // SAFETY: The kernel just gave us this descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(args.fd as i32) })
-}
-
-/// Maps `src` and `dst` (handles of `dev`) and copies `len` bytes from one to the other.
-fn copy(dev: &Device, src: u32, dst: u32, len: u64) -> Result<(), Error> {
-    dev.vm_bind(&[
-        map_op(src, 0, VA, len, false),
-        map_op(dst, 0, VA + len, len, false),
-    ])?;
-    let job = dev.submit(&[copy_cmd(VA, VA + len, len)], 0, 0);
-    let done = job.and_then(|j| dev.wait(j, -1));
-    dev.vm_bind(&[unmap_op(VA, 2 * len)])?;
-    done
-}
-
-/// Reads all of buffer `handle` of `dev`.
-fn read_all(dev: &Device, handle: u32, len: u64) -> Result<Vec<u8>, Error> {
-    let mut got = vec![0u8; len as usize];
-    dev.read(handle, 0, &mut got)?;
-    Ok(got)
 }
 
 /// Writes `data` through `m`, a mapping of the dma-buf `buf`, between the `DMA_BUF_IOCTL_SYNC`
