@@ -19,7 +19,7 @@ for step in style emu kunit guest rig-kunit rig-smoke; do
 	rc=${PIPESTATUS[0]}
 	set -e
 	line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1 || true)
-	mapfile -t -O "${#fails[@]}" fails < <(grep -E '(^|[] ])FAIL ' "$log" || true)
+	mapfile -t -O "${#fails[@]}" fails < <(grep -E '^\[[^]]*\] FAIL ' "$log" || true)
 	rm -f "$log"
 	before=$failed
 	if ! tally_add_line "$line"; then

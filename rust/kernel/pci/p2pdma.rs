@@ -368,23 +368,26 @@ impl UserPages {
         self.pages.len()
     }
 
+    /// The CPU physical address of each page, in order.
+    pub fn phys_addrs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pages.iter().map(|&page| {
+            // SAFETY: `page` is pinned (type invariants), so it is a valid page.
+            let pfn = unsafe { bindings::page_to_pfn(page) };
+            // CAST: `c_ulong` fits in `u64`.
+            (pfn as u64) << crate::page::PAGE_SHIFT
+        })
+    }
+
     /// The CPU physical addresses the pages cover when they are consecutive, first to last;
     /// [`None`] when they are not.
     pub fn phys_range(&self) -> Option<DmaRange> {
         // CAST: `PAGE_SIZE` fits in `u64`.
         let page_size = PAGE_SIZE as u64;
-        let phys = |page: *mut bindings::page| {
-            // SAFETY: `page` is pinned (type invariants), so it is a valid page.
-            let pfn = unsafe { bindings::page_to_pfn(page) };
-            // CAST: `c_ulong` fits in `u64`.
-            (pfn as u64) << crate::page::PAGE_SHIFT
-        };
-        let first = phys(*self.pages.first()?);
+        let first = self.phys_addrs().next()?;
         let consecutive = self
-            .pages
-            .iter()
+            .phys_addrs()
             .zip(0u64..)
-            .all(|(&page, k)| phys(page) == first + k * page_size);
+            .all(|(phys, k)| phys == first + k * page_size);
         let len = u64::try_from(self.pages.len()).ok()? * page_size;
         consecutive
             .then(|| DmaRange::new(first, len).ok())

@@ -150,24 +150,26 @@ pub(crate) fn p2pmem(
             fmt!("{size:#x} bytes at {addr:#x}: {e:?}: unmapped, read-only or without pages"),
         )
     })?;
+    // The pages are this device's when their physical addresses are in its window of VRAM.
+    let base = data.vram.phys_base()?;
+    let foreign = pins.phys_addrs().find(|&phys| {
+        !phys
+            .checked_sub(base)
+            .is_some_and(|at| at >= window.addr() && at <= window.last())
+    });
+    if let Some(at) = foreign {
+        return Err(call.refuse(
+            EXDEV,
+            fmt!("{size:#x} bytes at {addr:#x}: physical {at:#x} is not this device's p2pmem"),
+        ));
+    }
     let Some(phys) = pins.phys_range() else {
         return Err(call.refuse(
             EINVAL,
             fmt!("{size:#x} bytes at {addr:#x}: the pages are not consecutive"),
         ));
     };
-    // The pages are this device's when their physical addresses are in its window of VRAM.
-    let first = phys
-        .addr()
-        .checked_sub(data.vram.phys_base()?)
-        .filter(|&first| first >= window.addr() && first + (size - 1) <= window.last());
-    let Some(first) = first else {
-        let at = phys.addr();
-        return Err(call.refuse(
-            EXDEV,
-            fmt!("{size:#x} bytes at {addr:#x}: physical {at:#x} is not this device's p2pmem"),
-        ));
-    };
+    let first = phys.addr().checked_sub(base).ok_or(EINVAL)?;
     let vram = DmaRange::new(first, size)?;
     let pins = Devres::new(data.pdev.as_ref(), pins)?;
     let contents = Contents::local(Memory::Lent(pins, vram), None)?;
