@@ -363,11 +363,6 @@ impl UserPages {
         Ok(this)
     }
 
-    /// How many pages are pinned.
-    pub fn count(&self) -> usize {
-        self.pages.len()
-    }
-
     /// The CPU physical address of each page, in order.
     pub fn phys_addrs(&self) -> impl Iterator<Item = u64> + '_ {
         self.pages.iter().map(|&page| {
