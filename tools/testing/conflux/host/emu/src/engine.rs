@@ -418,6 +418,7 @@ impl Engine {
             vram_size: self.layout.vram_size(),
             root: self.reg64(mem, ctrl::MMU_ROOT)?,
             huge_pages: self.caps & ctrl::CAP_MMU_2M != 0,
+            null_pages: self.caps & ctrl::CAP_MMU_NULL != 0,
         };
         while self.tail != head {
             if self.faults(mem)? & ctrl::FAULT_STALL != 0 {
@@ -539,16 +540,21 @@ impl Engine {
     }
 
     /// Translates and routes the page holding `va` for a read or a write;
-    /// returns where `va` goes and how many bytes of its page follow it.
+    /// returns where `va` goes (`None` for a NULL page, which reads as
+    /// zeros and drops writes) and how many bytes of its page follow it.
     fn access<M: Memory + ?Sized>(
         &self,
         mem: &M,
         mmu: &Mmu,
         va: u64,
         write: bool,
-    ) -> Result<(Route, u64), Fault> {
+    ) -> Result<(Option<Route>, u64), Fault> {
         let page = mmu.translate(mem, va)?;
         let fault = |cause, detail: String| Err(Fault::new(cause, detail).at(va));
+        let within = va - page.va;
+        if page.addr == Aperture::Null {
+            return Ok((None, page.size - within));
+        }
         if write && !page.writable {
             return fault(
                 Cause::Permission,
@@ -572,6 +578,7 @@ impl Engine {
                 .topology
                 .route(self.dev, addr, page.size)
                 .map_err(|f| f.at(va))?,
+            Aperture::Null => return Ok((None, page.size - within)),
         };
         if route.path == Path::Peer && self.caps & ctrl::CAP_PEER_P2P == 0 {
             return fault(
@@ -579,12 +586,11 @@ impl Engine {
                 "the device lacks CAP_PEER_P2P".into(),
             );
         }
-        let within = va - page.va;
         Ok((
-            Route {
+            Some(Route {
                 offset: route.offset + within,
                 ..route
-            },
+            }),
             page.size - within,
         ))
     }
@@ -614,12 +620,21 @@ impl Engine {
                 Source::Va(s) => {
                     let (route, room) = self.access(mem, mmu, s + done, false)?;
                     n = n.min(room);
-                    Piece::Copy(route, s + done)
+                    match route {
+                        Some(r) => Piece::Copy(r, s + done),
+                        // A NULL page reads as zeros.
+                        None => Piece::Fill(0),
+                    }
                 }
                 Source::Pattern(p) => Piece::Fill(p.rotate_right(8 * (done % 8) as u32)),
             };
             let (to, room) = self.access(mem, mmu, dst + done, true)?;
             n = n.min(room);
+            // A write to a NULL page is dropped, and charged to no counter.
+            let Some(to) = to else {
+                done += n;
+                continue;
+            };
             // A piece lies inside one page, so it fits in a usize.
             let count = usize::try_from(n).map_err(|_| {
                 Fault::new(Cause::Bus, format!("a piece of {n:#x} bytes")).at(dst + done)

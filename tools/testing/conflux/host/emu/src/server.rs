@@ -35,7 +35,7 @@ use std::{
 };
 
 use conflux_device::{
-    regs::{bar0, Layout},
+    regs::{bar0, ctrl, Layout},
     shm::{self, Mapping, SharedMemory},
 };
 
@@ -80,6 +80,9 @@ pub struct Config {
     /// How long an engine keeps reading its ring head after it emptied the
     /// ring, with `RING_POLL`'s `AWAKE` set; zero never sets it.
     pub poll: Duration,
+    /// The capabilities every device advertises and honours: `CAP_ALL`
+    /// unless `--caps` takes some away.
+    pub caps: u32,
 }
 
 /// The options of `serve`, all required.
@@ -99,6 +102,9 @@ pub const PLAIN_OPTIONS: [&str; 2] = ["--plain", "--plain-size"];
 /// The option of `serve` that sets [`Config::poll`], in microseconds.
 pub const POLL_OPTION: &str = "--poll-us";
 
+/// The option of `serve` that sets [`Config::caps`], a subset of `CAP_ALL`.
+pub const CAPS_OPTION: &str = "--caps";
+
 /// [`Config::poll`] when `--poll-us` is left out.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(1);
 
@@ -117,6 +123,7 @@ pub const USAGE: &str = "\
 usage: conflux-emu serve --run-dir DIR --devices N --bar-size BYTES --topology NAME
                          --qmp PATH --guest-ram PATH --guest-ram-size BYTES
                          [--plain PATH --plain-size BYTES] [--poll-us MICROSECONDS]
+                         [--caps MASK]
        conflux-emu memcpy-bench --size BYTES [--threads N] [--in private|shared]
 BYTES: an integer with an optional K, M or G suffix (powers of 1024)";
 
@@ -187,7 +194,7 @@ impl Config {
         let known: Vec<&str> = SERVE_OPTIONS
             .iter()
             .chain(&PLAIN_OPTIONS)
-            .chain(&[POLL_OPTION])
+            .chain(&[POLL_OPTION, CAPS_OPTION])
             .copied()
             .collect();
         let opts = options(args, &known)?;
@@ -243,6 +250,19 @@ impl Config {
                     format!("{POLL_OPTION}: {us:?} is not 0 to {MAX_POLL_US} microseconds")
                 })?,
         };
+        let caps = match get(CAPS_OPTION) {
+            Err(_) => ctrl::CAP_ALL,
+            Ok(v) => v
+                .strip_prefix("0x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .filter(|c| c & !ctrl::CAP_ALL == 0)
+                .ok_or_else(|| {
+                    format!(
+                        "{CAPS_OPTION}: {v:?} is not a hexadecimal mask (0x...) of bits of {:#x}",
+                        ctrl::CAP_ALL
+                    )
+                })?,
+        };
         Ok(Self {
             run_dir: get("--run-dir")?.into(),
             devices,
@@ -253,6 +273,7 @@ impl Config {
             guest_ram_size,
             plain,
             poll,
+            caps,
         })
     }
 
@@ -711,7 +732,8 @@ impl Server {
             })?;
             bars.push(bar);
             let engine = Engine::new(Arc::clone(&topology), i)
-                .map_err(|e| err(format!("device {i}: {e}")))?;
+                .map_err(|e| err(format!("device {i}: {e}")))?
+                .with_caps(server.config.caps);
             parts.push((socket, listener, memfd, engine));
         }
         let plain = match &server.config.plain {
@@ -1086,6 +1108,7 @@ mod tests {
                 guest_ram_size: 512 << 20,
                 plain: None,
                 poll: DEFAULT_POLL,
+                caps: ctrl::CAP_ALL,
             }
         );
         let poll = |extra: &str| Config::from_args(&args(&format!("{GOOD} {extra}")));
@@ -1102,6 +1125,13 @@ mod tests {
             );
         }
         assert!(!c.host_bridge_p2p());
+        assert_eq!(c.caps, ctrl::CAP_ALL);
+        let caps = |extra: &str| Config::from_args(&args(&format!("{GOOD} {extra}")));
+        assert_eq!(caps("--caps 0x3f").unwrap().caps, 0x3f);
+        for bad in ["--caps 0x80", "--caps 63", "--caps 0xzz"] {
+            let e = caps(bad).unwrap_err();
+            assert!(e.contains("--caps"), "{bad}: {e}");
+        }
         let p = Config::from_args(&args(&format!(
             "{GOOD} --plain /tmp/x/plain --plain-size 4M"
         )))

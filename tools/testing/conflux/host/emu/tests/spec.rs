@@ -210,6 +210,7 @@ fn capability_table() {
         ("TIMESTAMP", CAP_TIMESTAMP),
         ("MMU_2M", CAP_MMU_2M),
         ("PEER_P2P", CAP_PEER_P2P),
+        ("MMU_NULL", CAP_MMU_NULL),
     ]);
     let rows = table("Capabilities", 0);
     assert_eq!(rows.len(), caps.len());

@@ -58,6 +58,8 @@ Boots the rig, runs COMMAND with /bin/sh in the guest, returns its status.
   --append ARGS      more kernel command-line arguments (repeatable)
   --plain-ivshmem    add a plain ivshmem function (same PCI ID, no Conflux
                      signature) on the root bus
+  --caps MASK        the capabilities the devices advertise, a hexadecimal
+                     subset of the device model's (default: all of them)
   --verbose          also print the kernel's boot log
 
 Exit status: the command's; 124 on timeout; 125 when the rig failed;
@@ -82,6 +84,8 @@ struct Options {
     verbose: bool,
     append: Vec<String>,
     plain_ivshmem: bool,
+    /// `--caps` for the device model: the capabilities the devices keep.
+    caps: Option<String>,
     command: Vec<String>,
 }
 
@@ -116,6 +120,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         verbose: false,
         append: Vec::new(),
         plain_ivshmem: false,
+        caps: None,
         command: Vec::new(),
     };
     while let Some(a) = it.next() {
@@ -139,6 +144,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             "--verbose" => o.verbose = true,
             "--plain-ivshmem" => o.plain_ivshmem = true,
+            "--caps" => o.caps = Some(val()?),
             "--append" => {
                 let v = val()?;
                 if v.trim().is_empty() || v.contains(['\n', '\0']) {
@@ -390,6 +396,7 @@ fn run(o: &Options) -> Result<u8, String> {
         } else {
             Vec::new()
         })
+        .args(o.caps.iter().flat_map(|c| ["--caps", c.as_str()]))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -16,6 +16,8 @@ pub enum Aperture {
     Vram(u64),
     /// A PCIe bus address.
     Bus(u64),
+    /// No memory: reads return zeros and writes are dropped.
+    Null,
 }
 
 /// A translated page.
@@ -48,6 +50,7 @@ pub const fn leaf_entry(addr: Aperture, writable: bool) -> u64 {
     let (aperture, a) = match addr {
         Aperture::Vram(a) => (pte::APERTURE_VRAM, a),
         Aperture::Bus(a) => (pte::APERTURE_BUS, a),
+        Aperture::Null => (pte::APERTURE_NULL, 0),
     };
     let w = if writable { pte::WRITABLE } else { 0 };
     a & pte::ADDR_MASK | aperture << pte::APERTURE_SHIFT | pte::LEAF | w | pte::VALID
@@ -64,6 +67,8 @@ pub struct Mmu {
     pub root: u64,
     /// 2 MiB leaves at level 1 are supported (`CAP_MMU_2M`).
     pub huge_pages: bool,
+    /// NULL leaves (aperture 2) are supported (`CAP_MMU_NULL`).
+    pub null_pages: bool,
 }
 
 impl Mmu {
@@ -106,7 +111,12 @@ impl Mmu {
             if e & pte::RESERVED_MASK != 0 {
                 return fault(format!("{} has reserved bits set", what()));
             }
-            if aperture > pte::APERTURE_BUS {
+            let top = if self.null_pages {
+                pte::APERTURE_NULL
+            } else {
+                pte::APERTURE_BUS
+            };
+            if aperture > top {
                 return fault(format!("{} has a reserved aperture", what()));
             }
             if level > 0 && e & pte::LEAF == 0 {
@@ -129,10 +139,13 @@ impl Mmu {
                     what()
                 ));
             }
-            let addr = if aperture == pte::APERTURE_VRAM {
-                Aperture::Vram(addr)
-            } else {
-                Aperture::Bus(addr)
+            let addr = match aperture {
+                pte::APERTURE_VRAM => Aperture::Vram(addr),
+                pte::APERTURE_BUS => Aperture::Bus(addr),
+                _ if addr != 0 => {
+                    return fault(format!("{} is a NULL leaf with an address", what()));
+                }
+                _ => Aperture::Null,
             };
             return Ok(Page {
                 va: va & !(size - 1),
@@ -254,7 +267,10 @@ impl Mapper {
         size: u64,
         writable: bool,
     ) -> Result<(), ConfigError> {
-        let (Aperture::Vram(a) | Aperture::Bus(a)) = addr;
+        let a = match addr {
+            Aperture::Vram(a) | Aperture::Bus(a) => a,
+            Aperture::Null => 0,
+        };
         if size == 0 || !(va | a | len).is_multiple_of(size) {
             return Err(ConfigError(format!(
                 "VA {va:#x}, address {a:#x} and length {len:#x} are not multiples of {size:#x}"
@@ -264,6 +280,7 @@ impl Mapper {
             let page = match addr {
                 Aperture::Vram(a) => Aperture::Vram(a + off),
                 Aperture::Bus(a) => Aperture::Bus(a + off),
+                Aperture::Null => Aperture::Null,
             };
             self.set(mem, va + off, size, leaf_entry(page, writable))?;
         }
@@ -288,6 +305,7 @@ mod tests {
             vram_size: VRAM,
             root: mapper.root(),
             huge_pages: true,
+            null_pages: true,
         };
         (mem, mapper, mmu)
     }
@@ -423,13 +441,64 @@ mod tests {
                 poke(&mut mem, at, saved | 1 << bit);
                 fault(&mmu, &mem, va, "reserved bits");
             }
-            for ap in 2..4 {
-                poke(&mut mem, at, saved | ap << pte::APERTURE_SHIFT);
-                fault(&mmu, &mem, va, "reserved aperture");
-            }
+            poke(&mut mem, at, saved | 3 << pte::APERTURE_SHIFT);
+            fault(&mmu, &mem, va, "reserved aperture");
+            let without_null = Mmu {
+                null_pages: false,
+                ..mmu
+            };
+            poke(&mut mem, at, saved | 2 << pte::APERTURE_SHIFT);
+            fault(&without_null, &mem, va, "reserved aperture");
             poke(&mut mem, at, saved);
         }
         assert!(mmu.translate(&mem, va).is_ok());
+    }
+
+    #[test]
+    fn null_leaves_map_no_memory() {
+        let (mut mem, mut mapper, mut mmu) = setup();
+        mapper
+            .map(
+                &mut mem,
+                0x20_0000,
+                Aperture::Null,
+                0x40_0000,
+                pte::PAGE_2M,
+                false,
+            )
+            .unwrap();
+        mapper
+            .map(&mut mem, 0x1000, Aperture::Null, 0x2000, pte::PAGE_4K, true)
+            .unwrap();
+        let p = mmu.translate(&mem, 0x3f_fff8).unwrap();
+        let want = Page {
+            va: 0x20_0000,
+            size: pte::PAGE_2M,
+            addr: Aperture::Null,
+            writable: false,
+        };
+        assert_eq!(p, want);
+        let p = mmu.translate(&mem, 0x2008).unwrap();
+        assert_eq!(
+            (p.va, p.size, p.addr),
+            (0x2000, pte::PAGE_4K, Aperture::Null)
+        );
+        // A NULL leaf has no address; a NULL directory points at nothing.
+        let at = entry_at(&mem, &mmu, 0x1000, 0);
+        poke(&mut mem, at, leaf_entry(Aperture::Null, true) | 0x5000);
+        fault(&mmu, &mem, 0x1000, "NULL leaf with an address");
+        let at = entry_at(&mem, &mmu, 0x1000, 1);
+        let saved = mem.read_u64(BAR, VRAM_OFFSET + at).unwrap();
+        poke(
+            &mut mem,
+            at,
+            saved | pte::APERTURE_NULL << pte::APERTURE_SHIFT,
+        );
+        fault(&mmu, &mem, 0x2000, "points at no table inside VRAM");
+        poke(&mut mem, at, saved);
+        assert!(mmu.translate(&mem, 0x2000).is_ok());
+        mmu.null_pages = false;
+        fault(&mmu, &mem, 0x2000, "reserved aperture");
     }
 
     #[test]
@@ -540,6 +609,7 @@ mod tests {
             vram_size: 0x4000,
             root: 0x2000,
             huge_pages: true,
+            null_pages: true,
         };
         let f = mmu.translate(&mem, 0).unwrap_err();
         assert_eq!(f.cause, Cause::Bus, "{f}");

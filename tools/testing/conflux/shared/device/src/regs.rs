@@ -122,8 +122,8 @@ pub mod ctrl {
 
     /// Value of [`SIGNATURE`].
     pub const SIGNATURE_VALUE: [u8; 8] = *b"CNFXACCL";
-    /// Value of [`VERSION`]: 1.1.
-    pub const VERSION_VALUE: u32 = 1 << 16 | 1;
+    /// Value of [`VERSION`]: 1.2.
+    pub const VERSION_VALUE: u32 = 1 << 16 | 2;
 
     /// Capability: `COPY` command.
     pub const CAP_COPY: u32 = 1 << 0;
@@ -137,8 +137,10 @@ pub mod ctrl {
     pub const CAP_MMU_2M: u32 = 1 << 4;
     /// Capability: peer-to-peer accesses to other devices' VRAM.
     pub const CAP_PEER_P2P: u32 = 1 << 5;
-    /// Every capability of version 1.0.
-    pub const CAP_ALL: u32 = 0x3f;
+    /// Capability: NULL leaf entries (aperture 2), version 1.2.
+    pub const CAP_MMU_NULL: u32 = 1 << 6;
+    /// Every capability of version 1.2.
+    pub const CAP_ALL: u32 = 0x7f;
 
     /// Status: not initialised.
     pub const STATUS_OFF: u32 = 0;
@@ -211,6 +213,9 @@ pub mod pte {
     pub const APERTURE_VRAM: u64 = 0;
     /// Aperture: the address is a PCIe bus address.
     pub const APERTURE_BUS: u64 = 1;
+    /// Aperture: a NULL page, which reads as zeros and drops writes
+    /// (`CAP_MMU_NULL`); its address must be 0.
+    pub const APERTURE_NULL: u64 = 2;
     /// Mask of the address field (bits 12..51).
     pub const ADDR_MASK: u64 = ((1 << 52) - 1) & !0xfff;
     /// Bits that must be zero in every entry.

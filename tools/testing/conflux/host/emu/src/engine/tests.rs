@@ -275,8 +275,8 @@ impl Dev {
 fn power_on_writes_the_control_block() {
     let d = Dev::new("switch3+rp1", 2);
     assert_eq!(d.mem.bars[2][..8], *b"CNFXACCL");
-    assert_eq!(d.reg32(ctrl::VERSION), 0x0001_0001);
-    assert_eq!(d.reg32(ctrl::CAPS), 0x3f);
+    assert_eq!(d.reg32(ctrl::VERSION), 0x0001_0002);
+    assert_eq!(d.reg32(ctrl::CAPS), 0x7f);
     let regs = [
         (ctrl::BAR_SIZE, BAR_SIZE),
         (ctrl::VRAM_OFFSET, 0x20_0000),
@@ -884,6 +884,95 @@ fn malformed_commands_in_the_ring() {
     s[0x30] = 1;
     d.push_slot(&s);
     assert_eq!(d.doorbell().error.map(|e| e.cause), Some(Cause::Malformed));
+}
+
+#[test]
+fn null_pages_read_zeros_and_drop_writes() {
+    const WNULL: u64 = 0x50_0000_0000;
+    let mut d = Dev::new("switch3+rp1", 0);
+    // 4 KiB NULL pages (one read-only) then a 2 MiB one.
+    d.map
+        .map(
+            &mut d.mem,
+            WNULL,
+            Aperture::Null,
+            0x1000,
+            pte::PAGE_4K,
+            true,
+        )
+        .unwrap();
+    d.map
+        .map(
+            &mut d.mem,
+            WNULL + 0x1000,
+            Aperture::Null,
+            0x1000,
+            pte::PAGE_4K,
+            false,
+        )
+        .unwrap();
+    d.map
+        .map(
+            &mut d.mem,
+            WNULL + 0x20_0000,
+            Aperture::Null,
+            0x20_0000,
+            pte::PAGE_2M,
+            true,
+        )
+        .unwrap();
+    d.data_mut(0)[..0x3000].fill(0xa5);
+    let before = d.eng.counters();
+    // Writes to NULL pages vanish, whatever WRITABLE says, and fault nothing.
+    let out = d.run(&[
+        copy(W4K, WNULL + 0x800, 0x1000),
+        fill(WNULL + 0x20_0100, 0x100, rep(0x11)),
+    ]);
+    assert_eq!(out.error, None);
+    assert!(d.data(0)[..0x3000].iter().all(|&b| b == 0xa5));
+    let c = d.eng.counters();
+    assert_eq!(c.local_bytes, before.local_bytes);
+    assert_eq!(
+        c.p2p_bytes + c.sysmem_bytes,
+        before.p2p_bytes + before.sysmem_bytes
+    );
+    // Reads of NULL pages return zeros, across two 4 KiB pages too.
+    let out = d.run(&[
+        copy(WNULL + 0xf00, W4K + 0x100, 0x200),
+        copy(WNULL + 0x3f_f800, W4K + 0x2000, 0x800),
+    ]);
+    assert_eq!(out.error, None);
+    let data = d.data(0);
+    assert!(data[..0x100].iter().all(|&b| b == 0xa5));
+    assert!(data[0x100..0x300].iter().all(|&b| b == 0));
+    assert!(data[0x300..0x2000].iter().all(|&b| b == 0xa5));
+    assert!(data[0x2000..0x2800].iter().all(|&b| b == 0));
+    assert!(data[0x2800..0x3000].iter().all(|&b| b == 0xa5));
+    // 0x2000..0x20_0000 of the window is unmapped: the copy faults there.
+    d.reset();
+    d.expect_error(
+        copy(WNULL + 0x1f00, W4K, 0x200),
+        Cause::Translation,
+        WNULL + 0x2000,
+    );
+    // Without the capability aperture 2 is reserved.
+    let mut d = Dev::with(
+        Engine::new(topology("switch3+rp1"), 0)
+            .unwrap()
+            .with_caps(ctrl::CAP_ALL & !ctrl::CAP_MMU_NULL),
+    );
+    d.map
+        .map(
+            &mut d.mem,
+            WNULL,
+            Aperture::Null,
+            0x1000,
+            pte::PAGE_4K,
+            true,
+        )
+        .unwrap();
+    let e = d.expect_error(copy(W4K, WNULL, 8), Cause::Translation, WNULL);
+    assert!(e.detail.contains("reserved aperture"), "{e:?}");
 }
 
 #[test]
