@@ -46,6 +46,8 @@ pub(crate) enum Target {
     Vram(u64),
     /// A PCIe bus address: system memory, or a peer's VRAM.
     Bus(u64),
+    /// No memory: NULL pages, which read as zeros and drop writes.
+    Null,
 }
 
 impl Target {
@@ -54,6 +56,7 @@ impl Target {
         match self {
             Target::Vram(at) => Target::Vram(at + n),
             Target::Bus(at) => Target::Bus(at + n),
+            Target::Null => Target::Null,
         }
     }
 }
@@ -173,7 +176,10 @@ impl PageTables {
         let (base, aperture) = match target {
             Target::Vram(offset) => (offset, Aperture::Vram),
             Target::Bus(addr) => (addr, Aperture::Bus),
+            Target::Null => (0, Aperture::Null),
         };
+        // Every NULL page has address 0.
+        let step = if aperture == Aperture::Null { 0 } else { 1 };
         let page = SZ_4K as u64;
         let end = va.checked_add(len).ok_or(EINVAL)?;
         if len == 0
@@ -188,7 +194,7 @@ impl PageTables {
         let mut done = 0;
         while done < len {
             let huge = level_size(1);
-            let (cur, addr) = (va + done, base + done);
+            let (cur, addr) = (va + done, base + done * step);
             let level = if cur % huge == 0 && addr % huge == 0 && len - done >= huge {
                 1
             } else {
@@ -292,8 +298,13 @@ impl PageTables {
                         None => Table::new(vram).ok(),
                     };
                     if let Some(mut child) = child {
+                        // NULL pages all have address 0.
+                        let step = match entry.aperture() {
+                            Aperture::Null => 0,
+                            _ => level_size(0),
+                        };
                         for k in 0..TABLE_ENTRIES {
-                            let page = entry.addr() + k as u64 * level_size(0);
+                            let page = entry.addr() + k as u64 * step;
                             let small = Pte::page(page, entry.aperture(), entry.writable(), false);
                             // A write to VRAM through the BAR only fails outside the BAR,
                             // which the table is not.

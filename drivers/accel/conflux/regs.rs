@@ -175,6 +175,9 @@ pub(crate) const SIGNATURE_VALUE: u64 = u64::from_le_bytes(*b"CNFXACCL");
 pub(crate) const VERSION_MAJOR: u32 = 1;
 /// The capabilities of a version 1.0 device: COPY, FILL, FENCE, TIMESTAMP, MMU_2M, PEER_P2P.
 pub(crate) const CAPS_V1: u32 = 0x3f;
+/// The capability of version 1.2 to map NULL pages (aperture 2), which read as zeros and drop
+/// writes.
+pub(crate) const CAP_MMU_NULL: u32 = 1 << 6;
 
 /// What `STATUS` says of the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,6 +383,8 @@ pub(crate) enum Aperture {
     Vram,
     /// A PCIe bus address: system memory, or a peer's memory.
     Bus,
+    /// No memory: the page reads as zeros and drops writes (`CAP_MMU_NULL`).
+    Null,
     /// An aperture the specification reserves.
     Reserved(u8),
 }
@@ -389,6 +394,7 @@ impl From<Bounded<u64, 2>> for Aperture {
         match v.get() {
             0 => Self::Vram,
             1 => Self::Bus,
+            2 => Self::Null,
             // CAST: two bits.
             n => Self::Reserved(n as u8),
         }
@@ -401,6 +407,7 @@ impl From<Aperture> for Bounded<u64, 2> {
             match a {
                 Aperture::Vram => 0,
                 Aperture::Bus => 1,
+                Aperture::Null => 2,
                 Aperture::Reserved(n) => u64::from(n),
             } & 3,
         )

@@ -8,10 +8,12 @@
 //! ranges of its buffers whose memory changed since they were bound ([`Vm::revalidate`]).
 
 pub(crate) mod bind;
-mod range;
 pub(crate) mod shared;
 
-use core::ops::Range;
+use core::{
+    ops::Range,
+    ptr, //
+};
 
 use kernel::{
     dma_fence::Fence,
@@ -32,6 +34,7 @@ use kernel::{
         aref::ARef,
         Arc, //
     },
+    uapi,
 };
 
 use crate::{
@@ -94,9 +97,11 @@ pub(crate) fn usage(write: bool) -> Usage {
 /// but for the ranges of imported buffers recorded as invalid, which are unmapped; they keep a
 /// spare table per 2 MiB entry. No job but the one of `last` and earlier ones uses the VM, and
 /// each holds `kept`. The tables are taken out of `space` only in `drop`, and handed to `kept`.
-/// `root` is their level-3 table.
+/// `root` is their level-3 table. `null` has no memory; the ranges mapped to it are NULL pages.
 pub(crate) struct Vm {
     gpuvm: UniqueRefGpuVm<VmData>,
+    /// The object that carries the VM's reservation object, and that NULL mappings map.
+    null: ARef<Object>,
     space: Arc<AddressSpace>,
     root: u64,
     /// The fence of the last job submitted on the VM.
@@ -108,12 +113,12 @@ impl Vm {
     /// A VM with nothing mapped, spanning [`USER_VA_START`] to [`KERNEL_VA_BASE`].
     pub(crate) fn new(dev: &ConfluxDevice<Registered>, data: &DeviceData<'_>) -> Result<Self> {
         // The object that carries the VM's reservation object; it has no memory.
-        let r_obj = Object::new(dev, SZ_4K, Contents::local(Memory::None, None)?)
+        let null = Object::new(dev, SZ_4K, Contents::local(Memory::None, None)?)
             .map_err(crate::gem::create_error)?;
         let gpuvm = GpuVm::new::<Error, _>(
             c"conflux",
             dev,
-            &*r_obj,
+            &*null,
             USER_VA_START..KERNEL_VA_BASE,
             0..0,
             VmData,
@@ -122,6 +127,7 @@ impl Vm {
         let root = tables.root();
         Ok(Self {
             gpuvm,
+            null,
             space: AddressSpace::new(tables)?,
             root,
             last: None,
@@ -195,15 +201,18 @@ impl Vm {
         self.gpuvm.find_first(self.gpuvm.va_range()).is_none()
     }
 
-    /// How the device reaches the buffer mapped at `va`, a `DRM_CONFLUX_PATH_*`, or 0.
+    /// How the device reaches the buffer mapped at `va`, a `DRM_CONFLUX_PATH_*`
+    /// (`DRM_CONFLUX_PATH_NULL` for NULL pages), or 0.
     pub(crate) fn path_at(&self, va: u64) -> u32 {
-        self.gpuvm
-            .find_first(va..va.saturating_add(1))
-            .map_or(0, |m| prime::path(m.obj()))
+        match self.gpuvm.find_first(va..va.saturating_add(1)) {
+            None => 0,
+            Some(m) if ptr::eq(m.obj(), &*self.null) => uapi::DRM_CONFLUX_PATH_NULL,
+            Some(m) => prime::path(m.obj()),
+        }
     }
 
     /// The buffers mapped in the ranges of `accesses`, each once, with whether a job writes
-    /// them; room is made for `expected` of them at once.
+    /// them (NULL pages are no buffer); room is made for `expected` of them at once.
     pub(crate) fn buffers(
         &self,
         accesses: impl Iterator<Item = Access>,
@@ -214,6 +223,10 @@ impl Vm {
             let mut cur = access.range.start;
             while let Some(va) = self.gpuvm.find_first(cur..access.range.end) {
                 let obj = va.obj();
+                cur = va.range().end;
+                if ptr::eq(obj, &*self.null) {
+                    continue;
+                }
                 match out.iter_mut().find(|u| core::ptr::eq(&*u.bo, obj)) {
                     Some(used) => used.write |= access.write,
                     None => out.push(
@@ -224,7 +237,6 @@ impl Vm {
                         GFP_KERNEL_ACCOUNT,
                     )?,
                 }
-                cur = va.range().end;
             }
         }
         Ok(out)
@@ -250,6 +262,7 @@ impl Drop for Vm {
             data: None,
             vas: &mut vas,
             writable: false,
+            null: &self.null,
         };
         let range = self.gpuvm.va_range();
         let _ = self

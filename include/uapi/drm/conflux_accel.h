@@ -52,6 +52,7 @@ enum drm_conflux_ioctl_id {
 #define DRM_CONFLUX_CAP_TIMESTAMP	(1 << 3)
 #define DRM_CONFLUX_CAP_MMU_2M		(1 << 4)
 #define DRM_CONFLUX_CAP_PEER_P2P	(1 << 5)
+#define DRM_CONFLUX_CAP_MMU_NULL	(1 << 6)
 
 /**
  * struct drm_conflux_get_info - describe the device
@@ -114,13 +115,15 @@ struct drm_conflux_get_info {
 /*
  * How the device reaches a buffer's memory, in &struct drm_conflux_bo_info.
  * DRM_CONFLUX_PATH_EXTERNAL: imported from an exporter other than Conflux,
- * at addresses its exporter chose.
+ * at addresses its exporter chose. DRM_CONFLUX_PATH_NULL, from
+ * DRM_IOCTL_CONFLUX_VM_PATH only: NULL pages (DRM_CONFLUX_BIND_NULL).
  */
 #define DRM_CONFLUX_PATH_LOCAL		1
 #define DRM_CONFLUX_PATH_P2P		2
 #define DRM_CONFLUX_PATH_HOST_BRIDGE	3
 #define DRM_CONFLUX_PATH_SYSTEM		4
 #define DRM_CONFLUX_PATH_EXTERNAL	5
+#define DRM_CONFLUX_PATH_NULL		6
 
 /**
  * struct drm_conflux_bo_create - create a buffer object
@@ -207,6 +210,7 @@ struct drm_conflux_bo_p2pmem {
 
 /* &struct drm_conflux_vm_bind_op.flags */
 #define DRM_CONFLUX_BIND_READONLY	(1 << 0)
+#define DRM_CONFLUX_BIND_NULL		(1 << 1)
 
 /* Most operations in one &struct drm_conflux_vm_bind. */
 #define DRM_CONFLUX_MAX_BIND_OPS	1024
@@ -215,19 +219,27 @@ struct drm_conflux_bo_p2pmem {
  * struct drm_conflux_vm_bind_op - one operation of a VM_BIND call
  * @op: DRM_CONFLUX_BIND_MAP or DRM_CONFLUX_BIND_UNMAP
  * @flags: MAP: DRM_CONFLUX_BIND_READONLY makes the device's writes through
- *	the mapping fail (a permission fault); UNMAP: must be 0
- * @handle: MAP: GEM handle of the buffer; UNMAP: must be 0
+ *	the mapping fail (a permission fault); DRM_CONFLUX_BIND_NULL, alone,
+ *	maps NULL pages instead of a buffer; UNMAP: must be 0
+ * @handle: MAP: GEM handle of the buffer, 0 with DRM_CONFLUX_BIND_NULL;
+ *	UNMAP: must be 0
  * @pad: must be 0
- * @bo_offset: MAP: offset in the buffer, a multiple of 4 KiB; UNMAP: must be 0
+ * @bo_offset: MAP: offset in the buffer, a multiple of 4 KiB, 0 with
+ *	DRM_CONFLUX_BIND_NULL; UNMAP: must be 0
  * @va: virtual address, a multiple of 4 KiB
  * @range: bytes, a non-zero multiple of 4 KiB; @va + @range must not exceed
  *	&drm_conflux_get_info.va_end, and MAP's @bo_offset + @range must not
  *	exceed the buffer's size
  *
  * MAP maps the buffer's bytes @bo_offset..@bo_offset + @range at
- * @va..@va + @range. The range must be free: a mapping is never replaced.
- * UNMAP removes whatever is mapped in @va..@va + @range, splitting mappings
- * that extend outside it; unmapping a free range is not an error.
+ * @va..@va + @range, replacing whatever is mapped there: mappings that
+ * extend outside the range keep their parts outside it. With
+ * DRM_CONFLUX_BIND_NULL it maps NULL pages (sparse residency): the device
+ * reads zeros from them and drops its writes to them, without a fault; it
+ * needs DRM_CONFLUX_CAP_MMU_NULL. UNMAP removes whatever is mapped in
+ * @va..@va + @range, splitting mappings that extend outside it; unmapping a
+ * free range is not an error. Any 4 KiB-aligned part of a mapping can be
+ * unmapped or mapped again.
  */
 struct drm_conflux_vm_bind_op {
 	__u32 op;
@@ -256,18 +268,20 @@ struct drm_conflux_vm_bind_op {
  * import of it (see DRM_IOCTL_CONFLUX_VM_PATH). A member that cannot reach
  * it fails the whole call with -EXDEV or -EOPNOTSUPP, as PRIME import does,
  * unless the buffer may move to system memory: then it moves there.
- * Before it changes a mapping that a job may use, the call waits for the
- * jobs of every member to complete; a signal during that wait returns -EINTR
+ * Before it replaces or removes a mapping that a job may use, the call waits
+ * for the jobs of every member to complete; a signal during that wait returns -EINTR
  * (or restarts the call) with nothing changed on any member.
  * Mappings use 2 MiB page-table entries wherever the virtual address, the
  * buffer's memory and the range allow. Each 2 MiB entry keeps a 4 KiB page
- * table in VRAM in reserve, so that unmapping part of it never needs memory:
- * UNMAP never fails for lack of resources.
+ * table in VRAM in reserve, so that unmapping part of it never needs VRAM.
+ * UNMAP still allocates kernel memory for its bookkeeping, so it can fail
+ * with -ENOMEM, leaving everything as it was.
  *
  * Errors: -EINVAL for a malformed call or operation (see above), -EFAULT when
  * @ops cannot be read, -ENOENT for an unknown @vm_id or buffer handle,
- * -ENOSPC when a MAP's range is not free (after the operations before it)
- * or VRAM has no room for page tables, -ENOMEM, -EINTR, -EXDEV or
+ * -ENOSPC when VRAM has no room for page tables, -ENOMEM, -EINTR,
+ * -EOPNOTSUPP for DRM_CONFLUX_BIND_NULL on a device without
+ * DRM_CONFLUX_CAP_MMU_NULL, -EXDEV or
  * -EOPNOTSUPP when a member's device has no route to a MAP's buffer, which
  * may not move to system memory, -EBUSY when it may but another importer
  * pinned it in VRAM, -EIO when its table breaks the member's DMA segment

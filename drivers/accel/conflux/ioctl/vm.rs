@@ -53,7 +53,9 @@ pub(crate) fn bind(
     for (i, RawBindOp(op)) in raw.iter().enumerate() {
         let aligned = (op.va | op.range | op.bo_offset) % page == 0;
         let in_range = user_range(op.va, op.range).is_some();
+        let null = op.flags == uapi::DRM_CONFLUX_BIND_NULL;
         let known = match op.op {
+            uapi::DRM_CONFLUX_BIND_MAP if null => op.handle == 0 && op.bo_offset == 0,
             uapi::DRM_CONFLUX_BIND_MAP => op.flags & !uapi::DRM_CONFLUX_BIND_READONLY == 0,
             uapi::DRM_CONFLUX_BIND_UNMAP => (op.flags | op.handle) == 0 && op.bo_offset == 0,
             _ => false,
@@ -75,7 +77,12 @@ pub(crate) fn bind(
                 ),
             ));
         }
-        let checked = if op.op == uapi::DRM_CONFLUX_BIND_MAP {
+        let checked = if op.op == uapi::DRM_CONFLUX_BIND_MAP && null {
+            BindOp::MapNull {
+                va: op.va,
+                range: op.range,
+            }
+        } else if op.op == uapi::DRM_CONFLUX_BIND_MAP {
             let bo = call.bo(file, fmt!("operation {i}: "), op.handle)?;
             let fits = op
                 .bo_offset

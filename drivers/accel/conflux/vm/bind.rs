@@ -1,15 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! VM_BIND as a transaction on one device's VM: check, allocate, then change.
+//! VM_BIND as a transaction on one device's VM: allocate, then change.
 //!
-//! A bind checks every operation against the mappings the operations before it leave, and
-//! allocates all it can need (the `drm_gpuva`s of new and split mappings, page tables, a spare
-//! table per 2 MiB entry) before it changes anything. The changes themselves cannot fail, so the
-//! VM is either changed as a whole or not at all. The steps, [`Vm::prepare`],
+//! A bind allocates all its operations can need (the `drm_gpuva`s of new and split mappings,
+//! page tables, a spare table per 2 MiB entry) before it changes anything. A MAP replaces what
+//! it overlaps, as `drm_gpuvm_sm_map()` splits and removes it; a NULL map maps the VM's own
+//! memoryless object, whose pages the device reads as zeros. The changes themselves cannot fail,
+//! so the VM is either changed as a whole or not at all. The steps, [`Vm::prepare`],
 //! [`Vm::provision`], [`Vm::commit`] and [`Vm::finish`], are taken in turn on every member of a
 //! shared VM by [`SharedVm::bind`](super::shared::SharedVm::bind).
 
-use core::ops::Range;
+use core::{
+    ops::Range,
+    ptr, //
+};
 
 use kernel::{
     dma_resv::{
@@ -45,16 +49,17 @@ use crate::{
             MovableRange, //
         },
         MapRange,
-        PageTables, //
+        PageTables,
+        Target, //
     },
     prime,
-    regs::TABLE_SIZE,
+    regs::{
+        CAP_MMU_NULL,
+        TABLE_SIZE, //
+    },
 };
 
-use super::{
-    range,
-    Vm, //
-};
+use super::Vm;
 
 /// The driver's side of a `drm_gpuvm`.
 pub(crate) struct VmData;
@@ -73,6 +78,8 @@ pub(crate) struct BindCtx<'a> {
     /// Preallocated `drm_gpuva`s.
     pub(super) vas: &'a mut KVec<GpuVaAlloc<VmData>>,
     pub(super) writable: bool,
+    /// The VM's memoryless object: what NULL mappings map.
+    pub(super) null: &'a Object,
 }
 
 impl BindCtx<'_> {
@@ -97,6 +104,16 @@ impl DriverGpuVm for VmData {
         let data = ctx.data.ok_or(EINVAL)?;
         let va = ctx.va()?;
         let obj = op.obj();
+        if ptr::eq(obj, ctx.null) {
+            ctx.tables.map(
+                &data.vram,
+                op.addr(),
+                Target::Null,
+                op.length(),
+                ctx.writable,
+            )?;
+            return Ok(op.insert(va, ()));
+        }
         let table = match (obj.imported(), ctx.locked) {
             (Some(imp), Some(locked)) => Some(imp.table(data, locked)?),
             (Some(_), None) => return Err(EINVAL),
@@ -165,6 +182,8 @@ pub(crate) enum BindOp {
         offset: u64,
         writable: bool,
     },
+    /// Map `range` bytes of NULL pages at `va`: reads return zeros, writes are dropped.
+    MapNull { va: u64, range: u64 },
     /// Unmap `va..va + range`.
     Unmap { va: u64, range: u64 },
 }
@@ -186,6 +205,10 @@ impl BindOp {
                 offset: *offset,
                 writable: *writable,
             },
+            BindOp::MapNull { va, range } => BindOp::MapNull {
+                va: *va,
+                range: *range,
+            },
             BindOp::Unmap { va, range } => BindOp::Unmap {
                 va: *va,
                 range: *range,
@@ -196,7 +219,9 @@ impl BindOp {
     /// The virtual addresses the operation covers.
     fn span(&self) -> Range<u64> {
         match *self {
-            BindOp::Map { va, range, .. } | BindOp::Unmap { va, range } => va..va + range,
+            BindOp::Map { va, range, .. }
+            | BindOp::MapNull { va, range }
+            | BindOp::Unmap { va, range } => va..va + range,
         }
     }
 }
@@ -222,62 +247,34 @@ pub(super) fn imported_resvs<'a>(ops: &'a [BindOp], resvs: &mut KVec<&'a DmaResv
 }
 
 impl Vm {
-    /// Checks that every MAP finds its range free, given the operations before it.
-    fn check(&self, data: &DeviceData<'_>, ops: &[BindOp]) -> Result {
-        let mut added = KVec::<Range<u64>>::new();
-        let mut removed = KVec::<Range<u64>>::new();
-        for (i, op) in ops.iter().enumerate() {
-            let span = op.span();
-            match op {
-                BindOp::Unmap { .. } => {
-                    added = range::subtract(&added, &span)?;
-                    removed.push(span, GFP_KERNEL_ACCOUNT)?;
-                }
-                BindOp::Map { .. } => {
-                    let mut free = !range::overlaps(&span, &added);
-                    let mut cur = span.start;
-                    while free {
-                        let Some(va) = self.gpuvm.find_first(cur..span.end) else {
-                            break;
-                        };
-                        let r = va.range();
-                        let mapped = r.start.max(cur)..r.end.min(span.end);
-                        cur = mapped.end;
-                        free = range::covered(mapped, &removed);
-                    }
-                    if !free {
-                        dev_dbg!(
-                            data.pdev,
-                            "VM_BIND: operation {}: {:#x}..{:#x} is not free\n",
-                            i,
-                            span.start,
-                            span.end
-                        );
-                        return Err(ENOSPC);
-                    }
-                    added.push(span, GFP_KERNEL_ACCOUNT)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The first step of a bind: checks `ops`, waits for the VM's jobs when they unmap, and
-    /// allocates the `drm_gpuva`s and `drm_gpuvm_bo`s. Changes nothing a job sees.
+    /// The first step of a bind: waits for the VM's jobs when `ops` change mappings that exist,
+    /// and allocates the `drm_gpuva`s and `drm_gpuvm_bo`s. Changes nothing a job sees.
     pub(super) fn prepare(&mut self, data: &DeviceData<'_>, ops: &[BindOp]) -> Result<Prepared> {
-        self.check(data, ops)?;
-        let unmaps = ops
+        let null_op = ops
             .iter()
-            .filter(|op| matches!(op, BindOp::Unmap { .. }))
-            .count();
-        if unmaps > 0 {
+            .position(|op| matches!(op, BindOp::MapNull { .. }));
+        if let (Some(i), 0) = (null_op, data.info.caps & CAP_MMU_NULL) {
+            dev_dbg!(
+                data.pdev,
+                "VM_BIND: operation {}: the device has no NULL pages (CAPS {:#x})\n",
+                i,
+                data.info.caps
+            );
+            return Err(EOPNOTSUPP);
+        }
+        // Replacing or removing a mapping that a job may use waits for the jobs.
+        let changes = ops.iter().any(|op| {
+            let span = op.span();
+            matches!(op, BindOp::Unmap { .. }) || self.gpuvm.find_first(span).is_some()
+        });
+        if changes {
             if let Some(last) = self.last.clone() {
                 last.wait(true)?;
             }
         }
-        // A va per map, three per unmap (two split mappings, one freed by the first split and
-        // taken again).
-        let count = (ops.len() - unmaps) + 3 * unmaps;
+        // Per operation: its own mapping, and the two halves of a mapping it splits in the
+        // middle (a remap takes two and gives one back, which the next remap takes).
+        let count = ops.len().checked_mul(3).ok_or(ENOMEM)?;
         let mut vas = KVec::with_capacity(count, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..count {
             vas.push(GpuVaAlloc::new(GFP_KERNEL_ACCOUNT)?, GFP_KERNEL_ACCOUNT)?;
@@ -289,6 +286,10 @@ impl Vm {
                 BindOp::Map { bo, va, range, .. } => {
                     tables += PageTables::tables_for(*va, *range);
                     Some(self.gpuvm.obtain(bo, ())?)
+                }
+                BindOp::MapNull { va, range } => {
+                    tables += PageTables::tables_for(*va, *range);
+                    Some(self.gpuvm.obtain(&self.null, ())?)
                 }
                 BindOp::Unmap { .. } => None,
             };
@@ -334,8 +335,9 @@ impl Vm {
         let mut guard = self.space.lock();
         let st = &mut *guard;
         let tables = st.tables.as_mut().ok_or(ENODEV)?;
-        // Each operation adds at most one record: a map, or the split of one by an unmap.
-        st.movable.reserve(ops.len())?;
+        // Each operation adds at most two records: its map, and the split of one it cuts in the
+        // middle.
+        st.movable.reserve(ops.len().saturating_mul(2))?;
         tables
             .add_spares(&data.vram, prepared.tables)
             .inspect_err(|e| {
@@ -371,7 +373,10 @@ impl Vm {
         let this_tables = st.tables.as_mut().ok_or(ENODEV)?;
         let mut result = Ok(());
         for (i, (op, vm_bo)) in ops.iter().zip(prepared.vm_bos.iter()).enumerate() {
-            let writable = matches!(op, BindOp::Map { writable: true, .. });
+            let writable = matches!(
+                op,
+                BindOp::Map { writable: true, .. } | BindOp::MapNull { .. }
+            );
             let mut ctx = BindCtx {
                 tables: this_tables,
                 movable: &mut st.movable,
@@ -379,6 +384,7 @@ impl Vm {
                 data: Some(data),
                 vas: &mut prepared.vas,
                 writable,
+                null: &self.null,
             };
             let done = match (op, vm_bo) {
                 (
@@ -390,6 +396,13 @@ impl Vm {
                     addr: *va,
                     range: *range,
                     gem_offset: *offset,
+                    vm_bo,
+                    context: &mut ctx,
+                }),
+                (BindOp::MapNull { va, range }, Some(vm_bo)) => self.gpuvm.sm_map(OpMapRequest {
+                    addr: *va,
+                    range: *range,
+                    gem_offset: 0,
                     vm_bo,
                     context: &mut ctx,
                 }),

@@ -1,9 +1,10 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
 #
-# Runs in the rig's guest, in a boot of its own: loads conflux.ko with a job
-# timeout of 500 ms and kills the device model in the middle of a job
-# (conflux-uapi-test --model-exit). The jobs fail, the first device is
+# Runs in the rig's guest, in a boot of its own, whose devices lack NULL
+# pages (MMU_NULL): loads conflux.ko with a job timeout of 500 ms, checks
+# that a NULL map is refused, and kills the device model in the middle of a
+# job (conflux-uapi-test --model-exit). The jobs fail, the first device is
 # wedged, and the module still unloads: the other devices, whose model is
 # gone too, are wedged when their engines cannot be reset at unbind.
 # Prints one "PASS ..." or "FAIL ..." line per check.

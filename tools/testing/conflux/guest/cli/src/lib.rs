@@ -95,6 +95,17 @@ pub fn unmap_op(va: u64, range: u64) -> BindOp {
     }
 }
 
+/// A MAP of `range` bytes of NULL pages at `va`, which read as zeros and drop writes.
+pub fn null_op(va: u64, range: u64) -> BindOp {
+    BindOp {
+        op: uapi::DRM_CONFLUX_BIND_MAP,
+        flags: uapi::DRM_CONFLUX_BIND_NULL,
+        va,
+        range,
+        ..Default::default()
+    }
+}
+
 /// Copies `len` bytes from `src` to `dst`.
 pub fn copy_cmd(src: u64, dst: u64, len: u64) -> Cmd {
     Cmd {
@@ -613,6 +624,7 @@ pub fn path_name(path: u32) -> &'static str {
         uapi::DRM_CONFLUX_PATH_HOST_BRIDGE => "host bridge",
         uapi::DRM_CONFLUX_PATH_SYSTEM => "system memory",
         uapi::DRM_CONFLUX_PATH_EXTERNAL => "external",
+        uapi::DRM_CONFLUX_PATH_NULL => "null",
         _ => "?",
     }
 }

@@ -144,7 +144,15 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
-const CAPS: [&str; 6] = ["copy", "fill", "fence", "timestamp", "mmu-2m", "peer-p2p"];
+const CAPS: [&str; 7] = [
+    "copy",
+    "fill",
+    "fence",
+    "timestamp",
+    "mmu-2m",
+    "peer-p2p",
+    "mmu-null",
+];
 
 fn caps_names(caps: u32) -> Vec<&'static str> {
     CAPS.iter()
@@ -713,7 +721,7 @@ mod tests {
 
     #[test]
     fn capability_names() {
-        assert_eq!(caps_names(0x3f).len(), 6);
+        assert_eq!(caps_names(0x7f).len(), 7);
         assert_eq!(caps_names(uapi::DRM_CONFLUX_CAP_FILL), ["fill"]);
     }
 }

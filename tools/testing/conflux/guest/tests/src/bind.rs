@@ -2,7 +2,7 @@
 
 //! VM_BIND: page sizes, splits, the transaction rules and every bad input.
 
-use conflux::{map_op, uapi, unmap_op, BindOp, Device, Error};
+use conflux::{map_op, null_op, uapi, unmap_op, BindOp, Device, Error};
 
 use crate::{
     common::{entries, KIB4, MIB, MIB2, VA},
@@ -49,33 +49,58 @@ pub(crate) fn test_bind(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     dev.vm_bind(&[unmap_op(VA, 8 * MIB)])?;
     dev.vm_bind(&[map_op(a.handle, MIB2, VA, MIB2, true)])?;
     check(t, "the second half of a buffer at a 2 MiB VA", (1, 0, 1))?;
-    // Overlaps: the call fails whole and changes nothing.
-    t.errno(
-        &format!("{name}: VM_BIND map over a mapping"),
-        dev.vm_bind(&[map_op(b.handle, 0, VA + MIB, KIB4, false)]),
-        libc::ENOSPC,
+    // A map over a mapping replaces the part it covers.
+    dev.vm_bind(&[map_op(small.handle, 0, VA + MIB, KIB4, false)])?;
+    check(
+        t,
+        "a 4 KiB map inside a 2 MiB mapping splits it and replaces one page",
+        (0, 512, 0),
+    )?;
+    let path = |va: u64| dev.vm_path(0, va);
+    t.check(
+        &format!("{name}: VM_PATH of the replaced page and its neighbours"),
+        path(VA + MIB)? == uapi::DRM_CONFLUX_PATH_LOCAL
+            && path(VA + MIB - KIB4)? == uapi::DRM_CONFLUX_PATH_LOCAL,
+        "local",
     );
-    t.errno(
-        &format!("{name}: VM_BIND whose second map overlaps its first"),
-        dev.vm_bind(&[
-            map_op(b.handle, 0, 3 * VA, MIB2, false),
-            map_op(small.handle, 0, 3 * VA + KIB4, KIB4, false),
-        ]),
-        libc::ENOSPC,
+    dev.vm_bind(&[map_op(a.handle, MIB2, VA, MIB2, true)])?;
+    check(
+        t,
+        "mapping the whole range again makes it one 2 MiB entry",
+        (1, 0, 1),
+    )?;
+    dev.vm_bind(&[
+        map_op(b.handle, 0, 3 * VA, MIB2, false),
+        map_op(small.handle, 0, 3 * VA + KIB4, KIB4, false),
+    ])?;
+    check(
+        t,
+        "a call whose second map lands inside its first",
+        (1, 512, 1),
+    )?;
+    dev.vm_bind(&[unmap_op(3 * VA, MIB2)])?;
+    // NULL pages: entries like any mapping, replaced and split like them.
+    dev.vm_bind(&[null_op(4 * VA, 4 * MIB)])?;
+    check(t, "4 MiB of NULL pages: two 2 MiB entries", (3, 0, 3))?;
+    t.check(
+        &format!("{name}: VM_PATH of NULL pages"),
+        path(4 * VA + MIB)? == uapi::DRM_CONFLUX_PATH_NULL,
+        conflux::path_name(path(4 * VA + MIB)?),
     );
-    check(t, "after the failed calls, the VM is as before", (1, 0, 1))?;
-    t.errno(
-        &format!("{name}: VM_BIND that unmaps, then fails a map"),
-        dev.vm_bind(&[
-            unmap_op(VA, MIB2),
-            map_op(b.handle, 0, 3 * VA, MIB2, false),
-            map_op(small.handle, 0, 3 * VA, KIB4, false),
-        ]),
-        libc::ENOSPC,
-    );
-    check(t, "a failed call's unmap is undone", (1, 0, 1))?;
-    dev.vm_bind(&[unmap_op(VA, MIB2), map_op(b.handle, 0, VA, MIB2, false)])?;
-    check(t, "unmap and map of the same range in one call", (1, 0, 1))?;
+    dev.vm_bind(&[map_op(small.handle, 0, 4 * VA + KIB4, KIB4, false)])?;
+    check(
+        t,
+        "a page mapped over NULL pages splits their entry",
+        (2, 512, 2),
+    )?;
+    dev.vm_bind(&[null_op(4 * VA + KIB4, KIB4), unmap_op(4 * VA + MIB2, MIB2)])?;
+    check(
+        t,
+        "NULL again over that page, and half unmapped",
+        (1, 512, 1),
+    )?;
+    dev.vm_bind(&[unmap_op(4 * VA, 4 * MIB)])?;
+    check(t, "after unmapping the NULL pages", (1, 0, 1))?;
     dev.vm_bind(&[unmap_op(0x40_0000_0000, MIB2)])?;
     t.check(
         &format!("{name}: VM_BIND unmap of a free range"),
@@ -83,7 +108,7 @@ pub(crate) fn test_bind(t: &mut Tally, dev: &Device) -> Result<(), Error> {
         "succeeded",
     );
     // Bad input.
-    let bad_ops: [(&str, BindOp, i32); 12] = [
+    let bad_ops: [(&str, BindOp, i32); 15] = [
         (
             "va not 4 KiB aligned",
             map_op(b.handle, 0, VA + 1, KIB4, false),
@@ -139,6 +164,30 @@ pub(crate) fn test_bind(t: &mut Tally, dev: &Device) -> Result<(), Error> {
             BindOp {
                 op: 7,
                 ..map_op(b.handle, 0, 5 * VA, KIB4, false)
+            },
+            libc::EINVAL,
+        ),
+        (
+            "NULL map with a handle",
+            BindOp {
+                handle: b.handle,
+                ..null_op(5 * VA, KIB4)
+            },
+            libc::EINVAL,
+        ),
+        (
+            "NULL map with a bo_offset",
+            BindOp {
+                bo_offset: KIB4,
+                ..null_op(5 * VA, KIB4)
+            },
+            libc::EINVAL,
+        ),
+        (
+            "NULL map that is read-only",
+            BindOp {
+                flags: uapi::DRM_CONFLUX_BIND_NULL | uapi::DRM_CONFLUX_BIND_READONLY,
+                ..null_op(5 * VA, KIB4)
             },
             libc::EINVAL,
         ),

@@ -9,7 +9,7 @@
 
 use std::{fs::OpenOptions, os::fd::AsFd, time::Duration};
 
-use conflux::{fill_cmd, map_op, unmap_op, Device, Error};
+use conflux::{fill_cmd, map_op, null_op, uapi, unmap_op, Device, Error};
 use conflux_device::{
     memory::{Memory, Target},
     regs::ctrl,
@@ -17,7 +17,7 @@ use conflux_device::{
 };
 
 use crate::{
-    common::{io_err, job_errno, MIB2, VA},
+    common::{entries, io_err, job_errno, KIB4, MIB2, VA},
     Tally,
 };
 
@@ -260,6 +260,29 @@ fn scrub_fails_in_the_middle(t: &mut Tally, dev: &Device, sw: &Switches) -> Resu
 /// Every device of the model stops: run it last, in a boot of its own.
 pub(crate) fn test_model_exit(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     let name = dev.path().display().to_string();
+    // This boot's devices lack NULL pages (`--caps 0x3f`): a NULL map is refused, whole.
+    let caps = dev.info()?.caps;
+    let before = entries(dev)?;
+    let small = dev.bo_create(KIB4)?;
+    let refused = dev.vm_bind(&[
+        map_op(small.handle, 0, AT + MIB2, KIB4, false),
+        null_op(AT + 2 * MIB2, MIB2),
+    ]);
+    t.check(
+        &format!("{name}: a device without MMU_NULL advertises none"),
+        caps & uapi::DRM_CONFLUX_CAP_MMU_NULL == 0,
+        format!("caps {caps:#x}"),
+    );
+    t.errno(
+        &format!("{name}: VM_BIND of NULL pages without MMU_NULL"),
+        refused,
+        libc::EOPNOTSUPP,
+    );
+    t.check(
+        &format!("{name}: the refused VM_BIND changed nothing"),
+        entries(dev)? == before && dev.vm_path(0, AT + MIB2)? == 0,
+        format!("entries {:?}, before {before:?}", entries(dev)?),
+    );
     let sw = Switches::open(dev)?;
     let buf = dev.bo_create(MIB2)?;
     dev.vm_bind(&[map_op(buf.handle, 0, AT, MIB2, false)])?;

@@ -36,6 +36,7 @@ mod migration;
 mod races;
 mod rdma;
 mod shared_vm;
+mod sparse;
 mod static_import;
 mod storage;
 mod udmabuf;
@@ -233,6 +234,9 @@ fn main() -> ExitCode {
                 let start = dev.info().map(|i| i.vram_avail).unwrap_or(0);
                 if let Err(e) = test_bind(&mut t, &dev) {
                     t.check(&format!("{}: VM_BIND", path.display()), false, e);
+                }
+                if let Err(e) = sparse::test_sparse(&mut t, &dev) {
+                    t.check(&format!("{}: sparse binds", path.display()), false, e);
                 }
                 if let Err(e) = test_jobs(&mut t, &dev) {
                     t.check(&format!("{}: jobs", path.display()), false, e);

@@ -7,7 +7,7 @@ use std::{
     path::PathBuf,
 };
 
-use conflux::{copy_cmd, fill_cmd, map_op, uapi, unmap_op, Cmd, Device, Error};
+use conflux::{copy_cmd, fill_cmd, map_op, null_op, uapi, unmap_op, Cmd, Device, Error};
 
 use crate::{
     common::{counters, entries, first_diff, io_err, paths_at, pattern, prime_reach, MIB, VA},
@@ -193,6 +193,38 @@ pub(crate) fn test_shared_vm(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
         ),
         got.iter().all(|&b| b == 0x5a) && c1[2] - c0[2] == len,
         format!("system memory +{} bytes", c1[2] - c0[2]),
+    );
+    // NULL pages replace the second half on every member: the last device's fill of them is
+    // dropped, and its copy of them into the first half writes zeros.
+    let half = len / 2;
+    files[0].vm_bind(&[null_op(3 * VA + half, half)])?;
+    let now = paths_at(&files[0], n, 3 * VA + half)?;
+    let job = last.submit(
+        &[
+            fill_cmd(3 * VA + half, half, 0x6b6b_6b6b_6b6b_6b6b),
+            copy_cmd(3 * VA + half, 3 * VA, half),
+        ],
+        0,
+        0,
+    )?;
+    last.wait(job, -1)?;
+    files[0].read(sys.handle, 0, &mut got)?;
+    let (lo, hi) = got.split_at(half as usize);
+    t.check(
+        &format!(
+            "{name0}: NULL pages on a shared VM: every member maps them, {} reads zeros and \
+             its writes vanish",
+            last.path().display()
+        ),
+        now.iter().all(|&p| p == uapi::DRM_CONFLUX_PATH_NULL)
+            && lo.iter().all(|&b| b == 0)
+            && hi.iter().all(|&b| b == 0x5a),
+        format!(
+            "paths {}; first half nonzero at {:?}, second half not 0x5a at {:?}",
+            shown(&now),
+            lo.iter().position(|&b| b != 0),
+            hi.iter().position(|&b| b != 0x5a)
+        ),
     );
     files[0].vm_bind(&[unmap_op(3 * VA, len)])?;
     let now = paths_at(&files[0], n, 3 * VA)?;
