@@ -16,7 +16,7 @@ use std::{
     time::Instant,
 };
 
-use conflux::{fill_cmd, map_op, uapi, unmap_op, Bo, Device};
+use conflux::{fill_cmd, map_op, null_op, uapi, unmap_op, BindOp, Bo, Device};
 use serde_json::{json, Value};
 
 use crate::{
@@ -172,6 +172,66 @@ fn binds(dev: &Device, runs: u32) -> Result<Value, String> {
         "unit": "ms",
         "higher_is_better": false,
         "figures": rows,
+    }))
+}
+
+/// Makes the operation of one VM_BIND call from a buffer handle, an address and a length.
+type MakeOp = fn(u32, u64, u64) -> BindOp;
+
+/// Synchronous VM_BIND calls of one operation each, per second: maps of 4 KiB and of 2 MiB
+/// (one 2 MiB entry each) at fresh addresses, maps of 4 KiB that replace a mapping, NULL maps of
+/// 4 KiB, beside the no-op ioctl. The unmaps of each run are not timed.
+fn bind_rates(dev: &Device, runs: u32) -> Result<Value, String> {
+    const CALLS: u64 = 256;
+    let bo = dev.bo_create(2 * MIB).map_err(e)?;
+    let page = 4096;
+    let kinds: [(&str, u64, MakeOp); 4] = [
+        ("4 KiB map", page, |h, va, len| map_op(h, 0, va, len, false)),
+        ("2 MiB map", 2 * MIB, |h, va, len| {
+            map_op(h, 0, va, len, false)
+        }),
+        ("4 KiB map replacing a mapping", page, |h, va, len| {
+            map_op(h, 4096, va, len, false)
+        }),
+        ("4 KiB NULL map", page, |_, va, len| null_op(va, len)),
+    ];
+    let mut figures = Vec::new();
+    let mut noop = Vec::new();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    for _ in 0..runs {
+        for (i, (label, len, op)) in kinds.iter().enumerate() {
+            if label.contains("replacing") {
+                dev.vm_bind(&[map_op(bo.handle, 0, VA, CALLS * len, false)])
+                    .map_err(e)?;
+            }
+            let start = Instant::now();
+            for k in 0..CALLS {
+                dev.vm_bind(&[op(bo.handle, VA + k * len, *len)])
+                    .map_err(e)?;
+            }
+            rates[i].push(CALLS as f64 / start.elapsed().as_secs_f64());
+            dev.vm_bind(&[unmap_op(VA, CALLS * len)]).map_err(e)?;
+        }
+        noop.push(noop_rate(dev, 4096)?);
+    }
+    for ((label, _, _), rate) in kinds.iter().zip(rates) {
+        let note = format!(
+            "{:.1} % of the no-op rate, the median of the runs' ratios",
+            100.0 * median_ratio(&rate, &noop)
+        );
+        figures.push(figure(
+            label,
+            rate,
+            json!({"calls_per_run": CALLS, "note": note}),
+        ));
+    }
+    figures.push(figure("no-op ioctl (DRM_IOCTL_VERSION)", noop, json!({})));
+    Ok(json!({
+        "id": "bind-rate",
+        "title": "synchronous VM_BIND calls of one operation",
+        "unit": "per s",
+        "higher_is_better": true,
+        "figures": figures,
     }))
 }
 
@@ -662,6 +722,8 @@ pub fn cmd_bench_suite(paths: &[std::path::PathBuf], runs: u32) -> Result<(), St
     let mut rows = vec![copies(a, b, size, runs)?];
     eprintln!("bench-suite: binds of 1 GiB");
     rows.push(binds(a, runs)?);
+    eprintln!("bench-suite: VM_BIND calls per second");
+    rows.push(bind_rates(a, runs)?);
     eprintln!("bench-suite: small jobs, the no-op ioctl, the latency");
     rows.extend(small_jobs(a, runs)?);
     eprintln!("bench-suite: eviction of {} MiB buffers", size / MIB);
