@@ -4,7 +4,8 @@
 # on one boot of the rig (switch3+rp1, 1 GiB BARs): the DMA-only table of the
 # framework against dma_buf_phys_vec_to_sgt(), 64 MiB copies (peer to peer,
 # staged through system memory, local) beside the host's memcpy, binds of
-# 1 GiB with 2 MiB and 4 KiB pages, small jobs beside a no-op ioctl, the
+# 1 GiB with 2 MiB and 4 KiB pages, VM_BIND calls per second and small jobs
+# beside a no-op ioctl, the
 # submit-to-signal latency, and every device copying 256 MiB at once beside
 # one alone and beside the host's memcpy in shared memory by one thread and
 # by as many threads as devices at once. Each figure is the median of BENCH_RUNS runs (default 5) with its
