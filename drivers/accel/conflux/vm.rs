@@ -23,6 +23,7 @@ use kernel::{
     },
     drm::{
         gpuvm::{
+            GpuVaAlloc,
             GpuVm,
             UniqueRefGpuVm, //
         },
@@ -64,7 +65,8 @@ use crate::{
 
 use bind::{
     BindCtx,
-    VmData, //
+    VmData,
+    RESERVED_UNMAPS, //
 };
 
 /// A range of virtual addresses that a job reads, or writes.
@@ -98,8 +100,14 @@ pub(crate) fn usage(write: bool) -> Usage {
 /// spare table per 2 MiB entry. No job but the one of `last` and earlier ones uses the VM, and
 /// each holds `kept`. The tables are taken out of `space` only in `drop`, and handed to `kept`.
 /// `root` is their level-3 table. `null` has no memory; the ranges mapped to it are NULL pages.
+/// Between calls, `reserve` holds [`bind::RESERVED_VAS`] `drm_gpuva`s, and the records of
+/// `space` room for [`RESERVED_UNMAPS`] more, unless a call of UNMAPs took them when memory ran
+/// out.
 pub(crate) struct Vm {
     gpuvm: UniqueRefGpuVm<VmData>,
+    /// `drm_gpuva`s for the new mappings of a bind, and for the splits of UNMAPs that cannot
+    /// allocate.
+    reserve: KVec<GpuVaAlloc<VmData>>,
     /// The object that carries the VM's reservation object, and that NULL mappings map.
     null: ARef<Object>,
     space: Arc<AddressSpace>,
@@ -125,10 +133,15 @@ impl Vm {
         )?;
         let tables = PageTables::new(&data.vram)?;
         let root = tables.root();
+        let mut reserve = KVec::with_capacity(bind::RESERVED_VAS, GFP_KERNEL_ACCOUNT)?;
+        for _ in 0..bind::RESERVED_VAS {
+            reserve.push(GpuVaAlloc::new(GFP_KERNEL_ACCOUNT)?, GFP_KERNEL_ACCOUNT)?;
+        }
         Ok(Self {
             gpuvm,
+            reserve,
             null,
-            space: AddressSpace::new(tables)?,
+            space: AddressSpace::new(tables, RESERVED_UNMAPS)?,
             root,
             last: None,
             kept: KeptTables::new()?,

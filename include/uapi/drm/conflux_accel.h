@@ -214,6 +214,8 @@ struct drm_conflux_bo_p2pmem {
 
 /* Most operations in one &struct drm_conflux_vm_bind. */
 #define DRM_CONFLUX_MAX_BIND_OPS	1024
+/* Most operations of a VM_BIND of UNMAPs only that never needs memory. */
+#define DRM_CONFLUX_UNMAP_RESERVED_OPS	8
 
 /**
  * struct drm_conflux_vm_bind_op - one operation of a VM_BIND call
@@ -274,8 +276,11 @@ struct drm_conflux_vm_bind_op {
  * Mappings use 2 MiB page-table entries wherever the virtual address, the
  * buffer's memory and the range allow. Each 2 MiB entry keeps a 4 KiB page
  * table in VRAM in reserve, so that unmapping part of it never needs VRAM.
- * UNMAP still allocates kernel memory for its bookkeeping, so it can fail
- * with -ENOMEM, leaving everything as it was.
+ * A call of at most DRM_CONFLUX_UNMAP_RESERVED_OPS operations, all UNMAPs,
+ * needs no kernel memory either: each VM keeps in reserve what that many
+ * splits of mappings in the middle take, and every call that can allocate
+ * fills the reserve again. Such a call fails with -ENOMEM only when
+ * allocations fail and earlier calls of UNMAPs used up the reserve.
  *
  * Errors: -EINVAL for a malformed call or operation (see above), -EFAULT when
  * @ops cannot be read, -ENOENT for an unknown @vm_id or buffer handle,

@@ -21,7 +21,10 @@ use crate::{
         DrmFile, //
     },
     hw::DeviceData,
-    vm::bind::BindOp,
+    vm::bind::{
+        BindOp,
+        RESERVED_UNMAPS, //
+    },
 };
 
 use super::{
@@ -36,6 +39,39 @@ struct RawBindOp(uapi::drm_conflux_vm_bind_op);
 // SAFETY: The structure has only integer fields and no padding, so any bytes are a valid value.
 unsafe impl FromBytes for RawBindOp {}
 
+/// Refuses operation `i`, `op`, unless it is well formed (`uapi.rst`); [`EINVAL`] otherwise.
+fn check_op(call: &Call<'_, '_>, i: usize, op: &uapi::drm_conflux_vm_bind_op) -> Result {
+    let page = SZ_4K as u64;
+    let aligned = (op.va | op.range | op.bo_offset) % page == 0;
+    let in_range = user_range(op.va, op.range).is_some();
+    let known = match op.op {
+        uapi::DRM_CONFLUX_BIND_MAP if op.flags == uapi::DRM_CONFLUX_BIND_NULL => {
+            op.handle == 0 && op.bo_offset == 0
+        }
+        uapi::DRM_CONFLUX_BIND_MAP => op.flags & !uapi::DRM_CONFLUX_BIND_READONLY == 0,
+        uapi::DRM_CONFLUX_BIND_UNMAP => (op.flags | op.handle) == 0 && op.bo_offset == 0,
+        _ => false,
+    };
+    if aligned && in_range && known && op.pad == 0 {
+        return Ok(());
+    }
+    Err(call.refuse(
+        EINVAL,
+        fmt!(
+            "operation {}: op {} flags {:#x} handle {} pad {:#x} bo_offset {:#x} va {:#x} \
+             range {:#x} is not valid",
+            i,
+            op.op,
+            op.flags,
+            op.handle,
+            op.pad,
+            op.bo_offset,
+            op.va,
+            op.range
+        ),
+    ))
+}
+
 /// `DRM_IOCTL_CONFLUX_VM_BIND`.
 pub(crate) fn bind(
     dev: &ConfluxDevice<Registered>,
@@ -47,76 +83,75 @@ pub(crate) fn bind(
     call.zero(&[("flags", args.flags.into()), ("pad", args.pad.into())])?;
     let count = call.count("num_ops", args.num_ops, uapi::DRM_CONFLUX_MAX_BIND_OPS)?;
     call.vm_id(args.vm_id)?;
+    let inner = file.inner();
+    // A call of a few UNMAPs is read and applied without allocating memory.
+    if count <= RESERVED_UNMAPS {
+        let mut unmaps: [BindOp; RESERVED_UNMAPS] =
+            core::array::from_fn(|_| BindOp::Unmap { va: 0, range: 0 });
+        let mut only_unmaps = true;
+        call.read_each(args.ops, count, |i, RawBindOp(op)| {
+            check_op(&call, i, &op)?;
+            only_unmaps &= op.op == uapi::DRM_CONFLUX_BIND_UNMAP;
+            if let Some(slot) = unmaps.get_mut(i) {
+                *slot = BindOp::Unmap {
+                    va: op.va,
+                    range: op.range,
+                };
+            }
+            Ok(())
+        })?;
+        if only_unmaps {
+            // A file without a VM has nothing mapped.
+            if let Some(vm) = inner.current_vm() {
+                vm.unmap(inner.id(), unmaps.get(..count).ok_or(EINVAL)?)?;
+            }
+            return Ok(0);
+        }
+    }
     let raw = call.read_array::<RawBindOp>(args.ops, count)?;
     let mut ops = KVec::with_capacity(raw.len(), GFP_KERNEL_ACCOUNT)?;
-    let page = SZ_4K as u64;
     for (i, RawBindOp(op)) in raw.iter().enumerate() {
-        let aligned = (op.va | op.range | op.bo_offset) % page == 0;
-        let in_range = user_range(op.va, op.range).is_some();
-        let null = op.flags == uapi::DRM_CONFLUX_BIND_NULL;
-        let known = match op.op {
-            uapi::DRM_CONFLUX_BIND_MAP if null => op.handle == 0 && op.bo_offset == 0,
-            uapi::DRM_CONFLUX_BIND_MAP => op.flags & !uapi::DRM_CONFLUX_BIND_READONLY == 0,
-            uapi::DRM_CONFLUX_BIND_UNMAP => (op.flags | op.handle) == 0 && op.bo_offset == 0,
-            _ => false,
-        };
-        if !aligned || !in_range || !known || op.pad != 0 {
-            return Err(call.refuse(
-                EINVAL,
-                fmt!(
-                    "operation {}: op {} flags {:#x} handle {} pad {:#x} bo_offset {:#x} \
-                     va {:#x} range {:#x} is not valid",
-                    i,
-                    op.op,
-                    op.flags,
-                    op.handle,
-                    op.pad,
-                    op.bo_offset,
-                    op.va,
-                    op.range
-                ),
-            ));
-        }
-        let checked = if op.op == uapi::DRM_CONFLUX_BIND_MAP && null {
-            BindOp::MapNull {
+        check_op(&call, i, op)?;
+        let checked = match op.op {
+            uapi::DRM_CONFLUX_BIND_UNMAP => BindOp::Unmap {
                 va: op.va,
                 range: op.range,
-            }
-        } else if op.op == uapi::DRM_CONFLUX_BIND_MAP {
-            let bo = call.bo(file, fmt!("operation {i}: "), op.handle)?;
-            let fits = op
-                .bo_offset
-                .checked_add(op.range)
-                .is_some_and(|end| end <= bo.size() as u64);
-            if !fits {
-                return Err(call.refuse(
-                    EINVAL,
-                    fmt!(
-                        "operation {}: {:#x} bytes at offset {:#x} exceed buffer {} of {:#x} bytes",
-                        i,
-                        op.range,
-                        op.bo_offset,
-                        op.handle,
-                        bo.size()
-                    ),
-                ));
-            }
-            BindOp::Map {
+            },
+            _ if op.flags == uapi::DRM_CONFLUX_BIND_NULL => BindOp::MapNull {
                 va: op.va,
                 range: op.range,
-                bo,
-                offset: op.bo_offset,
-                writable: op.flags & uapi::DRM_CONFLUX_BIND_READONLY == 0,
-            }
-        } else {
-            BindOp::Unmap {
-                va: op.va,
-                range: op.range,
+            },
+            _ => {
+                let bo = call.bo(file, fmt!("operation {i}: "), op.handle)?;
+                let fits = op
+                    .bo_offset
+                    .checked_add(op.range)
+                    .is_some_and(|end| end <= bo.size() as u64);
+                if !fits {
+                    return Err(call.refuse(
+                        EINVAL,
+                        fmt!(
+                            "operation {}: {:#x} bytes at offset {:#x} exceed buffer {} of \
+                             {:#x} bytes",
+                            i,
+                            op.range,
+                            op.bo_offset,
+                            op.handle,
+                            bo.size()
+                        ),
+                    ));
+                }
+                BindOp::Map {
+                    va: op.va,
+                    range: op.range,
+                    bo,
+                    offset: op.bo_offset,
+                    writable: op.flags & uapi::DRM_CONFLUX_BIND_READONLY == 0,
+                }
             }
         };
         ops.push(checked, GFP_KERNEL_ACCOUNT)?;
     }
-    let inner = file.inner();
     inner
         .shared_vm(dev.as_ioctl())?
         .bind(inner.id(), dev.as_ioctl(), data, ops)?;

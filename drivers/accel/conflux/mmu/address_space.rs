@@ -46,6 +46,11 @@ impl Movable {
         Ok(())
     }
 
+    /// How many records fit without more memory.
+    pub(crate) fn room(&self) -> usize {
+        self.0.capacity() - self.0.len()
+    }
+
     /// Records `range`, in room [`Self::reserve`] made.
     pub(crate) fn push(&mut self, range: MovableRange) -> Result {
         self.0.push_within_capacity(range).map_err(|_| ENOMEM)
@@ -142,13 +147,15 @@ pub(crate) struct AddressSpace {
 }
 
 impl AddressSpace {
-    /// An address space of `tables`, which map nothing that can change.
-    pub(crate) fn new(tables: PageTables) -> Result<Arc<Self>> {
+    /// An address space of `tables`, which map nothing that can change, with room for `room`
+    /// records.
+    pub(crate) fn new(tables: PageTables, room: usize) -> Result<Arc<Self>> {
+        let records = KVec::with_capacity(room, GFP_KERNEL_ACCOUNT)?;
         Arc::pin_init(
             pin_init!(Self {
                 state <- new_mutex!(State {
                     tables: Some(tables),
-                    movable: Movable(KVec::new()),
+                    movable: Movable(records),
                 }),
             }),
             GFP_KERNEL_ACCOUNT,

@@ -34,6 +34,7 @@ use kernel::{
     },
     prelude::*,
     sync::aref::ARef,
+    uapi,
 };
 
 use crate::{
@@ -226,12 +227,49 @@ impl BindOp {
     }
 }
 
-/// What a VM_BIND call allocated for a VM before it changed anything.
+/// What a VM_BIND call allocated for a VM before it changed anything, besides the `drm_gpuva`s
+/// it put in the VM's reserve.
 pub(crate) struct Prepared {
-    vas: KVec<GpuVaAlloc<VmData>>,
-    vm_bos: KVec<Option<ARef<GpuVmBo<VmData>>>>,
+    /// A `drm_gpuvm_bo` per map, in order.
+    vm_bos: KVec<ARef<GpuVmBo<VmData>>>,
     /// The page tables the maps can need.
     tables: usize,
+}
+
+impl Prepared {
+    /// What a call of UNMAPs needs: nothing.
+    pub(super) fn unmaps() -> Self {
+        Self {
+            vm_bos: KVec::new(),
+            tables: 0,
+        }
+    }
+}
+
+/// The most UNMAP operations of one call that need no memory: the VM keeps in reserve the
+/// `drm_gpuva`s and address-space records that this many splits in the middle of a mapping take.
+pub(crate) const RESERVED_UNMAPS: usize = uapi::DRM_CONFLUX_UNMAP_RESERVED_OPS as usize;
+
+/// The `drm_gpuva`s a VM keeps in reserve between calls: two per reserved UNMAP (the halves of
+/// a mapping split in the middle), and one that a split takes before it gives one back.
+pub(super) const RESERVED_VAS: usize = 2 * RESERVED_UNMAPS + 1;
+
+/// The most `drm_gpuva`s that applying `ops` takes: a MAP its own and two halves of a mapping
+/// it splits, an UNMAP the two halves, and one more that a split takes before it gives one
+/// back. The reserve holds them all for [`RESERVED_UNMAPS`] UNMAPs.
+fn vas_needed(ops: &[BindOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            BindOp::Unmap { .. } => 2,
+            _ => 3,
+        })
+        .sum::<usize>()
+        + 1
+}
+
+/// Whether every operation of `ops` is an UNMAP: a call that must not fail for lack of memory.
+pub(crate) fn only_unmaps(ops: &[BindOp]) -> bool {
+    ops.iter().all(|op| matches!(op, BindOp::Unmap { .. }))
 }
 
 /// Adds the reservation objects of the imported buffers that `ops` map to `resvs`.
@@ -272,28 +310,25 @@ impl Vm {
                 last.wait(true)?;
             }
         }
-        // Per operation: its own mapping, and the two halves of a mapping it splits in the
-        // middle (a remap takes two and gives one back, which the next remap takes).
-        let count = ops.len().checked_mul(3).ok_or(ENOMEM)?;
-        let mut vas = KVec::with_capacity(count, GFP_KERNEL_ACCOUNT)?;
-        for _ in 0..count {
-            vas.push(GpuVaAlloc::new(GFP_KERNEL_ACCOUNT)?, GFP_KERNEL_ACCOUNT)?;
+        // The reserve of `drm_gpuva`s, refilled for this call and the reserved UNMAPs after it.
+        // UNMAPs go on without the refill while the reserve holds what they take.
+        let need = vas_needed(ops);
+        if let Err(e) = self.refill(need + RESERVED_VAS) {
+            if !only_unmaps(ops) || self.reserve.len() < need {
+                return Err(e);
+            }
         }
-        let mut vm_bos = KVec::with_capacity(ops.len(), GFP_KERNEL_ACCOUNT)?;
+        let mut vm_bos = KVec::new();
         let mut tables = 0;
         for op in ops {
-            let vm_bo = match op {
-                BindOp::Map { bo, va, range, .. } => {
-                    tables += PageTables::tables_for(*va, *range);
-                    Some(self.gpuvm.obtain(bo, ())?)
-                }
-                BindOp::MapNull { va, range } => {
-                    tables += PageTables::tables_for(*va, *range);
-                    Some(self.gpuvm.obtain(&self.null, ())?)
-                }
-                BindOp::Unmap { .. } => None,
+            let obj = match op {
+                BindOp::Map { bo, .. } => bo,
+                BindOp::MapNull { .. } => &self.null,
+                BindOp::Unmap { .. } => continue,
             };
-            vm_bos.push(vm_bo, GFP_KERNEL_ACCOUNT)?;
+            let span = op.span();
+            tables += PageTables::tables_for(span.start, span.end - span.start);
+            vm_bos.push(self.gpuvm.obtain(obj, ())?, GFP_KERNEL_ACCOUNT)?;
         }
         // Room in VRAM for the page tables, made by eviction before any reservation lock is
         // taken. Without it, the tables' allocation reports the shortage.
@@ -305,11 +340,18 @@ impl Vm {
                 _ => {}
             }
         }
-        Ok(Prepared {
-            vas,
-            vm_bos,
-            tables,
-        })
+        Ok(Prepared { vm_bos, tables })
+    }
+
+    /// Fills the reserve of `drm_gpuva`s up to `count`.
+    fn refill(&mut self, count: usize) -> Result {
+        self.reserve
+            .reserve(count.saturating_sub(self.reserve.len()), GFP_KERNEL_ACCOUNT)?;
+        while self.reserve.len() < count {
+            let va = GpuVaAlloc::new(GFP_KERNEL_ACCOUNT)?;
+            self.reserve.push_within_capacity(va).map_err(|_| ENOMEM)?;
+        }
+        Ok(())
     }
 
     /// The second step of a bind: maps (and checks) the tables of the imported buffers among
@@ -336,8 +378,13 @@ impl Vm {
         let st = &mut *guard;
         let tables = st.tables.as_mut().ok_or(ENODEV)?;
         // Each operation adds at most two records: its map, and the split of one it cuts in the
-        // middle.
-        st.movable.reserve(ops.len().saturating_mul(2))?;
+        // middle; room for the reserved UNMAPs stays after them. UNMAPs go on without more
+        // room while there is one free record each.
+        if let Err(e) = st.movable.reserve(2 * ops.len() + RESERVED_UNMAPS) {
+            if !only_unmaps(ops) || st.movable.room() < ops.len() {
+                return Err(e);
+            }
+        }
         tables
             .add_spares(&data.vram, prepared.tables)
             .inspect_err(|e| {
@@ -365,14 +412,15 @@ impl Vm {
         &mut self,
         data: &DeviceData<'_>,
         ops: &[BindOp],
-        prepared: &mut Prepared,
+        prepared: &Prepared,
         locked: Option<&ResvSet<'_>>,
     ) -> Result {
         let mut guard = self.space.lock();
         let st = &mut *guard;
         let this_tables = st.tables.as_mut().ok_or(ENODEV)?;
         let mut result = Ok(());
-        for (i, (op, vm_bo)) in ops.iter().zip(prepared.vm_bos.iter()).enumerate() {
+        let mut vm_bos = prepared.vm_bos.iter();
+        for (i, op) in ops.iter().enumerate() {
             let writable = matches!(
                 op,
                 BindOp::Map { writable: true, .. } | BindOp::MapNull { .. }
@@ -382,9 +430,13 @@ impl Vm {
                 movable: &mut st.movable,
                 locked,
                 data: Some(data),
-                vas: &mut prepared.vas,
+                vas: &mut self.reserve,
                 writable,
                 null: &self.null,
+            };
+            let vm_bo = match op {
+                BindOp::Unmap { .. } => None,
+                _ => vm_bos.next(),
             };
             let done = match (op, vm_bo) {
                 (
@@ -426,9 +478,11 @@ impl Vm {
     }
 
     /// Drops what a bind prepared, once the reservation locks are released: the `drm_gpuvm_bo`s
-    /// no mapping uses any more are freed under their objects' locks.
-    pub(super) fn finish(&self, prepared: Prepared) {
+    /// no mapping uses any more are freed under their objects' locks, and the reserve of
+    /// `drm_gpuva`s keeps what the reserved UNMAPs need.
+    pub(super) fn finish(&mut self, prepared: Prepared) {
         drop(prepared);
         self.gpuvm.deferred_cleanup();
+        self.reserve.truncate(RESERVED_VAS);
     }
 }

@@ -26,7 +26,9 @@ use crate::{
 use super::{
     bind::{
         imported_resvs,
-        BindOp, //
+        only_unmaps,
+        BindOp,
+        Prepared, //
     },
     Vm,
 };
@@ -180,6 +182,9 @@ impl SharedVm {
         data: &DeviceData<'_>,
         ops: KVec<BindOp>,
     ) -> Result {
+        if only_unmaps(&ops) {
+            return self.unmap(file, &ops);
+        }
         let mut members = self.members.lock();
         // The operations of each member, with the buffers as its device reaches them.
         let mine = members.iter().position(|m| m.file == file).ok_or(ENOENT)?;
@@ -256,7 +261,7 @@ impl SharedVm {
             }
         }
         if result.is_ok() {
-            for ((i, ops), p) in plans.iter().zip(prepared.iter_mut()) {
+            for ((i, ops), p) in plans.iter().zip(prepared.iter()) {
                 let m = &mut members[*i];
                 // A device unbound since is skipped, as above; nothing else can fail here.
                 let committed =
@@ -275,5 +280,33 @@ impl SharedVm {
             members[*i].vm.finish(p);
         }
         result
+    }
+
+    /// Applies `ops`, all UNMAPs of `file`, on every member, all or nothing, without
+    /// allocating memory while the members' reserves hold what they take ([`Prepared::unmaps`]).
+    pub(crate) fn unmap(&self, file: usize, ops: &[BindOp]) -> Result {
+        let mut members = self.members.lock();
+        members.iter().position(|m| m.file == file).ok_or(ENOENT)?;
+        // Members whose device is unbound run no job any more, and are skipped.
+        let live = |m: &Member| m.dev.registration_guard().is_some();
+        // Wait for the jobs and check the reserves on every member before anything changes.
+        for m in members.iter_mut().filter(|m| live(m)) {
+            DeviceData::with(&m.dev, |_, data| {
+                let p = m.vm.prepare(data, ops)?;
+                m.vm.provision(data, ops, &p, None)
+            })?;
+        }
+        for (i, m) in members.iter_mut().enumerate() {
+            let unmapped = DeviceData::with(&m.dev, |_, data| {
+                m.vm.commit(data, ops, &Prepared::unmaps(), None)
+            });
+            if let Err(e) = unmapped {
+                if live(m) {
+                    pr_err!("VM_BIND: member {} failed to unmap: {:?}\n", i, e);
+                }
+            }
+            m.vm.finish(Prepared::unmaps());
+        }
+        Ok(())
     }
 }

@@ -23,8 +23,8 @@ use std::{
 };
 
 use conflux::{
-    fill_cmd, map_op, uapi, unmap_op, BindOp, Device, Error, DRM_IOCTL_PRIME_FD_TO_HANDLE,
-    DRM_IOCTL_PRIME_HANDLE_TO_FD,
+    copy_cmd, fill_cmd, map_op, uapi, unmap_op, BindOp, Device, Error,
+    DRM_IOCTL_PRIME_FD_TO_HANDLE, DRM_IOCTL_PRIME_HANDLE_TO_FD,
 };
 
 use crate::{
@@ -503,7 +503,259 @@ pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Re
         |_| Ok(()),
     );
     report(t, &name, "VM_JOIN", w);
+
+    // VM_BIND on a VM shared with a peer, whose member maps an import of the buffer: a failed
+    // call leaves both members as they were.
+    let (a, b) = (Device::open(dev.path())?, Device::open(peer.path())?);
+    b.vm_join(&a)?;
+    let sys = a.bo_create_in(MIB2, uapi::DRM_CONFLUX_BO_SYSTEM)?;
+    let ops = [map_op(sys.handle, 0, AT, MIB2, false)];
+    let undo = [unmap_op(AT, MIB2)];
+    let w = walk(
+        &fail,
+        || {
+            Ok(uapi::drm_conflux_vm_bind {
+                num_ops: 1,
+                ops: ops.as_ptr() as u64,
+                ..Default::default()
+            })
+        },
+        |args| a.vm_bind_raw(args),
+        |_| {
+            let paths = [a.vm_path(0, AT)?, a.vm_path(1, AT)?];
+            Ok((paths != [0, 0]).then(|| format!("the members' paths are {paths:?}")))
+        },
+        |_| a.vm_bind(&undo),
+    );
+    report(t, &name, "VM_BIND map on a VM shared with a peer", w);
+    drop(sys);
+    drop((a, b));
+
     dev.vm_bind(&[unmap_op(AT, MIB2)])?;
+    test_unmap_exhausted(t, dev, peer)
+}
+
+/// The kernel heap exhausted for the calling thread: every slab and page allocation of the
+/// kernel fails (`failslab` and `fail_page_alloc` at probability 100 for the tasks that set
+/// `make-it-fail`; pages for userspace, which carry `__GFP_HIGHMEM`, are spared).
+struct Exhausted {
+    make_it_fail: File,
+    saved: Vec<(String, String)>,
+}
+
+impl Exhausted {
+    /// Sets the attributes; nothing fails until [`Self::set`].
+    fn new() -> Result<Self, Error> {
+        let path = "/proc/thread-self/make-it-fail";
+        let make_it_fail = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path, "open"))?;
+        // Dropped on an error: what was set goes back.
+        let mut ex = Self {
+            make_it_fail,
+            saved: Vec::new(),
+        };
+        // The task filter first, the probabilities last, and back in the reverse order: never
+        // does every task fail.
+        for (file, value) in [
+            ("failslab/task-filter", "Y"),
+            ("fail_page_alloc/task-filter", "Y"),
+            ("fail_page_alloc/ignore-gfp-highmem", "Y"),
+            ("failslab/interval", "1"),
+            ("failslab/times", "-1"),
+            ("failslab/space", "0"),
+            ("fail_page_alloc/interval", "1"),
+            ("fail_page_alloc/times", "-1"),
+            ("fail_page_alloc/space", "0"),
+            ("failslab/probability", "100"),
+            ("fail_page_alloc/probability", "100"),
+        ] {
+            let path = format!("/sys/kernel/debug/{file}");
+            let old = fs::read_to_string(&path).map_err(io_err(&path, "read"))?;
+            fs::write(&path, value).map_err(io_err(&path, "write"))?;
+            ex.saved.push((path, old.trim().to_string()));
+        }
+        Ok(ex)
+    }
+
+    /// Starts (`true`) or stops failing every allocation of the calling thread.
+    fn set(&self, on: bool) -> Result<(), Error> {
+        (&self.make_it_fail)
+            .write_all(if on { b"1" } else { b"0" })
+            .map_err(io_err("make-it-fail", "write"))
+    }
+}
+
+impl Drop for Exhausted {
+    fn drop(&mut self) {
+        let _ = self.set(false);
+        for (path, old) in self.saved.iter().rev() {
+            let _ = fs::write(path, old);
+        }
+    }
+}
+
+/// VM_BIND with the heap exhausted: the raw ioctl, which allocates nothing in userspace either,
+/// and its errno.
+fn bind_exhausted(ex: &Exhausted, dev: &Device, ops: &[BindOp]) -> Result<i32, Error> {
+    let mut args = uapi::drm_conflux_vm_bind {
+        // CAST: at most a few operations.
+        num_ops: ops.len() as u32,
+        ops: ops.as_ptr() as u64,
+        ..Default::default()
+    };
+    ex.set(true)?;
+    // SAFETY: `args` and the operations it points to live across the call.
+    let rc = unsafe {
+        libc::ioctl(
+            dev.as_fd().as_raw_fd(),
+            uapi::DRM_IOCTL_CONFLUX_VM_BIND as _,
+            &mut args,
+        )
+    };
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    ex.set(false)?;
+    Ok(if rc == 0 { 0 } else { errno })
+}
+
+/// UNMAPs of every shape succeed with the kernel heap exhausted, on a VM of one member and on a
+/// shared one, and change what they should; a MAP meanwhile fails with `ENOMEM`, which shows
+/// that the heap is exhausted indeed.
+fn test_unmap_exhausted(t: &mut Tally, dev: &Device, peer: &Device) -> Result<(), Error> {
+    let name = dev.path().display().to_string();
+    let page = 4096;
+    let lone = Device::open(dev.path())?;
+    let shared = Device::open(dev.path())?;
+    let member = Device::open(peer.path())?;
+    member.vm_join(&shared)?;
+    // A VRAM buffer in 2 MiB entries, a movable one (recorded for its moves) in 4 KiB entries,
+    // and a system buffer on the shared VM.
+    let a = lone.bo_create(2 * MIB2)?;
+    let m = lone.bo_create_in(
+        MIB2,
+        uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM,
+    )?;
+    let s = shared.bo_create_in(MIB2, uapi::DRM_CONFLUX_BO_SYSTEM)?;
+    let (va_a, va_m, va_s) = (AT, AT + 4 * MIB2 + page, AT + 8 * MIB2);
+    lone.vm_bind(&[
+        map_op(a.handle, 0, va_a, 2 * MIB2, false),
+        map_op(m.handle, 0, va_m, MIB2, false),
+    ])?;
+    shared.vm_bind(&[map_op(s.handle, 0, va_s, MIB2, false)])?;
+    let holes: Vec<BindOp> = (0..8)
+        .map(|i| unmap_op(va_m + (32 * i + 16) * page, page))
+        .collect();
+    // Each call: what it unmaps, on which file, and addresses that must be mapped (true) or
+    // not after it.
+    type Step<'a> = (&'a str, &'a Device, Vec<BindOp>, Vec<(u64, bool)>);
+    let half = MIB2 / 2;
+    let steps: [Step<'_>; 5] = [
+        (
+            "4 KiB in the middle of a 2 MiB entry",
+            &lone,
+            vec![unmap_op(va_a + half, page)],
+            vec![
+                (va_a + half, false),
+                (va_a + half - page, true),
+                (va_a + half + page, true),
+            ],
+        ),
+        (
+            "the first 4 KiB of a movable buffer's mapping",
+            &lone,
+            vec![unmap_op(va_m, page)],
+            vec![(va_m, false), (va_m + page, true)],
+        ),
+        (
+            "eight holes in one call",
+            &lone,
+            holes,
+            vec![
+                (va_m + 16 * page, false),
+                (va_m + 17 * page, true),
+                (va_m + (32 * 7 + 16) * page, false),
+            ],
+        ),
+        (
+            "the whole second 2 MiB of a mapping",
+            &lone,
+            vec![unmap_op(va_a + MIB2, MIB2)],
+            vec![(va_a + MIB2, false), (va_a + MIB2 - page, true)],
+        ),
+        (
+            "the middle of a mapping of a VM shared with a peer",
+            &shared,
+            vec![unmap_op(va_s + half, 2 * page)],
+            vec![(va_s + half, false), (va_s + half + 2 * page, true)],
+        ),
+    ];
+    let ex = Exhausted::new()?;
+    // The same call on a free range first, so that what the calls touch in userspace is
+    // resident when they run. Before each step a call that can allocate fills the reserve.
+    for d in [&lone, &shared] {
+        bind_exhausted(&ex, d, &[unmap_op(AT + 20 * MIB2, page)])?;
+    }
+    for (what, d, ops, expect) in steps {
+        // The reserve is full after any call that could allocate, as this one can.
+        d.vm_bind(&[unmap_op(AT + 20 * MIB2, page)])?;
+        let errno = bind_exhausted(&ex, d, &ops)?;
+        let members = if std::ptr::eq(d, &shared) { 2 } else { 1 };
+        let mut wrong = Vec::new();
+        for (va, want) in expect {
+            for i in 0..members {
+                if (d.vm_path(i, va)? != 0) != want {
+                    wrong.push(format!("member {i}: {va:#x} mapped {}", !want));
+                }
+            }
+        }
+        t.check(
+            &format!("{name}: UNMAP with the kernel heap exhausted: {what}"),
+            errno == 0 && wrong.is_empty(),
+            format!("errno {errno}; {}", wrong.join(", ")),
+        );
+    }
+    // Calls in a row without a refill, each splitting a mapping in the middle: the reserve
+    // holds what eight of them take.
+    lone.vm_bind(&[unmap_op(AT + 20 * MIB2, page)])?;
+    let mut errnos = Vec::new();
+    for i in 0..8 {
+        errnos.push(bind_exhausted(
+            &ex,
+            &lone,
+            &[unmap_op(va_a + (4 * i + 2) * page, page)],
+        )?);
+    }
+    let holes = (0..8).all(|i| {
+        lone.vm_path(0, va_a + (4 * i + 2) * page)
+            .is_ok_and(|p| p == 0)
+    });
+    t.check(
+        &format!("{name}: eight UNMAP calls in a row with the kernel heap exhausted"),
+        errnos.iter().all(|&e| e == 0) && holes,
+        format!("errnos {errnos:?}"),
+    );
+    let errno = bind_exhausted(
+        &ex,
+        &lone,
+        &[map_op(a.handle, 0, AT + 24 * MIB2, page, false)],
+    )?;
+    t.check(
+        &format!("{name}: a MAP with the kernel heap exhausted fails with ENOMEM"),
+        errno == libc::ENOMEM && lone.vm_path(0, AT + 24 * MIB2)? == 0,
+        format!("errno {errno}"),
+    );
+    drop(ex);
+    // What is left mapped still works: a job copies through it, and the holes fault.
+    let job = lone.submit(&[copy_cmd(va_a, va_m + page, page)], 0, 0)?;
+    let copied = lone.wait(job, -1);
+    let job = lone.submit(&[copy_cmd(va_a + half, va_m + page, page)], 0, 0)?;
+    let faulted = lone.wait(job, -1).err().and_then(|e| e.errno());
+    t.check(
+        &format!("{name}: after UNMAPs with the heap exhausted, jobs see exactly what is left"),
+        copied.is_ok() && faulted == Some(libc::EIO),
+        format!("copy through mappings {copied:?}; through a hole {faulted:?}"),
+    );
     Ok(())
 }
 
