@@ -121,6 +121,50 @@ impl PageTables {
         regions(va, len, 21) + regions(va, len, 30) + regions(va, len, 39)
     }
 
+    /// The tables that mapping `va..va + len` can take beyond those in place: one for each
+    /// table of level 0, 1 or 2 that the range's walk needs and that does not exist (for a 2 MiB
+    /// region, its level-0 table or the spare that a 2 MiB entry keeps). A 2 MiB region that a
+    /// 2 MiB entry maps needs none: a split takes the spare the entry keeps, and a new 2 MiB
+    /// entry keeps it. At most [`Self::tables_for`].
+    pub(crate) fn missing(&self, va: u64, len: u64) -> usize {
+        let end = va.saturating_add(len);
+        let mut count = 0;
+        let mut cur = va;
+        while cur < end {
+            // Down the tables in place, to the first missing one on the walk to `cur`.
+            let mut table = &*self.root;
+            let mut level = 3;
+            let missing = loop {
+                let i = level_index(cur, level);
+                if level == 1 && table.entry(i).valid() && table.entry(i).huge() {
+                    break None;
+                }
+                match table.children.get(i).and_then(Option::as_ref) {
+                    Some(child) if level > 1 => {
+                        table = child;
+                        level -= 1;
+                    }
+                    // The level-0 table is in place.
+                    Some(_) => break None,
+                    None => break Some(level),
+                }
+            };
+            // The region of the entry at `level` that leads to `cur`.
+            let size = level_size(missing.unwrap_or(1));
+            let next = (cur & !(size - 1)).saturating_add(size).min(end);
+            if let Some(level) = missing {
+                // Its table and every table below it that the part of the range needs.
+                count += [21, 30, 39]
+                    .iter()
+                    .filter(|&&shift| shift <= 12 + 9 * level)
+                    .map(|&shift| regions(cur, next - cur, shift))
+                    .sum::<usize>();
+            }
+            cur = next;
+        }
+        count
+    }
+
     /// Allocates `count` more spare tables. On failure the spares allocated stay until
     /// [`Self::trim`].
     pub(crate) fn add_spares(&mut self, vram: &Vram<'_>, count: usize) -> Result {

@@ -196,7 +196,7 @@ impl Vm {
             let st = &mut *guard;
             let tables = st.tables.as_mut().ok_or(ENODEV)?;
             for r in st.movable.stale(id) {
-                let need = PageTables::tables_for(r.range.va, r.range.len);
+                let need = tables.missing(r.range.va, r.range.len);
                 let mapped = tables
                     .reserve_spares(&data.vram, need)
                     .and_then(|()| bo.map(&data.vram, tables, table, &r.range));

@@ -267,6 +267,17 @@ fn vas_needed(ops: &[BindOp]) -> usize {
         + 1
 }
 
+/// The page tables that the maps among `ops` can take beyond those `tables` has.
+fn missing_tables(tables: &PageTables, ops: &[BindOp]) -> usize {
+    ops.iter()
+        .filter(|op| !matches!(op, BindOp::Unmap { .. }))
+        .map(|op| {
+            let span = op.span();
+            tables.missing(span.start, span.end - span.start)
+        })
+        .sum()
+}
+
 /// Whether every operation of `ops` is an UNMAP: a call that must not fail for lack of memory.
 pub(crate) fn only_unmaps(ops: &[BindOp]) -> bool {
     ops.iter().all(|op| matches!(op, BindOp::Unmap { .. }))
@@ -319,17 +330,20 @@ impl Vm {
             }
         }
         let mut vm_bos = KVec::new();
-        let mut tables = 0;
         for op in ops {
             let obj = match op {
                 BindOp::Map { bo, .. } => bo,
                 BindOp::MapNull { .. } => &self.null,
                 BindOp::Unmap { .. } => continue,
             };
-            let span = op.span();
-            tables += PageTables::tables_for(span.start, span.end - span.start);
             vm_bos.push(self.gpuvm.obtain(obj, ())?, GFP_KERNEL_ACCOUNT)?;
         }
+        let tables = self
+            .space
+            .lock()
+            .tables
+            .as_ref()
+            .map_or(0, |t| missing_tables(t, ops));
         // Room in VRAM for the page tables, made by eviction before any reservation lock is
         // taken. Without it, the tables' allocation reports the shortage.
         // CAST: `usize` fits in `u64`.
@@ -385,18 +399,21 @@ impl Vm {
                 return Err(e);
             }
         }
-        tables
-            .add_spares(&data.vram, prepared.tables)
-            .inspect_err(|e| {
-                tables.trim();
-                dev_dbg!(
-                    data.pdev,
-                    "VM_BIND: {} page tables: {:?} ({:#x} bytes of VRAM available)\n",
-                    prepared.tables,
-                    e,
-                    data.vram.avail()
-                );
-            })
+        // Counted again: the tables in place are the same, but for one that an import's
+        // revalidation made a spare, which the count then finds missing.
+        let need = missing_tables(tables, ops);
+        tables.reserve_spares(&data.vram, need).inspect_err(|e| {
+            tables.trim();
+            dev_dbg!(
+                data.pdev,
+                "VM_BIND: {} page tables ({} counted before): {:?} ({:#x} bytes of VRAM \
+                 available)\n",
+                need,
+                prepared.tables,
+                e,
+                data.vram.avail()
+            );
+        })
     }
 
     /// Gives back the page tables [`Vm::provision`] took, when another member of the VM failed.
