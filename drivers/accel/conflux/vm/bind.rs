@@ -311,16 +311,7 @@ impl Vm {
             );
             return Err(EOPNOTSUPP);
         }
-        // Replacing or removing a mapping that a job may use waits for the jobs.
-        let changes = ops.iter().any(|op| {
-            let span = op.span();
-            matches!(op, BindOp::Unmap { .. }) || self.gpuvm.find_first(span).is_some()
-        });
-        if changes {
-            if let Some(last) = self.last.clone() {
-                last.wait(true)?;
-            }
-        }
+        self.wait_for_jobs(ops)?;
         // The reserve of `drm_gpuva`s, refilled for this call and the reserved UNMAPs after it.
         // UNMAPs go on without the refill while the reserve holds what they take.
         let need = vas_needed(ops);
@@ -344,17 +335,36 @@ impl Vm {
             .tables
             .as_ref()
             .map_or(0, |t| missing_tables(t, ops));
-        // Room in VRAM for the page tables, made by eviction before any reservation lock is
-        // taken. Without it, the tables' allocation reports the shortage.
+        Ok(Prepared { vm_bos, tables })
+    }
+
+    /// Waits for the VM's jobs when `ops` replace or remove a mapping that a job may use;
+    /// [`ERESTARTSYS`] when a signal comes first.
+    pub(super) fn wait_for_jobs(&self, ops: &[BindOp]) -> Result {
+        let changes = ops.iter().any(|op| {
+            let span = op.span();
+            matches!(op, BindOp::Unmap { .. }) || self.gpuvm.find_first(span).is_some()
+        });
+        match &self.last {
+            Some(last) if changes => last.wait(true),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes room in VRAM for the page tables of a bind that [`Vm::prepare`] counted, by
+    /// eviction, before any reservation lock is taken: the one step of a bind that moves other
+    /// buffers, taken once every member has prepared. Without room, the tables' allocation
+    /// reports the shortage; only a signal fails this step.
+    pub(super) fn make_room(&self, data: &DeviceData<'_>, prepared: &Prepared) -> Result {
         // CAST: `usize` fits in `u64`.
-        let need = tables as u64 * TABLE_SIZE;
+        let need = prepared.tables as u64 * TABLE_SIZE;
         if need > data.vram.avail() {
             match crate::gem::moves::make_room(data, need, &[]) {
                 Err(e) if e == ERESTARTSYS => return Err(e),
                 _ => {}
             }
         }
-        Ok(Prepared { vm_bos, tables })
+        Ok(())
     }
 
     /// Fills the reserve of `drm_gpuva`s up to `count`.

@@ -216,7 +216,12 @@ impl SharedVm {
             plans.push((i, theirs), GFP_KERNEL_ACCOUNT)?;
         }
         plans.push((mine, ops), GFP_KERNEL_ACCOUNT)?;
-        // Check, wait and allocate on every member before anything changes.
+        // Wait for the jobs of every member first, so that a signal ends the call before any
+        // member allocated; then allocate on every member, and only then make room in VRAM,
+        // the step that moves other buffers.
+        for (i, ops) in plans.iter() {
+            members[*i].vm.wait_for_jobs(ops)?;
+        }
         let mut prepared = KVec::with_capacity(plans.len(), GFP_KERNEL_ACCOUNT)?;
         let mut result = Ok(());
         for (i, ops) in plans.iter() {
@@ -225,6 +230,15 @@ impl SharedVm {
                 Ok(p) => prepared.push(p, GFP_KERNEL_ACCOUNT)?,
                 Err(e) => {
                     result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            for ((i, _), p) in plans.iter().zip(prepared.iter()) {
+                let m = &members[*i];
+                result = DeviceData::with(&m.dev, |_, data| m.vm.make_room(data, p));
+                if result.is_err() {
                     break;
                 }
             }
