@@ -235,7 +235,7 @@ fn main() -> ExitCode {
                 if let Err(e) = test_bind(&mut t, &dev) {
                     t.check(&format!("{}: VM_BIND", path.display()), false, e);
                 }
-                if let Err(e) = sparse::test_sparse(&mut t, &dev) {
+                if let Err(e) = sparse::test_sparse(&mut t, &[&dev]) {
                     t.check(&format!("{}: sparse binds", path.display()), false, e);
                 }
                 if let Err(e) = test_jobs(&mut t, &dev) {
@@ -314,6 +314,18 @@ fn main() -> ExitCode {
         if found.len() >= 2 {
             if let Err(e) = test_shared_vm(&mut t, &found) {
                 t.check(&format!("{}: shared VM", path.display()), false, e);
+            }
+            let pair = (Device::open(&found[0]), Device::open(&found[1]));
+            let sparse = match &pair {
+                (Ok(a), Ok(b)) => sparse::test_sparse(&mut t, &[a, b]).map_err(|e| e.to_string()),
+                (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+            };
+            if let Err(e) = sparse {
+                t.check(
+                    &format!("{}: sparse binds on a shared VM", path.display()),
+                    false,
+                    e,
+                );
             }
         }
         if found.len() >= 3 {

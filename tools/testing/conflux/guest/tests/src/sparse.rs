@@ -2,7 +2,8 @@
 
 //! Sparse binding against a model: random MAP, replacing MAP, partial UNMAP and NULL maps on a
 //! window of the VA space, with jobs reading through it after every step and the result
-//! compared with what an in-test model says every page must read.
+//! compared with what an in-test model says every page must read; on one device's VM, and on a
+//! VM that two devices share, whose jobs run on either member.
 
 use conflux::{copy_cmd, fill_cmd, map_op, null_op, uapi, unmap_op, BindOp, Device, Error};
 
@@ -79,18 +80,28 @@ fn random_op(rng: &mut Rng, model: &mut [Page], handles: &[u32; 2]) -> BindOp {
     }
 }
 
-/// The path VM_PATH must report for `page`.
-fn path_of(page: Page) -> u32 {
+/// Whether VM_PATH's `path` for member `member` fits `page`: member 0 owns the buffers, one in
+/// its VRAM and one in system memory; another member reaches the VRAM one by some route.
+fn path_fits(page: Page, member: u32, path: u32) -> bool {
     match page {
-        Page::Unmapped => 0,
-        Page::Buf { src: 0, .. } => uapi::DRM_CONFLUX_PATH_LOCAL,
-        Page::Buf { .. } => uapi::DRM_CONFLUX_PATH_SYSTEM,
-        Page::Null => uapi::DRM_CONFLUX_PATH_NULL,
+        Page::Unmapped => path == 0,
+        Page::Buf { src: 0, .. } if member == 0 => path == uapi::DRM_CONFLUX_PATH_LOCAL,
+        Page::Buf { src: 0, .. } => !matches!(
+            path,
+            0 | uapi::DRM_CONFLUX_PATH_LOCAL | uapi::DRM_CONFLUX_PATH_NULL
+        ),
+        Page::Buf { .. } => path == uapi::DRM_CONFLUX_PATH_SYSTEM,
+        Page::Null => path == uapi::DRM_CONFLUX_PATH_NULL,
     }
 }
 
-/// One run of the model test from `seed`; an error names the step and the seed.
-fn run(dev: &Device, seed: u64) -> Result<Result<usize, String>, Error> {
+/// One run of the model test from `seed` on the VM of `devs[0]`, which the others join; each
+/// step's job runs on a random member. An error names the step and the seed.
+fn run(devs: &[&Device], seed: u64) -> Result<Result<usize, String>, Error> {
+    let dev = devs[0];
+    for other in &devs[1..] {
+        other.vm_join(dev)?;
+    }
     let len = PAGES * KIB4;
     let vram = dev.bo_create(len)?;
     let sys = dev.bo_create_in(len, uapi::DRM_CONFLUX_BO_SYSTEM)?;
@@ -139,10 +150,16 @@ fn run(dev: &Device, seed: u64) -> Result<Result<usize, String>, Error> {
         }
         let (at, n) = ((first * KIB4) as usize, (count * KIB4) as usize);
         dev.write(out.handle, at as u64, &vec![0xee; n])?;
+        // CAST: a handful of members.
+        let member = rng.below(devs.len() as u64) as usize;
         if !cmds.is_empty() {
-            let job = dev.submit(&cmds, 0, 0)?;
-            if let Err(e) = dev.wait(job, -1) {
-                return fail(step, format!("the job over pages {stretch:?} failed: {e}"));
+            let runner = devs[member];
+            let job = runner.submit(&cmds, 0, 0)?;
+            if let Err(e) = runner.wait(job, -1) {
+                return fail(
+                    step,
+                    format!("the job of member {member} over pages {stretch:?} failed: {e}"),
+                );
             }
         }
         let mut got = vec![0u8; n];
@@ -163,7 +180,8 @@ fn run(dev: &Device, seed: u64) -> Result<Result<usize, String>, Error> {
             return fail(
                 step,
                 format!(
-                    "byte {:#x} of window page {page} ({:?}) reads {:#x}, expected {:#x}",
+                    "member {member}: byte {:#x} of window page {page} ({:?}) reads {:#x}, \
+                     expected {:#x}",
                     d as u64 % KIB4,
                     model[page as usize],
                     got[d],
@@ -171,17 +189,19 @@ fn run(dev: &Device, seed: u64) -> Result<Result<usize, String>, Error> {
                 ),
             );
         }
-        // The path of a random page, as VM_PATH reports it.
+        // The path of a random page for every member, as VM_PATH reports it.
         let page = rng.below(PAGES);
-        let path = dev.vm_path(0, WINDOW + page * KIB4)?;
-        if path != path_of(model[page as usize]) {
-            return fail(
-                step,
-                format!(
-                    "VM_PATH of window page {page} ({:?}) is {path}",
-                    model[page as usize]
-                ),
-            );
+        for m in 0..devs.len() as u32 {
+            let path = dev.vm_path(m, WINDOW + page * KIB4)?;
+            if !path_fits(model[page as usize], m, path) {
+                return fail(
+                    step,
+                    format!(
+                        "VM_PATH of window page {page} ({:?}) for member {m} is {path}",
+                        model[page as usize]
+                    ),
+                );
+            }
         }
         // Now and then, a read of an unmapped page must fault.
         if step % 100 == 99 {
@@ -198,24 +218,35 @@ fn run(dev: &Device, seed: u64) -> Result<Result<usize, String>, Error> {
     Ok(Ok(ops_done))
 }
 
-/// The model test, with the seed of `CONFLUX_SEED` or the default one.
-pub(crate) fn test_sparse(t: &mut Tally, dev: &Device) -> Result<(), Error> {
-    let name = dev.path().display().to_string();
+/// The model test on the VM of `devs[0]`, shared with the other devices, with the seed of
+/// `CONFLUX_SEED` or the default one.
+pub(crate) fn test_sparse(t: &mut Tally, devs: &[&Device]) -> Result<(), Error> {
+    let names: Vec<String> = devs
+        .iter()
+        .map(|d| d.path().display().to_string())
+        .collect();
+    let what = match names.len() {
+        1 => format!(
+            "{}: sparse binds against the model, {STEPS} steps",
+            names[0]
+        ),
+        _ => format!(
+            "{}: sparse binds against the model on a VM shared with {}, {STEPS} steps",
+            names[0],
+            names[1..].join(", ")
+        ),
+    };
     let seed = std::env::var("CONFLUX_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_SEED);
-    match run(dev, seed)? {
+    match run(devs, seed)? {
         Ok(ops) => t.check(
-            &format!("{name}: sparse binds against the model, {STEPS} steps"),
+            &what,
             true,
             format!("seed {seed}, {ops} operations, every read as the model says"),
         ),
-        Err(e) => t.check(
-            &format!("{name}: sparse binds against the model, {STEPS} steps"),
-            false,
-            e,
-        ),
+        Err(e) => t.check(&what, false, e),
     }
     Ok(())
 }
