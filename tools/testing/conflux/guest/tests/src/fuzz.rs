@@ -297,7 +297,12 @@ impl Op {
                         5 | 6 => uapi::DRM_CONFLUX_BIND_UNMAP,
                         _ => r.next() as u32,
                     },
-                    flags: if r.below(4) == 0 { small(r) } else { 0 },
+                    flags: match r.below(8) {
+                        0 => uapi::DRM_CONFLUX_BIND_READONLY,
+                        1 => uapi::DRM_CONFLUX_BIND_NULL,
+                        2 => small(r),
+                        _ => 0,
+                    },
                     handle: Arg::draw(r, &[0, u32::MAX as u64]),
                     bo_offset: Arg::draw(r, &SIZES),
                     va: Arg::draw(r, &VAS),
