@@ -109,14 +109,15 @@ pub(crate) fn test_jobs(t: &mut Tally, dev: &Device) -> Result<(), Error> {
         all == data,
         "compared",
     );
-    // WAIT that times out: a long job.
+    // WAIT that times out: a long job, behind enough copies (a few tenths of a second for the
+    // model) that a guest thread the host leaves waiting for a while still finds it running.
     let long: Vec<Cmd> = (0..64).map(|_| copy_cmd(VA, 2 * VA, MIB2)).collect();
     let mut lj = 0;
-    for _ in 0..4 {
+    for _ in 0..16 {
         lj = dev.submit(&long, 0, 0)?;
     }
     t.errno(
-        &format!("{name}: WAIT with timeout 0 on a job behind 512 MiB of copies"),
+        &format!("{name}: WAIT with timeout 0 on a job behind 2 GiB of copies"),
         dev.wait(lj, 0),
         libc::ETIME,
     );

@@ -319,7 +319,7 @@ pub(crate) fn test_shared_vm(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
         .collect();
     let moved = [map_op(a2, 0, 5 * VA, len, false), unmap_op(a2_va, len)];
     let mut interrupted = false;
-    for attempt in 0..4 {
+    for attempt in 0..6 {
         for _ in 0..(2 << attempt) {
             g[2].submit(&long, 0, 0)?;
         }
@@ -367,7 +367,7 @@ pub(crate) fn test_shared_vm(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
             names[0]
         ),
         interrupted,
-        "with up to 16 jobs of 128 MiB of copies in flight",
+        "with up to 64 jobs of 128 MiB of copies in flight",
     );
 
     // A member that closes its file leaves; the others keep the VM.
