@@ -19,7 +19,8 @@
 //! When that signals, the finished fence signals with the same result and the credits go back;
 //! the worker later drops the job, and with it everything the job kept alive. Finished fences
 //! signal in submission order. A job whose dependency failed does not run: its finished fence
-//! signals the dependency's error.
+//! signals the dependency's error (unless [`QueueOps::RUNS_AFTER_FAILED_DEPENDENCY`]: it runs
+//! once every dependency has signalled, and its finished fence signals the error after).
 //!
 //! A driver whose completion handler calls [`JobQueue::signal_done`] once it has signalled
 //! hardware fences ([`QueueOps::SIGNALS_DONE`]) has the finished fences signalled right there,
@@ -131,6 +132,12 @@ pub trait QueueOps: Send + Sync {
     /// driver's handler, and the worker retires jobs a few at a time.
     const SIGNALS_DONE: bool = false;
 
+    /// Whether a job whose dependency failed still runs, once every dependency has signalled,
+    /// and then signals its finished fence with the first dependency's error. For jobs that must
+    /// happen whatever came before them, such as page-table updates that the driver's own state
+    /// already shows; other jobs do not run, and their finished fences signal the error at once.
+    const RUNS_AFTER_FAILED_DEPENDENCY: bool = false;
+
     /// Writes `job` to the hardware. `idle` tells whether no job of the queue is running.
     ///
     /// Called from [`JobQueue::push`] or the queue's worker, one job at a time, in submission
@@ -229,6 +236,9 @@ struct Node<J> {
     hw_error: Option<Error>,
     /// Why the job ends without running: a failed dependency, or [`Run::Failed`].
     error: Option<Error>,
+    /// The first failed dependency of a job that runs all the same
+    /// ([`QueueOps::RUNS_AFTER_FAILED_DEPENDENCY`]).
+    dep_error: Option<Error>,
     /// Registered on the dependency waited for, then on the hardware fence (unless
     /// [`QueueOps::SIGNALS_DONE`]).
     #[pin]
@@ -251,6 +261,7 @@ impl<J> Node<J> {
         self.error
             .or(self.hw_error)
             .or_else(|| self.hw.as_ref().and_then(|hw| hw.result().err()))
+            .or(self.dep_error)
     }
 }
 
@@ -600,6 +611,7 @@ where
                 number: 0,
                 hw_error: None,
                 error: None,
+                dep_error: None,
                 wake <- FenceCallback::new(Wake {
                     work: self.run.get(),
                 }),
@@ -1089,6 +1101,12 @@ where
                     // SAFETY: `deps` is not structurally pinned.
                     unsafe { node.as_mut().get_unchecked_mut() }.deps.pop();
                 }
+                Err(e) if T::RUNS_AFTER_FAILED_DEPENDENCY => {
+                    // SAFETY: `deps` and `dep_error` are not structurally pinned.
+                    let fields = unsafe { node.as_mut().get_unchecked_mut() };
+                    fields.dep_error = fields.dep_error.or(Some(e));
+                    fields.deps.pop();
+                }
                 Err(e) => {
                     // SAFETY: `deps` and `error` are not structurally pinned.
                     let fields = unsafe { node.as_mut().get_unchecked_mut() };
@@ -1302,6 +1320,28 @@ mod tests {
         type Timeline = Finished;
         const IN_ORDER: bool = true;
         const SIGNALS_DONE: bool = true;
+
+        fn run(&self, job: &mut FakeJob, idle: bool) -> Run {
+            self.0.run(job, idle)
+        }
+
+        fn timed_out(&self, job: Running<'_>) -> Ended {
+            self.0.timed_out(job)
+        }
+
+        fn timeout(&self) -> Delta {
+            self.0.timeout()
+        }
+    }
+
+    /// The fake engine of a driver whose jobs run even after a dependency failed.
+    struct Stubborn(Fake);
+
+    impl QueueOps for Stubborn {
+        type Job = FakeJob;
+        type Timeline = Finished;
+        const IN_ORDER: bool = true;
+        const RUNS_AFTER_FAILED_DEPENDENCY: bool = true;
 
         fn run(&self, job: &mut FakeJob, idle: bool) -> Run {
             self.0.run(job, idle)
@@ -1578,6 +1618,40 @@ mod tests {
         end(&q, 2);
         assert_eq!(finishes(&after), Ok(true));
         assert_eq!(after.status(), Ok(true));
+        Ok(())
+    }
+
+    #[test]
+    fn a_job_that_must_run_waits_for_every_dependency_and_reports_the_failure() -> Result {
+        let q = KBox::pin_init(
+            JobQueue::new(Ok::<_, Error>(Stubborn(fake(10_000)?)), 64, 8),
+            GFP_KERNEL,
+        )?;
+        let (a, b) = (external(), external());
+        let (fa, fb) = (a.new_fence(GFP_KERNEL)?, b.new_fence(GFP_KERNEL)?);
+        let mut job = q.prepare(
+            FakeJob {
+                id: 1,
+                hw: Some(FenceMemory::new(GFP_KERNEL)?),
+            },
+            1,
+            GFP_KERNEL,
+        )?;
+        job.add_dependency(fa.fence(), GFP_KERNEL)?;
+        job.add_dependency(fb.fence(), GFP_KERNEL)?;
+        let done = q.push(job, false)?;
+        fa.signal_error(EIO);
+        q.flush();
+        // Still waiting for the other dependency.
+        assert!(q.ops().0.order.lock().is_empty());
+        assert!(!done.is_signaled());
+        fb.signal();
+        q.flush();
+        assert_eq!(q.ops().0.order.lock().len(), 1);
+        assert!(!done.is_signaled());
+        end_on(&q.ops().0, 1);
+        assert_eq!(finishes(&done), Ok(true));
+        assert_eq!(done.status(), Err(EIO));
         Ok(())
     }
 
