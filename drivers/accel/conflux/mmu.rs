@@ -10,9 +10,15 @@
 pub(crate) mod address_space;
 mod table;
 
+use core::sync::atomic::{
+    AtomicUsize,
+    Ordering, //
+};
+
 use kernel::{
     prelude::*,
-    sizes::SZ_4K, //
+    sizes::SZ_4K,
+    sync::Arc, //
 };
 
 use crate::{
@@ -27,6 +33,7 @@ use crate::{
 };
 
 use table::Table;
+pub(crate) use table::WriteLog;
 
 /// The size of the page an entry at `level` maps: 4 KiB at level 0, 2 MiB at level 1.
 const fn level_size(level: u32) -> u64 {
@@ -87,9 +94,23 @@ pub(crate) struct PageCounts {
 /// Tables are taken from `spare` before any is allocated. An owner that unmaps parts of 2 MiB
 /// entries keeps at least one spare table per 2 MiB entry ([`Self::add_spares`],
 /// [`Self::trim`]), so that splitting one never allocates.
+///
+/// While a bind that waits for fences commits, the entries it changes go to its [`WriteLog`]
+/// ([`Self::start_log`]), but for the directories of new level-2 and level-1 tables, which
+/// translate nothing until entries below them do, and the entries of tables not yet linked.
+///
+/// # Invariants
+///
+/// `pending` counts the logs taken from the tables ([`Self::take_log`]) and not yet written to
+/// VRAM. The tables in `retired` were unlinked by such a log: the device may walk them until it
+/// is written, so they are neither reused nor freed while `pending` is not zero. The tables in
+/// `spare` are linked nowhere in VRAM, and empty there.
 pub(crate) struct PageTables {
     root: KBox<Table>,
     spare: KVec<KBox<Table>>,
+    retired: KVec<KBox<Table>>,
+    log: Option<WriteLog>,
+    pending: Arc<AtomicUsize>,
     /// Leaf entries mapped with 2 MiB pages, and with 4 KiB pages.
     huge_pages: u64,
     small_pages: u64,
@@ -110,6 +131,9 @@ impl PageTables {
         Ok(Self {
             root: Table::new(vram)?,
             spare: KVec::new(),
+            retired: KVec::new(),
+            log: None,
+            pending: Arc::new(AtomicUsize::new(0), GFP_KERNEL_ACCOUNT)?,
             huge_pages: 0,
             small_pages: 0,
         })
@@ -185,11 +209,47 @@ impl PageTables {
         self.add_spares(vram, want.saturating_sub(self.spare.len()))
     }
 
-    /// Frees the spare tables beyond one per 2 MiB entry.
+    /// Frees the spare tables beyond one per 2 MiB entry, once no log is pending; the tables
+    /// that logs retired become spares then.
     pub(crate) fn trim(&mut self) {
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        while let Some(table) = self.retired.pop() {
+            // Without room among the spares, it is freed: nothing links it any more.
+            let _ = self.spare.push(table, GFP_KERNEL_ACCOUNT);
+        }
         while self.spare.len() as u64 > self.huge_pages {
             drop(self.spare.pop());
         }
+    }
+
+    /// Makes room for `count` tables that a logged commit may retire, and for `count` more
+    /// spares, so that neither needs memory then.
+    pub(crate) fn reserve_retired(&mut self, count: usize) -> Result {
+        self.retired.reserve(count, GFP_KERNEL_ACCOUNT)?;
+        self.spare.reserve(count, GFP_KERNEL_ACCOUNT)?;
+        Ok(())
+    }
+
+    /// Sends the writes of VRAM entries to `log` until [`Self::take_log`].
+    pub(crate) fn start_log(&mut self, log: WriteLog) {
+        self.log = Some(log);
+    }
+
+    /// Ends the log [`Self::start_log`] began, which counts as pending until the counter
+    /// [`Self::pending`] gives is decremented, once it is written.
+    pub(crate) fn take_log(&mut self) -> Option<WriteLog> {
+        let log = self.log.take();
+        if log.is_some() {
+            self.pending.fetch_add(1, Ordering::AcqRel);
+        }
+        log
+    }
+
+    /// The count of logs taken and not yet written to VRAM.
+    pub(crate) fn pending(&self) -> Arc<AtomicUsize> {
+        self.pending.clone()
     }
 
     /// The leaf entries and spare tables in use.
@@ -257,6 +317,7 @@ impl PageTables {
     /// Writes the leaf for `va` at `level` (1 or 0), creating the tables on the way.
     fn set_leaf(&mut self, vram: &Vram<'_>, va: u64, level: u32, entry: Pte) -> Result {
         let spare = &mut self.spare;
+        let mut log = self.log.as_mut();
         let mut table = &mut self.root;
         for l in (level + 1..=3).rev() {
             let i = level_index(va, l);
@@ -272,7 +333,10 @@ impl PageTables {
                 if let Some(slot) = table.children.get_mut(i) {
                     *slot = Some(child);
                 }
-                table.set(vram, i, dir)?;
+                // A new level-2 or level-1 table translates nothing: linked at once. A new
+                // level-0 table takes the place of a 2 MiB entry that a log may still clear.
+                let logged = if l > 1 { None } else { log.as_deref_mut() };
+                table.set(vram, logged, i, dir)?;
             }
             table = table
                 .children
@@ -290,16 +354,23 @@ impl PageTables {
             // A level-0 table left empty by unmaps gives way to a 2 MiB entry, and becomes a
             // spare. The directory entry is cleared first, so the device never walks a mix of
             // the two entries.
-            table.set(vram, i, Pte::INVALID)?;
+            table.set(vram, log.as_deref_mut(), i, Pte::INVALID)?;
             if let Some(child) = table.children.get_mut(i).and_then(Option::take) {
-                // Without room in the pool, the table is freed.
-                let _ = spare.push(child, GFP_KERNEL_ACCOUNT);
+                if log.is_some() {
+                    // The device walks it until the log is written: in room reserved before.
+                    if let Err(err) = self.retired.push_within_capacity(child) {
+                        let _ = spare.push(err.0, GFP_KERNEL_ACCOUNT);
+                    }
+                } else {
+                    // Without room in the pool, the table is freed.
+                    let _ = spare.push(child, GFP_KERNEL_ACCOUNT);
+                }
             }
         }
         if table.entry(i).valid() || table.children.get(i).is_some_and(Option::is_some) {
             return Err(EEXIST);
         }
-        table.set(vram, i, entry)?;
+        table.set(vram, log, i, entry)?;
         if level > 0 {
             self.huge_pages += 1;
         } else {
@@ -324,6 +395,7 @@ impl PageTables {
     /// returns the address where the next leaf may start.
     fn clear(&mut self, vram: &Vram<'_>, cur: u64, end: u64) -> u64 {
         let spare = &mut self.spare;
+        let mut log = self.log.as_mut();
         let mut table = &mut self.root;
         for level in (0..=3).rev() {
             let size = level_size(level);
@@ -351,12 +423,14 @@ impl PageTables {
                             let page = entry.addr() + k as u64 * step;
                             let small = Pte::page(page, entry.aperture(), entry.writable(), false);
                             // A write to VRAM through the BAR only fails outside the BAR,
-                            // which the table is not.
-                            let _ = child.set(vram, k, small);
+                            // which the table is not. A spare is linked nowhere: written at
+                            // once.
+                            let _ = child.set(vram, None, k, small);
                         }
                         // The directory translates every page as the 2 MiB entry did, so the
                         // device may see either.
-                        let _ = table.set(vram, i, Pte::directory(child.offset()));
+                        let dir = Pte::directory(child.offset());
+                        let _ = table.set(vram, log.as_deref_mut(), i, dir);
                         if let Some(slot) = table.children.get_mut(i) {
                             *slot = Some(child);
                         }
@@ -371,7 +445,7 @@ impl PageTables {
                         }
                     }
                 }
-                let _ = table.set(vram, i, Pte::INVALID);
+                let _ = table.set(vram, log, i, Pte::INVALID);
                 if level > 0 {
                     self.huge_pages -= 1;
                 } else {

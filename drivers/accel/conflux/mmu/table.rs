@@ -48,7 +48,7 @@ impl Table {
             children.push(None, GFP_KERNEL_ACCOUNT)?;
         }
         for i in 0..TABLE_ENTRIES {
-            write_entry(vram, offset, i, Pte::INVALID)?;
+            write_entry(vram, offset + 8 * i as u64, Pte::INVALID)?;
         }
         Ok(KBox::new(
             Self {
@@ -66,9 +66,20 @@ impl Table {
         self.offset
     }
 
-    /// Writes entry `index`, in VRAM and in the shadow.
-    pub(super) fn set(&mut self, vram: &Vram<'_>, index: usize, entry: Pte) -> Result {
-        write_entry(vram, self.offset, index, entry)?;
+    /// Writes entry `index` in the shadow, and in VRAM or, when `log` is given, in the log that
+    /// writes it to VRAM later.
+    pub(super) fn set(
+        &mut self,
+        vram: &Vram<'_>,
+        log: Option<&mut WriteLog>,
+        index: usize,
+        entry: Pte,
+    ) -> Result {
+        let offset = self.offset + 8 * index as u64;
+        match log {
+            Some(log) => log.push(vram, offset, entry)?,
+            None => write_entry(vram, offset, entry)?,
+        }
         if let Some(e) = self.entries.get_mut(index) {
             *e = entry;
         }
@@ -86,11 +97,55 @@ impl Table {
     }
 }
 
-/// Writes entry `index` of the table at VRAM offset `table`. A valid entry is written high half
+/// Page-table writes kept for later, in order: what a bind that waits for fences changes in
+/// VRAM once they have signalled, while the shadow shows it at once.
+///
+/// # Invariants
+///
+/// Every entry is a VRAM offset of a page-table entry and the value to write there.
+pub(crate) struct WriteLog {
+    writes: KVVec<(u64, Pte)>,
+    /// Writes that did not fit and went to VRAM at once.
+    overflow: usize,
+}
+
+impl WriteLog {
+    /// A log with room for `count` writes.
+    pub(crate) fn with_capacity(count: usize) -> Result<Self> {
+        Ok(Self {
+            writes: KVVec::with_capacity(count, GFP_KERNEL_ACCOUNT)?,
+            overflow: 0,
+        })
+    }
+
+    /// Logs the write of `entry` at VRAM offset `offset`. Past the room made, which the caller
+    /// counts to hold every write, the entry goes to VRAM at once.
+    fn push(&mut self, vram: &Vram<'_>, offset: u64, entry: Pte) -> Result {
+        if self.writes.push_within_capacity((offset, entry)).is_err() {
+            self.overflow += 1;
+            return write_entry(vram, offset, entry);
+        }
+        Ok(())
+    }
+
+    /// The writes logged, and those that did not fit.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.writes.len(), self.overflow)
+    }
+
+    /// Writes the logged entries to VRAM, in order. Neither allocates nor sleeps.
+    pub(crate) fn apply(&self, vram: &Vram<'_>) {
+        for &(offset, entry) in self.writes.iter() {
+            // A write to VRAM through the BAR only fails outside the BAR, which tables are not.
+            let _ = write_entry(vram, offset, entry);
+        }
+    }
+}
+
+/// Writes the page-table entry at VRAM offset `offset`. A valid entry is written high half
 /// first, so the device never sees a valid low half with a stale high half; an invalid one low
 /// half first.
-fn write_entry(vram: &Vram<'_>, table: u64, index: usize, entry: Pte) -> Result {
-    let offset = table + 8 * index as u64;
+fn write_entry(vram: &Vram<'_>, offset: u64, entry: Pte) -> Result {
     let raw = entry.into_raw();
     // CAST: the two halves of the entry.
     let (lo, hi) = (raw as u32, (raw >> 32) as u32);
