@@ -257,6 +257,10 @@ impl drm::Driver for ConfluxDrm {
         (CONFLUX_VM_JOIN, drm_conflux_vm_join, ioctl::RENDER_ALLOW, vm::join),
         (CONFLUX_VM_PATH, drm_conflux_vm_path, ioctl::RENDER_ALLOW, vm::path),
         (CONFLUX_BO_P2PMEM, drm_conflux_bo_p2pmem, ioctl::RENDER_ALLOW, bo::p2pmem),
+        (CONFLUX_BIND_QUEUE_CREATE, drm_conflux_bind_queue_create, ioctl::RENDER_ALLOW,
+            vm::queue_create),
+        (CONFLUX_BIND_QUEUE_DESTROY, drm_conflux_bind_queue_destroy, ioctl::RENDER_ALLOW,
+            vm::queue_destroy),
     }
 }
 

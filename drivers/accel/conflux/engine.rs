@@ -78,6 +78,7 @@ use crate::{
         CTL_SIZE,
         SLOT_SIZE, //
     },
+    vm::queue::BindState,
 };
 
 pub(crate) use job::Command;
@@ -124,6 +125,9 @@ pub(crate) struct EngineJob {
     _tables: Option<Arc<KeptTables>>,
     /// For the last job of a move: the memory the buffer left, and the window's addresses.
     pub(crate) moved: Option<MoveKeep>,
+    /// What the binds of queues whose entries were not all in VRAM at the submission keep: the
+    /// job may walk the entries they replace.
+    pub(crate) binds: KVec<Arc<BindState>>,
 }
 
 /// What the worker and recovery share: the ring head and the MMU root the driver last wrote,
@@ -300,6 +304,7 @@ impl<'bound> Engine<'bound> {
             _buffers: buffers,
             _tables: tables,
             moved: None,
+            binds: KVec::new(),
         };
         self.queue.prepare(job, credits, GFP_KERNEL_ACCOUNT)
     }

@@ -25,10 +25,21 @@ use crate::{
         IoctlDevice, //
     },
     vm::{
+        queue::BindQueue,
         shared::SharedVm,
         Vm, //
     },
 };
+
+/// The most bind queues of a file.
+const MAX_BIND_QUEUES: usize = kernel::uapi::DRM_CONFLUX_MAX_BIND_QUEUES as usize;
+
+/// The bind queues of a file, by number.
+struct BindQueues {
+    /// The number of the last queue created.
+    last: u32,
+    queues: KVec<(u32, Arc<BindQueue>)>,
+}
 
 /// The most failed jobs whose result a file keeps for WAIT.
 const KEPT_FAILURES: usize = 256;
@@ -77,6 +88,8 @@ pub(crate) struct File {
     vm: Mutex<Option<Arc<SharedVm>>>,
     #[pin]
     jobs: Mutex<Jobs>,
+    #[pin]
+    queues: Mutex<BindQueues>,
 }
 
 impl drm::file::DriverFile for File {
@@ -92,6 +105,10 @@ impl drm::file::DriverFile for File {
                     reserved: 0,
                     jobs: KVec::new(),
                 }),
+                queues <- new_mutex!(BindQueues {
+                    last: 0,
+                    queues: KVec::new(),
+                }),
             }),
             GFP_KERNEL_ACCOUNT,
         )
@@ -102,8 +119,13 @@ impl drm::file::DriverFile for File {
 impl PinnedDrop for File {
     fn drop(self: Pin<&mut Self>) {
         let id = self.id();
+        let queues = core::mem::take(&mut self.queues.lock().queues);
         let shared = self.vm.lock().take();
         if let Some(shared) = shared {
+            // Their binds go on, in order with the VM's others.
+            for (_, queue) in queues {
+                shared.drain(queue);
+            }
             shared.leave(id);
         }
     }
@@ -141,6 +163,49 @@ impl File {
     /// The slot of the file's VM, locked, for VM_JOIN to replace.
     pub(crate) fn vm_slot(&self) -> MutexGuard<'_, Option<Arc<SharedVm>>> {
         self.vm.lock()
+    }
+
+    /// Creates a bind queue on the file's VM, created if need be; gives its number, or
+    /// [`EMFILE`] when the file has [`MAX_BIND_QUEUES`].
+    pub(crate) fn create_queue(&self, dev: &IoctlDevice) -> Result<u32> {
+        self.shared_vm(dev)?;
+        let queue = BindQueue::new()?;
+        let mut queues = self.queues.lock();
+        if queues.queues.len() >= MAX_BIND_QUEUES {
+            return Err(EMFILE);
+        }
+        let number = queues.last.checked_add(1).ok_or(EMFILE)?;
+        queues.queues.push((number, queue), GFP_KERNEL_ACCOUNT)?;
+        queues.last = number;
+        Ok(number)
+    }
+
+    /// Bind queue `number`.
+    pub(crate) fn queue(&self, number: u32) -> Option<Arc<BindQueue>> {
+        let queues = self.queues.lock();
+        queues
+            .queues
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|(_, q)| q.clone())
+    }
+
+    /// Destroys bind queue `number`: its binds go on. [`ENOENT`] for an unknown one.
+    pub(crate) fn destroy_queue(&self, number: u32) -> Result {
+        let queue = {
+            let mut queues = self.queues.lock();
+            let i = queues
+                .queues
+                .iter()
+                .position(|(n, _)| *n == number)
+                .ok_or(ENOENT)?;
+            queues.queues.remove(i)?.1
+        };
+        match self.current_vm() {
+            Some(shared) => shared.drain(queue),
+            None => drop(queue),
+        }
+        Ok(())
     }
 
     /// Makes room to record one more job, before it is submitted.

@@ -48,7 +48,7 @@ use crate::{
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_get_info>() == 136);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_create>() == 16);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind_op>() == 40);
-const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind>() == 24);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind>() == 64);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_cmd>() == 32);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_submit>() == 72);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_wait>() == 24);
@@ -56,6 +56,8 @@ const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_info>() == 40);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_join>() == 16);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_path>() == 24);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bind_queue_create>() == 16);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bind_queue_destroy>() == 8);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_p2pmem>() == 24);
 const _: () = assert!(uapi::DRM_CONFLUX_MAX_CMDS as usize == MAX_JOB_COMMANDS);
 

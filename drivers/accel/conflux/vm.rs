@@ -8,6 +8,7 @@
 //! ranges of its buffers whose memory changed since they were bound ([`Vm::revalidate`]).
 
 pub(crate) mod bind;
+pub(crate) mod queue;
 pub(crate) mod shared;
 
 use core::{
@@ -58,7 +59,8 @@ use crate::{
             KeptTables, //
         },
         PageCounts,
-        PageTables, //
+        PageTables,
+        WriteLog, //
     },
     prime,
 };
@@ -67,6 +69,11 @@ use bind::{
     BindCtx,
     VmData,
     RESERVED_UNMAPS, //
+};
+use queue::{
+    BindState,
+    MemberLog,
+    PendingBind, //
 };
 
 /// A range of virtual addresses that a job reads, or writes.
@@ -102,7 +109,8 @@ pub(crate) fn usage(write: bool) -> Usage {
 /// `root` is their level-3 table. `null` has no memory; the ranges mapped to it are NULL pages.
 /// Between calls, `reserve` holds [`bind::RESERVED_VAS`] `drm_gpuva`s, and the records of
 /// `space` room for [`RESERVED_UNMAPS`] more, unless a call of UNMAPs took them when memory ran
-/// out.
+/// out. `pending` holds the binds of bind queues whose entries may not be in VRAM yet, in the
+/// order of their calls.
 pub(crate) struct Vm {
     gpuvm: UniqueRefGpuVm<VmData>,
     /// `drm_gpuva`s for the new mappings of a bind, and for the splits of UNMAPs that cannot
@@ -115,6 +123,9 @@ pub(crate) struct Vm {
     /// The fence of the last job submitted on the VM.
     last: Option<ARef<Fence>>,
     kept: Arc<KeptTables>,
+    pending: KVec<PendingBind>,
+    /// The count of logs of the tables not yet written to VRAM ([`PageTables::pending`]).
+    pending_logs: Arc<core::sync::atomic::AtomicUsize>,
 }
 
 impl Vm {
@@ -133,6 +144,7 @@ impl Vm {
         )?;
         let tables = PageTables::new(&data.vram)?;
         let root = tables.root();
+        let pending_logs = tables.pending();
         let mut reserve = KVec::with_capacity(bind::RESERVED_VAS, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..bind::RESERVED_VAS {
             reserve.push(GpuVaAlloc::new(GFP_KERNEL_ACCOUNT)?, GFP_KERNEL_ACCOUNT)?;
@@ -145,6 +157,8 @@ impl Vm {
             root,
             last: None,
             kept: KeptTables::new()?,
+            pending: KVec::new(),
+            pending_logs,
         })
     }
 
@@ -156,6 +170,27 @@ impl Vm {
     /// What a job on the VM holds until it is dropped: the tables outlive the VM until then.
     pub(crate) fn kept_tables(&self) -> Arc<KeptTables> {
         self.kept.clone()
+    }
+
+    /// The log of this member for a bind of a queue, on `dev`, once it committed.
+    fn member_log(&self, dev: &crate::driver::IoctlDevice, log: WriteLog) -> MemberLog {
+        MemberLog::new(dev, log, self.pending_logs.clone(), self.kept.clone())
+    }
+
+    /// Forgets the pending binds whose fences have signalled: their entries are in VRAM.
+    fn prune_pending(&mut self) {
+        self.pending.retain(|p| !p.fence.is_signaled());
+    }
+
+    /// What the binds whose entries may not be in VRAM yet keep, for a job submitted meanwhile,
+    /// which may walk the entries they replace.
+    pub(crate) fn pending_states(&mut self) -> Result<KVec<Arc<BindState>>> {
+        self.prune_pending();
+        let mut states = KVec::with_capacity(self.pending.len(), GFP_KERNEL_ACCOUNT)?;
+        for p in self.pending.iter() {
+            states.push(p.state.clone(), GFP_KERNEL_ACCOUNT)?;
+        }
+        Ok(states)
     }
 
     /// Records `fence` as the VM's last job.

@@ -30,6 +30,10 @@ extern "C" {
  *	&struct drm_conflux_vm_path
  * @DRM_CONFLUX_BO_P2PMEM: make a buffer of the device's peer-to-peer memory
  *	that the caller mapped, see &struct drm_conflux_bo_p2pmem
+ * @DRM_CONFLUX_BIND_QUEUE_CREATE: create a bind queue, see
+ *	&struct drm_conflux_bind_queue_create
+ * @DRM_CONFLUX_BIND_QUEUE_DESTROY: destroy a bind queue, see
+ *	&struct drm_conflux_bind_queue_destroy
  */
 enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_GET_INFO = 0,
@@ -43,6 +47,8 @@ enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_VM_JOIN,
 	DRM_CONFLUX_VM_PATH,
 	DRM_CONFLUX_BO_P2PMEM,
+	DRM_CONFLUX_BIND_QUEUE_CREATE,
+	DRM_CONFLUX_BIND_QUEUE_DESTROY,
 };
 
 /* Capability bits of &struct drm_conflux_get_info.caps (the device's CAPS). */
@@ -253,13 +259,39 @@ struct drm_conflux_vm_bind_op {
 	__u64 range;
 };
 
+/* &struct drm_conflux_vm_bind.flags */
+/* @in_fence_fd is a sync_file the bind waits for. */
+#define DRM_CONFLUX_VM_BIND_IN_FENCE_FD		(1 << 0)
+/* Out: @out_fence_fd receives a new sync_file of the bind's fence. */
+#define DRM_CONFLUX_VM_BIND_OUT_FENCE_FD	(1 << 1)
+
+/* Most bind queues of one open file. */
+#define DRM_CONFLUX_MAX_BIND_QUEUES	16
+/* Most binds one queue holds, waiting or done and not yet retired. */
+#define DRM_CONFLUX_MAX_QUEUED_BINDS	256
+
 /**
  * struct drm_conflux_vm_bind - change the mappings of a VM
  * @vm_id: the VM; 0 is the file's VM, the only one so far
  * @num_ops: number of operations, 1 to DRM_CONFLUX_MAX_BIND_OPS
  * @ops: user pointer to @num_ops &struct drm_conflux_vm_bind_op
- * @flags: must be 0
+ * @flags: DRM_CONFLUX_VM_BIND_* flags, only with a @queue
  * @pad: must be 0
+ * @queue: 0 for a synchronous bind, or a bind queue of the file
+ *	(DRM_IOCTL_CONFLUX_BIND_QUEUE_CREATE): the call returns once the
+ *	operations are checked and what they need allocated, and the page
+ *	tables change after the in-fences signal
+ * @num_in_syncs: 0 to DRM_CONFLUX_MAX_SYNCS; 0 without a @queue
+ * @num_out_syncs: 0 to DRM_CONFLUX_MAX_SYNCS; 0 without a @queue
+ * @in_fence_fd: with DRM_CONFLUX_VM_BIND_IN_FENCE_FD, a sync_file the bind
+ *	waits for
+ * @in_syncs: user pointer to @num_in_syncs &struct drm_conflux_sync the
+ *	bind waits for
+ * @out_syncs: user pointer to @num_out_syncs &struct drm_conflux_sync that
+ *	receive the bind's fence
+ * @out_fence_fd: out, with DRM_CONFLUX_VM_BIND_OUT_FENCE_FD: a sync_file of
+ *	the bind's fence (close-on-exec)
+ * @pad2: must be 0
  *
  * Every open file has a VM of its own, created at its first use, which
  * DRM_IOCTL_CONFLUX_VM_JOIN can share with the files of other devices. The
@@ -291,12 +323,77 @@ struct drm_conflux_vm_bind_op {
  * may not move to system memory, -EBUSY when it may but another importer
  * pinned it in VRAM, -EIO when its table breaks the member's DMA segment
  * limits.
+ *
+ * With a @queue, the call returns once the operations are checked and what
+ * they need is allocated, with the same errors; the VM shows the new
+ * mappings at once, and the page tables change once the in-fences, the
+ * binds before it on the queue, the binds of other queues in the same
+ * 2 MiB regions and, for an unmap or a replacing map, the VM's jobs are
+ * done. The bind's fence, put in @out_syncs and @out_fence_fd, signals when
+ * the page tables of every member are written; it carries the error of a
+ * failed in-fence, but the bind happens all the same. Until then the bind
+ * keeps the buffers it maps or unmaps where they are. On a VM of several
+ * devices a queue only maps NULL pages and unmaps; a queued operation that
+ * maps a buffer there, or that maps or changes a mapping of an imported
+ * buffer, fails with -EOPNOTSUPP. More errors with a @queue: -ENOENT for an
+ * unknown queue or syncobj, -EINVAL for a syncobj without a fence at the
+ * point asked or fence fields without a queue, -EMFILE when no descriptor
+ * is left for @out_fence_fd, -EAGAIN when the queue holds
+ * DRM_CONFLUX_MAX_QUEUED_BINDS binds.
  */
 struct drm_conflux_vm_bind {
 	__u32 vm_id;
 	__u32 num_ops;
 	__u64 ops;
 	__u32 flags;
+	__u32 pad;
+	__u32 queue;
+	__u32 num_in_syncs;
+	__u32 num_out_syncs;
+	__s32 in_fence_fd;
+	__u64 in_syncs;
+	__u64 out_syncs;
+	__s32 out_fence_fd;
+	__u32 pad2;
+};
+
+/**
+ * struct drm_conflux_bind_queue_create - create a bind queue
+ * @vm_id: the VM; 0 is the file's VM
+ * @flags: must be 0
+ * @queue: out: the queue's number in the file, from 1
+ * @pad: must be 0
+ *
+ * A bind queue orders the asynchronous VM_BINDs that name it: their page
+ * tables change in the order of the calls, each once its in-fences and the
+ * binds before it on the queue are done. Binds on different queues are not
+ * ordered with each other, but for binds whose ranges share a 2 MiB region
+ * of the VM, which change the page tables in the order of the calls.
+ *
+ * Errors: -EINVAL for non-zero @flags or @pad, -ENOENT for an unknown
+ * @vm_id, -EMFILE when the file has DRM_CONFLUX_MAX_BIND_QUEUES queues,
+ * -ENOMEM.
+ */
+struct drm_conflux_bind_queue_create {
+	__u32 vm_id;
+	__u32 flags;
+	__u32 queue;
+	__u32 pad;
+};
+
+/**
+ * struct drm_conflux_bind_queue_destroy - destroy a bind queue
+ * @queue: the queue
+ * @pad: must be 0
+ *
+ * The binds still queued are not cancelled: they change the page tables
+ * once their fences signal, and their fences signal as they would have.
+ * Closing the file destroys its queues the same way.
+ *
+ * Errors: -EINVAL for a non-zero @pad, -ENOENT for an unknown @queue.
+ */
+struct drm_conflux_bind_queue_destroy {
+	__u32 queue;
 	__u32 pad;
 };
 
@@ -581,8 +678,8 @@ enum {
 		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_BO_CREATE,
 			 struct drm_conflux_bo_create),
 	DRM_IOCTL_CONFLUX_VM_BIND =
-		DRM_IOW(DRM_COMMAND_BASE + DRM_CONFLUX_VM_BIND,
-			struct drm_conflux_vm_bind),
+		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_VM_BIND,
+			 struct drm_conflux_vm_bind),
 	DRM_IOCTL_CONFLUX_SUBMIT =
 		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_SUBMIT,
 			 struct drm_conflux_submit),
@@ -607,6 +704,12 @@ enum {
 	DRM_IOCTL_CONFLUX_BO_P2PMEM =
 		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_BO_P2PMEM,
 			 struct drm_conflux_bo_p2pmem),
+	DRM_IOCTL_CONFLUX_BIND_QUEUE_CREATE =
+		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_BIND_QUEUE_CREATE,
+			 struct drm_conflux_bind_queue_create),
+	DRM_IOCTL_CONFLUX_BIND_QUEUE_DESTROY =
+		DRM_IOW(DRM_COMMAND_BASE + DRM_CONFLUX_BIND_QUEUE_DESTROY,
+			struct drm_conflux_bind_queue_destroy),
 };
 
 #if defined(__cplusplus)

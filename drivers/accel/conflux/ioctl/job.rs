@@ -110,10 +110,22 @@ struct RawSync(uapi::drm_conflux_sync);
 // SAFETY: The structure has only integer fields and no padding, so any bytes are a valid value.
 unsafe impl FromBytes for RawSync {}
 
+/// Where a call names the fences it waits for and the syncobjs that receive its fence.
+pub(super) struct SyncArgs {
+    pub(super) in_syncobj: u32,
+    pub(super) out_syncobj: u32,
+    pub(super) in_syncs: u64,
+    pub(super) num_in_syncs: u32,
+    pub(super) out_syncs: u64,
+    pub(super) num_out_syncs: u32,
+    /// A sync_file to wait for.
+    pub(super) in_fence_fd: Option<i32>,
+}
+
 /// The fences a job waits for, and the syncobjs that receive its fence, looked up and
 /// allocated before the job is queued.
-struct Syncs {
-    wait: KVec<ARef<Fence>>,
+pub(super) struct Syncs {
+    pub(super) wait: KVec<ARef<Fence>>,
     /// Binary syncobjs, whose fence the job's replaces.
     replace: KVec<ARef<SyncObj>>,
     /// Timeline syncobjs, the point the job's fence takes, and the node it needs.
@@ -121,8 +133,8 @@ struct Syncs {
 }
 
 impl Syncs {
-    /// Reads and looks up the in- and out-fences of SUBMIT.
-    fn read(call: &Call<'_, '_>, args: &uapi::drm_conflux_submit, file: &DrmFile) -> Result<Self> {
+    /// Reads and looks up the in- and out-fences of a call.
+    pub(super) fn read(call: &Call<'_, '_>, args: &SyncArgs, file: &DrmFile) -> Result<Self> {
         let max = uapi::DRM_CONFLUX_MAX_SYNCS;
         let (n_in, n_out) = (args.num_in_syncs, args.num_out_syncs);
         if n_in > max || n_out > max {
@@ -157,8 +169,7 @@ impl Syncs {
             })?;
             syncs.wait.push(fence, GFP_KERNEL_ACCOUNT)?;
         }
-        if args.flags & uapi::DRM_CONFLUX_SUBMIT_IN_FENCE_FD != 0 {
-            let fd = args.in_fence_fd;
+        if let Some(fd) = args.in_fence_fd {
             let fence = Fence::from_sync_file(fd)
                 .map_err(|e| call.refuse(e, fmt!("in_fence_fd {fd}: not a sync_file")))?;
             syncs.wait.push(fence, GFP_KERNEL_ACCOUNT)?;
@@ -190,13 +201,38 @@ impl Syncs {
     }
 
     /// Puts `fence`, the job's, in every out-syncobj. Cannot fail.
-    fn signal(self, fence: &Fence) {
+    pub(super) fn signal(self, fence: &Fence) {
         for syncobj in self.replace.iter() {
             syncobj.replace_fence(Some(fence));
         }
         for (syncobj, point, node) in self.points {
             syncobj.add_point(node, fence, point);
         }
+    }
+}
+
+/// The sync_file of a call's out-fence, with its descriptor, made before the call changes
+/// anything.
+pub(super) struct OutFenceFd(Option<(SyncFile, i32)>);
+
+impl OutFenceFd {
+    /// A sync_file and a descriptor for it, when `wanted`.
+    pub(super) fn reserve(wanted: bool) -> Result<Self> {
+        if !wanted {
+            return Ok(Self(None));
+        }
+        let fd = FileDescriptorReservation::get_unused_fd_flags(flags::O_CLOEXEC)?;
+        let sync_file = SyncFile::reserve(fd)?;
+        let number = i32::try_from(sync_file.fd())?;
+        Ok(Self(Some((sync_file, number))))
+    }
+
+    /// Installs the sync_file of `fence`, and gives its descriptor. Cannot fail.
+    pub(super) fn install(self, fence: &Fence) -> Option<i32> {
+        let (mut sync_file, fd) = self.0?;
+        sync_file.set_fence(fence);
+        sync_file.install();
+        Some(fd)
     }
 }
 
@@ -254,19 +290,19 @@ pub(crate) fn submit(
         commands.push(command, GFP_KERNEL_ACCOUNT)?;
         Ok(())
     })?;
-    let syncs = Syncs::read(&call, args, file)?;
-    // Made now, with its descriptor: nothing can fail once the job is queued.
-    let out_sync_file = match out_fd {
-        true => {
-            let fd = FileDescriptorReservation::get_unused_fd_flags(flags::O_CLOEXEC)?;
-            Some(SyncFile::reserve(fd)?)
-        }
-        false => None,
+    let sync_args = SyncArgs {
+        in_syncobj: args.in_syncobj,
+        out_syncobj: args.out_syncobj,
+        in_syncs: args.in_syncs,
+        num_in_syncs: args.num_in_syncs,
+        out_syncs: args.out_syncs,
+        num_out_syncs: args.num_out_syncs,
+        in_fence_fd: (flags & uapi::DRM_CONFLUX_SUBMIT_IN_FENCE_FD != 0)
+            .then_some(args.in_fence_fd),
     };
-    let out_fence_fd = out_sync_file
-        .as_ref()
-        .map(|sync_file| i32::try_from(sync_file.fd()))
-        .transpose()?;
+    let syncs = Syncs::read(&call, &sync_args, file)?;
+    // Made now, with its descriptor: nothing can fail once the job is queued.
+    let out_sync_file = OutFenceFd::reserve(out_fd)?;
     let inner = file.inner();
     let slot = inner.reserve_job()?;
     let fence = inner.with_vm(dev, |vm| {
@@ -306,9 +342,13 @@ pub(crate) fn submit(
         }
         // Buffers whose memory changed since they were bound are mapped again first.
         vm.revalidate(data, &buffers, &locked)?;
+        let binds = vm.pending_states()?;
         let mut job = data
             .engine
             .prepare(vm.root(), commands, kept, Some(vm.kept_tables()))?;
+        if let Some(job) = job.job_mut() {
+            job.binds = binds;
+        }
         for fence in syncs.wait.iter() {
             job.add_dependency(fence, GFP_KERNEL_ACCOUNT)?;
         }
@@ -345,9 +385,7 @@ pub(crate) fn submit(
     })?;
     data.engine.start();
     syncs.signal(&fence);
-    if let (Some(mut sync_file), Some(fd)) = (out_sync_file, out_fence_fd) {
-        sync_file.set_fence(&fence);
-        sync_file.install();
+    if let Some(fd) = out_sync_file.install(&fence) {
         args.out_fence_fd = fd;
     }
     args.job = inner.add_job(slot, fence);

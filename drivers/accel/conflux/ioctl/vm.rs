@@ -21,13 +21,21 @@ use crate::{
         DrmFile, //
     },
     hw::DeviceData,
-    vm::bind::{
-        BindOp,
-        RESERVED_UNMAPS, //
+    vm::{
+        bind::{
+            BindOp,
+            RESERVED_UNMAPS, //
+        },
+        shared::BindMode,
     },
 };
 
 use super::{
+    job::{
+        OutFenceFd,
+        SyncArgs,
+        Syncs, //
+    },
     user_range,
     Call, //
 };
@@ -80,12 +88,35 @@ pub(crate) fn bind(
     file: &DrmFile,
 ) -> Result<u32> {
     let call = Call::new(data, "VM_BIND");
-    call.zero(&[("flags", args.flags.into()), ("pad", args.pad.into())])?;
+    let flags = args.flags;
+    let known = uapi::DRM_CONFLUX_VM_BIND_IN_FENCE_FD | uapi::DRM_CONFLUX_VM_BIND_OUT_FENCE_FD;
+    let out_fd = flags & uapi::DRM_CONFLUX_VM_BIND_OUT_FENCE_FD != 0;
+    call.zero(&[
+        ("unknown flags", (flags & !known).into()),
+        ("pad", args.pad.into()),
+        ("pad2", args.pad2.into()),
+        (
+            "out_fence_fd",
+            if out_fd {
+                0
+            } else {
+                // CAST: only zero matters.
+                args.out_fence_fd as u64
+            },
+        ),
+    ])?;
+    if args.queue == 0 {
+        call.zero(&[
+            ("flags without a queue", flags.into()),
+            ("num_in_syncs without a queue", args.num_in_syncs.into()),
+            ("num_out_syncs without a queue", args.num_out_syncs.into()),
+        ])?;
+    }
     let count = call.count("num_ops", args.num_ops, uapi::DRM_CONFLUX_MAX_BIND_OPS)?;
     call.vm_id(args.vm_id)?;
     let inner = file.inner();
     // A call of a few UNMAPs is read and applied without allocating memory.
-    if count <= RESERVED_UNMAPS {
+    if count <= RESERVED_UNMAPS && args.queue == 0 {
         let mut unmaps: [BindOp; RESERVED_UNMAPS] =
             core::array::from_fn(|_| BindOp::Unmap { va: 0, range: 0 });
         let mut only_unmaps = true;
@@ -152,9 +183,90 @@ pub(crate) fn bind(
         };
         ops.push(checked, GFP_KERNEL_ACCOUNT)?;
     }
-    inner
+    if args.queue == 0 {
+        inner.shared_vm(dev.as_ioctl())?.bind(
+            inner.id(),
+            dev.as_ioctl(),
+            data,
+            ops,
+            BindMode::Sync,
+        )?;
+        return Ok(0);
+    }
+    let number = args.queue;
+    let queue = inner
+        .queue(number)
+        .ok_or_else(|| call.refuse(ENOENT, fmt!("no bind queue {number}")))?;
+    let sync_args = SyncArgs {
+        in_syncobj: 0,
+        out_syncobj: 0,
+        in_syncs: args.in_syncs,
+        num_in_syncs: args.num_in_syncs,
+        out_syncs: args.out_syncs,
+        num_out_syncs: args.num_out_syncs,
+        in_fence_fd: (flags & uapi::DRM_CONFLUX_VM_BIND_IN_FENCE_FD != 0)
+            .then_some(args.in_fence_fd),
+    };
+    let syncs = Syncs::read(&call, &sync_args, file)?;
+    let out_sync_file = OutFenceFd::reserve(out_fd)?;
+    let mode = BindMode::Queued {
+        queue: &queue,
+        wait: &syncs.wait,
+    };
+    let fence = inner
         .shared_vm(dev.as_ioctl())?
-        .bind(inner.id(), dev.as_ioctl(), data, ops)?;
+        .bind(inner.id(), dev.as_ioctl(), data, ops, mode)?
+        .ok_or(EINVAL)?;
+    syncs.signal(&fence);
+    if let Some(fd) = out_sync_file.install(&fence) {
+        args.out_fence_fd = fd;
+    }
+    Ok(0)
+}
+
+/// `DRM_IOCTL_CONFLUX_BIND_QUEUE_CREATE`.
+pub(crate) fn queue_create(
+    dev: &ConfluxDevice<Registered>,
+    data: &DeviceData<'_>,
+    args: &mut uapi::drm_conflux_bind_queue_create,
+    file: &DrmFile,
+) -> Result<u32> {
+    let call = Call::new(data, "BIND_QUEUE_CREATE");
+    call.zero(&[
+        ("flags", args.flags.into()),
+        ("queue", args.queue.into()),
+        ("pad", args.pad.into()),
+    ])?;
+    call.vm_id(args.vm_id)?;
+    args.queue = file
+        .inner()
+        .create_queue(dev.as_ioctl())
+        .map_err(|e| match e {
+            e if e == EMFILE => call.refuse(
+                e,
+                fmt!(
+                    "the file has {} bind queues already",
+                    uapi::DRM_CONFLUX_MAX_BIND_QUEUES
+                ),
+            ),
+            e => e,
+        })?;
+    Ok(0)
+}
+
+/// `DRM_IOCTL_CONFLUX_BIND_QUEUE_DESTROY`.
+pub(crate) fn queue_destroy(
+    _dev: &ConfluxDevice<Registered>,
+    data: &DeviceData<'_>,
+    args: &mut uapi::drm_conflux_bind_queue_destroy,
+    file: &DrmFile,
+) -> Result<u32> {
+    let call = Call::new(data, "BIND_QUEUE_DESTROY");
+    call.zero(&[("pad", args.pad.into())])?;
+    let number = args.queue;
+    file.inner()
+        .destroy_queue(number)
+        .map_err(|e| call.refuse(e, fmt!("no bind queue {number}")))?;
     Ok(0)
 }
 

@@ -16,6 +16,7 @@ use core::{
 };
 
 use kernel::{
+    dma_fence::Fence,
     dma_resv::{
         DmaResv,
         ResvSet, //
@@ -33,6 +34,7 @@ use kernel::{
         OpUnmapped, //
     },
     prelude::*,
+    sizes::SZ_4K,
     sync::aref::ARef,
     uapi,
 };
@@ -51,16 +53,21 @@ use crate::{
         },
         MapRange,
         PageTables,
-        Target, //
+        Target,
+        WriteLog, //
     },
     prime,
     regs::{
         CAP_MMU_NULL,
+        TABLE_ENTRIES,
         TABLE_SIZE, //
     },
 };
 
-use super::Vm;
+use super::{
+    queue::PendingBind,
+    Vm, //
+};
 
 /// The driver's side of a `drm_gpuvm`.
 pub(crate) struct VmData;
@@ -218,7 +225,7 @@ impl BindOp {
     }
 
     /// The virtual addresses the operation covers.
-    fn span(&self) -> Range<u64> {
+    pub(super) fn span(&self) -> Range<u64> {
         match *self {
             BindOp::Map { va, range, .. }
             | BindOp::MapNull { va, range }
@@ -234,6 +241,9 @@ pub(crate) struct Prepared {
     vm_bos: KVec<ARef<GpuVmBo<VmData>>>,
     /// The page tables the maps can need.
     tables: usize,
+    /// For a bind of a queue: the log of the entries it changes in VRAM, allocated by
+    /// [`Vm::provision`], then filled by [`Vm::commit`].
+    pub(super) log: Option<WriteLog>,
 }
 
 impl Prepared {
@@ -242,8 +252,30 @@ impl Prepared {
         Self {
             vm_bos: KVec::new(),
             tables: 0,
+            log: None,
         }
     }
+}
+
+/// The most entries that applying `ops` writes to VRAM, which their log holds: for each
+/// operation, every 4 KiB page it unmaps and maps, the directory and the 2 MiB entry of each
+/// 2 MiB region it maps, and the directories of the two 2 MiB entries it may split.
+fn log_writes(ops: &[BindOp]) -> usize {
+    ops.iter()
+        .map(|op| {
+            let span = op.span();
+            let len = span.end - span.start;
+            // CAST: at most 2^36 pages in the 48-bit space.
+            let pages = (len / SZ_4K as u64) as usize;
+            let regions = ((span.end - 1) >> 21) - (span.start >> 21) + 1;
+            let unmap = pages + 2 * 2 + 2;
+            match op {
+                BindOp::Unmap { .. } => unmap,
+                // CAST: as above.
+                _ => unmap + pages + 2 * regions as usize,
+            }
+        })
+        .fold(TABLE_ENTRIES, usize::saturating_add)
 }
 
 /// The most UNMAP operations of one call that need no memory: the VM keeps in reserve the
@@ -298,7 +330,14 @@ pub(super) fn imported_resvs<'a>(ops: &'a [BindOp], resvs: &mut KVec<&'a DmaResv
 impl Vm {
     /// The first step of a bind: waits for the VM's jobs when `ops` change mappings that exist,
     /// and allocates the `drm_gpuva`s and `drm_gpuvm_bo`s. Changes nothing a job sees.
-    pub(super) fn prepare(&mut self, data: &DeviceData<'_>, ops: &[BindOp]) -> Result<Prepared> {
+    /// A bind of a queue (`wait` false) waits for nothing here: [`Vm::dependencies`] gives what
+    /// its job waits for.
+    pub(super) fn prepare(
+        &mut self,
+        data: &DeviceData<'_>,
+        ops: &[BindOp],
+        wait: bool,
+    ) -> Result<Prepared> {
         let null_op = ops
             .iter()
             .position(|op| matches!(op, BindOp::MapNull { .. }));
@@ -311,7 +350,9 @@ impl Vm {
             );
             return Err(EOPNOTSUPP);
         }
-        self.wait_for_jobs(ops)?;
+        if wait {
+            self.wait_for_jobs(ops)?;
+        }
         // The reserve of `drm_gpuva`s, refilled for this call and the reserved UNMAPs after it.
         // UNMAPs go on without the refill while the reserve holds what they take.
         let need = vas_needed(ops);
@@ -335,20 +376,106 @@ impl Vm {
             .tables
             .as_ref()
             .map_or(0, |t| missing_tables(t, ops));
-        Ok(Prepared { vm_bos, tables })
+        Ok(Prepared {
+            vm_bos,
+            tables,
+            log: None,
+        })
     }
 
-    /// Waits for the VM's jobs when `ops` replace or remove a mapping that a job may use;
-    /// [`ERESTARTSYS`] when a signal comes first.
-    pub(super) fn wait_for_jobs(&self, ops: &[BindOp]) -> Result {
-        let changes = ops.iter().any(|op| {
+    /// Whether `ops` replace or remove a mapping that a job may use.
+    fn changes_mappings(&self, ops: &[BindOp]) -> bool {
+        ops.iter().any(|op| {
             let span = op.span();
             matches!(op, BindOp::Unmap { .. }) || self.gpuvm.find_first(span).is_some()
-        });
+        })
+    }
+
+    /// Waits for the binds of queues in the 2 MiB regions of `ops` whose entries may not be in
+    /// VRAM yet, and for the VM's jobs when `ops` replace or remove a mapping that a job may
+    /// use; [`ERESTARTSYS`] when a signal comes first.
+    pub(super) fn wait_for_jobs(&mut self, ops: &[BindOp]) -> Result {
+        self.prune_pending();
+        for p in self.pending.iter() {
+            if ops.iter().any(|op| p.overlaps(&op.span())) {
+                p.fence.wait(true)?;
+            }
+        }
         match &self.last {
-            Some(last) if changes => last.wait(true),
+            Some(last) if self.changes_mappings(ops) => last.wait(true),
             _ => Ok(()),
         }
+    }
+
+    /// What the job of a bind of `ops` on a queue waits for, given to `add`: the binds of other
+    /// queues in the same 2 MiB regions whose entries may not be in VRAM yet, and the VM's last
+    /// job when `ops` replace or remove a mapping that a job may use.
+    pub(super) fn dependencies(
+        &mut self,
+        ops: &[BindOp],
+        mut add: impl FnMut(&Fence) -> Result,
+    ) -> Result {
+        self.prune_pending();
+        for p in self.pending.iter() {
+            if ops.iter().any(|op| p.overlaps(&op.span())) {
+                add(&p.fence)?;
+            }
+        }
+        match &self.last {
+            Some(last) if self.changes_mappings(ops) => add(last),
+            _ => Ok(()),
+        }
+    }
+
+    /// The index of the first operation of `ops` that maps an imported buffer, or whose range
+    /// holds a mapping of one: what a bind of a queue does not do yet.
+    pub(super) fn touches_import(&self, ops: &[BindOp]) -> Option<usize> {
+        ops.iter().position(|op| {
+            if let BindOp::Map { bo, .. } = op {
+                if bo.imported().is_some() {
+                    return true;
+                }
+            }
+            let span = op.span();
+            let mut cur = span.start;
+            while let Some(va) = self.gpuvm.find_first(cur..span.end) {
+                if va.obj().imported().is_some() {
+                    return true;
+                }
+                cur = va.range().end;
+            }
+            false
+        })
+    }
+
+    /// The buffers that `ops` map, and those mapped in their ranges, each once: what a bind of
+    /// a queue keeps until its entries are in VRAM.
+    pub(super) fn involved(&self, ops: &[BindOp], out: &mut KVec<ARef<Object>>) -> Result {
+        let mut add = |obj: &Object| -> Result {
+            if ptr::eq(obj, &*self.null) || out.iter().any(|o| ptr::eq(&**o, obj)) {
+                return Ok(());
+            }
+            out.push(obj.into(), GFP_KERNEL_ACCOUNT)?;
+            Ok(())
+        };
+        for op in ops {
+            if let BindOp::Map { bo, .. } = op {
+                add(bo)?;
+            }
+            let span = op.span();
+            let mut cur = span.start;
+            while let Some(va) = self.gpuvm.find_first(cur..span.end) {
+                add(va.obj())?;
+                cur = va.range().end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a bind of a queue, in the room [`Vm::provision`] made.
+    pub(super) fn add_pending(&mut self, bind: PendingBind) {
+        // Cannot fail: room for one was made.
+        let _ = self.pending.push_within_capacity(bind);
     }
 
     /// Makes room in VRAM for the page tables of a bind that [`Vm::prepare`] counted, by
@@ -381,13 +508,21 @@ impl Vm {
     /// The second step of a bind: maps (and checks) the tables of the imported buffers among
     /// `ops` under their reservation locks, `locked`, and allocates the page tables. On failure,
     /// the VM keeps no table it allocated.
+    ///
+    /// For a bind of a queue (`queued`), it also allocates the log of the entries the bind
+    /// writes, and room for the bind in the VM's pending binds and for the tables it retires.
     pub(super) fn provision(
-        &self,
+        &mut self,
         data: &DeviceData<'_>,
         ops: &[BindOp],
-        prepared: &Prepared,
+        prepared: &mut Prepared,
         locked: Option<&ResvSet<'_>>,
+        queued: bool,
     ) -> Result {
+        if queued {
+            self.pending.reserve(1, GFP_KERNEL_ACCOUNT)?;
+            prepared.log = Some(WriteLog::with_capacity(log_writes(ops))?);
+        }
         for op in ops {
             if let BindOp::Map { bo, .. } = op {
                 if let Some(imp) = bo.imported() {
@@ -408,6 +543,18 @@ impl Vm {
             if !only_unmaps(ops) || st.movable.room() < ops.len() {
                 return Err(e);
             }
+        }
+        if queued {
+            // A 2 MiB entry can retire the level-0 table of each 2 MiB region a map covers.
+            let regions = ops
+                .iter()
+                .filter(|op| !matches!(op, BindOp::Unmap { .. }))
+                .map(|op| {
+                    let span = op.span();
+                    PageTables::tables_for(span.start, span.end - span.start)
+                })
+                .fold(0, usize::saturating_add);
+            tables.reserve_retired(regions)?;
         }
         // Counted again: the tables in place are the same, but for one that an import's
         // revalidation made a spare, which the count then finds missing.
@@ -435,16 +582,22 @@ impl Vm {
 
     /// The last step of a bind, which cannot fail: applies `ops` in order with what the steps
     /// before prepared. `locked` holds the reservation locks of the imported buffers.
+    ///
+    /// With a log ([`Vm::provision`]), the entries go to it rather than to VRAM, and it is
+    /// handed back in `prepared`, pending.
     pub(super) fn commit(
         &mut self,
         data: &DeviceData<'_>,
         ops: &[BindOp],
-        prepared: &Prepared,
+        prepared: &mut Prepared,
         locked: Option<&ResvSet<'_>>,
     ) -> Result {
         let mut guard = self.space.lock();
         let st = &mut *guard;
         let this_tables = st.tables.as_mut().ok_or(ENODEV)?;
+        if let Some(log) = prepared.log.take() {
+            this_tables.start_log(log);
+        }
         let mut result = Ok(());
         let mut vm_bos = prepared.vm_bos.iter();
         for (i, op) in ops.iter().enumerate() {
@@ -498,6 +651,18 @@ impl Vm {
                 );
                 result = Err(e);
                 break;
+            }
+        }
+        prepared.log = this_tables.take_log();
+        if let Some(log) = &prepared.log {
+            let (_, overflow) = log.counts();
+            if overflow > 0 {
+                // Not reached: the log holds what `log_writes` counts.
+                dev_err!(
+                    data.pdev,
+                    "VM_BIND: {} entries did not fit in the bind's log\n",
+                    overflow
+                );
             }
         }
         this_tables.trim();

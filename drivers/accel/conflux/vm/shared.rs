@@ -7,8 +7,12 @@
 //! allocates, the imported buffers of all of them are locked together, every member provisions
 //! its page tables, and only then does any of them change.
 
+use core::ops::Range;
+
 use kernel::{
+    dma_fence::Fence,
     dma_resv::ResvSet,
+    drm::gem::BaseObject,
     new_mutex,
     prelude::*,
     sync::{
@@ -19,7 +23,10 @@ use kernel::{
 };
 
 use crate::{
-    driver::IoctlDevice,
+    driver::{
+        IoctlDevice,
+        Object, //
+    },
     hw::DeviceData, //
 };
 
@@ -30,8 +37,37 @@ use super::{
         BindOp,
         Prepared, //
     },
+    queue::{
+        to_regions,
+        BindQueue,
+        BindState,
+        MemberLog,
+        PendingBind,
+        Pushed, //
+    },
     Vm,
 };
+
+/// A bind of a queue between its push and its commit.
+struct QueuedCommit {
+    pushed: Pushed,
+    state: Arc<BindState>,
+    /// Room for the log of every member.
+    logs: KVec<MemberLog>,
+    /// The 2 MiB regions of each member's operations.
+    regions: KVec<KVec<Range<u64>>>,
+}
+
+/// How a VM_BIND call applies its operations.
+pub(crate) enum BindMode<'a> {
+    /// Before the call returns.
+    Sync,
+    /// As a job of `queue`, once the fences of `wait` have signalled.
+    Queued {
+        queue: &'a BindQueue,
+        wait: &'a [ARef<Fence>],
+    },
+}
 
 /// A member of a [`SharedVm`]: the VM of one file, on the file's device.
 struct Member {
@@ -71,6 +107,10 @@ pub(crate) struct MemberPath {
 pub(crate) struct SharedVm {
     #[pin]
     members: Mutex<KVec<Member>>,
+    /// Bind queues destroyed while binds were queued on them, kept until those are done: their
+    /// entries are written in order with the VM's other binds.
+    #[pin]
+    draining: Mutex<KVec<Arc<BindQueue>>>,
 }
 
 impl SharedVm {
@@ -89,6 +129,7 @@ impl SharedVm {
         Arc::pin_init(
             pin_init!(Self {
                 members <- new_mutex!(members),
+                draining <- new_mutex!(KVec::new()),
             }),
             GFP_KERNEL_ACCOUNT,
         )
@@ -162,6 +203,23 @@ impl SharedVm {
         drop(gone);
     }
 
+    /// Keeps `queue`, destroyed, until its binds are done; forgets the queues kept so that are.
+    pub(crate) fn drain(&self, queue: Arc<BindQueue>) {
+        let mut draining = self.draining.lock();
+        draining.retain(|q| !q.is_idle());
+        if queue.is_idle() {
+            return;
+        }
+        if let Err(kernel::alloc::AllocError) = draining.push(queue.clone(), GFP_KERNEL) {
+            // Without memory to keep it, wait for its binds here: dropping the queue would
+            // write their entries before their fences.
+            drop(draining);
+            while !queue.is_idle() {
+                kernel::time::delay::fsleep(kernel::time::Delta::from_millis(10));
+            }
+        }
+    }
+
     /// For `DRM_IOCTL_CONFLUX_VM_PATH`: the path of `member` to what is mapped at `va`, a
     /// `DRM_CONFLUX_PATH_*`, and the number of members.
     pub(crate) fn path(&self, member: usize, va: u64) -> Result<MemberPath> {
@@ -174,20 +232,37 @@ impl SharedVm {
     }
 
     /// Applies `ops`, operations of `file` on device `dev` (whose data is `data`), on every
-    /// member, all or nothing.
+    /// member, all or nothing, as `mode` says. A bind of a queue returns its fence.
     pub(crate) fn bind(
         &self,
         file: usize,
         dev: &IoctlDevice,
         data: &DeviceData<'_>,
         ops: KVec<BindOp>,
-    ) -> Result {
-        if only_unmaps(&ops) {
-            return self.unmap(file, &ops);
-        }
+        mode: BindMode<'_>,
+    ) -> Result<Option<ARef<Fence>>> {
+        let queued = match mode {
+            BindMode::Sync if only_unmaps(&ops) => return self.unmap(file, &ops).map(|()| None),
+            BindMode::Sync => None,
+            BindMode::Queued { queue, wait } => Some((queue, wait)),
+        };
+        self.draining.lock().retain(|q| !q.is_idle());
         let mut members = self.members.lock();
         // The operations of each member, with the buffers as its device reaches them.
         let mine = members.iter().position(|m| m.file == file).ok_or(ENOENT)?;
+        if let Some((queue, _)) = queued {
+            Self::check_queued(&members, data, &ops)?;
+            if !queue.has_room() {
+                if data.log_allowed() {
+                    dev_info!(
+                        data.pdev,
+                        "VM_BIND: the bind queue holds {} binds already\n",
+                        super::queue::MAX_QUEUED_BINDS
+                    );
+                }
+                return Err(EAGAIN);
+            }
+        }
         let mut plans =
             KVec::<(usize, KVec<BindOp>)>::with_capacity(members.len(), GFP_KERNEL_ACCOUNT)?;
         for (i, m) in members.iter().enumerate() {
@@ -219,14 +294,17 @@ impl SharedVm {
         // Wait for the jobs of every member first, so that a signal ends the call before any
         // member allocated; then allocate on every member, and only then make room in VRAM,
         // the step that moves other buffers.
-        for (i, ops) in plans.iter() {
-            members[*i].vm.wait_for_jobs(ops)?;
+        if queued.is_none() {
+            for (i, ops) in plans.iter() {
+                members[*i].vm.wait_for_jobs(ops)?;
+            }
         }
         let mut prepared = KVec::with_capacity(plans.len(), GFP_KERNEL_ACCOUNT)?;
         let mut result = Ok(());
         for (i, ops) in plans.iter() {
             let m = &mut members[*i];
-            match DeviceData::with(&m.dev, |_, data| m.vm.prepare(data, ops)) {
+            let wait = queued.is_none();
+            match DeviceData::with(&m.dev, |_, data| m.vm.prepare(data, ops, wait)) {
                 Ok(p) => prepared.push(p, GFP_KERNEL_ACCOUNT)?,
                 Err(e) => {
                     result = Err(e);
@@ -243,11 +321,27 @@ impl SharedVm {
                 }
             }
         }
+        // A bind of a queue keeps, and pins under their locks, the buffers it maps or unmaps.
+        let mut involved = KVec::new();
         let mut resvs = KVec::new();
-        if result.is_ok() {
-            for (_, ops) in plans.iter() {
-                imported_resvs(ops, &mut resvs)?;
+        if result.is_ok() && queued.is_some() {
+            for (i, ops) in plans.iter() {
+                result = members[*i].vm.involved(ops, &mut involved);
+                if result.is_err() {
+                    break;
+                }
             }
+        }
+        if result.is_ok() {
+            result = (|| -> Result {
+                for (_, ops) in plans.iter() {
+                    imported_resvs(ops, &mut resvs)?;
+                }
+                for bo in involved.iter().filter(|bo| bo.movable()) {
+                    resvs.push(bo.dma_resv(), GFP_KERNEL_ACCOUNT)?;
+                }
+                Ok(())
+            })();
         }
         let locked = match (&result, resvs.is_empty()) {
             (Ok(()), false) => match ResvSet::lock(resvs.iter().copied(), true, GFP_KERNEL_ACCOUNT)
@@ -263,10 +357,11 @@ impl SharedVm {
         // Map the imported buffers and provision page tables on every member, then commit.
         let mut provisioned = 0;
         if result.is_ok() {
-            for ((i, ops), p) in plans.iter().zip(prepared.iter()) {
-                let m = &members[*i];
+            for ((i, ops), p) in plans.iter().zip(prepared.iter_mut()) {
+                let m = &mut members[*i];
+                let is_queued = queued.is_some();
                 result = DeviceData::with(&m.dev, |_, data| {
-                    m.vm.provision(data, ops, p, locked.as_ref())
+                    m.vm.provision(data, ops, p, locked.as_ref(), is_queued)
                 });
                 if result.is_err() {
                     break;
@@ -274,8 +369,17 @@ impl SharedVm {
                 provisioned += 1;
             }
         }
+        // A bind of a queue: its job, queued behind a gate that opens once every member has
+        // committed; the last step that can fail.
+        let mut commit_to = None;
+        if let (Ok(()), Some((queue, wait))) = (&result, queued) {
+            match Self::queue_bind(queue, wait, &mut members, &plans, &involved) {
+                Ok(q) => commit_to = Some(q),
+                Err(e) => result = Err(e),
+            }
+        }
         if result.is_ok() {
-            for ((i, ops), p) in plans.iter().zip(prepared.iter()) {
+            for ((i, ops), p) in plans.iter().zip(prepared.iter_mut()) {
                 let m = &mut members[*i];
                 // A device unbound since is skipped, as above; nothing else can fail here.
                 let committed =
@@ -283,17 +387,116 @@ impl SharedVm {
                 if let Err(e) = committed {
                     pr_err!("VM_BIND: member {} failed to commit: {:?}\n", i, e);
                 }
+                if let (Some(log), Some(q)) = (p.log.take(), commit_to.as_mut()) {
+                    // Cannot fail: room for every member was made.
+                    let _ = q.logs.push_within_capacity(m.vm.member_log(&m.dev, log));
+                }
             }
         } else {
             for (i, _) in plans.iter().take(provisioned) {
                 members[*i].vm.release_spares();
             }
         }
+        let fence = commit_to.map(|q| {
+            q.state.set_logs(q.logs);
+            for ((i, _), regions) in plans.iter().zip(q.regions) {
+                members[*i].vm.add_pending(PendingBind {
+                    fence: q.pushed.fence.clone(),
+                    regions,
+                    state: q.state.clone(),
+                });
+            }
+            let fence = q.pushed.fence.clone();
+            q.pushed.release();
+            fence
+        });
         drop(locked);
         for ((i, _), p) in plans.iter().zip(prepared) {
             members[*i].vm.finish(p);
         }
-        result
+        result.map(|()| fence)
+    }
+
+    /// Refuses a bind of a queue that the members of the VM cannot apply asynchronously yet
+    /// ([`EOPNOTSUPP`]): one that maps a buffer on a VM of several devices, or that maps, or
+    /// changes a mapping of, an imported buffer.
+    fn check_queued(members: &[Member], data: &DeviceData<'_>, ops: &[BindOp]) -> Result {
+        let live = members
+            .iter()
+            .filter(|m| m.dev.registration_guard().is_some())
+            .count();
+        let shared_map = ops
+            .iter()
+            .position(|op| matches!(op, BindOp::Map { .. }))
+            .filter(|_| live > 1);
+        if let Some(i) = shared_map {
+            if data.log_allowed() {
+                dev_info!(
+                    data.pdev,
+                    "VM_BIND: operation {}: a bind queue does not map buffers on a VM of {} \
+                     devices yet\n",
+                    i,
+                    live
+                );
+            }
+            return Err(EOPNOTSUPP);
+        }
+        for (k, m) in members.iter().enumerate() {
+            if let Some(i) = m.vm.touches_import(ops) {
+                if data.log_allowed() {
+                    dev_info!(
+                        data.pdev,
+                        "VM_BIND: operation {}: a bind queue does not map or unmap imported \
+                         buffers yet (member {})\n",
+                        i,
+                        k
+                    );
+                }
+                return Err(EOPNOTSUPP);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the job of a bind of `queue` that waits for `wait`, with the dependencies of each
+    /// member's operations (`plans`), and keeps and pins `involved`, whose reservation locks
+    /// the caller holds. The job waits for the commit.
+    fn queue_bind(
+        queue: &BindQueue,
+        wait: &[ARef<Fence>],
+        members: &mut [Member],
+        plans: &[(usize, KVec<BindOp>)],
+        involved: &[ARef<Object>],
+    ) -> Result<QueuedCommit> {
+        let mut regions = KVec::with_capacity(plans.len(), GFP_KERNEL_ACCOUNT)?;
+        for (_, ops) in plans.iter() {
+            let mut mine = KVec::with_capacity(ops.len(), GFP_KERNEL_ACCOUNT)?;
+            for op in ops.iter() {
+                mine.push(to_regions(&op.span()), GFP_KERNEL_ACCOUNT)?;
+            }
+            regions.push(mine, GFP_KERNEL_ACCOUNT)?;
+        }
+        let logs = KVec::with_capacity(plans.len(), GFP_KERNEL_ACCOUNT)?;
+        let mut keep = KVec::with_capacity(involved.len(), GFP_KERNEL_ACCOUNT)?;
+        for bo in involved {
+            keep.push(bo.clone(), GFP_KERNEL_ACCOUNT)?;
+        }
+        let state = BindState::new(keep)?;
+        let mut job = queue.prepare(state.clone())?;
+        for fence in wait.iter() {
+            job.add_dependency(fence)?;
+        }
+        for (i, ops) in plans.iter() {
+            let vm = &mut members.get_mut(*i).ok_or(EINVAL)?.vm;
+            vm.dependencies(ops, |f| job.add_dependency(f))?;
+        }
+        let pushed = queue.push(job)?;
+        Ok(QueuedCommit {
+            pushed,
+            state,
+            logs,
+            regions,
+        })
     }
 
     /// Applies `ops`, all UNMAPs of `file`, on every member, all or nothing, without
@@ -306,13 +509,13 @@ impl SharedVm {
         // Wait for the jobs and check the reserves on every member before anything changes.
         for m in members.iter_mut().filter(|m| live(m)) {
             DeviceData::with(&m.dev, |_, data| {
-                let p = m.vm.prepare(data, ops)?;
-                m.vm.provision(data, ops, &p, None)
+                let mut p = m.vm.prepare(data, ops, true)?;
+                m.vm.provision(data, ops, &mut p, None, false)
             })?;
         }
         for (i, m) in members.iter_mut().enumerate() {
             let unmapped = DeviceData::with(&m.dev, |_, data| {
-                m.vm.commit(data, ops, &Prepared::unmaps(), None)
+                m.vm.commit(data, ops, &mut Prepared::unmaps(), None)
             });
             if let Err(e) = unmapped {
                 if live(m) {

@@ -1,0 +1,350 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Bind queues: VM_BIND calls that wait for fences, as jobs of a queue on the CPU.
+//!
+//! An asynchronous bind changes the VM's tree, shadow tables and records in the call, as a
+//! synchronous one does, so that the calls after it (SUBMIT included) see the new mappings. The
+//! entries it changes in VRAM go to a [`WriteLog`] per member, which the bind's job writes once
+//! its dependencies have signalled: its in-fences, the jobs that use what it replaces, and the
+//! pending binds of other queues in the same 2 MiB regions. The job runs in a fence-signalling
+//! section and only writes VRAM; its fence, which the out-fences receive, signals once every
+//! member's entries are written. Binds on one queue run in the order of the calls.
+//!
+//! Until its entries are written, a bind keeps a reference to every buffer it maps or unmaps,
+//! and pins the movable ones, so that no eviction moves a buffer whose entries are about to
+//! be written or are still in VRAM. The references stay with the jobs submitted meanwhile.
+
+use core::{
+    ops::Range,
+    sync::atomic::{
+        AtomicBool,
+        AtomicUsize,
+        Ordering, //
+    },
+};
+
+use kernel::{
+    dma_fence::{
+        queue::{
+            Ended,
+            JobQueue,
+            PreparedJob,
+            QueueOps,
+            Run,
+            Running, //
+        },
+        Fence,
+        FenceContext,
+        FenceMemory,
+        FenceTimeline,
+        SignalFence, //
+    },
+    new_spinlock,
+    prelude::*,
+    sync::{
+        aref::ARef,
+        Arc,
+        SpinLock, //
+    },
+    time::Delta,
+};
+
+use crate::{
+    driver::{
+        IoctlDevice,
+        Object, //
+    },
+    hw::DeviceData,
+    mmu::{
+        address_space::KeptTables,
+        WriteLog, //
+    },
+};
+
+/// The most binds a queue holds, waiting or applied and not yet retired.
+pub(crate) const MAX_QUEUED_BINDS: usize = 256;
+
+/// The timeline of bind fences, the ones the out-fences receive.
+pub(crate) struct Binds;
+
+impl FenceTimeline for Binds {
+    const DRIVER_NAME: &'static CStr = c"conflux";
+    const TIMELINE_NAME: &'static CStr = c"binds";
+}
+
+/// The timeline of the fences a bind's job signals when it has written its entries, and of the
+/// gates that hold a job back until its call committed.
+struct BindWrites;
+
+impl FenceTimeline for BindWrites {
+    const DRIVER_NAME: &'static CStr = c"conflux";
+    const TIMELINE_NAME: &'static CStr = c"bind-writes";
+}
+
+/// The log of one member of the VM, written by the bind's job.
+pub(crate) struct MemberLog {
+    dev: ARef<IoctlDevice>,
+    log: WriteLog,
+    /// The member's count of logs not yet written.
+    pending: Arc<AtomicUsize>,
+    /// The member's tables, which the VM may leave before the job has written them.
+    _tables: Arc<KeptTables>,
+}
+
+impl MemberLog {
+    /// The log of the member on `dev`, taken from its tables, whose count of pending logs is
+    /// `pending` and which `tables` keeps when the VM goes.
+    pub(crate) fn new(
+        dev: &IoctlDevice,
+        log: WriteLog,
+        pending: Arc<AtomicUsize>,
+        tables: Arc<KeptTables>,
+    ) -> Self {
+        Self {
+            dev: dev.into(),
+            log,
+            pending,
+            _tables: tables,
+        }
+    }
+}
+
+/// What an asynchronous bind keeps until its entries are in VRAM, and after, for the jobs
+/// submitted meanwhile.
+///
+/// # Invariants
+///
+/// Every movable buffer of `buffers` was pinned (its `pins` incremented) once, under its
+/// reservation lock, and is unpinned once, when `applied` is set or, if it never is, when this
+/// goes. `logs` is written once, before the bind's job may run; `applied` is set once the logs
+/// are written to VRAM and each log's member count of pending logs decremented.
+#[pin_data(PinnedDrop)]
+pub(crate) struct BindState {
+    buffers: KVec<ARef<Object>>,
+    #[pin]
+    logs: SpinLock<KVec<MemberLog>>,
+    applied: AtomicBool,
+}
+
+impl BindState {
+    /// The state of a bind that keeps `buffers`, and pins the movable ones until it goes: the
+    /// caller holds their reservation locks, under which eviction checks the pins.
+    pub(crate) fn new(buffers: KVec<ARef<Object>>) -> Result<Arc<Self>> {
+        let state = Arc::pin_init(
+            pin_init!(Self {
+                buffers,
+                logs <- new_spinlock!(KVec::new()),
+                applied: AtomicBool::new(false),
+            }),
+            GFP_KERNEL_ACCOUNT,
+        )?;
+        // INVARIANT: pinned once each, unpinned in `drop`.
+        for bo in state.buffers.iter().filter(|bo| bo.movable()) {
+            bo.pins().fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(state)
+    }
+
+    /// Hands over the logs of the members, once the call committed.
+    pub(crate) fn set_logs(&self, logs: KVec<MemberLog>) {
+        let old = core::mem::replace(&mut *self.logs.lock(), logs);
+        // Outside the lock: the empty vector of a new state.
+        drop(old);
+    }
+
+    /// Writes the logs to VRAM, once. Neither allocates nor sleeps; a member whose device is
+    /// unbound is skipped, its tables went with it.
+    fn apply(&self) {
+        let logs = self.logs.lock();
+        if self.applied.load(Ordering::Acquire) {
+            return;
+        }
+        for m in logs.iter() {
+            let _ = DeviceData::with(&m.dev, |_, data| {
+                m.log.apply(&data.vram);
+                Ok(())
+            });
+            m.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        // The entries are in VRAM: the buffers may move again, the engine runs their moves
+        // after the jobs that may still use the entries replaced.
+        self.unpin();
+        self.applied.store(true, Ordering::Release);
+    }
+
+    fn unpin(&self) {
+        for bo in self.buffers.iter().filter(|bo| bo.movable()) {
+            bo.pins().fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for BindState {
+    fn drop(self: Pin<&mut Self>) {
+        if !self.applied.load(Ordering::Acquire) {
+            self.unpin();
+        }
+    }
+}
+
+/// A bind of a queue: its state, and the memory of the fence its job signals.
+pub(crate) struct BindJob {
+    state: Arc<BindState>,
+    written: Option<FenceMemory>,
+}
+
+impl Drop for BindJob {
+    fn drop(&mut self) {
+        // A job that did not run (its queue went first) still writes its entries: the tree
+        // and the shadow tables show them already.
+        self.state.apply();
+    }
+}
+
+/// The CPU side of a bind queue.
+pub(crate) struct BindOps {
+    written: FenceContext<BindWrites>,
+}
+
+impl QueueOps for BindOps {
+    type Job = BindJob;
+    type Timeline = Binds;
+    const IN_ORDER: bool = true;
+    // The call changed the tree already: its entries are written whatever its in-fences say.
+    const RUNS_AFTER_FAILED_DEPENDENCY: bool = true;
+
+    fn run(&self, job: &mut BindJob, _idle: bool) -> Run {
+        job.state.apply();
+        let Some(memory) = job.written.take() else {
+            return Run::Failed(EINVAL);
+        };
+        let fence = self.written.init_fence(memory);
+        let shared = fence.shared();
+        fence.signal();
+        Run::Started(shared)
+    }
+
+    fn timed_out(&self, _job: Running<'_>) -> Ended {
+        // Not reached: a bind's fence has signalled when its job started.
+        Ended::default()
+    }
+
+    fn timeout(&self) -> Delta {
+        Delta::from_secs(60)
+    }
+}
+
+/// A bind queue: binds on it run in the order of the calls.
+#[pin_data]
+pub(crate) struct BindQueue {
+    #[pin]
+    queue: JobQueue<BindOps, BindJob, Binds>,
+    /// The gates that hold a bind's job back until its call has committed.
+    gates: FenceContext<BindWrites>,
+}
+
+/// A bind's job, prepared before its call changes anything, and the gate that holds it back
+/// until the call committed.
+pub(crate) struct QueuedBind<'a> {
+    job: PreparedJob<'a, BindOps, BindJob, Binds>,
+    gate: SignalFence,
+}
+
+impl QueuedBind<'_> {
+    /// Makes the bind wait for `fence`.
+    pub(crate) fn add_dependency(&mut self, fence: &Fence) -> Result {
+        self.job.add_implicit_dependency(fence, GFP_KERNEL_ACCOUNT)
+    }
+}
+
+/// A bind pushed to its queue, whose job waits for [`Pushed::release`].
+pub(crate) struct Pushed {
+    pub(crate) fence: ARef<Fence>,
+    gate: SignalFence,
+}
+
+impl Pushed {
+    /// Lets the job run once its dependencies have signalled: the call has committed.
+    pub(crate) fn release(self) {
+        self.gate.signal();
+    }
+}
+
+impl BindQueue {
+    /// A queue with nothing queued.
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        Arc::pin_init(
+            try_pin_init!(Self {
+                queue <- JobQueue::new(
+                    Ok::<_, Error>(BindOps {
+                        written: FenceContext::new(),
+                    }),
+                    1,
+                    MAX_QUEUED_BINDS,
+                ),
+                gates: FenceContext::new(),
+            }? Error),
+            GFP_KERNEL_ACCOUNT,
+        )
+    }
+
+    /// Whether the queue has room for another bind.
+    pub(crate) fn has_room(&self) -> bool {
+        self.queue.jobs().0 < MAX_QUEUED_BINDS
+    }
+
+    /// Whether every bind of the queue has finished.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.queue.jobs().0 == 0
+    }
+
+    /// Prepares the job of a bind that keeps `state`.
+    pub(crate) fn prepare(&self, state: Arc<BindState>) -> Result<QueuedBind<'_>> {
+        let job = BindJob {
+            state,
+            written: Some(FenceMemory::new(GFP_KERNEL_ACCOUNT)?),
+        };
+        let mut job = self.queue.prepare(job, 1, GFP_KERNEL_ACCOUNT)?;
+        let gate = self.gates.new_fence(GFP_KERNEL_ACCOUNT)?;
+        job.add_dependency(gate.fence(), GFP_KERNEL_ACCOUNT)?;
+        Ok(QueuedBind { job, gate })
+    }
+
+    /// Queues `bind`, which waits for [`Pushed::release`], and gives its fence; waits while the
+    /// queue is full, [`ERESTARTSYS`] when a signal comes first.
+    pub(crate) fn push(&self, bind: QueuedBind<'_>) -> Result<Pushed> {
+        let fence = self.queue.push(bind.job, true)?;
+        Ok(Pushed {
+            fence,
+            gate: bind.gate,
+        })
+    }
+}
+
+/// A bind of a queue whose entries may not be in VRAM yet, as its VM keeps it: later binds in
+/// its regions wait for it, and jobs submitted meanwhile keep what it keeps.
+pub(crate) struct PendingBind {
+    pub(crate) fence: ARef<Fence>,
+    /// The 2 MiB regions its operations touch, as ranges of addresses.
+    pub(crate) regions: KVec<Range<u64>>,
+    pub(crate) state: Arc<BindState>,
+}
+
+impl PendingBind {
+    /// Whether the bind touches a 2 MiB region of `span`.
+    pub(crate) fn overlaps(&self, span: &Range<u64>) -> bool {
+        let span = to_regions(span);
+        self.regions
+            .iter()
+            .any(|r| r.start < span.end && span.start < r.end)
+    }
+}
+
+/// `span`, widened to the 2 MiB regions it touches.
+pub(crate) fn to_regions(span: &Range<u64>) -> Range<u64> {
+    const REGION: u64 = 1 << 21;
+    let start = span.start & !(REGION - 1);
+    let end = span.end.saturating_add(REGION - 1) & !(REGION - 1);
+    start..end
+}
