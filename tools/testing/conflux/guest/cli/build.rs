@@ -35,7 +35,7 @@ fn main() {
         .args([
             "--no-prepend-enum-name",
             "--allowlist-item",
-            "(drm_)?conflux.*|DRM_CONFLUX_.*|DRM_IOCTL_CONFLUX_.*|drm_gem_close|drm_prime_handle|drm_syncobj_(create|destroy|handle|wait)|DRM_SYNCOBJ_.*|drm_version",
+            "(drm_)?conflux.*|DRM_CONFLUX_.*|DRM_IOCTL_CONFLUX_.*|drm_gem_close|drm_prime_handle|drm_syncobj_(create|destroy|handle|wait|timeline_wait)|DRM_SYNCOBJ_.*|drm_version",
             "--with-derive-default",
             "-o",
         ])

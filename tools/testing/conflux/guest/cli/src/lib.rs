@@ -29,13 +29,15 @@ pub mod uapi {
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_get_info>() == 136);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_create>() == 16);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind_op>() == 40);
-const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind>() == 24);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind>() == 64);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_cmd>() == 32);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_submit>() == 72);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_wait>() == 24);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_rw>() == 32);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_join>() == 16);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_path>() == 24);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bind_queue_create>() == 16);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bind_queue_destroy>() == 8);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_p2pmem>() == 24);
 
 /// A DRM core ioctl request code: `_IOC(dir, 'd', nr, size_of::<T>())`.
@@ -62,6 +64,8 @@ const DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE: u64 = drm_ioc::<uapi::drm_syncobj_handle>(
 
 /// `DRM_IOCTL_SYNCOBJ_WAIT`: `_IOWR('d', 0xc3, struct drm_syncobj_wait)`.
 const DRM_IOCTL_SYNCOBJ_WAIT: u64 = drm_ioc::<uapi::drm_syncobj_wait>(3, 0xc3);
+/// `DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT`: `_IOWR('d', 0xca, struct drm_syncobj_timeline_wait)`.
+const DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT: u64 = drm_ioc::<uapi::drm_syncobj_timeline_wait>(3, 0xca);
 
 /// One operation of [`Device::vm_bind`].
 pub type BindOp = uapi::drm_conflux_vm_bind_op;
@@ -398,6 +402,73 @@ impl Device {
         })
     }
 
+    /// Creates a bind queue on the file's VM and gives its number.
+    pub fn bind_queue_create(&self) -> Result<u32, Error> {
+        let mut args = uapi::drm_conflux_bind_queue_create::default();
+        self.bind_queue_create_raw(&mut args)?;
+        Ok(args.queue)
+    }
+
+    /// `DRM_IOCTL_CONFLUX_BIND_QUEUE_CREATE` with `args` as given.
+    pub fn bind_queue_create_raw(
+        &self,
+        args: &mut uapi::drm_conflux_bind_queue_create,
+    ) -> Result<(), Error> {
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_BIND_QUEUE_CREATE",
+            uapi::DRM_IOCTL_CONFLUX_BIND_QUEUE_CREATE as u64,
+            args,
+        )
+    }
+
+    /// Destroys bind queue `queue`; its binds go on.
+    pub fn bind_queue_destroy(&self, queue: u32) -> Result<(), Error> {
+        let mut args = uapi::drm_conflux_bind_queue_destroy { queue, pad: 0 };
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_BIND_QUEUE_DESTROY",
+            uapi::DRM_IOCTL_CONFLUX_BIND_QUEUE_DESTROY as u64,
+            &mut args,
+        )
+    }
+
+    /// Applies `ops` as a bind of `queue`: once the fences of `syncs.wait` (and of
+    /// `syncs.in_fence`) have signalled, the bind's fence goes to `syncs.signal`; gives the
+    /// sync_file of the bind's fence when `syncs.out_fence` asks for it.
+    pub fn vm_bind_queued(
+        &self,
+        queue: u32,
+        ops: &[BindOp],
+        syncs: &BindSyncs<'_>,
+    ) -> Result<Option<OwnedFd>, Error> {
+        let mut flags = 0;
+        if syncs.in_fence.is_some() {
+            flags |= uapi::DRM_CONFLUX_VM_BIND_IN_FENCE_FD;
+        }
+        if syncs.out_fence {
+            flags |= uapi::DRM_CONFLUX_VM_BIND_OUT_FENCE_FD;
+        }
+        let mut args = uapi::drm_conflux_vm_bind {
+            num_ops: u32::try_from(ops.len()).unwrap_or(u32::MAX),
+            ops: ops.as_ptr() as u64,
+            flags,
+            queue,
+            num_in_syncs: u32::try_from(syncs.wait.len()).unwrap_or(u32::MAX),
+            num_out_syncs: u32::try_from(syncs.signal.len()).unwrap_or(u32::MAX),
+            in_fence_fd: syncs.in_fence.map_or(0, |fd| fd.as_raw_fd()),
+            in_syncs: syncs.wait.as_ptr() as u64,
+            out_syncs: syncs.signal.as_ptr() as u64,
+            ..Default::default()
+        };
+        self.vm_bind_raw(&mut args).map_err(|mut e| {
+            e.call = format!("{} (queue {queue}, {} operations)", e.call, ops.len());
+            e
+        })?;
+        // SAFETY: The kernel just gave us this descriptor, which nothing else owns.
+        Ok(syncs
+            .out_fence
+            .then(|| unsafe { OwnedFd::from_raw_fd(args.out_fence_fd) }))
+    }
+
     /// `DRM_IOCTL_CONFLUX_SUBMIT` with `args` as given, for tests of the checks.
     pub fn submit_raw(&self, args: &mut uapi::drm_conflux_submit) -> Result<(), Error> {
         self.ioctl(
@@ -592,6 +663,38 @@ impl Device {
         self.ioctl("DRM_IOCTL_SYNCOBJ_WAIT", DRM_IOCTL_SYNCOBJ_WAIT, &mut args)
     }
 
+    /// Waits at most `timeout` for point `point` of timeline syncobj `handle` to signal
+    /// (`DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT`); `ETIME` when it does not.
+    pub fn syncobj_point_wait(
+        &self,
+        handle: u32,
+        point: u64,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let handles = [handle];
+        let points = [point];
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid `timespec` to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let now_ns = now.tv_sec * 1_000_000_000 + now.tv_nsec;
+        let mut args = uapi::drm_syncobj_timeline_wait {
+            handles: handles.as_ptr() as u64,
+            points: points.as_ptr() as u64,
+            timeout_nsec: now_ns.saturating_add(timeout.as_nanos().try_into().unwrap_or(i64::MAX)),
+            count_handles: 1,
+            flags: uapi::DRM_SYNCOBJ_WAIT_FLAGS_WAIT_ALL,
+            ..Default::default()
+        };
+        self.ioctl(
+            "DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT",
+            DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT,
+            &mut args,
+        )
+    }
+
     /// Destroys syncobj `handle`.
     pub fn syncobj_destroy(&self, handle: u32) -> Result<(), Error> {
         let mut args = uapi::drm_syncobj_destroy { handle, pad: 0 };
@@ -600,6 +703,31 @@ impl Device {
             DRM_IOCTL_SYNCOBJ_DESTROY,
             &mut args,
         )
+    }
+}
+
+/// The fences of a bind of a queue ([`Device::vm_bind_queued`]).
+#[derive(Default)]
+pub struct BindSyncs<'a> {
+    /// Syncobjs (and timeline points) the bind waits for.
+    pub wait: &'a [SyncPoint],
+    /// Syncobjs (and timeline points) that receive the bind's fence.
+    pub signal: &'a [SyncPoint],
+    /// A sync_file the bind waits for.
+    pub in_fence: Option<BorrowedFd<'a>>,
+    /// Whether the call returns a sync_file of the bind's fence.
+    pub out_fence: bool,
+}
+
+/// A syncobj, and a point on its timeline (0: a binary syncobj).
+pub type SyncPoint = uapi::drm_conflux_sync;
+
+/// A syncobj at `point` (0: binary).
+pub fn sync(handle: u32, point: u64) -> SyncPoint {
+    SyncPoint {
+        handle,
+        flags: 0,
+        point,
     }
 }
 

@@ -23,6 +23,7 @@
 
 mod alloc_walk;
 mod bind;
+mod bind_queue;
 mod common;
 mod device;
 mod evict;
@@ -235,8 +236,13 @@ fn main() -> ExitCode {
                 if let Err(e) = test_bind(&mut t, &dev) {
                     t.check(&format!("{}: VM_BIND", path.display()), false, e);
                 }
-                if let Err(e) = sparse::test_sparse(&mut t, &[&dev]) {
-                    t.check(&format!("{}: sparse binds", path.display()), false, e);
+                for queued in [false, true] {
+                    if let Err(e) = sparse::test_sparse(&mut t, &[&dev], queued) {
+                        t.check(&format!("{}: sparse binds", path.display()), false, e);
+                    }
+                }
+                if let Err(e) = bind_queue::test_bind_queues(&mut t, &dev) {
+                    t.check(&format!("{}: bind queues", path.display()), false, e);
                 }
                 if let Err(e) = test_jobs(&mut t, &dev) {
                     t.check(&format!("{}: jobs", path.display()), false, e);
@@ -315,14 +321,32 @@ fn main() -> ExitCode {
             if let Err(e) = test_shared_vm(&mut t, &found) {
                 t.check(&format!("{}: shared VM", path.display()), false, e);
             }
+            for queued in [false, true] {
+                let pair = (Device::open(&found[0]), Device::open(&found[1]));
+                let sparse = match &pair {
+                    (Ok(a), Ok(b)) => {
+                        sparse::test_sparse(&mut t, &[a, b], queued).map_err(|e| e.to_string())
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+                };
+                if let Err(e) = sparse {
+                    t.check(
+                        &format!("{}: sparse binds on a shared VM", path.display()),
+                        false,
+                        e,
+                    );
+                }
+            }
             let pair = (Device::open(&found[0]), Device::open(&found[1]));
-            let sparse = match &pair {
-                (Ok(a), Ok(b)) => sparse::test_sparse(&mut t, &[a, b]).map_err(|e| e.to_string()),
+            let queues = match &pair {
+                (Ok(a), Ok(b)) => {
+                    bind_queue::test_shared_bind_queues(&mut t, a, b).map_err(|e| e.to_string())
+                }
                 (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
             };
-            if let Err(e) = sparse {
+            if let Err(e) = queues {
                 t.check(
-                    &format!("{}: sparse binds on a shared VM", path.display()),
+                    &format!("{}: bind queues on a shared VM", path.display()),
                     false,
                     e,
                 );

@@ -3,9 +3,17 @@
 //! Sparse binding against a model: random MAP, replacing MAP, partial UNMAP and NULL maps on a
 //! window of the VA space, with jobs reading through it after every step and the result
 //! compared with what an in-test model says every page must read; on one device's VM, and on a
-//! VM that two devices share, whose jobs run on either member.
+//! VM that two devices share, whose jobs run on either member. Each runs again with most binds
+//! on two bind queues, with fence chains between them: binds in the same 2 MiB region apply in
+//! the order of the calls whatever queue they are on, so the model holds once a job waits for
+//! the last bind of each queue.
 
-use conflux::{copy_cmd, fill_cmd, map_op, null_op, uapi, unmap_op, BindOp, Device, Error};
+use std::os::fd::AsFd;
+
+use conflux::{
+    copy_cmd, fill_cmd, map_op, null_op, sync, uapi, unmap_op, BindOp, BindSyncs, Device, Error,
+    SyncPoint,
+};
 
 use crate::{
     common::{first_diff, pattern, KIB4, MIB2, VA},
@@ -95,13 +103,96 @@ fn path_fits(page: Page, member: u32, path: u32) -> bool {
     }
 }
 
+/// Two bind queues of the first member's file, each with a timeline syncobj whose points its
+/// binds signal, imported in every member's file.
+struct Queues {
+    queues: [u32; 2],
+    /// Per member, the handles of the two timelines.
+    timelines: Vec<[u32; 2]>,
+    /// The last point of each timeline.
+    points: [u64; 2],
+    binds: usize,
+}
+
+impl Queues {
+    fn new(devs: &[&Device]) -> Result<Self, Error> {
+        let dev = devs[0];
+        let queues = [dev.bind_queue_create()?, dev.bind_queue_create()?];
+        let mine = [dev.syncobj_create()?, dev.syncobj_create()?];
+        let mut timelines = vec![mine];
+        for other in &devs[1..] {
+            let mut theirs = [0; 2];
+            for (t, h) in theirs.iter_mut().zip(mine) {
+                *t = other.syncobj_import(dev.syncobj_export(h)?.as_fd())?;
+            }
+            timelines.push(theirs);
+        }
+        Ok(Self {
+            queues,
+            timelines,
+            points: [0; 2],
+            binds: 0,
+        })
+    }
+
+    /// What a job of member `m` waits for: the last bind of each queue.
+    fn waits(&self, m: usize) -> Vec<SyncPoint> {
+        (0..2)
+            .filter(|&q| self.points[q] > 0)
+            .map(|q| sync(self.timelines[m][q], self.points[q]))
+            .collect()
+    }
+
+    /// Binds `ops` on queue `q`, after the last bind of the other queue when `chain`.
+    fn bind(&mut self, dev: &Device, q: usize, chain: bool, ops: &[BindOp]) -> Result<(), Error> {
+        let other = 1 - q;
+        let wait: Vec<SyncPoint> = (chain && self.points[other] > 0)
+            .then(|| sync(self.timelines[0][other], self.points[other]))
+            .into_iter()
+            .collect();
+        let signal = [sync(self.timelines[0][q], self.points[q] + 1)];
+        let syncs = BindSyncs {
+            wait: &wait,
+            signal: &signal,
+            ..Default::default()
+        };
+        dev.vm_bind_queued(self.queues[q], ops, &syncs)?;
+        self.points[q] += 1;
+        self.binds += 1;
+        Ok(())
+    }
+}
+
+/// Runs `cmds` on `dev`, member `m`, after the last bind of each of `queues`, and waits.
+fn run_job(
+    dev: &Device,
+    m: usize,
+    queues: Option<&Queues>,
+    cmds: &[conflux::Cmd],
+) -> Result<(), Error> {
+    let waits = queues.map(|q| q.waits(m)).unwrap_or_default();
+    let mut args = uapi::drm_conflux_submit {
+        in_syncs: waits.as_ptr() as u64,
+        num_in_syncs: waits.len() as u32,
+        ..Default::default()
+    };
+    let job = dev.submit_with(cmds, &mut args)?;
+    dev.wait(job, -1)
+}
+
 /// One run of the model test from `seed` on the VM of `devs[0]`, which the others join; each
-/// step's job runs on a random member. An error names the step and the seed.
-fn run(devs: &[&Device], seed: u64) -> Result<Result<usize, String>, Error> {
+/// step's job runs on a random member. With `queued`, most binds go to two bind queues (on a
+/// shared VM, those that map no buffer). An error names the step and the seed.
+fn run(devs: &[&Device], seed: u64, queued: bool) -> Result<Result<usize, String>, Error> {
     let dev = devs[0];
     for other in &devs[1..] {
         other.vm_join(dev)?;
     }
+    let mut queues = if queued {
+        Some(Queues::new(devs)?)
+    } else {
+        None
+    };
     let len = PAGES * KIB4;
     let vram = dev.bo_create(len)?;
     let sys = dev.bo_create_in(len, uapi::DRM_CONFLUX_BO_SYSTEM)?;
@@ -116,10 +207,31 @@ fn run(devs: &[&Device], seed: u64) -> Result<Result<usize, String>, Error> {
     let mut ops_done = 0;
     let fail = |step: usize, what: String| Ok(Err(format!("seed {seed}, step {step}: {what}")));
     for step in 0..STEPS {
+        let before = model.clone();
         let ops: Vec<BindOp> = (0..1 + rng.below(3))
             .map(|_| random_op(&mut rng, &mut model, &handles))
             .collect();
-        if let Err(e) = dev.vm_bind(&ops) {
+        // On a VM of several devices, a bind queue neither maps buffers nor changes their
+        // mappings (the other members' imports).
+        let buffers = ops.iter().any(|op| {
+            let pages = op.va.saturating_sub(WINDOW) / KIB4..(op.va + op.range - WINDOW) / KIB4;
+            let mapped = pages
+                .clone()
+                .any(|p| matches!(before.get(p as usize), Some(Page::Buf { .. })));
+            mapped
+                || (op.op == uapi::DRM_CONFLUX_BIND_MAP
+                    && op.flags & uapi::DRM_CONFLUX_BIND_NULL == 0)
+        });
+        let mode = rng.below(4);
+        let bound = match queues.as_mut() {
+            // A bind queue maps buffers on a VM of one device only.
+            Some(q) if mode > 0 && !(buffers && devs.len() > 1) => {
+                let chain = rng.below(2) == 0;
+                q.bind(dev, usize::from(mode == 3), chain, &ops)
+            }
+            _ => dev.vm_bind(&ops),
+        };
+        if let Err(e) = bound {
             return fail(step, format!("VM_BIND {ops:?}: {e}"));
         }
         ops_done += ops.len();
@@ -154,8 +266,7 @@ fn run(devs: &[&Device], seed: u64) -> Result<Result<usize, String>, Error> {
         let member = rng.below(devs.len() as u64) as usize;
         if !cmds.is_empty() {
             let runner = devs[member];
-            let job = runner.submit(&cmds, 0, 0)?;
-            if let Err(e) = runner.wait(job, -1) {
+            if let Err(e) = run_job(runner, member, queues.as_ref(), &cmds) {
                 return fail(
                     step,
                     format!("the job of member {member} over pages {stretch:?} failed: {e}"),
@@ -206,8 +317,10 @@ fn run(devs: &[&Device], seed: u64) -> Result<Result<usize, String>, Error> {
         // Now and then, a read of an unmapped page must fault.
         if step % 100 == 99 {
             if let Some(p) = model.iter().position(|&p| p == Page::Unmapped) {
-                let job = dev.submit(&[copy_cmd(WINDOW + p as u64 * KIB4, OUT, 8)], 0, 0)?;
-                let errno = dev.wait(job, -1).err().and_then(|e| e.errno());
+                let cmds = [copy_cmd(WINDOW + p as u64 * KIB4, OUT, 8)];
+                let errno = run_job(dev, 0, queues.as_ref(), &cmds)
+                    .err()
+                    .and_then(|e| e.errno());
                 if errno != Some(libc::EIO) {
                     return fail(step, format!("reading unmapped page {p}: {errno:?}"));
                 }
@@ -215,12 +328,26 @@ fn run(devs: &[&Device], seed: u64) -> Result<Result<usize, String>, Error> {
         }
     }
     dev.vm_bind(&[unmap_op(WINDOW, 2 * MIB2), unmap_op(OUT, len)])?;
+    if let Some(q) = &queues {
+        for queue in q.queues {
+            dev.bind_queue_destroy(queue)?;
+        }
+        // On a shared VM, only the steps that map no buffer and change no buffer's mapping.
+        let least = if devs.len() > 1 {
+            STEPS / 20
+        } else {
+            STEPS / 2
+        };
+        if q.binds < least {
+            return fail(STEPS, format!("only {} binds went to the queues", q.binds));
+        }
+    }
     Ok(Ok(ops_done))
 }
 
 /// The model test on the VM of `devs[0]`, shared with the other devices, with the seed of
-/// `CONFLUX_SEED` or the default one.
-pub(crate) fn test_sparse(t: &mut Tally, devs: &[&Device]) -> Result<(), Error> {
+/// `CONFLUX_SEED` or the default one; with `queued`, on two bind queues.
+pub(crate) fn test_sparse(t: &mut Tally, devs: &[&Device], queued: bool) -> Result<(), Error> {
     let names: Vec<String> = devs
         .iter()
         .map(|d| d.path().display().to_string())
@@ -240,7 +367,11 @@ pub(crate) fn test_sparse(t: &mut Tally, devs: &[&Device]) -> Result<(), Error> 
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_SEED);
-    match run(devs, seed)? {
+    let what = match queued {
+        true => format!("{what}, on two bind queues"),
+        false => what,
+    };
+    match run(devs, seed, queued)? {
         Ok(ops) => t.check(
             &what,
             true,
