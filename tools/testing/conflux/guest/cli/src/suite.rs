@@ -13,10 +13,10 @@ use std::{
     path::Path,
     sync::{Arc, Barrier},
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use conflux::{fill_cmd, map_op, null_op, uapi, unmap_op, BindOp, Bo, Device};
+use conflux::{fill_cmd, map_op, null_op, uapi, unmap_op, BindOp, BindSyncs, Bo, Device};
 use serde_json::{json, Value};
 
 use crate::{
@@ -137,22 +137,52 @@ fn check(dev: &Device, bo: &Bo<'_>, data: &[u8], what: &str) -> Result<(), Strin
     verify(what, &got, |i| data[i])
 }
 
+/// Applies `ops` synchronously, or on bind queue `queue` and waits for its fence in `done`.
+fn bind_now(dev: &Device, ops: &[BindOp], queue: Option<(u32, u32)>) -> Result<(), String> {
+    match queue {
+        None => dev.vm_bind(ops).map_err(e),
+        Some((q, done)) => {
+            let signal = [conflux::sync(done, 0)];
+            let syncs = BindSyncs {
+                signal: &signal,
+                ..Default::default()
+            };
+            dev.vm_bind_queued(q, ops, &syncs).map_err(e)?;
+            dev.syncobj_wait(done, Duration::from_secs(600)).map_err(e)
+        }
+    }
+}
+
 /// A bind of 1 GiB (a 512 MiB buffer mapped twice, back to back) at a 2 MiB-aligned address,
 /// which takes 2 MiB entries, and at an address 4 KiB off, which takes 4 KiB entries: the
-/// entries written, from GET_INFO, and the time of the VM_BIND call.
+/// entries written, from GET_INFO, and the time of the VM_BIND call; on a bind queue, the time
+/// from the call to the bind's fence.
 fn binds(dev: &Device, runs: u32) -> Result<Value, String> {
     let half = 512 * MIB;
     let bo = dev.bo_create(2 * 256 * MIB).map_err(e)?;
+    let queue = (
+        dev.bind_queue_create().map_err(e)?,
+        dev.syncobj_create().map_err(e)?,
+    );
     let mut rows = Vec::new();
-    for (label, va) in [("2 MiB pages", VA), ("4 KiB pages", VA + 4096)] {
+    let cases = [
+        ("2 MiB pages", VA, None),
+        ("4 KiB pages", VA + 4096, None),
+        ("2 MiB pages, on a bind queue", VA, Some(queue)),
+        ("4 KiB pages, on a bind queue", VA + 4096, Some(queue)),
+    ];
+    for (label, va, queue) in cases {
         let mut entries = (0, 0);
         let ms = repeat(runs, || {
             let start = Instant::now();
-            dev.vm_bind(&[
-                map_op(bo.handle, 0, va, half, false),
-                map_op(bo.handle, 0, va + half, half, false),
-            ])
-            .map_err(e)?;
+            bind_now(
+                dev,
+                &[
+                    map_op(bo.handle, 0, va, half, false),
+                    map_op(bo.handle, 0, va + half, half, false),
+                ],
+                queue,
+            )?;
             let ms = start.elapsed().as_secs_f64() * 1e3;
             let info = dev.info().map_err(e)?;
             entries = (info.vm_2m_entries, info.vm_4k_entries);
@@ -166,6 +196,7 @@ fn binds(dev: &Device, runs: u32) -> Result<Value, String> {
                    "note": format!("{} entries of 2 MiB, {} of 4 KiB", entries.0, entries.1)}),
         ));
     }
+    dev.bind_queue_destroy(queue.0).map_err(e)?;
     Ok(json!({
         "id": "bind",
         "title": "bind of 1 GiB",
@@ -178,9 +209,10 @@ fn binds(dev: &Device, runs: u32) -> Result<Value, String> {
 /// Makes the operation of one VM_BIND call from a buffer handle, an address and a length.
 type MakeOp = fn(u32, u64, u64) -> BindOp;
 
-/// Synchronous VM_BIND calls of one operation each, per second: maps of 4 KiB and of 2 MiB
-/// (one 2 MiB entry each) at fresh addresses, maps of 4 KiB that replace a mapping, NULL maps of
-/// 4 KiB, beside the no-op ioctl. The unmaps of each run are not timed.
+/// VM_BIND calls of one operation each, per second, synchronous and on a bind queue (to the
+/// fence of the last bind): maps of 4 KiB and of 2 MiB (one 2 MiB entry each) at fresh
+/// addresses, maps of 4 KiB that replace a mapping, NULL maps of 4 KiB, beside the no-op ioctl.
+/// The unmaps of each run are not timed.
 fn bind_rates(dev: &Device, runs: u32) -> Result<Value, String> {
     const CALLS: u64 = 256;
     let bo = dev.bo_create(2 * MIB).map_err(e)?;
@@ -197,30 +229,57 @@ fn bind_rates(dev: &Device, runs: u32) -> Result<Value, String> {
     ];
     let mut figures = Vec::new();
     let mut noop = Vec::new();
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    // Synchronous, then on a bind queue: the calls back to back, the last one's fence waited.
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 2 * kinds.len()];
+    let queue = dev.bind_queue_create().map_err(e)?;
+    let done = dev.syncobj_create().map_err(e)?;
     for _ in 0..runs {
         for (i, (label, len, op)) in kinds.iter().enumerate() {
-            if label.contains("replacing") {
-                dev.vm_bind(&[map_op(bo.handle, 0, VA, CALLS * len, false)])
+            for queued in [false, true] {
+                if label.contains("replacing") {
+                    dev.vm_bind(&[map_op(bo.handle, 0, VA, CALLS * len, false)])
+                        .map_err(e)?;
+                }
+                let start = Instant::now();
+                for k in 0..CALLS {
+                    let ops = [op(bo.handle, VA + k * len, *len)];
+                    match queued {
+                        false => dev.vm_bind(&ops).map(drop),
+                        true => {
+                            let signal = [conflux::sync(done, 0)];
+                            let syncs = BindSyncs {
+                                signal: if k + 1 == CALLS { &signal } else { &[] },
+                                ..Default::default()
+                            };
+                            dev.vm_bind_queued(queue, &ops, &syncs).map(drop)
+                        }
+                    }
                     .map_err(e)?;
+                }
+                if queued {
+                    dev.syncobj_wait(done, Duration::from_secs(600))
+                        .map_err(e)?;
+                }
+                rates[2 * i + usize::from(queued)]
+                    .push(CALLS as f64 / start.elapsed().as_secs_f64());
+                dev.vm_bind(&[unmap_op(VA, CALLS * len)]).map_err(e)?;
             }
-            let start = Instant::now();
-            for k in 0..CALLS {
-                dev.vm_bind(&[op(bo.handle, VA + k * len, *len)])
-                    .map_err(e)?;
-            }
-            rates[i].push(CALLS as f64 / start.elapsed().as_secs_f64());
-            dev.vm_bind(&[unmap_op(VA, CALLS * len)]).map_err(e)?;
         }
         noop.push(noop_rate(dev, 4096)?);
     }
-    for ((label, _, _), rate) in kinds.iter().zip(rates) {
+    dev.bind_queue_destroy(queue).map_err(e)?;
+    for (k, rate) in rates.into_iter().enumerate() {
+        let (label, _, _) = kinds[k / 2];
+        let label = match k % 2 {
+            0 => label.to_string(),
+            _ => format!("{label}, on a bind queue (to the last bind's fence)"),
+        };
         let note = format!(
             "{:.1} % of the no-op rate, the median of the runs' ratios",
             100.0 * median_ratio(&rate, &noop)
         );
         figures.push(figure(
-            label,
+            &label,
             rate,
             json!({"calls_per_run": CALLS, "note": note}),
         ));
@@ -228,7 +287,7 @@ fn bind_rates(dev: &Device, runs: u32) -> Result<Value, String> {
     figures.push(figure("no-op ioctl (DRM_IOCTL_VERSION)", noop, json!({})));
     Ok(json!({
         "id": "bind-rate",
-        "title": "synchronous VM_BIND calls of one operation",
+        "title": "VM_BIND calls of one operation, synchronous and on a bind queue",
         "unit": "per s",
         "higher_is_better": true,
         "figures": figures,
