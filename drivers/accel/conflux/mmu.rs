@@ -16,9 +16,13 @@ use core::sync::atomic::{
 };
 
 use kernel::{
+    new_spinlock,
     prelude::*,
     sizes::SZ_4K,
-    sync::Arc, //
+    sync::{
+        Arc,
+        SpinLock, //
+    },
 };
 
 use crate::{
@@ -76,6 +80,97 @@ pub(crate) struct MapRange {
     pub(crate) len: u64,
     pub(crate) offset: u64,
     pub(crate) writable: bool,
+}
+
+/// What a [`PendingLog`] holds.
+struct LogState {
+    /// The log, but while the tables write to it.
+    log: Option<WriteLog>,
+    /// The log was taken from the tables, filled: it counts as pending.
+    taken: bool,
+    /// The log is written to VRAM, or its device is gone.
+    done: bool,
+}
+
+/// A bind's log of the writes to the tables of one address space, pending until it is written:
+/// by the bind's job once its fences have signalled, or earlier by an invalidation of the
+/// address space that must not find VRAM behind the shadow, whichever comes first.
+///
+/// # Invariants
+///
+/// `pending` is the count of pending logs of the tables the log is for ([`PageTables::pending`]);
+/// it was incremented for this log when the log was taken (`taken`), and is decremented once,
+/// when `done` is set.
+#[pin_data]
+pub(crate) struct PendingLog {
+    #[pin]
+    state: SpinLock<LogState>,
+    pending: Arc<AtomicUsize>,
+    /// The buffers whose mappings the log adds or removes, by their address-space identifier.
+    ids: KVec<usize>,
+}
+
+impl PendingLog {
+    /// A log for `tables`, with room for `count` writes, of a bind that adds or removes the
+    /// mappings of the buffers `ids`.
+    pub(crate) fn new(tables: &PageTables, count: usize, ids: KVec<usize>) -> Result<Arc<Self>> {
+        let log = WriteLog::with_capacity(count)?;
+        Arc::pin_init(
+            pin_init!(Self {
+                state <- new_spinlock!(LogState {
+                    log: Some(log),
+                    taken: false,
+                    done: false,
+                }),
+                pending: tables.pending(),
+                ids,
+            }),
+            GFP_KERNEL_ACCOUNT,
+        )
+    }
+
+    /// Sends the writes of `tables` to the log, until [`Self::finish`].
+    pub(crate) fn start(&self, tables: &mut PageTables) {
+        if let Some(log) = self.state.lock().log.take() {
+            tables.start_log(log);
+        }
+    }
+
+    /// Ends what [`Self::start`] began: the log is pending; gives the writes that did not fit.
+    pub(crate) fn finish(&self, tables: &mut PageTables) -> usize {
+        let log = tables.take_log();
+        let mut st = self.state.lock();
+        st.taken = log.is_some();
+        let overflow = log.as_ref().map_or(0, |l| l.counts().1);
+        st.log = log;
+        overflow
+    }
+
+    /// Writes the log to VRAM, `vram`, once; without VRAM (the device is gone, its tables with
+    /// it) only counts it written. Neither allocates nor sleeps.
+    pub(crate) fn apply(&self, vram: Option<&Vram<'_>>) {
+        let mut st = self.state.lock();
+        if st.done || !st.taken {
+            return;
+        }
+        if let (Some(vram), Some(log)) = (vram, st.log.as_ref()) {
+            log.apply(vram);
+        }
+        // INVARIANT: decremented once, as `done` is set.
+        st.done = true;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether the log adds or removes a mapping of buffer `id`.
+    pub(crate) fn involves(&self, id: usize) -> bool {
+        self.ids.contains(&id)
+    }
+
+    /// Whether the log needs no writing any more.
+    pub(crate) fn is_done(&self) -> bool {
+        let st = self.state.lock();
+        st.done || !st.taken
+    }
 }
 
 /// How many leaf entries and spare tables an address space holds.

@@ -60,7 +60,7 @@ use crate::{
         },
         PageCounts,
         PageTables,
-        WriteLog, //
+        PendingLog, //
     },
     prime,
 };
@@ -124,8 +124,6 @@ pub(crate) struct Vm {
     last: Option<ARef<Fence>>,
     kept: Arc<KeptTables>,
     pending: KVec<PendingBind>,
-    /// The count of logs of the tables not yet written to VRAM ([`PageTables::pending`]).
-    pending_logs: Arc<core::sync::atomic::AtomicUsize>,
 }
 
 impl Vm {
@@ -144,7 +142,6 @@ impl Vm {
         )?;
         let tables = PageTables::new(&data.vram)?;
         let root = tables.root();
-        let pending_logs = tables.pending();
         let mut reserve = KVec::with_capacity(bind::RESERVED_VAS, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..bind::RESERVED_VAS {
             reserve.push(GpuVaAlloc::new(GFP_KERNEL_ACCOUNT)?, GFP_KERNEL_ACCOUNT)?;
@@ -158,7 +155,6 @@ impl Vm {
             last: None,
             kept: KeptTables::new()?,
             pending: KVec::new(),
-            pending_logs,
         })
     }
 
@@ -173,8 +169,8 @@ impl Vm {
     }
 
     /// The log of this member for a bind of a queue, on `dev`, once it committed.
-    fn member_log(&self, dev: &crate::driver::IoctlDevice, log: WriteLog) -> MemberLog {
-        MemberLog::new(dev, log, self.pending_logs.clone(), self.kept.clone())
+    fn member_log(&self, dev: &crate::driver::IoctlDevice, log: Arc<PendingLog>) -> MemberLog {
+        MemberLog::new(dev, log, self.kept.clone())
     }
 
     /// Forgets the pending binds whose fences have signalled: their entries are in VRAM.

@@ -267,7 +267,7 @@ struct drm_conflux_vm_bind_op {
 
 /* Most bind queues of one open file. */
 #define DRM_CONFLUX_MAX_BIND_QUEUES	16
-/* Most binds one queue holds, waiting or done and not yet retired. */
+/* Most binds of one queue that wait for their dependencies. */
 #define DRM_CONFLUX_MAX_QUEUED_BINDS	256
 
 /**
@@ -332,10 +332,8 @@ struct drm_conflux_vm_bind_op {
  * done. The bind's fence, put in @out_syncs and @out_fence_fd, signals when
  * the page tables of every member are written; it carries the error of a
  * failed in-fence, but the bind happens all the same. Until then the bind
- * keeps the buffers it maps or unmaps where they are. On a VM of several
- * devices a queue only maps NULL pages and unmaps; a queued operation that
- * maps a buffer there, or that maps or changes a mapping of an imported
- * buffer, fails with -EOPNOTSUPP. More errors with a @queue: -ENOENT for an
+ * keeps the buffers it maps or unmaps, on every member, where they are
+ * (pinned). More errors with a @queue: -ENOENT for an
  * unknown queue or syncobj, -EINVAL for a syncobj without a fence at the
  * point asked or fence fields without a queue, -EMFILE when no descriptor
  * is left for @out_fence_fd, -EAGAIN when the queue holds

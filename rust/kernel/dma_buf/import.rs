@@ -280,16 +280,17 @@ impl<I: Importer> ImportAttachment<I> {
         !self.held.kept.sgt.load(Ordering::Acquire).is_null()
     }
 
-    /// Pins the buffer for this attachment. Needs the buffer's reservation lock.
-    pub fn pin(&self, guard: &ResvGuard<'_>) -> Result {
-        self.buf.is_locked_by(guard)?;
+    /// Pins the buffer for this attachment. Needs the buffer's reservation lock (a
+    /// [`ResvGuard`], or a set of locks that holds it).
+    pub fn pin(&self, lock: &impl ResvLocked) -> Result {
+        self.buf.is_locked_by(lock)?;
         // SAFETY: Attached, and the buffer's lock is held (checked above).
         to_result(unsafe { bindings::dma_buf_pin(self.attachment.as_ptr()) })
     }
 
     /// Unpins the buffer. Needs the buffer's reservation lock.
-    pub fn unpin(&self, guard: &ResvGuard<'_>) -> Result {
-        self.buf.is_locked_by(guard)?;
+    pub fn unpin(&self, lock: &impl ResvLocked) -> Result {
+        self.buf.is_locked_by(lock)?;
         // SAFETY: As in `pin`.
         unsafe { bindings::dma_buf_unpin(self.attachment.as_ptr()) };
         Ok(())

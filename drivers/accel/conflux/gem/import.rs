@@ -121,6 +121,17 @@ impl Imported {
         Ok(table)
     }
 
+    /// Pins the buffer where it is for this device, under its reservation lock (held by
+    /// `lock`): its exporter moves it for no one until [`Self::unpin`].
+    pub(crate) fn pin(&self, lock: &impl ResvLocked) -> Result {
+        self.attachment.pin(lock)
+    }
+
+    /// Unpins the buffer, under its reservation lock.
+    pub(crate) fn unpin(&self, lock: &impl ResvLocked) -> Result {
+        self.attachment.unpin(lock)
+    }
+
     /// The dma-buf.
     pub(crate) fn buf(&self) -> &DmaBuf {
         self.attachment.buf()

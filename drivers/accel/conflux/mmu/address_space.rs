@@ -20,7 +20,8 @@ use kernel::{
 use crate::{
     mmu::{
         MapRange,
-        PageTables, //
+        PageTables,
+        PendingLog, //
     },
     vram::Vram, //
 };
@@ -135,6 +136,17 @@ pub(crate) struct State {
     /// `None` once the VM is gone.
     pub(crate) tables: Option<PageTables>,
     pub(crate) movable: Movable,
+    /// The logs of binds of bind queues that may not be written yet, in the order of the binds.
+    pub(crate) logs: KVec<Arc<PendingLog>>,
+}
+
+impl State {
+    /// Records `log`, pending, in room the caller made in `logs`; forgets the logs done.
+    pub(crate) fn add_log(&mut self, log: Arc<PendingLog>) {
+        self.logs.retain(|l| !l.is_done());
+        // Cannot fail: room was made.
+        let _ = self.logs.push_within_capacity(log);
+    }
 }
 
 /// The page tables of a VM, with their own lock so that an exporter's invalidation can clear
@@ -156,6 +168,7 @@ impl AddressSpace {
                 state <- new_mutex!(State {
                     tables: Some(tables),
                     movable: Movable(records),
+                    logs: KVec::new(),
                 }),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -173,9 +186,19 @@ impl AddressSpace {
     }
 
     /// Clears the entries that map buffer `id`, for its exporter's invalidation or its move.
+    ///
+    /// A bind whose log is pending pins the buffers it maps or unmaps, so only a revocation
+    /// invalidates one of them: then the pending logs are written first, out of turn and in
+    /// order, so that the entries cleared do not come back when they would have been.
     fn invalidate(&self, vram: &Vram<'_>, id: usize) {
         let mut guard = self.lock();
         let st = &mut *guard;
+        if st.logs.iter().any(|l| !l.is_done() && l.involves(id)) {
+            for log in st.logs.iter() {
+                log.apply(Some(vram));
+            }
+            st.logs.clear();
+        }
         let Some(tables) = st.tables.as_mut() else {
             return;
         };

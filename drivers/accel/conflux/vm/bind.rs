@@ -35,7 +35,10 @@ use kernel::{
     },
     prelude::*,
     sizes::SZ_4K,
-    sync::aref::ARef,
+    sync::{
+        aref::ARef,
+        Arc, //
+    },
     uapi,
 };
 
@@ -53,8 +56,8 @@ use crate::{
         },
         MapRange,
         PageTables,
-        Target,
-        WriteLog, //
+        PendingLog,
+        Target, //
     },
     prime,
     regs::{
@@ -243,7 +246,7 @@ pub(crate) struct Prepared {
     tables: usize,
     /// For a bind of a queue: the log of the entries it changes in VRAM, allocated by
     /// [`Vm::provision`], then filled by [`Vm::commit`].
-    pub(super) log: Option<WriteLog>,
+    pub(super) log: Option<Arc<PendingLog>>,
 }
 
 impl Prepared {
@@ -427,27 +430,6 @@ impl Vm {
         }
     }
 
-    /// The index of the first operation of `ops` that maps an imported buffer, or whose range
-    /// holds a mapping of one: what a bind of a queue does not do yet.
-    pub(super) fn touches_import(&self, ops: &[BindOp]) -> Option<usize> {
-        ops.iter().position(|op| {
-            if let BindOp::Map { bo, .. } = op {
-                if bo.imported().is_some() {
-                    return true;
-                }
-            }
-            let span = op.span();
-            let mut cur = span.start;
-            while let Some(va) = self.gpuvm.find_first(cur..span.end) {
-                if va.obj().imported().is_some() {
-                    return true;
-                }
-                cur = va.range().end;
-            }
-            false
-        })
-    }
-
     /// The buffers that `ops` map, and those mapped in their ranges, each once: what a bind of
     /// a queue keeps until its entries are in VRAM.
     pub(super) fn involved(&self, ops: &[BindOp], out: &mut KVec<ARef<Object>>) -> Result {
@@ -519,10 +501,19 @@ impl Vm {
         locked: Option<&ResvSet<'_>>,
         queued: bool,
     ) -> Result {
-        if queued {
-            self.pending.reserve(1, GFP_KERNEL_ACCOUNT)?;
-            prepared.log = Some(WriteLog::with_capacity(log_writes(ops))?);
-        }
+        let ids = match queued {
+            true => {
+                self.pending.reserve(1, GFP_KERNEL_ACCOUNT)?;
+                let mut objs = KVec::new();
+                self.involved(ops, &mut objs)?;
+                let mut ids = KVec::with_capacity(objs.len(), GFP_KERNEL_ACCOUNT)?;
+                for obj in objs.iter() {
+                    ids.push(obj.id(), GFP_KERNEL_ACCOUNT)?;
+                }
+                Some(ids)
+            }
+            false => None,
+        };
         for op in ops {
             if let BindOp::Map { bo, .. } = op {
                 if let Some(imp) = bo.imported() {
@@ -544,7 +535,10 @@ impl Vm {
                 return Err(e);
             }
         }
-        if queued {
+        if let Some(ids) = ids {
+            // Room to record the log among the address space's pending ones.
+            st.logs.reserve(1, GFP_KERNEL_ACCOUNT)?;
+            prepared.log = Some(PendingLog::new(tables, log_writes(ops), ids)?);
             // A 2 MiB entry can retire the level-0 table of each 2 MiB region a map covers.
             let regions = ops
                 .iter()
@@ -595,8 +589,8 @@ impl Vm {
         let mut guard = self.space.lock();
         let st = &mut *guard;
         let this_tables = st.tables.as_mut().ok_or(ENODEV)?;
-        if let Some(log) = prepared.log.take() {
-            this_tables.start_log(log);
+        if let Some(log) = &prepared.log {
+            log.start(this_tables);
         }
         let mut result = Ok(());
         let mut vm_bos = prepared.vm_bos.iter();
@@ -653,9 +647,8 @@ impl Vm {
                 break;
             }
         }
-        prepared.log = this_tables.take_log();
         if let Some(log) = &prepared.log {
-            let (_, overflow) = log.counts();
+            let overflow = log.finish(this_tables);
             if overflow > 0 {
                 // Not reached: the log holds what `log_writes` counts.
                 dev_err!(
@@ -666,6 +659,9 @@ impl Vm {
             }
         }
         this_tables.trim();
+        if let Some(log) = &prepared.log {
+            st.add_log(log.clone());
+        }
         result
     }
 

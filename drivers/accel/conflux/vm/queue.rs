@@ -18,7 +18,6 @@ use core::{
     ops::Range,
     sync::atomic::{
         AtomicBool,
-        AtomicUsize,
         Ordering, //
     },
 };
@@ -39,6 +38,7 @@ use kernel::{
         FenceTimeline,
         SignalFence, //
     },
+    dma_resv::ResvSet,
     new_spinlock,
     prelude::*,
     sync::{
@@ -47,6 +47,13 @@ use kernel::{
         SpinLock, //
     },
     time::Delta,
+    workqueue::{
+        self,
+        impl_has_work,
+        new_work,
+        Work,
+        WorkItem, //
+    },
 };
 
 use crate::{
@@ -57,12 +64,12 @@ use crate::{
     hw::DeviceData,
     mmu::{
         address_space::KeptTables,
-        WriteLog, //
+        PendingLog, //
     },
 };
 
-/// The most binds a queue holds, waiting or applied and not yet retired.
-pub(crate) const MAX_QUEUED_BINDS: usize = 256;
+/// The most binds of a queue that wait for their dependencies.
+pub(crate) const MAX_QUEUED_BINDS: usize = kernel::uapi::DRM_CONFLUX_MAX_QUEUED_BINDS as usize;
 
 /// The timeline of bind fences, the ones the out-fences receive.
 pub(crate) struct Binds;
@@ -84,29 +91,132 @@ impl FenceTimeline for BindWrites {
 /// The log of one member of the VM, written by the bind's job.
 pub(crate) struct MemberLog {
     dev: ARef<IoctlDevice>,
-    log: WriteLog,
-    /// The member's count of logs not yet written.
-    pending: Arc<AtomicUsize>,
+    log: Arc<PendingLog>,
     /// The member's tables, which the VM may leave before the job has written them.
     _tables: Arc<KeptTables>,
 }
 
 impl MemberLog {
-    /// The log of the member on `dev`, taken from its tables, whose count of pending logs is
-    /// `pending` and which `tables` keeps when the VM goes.
-    pub(crate) fn new(
-        dev: &IoctlDevice,
-        log: WriteLog,
-        pending: Arc<AtomicUsize>,
-        tables: Arc<KeptTables>,
-    ) -> Self {
+    /// The log of the member on `dev`, taken from its tables, which `tables` keeps when the VM
+    /// goes.
+    pub(crate) fn new(dev: &IoctlDevice, log: Arc<PendingLog>, tables: Arc<KeptTables>) -> Self {
         Self {
             dev: dev.into(),
             log,
-            pending,
             _tables: tables,
         }
     }
+}
+
+/// The buffers a bind keeps and pins, released in work items: unpinning an imported buffer
+/// takes its reservation lock, and so may freeing one, which neither the bind's job nor a caller
+/// that holds reservation locks can take.
+///
+/// # Invariants
+///
+/// Every movable buffer of `buffers` was pinned once, and is unpinned once, by
+/// [`Release::unpin_local`]; every imported one was pinned once through its attachment, and is
+/// unpinned once, by whichever work item sets `unpinned` first.
+#[pin_data]
+pub(crate) struct Release {
+    buffers: KVec<ARef<Object>>,
+    local_unpinned: AtomicBool,
+    unpinned: AtomicBool,
+    /// Unpins the imported buffers once the entries are written.
+    #[pin]
+    unpin: Work<Release, 1>,
+    /// Unpins them if that did not happen, and drops the buffers, when the bind goes.
+    #[pin]
+    release: Work<Release, 2>,
+}
+
+impl_has_work! {
+    impl HasWork<Self, 1> for Release { self.unpin }
+    impl HasWork<Self, 2> for Release { self.release }
+}
+
+impl WorkItem<1> for Release {
+    type Pointer = Arc<Release>;
+
+    fn run(this: Arc<Release>) {
+        this.unpin_imports();
+    }
+}
+
+impl WorkItem<2> for Release {
+    type Pointer = Arc<Release>;
+
+    fn run(this: Arc<Release>) {
+        this.unpin_local();
+        this.unpin_imports();
+        // The buffers go with the last reference, here or in the other work item.
+        drop(this);
+    }
+}
+
+impl Release {
+    /// Keeps `buffers` and pins them: the caller holds their reservation locks, `locked`, under
+    /// which eviction checks the pins of movable buffers and attachments are pinned.
+    fn pin(buffers: KVec<ARef<Object>>, locked: Option<&ResvSet<'_>>) -> Result<Arc<Self>> {
+        let release = Arc::pin_init(
+            pin_init!(Self {
+                buffers,
+                local_unpinned: AtomicBool::new(false),
+                unpinned: AtomicBool::new(false),
+                unpin <- new_work!("Release::unpin"),
+                release <- new_work!("Release::release"),
+            }),
+            GFP_KERNEL_ACCOUNT,
+        )?;
+        let mut pinned = 0;
+        let result: Result = release.imports().try_for_each(|imp| {
+            imp.pin(locked.ok_or(EINVAL)?)?;
+            pinned += 1;
+            Ok(())
+        });
+        if let (Err(_), Some(locked)) = (&result, locked) {
+            for imp in release.imports().take(pinned) {
+                let _ = imp.unpin(locked);
+            }
+        }
+        result?;
+        // INVARIANT: pinned once each; `unpin_local` unpins them.
+        for bo in release.buffers.iter().filter(|bo| bo.movable()) {
+            bo.pins().fetch_add(1, Ordering::Relaxed);
+        }
+        // Nothing to unpin but what was pinned.
+        release.unpinned.store(pinned == 0, Ordering::Relaxed);
+        Ok(release)
+    }
+
+    fn imports(&self) -> impl Iterator<Item = &crate::gem::import::Imported> {
+        self.buffers.iter().filter_map(|bo| bo.imported())
+    }
+
+    /// Unpins the movable buffers, once. Neither sleeps nor allocates.
+    fn unpin_local(&self) {
+        if !self.local_unpinned.swap(true, Ordering::AcqRel) {
+            for bo in self.buffers.iter().filter(|bo| bo.movable()) {
+                bo.pins().fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Unpins the imported buffers, once, each under its reservation lock.
+    fn unpin_imports(&self) {
+        if !self.unpinned.swap(true, Ordering::AcqRel) {
+            for imp in self.imports() {
+                let guard = imp.resv().lock();
+                // Cannot fail: the lock is the buffer's.
+                let _ = imp.unpin(&guard);
+            }
+        }
+    }
+}
+
+/// A bind's state until its entries are written: the members' logs.
+struct Pending {
+    logs: KVec<MemberLog>,
 }
 
 /// What an asynchronous bind keeps until its entries are in VRAM, and after, for the jobs
@@ -114,76 +224,98 @@ impl MemberLog {
 ///
 /// # Invariants
 ///
-/// Every movable buffer of `buffers` was pinned (its `pins` incremented) once, under its
-/// reservation lock, and is unpinned once, when `applied` is set or, if it never is, when this
-/// goes. `logs` is written once, before the bind's job may run; `applied` is set once the logs
-/// are written to VRAM and each log's member count of pending logs decremented.
+/// `release` holds the buffers the bind keeps, pinned; their pins go once `applied` is set
+/// (the movable ones at once, the imported ones in a work item) or when this goes, whose
+/// release work item then drops them. `pending.logs` is written once, before the bind's job may
+/// run; `applied` is set once the logs are written to VRAM.
 #[pin_data(PinnedDrop)]
 pub(crate) struct BindState {
-    buffers: KVec<ARef<Object>>,
+    /// `Some` until this goes, when the work item that releases the buffers takes it: the last
+    /// reference must not go with this, which a caller holding reservation locks may drop.
+    release: Option<Arc<Release>>,
     #[pin]
-    logs: SpinLock<KVec<MemberLog>>,
+    pending: SpinLock<Pending>,
     applied: AtomicBool,
 }
 
 impl BindState {
-    /// The state of a bind that keeps `buffers`, and pins the movable ones until it goes: the
-    /// caller holds their reservation locks, under which eviction checks the pins.
-    pub(crate) fn new(buffers: KVec<ARef<Object>>) -> Result<Arc<Self>> {
+    /// The state of a bind that keeps `buffers`, and pins them until its entries are written:
+    /// the caller holds their reservation locks, `locked`.
+    pub(crate) fn new(
+        buffers: KVec<ARef<Object>>,
+        locked: Option<&ResvSet<'_>>,
+    ) -> Result<Arc<Self>> {
+        let release = Release::pin(buffers, locked)?;
+        let kept = release.clone();
         let state = Arc::pin_init(
             pin_init!(Self {
-                buffers,
-                logs <- new_spinlock!(KVec::new()),
+                release: Some(kept),
+                pending <- new_spinlock!(Pending { logs: KVec::new() }),
                 applied: AtomicBool::new(false),
             }),
             GFP_KERNEL_ACCOUNT,
-        )?;
-        // INVARIANT: pinned once each, unpinned in `drop`.
-        for bo in state.buffers.iter().filter(|bo| bo.movable()) {
-            bo.pins().fetch_add(1, Ordering::Relaxed);
+        );
+        if state.is_err() {
+            // Nothing was queued: the pins go here, the caller's locks held.
+            release.unpin_local();
+            if let Some(locked) = locked {
+                if !release.unpinned.swap(true, Ordering::AcqRel) {
+                    for imp in release.imports() {
+                        let _ = imp.unpin(locked);
+                    }
+                }
+            }
         }
-        Ok(state)
+        state
     }
 
     /// Hands over the logs of the members, once the call committed.
     pub(crate) fn set_logs(&self, logs: KVec<MemberLog>) {
-        let old = core::mem::replace(&mut *self.logs.lock(), logs);
+        let old = core::mem::replace(&mut self.pending.lock().logs, logs);
         // Outside the lock: the empty vector of a new state.
         drop(old);
     }
 
-    /// Writes the logs to VRAM, once. Neither allocates nor sleeps; a member whose device is
-    /// unbound is skipped, its tables went with it.
+    /// Writes the logs to VRAM, once (an invalidation may have written some already). Neither
+    /// allocates nor sleeps; a member whose device is unbound is skipped, its tables went with
+    /// it.
     fn apply(&self) {
-        let logs = self.logs.lock();
+        let pending = self.pending.lock();
         if self.applied.load(Ordering::Acquire) {
             return;
         }
-        for m in logs.iter() {
-            let _ = DeviceData::with(&m.dev, |_, data| {
-                m.log.apply(&data.vram);
+        for m in pending.logs.iter() {
+            let written = DeviceData::with(&m.dev, |_, data| {
+                m.log.apply(Some(&data.vram));
                 Ok(())
             });
-            m.pending.fetch_sub(1, Ordering::AcqRel);
+            if written.is_err() {
+                m.log.apply(None);
+            }
         }
         // The entries are in VRAM: the buffers may move again, the engine runs their moves
         // after the jobs that may still use the entries replaced.
-        self.unpin();
-        self.applied.store(true, Ordering::Release);
-    }
-
-    fn unpin(&self) {
-        for bo in self.buffers.iter().filter(|bo| bo.movable()) {
-            bo.pins().fetch_sub(1, Ordering::Relaxed);
+        if let Some(release) = &self.release {
+            release.unpin_local();
+            if !release.unpinned.load(Ordering::Acquire) {
+                // Another reference, for the work item; not the last one, which this keeps
+                // until its own work item takes it.
+                let _ = workqueue::system_long().enqueue::<_, 1>(release.clone());
+            }
         }
+        self.applied.store(true, Ordering::Release);
     }
 }
 
 #[pinned_drop]
 impl PinnedDrop for BindState {
     fn drop(self: Pin<&mut Self>) {
-        if !self.applied.load(Ordering::Acquire) {
-            self.unpin();
+        // SAFETY: `release` is not structurally pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        // The buffers go in a work item, which unpins what is still pinned.
+        if let Some(release) = this.release.take() {
+            // Queued once: nothing else queues this item.
+            let _ = workqueue::system_long().enqueue::<_, 2>(release);
         }
     }
 }
@@ -281,7 +413,9 @@ impl BindQueue {
                         written: FenceContext::new(),
                     }),
                     1,
-                    MAX_QUEUED_BINDS,
+                    // Room for the binds that wait, and for those done that the worker has
+                    // not retired yet.
+                    2 * MAX_QUEUED_BINDS,
                 ),
                 gates: FenceContext::new(),
             }? Error),
@@ -289,9 +423,10 @@ impl BindQueue {
         )
     }
 
-    /// Whether the queue has room for another bind.
+    /// Whether fewer than [`MAX_QUEUED_BINDS`] binds of the queue wait for their dependencies.
     pub(crate) fn has_room(&self) -> bool {
-        self.queue.jobs().0 < MAX_QUEUED_BINDS
+        let (len, started) = self.queue.jobs();
+        len - started < MAX_QUEUED_BINDS
     }
 
     /// Whether every bind of the queue has finished.

@@ -251,7 +251,6 @@ impl SharedVm {
         // The operations of each member, with the buffers as its device reaches them.
         let mine = members.iter().position(|m| m.file == file).ok_or(ENOENT)?;
         if let Some((queue, _)) = queued {
-            Self::check_queued(&members, data, &ops)?;
             if !queue.has_room() {
                 if data.log_allowed() {
                     dev_info!(
@@ -337,8 +336,12 @@ impl SharedVm {
                 for (_, ops) in plans.iter() {
                     imported_resvs(ops, &mut resvs)?;
                 }
-                for bo in involved.iter().filter(|bo| bo.movable()) {
-                    resvs.push(bo.dma_resv(), GFP_KERNEL_ACCOUNT)?;
+                for bo in involved.iter() {
+                    match bo.imported() {
+                        Some(imp) => resvs.push(imp.resv(), GFP_KERNEL_ACCOUNT)?,
+                        None if bo.movable() => resvs.push(bo.dma_resv(), GFP_KERNEL_ACCOUNT)?,
+                        None => {}
+                    }
                 }
                 Ok(())
             })();
@@ -373,7 +376,14 @@ impl SharedVm {
         // committed; the last step that can fail.
         let mut commit_to = None;
         if let (Ok(()), Some((queue, wait))) = (&result, queued) {
-            match Self::queue_bind(queue, wait, &mut members, &plans, &involved) {
+            match Self::queue_bind(
+                queue,
+                wait,
+                &mut members,
+                &plans,
+                &involved,
+                locked.as_ref(),
+            ) {
                 Ok(q) => commit_to = Some(q),
                 Err(e) => result = Err(e),
             }
@@ -417,56 +427,16 @@ impl SharedVm {
         result.map(|()| fence)
     }
 
-    /// Refuses a bind of a queue that the members of the VM cannot apply asynchronously yet
-    /// ([`EOPNOTSUPP`]): one that maps a buffer on a VM of several devices, or that maps, or
-    /// changes a mapping of, an imported buffer.
-    fn check_queued(members: &[Member], data: &DeviceData<'_>, ops: &[BindOp]) -> Result {
-        let live = members
-            .iter()
-            .filter(|m| m.dev.registration_guard().is_some())
-            .count();
-        let shared_map = ops
-            .iter()
-            .position(|op| matches!(op, BindOp::Map { .. }))
-            .filter(|_| live > 1);
-        if let Some(i) = shared_map {
-            if data.log_allowed() {
-                dev_info!(
-                    data.pdev,
-                    "VM_BIND: operation {}: a bind queue does not map buffers on a VM of {} \
-                     devices yet\n",
-                    i,
-                    live
-                );
-            }
-            return Err(EOPNOTSUPP);
-        }
-        for (k, m) in members.iter().enumerate() {
-            if let Some(i) = m.vm.touches_import(ops) {
-                if data.log_allowed() {
-                    dev_info!(
-                        data.pdev,
-                        "VM_BIND: operation {}: a bind queue does not map or unmap imported \
-                         buffers yet (member {})\n",
-                        i,
-                        k
-                    );
-                }
-                return Err(EOPNOTSUPP);
-            }
-        }
-        Ok(())
-    }
-
     /// Queues the job of a bind of `queue` that waits for `wait`, with the dependencies of each
     /// member's operations (`plans`), and keeps and pins `involved`, whose reservation locks
-    /// the caller holds. The job waits for the commit.
+    /// the caller holds (`locked`). The job waits for the commit.
     fn queue_bind(
         queue: &BindQueue,
         wait: &[ARef<Fence>],
         members: &mut [Member],
         plans: &[(usize, KVec<BindOp>)],
         involved: &[ARef<Object>],
+        locked: Option<&ResvSet<'_>>,
     ) -> Result<QueuedCommit> {
         let mut regions = KVec::with_capacity(plans.len(), GFP_KERNEL_ACCOUNT)?;
         for (_, ops) in plans.iter() {
@@ -481,7 +451,10 @@ impl SharedVm {
         for bo in involved {
             keep.push(bo.clone(), GFP_KERNEL_ACCOUNT)?;
         }
-        let state = BindState::new(keep)?;
+        // The buffers stay where they are until the entries are written: eviction passes the
+        // movable ones by, and exporters move the imported ones for no one (but a revocation,
+        // which writes the pending logs first).
+        let state = BindState::new(keep, locked)?;
         let mut job = queue.prepare(state.clone())?;
         for fence in wait.iter() {
             job.add_dependency(fence)?;
