@@ -20,6 +20,7 @@ use std::{
         fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
         unix::fs::FileExt,
     },
+    time::Duration,
 };
 
 use conflux::{
@@ -335,6 +336,48 @@ pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Re
         report(t, &name, what, w);
         dev.vm_bind(ops)?;
     }
+    // The same on a bind queue, with an out-syncobj and a sync_file: a failed call queued
+    // nothing, made no descriptor and changed no mapping.
+    let queue = dev.bind_queue_create()?;
+    let done = dev.syncobj_create()?;
+    let signal = [conflux::sync(done, 0)];
+    for (what, ops, undo, maps) in [
+        ("VM_BIND map on a bind queue", &ops_map, &ops_unmap, true),
+        ("VM_BIND unmap on a bind queue", &ops_unmap, &ops_map, false),
+    ] {
+        let w = walk(
+            &fail,
+            || {
+                let args = uapi::drm_conflux_vm_bind {
+                    num_ops: 1,
+                    ops: ops.as_ptr() as u64,
+                    queue,
+                    flags: uapi::DRM_CONFLUX_VM_BIND_OUT_FENCE_FD,
+                    num_out_syncs: 1,
+                    out_syncs: signal.as_ptr() as u64,
+                    ..Default::default()
+                };
+                Ok((args, open_fds()))
+            },
+            |(a, _)| dev.vm_bind_raw(a),
+            |(_, fds)| {
+                let (path, _) = path_at(dev, AT + MIB2)?;
+                let n = open_fds();
+                Ok((((path != 0) == maps) || n != *fds)
+                    .then(|| format!("the range's path is {path}, descriptors {fds} -> {n}")))
+            },
+            |(a, _)| {
+                // SAFETY: VM_BIND returned this new descriptor, which nothing else owns.
+                drop(unsafe { OwnedFd::from_raw_fd(a.out_fence_fd) });
+                dev.syncobj_wait(done, Duration::from_secs(30))?;
+                dev.vm_bind(undo)
+            },
+        );
+        report(t, &name, what, w);
+        dev.vm_bind(ops)?;
+    }
+    dev.bind_queue_destroy(queue)?;
+    dev.syncobj_destroy(done)?;
 
     // SUBMIT with every kind of out-fence: a fill of a new pattern each time, which a failed
     // call must not have written, and no new descriptor.

@@ -272,8 +272,21 @@ fn test_order(t: &mut Tally, dev: &Device, name: &str, q1: u32, q2: u32) -> Resu
         !state[3],
         format!("signalled: {}", state[3]),
     );
-    // A synchronous bind elsewhere goes on.
+    // A synchronous bind elsewhere goes on; one in the held bind's region waits for it, and a
+    // signal ends the wait with nothing changed.
     dev.vm_bind(&[null_op(r(6), KIB4)])?;
+    crate::shared_vm::alarms(20_000);
+    let waited = dev.vm_bind_as(&[null_op(r(0) + 2 * KIB4, KIB4)], false);
+    crate::shared_vm::alarms(0);
+    let path = dev.vm_path(0, r(0) + 2 * KIB4)?;
+    t.check(
+        &format!(
+            "{name}: a synchronous bind in a held bind's region waits; a signal ends it, nothing \
+             changed"
+        ),
+        waited.as_ref().err().and_then(|e| e.errno()) == Some(libc::EINTR) && path == 0,
+        format!("{waited:?}, path {path}"),
+    );
     release(dev, &tl)?;
     let all = s
         .iter()
@@ -485,54 +498,43 @@ pub(crate) fn test_bind_queues(t: &mut Tally, dev: &Device) -> Result<(), Error>
     Ok(())
 }
 
-/// Bind queues on a VM that `a` and `b` share: one fence for both members, which jobs on each
-/// wait for; what a queue does not do on such a VM yet is refused.
+/// Bind queues on a VM that `a` and `b` share: one fence for both members, each mapping the
+/// buffer through its own route (on `b`, an import), which jobs on each wait for.
 pub(crate) fn test_shared_bind_queues(t: &mut Tally, a: &Device, b: &Device) -> Result<(), Error> {
     let name = format!("{} + {}", a.path().display(), b.path().display());
     b.vm_join(a)?;
     let q = a.bind_queue_create()?;
-    let buf = a.bo_create(MIB2)?;
+    let len = 64 * KIB4;
+    let buf = a.bo_create(len)?;
+    let data = pattern(len as usize, 0x4d);
+    a.write(buf.handle, 0, &data)?;
     let v = BASE;
-    t.errno(
-        &format!("{name}: a queued MAP of a buffer on a shared VM"),
-        a.vm_bind_queued(
-            q,
-            &[map_op(buf.handle, 0, v, MIB2, false)],
-            &BindSyncs::default(),
-        ),
-        libc::EOPNOTSUPP,
-    );
     // Where each member copies what it reads.
     let outs = [
-        a.bo_create_in(KIB4, uapi::DRM_CONFLUX_BO_SYSTEM)?,
-        a.bo_create_in(KIB4, uapi::DRM_CONFLUX_BO_SYSTEM)?,
+        a.bo_create_in(len, uapi::DRM_CONFLUX_BO_SYSTEM)?,
+        a.bo_create_in(len, uapi::DRM_CONFLUX_BO_SYSTEM)?,
     ];
     let o = |m: u64| BASE + 8 * MIB2 + m * MIB2;
     a.vm_bind(&[
-        map_op(outs[0].handle, 0, o(0), KIB4, false),
-        map_op(outs[1].handle, 0, o(1), KIB4, false),
+        map_op(outs[0].handle, 0, o(0), len, false),
+        map_op(outs[1].handle, 0, o(1), len, false),
     ])?;
-    t.errno(
-        &format!("{name}: a queued UNMAP of a buffer's mapping on a shared VM"),
-        a.vm_bind_queued(q, &[unmap_op(o(0), KIB4)], &BindSyncs::default()),
-        libc::EOPNOTSUPP,
-    );
-    for out in &outs {
-        a.write(out.handle, 0, &[0xee; KIB4 as usize])?;
-    }
     let tl = timeline(a)?;
     let gate = held(a, &tl, 1)?;
     let s = a.syncobj_create()?;
-    bind_on(a, q, &[null_op(v, 64 * KIB4)], Some(&gate), s)?;
+    bind_on(
+        a,
+        q,
+        &[map_op(buf.handle, 0, v, len, false)],
+        Some(&gate),
+        s,
+    )?;
     let sb = b.syncobj_import(a.syncobj_export(s)?.as_fd())?;
-    // Each member fills the NULL pages (the writes vanish) and copies them out, after the bind.
-    let cmds = |m: u64| [fill_cmd(v, KIB4, 0x5a5a), copy_cmd(v, o(m), KIB4)];
     // First, as the engine runs jobs in order: one that does not wait.
     let early = b.submit(&[copy_cmd(v, o(1), 8)], 0, 0)?;
     let early_errno = job_errno(b, early);
-    a.write(outs[1].handle, 0, &[0xee; KIB4 as usize])?;
-    let job_a = a.submit(&cmds(0), s, 0)?;
-    let job_b = b.submit(&cmds(1), sb, 0)?;
+    let job_a = a.submit(&[copy_cmd(v, o(0), len)], s, 0)?;
+    let job_b = b.submit(&[copy_cmd(v, o(1), len)], sb, 0)?;
     let waiting = [a.wait(job_a, 0), b.wait(job_b, 0)]
         .iter()
         .all(|r| r.as_ref().err().and_then(|e| e.errno()) == Some(libc::ETIME));
@@ -540,25 +542,27 @@ pub(crate) fn test_shared_bind_queues(t: &mut Tally, a: &Device, b: &Device) -> 
     let results = [a.wait(job_a, -1), b.wait(job_b, -1)];
     let got: Vec<Vec<u8>> = outs
         .iter()
-        .map(|out| read_all(a, out.handle, KIB4))
+        .map(|out| read_all(a, out.handle, len))
         .collect::<Result<_, _>>()?;
+    let paths = [a.vm_path(0, v)?, a.vm_path(1, v)?];
     t.check(
         &format!(
-            "{name}: a queued bind on a shared VM: jobs on both members that wait for its fence \
-             see its NULL pages"
+            "{name}: a queued MAP on a shared VM: jobs on both members that wait for its fence \
+             read the buffer, each through its route"
         ),
         early_errno == Some(libc::EIO)
             && waiting
             && results.iter().all(Result::is_ok)
-            && got.iter().all(|g| g.iter().all(|&x| x == 0)),
+            && got.iter().all(|g| *g == data)
+            && paths.iter().all(|&p| p != 0),
         format!(
             "member 1 without waiting: {early_errno:?}; jobs waited: {waiting}; after: \
-             {results:?}"
+             {results:?}; paths {paths:?}"
         ),
     );
-    // A queued UNMAP on both members, behind one fence.
+    // A queued UNMAP on both members (the import on member 1 included), behind one fence.
     let s2 = a.syncobj_create()?;
-    bind_on(a, q, &[unmap_op(v, 64 * KIB4)], None, s2)?;
+    bind_on(a, q, &[unmap_op(v, len)], None, s2)?;
     let sb2 = b.syncobj_import(a.syncobj_export(s2)?.as_fd())?;
     let ja = a.submit(&[copy_cmd(v, o(0), 8)], s2, 0)?;
     let jb = b.submit(&[copy_cmd(v, o(1), 8)], sb2, 0)?;
@@ -568,7 +572,24 @@ pub(crate) fn test_shared_bind_queues(t: &mut Tally, a: &Device, b: &Device) -> 
         errnos.iter().all(|&e| e == Some(libc::EIO)),
         format!("{errnos:?}"),
     );
+    // NULL pages on both members.
+    let s3 = a.syncobj_create()?;
+    bind_on(a, q, &[null_op(v, KIB4)], None, s3)?;
+    let sb3 = b.syncobj_import(a.syncobj_export(s3)?.as_fd())?;
+    let cmds = |m: u64| [fill_cmd(v, KIB4, 0x5a5a), copy_cmd(v, o(m), KIB4)];
+    let ja = a.submit(&cmds(0), s3, 0)?;
+    let jb = b.submit(&cmds(1), sb3, 0)?;
+    let results = [a.wait(ja, -1), b.wait(jb, -1)];
+    let got: Vec<Vec<u8>> = outs
+        .iter()
+        .map(|out| read_all(a, out.handle, KIB4))
+        .collect::<Result<_, _>>()?;
+    t.check(
+        &format!("{name}: a queued NULL map on a shared VM reads zeros on both members"),
+        results.iter().all(Result::is_ok) && got.iter().all(|g| g.iter().all(|&x| x == 0)),
+        format!("{results:?}"),
+    );
     a.bind_queue_destroy(q)?;
-    a.vm_bind(&[unmap_op(o(0), 2 * MIB2)])?;
+    a.vm_bind(&[unmap_op(v, KIB4), unmap_op(o(0), 2 * MIB2)])?;
     Ok(())
 }

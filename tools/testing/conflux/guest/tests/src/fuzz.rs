@@ -152,6 +152,12 @@ enum Op {
         ops: [BindSpec; 3],
         count: u32,
         flags: u32,
+        /// 0: synchronous; 1: the file's bind queue, made at its first use; other: a queue
+        /// that does not exist.
+        queue: u32,
+        /// With a queue: whether the bind waits for, and signals, one of the file's syncobjs.
+        wait: bool,
+        signal: bool,
     },
     Submit {
         file: u64,
@@ -314,6 +320,9 @@ impl Op {
                     ops,
                     count: r.pick(&[0, 1, 1, 1, 2, 3, 1025]),
                     flags: if r.below(8) == 0 { small(r) } else { 0 },
+                    queue: r.pick(&[0, 0, 0, 1, 1, 1, 7]) as u32,
+                    wait: r.below(3) == 0,
+                    signal: r.below(2) == 0,
                 }
             }
             38..=53 => {
@@ -414,6 +423,8 @@ struct State {
     /// Jobs per file.
     jobs: Vec<Vec<u64>>,
     syncobjs: Vec<Vec<u64>>,
+    /// Bind queues per file.
+    queues: Vec<Vec<u32>>,
     bufs: Vec<DmaBufFd>,
     fences: Vec<OwnedFd>,
     maps: Vec<Mapping>,
@@ -433,7 +444,8 @@ impl fmt::Display for Broken {
 
 /// The errnos that the uAPI documents (`conflux_accel.h`, `uapi.rst`), for Conflux's ioctls
 /// and the DRM core's PRIME and syncobj calls.
-const DOCUMENTED: [i32; 17] = [
+const DOCUMENTED: [i32; 18] = [
+    libc::EAGAIN,
     libc::EBADF,
     libc::EBUSY,
     libc::ECANCELED,
@@ -473,6 +485,7 @@ impl State {
             handles: vec![Vec::new(); n],
             jobs: vec![Vec::new(); n],
             syncobjs: vec![Vec::new(); n],
+            queues: vec![Vec::new(); n],
             bufs: Vec::new(),
             fences: Vec::new(),
             maps: Vec::new(),
@@ -490,6 +503,21 @@ impl State {
                 _ => Err(Broken(format!("{what}: {e}: not an errno of the uAPI"))),
             },
         }
+    }
+
+    /// The bind queue of file `f`, made at the first call: 0 when it cannot be made.
+    fn bind_queue(&mut self, f: usize) -> Result<u32, Broken> {
+        if let Some(&q) = self.queues[f].first() {
+            return Ok(q);
+        }
+        let r = self.files[f].bind_queue_create();
+        Ok(match self.check("BIND_QUEUE_CREATE", r)? {
+            Some(q) => {
+                self.queues[f].push(q);
+                q
+            }
+            None => 0,
+        })
     }
 
     fn idx(&self, file: u64) -> usize {
@@ -529,8 +557,15 @@ impl State {
                 ops,
                 count,
                 flags,
+                queue,
+                wait,
+                signal,
             } => {
                 let f = self.idx(file);
+                let queue = match queue {
+                    1 => self.bind_queue(f)?,
+                    q => q,
+                };
                 let held = &self.handles[f];
                 // A count beyond the list only as 1025, which the uAPI's limit refuses before
                 // the kernel reads the list.
@@ -546,10 +581,18 @@ impl State {
                         range: s.range.value(&[4096, MIB2, 8192], 4096),
                     })
                     .collect();
+                let syncobj = self.syncobjs[f].first().copied().unwrap_or(0) as u32;
+                let ins = [conflux::sync(syncobj, 0)];
+                let outs = ins;
                 let mut a = uapi::drm_conflux_vm_bind {
                     num_ops: count,
                     ops: list.as_ptr() as u64,
                     flags,
+                    queue,
+                    num_in_syncs: u32::from(wait && queue != 0),
+                    in_syncs: ins.as_ptr() as u64,
+                    num_out_syncs: u32::from(signal && queue != 0),
+                    out_syncs: outs.as_ptr() as u64,
                     ..Default::default()
                 };
                 let r = self.files[f].vm_bind_raw(&mut a);
@@ -782,6 +825,7 @@ impl State {
                 self.handles[f].clear();
                 self.jobs[f].clear();
                 self.syncobjs[f].clear();
+                self.queues[f].clear();
             }
             Op::Fork { file, calls, seed } => {
                 let f = self.idx(file);

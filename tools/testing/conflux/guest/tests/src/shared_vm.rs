@@ -7,7 +7,7 @@ use std::{
     path::PathBuf,
 };
 
-use conflux::{copy_cmd, fill_cmd, map_op, null_op, uapi, unmap_op, Cmd, Device, Error};
+use conflux::{copy_cmd, fill_cmd, map_op, null_op, sync::SwSync, uapi, unmap_op, Device, Error};
 
 use crate::{
     common::{counters, entries, first_diff, io_err, paths_at, pattern, prime_reach, MIB, VA},
@@ -18,7 +18,7 @@ extern "C" fn on_alarm(_: libc::c_int) {}
 
 /// Sends SIGALRM to the process every `usec` microseconds (0: stops), with a handler installed
 /// without `SA_RESTART`, so that a blocking call it interrupts fails with `EINTR`.
-fn alarms(usec: i64) {
+pub(crate) fn alarms(usec: i64) {
     // SAFETY: `sigaction` and `setitimer` take valid, initialised structures; the handler does
     // nothing, which is async-signal-safe.
     unsafe {
@@ -314,60 +314,51 @@ pub(crate) fn test_shared_vm(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
     );
 
     // A bind that unmaps waits for every member's jobs; signals interrupt it with no effect.
-    let long: Vec<Cmd> = (0..64)
-        .map(|_| copy_cmd(c_va, c_va + len / 2, len / 2))
-        .collect();
+    // Member 2's job waits for a sw_sync fence that only the test signals, so the bind waits
+    // until a signal comes.
+    let timeline = SwSync::open().map_err(io_err(&names[2], "open sw_sync"))?;
+    let gate = timeline
+        .fence(1)
+        .map_err(io_err(&names[2], "sw_sync fence"))?;
+    let mut args = uapi::drm_conflux_submit {
+        flags: uapi::DRM_CONFLUX_SUBMIT_IN_FENCE_FD,
+        in_fence_fd: gate.as_raw_fd(),
+        ..Default::default()
+    };
+    let held = g[2].submit_with(&[copy_cmd(c_va, c_va + len / 2, len / 2)], &mut args)?;
     let moved = [map_op(a2, 0, 5 * VA, len, false), unmap_op(a2_va, len)];
-    let mut interrupted = false;
-    for attempt in 0..6 {
-        for _ in 0..(2 << attempt) {
-            g[2].submit(&long, 0, 0)?;
-        }
-        let before = g.iter().map(entries).collect::<Result<Vec<_>, _>>()?;
-        alarms(1000);
-        let r = g[0].vm_bind_as(&moved, false);
-        alarms(0);
-        match r {
-            Err(e) if e.errno() == Some(libc::EINTR) => {
-                interrupted = true;
-                let after = g.iter().map(entries).collect::<Result<Vec<_>, _>>()?;
-                let old = paths_at(&g[0], 3, a2_va)?;
-                let new = paths_at(&g[0], 3, 5 * VA)?;
-                t.check(
-                    &format!(
-                        "{}: a bind interrupted while member 2's jobs run changed nothing",
-                        names[0]
-                    ),
-                    after == before && old.iter().all(|&p| p != 0) && new.iter().all(|&p| p == 0),
-                    format!(
-                        "entries {after:?}, before {before:?}; old range {}, new range {new:?}",
-                        shown(&old)
-                    ),
-                );
-                let again = g[0].vm_bind(&moved);
-                let old = paths_at(&g[0], 3, a2_va)?;
-                let new = paths_at(&g[0], 3, 5 * VA)?;
-                t.check(
-                    &format!("{}: the same bind again succeeds on every member", names[0]),
-                    again.is_ok() && old.iter().all(|&p| p == 0) && new.iter().all(|&p| p != 0),
-                    format!("{again:?}; old range {old:?}, new range {}", shown(&new)),
-                );
-                break;
-            }
-            Ok(()) => {
-                // The jobs were done before a signal came: move it back, with longer jobs.
-                g[0].vm_bind(&[unmap_op(5 * VA, len), map_op(a2, 0, a2_va, len, false)])?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let before = g.iter().map(entries).collect::<Result<Vec<_>, _>>()?;
+    alarms(1000);
+    let r = g[0].vm_bind_as(&moved, false);
+    alarms(0);
+    let after = g.iter().map(entries).collect::<Result<Vec<_>, _>>()?;
+    let old = paths_at(&g[0], 3, a2_va)?;
+    let new = paths_at(&g[0], 3, 5 * VA)?;
+    timeline
+        .advance(1)
+        .map_err(io_err(&names[2], "sw_sync advance"))?;
+    g[2].wait(held, -1)?;
     t.check(
         &format!(
-            "{}: signals interrupted a bind waiting for another member's jobs",
+            "{}: a signal interrupts a bind waiting for member 2's job, which changed nothing",
             names[0]
         ),
-        interrupted,
-        "with up to 64 jobs of 128 MiB of copies in flight",
+        r.as_ref().err().and_then(|e| e.errno()) == Some(libc::EINTR)
+            && after == before
+            && old.iter().all(|&p| p != 0)
+            && new.iter().all(|&p| p == 0),
+        format!(
+            "{r:?}; entries {after:?}, before {before:?}; old range {}, new range {new:?}",
+            shown(&old)
+        ),
+    );
+    let again = g[0].vm_bind(&moved);
+    let old = paths_at(&g[0], 3, a2_va)?;
+    let new = paths_at(&g[0], 3, 5 * VA)?;
+    t.check(
+        &format!("{}: the same bind again succeeds on every member", names[0]),
+        again.is_ok() && old.iter().all(|&p| p == 0) && new.iter().all(|&p| p != 0),
+        format!("{again:?}; old range {old:?}, new range {}", shown(&new)),
     );
 
     // A member that closes its file leaves; the others keep the VM.
