@@ -1092,7 +1092,21 @@ mod tests {
         let iow = |nr: u64, size: usize| 1 << 30 | (size as u64) << 16 | 0x64 << 8 | (0x40 + nr);
         assert_eq!(
             uapi::DRM_IOCTL_CONFLUX_VM_BIND as u64,
-            iow(2, std::mem::size_of::<uapi::drm_conflux_vm_bind>())
+            iowr(2, std::mem::size_of::<uapi::drm_conflux_vm_bind>())
+        );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_BIND_QUEUE_CREATE as u64,
+            iowr(
+                11,
+                std::mem::size_of::<uapi::drm_conflux_bind_queue_create>()
+            )
+        );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_BIND_QUEUE_DESTROY as u64,
+            iow(
+                12,
+                std::mem::size_of::<uapi::drm_conflux_bind_queue_destroy>()
+            )
         );
         assert_eq!(
             uapi::DRM_IOCTL_CONFLUX_SUBMIT as u64,
