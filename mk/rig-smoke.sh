@@ -48,7 +48,7 @@ for topo in switch3+rp1 switch3+rp1-zen; do
 	log=$(mktemp)
 	set +e
 	vm --topology "$topo" --plain-ivshmem --add "$GUEST_TESTS/driver-test.sh" \
-		--add "$GBIN/conflux" --add "$GBIN/conflux-uapi-test" --timeout 900 -- \
+		--add "$GBIN/conflux" --add "$GBIN/conflux-uapi-test" --timeout 1500 -- \
 		sh /usr/bin/driver-test.sh 4 1 "$memcpy_mbs" "$topo" 2>&1 |
 		tee "$log" | sed "s/^/    [$topo driver] /"
 	rc=${PIPESTATUS[0]}
