@@ -141,7 +141,7 @@ impl PendingLog {
         let log = tables.take_log();
         let mut st = self.state.lock();
         st.taken = log.is_some();
-        let overflow = log.as_ref().map_or(0, |l| l.counts().1);
+        let overflow = log.as_ref().map_or(0, WriteLog::overflow);
         st.log = log;
         overflow
     }

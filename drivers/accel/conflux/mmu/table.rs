@@ -128,9 +128,9 @@ impl WriteLog {
         Ok(())
     }
 
-    /// The writes logged, and those that did not fit.
-    pub(crate) fn counts(&self) -> (usize, usize) {
-        (self.writes.len(), self.overflow)
+    /// The writes that did not fit, and went to VRAM at once.
+    pub(crate) fn overflow(&self) -> usize {
+        self.overflow
     }
 
     /// Writes the logged entries to VRAM, in order. Neither allocates nor sleeps.

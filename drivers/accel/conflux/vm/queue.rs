@@ -214,11 +214,6 @@ impl Release {
     }
 }
 
-/// A bind's state until its entries are written: the members' logs.
-struct Pending {
-    logs: KVec<MemberLog>,
-}
-
 /// What an asynchronous bind keeps until its entries are in VRAM, and after, for the jobs
 /// submitted meanwhile.
 ///
@@ -226,15 +221,16 @@ struct Pending {
 ///
 /// `release` holds the buffers the bind keeps, pinned; their pins go once `applied` is set
 /// (the movable ones at once, the imported ones in a work item) or when this goes, whose
-/// release work item then drops them. `pending.logs` is written once, before the bind's job may
+/// release work item then drops them. `logs` is written once, before the bind's job may
 /// run; `applied` is set once the logs are written to VRAM.
 #[pin_data(PinnedDrop)]
 pub(crate) struct BindState {
     /// `Some` until this goes, when the work item that releases the buffers takes it: the last
     /// reference must not go with this, which a caller holding reservation locks may drop.
     release: Option<Arc<Release>>,
+    /// The members' logs.
     #[pin]
-    pending: SpinLock<Pending>,
+    logs: SpinLock<KVec<MemberLog>>,
     applied: AtomicBool,
 }
 
@@ -250,7 +246,7 @@ impl BindState {
         let state = Arc::pin_init(
             pin_init!(Self {
                 release: Some(kept),
-                pending <- new_spinlock!(Pending { logs: KVec::new() }),
+                logs <- new_spinlock!(KVec::new()),
                 applied: AtomicBool::new(false),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -271,7 +267,7 @@ impl BindState {
 
     /// Hands over the logs of the members, once the call committed.
     pub(crate) fn set_logs(&self, logs: KVec<MemberLog>) {
-        let old = core::mem::replace(&mut self.pending.lock().logs, logs);
+        let old = core::mem::replace(&mut *self.logs.lock(), logs);
         // Outside the lock: the empty vector of a new state.
         drop(old);
     }
@@ -280,11 +276,11 @@ impl BindState {
     /// allocates nor sleeps; a member whose device is unbound is skipped, its tables went with
     /// it.
     fn apply(&self) {
-        let pending = self.pending.lock();
+        let logs = self.logs.lock();
         if self.applied.load(Ordering::Acquire) {
             return;
         }
-        for m in pending.logs.iter() {
+        for m in logs.iter() {
             let written = DeviceData::with(&m.dev, |_, data| {
                 m.log.apply(Some(&data.vram));
                 Ok(())
