@@ -28,7 +28,11 @@ use kernel::{
         aref::ARef,
         Arc, //
     },
-    time::Jiffies,
+    time::{
+        delay::fsleep,
+        Delta,
+        Jiffies, //
+    },
 };
 
 use crate::{
@@ -260,74 +264,32 @@ fn map_window(
 ///
 /// Only buffers that may be in either place and that no importer pinned move
 /// ([`Bo::evictable`](super::Bo::evictable)). The importers of an exported buffer lose their
-/// mappings first, once their jobs that use the buffer have finished. A buffer whose
-/// reservation lock someone holds is left alone: the caller may hold the locks of other
-/// buffers.
+/// mappings first, once their jobs that use the buffer have finished.
+///
+/// The caller holds no reservation lock but may hold a VM's lock, which the holder of a
+/// buffer's reservation lock may be waiting for: a buffer whose lock someone holds is passed
+/// by, and when that leaves VRAM short the candidates are tried again, up to
+/// [`CONTENDED_RETRIES`] times a millisecond apart. Such a holder is brief (a CPU fault that
+/// waits for a move, a job's submission, another eviction): without the retries, a buffer
+/// written through a CPU mapping would be all but impossible to evict.
 pub(crate) fn make_room(data: &DeviceData<'_>, need: u64, keep: &[ARef<Object>]) -> Result<bool> {
     data.engine.retire_finished();
     let want = need.saturating_sub(data.vram.avail());
     if want == 0 {
         return Ok(false);
     }
-    let candidates = data.lru.buffers()?;
     let mut fences = KVec::new();
     let mut freed = 0u64;
+    let mut retries = 0;
     let evicted = (|| -> Result {
-        for idle_only in [true, false] {
-            for obj in candidates.iter() {
-                if freed >= want {
-                    break;
-                }
-                let resv = obj.dma_resv();
-                let in_vram = matches!(*obj.memory(), Memory::Vram(_));
-                let kept = keep.iter().any(|k| core::ptr::eq::<Object>(&**k, &**obj));
-                if !in_vram || kept || !obj.evictable() {
-                    continue;
-                }
-                if idle_only != resv.test_signaled(Usage::Bookkeep) {
-                    continue;
-                }
-                // The dma-bufs of an exported buffer stay while the list is locked, which comes
-                // before the reservation lock.
-                let exports = obj.is_exported().then(|| data.exports.lock());
-                let Some(mut guard) = resv.try_lock() else {
-                    continue;
-                };
-                // The page-table entries of the VRAM go: the jobs that use them finish first. The
-                // engine's watchdog ends a job that does not complete.
-                while !resv.wait_timeout(Usage::Bookkeep, true, Jiffies::MAX)? {}
-                // Exported since: the list is needed to tell its importers.
-                if !matches!(*obj.memory(), Memory::Vram(_))
-                    || !obj.evictable()
-                    || (obj.is_exported() && exports.is_none())
-                {
-                    continue;
-                }
-                // CAST: `usize` fits in `u64`.
-                let size = obj.size() as u64;
-                let system = match obj.take_spare() {
-                    Some(spare) => spare,
-                    None => Memory::system(&data.vram, size)?,
-                };
-                guard.reserve_fences(1)?;
-                fences.reserve(1, GFP_KERNEL_ACCOUNT)?;
-                if let Some(exports) = &exports {
-                    invalidate_importers(obj, exports, &guard)?;
-                }
-                let fence = match start(data, obj, system, &guard) {
-                    Ok(fence) => fence,
-                    // VRAM for the window's tables ran out: a smaller buffer may still move.
-                    Err(e) if e == ENOSPC => continue,
-                    Err(e) => return Err(e),
-                };
-                // Cannot fail: a slot is reserved, and room in `fences` made.
-                guard.add_fence(&fence, Usage::Kernel)?;
-                fences.push(fence, GFP_KERNEL_ACCOUNT)?;
-                data.moves.evictions.fetch_add(1, Ordering::Relaxed);
-                freed += size;
+        loop {
+            let contended = evict_some(data, want, keep, &mut freed, &mut fences)?;
+            if freed >= want || !contended || retries == CONTENDED_RETRIES {
+                return Ok(());
             }
+            retries += 1;
+            fsleep(Delta::from_millis(1));
         }
-        Ok(())
     })();
     // The moves queued before a failure run all the same.
     data.engine.start();
@@ -341,6 +303,80 @@ pub(crate) fn make_room(data: &DeviceData<'_>, need: u64, keep: &[ARef<Object>])
         Err(e) if fences.is_empty() => Err(e),
         _ => Ok(!fences.is_empty()),
     }
+}
+
+/// How many times [`make_room`] tries its candidates again when buffers it could evict were
+/// locked by someone else.
+const CONTENDED_RETRIES: u32 = 200;
+
+/// One pass of [`make_room`] over the device's movable buffers: starts the evictions that free
+/// `want` bytes (`freed` counts them, `fences` takes their fences). Returns whether a buffer was
+/// passed by because someone held its reservation lock.
+fn evict_some(
+    data: &DeviceData<'_>,
+    want: u64,
+    keep: &[ARef<Object>],
+    freed: &mut u64,
+    fences: &mut KVec<ARef<Fence>>,
+) -> Result<bool> {
+    let candidates = data.lru.buffers()?;
+    let mut contended = false;
+    for idle_only in [true, false] {
+        for obj in candidates.iter() {
+            if *freed >= want {
+                break;
+            }
+            let resv = obj.dma_resv();
+            let in_vram = matches!(*obj.memory(), Memory::Vram(_));
+            let kept = keep.iter().any(|k| core::ptr::eq::<Object>(&**k, &**obj));
+            if !in_vram || kept || !obj.evictable() {
+                continue;
+            }
+            if idle_only != resv.test_signaled(Usage::Bookkeep) {
+                continue;
+            }
+            // The dma-bufs of an exported buffer stay while the list is locked, which comes
+            // before the reservation lock.
+            let exports = obj.is_exported().then(|| data.exports.lock());
+            let Some(mut guard) = resv.try_lock() else {
+                contended = true;
+                continue;
+            };
+            // The page-table entries of the VRAM go: the jobs that use them finish first. The
+            // engine's watchdog ends a job that does not complete.
+            while !resv.wait_timeout(Usage::Bookkeep, true, Jiffies::MAX)? {}
+            // Exported since: the list is needed to tell its importers.
+            if !matches!(*obj.memory(), Memory::Vram(_))
+                || !obj.evictable()
+                || (obj.is_exported() && exports.is_none())
+            {
+                continue;
+            }
+            // CAST: `usize` fits in `u64`.
+            let size = obj.size() as u64;
+            let system = match obj.take_spare() {
+                Some(spare) => spare,
+                None => Memory::system(&data.vram, size)?,
+            };
+            guard.reserve_fences(1)?;
+            fences.reserve(1, GFP_KERNEL_ACCOUNT)?;
+            if let Some(exports) = &exports {
+                invalidate_importers(obj, exports, &guard)?;
+            }
+            let fence = match start(data, obj, system, &guard) {
+                Ok(fence) => fence,
+                // VRAM for the window's tables ran out: a smaller buffer may still move.
+                Err(e) if e == ENOSPC => continue,
+                Err(e) => return Err(e),
+            };
+            // Cannot fail: a slot is reserved, and room in `fences` made.
+            guard.add_fence(&fence, Usage::Kernel)?;
+            fences.push(fence, GFP_KERNEL_ACCOUNT)?;
+            data.moves.evictions.fetch_add(1, Ordering::Relaxed);
+            *freed += size;
+        }
+    }
+    Ok(contended)
 }
 
 /// The bytes of VRAM that the buffers of `used` which [`bring_back`] would move need.
