@@ -460,14 +460,22 @@ impl Vm {
         let _ = self.pending.push_within_capacity(bind);
     }
 
+    /// Whether the page tables of a bind that [`Vm::prepare`] counted need more VRAM than is
+    /// available.
+    pub(super) fn is_short(&self, data: &DeviceData<'_>, prepared: &Prepared) -> bool {
+        // CAST: `usize` fits in `u64`.
+        prepared.tables as u64 * TABLE_SIZE > data.vram.avail()
+    }
+
     /// Makes room in VRAM for the page tables of a bind that [`Vm::prepare`] counted, by
     /// eviction, before any reservation lock is taken: the one step of a bind that moves other
-    /// buffers, taken once every member has prepared. Without room, the tables' allocation
-    /// reports the shortage; only a signal fails this step.
+    /// buffers, taken once every member has prepared, and only when a first attempt found
+    /// VRAM short ([`Vm::is_short`]). Without room, the tables' allocation reports the
+    /// shortage; only a signal fails this step.
     pub(super) fn make_room(&self, data: &DeviceData<'_>, prepared: &Prepared) -> Result {
         // CAST: `usize` fits in `u64`.
         let need = prepared.tables as u64 * TABLE_SIZE;
-        if need > data.vram.avail() {
+        if self.is_short(data, prepared) {
             match crate::gem::moves::make_room(data, need, &[]) {
                 Err(e) if e == ERESTARTSYS => return Err(e),
                 _ => {}

@@ -290,9 +290,31 @@ impl SharedVm {
             plans.push((i, theirs), GFP_KERNEL_ACCOUNT)?;
         }
         plans.push((mine, ops), GFP_KERNEL_ACCOUNT)?;
+        // A bind tries once without moving any buffer; only when page tables do not fit does
+        // it evict, and try again: a bind that fails for another reason moved nothing.
+        let mut short = false;
+        match Self::transaction(&mut members, &plans, queued, false, &mut short) {
+            Err(e) if e == ENOSPC && short => {
+                Self::transaction(&mut members, &plans, queued, true, &mut short)
+            }
+            result => result,
+        }
+    }
+
+    /// One attempt at the transaction of [`SharedVm::bind`]: `plans` on every member of
+    /// `members`, on `queued` or synchronously. Makes room in VRAM first when `evict` says;
+    /// sets `short` when a member's page tables need more VRAM than it has available. A failed
+    /// attempt leaves every member as before.
+    fn transaction(
+        members: &mut [Member],
+        plans: &[(usize, KVec<BindOp>)],
+        queued: Option<(&BindQueue, &[ARef<Fence>])>,
+        evict: bool,
+        short: &mut bool,
+    ) -> Result<Option<ARef<Fence>>> {
         // Wait for the jobs of every member first, so that a signal ends the call before any
-        // member allocated; then allocate on every member, and only then make room in VRAM,
-        // the step that moves other buffers.
+        // member allocated; then allocate on every member. Room in VRAM is made (the step that
+        // moves other buffers) only when `evict` says, before any lock is taken.
         if queued.is_none() {
             for (i, ops) in plans.iter() {
                 members[*i].vm.wait_for_jobs(ops)?;
@@ -311,7 +333,13 @@ impl SharedVm {
                 }
             }
         }
-        if result.is_ok() {
+        for ((i, _), p) in plans.iter().zip(prepared.iter()) {
+            let m = &members[*i];
+            // An unbound member is skipped, as below.
+            *short |=
+                DeviceData::with(&m.dev, |_, data| Ok(m.vm.is_short(data, p))).unwrap_or(false);
+        }
+        if result.is_ok() && evict {
             for ((i, _), p) in plans.iter().zip(prepared.iter()) {
                 let m = &members[*i];
                 result = DeviceData::with(&m.dev, |_, data| m.vm.make_room(data, p));
@@ -376,14 +404,7 @@ impl SharedVm {
         // committed; the last step that can fail.
         let mut commit_to = None;
         if let (Ok(()), Some((queue, wait))) = (&result, queued) {
-            match Self::queue_bind(
-                queue,
-                wait,
-                &mut members,
-                &plans,
-                &involved,
-                locked.as_ref(),
-            ) {
+            match Self::queue_bind(queue, wait, members, plans, &involved, locked.as_ref()) {
                 Ok(q) => commit_to = Some(q),
                 Err(e) => result = Err(e),
             }
