@@ -206,6 +206,7 @@ impl pci::Driver for ConfluxDriver {
                         offset
                     );
                 }
+                data.add_window_tables()?;
                 let drm = drm::UnregisteredDevice::<ConfluxDrm>::new(pdev, Ok(()))?;
                 // SAFETY: The registration is kept in the driver's bound data and dropped at
                 // unbind; it is never forgotten.

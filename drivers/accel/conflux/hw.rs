@@ -94,8 +94,6 @@ pub(crate) const USER_VA_START: u64 = SZ_2M as u64;
 /// Where the kernel's address space maps the system memory of buffers that move, for the
 /// engine's copies: above VRAM's mapping, in the same level-3 entry.
 const WINDOW_OFFSET: u64 = 256 << 30;
-/// How much of the window has its tables allocated at probe.
-const WINDOW_TABLES_AT_PROBE: u64 = 128 << 20;
 
 /// What the device's moves did, for `GET_INFO`.
 #[derive(Default)]
@@ -207,8 +205,8 @@ pub(crate) struct DeviceData<'bound> {
     kernel_vm: Pin<KBox<Mutex<PageTables>>>,
     /// The level-3 table of `kernel_vm`.
     kernel_root: u64,
-    /// The virtual addresses of the window, handed to moves: twice VRAM. The tables of its first
-    /// [`WINDOW_TABLES_AT_PROBE`] bytes are allocated at probe.
+    /// The virtual addresses of the window, handed to moves: twice VRAM. Its tables are
+    /// allocated at probe.
     window: GpuBuddy,
     /// What the moves did.
     pub(crate) moves: MoveStats,
@@ -255,16 +253,6 @@ impl<'bound> DeviceData<'bound> {
         let vram = Vram::new(pdev, hw.bar2.clone(), info.vram_offset, info.vram_size)?;
         let mut kernel_vm = PageTables::new(&vram)?;
         kernel_vm.map(&vram, KERNEL_VA_BASE, Target::Vram(0), info.vram_size, true)?;
-        // Tables for the first part of the window, so that moves of up to half of it need no
-        // VRAM for tables even when VRAM is full; the window's other tables are allocated when
-        // a move first reaches them, and kept.
-        kernel_vm.add_spares(
-            &vram,
-            PageTables::tables_for(
-                KERNEL_VA_BASE + WINDOW_OFFSET,
-                (2 * info.vram_size).min(WINDOW_TABLES_AT_PROBE),
-            ),
-        )?;
         // Both sides of a move, of at most all of VRAM.
         let window = GpuBuddy::new(GpuBuddyParams {
             base_offset: 0,
@@ -292,6 +280,17 @@ impl<'bound> DeviceData<'bound> {
         };
         data.scrub_free()?;
         Ok(data)
+    }
+
+    /// Allocates the page tables of all of the move window (1/256 of VRAM), once the probe has
+    /// taken the VRAM it places ([`Self::take_p2pmem`]): no move then needs VRAM for tables.
+    /// Eviction runs when VRAM is full, and the system memory that buffers keep mapped in the
+    /// window may hold any part of it.
+    pub(crate) fn add_window_tables(&self) -> Result {
+        self.kernel_vm.lock().add_spares(
+            &self.vram,
+            PageTables::tables_for(KERNEL_VA_BASE + WINDOW_OFFSET, 2 * self.info.vram_size),
+        )
     }
 
     /// Takes the top `mib` MiB of VRAM, zeroed, for peer-to-peer memory with `struct page`s:
@@ -379,11 +378,8 @@ impl<'bound> DeviceData<'bound> {
             )
         };
         let contiguous = GpuBuddyAllocFlags::from(GpuBuddyAllocFlag::Contiguous);
-        let ready = 0..self.window.size().min(WINDOW_TABLES_AT_PROBE);
-        // Where the tables are, in one block if it can (one command per 4 GiB), else anywhere.
-        let lease = alloc(GpuBuddyAllocMode::Range(ready.clone()), contiguous)
-            .or_else(|_| alloc(GpuBuddyAllocMode::Range(ready), Default::default()))
-            .or_else(|_| alloc(GpuBuddyAllocMode::Simple, contiguous))
+        // In one block if it can (one command per 4 GiB), else in several.
+        let lease = alloc(GpuBuddyAllocMode::Simple, contiguous)
             .or_else(|_| alloc(GpuBuddyAllocMode::Simple, Default::default()))?;
         let mut vm = self.kernel_vm.lock();
         // An earlier move left its entries there: no job uses them since its lease went.

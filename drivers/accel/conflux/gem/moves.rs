@@ -365,7 +365,7 @@ fn evict_some(
             }
             let fence = match start(data, obj, system, &guard) {
                 Ok(fence) => fence,
-                // VRAM for the window's tables ran out: a smaller buffer may still move.
+                // The window is full of moves in flight: a smaller buffer may still move.
                 Err(e) if e == ENOSPC => continue,
                 Err(e) => return Err(e),
             };
