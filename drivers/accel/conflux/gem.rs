@@ -5,7 +5,7 @@
 //! A buffer of the device's own is in VRAM or in system memory ([`memory`]); one of another
 //! device or exporter holds its attachment ([`import`]). A buffer created for VRAM or system
 //! memory is movable: the engine moves it between the two ([`moves`]), for an importer that
-//! cannot reach VRAM ([`move_to_system`]).
+//! cannot reach VRAM ([`move_to`]).
 
 pub(crate) mod import;
 pub(crate) mod lru;
@@ -440,32 +440,31 @@ impl PinnedDrop for Bo {
     }
 }
 
-/// Moves `obj`, one of the device's buffers, from VRAM to system memory with the engine, for
+/// System memory for `obj` to move to: the buffer's spare, else new pages.
+pub(crate) fn system_for(obj: &Object, data: &DeviceData<'_>) -> Result<Memory> {
+    match obj.take_spare() {
+        Some(spare) => Ok(spare),
+        // CAST: `usize` fits in `u64`.
+        None => Memory::system(&data.vram, obj.size() as u64),
+    }
+}
+
+/// Moves `obj`, one of the device's movable buffers, from VRAM to `system` with the engine, for
 /// an importer that cannot reach VRAM. Returns the move's fence, added to the reservation
-/// object; [`None`] when the buffer is not in VRAM.
+/// object.
 ///
 /// The caller holds the buffer's reservation lock (`locked`) and waited for every job that uses
 /// it; it tells the importers, and starts the engine once it has released the lock.
-pub(crate) fn move_to_system(
+pub(crate) fn move_to(
     obj: &Object,
     data: &DeviceData<'_>,
     locked: &impl ResvLocked,
-) -> Result<Option<ARef<Fence>>> {
-    if !obj.movable() {
-        return Err(EINVAL);
-    }
-    if !matches!(*obj.memory(), Memory::Vram(_)) {
-        return Ok(None);
-    }
-    let system = match obj.take_spare() {
-        Some(spare) => spare,
-        // CAST: `usize` fits in `u64`.
-        None => Memory::system(&data.vram, obj.size() as u64)?,
-    };
+    system: Memory,
+) -> Result<ARef<Fence>> {
     let resv = obj.dma_resv();
     resv.reserve_locked(locked, 1)?;
     let fence = moves::start(data, obj, system, locked)?;
     // Cannot fail: the slot is reserved.
     resv.add_fence_locked(locked, &fence, Usage::Kernel)?;
-    Ok(Some(fence))
+    Ok(fence)
 }

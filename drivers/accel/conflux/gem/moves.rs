@@ -305,6 +305,19 @@ pub(crate) fn make_room(data: &DeviceData<'_>, need: u64, keep: &[ARef<Object>])
     }
 }
 
+/// The bytes of VRAM that [`make_room`] could free by evicting buffers other than `keep`: the
+/// movable buffers in VRAM that nothing pins, whether someone holds their lock or not.
+pub(crate) fn evictable_bytes(data: &DeviceData<'_>, keep: &[ARef<Object>]) -> Result<u64> {
+    let candidates = data.lru.buffers()?;
+    Ok(candidates
+        .iter()
+        .filter(|obj| matches!(*obj.memory(), Memory::Vram(_)) && obj.evictable())
+        .filter(|obj| !keep.iter().any(|k| core::ptr::eq::<Object>(&**k, &***obj)))
+        // CAST: `usize` fits in `u64`.
+        .map(|obj| obj.size() as u64)
+        .fold(0, u64::saturating_add))
+}
+
 /// How many times [`make_room`] tries its candidates again when buffers it could evict were
 /// locked by someone else.
 const CONTENDED_RETRIES: u32 = 200;

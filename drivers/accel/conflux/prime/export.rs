@@ -113,18 +113,23 @@ impl Export {
     /// Every job that uses the buffer, on any device, finishes first; then the engine copies the
     /// buffer, the device's address spaces and the other importers lose their mappings of the
     /// VRAM, which is freed once the copy is done.
+    ///
+    /// With `map`, the buffer is also mapped for `attachment` in that direction when it moves:
+    /// the table of the system memory, made before the move starts, so that a map that fails
+    /// leaves the buffer where it was. [`None`] when it did not move.
     fn place_for(
         &self,
         data: &DeviceData<'_>,
         attachment: &Attachment,
         locked: &ResvHeld<'_>,
-    ) -> Result {
+        map: Option<DataDirection>,
+    ) -> Result<Option<Table>> {
         if !matches!(*self.obj.memory(), Memory::Vram(_)) {
-            return Ok(());
+            return Ok(None);
         }
         let importer = attachment.device();
         let Err(refusal) = reaches_vram(data, attachment) else {
-            return Ok(());
+            return Ok(None);
         };
         if !self.obj.movable() {
             return Err(refusal);
@@ -136,9 +141,12 @@ impl Export {
         let resv = self.obj.dma_resv();
         // The engine's watchdog ends a job that does not complete.
         while !resv.wait_timeout(Usage::Bookkeep, true, Jiffies::MAX)? {}
-        let Some(fence) = gem::move_to_system(&self.obj, data, locked)? else {
-            return Ok(());
+        let system = gem::system_for(&self.obj, data)?;
+        let table = match map {
+            Some(dir) => Some(map_system(data, &system, attachment, dir)?),
+            None => None,
         };
+        let fence = gem::move_to(&self.obj, data, locked, system)?;
         // Importers holding a table of the VRAM map again. Without any, none is told: the one
         // this move is for is not mapped yet, and a revocable pinned importer takes
         // `invalidate_mappings` as a revocation for good.
@@ -156,7 +164,7 @@ impl Export {
             self.obj.size(),
             importer.name()
         );
-        Ok(())
+        Ok(table)
     }
 
     /// Calls `sync` with the buffer's mapping for the device's DMA when it is in system memory.
@@ -207,13 +215,24 @@ impl Export {
                 let provider = Provider::of_bar(data.pdev, CTL_BAR)?;
                 attachment.map_bar(provider, &ranges, dir, GFP_KERNEL_ACCOUNT)
             }
-            Memory::System(dma, _) => {
-                let pages = dma.access(data.pdev.as_ref())?.pages().clone();
-                attachment.map_pages(pages, dir, GFP_KERNEL_ACCOUNT)
-            }
+            system @ Memory::System(..) => map_system(data, system, attachment, dir),
             Memory::None | Memory::Lent(..) => Err(EOPNOTSUPP),
         }
     }
+}
+
+/// Maps `system`, system memory of `data`'s device, for `attachment`.
+fn map_system(
+    data: &DeviceData<'_>,
+    system: &Memory,
+    attachment: &Attachment,
+    dir: DataDirection,
+) -> Result<Table> {
+    let Memory::System(dma, _) = system else {
+        return Err(EINVAL);
+    };
+    let pages = dma.access(data.pdev.as_ref())?.pages().clone();
+    attachment.map_pages(pages, dir, GFP_KERNEL_ACCOUNT)
 }
 
 /// How the device `importer` reaches the VRAM of `data`'s device.
@@ -319,7 +338,7 @@ impl Exporter for Export {
 
     fn pin(&self, attachment: &Attachment, locked: &ResvHeld<'_>) -> Result {
         DeviceData::with(&self.dev, |_, data| {
-            self.place_for(data, attachment, locked)
+            self.place_for(data, attachment, locked, None)
         })?;
         self.obj.pins().fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -336,8 +355,10 @@ impl Exporter for Export {
         locked: &ResvHeld<'_>,
     ) -> Result<Table> {
         let table = DeviceData::with(&self.dev, |_, data| {
-            self.place_for(data, attachment, locked)?;
-            self.map_memory(data, attachment, dir)
+            match self.place_for(data, attachment, locked, Some(dir))? {
+                Some(table) => Ok(table),
+                None => self.map_memory(data, attachment, dir),
+            }
         })?;
         self.mapped.fetch_add(1, Ordering::Relaxed);
         Ok(table)

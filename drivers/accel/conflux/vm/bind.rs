@@ -7,8 +7,9 @@
 //! it overlaps, as `drm_gpuvm_sm_map()` splits and removes it; a NULL map maps the VM's own
 //! memoryless object, whose pages the device reads as zeros. The changes themselves cannot fail,
 //! so the VM is either changed as a whole or not at all. The steps, [`Vm::prepare`],
-//! [`Vm::provision`], [`Vm::commit`] and [`Vm::finish`], are taken in turn on every member of a
-//! shared VM by [`SharedVm::bind`](super::shared::SharedVm::bind).
+//! [`Vm::allocate`], [`Vm::reserve_tables`], [`Vm::map_imports`], [`Vm::commit`] and
+//! [`Vm::finish`], are taken in turn on every member of a shared VM by
+//! [`SharedVm::bind`](super::shared::SharedVm::bind).
 
 use core::{
     ops::Range,
@@ -48,6 +49,7 @@ use crate::{
         IoctlDevice,
         Object, //
     },
+    gem::moves,
     hw::DeviceData,
     mmu::{
         address_space::{
@@ -245,7 +247,7 @@ pub(crate) struct Prepared {
     /// The page tables the maps can need.
     tables: usize,
     /// For a bind of a queue: the log of the entries it changes in VRAM, allocated by
-    /// [`Vm::provision`], then filled by [`Vm::commit`].
+    /// [`Vm::allocate`], then filled by [`Vm::commit`].
     pub(super) log: Option<Arc<PendingLog>>,
 }
 
@@ -454,7 +456,7 @@ impl Vm {
         Ok(())
     }
 
-    /// Records a bind of a queue, in the room [`Vm::provision`] made.
+    /// Records a bind of a queue, in the room [`Vm::allocate`] made.
     pub(super) fn add_pending(&mut self, bind: PendingBind) {
         // Cannot fail: room for one was made.
         let _ = self.pending.push_within_capacity(bind);
@@ -468,20 +470,39 @@ impl Vm {
     }
 
     /// Makes room in VRAM for the page tables of a bind that [`Vm::prepare`] counted, by
-    /// eviction, before any reservation lock is taken: the one step of a bind that moves other
-    /// buffers, taken once every member has prepared, and only when a first attempt found
-    /// VRAM short ([`Vm::is_short`]). Without room, the tables' allocation reports the
-    /// shortage; only a signal fails this step.
-    pub(super) fn make_room(&self, data: &DeviceData<'_>, prepared: &Prepared) -> Result {
+    /// eviction of buffers other than `keep`, before any reservation lock is taken: the one
+    /// step of a bind that moves other buffers, taken once every member has allocated all but
+    /// its tables, and only when a first attempt found VRAM short ([`Vm::is_short`]). When the
+    /// buffers it could evict do not add up to the shortage, it moves none: [`ENOSPC`]. A signal
+    /// ends it before anything moved, [`ERESTARTSYS`]; other failures leave the shortage to the
+    /// tables' allocation.
+    pub(super) fn make_room(
+        &self,
+        data: &DeviceData<'_>,
+        prepared: &Prepared,
+        keep: &[ARef<Object>],
+    ) -> Result {
+        if !self.is_short(data, prepared) {
+            return Ok(());
+        }
         // CAST: `usize` fits in `u64`.
         let need = prepared.tables as u64 * TABLE_SIZE;
-        if self.is_short(data, prepared) {
-            match crate::gem::moves::make_room(data, need, &[]) {
-                Err(e) if e == ERESTARTSYS => return Err(e),
-                _ => {}
-            }
+        let short = need.saturating_sub(data.vram.avail());
+        let could = moves::evictable_bytes(data, keep)?;
+        if could < short {
+            dev_dbg!(
+                data.pdev,
+                "VM_BIND: {} page tables need {:#x} bytes more VRAM, eviction frees {:#x}\n",
+                prepared.tables,
+                short,
+                could
+            );
+            return Err(ENOSPC);
         }
-        Ok(())
+        match moves::make_room(data, need, keep) {
+            Err(e) if e == ERESTARTSYS => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Fills the reserve of `drm_gpuva`s up to `count`.
@@ -495,18 +516,16 @@ impl Vm {
         Ok(())
     }
 
-    /// The second step of a bind: maps (and checks) the tables of the imported buffers among
-    /// `ops` under their reservation locks, `locked`, and allocates the page tables. On failure,
-    /// the VM keeps no table it allocated.
+    /// The second step of a bind, before any reservation lock is taken: allocates what the
+    /// operations need but page tables and the tables of imported buffers. A failure leaves
+    /// nothing a job or another call sees.
     ///
     /// For a bind of a queue (`queued`), it also allocates the log of the entries the bind
     /// writes, and room for the bind in the VM's pending binds and for the tables it retires.
-    pub(super) fn provision(
+    pub(super) fn allocate(
         &mut self,
-        data: &DeviceData<'_>,
         ops: &[BindOp],
         prepared: &mut Prepared,
-        locked: Option<&ResvSet<'_>>,
         queued: bool,
     ) -> Result {
         let ids = match queued {
@@ -524,9 +543,6 @@ impl Vm {
         };
         for op in ops {
             if let BindOp::Map { bo, .. } = op {
-                if let Some(imp) = bo.imported() {
-                    imp.table(data, locked.ok_or(EINVAL)?)?;
-                }
                 if bo.may_change() {
                     bo.spaces().add(&self.space)?;
                 }
@@ -558,6 +574,21 @@ impl Vm {
                 .fold(0, usize::saturating_add);
             tables.reserve_retired(regions)?;
         }
+        Ok(())
+    }
+
+    /// The third step of a bind, under the reservation locks: allocates the page tables the
+    /// maps among `ops` can take, in VRAM ([`ENOSPC`] without room). On failure, the VM keeps
+    /// no table it allocated. Taken again after [`Vm::map_imports`], it allocates what a move
+    /// that mapping made changed.
+    pub(super) fn reserve_tables(
+        &mut self,
+        data: &DeviceData<'_>,
+        ops: &[BindOp],
+        prepared: &Prepared,
+    ) -> Result {
+        let mut guard = self.space.lock();
+        let tables = guard.tables.as_mut().ok_or(ENODEV)?;
         // Counted again: the tables in place are the same, but for one that an import's
         // revalidation made a spare, which the count then finds missing.
         let need = missing_tables(tables, ops);
@@ -575,7 +606,33 @@ impl Vm {
         })
     }
 
-    /// Gives back the page tables [`Vm::provision`] took, when another member of the VM failed.
+    /// The last step of a bind that can fail: maps (and checks) the tables of the imported
+    /// buffers among `ops` that `moving` selects, under their reservation locks, `locked`.
+    ///
+    /// A buffer of a Conflux exporter moves to system memory at the map of an importer that has
+    /// no route to its VRAM; those are `moving`, and are mapped first, so that the maps of the
+    /// other members, after, find the buffer where it stays, and nothing that can fail comes
+    /// after a move but the other maps.
+    pub(super) fn map_imports(
+        &self,
+        data: &DeviceData<'_>,
+        ops: &[BindOp],
+        locked: &ResvSet<'_>,
+        moving: bool,
+    ) -> Result {
+        for op in ops {
+            if let BindOp::Map { bo, .. } = op {
+                if let Some(imp) = bo.imported() {
+                    if moving == (prime::path(bo) == uapi::DRM_CONFLUX_PATH_SYSTEM) {
+                        imp.table(data, locked)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back the page tables [`Vm::reserve_tables`] took, when another member of the VM failed.
     pub(super) fn release_spares(&self) {
         if let Some(tables) = self.space.lock().tables.as_mut() {
             tables.trim();
@@ -585,7 +642,7 @@ impl Vm {
     /// The last step of a bind, which cannot fail: applies `ops` in order with what the steps
     /// before prepared. `locked` holds the reservation locks of the imported buffers.
     ///
-    /// With a log ([`Vm::provision`]), the entries go to it rather than to VRAM, and it is
+    /// With a log ([`Vm::allocate`]), the entries go to it rather than to VRAM, and it is
     /// handed back in `prepared`, pending.
     pub(super) fn commit(
         &mut self,

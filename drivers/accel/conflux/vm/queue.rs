@@ -114,7 +114,8 @@ impl MemberLog {
 ///
 /// # Invariants
 ///
-/// Every movable buffer of `buffers` was pinned once, and is unpinned once, by
+/// Until [`Release::pin`], nothing is pinned, and `local_unpinned` and `unpinned` are set. Once
+/// it succeeded, every movable buffer of `buffers` was pinned once, and is unpinned once, by
 /// [`Release::unpin_local`]; every imported one was pinned once through its attachment, and is
 /// unpinned once, by whichever work item sets `unpinned` first.
 #[pin_data]
@@ -155,38 +156,45 @@ impl WorkItem<2> for Release {
 }
 
 impl Release {
-    /// Keeps `buffers` and pins them: the caller holds their reservation locks, `locked`, under
-    /// which eviction checks the pins of movable buffers and attachments are pinned.
-    fn pin(buffers: KVec<ARef<Object>>, locked: Option<&ResvSet<'_>>) -> Result<Arc<Self>> {
-        let release = Arc::pin_init(
+    /// Keeps `buffers`, pinning none of them yet.
+    fn new(buffers: KVec<ARef<Object>>) -> Result<Arc<Self>> {
+        // INVARIANT: nothing is pinned, and both flags say so.
+        Arc::pin_init(
             pin_init!(Self {
                 buffers,
-                local_unpinned: AtomicBool::new(false),
-                unpinned: AtomicBool::new(false),
+                local_unpinned: AtomicBool::new(true),
+                unpinned: AtomicBool::new(true),
                 unpin <- new_work!("Release::unpin"),
                 release <- new_work!("Release::release"),
             }),
             GFP_KERNEL_ACCOUNT,
-        )?;
+        )
+    }
+
+    /// Pins the buffers, once, before the bind is queued: the caller holds their reservation
+    /// locks, `locked`, under which eviction checks the pins of movable buffers and attachments
+    /// are pinned. On failure, nothing stays pinned.
+    fn pin(&self, locked: Option<&ResvSet<'_>>) -> Result {
         let mut pinned = 0;
-        let result: Result = release.imports().try_for_each(|imp| {
+        let result: Result = self.imports().try_for_each(|imp| {
             imp.pin(locked.ok_or(EINVAL)?)?;
             pinned += 1;
             Ok(())
         });
         if let (Err(_), Some(locked)) = (&result, locked) {
-            for imp in release.imports().take(pinned) {
+            for imp in self.imports().take(pinned) {
                 let _ = imp.unpin(locked);
             }
         }
         result?;
-        // INVARIANT: pinned once each; `unpin_local` unpins them.
-        for bo in release.buffers.iter().filter(|bo| bo.movable()) {
+        for bo in self.buffers.iter().filter(|bo| bo.movable()) {
             bo.pins().fetch_add(1, Ordering::Relaxed);
         }
-        // Nothing to unpin but what was pinned.
-        release.unpinned.store(pinned == 0, Ordering::Relaxed);
-        Ok(release)
+        // INVARIANT: pinned once each; `unpin_local` unpins the movable ones, and the imported
+        // ones are unpinned by whichever work item finds `unpinned` clear first.
+        self.local_unpinned.store(false, Ordering::Release);
+        self.unpinned.store(pinned == 0, Ordering::Release);
+        Ok(())
     }
 
     fn imports(&self) -> impl Iterator<Item = &crate::gem::import::Imported> {
@@ -219,10 +227,11 @@ impl Release {
 ///
 /// # Invariants
 ///
-/// `release` holds the buffers the bind keeps, pinned; their pins go once `applied` is set
-/// (the movable ones at once, the imported ones in a work item) or when this goes, whose
-/// release work item then drops them. `logs` is written once, before the bind's job may
-/// run; `applied` is set once the logs are written to VRAM.
+/// `release` holds the buffers the bind keeps, pinned by [`BindState::pin`] before the bind's
+/// job is queued; their pins go once `applied` is set (the movable ones at once, the imported
+/// ones in a work item) or when this goes, whose release work item then drops them. `logs` is
+/// written once, before the bind's job may run; `applied` is set once the logs are written to
+/// VRAM.
 #[pin_data(PinnedDrop)]
 pub(crate) struct BindState {
     /// `Some` until this goes, when the work item that releases the buffers takes it: the last
@@ -235,34 +244,28 @@ pub(crate) struct BindState {
 }
 
 impl BindState {
-    /// The state of a bind that keeps `buffers`, and pins them until its entries are written:
-    /// the caller holds their reservation locks, `locked`.
-    pub(crate) fn new(
-        buffers: KVec<ARef<Object>>,
-        locked: Option<&ResvSet<'_>>,
-    ) -> Result<Arc<Self>> {
-        let release = Release::pin(buffers, locked)?;
-        let kept = release.clone();
-        let state = Arc::pin_init(
+    /// The state of a bind that keeps `buffers`; [`BindState::pin`] pins them until its
+    /// entries are written.
+    pub(crate) fn new(buffers: KVec<ARef<Object>>) -> Result<Arc<Self>> {
+        let release = Release::new(buffers)?;
+        Arc::pin_init(
             pin_init!(Self {
-                release: Some(kept),
+                release: Some(release),
                 logs <- new_spinlock!(KVec::new()),
                 applied: AtomicBool::new(false),
             }),
             GFP_KERNEL_ACCOUNT,
-        );
-        if state.is_err() {
-            // Nothing was queued: the pins go here, the caller's locks held.
-            release.unpin_local();
-            if let Some(locked) = locked {
-                if !release.unpinned.swap(true, Ordering::AcqRel) {
-                    for imp in release.imports() {
-                        let _ = imp.unpin(locked);
-                    }
-                }
-            }
+        )
+    }
+
+    /// Pins the buffers the bind keeps, once, before its job is queued: the caller holds their
+    /// reservation locks, `locked`. Pinning an imported buffer can move it (its exporter places
+    /// it where every importer that pinned it reaches it).
+    pub(crate) fn pin(&self, locked: Option<&ResvSet<'_>>) -> Result {
+        match &self.release {
+            Some(release) => release.pin(locked),
+            None => Err(EINVAL),
         }
-        state
     }
 
     /// Hands over the logs of the members, once the call committed.

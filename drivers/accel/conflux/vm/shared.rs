@@ -43,10 +43,39 @@ use super::{
         BindState,
         MemberLog,
         PendingBind,
-        Pushed, //
+        Pushed,
+        QueuedBind, //
     },
     Vm,
 };
+
+/// The job of a bind of a queue, prepared before the reservation locks are taken.
+struct PreparedJob<'q> {
+    queue: &'q BindQueue,
+    job: QueuedBind<'q>,
+    state: Arc<BindState>,
+    logs: KVec<MemberLog>,
+    regions: KVec<KVec<Range<u64>>>,
+}
+
+impl PreparedJob<'_> {
+    /// Pins the buffers the bind keeps, whose reservation locks `locked` holds, and queues the
+    /// job: it waits for the commit ([`Pushed::release`]).
+    fn queue(self, locked: Option<&ResvSet<'_>>) -> Result<QueuedCommit> {
+        // The buffers stay where they are until the entries are written: eviction passes the
+        // movable ones by, and exporters move the imported ones for no one (but a revocation,
+        // which writes the pending logs first).
+        self.state.pin(locked)?;
+        // Dropped on failure, the job releases the pins.
+        let pushed = self.queue.push(self.job)?;
+        Ok(QueuedCommit {
+            pushed,
+            state: self.state,
+            logs: self.logs,
+            regions: self.regions,
+        })
+    }
+}
 
 /// A bind of a queue between its push and its commit.
 struct QueuedCommit {
@@ -305,6 +334,12 @@ impl SharedVm {
     /// `members`, on `queued` or synchronously. Makes room in VRAM first when `evict` says;
     /// sets `short` when a member's page tables need more VRAM than it has available. A failed
     /// attempt leaves every member as before.
+    ///
+    /// The steps that can fail come in this order, so that as few as possible come after one
+    /// that moves a buffer: the waits and every allocation but page tables, the evictions, the
+    /// reservation locks (not interruptible once buffers were evicted), the page tables, the
+    /// maps of imported buffers (those that move to system memory first) and the pins of a
+    /// bind of a queue.
     fn transaction(
         members: &mut [Member],
         plans: &[(usize, KVec<BindOp>)],
@@ -313,8 +348,7 @@ impl SharedVm {
         short: &mut bool,
     ) -> Result<Option<ARef<Fence>>> {
         // Wait for the jobs of every member first, so that a signal ends the call before any
-        // member allocated; then allocate on every member. Room in VRAM is made (the step that
-        // moves other buffers) only when `evict` says, before any lock is taken.
+        // member allocated; then allocate on every member.
         if queued.is_none() {
             for (i, ops) in plans.iter() {
                 members[*i].vm.wait_for_jobs(ops)?;
@@ -339,19 +373,18 @@ impl SharedVm {
             *short |=
                 DeviceData::with(&m.dev, |_, data| Ok(m.vm.is_short(data, p))).unwrap_or(false);
         }
-        if result.is_ok() && evict {
-            for ((i, _), p) in plans.iter().zip(prepared.iter()) {
-                let m = &members[*i];
-                result = DeviceData::with(&m.dev, |_, data| m.vm.make_room(data, p));
+        if result.is_ok() {
+            for ((i, ops), p) in plans.iter().zip(prepared.iter_mut()) {
+                result = members[*i].vm.allocate(ops, p, queued.is_some());
                 if result.is_err() {
                     break;
                 }
             }
         }
-        // A bind of a queue keeps, and pins under their locks, the buffers it maps or unmaps.
+        // The buffers the bind maps or unmaps: eviction passes them by, and a bind of a queue
+        // keeps them, and pins them under their locks.
         let mut involved = KVec::new();
-        let mut resvs = KVec::new();
-        if result.is_ok() && queued.is_some() {
+        if result.is_ok() && (queued.is_some() || evict) {
             for (i, ops) in plans.iter() {
                 result = members[*i].vm.involved(ops, &mut involved);
                 if result.is_err() {
@@ -359,52 +392,65 @@ impl SharedVm {
                 }
             }
         }
+        let mut job = None;
+        if let (Ok(()), Some((queue, wait))) = (&result, queued) {
+            match Self::prepare_job(queue, wait, members, plans, &involved) {
+                Ok(j) => job = Some(j),
+                Err(e) => result = Err(e),
+            }
+        }
+        // Room in VRAM is made (the step that moves other buffers) only when `evict` says,
+        // before any lock is taken.
+        if result.is_ok() && evict {
+            for ((i, _), p) in plans.iter().zip(prepared.iter()) {
+                let m = &members[*i];
+                result = DeviceData::with(&m.dev, |_, data| m.vm.make_room(data, p, &involved));
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        let mut resvs = KVec::new();
         if result.is_ok() {
             result = (|| -> Result {
                 for (_, ops) in plans.iter() {
                     imported_resvs(ops, &mut resvs)?;
                 }
-                for bo in involved.iter() {
-                    match bo.imported() {
-                        Some(imp) => resvs.push(imp.resv(), GFP_KERNEL_ACCOUNT)?,
-                        None if bo.movable() => resvs.push(bo.dma_resv(), GFP_KERNEL_ACCOUNT)?,
-                        None => {}
+                if queued.is_some() {
+                    for bo in involved.iter() {
+                        match bo.imported() {
+                            Some(imp) => resvs.push(imp.resv(), GFP_KERNEL_ACCOUNT)?,
+                            None if bo.movable() => {
+                                resvs.push(bo.dma_resv(), GFP_KERNEL_ACCOUNT)?
+                            }
+                            None => {}
+                        }
                     }
                 }
                 Ok(())
             })();
         }
+        // After evictions, a signal does not end the call: they were made for it.
         let locked = match (&result, resvs.is_empty()) {
-            (Ok(()), false) => match ResvSet::lock(resvs.iter().copied(), true, GFP_KERNEL_ACCOUNT)
-            {
-                Ok(set) => Some(set),
-                Err(e) => {
-                    result = Err(e);
-                    None
+            (Ok(()), false) => {
+                match ResvSet::lock(resvs.iter().copied(), !evict, GFP_KERNEL_ACCOUNT) {
+                    Ok(set) => Some(set),
+                    Err(e) => {
+                        result = Err(e);
+                        None
+                    }
                 }
-            },
+            }
             _ => None,
         };
-        // Map the imported buffers and provision page tables on every member, then commit.
-        let mut provisioned = 0;
         if result.is_ok() {
-            for ((i, ops), p) in plans.iter().zip(prepared.iter_mut()) {
-                let m = &mut members[*i];
-                let is_queued = queued.is_some();
-                result = DeviceData::with(&m.dev, |_, data| {
-                    m.vm.provision(data, ops, p, locked.as_ref(), is_queued)
-                });
-                if result.is_err() {
-                    break;
-                }
-                provisioned += 1;
-            }
+            result = Self::place(members, plans, &prepared, locked.as_ref());
         }
-        // A bind of a queue: its job, queued behind a gate that opens once every member has
-        // committed; the last step that can fail.
+        // A bind of a queue: its buffers pinned, its job queued behind a gate that opens once
+        // every member has committed; the last step that can fail.
         let mut commit_to = None;
-        if let (Ok(()), Some((queue, wait))) = (&result, queued) {
-            match Self::queue_bind(queue, wait, members, plans, &involved, locked.as_ref()) {
+        if let (Ok(()), Some(job)) = (&result, job) {
+            match job.queue(locked.as_ref()) {
                 Ok(q) => commit_to = Some(q),
                 Err(e) => result = Err(e),
             }
@@ -424,7 +470,7 @@ impl SharedVm {
                 }
             }
         } else {
-            for (i, _) in plans.iter().take(provisioned) {
+            for (i, _) in plans.iter() {
                 members[*i].vm.release_spares();
             }
         }
@@ -448,17 +494,48 @@ impl SharedVm {
         result.map(|()| fence)
     }
 
-    /// Queues the job of a bind of `queue` that waits for `wait`, with the dependencies of each
-    /// member's operations (`plans`), and keeps and pins `involved`, whose reservation locks
-    /// the caller holds (`locked`). The job waits for the commit.
-    fn queue_bind(
-        queue: &BindQueue,
+    /// The steps of [`SharedVm::transaction`] under the reservation locks, `locked`, that can
+    /// fail: the page tables of every member, then the tables of the imported buffers, first
+    /// those that move to system memory for a member without a route to their VRAM, and the
+    /// page tables again for what such a move changed.
+    fn place(
+        members: &mut [Member],
+        plans: &[(usize, KVec<BindOp>)],
+        prepared: &[Prepared],
+        locked: Option<&ResvSet<'_>>,
+    ) -> Result {
+        for ((i, ops), p) in plans.iter().zip(prepared.iter()) {
+            let m = &mut members[*i];
+            DeviceData::with(&m.dev, |_, data| m.vm.reserve_tables(data, ops, p))?;
+        }
+        let Some(locked) = locked else {
+            return Ok(());
+        };
+        for moving in [true, false] {
+            for (i, ops) in plans.iter() {
+                let m = &members[*i];
+                DeviceData::with(&m.dev, |_, data| {
+                    m.vm.map_imports(data, ops, locked, moving)
+                })?;
+            }
+        }
+        for ((i, ops), p) in plans.iter().zip(prepared.iter()) {
+            let m = &mut members[*i];
+            DeviceData::with(&m.dev, |_, data| m.vm.reserve_tables(data, ops, p))?;
+        }
+        Ok(())
+    }
+
+    /// Prepares the job of a bind of `queue` that waits for `wait`, with the dependencies of
+    /// each member's operations (`plans`), and that keeps `involved`; it is queued by
+    /// [`PreparedJob::queue`], under the locks.
+    fn prepare_job<'q>(
+        queue: &'q BindQueue,
         wait: &[ARef<Fence>],
         members: &mut [Member],
         plans: &[(usize, KVec<BindOp>)],
         involved: &[ARef<Object>],
-        locked: Option<&ResvSet<'_>>,
-    ) -> Result<QueuedCommit> {
+    ) -> Result<PreparedJob<'q>> {
         let mut regions = KVec::with_capacity(plans.len(), GFP_KERNEL_ACCOUNT)?;
         for (_, ops) in plans.iter() {
             let mut mine = KVec::with_capacity(ops.len(), GFP_KERNEL_ACCOUNT)?;
@@ -472,10 +549,7 @@ impl SharedVm {
         for bo in involved {
             keep.push(bo.clone(), GFP_KERNEL_ACCOUNT)?;
         }
-        // The buffers stay where they are until the entries are written: eviction passes the
-        // movable ones by, and exporters move the imported ones for no one (but a revocation,
-        // which writes the pending logs first).
-        let state = BindState::new(keep, locked)?;
+        let state = BindState::new(keep)?;
         let mut job = queue.prepare(state.clone())?;
         for fence in wait.iter() {
             job.add_dependency(fence)?;
@@ -484,9 +558,9 @@ impl SharedVm {
             let vm = &mut members.get_mut(*i).ok_or(EINVAL)?.vm;
             vm.dependencies(ops, |f| job.add_dependency(f))?;
         }
-        let pushed = queue.push(job)?;
-        Ok(QueuedCommit {
-            pushed,
+        Ok(PreparedJob {
+            queue,
+            job,
             state,
             logs,
             regions,
@@ -504,7 +578,8 @@ impl SharedVm {
         for m in members.iter_mut().filter(|m| live(m)) {
             DeviceData::with(&m.dev, |_, data| {
                 let mut p = m.vm.prepare(data, ops, true)?;
-                m.vm.provision(data, ops, &mut p, None, false)
+                m.vm.allocate(ops, &mut p, false)?;
+                m.vm.reserve_tables(data, ops, &p)
             })?;
         }
         for (i, m) in members.iter_mut().enumerate() {
