@@ -108,6 +108,18 @@ unsafe impl AlwaysRefCounted for Fence {
 }
 
 impl Fence {
+    /// The kernel's stub fence, signalled from the start: for an operation that completed in
+    /// the call, where a fence is expected. Allocates nothing.
+    pub fn stub() -> ARef<Self> {
+        // SAFETY: `dma_fence_get_stub()` returns a new reference to a valid fence, which the
+        // `ARef` takes over; `Fence` is `repr(transparent)` over the C struct.
+        unsafe {
+            ARef::from_raw(NonNull::new_unchecked(
+                bindings::dma_fence_get_stub().cast::<Fence>(),
+            ))
+        }
+    }
+
     /// Borrows a fence from a pointer to its `struct dma_fence`.
     ///
     /// # Safety
@@ -534,13 +546,7 @@ impl SyncFile {
     /// A sync_file for descriptor `fd` whose fence is set later, with [`Self::set_fence`];
     /// until then it holds the kernel's signalled stub fence.
     pub fn reserve(fd: FileDescriptorReservation) -> Result<Self> {
-        // SAFETY: `dma_fence_get_stub()` returns a new reference to a valid fence.
-        let stub = unsafe {
-            ARef::from_raw(NonNull::new_unchecked(
-                bindings::dma_fence_get_stub().cast::<Fence>(),
-            ))
-        };
-        Self::new(&stub, fd)
+        Self::new(&Fence::stub(), fd)
     }
 
     /// Makes `fence` the fence of the sync_file, in place of the one it was made with.
