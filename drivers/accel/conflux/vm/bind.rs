@@ -482,6 +482,8 @@ impl Vm {
         prepared: &Prepared,
         keep: &[ARef<Object>],
     ) -> Result {
+        // Finished jobs may still hold buffers that are gone.
+        data.engine.retire_finished();
         if !self.is_short(data, prepared) {
             return Ok(());
         }

@@ -802,18 +802,13 @@ fn test_unmap_exhausted(t: &mut Tally, dev: &Device, peer: &Device) -> Result<()
     Ok(())
 }
 
-/// The allocations of `dma_buf_map_attachment()` after the exporter's map has returned: with
-/// `CONFIG_DMABUF_DEBUG`, the copy of the table it hands out and that copy's entries.
-const MOVED_BY_CORE: u32 = 2;
-
 /// Walks the move of a buffer of `x` to system memory, which the first bind by `y`, a device
 /// without a route to `x`'s VRAM, makes: a failed allocation fails the bind with `ENOMEM` and
-/// leaves the buffer with its bytes, in VRAM unmoved. The bind maps the buffer as its last step
-/// that can fail, and the exporter maps the system memory before the move starts; only the
-/// dma-buf core's own allocations after the exporter's map (the copy of the table that
-/// `CONFIG_DMABUF_DEBUG` hands out: [`MOVED_BY_CORE`] of them) may fail after the move, and
-/// leave the buffer moved once, with its bytes. Once the buffers of the walk are gone, `x` has
-/// all of the VRAM it had before: no failure leaked any.
+/// leaves the buffer with its bytes, in VRAM unmoved, or moved once to system memory when the
+/// failure came after the move (the bind maps the buffer in its last step that can fail, and
+/// the exporter maps the system memory before the move starts, but the dma-buf core's copy of
+/// the table with `CONFIG_DMABUF_DEBUG` comes after). Once the buffers of the walk are gone, `x`
+/// has all of the VRAM it had before: no failure leaked any.
 pub(crate) fn test_move_walk(t: &mut Tally, x: &Device, y: &Device) -> Result<(), Error> {
     // Small, so that the walk stays within [`MOST`] allocations: a page takes one.
     const SIZE: u64 = 16 * 4096;
@@ -828,7 +823,6 @@ pub(crate) fn test_move_walk(t: &mut Tally, x: &Device, y: &Device) -> Result<()
         Ok((x.bo_info(bo)?, got == data))
     };
     let avail = x.info()?.vram_avail;
-    let moved_on_failure = std::cell::Cell::new(0);
     let w = walk(
         &fail,
         || {
@@ -844,10 +838,6 @@ pub(crate) fn test_move_walk(t: &mut Tally, x: &Device, y: &Device) -> Result<()
             let (info, kept) = state(bo.handle)?;
             let unmoved = info.placement == uapi::DRM_CONFLUX_BO_VRAM && info.moves == 0;
             let moved = info.placement == uapi::DRM_CONFLUX_BO_SYSTEM && info.moves == 1;
-            // Counted, and checked below.
-            if moved {
-                moved_on_failure.set(moved_on_failure.get() + 1);
-            }
             Ok((!(unmoved || moved) || !kept).then(|| {
                 format!(
                     "placement {:#x}, {} moves, bytes {}",
@@ -872,14 +862,6 @@ pub(crate) fn test_move_walk(t: &mut Tally, x: &Device, y: &Device) -> Result<()
         },
     );
     report(t, &name, "VM_BIND that moves a buffer to system memory", w);
-    t.check(
-        &format!("{name}: a failed VM_BIND moved the buffer only when the dma-buf core failed"),
-        moved_on_failure.get() <= MOVED_BY_CORE,
-        format!(
-            "{} failed binds left it moved, at most {MOVED_BY_CORE} expected",
-            moved_on_failure.get()
-        ),
-    );
     // A bind and unbind on `y` drops what its failed binds left for later.
     let spare = y.bo_create(SIZE)?;
     y.vm_bind(&[map_op(spare.handle, 0, AT, SIZE, false)])?;

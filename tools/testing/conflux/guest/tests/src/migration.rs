@@ -245,6 +245,72 @@ pub(crate) fn test_migration(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Err
     g[0].vm_bind(&[unmap_op(VA, len)])?;
     drop(g);
 
+    test_failed_bind_moves_nothing(t, x, y, z)?;
     // Every allocation of the move failed in turn.
     crate::alloc_walk::test_move_walk(t, x, y)
+}
+
+/// A bind on a VM that `z`, which reaches `x`'s VRAM, and `y`, which does not, share, of a
+/// buffer of `x` that may move: made while `z`'s VRAM has no room for page tables and nothing of
+/// `z` may be evicted, it fails with `ENOSPC` and the buffer stays in VRAM, unmoved, as `y`'s map
+/// of it (which moves it) comes after the page tables of every member. With room, the same
+/// call moves it.
+fn test_failed_bind_moves_nothing(
+    t: &mut Tally,
+    x: &Device,
+    y: &Device,
+    z: &Device,
+) -> Result<(), Error> {
+    let name = format!("{} and {}", z.path().display(), y.path().display());
+    let len = 64 * 1024;
+    let both = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+    let bo = x.bo_create_in(len, both)?;
+    let fd = x.export(bo.handle)?;
+    let zf = Device::open(z.path())?;
+    let yf = Device::open(y.path())?;
+    yf.vm_join(&zf)?;
+    let imported = zf.import(fd.0.as_fd())?;
+    // Buffers that only VRAM holds fill `z`'s VRAM, down to the last page.
+    let mut fill = Vec::new();
+    let mut size = 64 * MIB;
+    while size >= 4096 {
+        match zf.bo_create(size) {
+            Ok(b) => fill.push(b),
+            Err(e) if e.errno() == Some(libc::ENOSPC) => size /= 2,
+            Err(e) => return Err(e),
+        }
+    }
+    let avail = zf.info()?.vram_avail;
+    let op = [map_op(imported.handle, 0, VA, len, false)];
+    let refused = zf.vm_bind(&op);
+    let info = x.bo_info(bo.handle)?;
+    let now = paths_at(&zf, 2, VA)?;
+    t.check(
+        &format!("{name}: a shared-VM bind short of page tables on one member moves nothing"),
+        refused.as_ref().err().and_then(Error::errno) == Some(libc::ENOSPC)
+            && info.placement == uapi::DRM_CONFLUX_BO_VRAM
+            && info.moves == 0
+            && now == [0, 0],
+        format!(
+            "{refused:?} with {avail} bytes of VRAM available; placement {}, {} moves; paths \
+             {now:?}",
+            placement_name(info.placement),
+            info.moves
+        ),
+    );
+    drop(fill);
+    let bound = zf.vm_bind(&op);
+    let info = x.bo_info(bo.handle)?;
+    t.check(
+        &format!(
+            "{name}: with room, the same bind moves the buffer for the member without a route"
+        ),
+        bound.is_ok() && info.placement == uapi::DRM_CONFLUX_BO_SYSTEM && info.moves == 1,
+        format!(
+            "{bound:?}; placement {}, {} moves",
+            placement_name(info.placement),
+            info.moves
+        ),
+    );
+    Ok(())
 }
