@@ -245,6 +245,7 @@ impl drm::Driver for ConfluxDrm {
     const INFO: drm::DriverInfo = INFO;
     const FEAT_COMPUTE_ACCEL: bool = true;
     const FEAT_SYNCOBJ: bool = true;
+    const FEAT_SYNCOBJ_TIMELINE: bool = true;
 
     kernel::declare_drm_ioctls! {
         (CONFLUX_GET_INFO, drm_conflux_get_info, ioctl::RENDER_ALLOW, uapi_ioctl::get_info),
