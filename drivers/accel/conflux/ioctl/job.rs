@@ -20,7 +20,6 @@ use kernel::{
         },
         Registered, //
     },
-    fmt,
     fs::file::{
         flags,
         FileDescriptorReservation, //
@@ -105,7 +104,7 @@ fn accesses(cmd: &Command) -> impl Iterator<Item = Access> {
 
 /// A `drm_conflux_sync` as read from userspace.
 #[repr(transparent)]
-struct RawSync(uapi::drm_conflux_sync);
+pub(super) struct RawSync(pub(super) uapi::drm_conflux_sync);
 
 // SAFETY: The structure has only integer fields and no padding, so any bytes are a valid value.
 unsafe impl FromBytes for RawSync {}
@@ -132,19 +131,70 @@ pub(super) struct Syncs {
     points: KVec<(ARef<SyncObj>, u64, ChainNode)>,
 }
 
-impl Syncs {
-    /// Reads and looks up the in- and out-fences of a call.
-    pub(super) fn read(call: &Call<'_, '_>, args: &SyncArgs, file: &DrmFile) -> Result<Self> {
+impl SyncArgs {
+    /// The numbers of in- and out-syncs, checked: at most `DRM_CONFLUX_MAX_SYNCS` each.
+    pub(super) fn counts(&self, call: &Call<'_, '_>) -> Result<(usize, usize)> {
         let max = uapi::DRM_CONFLUX_MAX_SYNCS;
-        let (n_in, n_out) = (args.num_in_syncs, args.num_out_syncs);
+        let (n_in, n_out) = (self.num_in_syncs, self.num_out_syncs);
         if n_in > max || n_out > max {
             return Err(call.refuse(
                 EINVAL,
                 fmt!("num_in_syncs {n_in}, num_out_syncs {n_out}: at most {max} each"),
             ));
         }
-        let ins = call.read_array::<RawSync>(args.in_syncs, usize::try_from(n_in)?)?;
-        let outs = call.read_array::<RawSync>(args.out_syncs, usize::try_from(n_out)?)?;
+        Ok((usize::try_from(n_in)?, usize::try_from(n_out)?))
+    }
+
+    /// The fence of `in_fence_fd`, if the call has one.
+    pub(super) fn in_fence_fd(&self, call: &Call<'_, '_>) -> Result<Option<ARef<Fence>>> {
+        self.in_fence_fd
+            .map(|fd| {
+                Fence::from_sync_file(fd)
+                    .map_err(|e| call.refuse(e, fmt!("in_fence_fd {fd}: not a sync_file")))
+            })
+            .transpose()
+    }
+}
+
+/// The fence of `in_syncs[i]`, `s`, of a call of `file`.
+pub(super) fn in_sync(
+    call: &Call<'_, '_>,
+    file: &DrmFile,
+    i: usize,
+    s: &uapi::drm_conflux_sync,
+) -> Result<ARef<Fence>> {
+    if s.flags != 0 {
+        return Err(call.refuse(EINVAL, fmt!("in_syncs[{i}]: flags {:#x}", s.flags)));
+    }
+    let (handle, point) = (s.handle, s.point);
+    SyncObj::find_fence(file, handle, point).map_err(|e| {
+        call.refuse(
+            e,
+            fmt!("in_syncs[{i}]: syncobj {handle}: no fence at {point}"),
+        )
+    })
+}
+
+/// The syncobj of `out_syncs[i]`, `s`, of a call of `file`.
+pub(super) fn out_sync(
+    call: &Call<'_, '_>,
+    file: &DrmFile,
+    i: usize,
+    s: &uapi::drm_conflux_sync,
+) -> Result<ARef<SyncObj>> {
+    if s.flags != 0 {
+        return Err(call.refuse(EINVAL, fmt!("out_syncs[{i}]: flags {:#x}", s.flags)));
+    }
+    SyncObj::lookup(file, s.handle)
+        .map_err(|e| call.refuse(e, fmt!("out_syncs[{i}]: no syncobj {}", s.handle)))
+}
+
+impl Syncs {
+    /// Reads and looks up the in- and out-fences of a call.
+    pub(super) fn read(call: &Call<'_, '_>, args: &SyncArgs, file: &DrmFile) -> Result<Self> {
+        let (n_in, n_out) = args.counts(call)?;
+        let ins = call.read_array::<RawSync>(args.in_syncs, n_in)?;
+        let outs = call.read_array::<RawSync>(args.out_syncs, n_out)?;
         let mut syncs = Self {
             wait: KVec::new(),
             replace: KVec::new(),
@@ -157,36 +207,21 @@ impl Syncs {
             syncs.wait.push(fence, GFP_KERNEL_ACCOUNT)?;
         }
         for (i, RawSync(s)) in ins.iter().enumerate() {
-            if s.flags != 0 {
-                return Err(call.refuse(EINVAL, fmt!("in_syncs[{i}]: flags {:#x}", s.flags)));
-            }
-            let (handle, point) = (s.handle, s.point);
-            let fence = SyncObj::find_fence(file, handle, point).map_err(|e| {
-                call.refuse(
-                    e,
-                    fmt!("in_syncs[{i}]: syncobj {handle}: no fence at {point}"),
-                )
-            })?;
+            syncs
+                .wait
+                .push(in_sync(call, file, i, s)?, GFP_KERNEL_ACCOUNT)?;
+        }
+        if let Some(fence) = args.in_fence_fd(call)? {
             syncs.wait.push(fence, GFP_KERNEL_ACCOUNT)?;
         }
-        if let Some(fd) = args.in_fence_fd {
-            let fence = Fence::from_sync_file(fd)
-                .map_err(|e| call.refuse(e, fmt!("in_fence_fd {fd}: not a sync_file")))?;
-            syncs.wait.push(fence, GFP_KERNEL_ACCOUNT)?;
-        }
-        let lookup = |what: fmt::Arguments<'_>, handle: u32| {
-            SyncObj::lookup(file, handle)
-                .map_err(|e| call.refuse(e, fmt!("{what}: no syncobj {handle}")))
-        };
         if args.out_syncobj != 0 {
-            let syncobj = lookup(fmt!("out_syncobj"), args.out_syncobj)?;
+            let handle = args.out_syncobj;
+            let syncobj = SyncObj::lookup(file, handle)
+                .map_err(|e| call.refuse(e, fmt!("out_syncobj: no syncobj {handle}")))?;
             syncs.replace.push(syncobj, GFP_KERNEL_ACCOUNT)?;
         }
         for (i, RawSync(s)) in outs.iter().enumerate() {
-            if s.flags != 0 {
-                return Err(call.refuse(EINVAL, fmt!("out_syncs[{i}]: flags {:#x}", s.flags)));
-            }
-            let syncobj = lookup(fmt!("out_syncs[{i}]"), s.handle)?;
+            let syncobj = out_sync(call, file, i, s)?;
             match s.point {
                 0 => syncs.replace.push(syncobj, GFP_KERNEL_ACCOUNT)?,
                 point => {

@@ -3,6 +3,7 @@
 //! The VM ioctls: VM_BIND, VM_JOIN and VM_PATH.
 
 use kernel::{
+    dma_fence::Fence,
     drm::{
         gem::BaseObject,
         Registered, //
@@ -26,13 +27,17 @@ use crate::{
             BindOp,
             RESERVED_UNMAPS, //
         },
+        queue::BindQueue,
         shared::BindMode,
     },
 };
 
 use super::{
     job::{
+        in_sync,
+        out_sync,
         OutFenceFd,
+        RawSync,
         SyncArgs,
         Syncs, //
     },
@@ -115,8 +120,9 @@ pub(crate) fn bind(
     let count = call.count("num_ops", args.num_ops, uapi::DRM_CONFLUX_MAX_BIND_OPS)?;
     call.vm_id(args.vm_id)?;
     let inner = file.inner();
-    // A call of a few UNMAPs is read and applied without allocating memory.
-    if count <= RESERVED_UNMAPS && args.queue == 0 {
+    // A call of a few UNMAPs is read and applied without allocating memory: synchronous, or on
+    // a queue when the kernel has no memory for its job.
+    if count <= RESERVED_UNMAPS {
         let mut unmaps: [BindOp; RESERVED_UNMAPS] =
             core::array::from_fn(|_| BindOp::Unmap { va: 0, range: 0 });
         let mut only_unmaps = true;
@@ -131,12 +137,30 @@ pub(crate) fn bind(
             }
             Ok(())
         })?;
-        if only_unmaps {
+        let unmaps = unmaps.get(..count).ok_or(EINVAL)?;
+        if only_unmaps && args.queue == 0 {
             // A file without a VM has nothing mapped.
             if let Some(vm) = inner.current_vm() {
-                vm.unmap(inner.id(), unmaps.get(..count).ok_or(EINVAL)?)?;
+                vm.unmap(inner.id(), unmaps)?;
             }
             return Ok(0);
+        }
+        if only_unmaps {
+            let queue = find_queue(&call, file, args.queue)?;
+            queue.refill_reserve();
+            let queued = (|| {
+                let mut ops = KVec::with_capacity(count, GFP_KERNEL_ACCOUNT)?;
+                for op in unmaps {
+                    if let BindOp::Unmap { va, range } = *op {
+                        ops.push(BindOp::Unmap { va, range }, GFP_KERNEL_ACCOUNT)?;
+                    }
+                }
+                bind_queued(dev, data, args, file, &call, &queue, ops)
+            })();
+            return match queued {
+                Err(e) if e == ENOMEM => unmap_in_call(&call, args, file, &queue, unmaps),
+                result => result,
+            };
         }
     }
     let raw = call.read_array::<RawBindOp>(args.ops, count)?;
@@ -193,24 +217,48 @@ pub(crate) fn bind(
         )?;
         return Ok(0);
     }
-    let number = args.queue;
-    let queue = inner
+    let queue = find_queue(&call, file, args.queue)?;
+    queue.refill_reserve();
+    bind_queued(dev, data, args, file, &call, &queue, ops)
+}
+
+/// Bind queue `number` of `file`; [`ENOENT`] for an unknown one.
+fn find_queue(call: &Call<'_, '_>, file: &DrmFile, number: u32) -> Result<Arc<BindQueue>> {
+    file.inner()
         .queue(number)
-        .ok_or_else(|| call.refuse(ENOENT, fmt!("no bind queue {number}")))?;
-    let sync_args = SyncArgs {
+        .ok_or_else(|| call.refuse(ENOENT, fmt!("no bind queue {number}")))
+}
+
+/// The fences of a VM_BIND call on a queue, as [`SyncArgs`].
+fn sync_args(args: &uapi::drm_conflux_vm_bind) -> SyncArgs {
+    SyncArgs {
         in_syncobj: 0,
         out_syncobj: 0,
         in_syncs: args.in_syncs,
         num_in_syncs: args.num_in_syncs,
         out_syncs: args.out_syncs,
         num_out_syncs: args.num_out_syncs,
-        in_fence_fd: (flags & uapi::DRM_CONFLUX_VM_BIND_IN_FENCE_FD != 0)
+        in_fence_fd: (args.flags & uapi::DRM_CONFLUX_VM_BIND_IN_FENCE_FD != 0)
             .then_some(args.in_fence_fd),
-    };
-    let syncs = Syncs::read(&call, &sync_args, file)?;
+    }
+}
+
+/// Applies `ops`, checked, as a bind of `queue`: returns once its job is queued.
+fn bind_queued(
+    dev: &ConfluxDevice<Registered>,
+    data: &DeviceData<'_>,
+    args: &mut uapi::drm_conflux_vm_bind,
+    file: &DrmFile,
+    call: &Call<'_, '_>,
+    queue: &BindQueue,
+    ops: KVec<BindOp>,
+) -> Result<u32> {
+    let inner = file.inner();
+    let syncs = Syncs::read(call, &sync_args(args), file)?;
+    let out_fd = args.flags & uapi::DRM_CONFLUX_VM_BIND_OUT_FENCE_FD != 0;
     let out_sync_file = OutFenceFd::reserve(out_fd)?;
     let mode = BindMode::Queued {
-        queue: &queue,
+        queue,
         wait: &syncs.wait,
     };
     let fence = inner
@@ -219,6 +267,79 @@ pub(crate) fn bind(
         .ok_or(EINVAL)?;
     syncs.signal(&fence);
     if let Some(fd) = out_sync_file.install(&fence) {
+        args.out_fence_fd = fd;
+    }
+    Ok(0)
+}
+
+/// Applies `unmaps`, the UNMAPs of a call on `queue` that the kernel has no memory to queue, in
+/// the call: after its in-fences and the queue's earlier binds, on the CPU (interruptible,
+/// [`ERESTARTSYS`]), then as a synchronous call does. Its out-syncs receive a signalled fence,
+/// with what the queue's reserve holds for them. Allocates nothing but an out-fence's sync_file.
+fn unmap_in_call(
+    call: &Call<'_, '_>,
+    args: &mut uapi::drm_conflux_vm_bind,
+    file: &DrmFile,
+    queue: &BindQueue,
+    unmaps: &[BindOp],
+) -> Result<u32> {
+    let inner = file.inner();
+    let sync_args = sync_args(args);
+    let (n_in, n_out) = sync_args.counts(call)?;
+    // Held to the end: one such call at a time on the queue.
+    let mut reserve = queue.reserve();
+    let reserve = &mut *reserve;
+    reserve.outs.clear();
+    // The out-syncobjs first, so that a wrong one fails the call before it waits.
+    let looked_up = call.read_each(args.out_syncs, n_out, |i, RawSync(s)| {
+        let syncobj = out_sync(call, file, i, &s)?;
+        // Not reached: room for the most out-syncs a call has.
+        reserve
+            .outs
+            .push_within_capacity((syncobj, s.point))
+            .map_err(|_| ENOMEM)
+    });
+    let points = reserve.outs.iter().filter(|(_, p)| *p != 0).count();
+    let result = looked_up
+        .and_then(|()| match points > reserve.nodes.len() {
+            // Not reached: the reserve holds a node for the most out-syncs a call has, and is
+            // filled again before any call that can allocate.
+            true => Err(ENOMEM),
+            false => OutFenceFd::reserve(args.flags & uapi::DRM_CONFLUX_VM_BIND_OUT_FENCE_FD != 0),
+        })
+        .and_then(|out_sync_file| {
+            if let Some(fence) = sync_args.in_fence_fd(call)? {
+                fence.wait(true)?;
+            }
+            call.read_each(args.in_syncs, n_in, |i, RawSync(s)| {
+                in_sync(call, file, i, &s)?.wait(true)
+            })?;
+            if let Some(last) = queue.last() {
+                last.wait(true)?;
+            }
+            // A file without a VM has nothing mapped.
+            if let Some(vm) = inner.current_vm() {
+                vm.unmap(inner.id(), unmaps)?;
+            }
+            Ok(out_sync_file)
+        });
+    let out_sync_file = match result {
+        Ok(f) => f,
+        Err(e) => {
+            reserve.outs.clear();
+            return Err(e);
+        }
+    };
+    let done = Fence::stub();
+    while let Some((syncobj, point)) = reserve.outs.pop() {
+        if point == 0 {
+            syncobj.replace_fence(Some(&done));
+        } else if let Some(node) = reserve.nodes.pop() {
+            // Always: a node for each point was counted above.
+            syncobj.add_point(node, &done, point);
+        }
+    }
+    if let Some(fd) = out_sync_file.install(&done) {
         args.out_fence_fd = fd;
     }
     Ok(0)

@@ -39,11 +39,17 @@ use kernel::{
         SignalFence, //
     },
     dma_resv::ResvSet,
-    new_spinlock,
+    drm::syncobj::{
+        ChainNode,
+        SyncObj, //
+    },
+    new_mutex, new_spinlock,
     prelude::*,
     sync::{
         aref::ARef,
         Arc,
+        Mutex,
+        MutexGuard,
         SpinLock, //
     },
     time::Delta,
@@ -366,6 +372,50 @@ impl QueueOps for BindOps {
     }
 }
 
+/// What a call of UNMAPs on a bind queue needs to complete in the call when the kernel has no
+/// memory for its job: a chain node for each timeline point among its out-syncs, and room for
+/// its out-syncobjs. Made with the queue, and filled again by each call that can allocate.
+///
+/// # Invariants
+///
+/// `outs` has room for [`MAX_SYNCS`] entries; it is empty but in a call that holds the lock of
+/// the reserve.
+pub(crate) struct UnmapReserve {
+    /// Chain nodes, up to [`MAX_SYNCS`].
+    pub(crate) nodes: KVec<ChainNode>,
+    /// Room for [`MAX_SYNCS`] out-syncobjs and their points; empty between calls.
+    pub(crate) outs: KVec<(ARef<SyncObj>, u64)>,
+}
+
+/// The most out-syncs of a call.
+const MAX_SYNCS: usize = kernel::uapi::DRM_CONFLUX_MAX_SYNCS as usize;
+
+impl UnmapReserve {
+    /// A full reserve.
+    fn new() -> Result<Self> {
+        let mut reserve = Self {
+            nodes: KVec::new(),
+            outs: KVec::with_capacity(MAX_SYNCS, GFP_KERNEL_ACCOUNT)?,
+        };
+        reserve.refill()?;
+        Ok(reserve)
+    }
+
+    /// Fills the chain nodes up to [`MAX_SYNCS`].
+    fn refill(&mut self) -> Result {
+        let missing = MAX_SYNCS.saturating_sub(self.nodes.len());
+        if missing == 0 {
+            return Ok(());
+        }
+        self.nodes.reserve(missing, GFP_KERNEL_ACCOUNT)?;
+        while self.nodes.len() < MAX_SYNCS {
+            let node = ChainNode::new(GFP_KERNEL_ACCOUNT)?;
+            self.nodes.push_within_capacity(node).map_err(|_| ENOMEM)?;
+        }
+        Ok(())
+    }
+}
+
 /// A bind queue: binds on it run in the order of the calls.
 #[pin_data]
 pub(crate) struct BindQueue {
@@ -373,6 +423,12 @@ pub(crate) struct BindQueue {
     queue: JobQueue<BindOps, BindJob, Binds>,
     /// The gates that hold a bind's job back until its call has committed.
     gates: FenceContext<BindWrites>,
+    /// The fence of the last bind queued.
+    #[pin]
+    last: SpinLock<Option<ARef<Fence>>>,
+    /// What a call of UNMAPs needs to complete in the call.
+    #[pin]
+    reserve: Mutex<UnmapReserve>,
 }
 
 /// A bind's job, prepared before its call changes anything, and the gate that holds it back
@@ -405,6 +461,7 @@ impl Pushed {
 impl BindQueue {
     /// A queue with nothing queued.
     pub(crate) fn new() -> Result<Arc<Self>> {
+        let reserve = UnmapReserve::new()?;
         Arc::pin_init(
             try_pin_init!(Self {
                 queue <- JobQueue::new(
@@ -417,6 +474,8 @@ impl BindQueue {
                     2 * MAX_QUEUED_BINDS,
                 ),
                 gates: FenceContext::new(),
+                last <- new_spinlock!(None),
+                reserve <- new_mutex!(reserve),
             }? Error),
             GFP_KERNEL_ACCOUNT,
         )
@@ -426,6 +485,24 @@ impl BindQueue {
     pub(crate) fn has_room(&self) -> bool {
         let (len, started) = self.queue.jobs();
         len - started < MAX_QUEUED_BINDS
+    }
+
+    /// The fence of the last bind queued: once it signals, every bind of the queue is done.
+    pub(crate) fn last(&self) -> Option<ARef<Fence>> {
+        self.last.lock().clone()
+    }
+
+    /// The reserve of a call of UNMAPs that completes in the call; holding it keeps other such
+    /// calls on the queue out.
+    pub(crate) fn reserve(&self) -> MutexGuard<'_, UnmapReserve> {
+        self.reserve.lock()
+    }
+
+    /// Fills the reserve of calls of UNMAPs again, when memory allows; a call that can allocate
+    /// does, before it allocates anything else.
+    pub(crate) fn refill_reserve(&self) {
+        // Without memory, the reserve stays as it is: the next call fills it.
+        let _ = self.reserve.lock().refill();
     }
 
     /// Whether every bind of the queue has finished.
@@ -449,6 +526,9 @@ impl BindQueue {
     /// queue is full, [`ERESTARTSYS`] when a signal comes first.
     pub(crate) fn push(&self, bind: QueuedBind<'_>) -> Result<Pushed> {
         let fence = self.queue.push(bind.job, true)?;
+        let old = self.last.lock().replace(fence.clone());
+        // Outside the lock.
+        drop(old);
         Ok(Pushed {
             fence,
             gate: bind.gate,

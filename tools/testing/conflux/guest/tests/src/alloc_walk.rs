@@ -24,7 +24,7 @@ use std::{
 };
 
 use conflux::{
-    copy_cmd, fill_cmd, map_op, uapi, unmap_op, BindOp, Device, Error,
+    copy_cmd, fill_cmd, map_op, sync, uapi, unmap_op, BindOp, BindSyncs, Device, Error, SyncPoint,
     DRM_IOCTL_PRIME_FD_TO_HANDLE, DRM_IOCTL_PRIME_HANDLE_TO_FD,
 };
 
@@ -642,10 +642,28 @@ impl Drop for Exhausted {
 /// VM_BIND with the heap exhausted: the raw ioctl, which allocates nothing in userspace either,
 /// and its errno.
 fn bind_exhausted(ex: &Exhausted, dev: &Device, ops: &[BindOp]) -> Result<i32, Error> {
+    bind_queued_exhausted(ex, dev, 0, ops, &[], &[])
+}
+
+/// [`bind_exhausted`] on bind queue `queue` (0: synchronous), waiting for `wait` and signalling
+/// `signal`.
+fn bind_queued_exhausted(
+    ex: &Exhausted,
+    dev: &Device,
+    queue: u32,
+    ops: &[BindOp],
+    wait: &[SyncPoint],
+    signal: &[SyncPoint],
+) -> Result<i32, Error> {
+    // CAST: at most a few operations and syncs.
     let mut args = uapi::drm_conflux_vm_bind {
-        // CAST: at most a few operations.
         num_ops: ops.len() as u32,
         ops: ops.as_ptr() as u64,
+        queue,
+        num_in_syncs: wait.len() as u32,
+        in_syncs: wait.as_ptr() as u64,
+        num_out_syncs: signal.len() as u32,
+        out_syncs: signal.as_ptr() as u64,
         ..Default::default()
     };
     ex.set(true)?;
@@ -778,6 +796,52 @@ fn test_unmap_exhausted(t: &mut Tally, dev: &Device, peer: &Device) -> Result<()
         errnos.iter().all(|&e| e == 0) && holes,
         format!("errnos {errnos:?}"),
     );
+    // On a bind queue, after a bind queued with memory: partial UNMAPs, each splitting the
+    // movable buffer's mapping, complete in the call, after their in-fence, and their
+    // out-syncs (a binary syncobj and timeline points) receive a signalled fence.
+    let queue = lone.bind_queue_create()?;
+    let (ins, binary, timeline) = (
+        lone.syncobj_create()?,
+        lone.syncobj_create()?,
+        lone.syncobj_create()?,
+    );
+    let job = lone.submit(&[fill_cmd(va_a, page, 0x5a)], 0, ins)?;
+    lone.wait(job, -1)?;
+    lone.vm_bind_queued(
+        queue,
+        &[unmap_op(AT + 20 * MIB2, page)],
+        &BindSyncs::default(),
+    )?;
+    let mut queued = Vec::new();
+    for (i, point) in [(64u64, 5u64), (96, 6)] {
+        let errno = bind_queued_exhausted(
+            &ex,
+            &lone,
+            queue,
+            &[unmap_op(va_m + i * page, page)],
+            &[sync(ins, 0)],
+            &[sync(binary, 0), sync(timeline, point)],
+        )?;
+        let unmapped = lone.vm_path(0, va_m + i * page)? == 0;
+        let around = lone.vm_path(0, va_m + (i - 1) * page)? != 0
+            && lone.vm_path(0, va_m + (i + 1) * page)? != 0;
+        let signalled = lone
+            .syncobj_wait(binary, Duration::from_secs(5))
+            .and_then(|()| lone.syncobj_point_wait(timeline, point, Duration::from_secs(5)));
+        queued.push(format!(
+            "errno {errno}, unmapped {unmapped}, neighbours mapped {around}, out-syncs \
+             {signalled:?}"
+        ));
+        t.check(
+            &format!(
+                "{name}: UNMAP on a bind queue with the kernel heap exhausted, call {}",
+                queued.len()
+            ),
+            errno == 0 && unmapped && around && signalled.is_ok(),
+            queued.join("; "),
+        );
+    }
+    lone.bind_queue_destroy(queue)?;
     let errno = bind_exhausted(
         &ex,
         &lone,
