@@ -634,7 +634,8 @@ impl Vm {
         Ok(())
     }
 
-    /// Gives back the page tables [`Vm::reserve_tables`] took, when another member of the VM failed.
+    /// Gives back the page tables [`Vm::reserve_tables`] took, when another member of the VM
+    /// failed.
     pub(super) fn release_spares(&self) {
         if let Some(tables) = self.space.lock().tables.as_mut() {
             tables.trim();
