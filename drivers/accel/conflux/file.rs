@@ -139,11 +139,7 @@ impl File {
 
     /// The VM of the file, created at the first call.
     pub(crate) fn shared_vm(&self, dev: &IoctlDevice) -> Result<Arc<SharedVm>> {
-        let mut slot = self.vm.lock();
-        match &*slot {
-            Some(shared) => Ok(shared.clone()),
-            None => Ok(slot.insert(SharedVm::new(self.id(), dev)?).clone()),
-        }
+        self.on_vm(dev, |shared| Ok(shared.clone()))
     }
 
     /// The VM of the file if it has one yet.
@@ -151,13 +147,38 @@ impl File {
         self.vm.lock().clone()
     }
 
-    /// Runs `f` on the file's VM, which it creates at the first call.
+    /// Runs `f` on the file's VM, which it creates at the first call. The VM stays the file's
+    /// while `f` runs: a VM_JOIN of the file waits, so that what `f` does is not left behind
+    /// on a VM the file has left.
+    pub(crate) fn on_vm<R>(
+        &self,
+        dev: &IoctlDevice,
+        f: impl FnOnce(&Arc<SharedVm>) -> Result<R>,
+    ) -> Result<R> {
+        let mut slot = self.vm.lock();
+        let shared = match &*slot {
+            Some(shared) => shared.clone(),
+            None => slot.insert(SharedVm::new(self.id(), dev)?).clone(),
+        };
+        f(&shared)
+    }
+
+    /// Runs `f` on the file's VM if it has one, as [`File::on_vm`] does; a file without a VM
+    /// has nothing mapped, and `f` does not run.
+    pub(crate) fn on_current_vm(&self, f: impl FnOnce(&SharedVm) -> Result) -> Result {
+        match &*self.vm.lock() {
+            Some(shared) => f(shared),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` on the file's member of its VM, which it creates at the first call.
     pub(crate) fn with_vm<R>(
         &self,
         dev: &ConfluxDevice<Registered>,
         f: impl FnOnce(&mut Vm) -> Result<R>,
     ) -> Result<R> {
-        self.shared_vm(dev.as_ioctl())?.with_member(self.id(), f)
+        self.on_vm(dev.as_ioctl(), |shared| shared.with_member(self.id(), f))
     }
 
     /// The slot of the file's VM, locked, for VM_JOIN to replace.

@@ -139,10 +139,7 @@ pub(crate) fn bind(
         })?;
         let unmaps = unmaps.get(..count).ok_or(EINVAL)?;
         if only_unmaps && args.queue == 0 {
-            // A file without a VM has nothing mapped.
-            if let Some(vm) = inner.current_vm() {
-                vm.unmap(inner.id(), unmaps)?;
-            }
+            inner.on_current_vm(|vm| vm.unmap(inner.id(), unmaps))?;
             return Ok(0);
         }
         if only_unmaps {
@@ -208,13 +205,9 @@ pub(crate) fn bind(
         ops.push(checked, GFP_KERNEL_ACCOUNT)?;
     }
     if args.queue == 0 {
-        inner.shared_vm(dev.as_ioctl())?.bind(
-            inner.id(),
-            dev.as_ioctl(),
-            data,
-            ops,
-            BindMode::Sync,
-        )?;
+        inner.on_vm(dev.as_ioctl(), |vm| {
+            vm.bind(inner.id(), dev.as_ioctl(), data, ops, BindMode::Sync)
+        })?;
         return Ok(0);
     }
     let queue = find_queue(&call, file, args.queue)?;
@@ -262,8 +255,9 @@ fn bind_queued(
         wait: &syncs.wait,
     };
     let fence = inner
-        .shared_vm(dev.as_ioctl())?
-        .bind(inner.id(), dev.as_ioctl(), data, ops, mode)?
+        .on_vm(dev.as_ioctl(), |vm| {
+            vm.bind(inner.id(), dev.as_ioctl(), data, ops, mode)
+        })?
         .ok_or(EINVAL)?;
     syncs.signal(&fence);
     if let Some(fd) = out_sync_file.install(&fence) {
@@ -317,10 +311,7 @@ fn unmap_in_call(
             if let Some(last) = queue.last() {
                 last.wait(true)?;
             }
-            // A file without a VM has nothing mapped.
-            if let Some(vm) = inner.current_vm() {
-                vm.unmap(inner.id(), unmaps)?;
-            }
+            inner.on_current_vm(|vm| vm.unmap(inner.id(), unmaps))?;
             Ok(out_sync_file)
         });
     let out_sync_file = match result {
