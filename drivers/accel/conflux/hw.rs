@@ -153,7 +153,7 @@ pub(crate) fn identify<'bound>(pdev: &'bound pci::Device<Bound>) -> Result<Ident
     }
     let info = DeviceInfo {
         version: version.into_raw(),
-        caps: bar2.read(regs::CAPS).bits().get(),
+        caps: bar2.read(regs::CAPS).bits().get() & regs::CAPS_DRIVER,
         vram_offset: regs::read64::<regs::VRAM_OFFSET>(&bar2)?.offset().get(),
         vram_size: regs::read64::<regs::VRAM_SIZE>(&bar2)?.bytes().get(),
     };

@@ -178,6 +178,9 @@ pub(crate) const CAPS_V1: u32 = 0x3f;
 /// The capability of version 1.2 to map NULL pages (aperture 2), which read as zeros and drop
 /// writes.
 pub(crate) const CAP_MMU_NULL: u32 = 1 << 6;
+/// The capabilities this driver uses, the ones `GET_INFO` reports: a later one (user queues,
+/// version 1.3) is left out until the driver offers what it stands for.
+pub(crate) const CAPS_DRIVER: u32 = CAPS_V1 | CAP_MMU_NULL;
 
 /// What `STATUS` says of the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

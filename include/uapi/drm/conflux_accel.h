@@ -51,7 +51,7 @@ enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_BIND_QUEUE_DESTROY,
 };
 
-/* Capability bits of &struct drm_conflux_get_info.caps (the device's CAPS). */
+/* Capability bits of &struct drm_conflux_get_info.caps (the device's CAPS the driver uses). */
 #define DRM_CONFLUX_CAP_COPY		(1 << 0)
 #define DRM_CONFLUX_CAP_FILL		(1 << 1)
 #define DRM_CONFLUX_CAP_FENCE		(1 << 2)
