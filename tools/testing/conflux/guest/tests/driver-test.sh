@@ -45,7 +45,7 @@ fi
 expect "devices bound to conflux" "$(bound)" "$want"
 expect "accel nodes" "$(nodes)" "$want"
 expect "accel nodes that open" "$(opens)" "$want"
-expect "probe log lines" "$(dmesg | grep -c 'conflux 0000:.*: Conflux 1\.2, ')" "$want"
+expect "probe log lines" "$(dmesg | grep -c 'conflux 0000:.*: Conflux 1\.3, ')" "$want"
 funcs=0
 for d in /sys/bus/pci/devices/*; do
 	[ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1af4:0x1110 ] && funcs=$((funcs + 1))
@@ -66,7 +66,7 @@ if ! [ -x /usr/bin/conflux ]; then
 	bad "conflux is not in the guest"
 else
 	out=$(conflux info 2>&1)
-	n=$(echo "$out" | grep -c ': Conflux 1\.2, capabilities 0x7f')
+	n=$(echo "$out" | grep -c ': Conflux 1\.3, capabilities 0x7f')
 	expect "conflux info: devices described" "$n" "$want"
 	out=$(conflux --json info 2>&1)
 	n=$(echo "$out" | grep -o '"vram_size":132120576' | wc -l)

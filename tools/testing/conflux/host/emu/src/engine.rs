@@ -13,7 +13,10 @@ use conflux_device::{
     fault::{Cause, ConfigError, Fault},
     memory::{Memory, MemoryError, Target},
     mmu::{Aperture, Mmu},
-    regs::{ctrl, Layout, DEFAULT_RING_OFFSET, DEFAULT_RING_SIZE, PRIV_OFFSET, VRAM_OFFSET},
+    regs::{
+        ctrl, queue, Layout, DEFAULT_RING_OFFSET, DEFAULT_RING_SIZE, DOORBELL_OFFSET, PRIV_OFFSET,
+        VRAM_OFFSET,
+    },
     ring::{Command, Op, Ring, Slot},
 };
 
@@ -110,6 +113,20 @@ enum Source {
     Pattern(u64),
 }
 
+/// How far [`Engine::execute`] took a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// The command completed.
+    Done,
+    /// The stop check stopped it before the piece at this byte.
+    Stopped(u64),
+    /// A `WAIT_VALUE` whose condition does not hold.
+    Blocked,
+}
+
+/// Asked before each piece of a command: whether it stops there.
+type StopCheck<'a, M> = &'a mut dyn FnMut(&Engine, &M) -> Result<bool, Fault>;
+
 /// One piece of a transfer, inside one page of each operand.
 #[derive(Clone, Copy)]
 enum Piece {
@@ -131,8 +148,10 @@ pub struct Engine {
     fence: u64,
     error: Option<ErrorRecord>,
     counters: Counters,
-    /// A reset was requested while a command ran: the command stopped.
-    interrupted: bool,
+    /// The user queues, queue `q` at index `q - 1`.
+    queues: Vec<queues::UserQueue>,
+    /// The queue the next round of [`Engine::run_queues`] starts with, minus one.
+    next_queue: usize,
     /// `RING_POLL`'s `AWAKE`: the engine reads `RING_HEAD` without a doorbell.
     awake: bool,
     /// The `RING_HEAD` the engine read last.
@@ -180,7 +199,8 @@ impl Engine {
             tail: 0,
             status: ctrl::STATUS_OFF,
             fence: 0,
-            interrupted: false,
+            queues: vec![queues::UserQueue::default(); queue::COUNT as usize],
+            next_queue: 0,
             awake: false,
             head_seen: 0,
             error: None,
@@ -290,6 +310,7 @@ impl Engine {
         self.fence = 0;
         self.error = None;
         self.counters = Counters::default();
+        self.queues.fill(queues::UserQueue::default());
         mem.write(bar, 0, &[0; ctrl::SIZE as usize])?;
         self.write_identification(mem)?;
         mem.write_u64(bar, ctrl::RING_OFFSET, DEFAULT_RING_OFFSET)?;
@@ -311,6 +332,13 @@ impl Engine {
         ] {
             mem.write_u64(bar, at, v)?;
         }
+        let queues = self.caps & ctrl::CAP_QUEUES != 0;
+        mem.write_u32(bar, ctrl::QUEUES, if queues { queue::COUNT } else { 0 })?;
+        mem.write_u64(
+            bar,
+            ctrl::DOORBELL_OFFSET,
+            if queues { DOORBELL_OFFSET } else { 0 },
+        )?;
         Ok(())
     }
 
@@ -339,7 +367,7 @@ impl Engine {
         ] {
             mem.write_u32(bar, at, v)?;
         }
-        Ok(())
+        self.publish_queues(mem)
     }
 
     fn reg32<M: Memory + ?Sized>(&self, mem: &M, at: u64) -> Result<u32, Fault> {
@@ -365,6 +393,8 @@ impl Engine {
         if let Err(e) = self.run(mem, &mut out) {
             self.fail(e, &mut out);
         }
+        // Preemption and disable requests are answered on the doorbell too.
+        out.completion_irq |= self.update_queues(mem);
         if self
             .faults(mem)
             .is_ok_and(|f| f & ctrl::FAULT_DROP_COMPLETION != 0)
@@ -413,13 +443,7 @@ impl Engine {
         let head = self.reg32(mem, ctrl::RING_HEAD)?;
         self.head_seen = head;
         ring.pending(head, self.tail)?;
-        let mmu = Mmu {
-            bar: self.bar(),
-            vram_size: self.layout.vram_size(),
-            root: self.reg64(mem, ctrl::MMU_ROOT)?,
-            huge_pages: self.caps & ctrl::CAP_MMU_2M != 0,
-            null_pages: self.caps & ctrl::CAP_MMU_NULL != 0,
-        };
+        let mmu = self.mmu(self.reg64(mem, ctrl::MMU_ROOT)?);
         while self.tail != head {
             if self.faults(mem)? & ctrl::FAULT_STALL != 0 {
                 return Ok(());
@@ -430,8 +454,20 @@ impl Engine {
             let (opcode, seqno) = Command::header(&slot);
             let record = |f| ErrorRecord::new(f, seqno, opcode);
             let cmd = Command::decode(&slot, self.caps).map_err(record)?;
-            self.execute(mem, &mmu, &cmd).map_err(record)?;
-            if std::mem::take(&mut self.interrupted) {
+            if let Op::WaitValue { .. } = cmd.op {
+                let why = "WAIT_VALUE is a command of user queues, not of the ring";
+                return Err(record(Fault::new(Cause::Malformed, why)));
+            }
+            // A reset requested while the command runs stops it before its next piece, unless
+            // the device ignores resets.
+            let mut reset = |e: &Self, mem: &M| -> Result<bool, Fault> {
+                Ok(e.reset_requested(mem)? && e.faults(mem)? & ctrl::FAULT_IGNORE_RESET == 0)
+            };
+            if self
+                .execute(mem, &mmu, &cmd, 0, &mut reset)
+                .map_err(record)?
+                != Step::Done
+            {
                 // A reset requested meanwhile discards the command in
                 // progress, which never completes, and the rest.
                 self.reset(mem)?;
@@ -444,6 +480,17 @@ impl Engine {
             out.completion_irq |= cmd.irq;
         }
         Ok(())
+    }
+
+    /// The device's MMU with the level-3 table at VRAM offset `root`.
+    fn mmu(&self, root: u64) -> Mmu {
+        Mmu {
+            bar: self.bar(),
+            vram_size: self.layout.vram_size(),
+            root,
+            huge_pages: self.caps & ctrl::CAP_MMU_2M != 0,
+            null_pages: self.caps & ctrl::CAP_MMU_NULL != 0,
+        }
     }
 
     fn reset_requested<M: Memory + ?Sized>(&self, mem: &M) -> Result<bool, Fault> {
@@ -497,17 +544,22 @@ impl Engine {
         mem.write_u32(self.bar(), ctrl::FAULTS, faults)
             .map_err(io)?;
         self.status = ctrl::STATUS_READY;
+        self.stop_queues(mem).map_err(io)?;
         self.write_identification(mem).map_err(io)?;
         self.publish(mem).map_err(io)?;
         mem.write_u32(self.bar(), ctrl::CONTROL, 0).map_err(io)
     }
 
+    /// Executes `cmd` through `mmu`, a `COPY` or `FILL` from byte `from` on, asking `stop`
+    /// before each piece.
     fn execute<M: Memory + ?Sized>(
         &mut self,
         mem: &mut M,
         mmu: &Mmu,
         cmd: &Command,
-    ) -> Result<(), Fault> {
+        from: u64,
+        stop: StopCheck<'_, M>,
+    ) -> Result<Step, Fault> {
         if let Op::Copy { dst, .. } | Op::Fill { dst, .. } = cmd.op {
             let faults = self.faults(mem)?;
             if faults & ctrl::FAULT_FAIL_COMMAND != 0 {
@@ -517,14 +569,45 @@ impl Engine {
                 return Err(Fault::new(Cause::Bus, why).at(dst));
             }
         }
+        let done = |stopped: Option<u64>| stopped.map_or(Step::Done, Step::Stopped);
         match cmd.op {
-            Op::Copy { src, dst, len } => self.transfer(mem, mmu, Source::Va(src), dst, len),
-            Op::Fill { dst, len, pattern } => {
-                self.transfer(mem, mmu, Source::Pattern(pattern), dst, len)
-            }
+            Op::Copy { src, dst, len } => self
+                .transfer(mem, mmu, Source::Va(src), dst, len, from, stop)
+                .map(done),
+            Op::Fill { dst, len, pattern } => self
+                .transfer(mem, mmu, Source::Pattern(pattern), dst, len, from, stop)
+                .map(done),
             Op::Timestamp { dst } => {
                 let now = (self.clock)();
-                self.transfer(mem, mmu, Source::Pattern(now), dst, 8)
+                self.transfer(mem, mmu, Source::Pattern(now), dst, 8, 0, stop)
+                    .map(done)
+            }
+            Op::WriteValue { dst, value } => {
+                // One aligned 8-byte store: a reader never sees half of it.
+                if let (Some(to), _) = self.access(mem, mmu, dst, true)? {
+                    mem.write_u64(to.target, to.offset, value)
+                        .map_err(|e| bus_fault("writing", e).at(dst))?;
+                    self.charge(None, to.path, 8);
+                }
+                Ok(Step::Done)
+            }
+            Op::WaitValue {
+                va,
+                value,
+                mask,
+                compare,
+            } => {
+                let m = match self.access(mem, mmu, va, false)? {
+                    (Some(at), _) => mem
+                        .read_u64(at.target, at.offset)
+                        .map_err(|e| bus_fault("reading", e).at(va))?,
+                    // A NULL page reads as zeros.
+                    (None, _) => 0,
+                };
+                Ok(match compare.holds(m & mask, value) {
+                    true => Step::Done,
+                    false => Step::Blocked,
+                })
             }
             Op::Fence => {
                 // Published at once, not with the rest at the end of the batch: the driver
@@ -534,7 +617,8 @@ impl Engine {
                     _ => cmd.seqno.wrapping_add(1 << 40),
                 };
                 mem.write_u64(self.bar(), ctrl::FENCE_SEQNO, self.fence)
-                    .map_err(|e| bus_fault("publishing FENCE_SEQNO", e))
+                    .map_err(|e| bus_fault("publishing FENCE_SEQNO", e))?;
+                Ok(Step::Done)
             }
         }
     }
@@ -596,9 +680,11 @@ impl Engine {
     }
 
     /// Moves `len` bytes from `src` to virtual address `dst` in ascending
-    /// address order, in pieces that end at the next page boundary of
-    /// either operand; each piece is one [`Memory::copy`] or
-    /// [`Memory::fill`].
+    /// address order, from byte `from` on, in pieces that end at the next
+    /// page boundary of either operand; each piece is one [`Memory::copy`]
+    /// or [`Memory::fill`]. Before each piece it asks `stop`, and returns
+    /// the byte it stopped at if told to.
+    #[allow(clippy::too_many_arguments)]
     fn transfer<M: Memory + ?Sized>(
         &mut self,
         mem: &mut M,
@@ -606,14 +692,13 @@ impl Engine {
         src: Source,
         dst: u64,
         len: u64,
-    ) -> Result<(), Fault> {
-        let mut done = 0;
+        from: u64,
+        stop: StopCheck<'_, M>,
+    ) -> Result<Option<u64>, Fault> {
+        let mut done = from;
         while done < len {
-            // A reset requested while the command runs stops it before its
-            // next piece, unless the device ignores resets.
-            if self.reset_requested(mem)? && self.faults(mem)? & ctrl::FAULT_IGNORE_RESET == 0 {
-                self.interrupted = true;
-                return Ok(());
+            if stop(self, mem)? {
+                return Ok(Some(done));
             }
             let mut n = len - done;
             let piece = match src {
@@ -640,7 +725,7 @@ impl Engine {
                 Fault::new(Cause::Bus, format!("a piece of {n:#x} bytes")).at(dst + done)
             })?;
             let write_fault = |e| bus_fault("writing", e).at(dst + done);
-            let from = match piece {
+            let source = match piece {
                 Piece::Copy(r, va) => {
                     mem.copy(r.target, r.offset, to.target, to.offset, count)
                         .map_err(|e| {
@@ -658,10 +743,10 @@ impl Engine {
                     None
                 }
             };
-            self.charge(from, to.path, n);
+            self.charge(source, to.path, n);
             done += n;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Charges `n` bytes moved from `src` (none for a pattern) to `dst`.
@@ -681,5 +766,8 @@ impl Engine {
     }
 }
 
+mod queues;
 #[cfg(test)]
 mod tests;
+
+pub use queues::{QueueOutcome, QueueState};

@@ -22,8 +22,8 @@ use std::{
 use conflux_device::{
     memory::{Memory, Target},
     mmu::{Aperture, Mapper},
-    regs::{ctrl, pte, VRAM_OFFSET},
-    ring::{Command as Cmd, Op},
+    regs::{ctrl, doorbell_page, pte, queue, queue_reg, VRAM_OFFSET},
+    ring::{Command as Cmd, Compare, Op},
     shm::{Mapping, SharedMemory},
 };
 use conflux_emu::sys::{self, EventFd};
@@ -482,6 +482,110 @@ fn a_busy_engine_needs_no_doorbell() {
     q.submit(&[fill(W_VRAM, 64, 1), fence(1)]);
     assert_eq!(q.wait_vector(0), 1);
     assert!(!q.awake(), "awake with --poll-us 0");
+}
+
+/// Waits until `f` holds, for [`WAIT`] at most.
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < WAIT, "{what}: not after {WAIT:?}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_user_queue_runs_from_its_doorbell_page_alone() {
+    let rig = Rig::start("uq", 1, "switch3+rp1");
+    let mut q = Qemu::connect(&rig, 0);
+    q.map();
+    let bar = Target::Bar(0);
+    let (n, ring) = (3, W_VRAM + MIB);
+    let reg = |at| queue_reg(n, at);
+    let root = q.reg64(ctrl::MMU_ROOT);
+    for (at, v) in [
+        (queue::RING_VA, ring),
+        (queue::RING_SIZE, 0x1000),
+        (queue::MMU_ROOT, root),
+        (queue::PROGRESS, 0),
+    ] {
+        q.mem.write_u64(bar, reg(at), v).unwrap();
+    }
+    q.mem.write_u32(bar, reg(queue::TAIL), 0).unwrap();
+    q.mem.write_u32(bar, doorbell_page(n), 0).unwrap();
+    q.mem
+        .write_u32(bar, reg(queue::CONTROL), queue::CONTROL_ENABLE)
+        .unwrap();
+    q.doorbell.signal().unwrap();
+    until("the queue runs", || {
+        q.reg32(reg(queue::STATUS)) == queue::STATUS_RUNNING
+    });
+    // Long after the doorbell: the slots and the head in the doorbell page are enough.
+    thread::sleep(Duration::from_millis(50));
+    let mut head = 0u32;
+    let mut push = |q: &mut Qemu, cmds: &[Cmd]| {
+        for c in cmds {
+            let at = VRAM_OFFSET + 3 * MIB + u64::from(head % 64) * 64;
+            q.mem.write(bar, at, &c.encode()).unwrap();
+            head += 1;
+        }
+        q.mem.write_u32(bar, doorbell_page(n), head).unwrap();
+    };
+    let (flag, done) = (W_VRAM + 0x1000, W_VRAM + 0x2000);
+    let signal = |value, irq| Cmd {
+        seqno: 9,
+        irq,
+        op: Op::WriteValue { dst: done, value },
+    };
+    push(&mut q, &[fill(W_VRAM + 0x3000, 64, 5), signal(1, true)]);
+    assert_eq!(q.wait_vector(0), 1);
+    assert_eq!(q.vram(2 * MIB + 0x2000, 8), 1u64.to_le_bytes());
+    assert_eq!(q.vram(2 * MIB + 0x3000, 64), pattern_bytes(5, 64));
+    assert_eq!(q.reg32(reg(queue::EVENTS)), 1);
+    // A wait that memory written by the CPU releases, without a doorbell.
+    let wait = Cmd {
+        seqno: 10,
+        irq: false,
+        op: Op::WaitValue {
+            va: flag,
+            value: 1,
+            mask: 1,
+            compare: Compare::Eq,
+        },
+    };
+    push(&mut q, &[wait, signal(2, true)]);
+    thread::sleep(Duration::from_millis(30));
+    assert!(
+        q.quiet(0),
+        "a WAIT_VALUE that does not hold let the queue on"
+    );
+    assert_eq!(q.vram(2 * MIB + 0x2000, 8), 1u64.to_le_bytes());
+    q.mem
+        .write_u64(bar, VRAM_OFFSET + 2 * MIB + 0x1000, 3)
+        .unwrap();
+    assert_eq!(q.wait_vector(0), 1);
+    assert_eq!(q.vram(2 * MIB + 0x2000, 8), 2u64.to_le_bytes());
+    // Preempted on the driver's request, and resumed.
+    // A queue that waits is preempted at once, its wait at the tail.
+    let blocked = Op::WaitValue {
+        va: flag,
+        value: 2,
+        mask: 3,
+        compare: Compare::Eq,
+    };
+    push(
+        &mut q,
+        &[Cmd {
+            op: blocked,
+            ..wait
+        }],
+    );
+    let preempt = queue::CONTROL_ENABLE | queue::CONTROL_PREEMPT;
+    q.mem.write_u32(bar, reg(queue::CONTROL), preempt).unwrap();
+    q.doorbell.signal().unwrap();
+    assert_eq!(q.wait_vector(0), 1);
+    assert_eq!(q.reg32(reg(queue::STATUS)), queue::STATUS_PREEMPTED);
+    assert_eq!(q.reg32(reg(queue::TAIL)), 4);
+    assert!(q.quiet(1), "no error vector");
 }
 
 #[test]

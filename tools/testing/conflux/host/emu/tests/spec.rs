@@ -90,6 +90,25 @@ fn name(s: &str) -> String {
     s.trim_matches('`').to_string()
 }
 
+/// Checks that the first table of `section`, of fields (offset, size, owner, name), lists
+/// `want`, (name, offset, size, owner), and that the fields are naturally aligned and do not
+/// overlap.
+fn field_table(section: &str, want: &[(&str, u64, u64, &str)]) {
+    let got: Vec<_> = table(section, 0)
+        .iter()
+        .map(|r| (name(&r[3]), num(&r[0]), num(&r[1]), r[2].clone()))
+        .collect();
+    let want: Vec<_> = want
+        .iter()
+        .map(|&(n, o, s, w)| (n.to_string(), o, s, w.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    for w in want.windows(2) {
+        assert_eq!(w[0].1 % w[0].2, 0);
+        assert!(w[0].1 + w[0].2 <= w[1].1, "{} overlaps {}", w[0].0, w[1].0);
+    }
+}
+
 #[test]
 fn control_block_table() {
     use ctrl::*;
@@ -112,6 +131,8 @@ fn control_block_table() {
         ("STATUS", STATUS, 4, d),
         ("CONTROL", CONTROL, 4, h),
         ("RING_POLL", RING_POLL, 4, d),
+        ("QUEUES", QUEUES, 4, d),
+        ("DOORBELL_OFFSET", DOORBELL_OFFSET, 8, d),
         ("ERR_VA", ERR_VA, 8, d),
         ("ERR_CAUSE", ERR_CAUSE, 4, d),
         ("ERR_OPCODE", ERR_OPCODE, 4, d),
@@ -123,20 +144,7 @@ fn control_block_table() {
         ("CNT_ERRORS", CNT_ERRORS, 8, d),
         ("FAULTS", FAULTS, 4, "test"),
     ];
-    let want: Vec<_> = want
-        .iter()
-        .map(|&(n, o, s, w)| (n.to_string(), o, s, w.to_string()))
-        .collect();
-    let got: Vec<_> = table("Control block", 0)
-        .iter()
-        .map(|r| (name(&r[3]), num(&r[0]), num(&r[1]), r[2].clone()))
-        .collect();
-    assert_eq!(got, want);
-    // Fields are naturally aligned and do not overlap.
-    for w in want.windows(2) {
-        assert_eq!(w[0].1 % w[0].2, 0);
-        assert!(w[0].1 + w[0].2 <= w[1].1, "{} overlaps {}", w[0].0, w[1].0);
-    }
+    field_table("Control block", &want);
     let doc = std::fs::read_to_string(spec_path()).unwrap();
     for (what, v) in [
         ("VERSION", VERSION_VALUE),
@@ -164,12 +172,14 @@ fn bar_layout_table() {
         [
             0,
             regs::DEFAULT_RING_OFFSET,
+            regs::DOORBELL_OFFSET,
             regs::PRIV_OFFSET,
             regs::VRAM_OFFSET
         ]
     );
     let sizes = table("BAR2 layout", 0);
-    assert_eq!(num(&sizes[2][1]), regs::VRAM_OFFSET - regs::PRIV_OFFSET);
+    assert_eq!(num(&sizes[3][1]), regs::VRAM_OFFSET - regs::PRIV_OFFSET);
+    assert_eq!(sizes[2][1], format!("{} KiB", regs::DOORBELL_SIZE >> 10));
     assert_eq!(
         sizes[1][1],
         format!("{} KiB", regs::DEFAULT_RING_SIZE >> 10)
@@ -211,6 +221,7 @@ fn capability_table() {
         ("MMU_2M", CAP_MMU_2M),
         ("PEER_P2P", CAP_PEER_P2P),
         ("MMU_NULL", CAP_MMU_NULL),
+        ("QUEUES", CAP_QUEUES),
     ]);
     let rows = table("Capabilities", 0);
     assert_eq!(rows.len(), caps.len());
@@ -252,8 +263,58 @@ fn slot_tables() {
         ("FILL", slot::OP_FILL),
         ("FENCE", slot::OP_FENCE),
         ("TIMESTAMP", slot::OP_TIMESTAMP),
+        ("WRITE_VALUE", slot::OP_WRITE_VALUE),
+        ("WAIT_VALUE", slot::OP_WAIT_VALUE),
     ];
     assert_eq!(got, want.map(|(n, o)| (n.to_string(), u64::from(o))));
+}
+
+#[test]
+fn queue_register_table() {
+    use regs::queue::*;
+    let (d, h, b) = ("device", "driver", "driver, then device");
+    let want = [
+        ("Q_RING_VA", RING_VA, 8, h),
+        ("Q_RING_SIZE", RING_SIZE, 8, h),
+        ("Q_MMU_ROOT", MMU_ROOT, 8, h),
+        ("Q_CONTROL", CONTROL, 4, h),
+        ("Q_STATUS", STATUS, 4, d),
+        ("Q_TAIL", TAIL, 4, b),
+        ("Q_EVENTS", EVENTS, 4, d),
+        ("Q_PROGRESS", PROGRESS, 8, b),
+        ("Q_ERR_VA", ERR_VA, 8, d),
+        ("Q_ERR_CAUSE", ERR_CAUSE, 4, d),
+        ("Q_ERR_OPCODE", ERR_OPCODE, 4, d),
+    ];
+    field_table("Queue registers", &want);
+    for w in want.windows(2) {
+        assert_eq!(
+            w[0].1 + w[0].2,
+            w[1].1,
+            "{} and {} leave a gap",
+            w[0].0,
+            w[1].0
+        );
+    }
+    let last = &want[want.len() - 1];
+    assert_eq!(last.1 + last.2, ctrl::QUEUE_BLOCK_SIZE);
+    let text = section_text("User queues");
+    for what in [
+        "0 IDLE, 1 RUNNING, 2 PREEMPTED, 3 ERROR",
+        "bit 0 ``ENABLE``, bit 1 ``PREEMPT``",
+    ] {
+        assert!(text.contains(what), "{what:?} not in the specification");
+    }
+    assert_eq!(
+        (STATUS_IDLE, STATUS_RUNNING, STATUS_PREEMPTED, STATUS_ERROR),
+        (0, 1, 2, 3)
+    );
+    assert_eq!((CONTROL_ENABLE, CONTROL_PREEMPT), (1, 2));
+    let at = format!("``{:#x} + 64 * q``", ctrl::QUEUE_BLOCKS);
+    assert!(text.contains(&at), "{at} not in the specification");
+    assert!(text.contains(&format!("``QUEUES`` = {COUNT}")));
+    assert!(text.contains("``DOORBELL_OFFSET + 4096 * q``"));
+    assert_eq!(DOORBELL_PAGE, 4096);
 }
 
 #[test]

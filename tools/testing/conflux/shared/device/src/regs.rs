@@ -97,6 +97,16 @@ pub mod ctrl {
     pub const CNT_ERRORS: u64 = 0x0e0;
     /// u32, test: fault switches that make the device misbehave on purpose.
     pub const FAULTS: u64 = 0x0f0;
+    /// u32, device: number of user queues, numbered from 1 (0 before version 1.3).
+    pub const QUEUES: u64 = 0x070;
+    /// u64, device: BAR2 offset of the doorbell region: one page per queue, page `q` for
+    /// queue `q` (page 0 unused).
+    pub const DOORBELL_OFFSET: u64 = 0x078;
+    /// BAR2 offset of the register block of queue 0, which does not exist: queue `q`'s is at
+    /// `QUEUE_BLOCKS + q * QUEUE_BLOCK_SIZE`.
+    pub const QUEUE_BLOCKS: u64 = 0x400;
+    /// Size of a queue's register block.
+    pub const QUEUE_BLOCK_SIZE: u64 = 0x40;
 
     /// Fault: the engine executes no command until a reset (which clears the switch).
     pub const FAULT_STALL: u32 = 1 << 0;
@@ -117,13 +127,16 @@ pub mod ctrl {
     /// Fault: the next `COPY` or `FILL` fails with a bus error before it writes anything, and
     /// the device clears the switch as it fails the command: one failed command per setting.
     pub const FAULT_FAIL_COMMAND: u32 = 1 << 6;
+    /// Fault: user queues do not honour a preemption request (`Q_CONTROL`'s `PREEMPT`); they
+    /// still stop when disabled.
+    pub const FAULT_IGNORE_PREEMPT: u32 = 1 << 7;
     /// The fault switches a reset clears.
     pub const FAULTS_CLEARED_BY_RESET: u32 = FAULT_STALL | FAULT_BOGUS_SEQNO;
 
     /// Value of [`SIGNATURE`].
     pub const SIGNATURE_VALUE: [u8; 8] = *b"CNFXACCL";
-    /// Value of [`VERSION`]: 1.2.
-    pub const VERSION_VALUE: u32 = 1 << 16 | 2;
+    /// Value of [`VERSION`]: 1.3.
+    pub const VERSION_VALUE: u32 = 1 << 16 | 3;
 
     /// Capability: `COPY` command.
     pub const CAP_COPY: u32 = 1 << 0;
@@ -139,8 +152,11 @@ pub mod ctrl {
     pub const CAP_PEER_P2P: u32 = 1 << 5;
     /// Capability: NULL leaf entries (aperture 2), version 1.2.
     pub const CAP_MMU_NULL: u32 = 1 << 6;
-    /// Every capability of version 1.2.
-    pub const CAP_ALL: u32 = 0x7f;
+    /// Capability: user queues, memory fences (`WRITE_VALUE`, `WAIT_VALUE`) and preemption,
+    /// version 1.3.
+    pub const CAP_QUEUES: u32 = 1 << 7;
+    /// Every capability of version 1.3.
+    pub const CAP_ALL: u32 = 0xff;
 
     /// Status: not initialised.
     pub const STATUS_OFF: u32 = 0;
@@ -156,6 +172,57 @@ pub mod ctrl {
 
     /// Ring poll: the engine reads `RING_HEAD` on its own, without waiting for a doorbell.
     pub const RING_POLL_AWAKE: u32 = 1 << 0;
+}
+
+/// The register block of a user queue, at [`ctrl::QUEUE_BLOCKS`]` + q * `[`ctrl::QUEUE_BLOCK_SIZE`]
+/// in BAR2, and its doorbell page: offsets of their fields.
+pub mod queue {
+    /// u64, driver: virtual address of the queue's ring, in the queue's address space.
+    pub const RING_VA: u64 = 0x00;
+    /// u64, driver: size of the ring in bytes.
+    pub const RING_SIZE: u64 = 0x08;
+    /// u64, driver: VRAM offset of the level-3 table of the queue's address space.
+    pub const MMU_ROOT: u64 = 0x10;
+    /// u32, driver: [`CONTROL_ENABLE`], [`CONTROL_PREEMPT`].
+    pub const CONTROL: u64 = 0x18;
+    /// u32, device: `STATUS_*`.
+    pub const STATUS: u64 = 0x1c;
+    /// u32, driver while the queue is idle, device otherwise: free-running count of slots
+    /// consumed.
+    pub const TAIL: u64 = 0x20;
+    /// u32, device: free-running count of the queue's events (a command with `IRQ` completed,
+    /// the queue stopped, preempted or failed).
+    pub const EVENTS: u64 = 0x24;
+    /// u64, driver while the queue is idle, device otherwise: bytes of the command at the tail
+    /// already done.
+    pub const PROGRESS: u64 = 0x28;
+    /// u64, device: virtual address of the failing access of the queue's error.
+    pub const ERR_VA: u64 = 0x30;
+    /// u32, device: cause of the queue's error; 0 = none.
+    pub const ERR_CAUSE: u64 = 0x38;
+    /// u32, device: opcode field of the queue's failing command.
+    pub const ERR_OPCODE: u64 = 0x3c;
+
+    /// Control: the queue runs.
+    pub const CONTROL_ENABLE: u32 = 1 << 0;
+    /// Control: the queue stops where it is, its state saved, until the bit is cleared.
+    pub const CONTROL_PREEMPT: u32 = 1 << 1;
+
+    /// Status: the queue does not run (disabled, or never enabled).
+    pub const STATUS_IDLE: u32 = 0;
+    /// Status: the queue runs, or waits for work.
+    pub const STATUS_RUNNING: u32 = 1;
+    /// Status: the queue is preempted, its state saved in `TAIL` and `PROGRESS`.
+    pub const STATUS_PREEMPTED: u32 = 2;
+    /// Status: the queue stopped on an error, recorded in its `ERR_*` fields.
+    pub const STATUS_ERROR: u32 = 3;
+
+    /// Doorbell page, u32, written by whoever submits: free-running count of slots filled.
+    pub const DOORBELL_HEAD: u64 = 0x0;
+    /// Size of a doorbell page.
+    pub const DOORBELL_PAGE: u64 = 0x1000;
+    /// Number of user queues of a version 1.3 device.
+    pub const COUNT: u32 = 15;
 }
 
 /// Ring command slots.
@@ -185,9 +252,18 @@ pub mod slot {
     pub const OP_FENCE: u32 = 3;
     /// Opcode: write a nanosecond timestamp at `dst_va`.
     pub const OP_TIMESTAMP: u32 = 4;
+    /// Opcode: write a 64-bit value at `dst_va` (a memory fence), version 1.3.
+    pub const OP_WRITE_VALUE: u32 = 5;
+    /// Opcode: wait until the 64-bit value at `va`, masked, compares true with a value (user
+    /// queues only), version 1.3.
+    pub const OP_WAIT_VALUE: u32 = 6;
 
     /// Flag: raise the completion vector once the command completes.
     pub const FLAG_IRQ: u32 = 1 << 0;
+    /// Shift of the comparison field of `WAIT_VALUE`'s flags.
+    pub const COMPARE_SHIFT: u32 = 4;
+    /// Mask of the comparison field of `WAIT_VALUE`'s flags.
+    pub const COMPARE_MASK: u32 = 7 << COMPARE_SHIFT;
 
     /// Largest `len` of a `COPY` or `FILL`.
     pub const MAX_LEN: u64 = 1 << 32;
@@ -236,8 +312,12 @@ pub mod pte {
 pub const DEFAULT_RING_OFFSET: u64 = ctrl::SIZE;
 /// Size of the default ring: 1024 slots.
 pub const DEFAULT_RING_SIZE: u64 = 0x1_0000;
+/// BAR2 offset of the doorbell region: a page per queue, page `q` for queue `q`.
+pub const DOORBELL_OFFSET: u64 = DEFAULT_RING_OFFSET + DEFAULT_RING_SIZE;
+/// Size of the doorbell region.
+pub const DOORBELL_SIZE: u64 = (queue::COUNT as u64 + 1) * queue::DOORBELL_PAGE;
 /// BAR2 offset of the device-private region.
-pub const PRIV_OFFSET: u64 = DEFAULT_RING_OFFSET + DEFAULT_RING_SIZE;
+pub const PRIV_OFFSET: u64 = DOORBELL_OFFSET + DOORBELL_SIZE;
 /// BAR2 offset of VRAM.
 pub const VRAM_OFFSET: u64 = 2 << 20;
 /// Smallest BAR2 size.
@@ -251,7 +331,21 @@ const _: () = {
     assert!(PRIV_OFFSET >= DEFAULT_RING_OFFSET + DEFAULT_RING_SIZE && VRAM_OFFSET > PRIV_OFFSET);
     assert!(VRAM_OFFSET.is_multiple_of(pte::PAGE_2M) && MIN_BAR_SIZE > VRAM_OFFSET);
     assert!(ctrl::CNT_ERRORS + 8 <= ctrl::SIZE);
+    assert!(DOORBELL_OFFSET.is_multiple_of(queue::DOORBELL_PAGE));
+    let last = ctrl::QUEUE_BLOCKS + queue::COUNT as u64 * ctrl::QUEUE_BLOCK_SIZE;
+    assert!(last + ctrl::QUEUE_BLOCK_SIZE <= ctrl::SIZE);
+    assert!(queue::ERR_OPCODE + 4 <= ctrl::QUEUE_BLOCK_SIZE);
 };
+
+/// BAR2 offset of field `at` (a `queue::*` offset) of queue `q`'s register block.
+pub const fn queue_reg(q: u32, at: u64) -> u64 {
+    ctrl::QUEUE_BLOCKS + q as u64 * ctrl::QUEUE_BLOCK_SIZE + at
+}
+
+/// BAR2 offset of queue `q`'s doorbell page.
+pub const fn doorbell_page(q: u32) -> u64 {
+    DOORBELL_OFFSET + q as u64 * queue::DOORBELL_PAGE
+}
 
 /// The BAR2 layout of a device, derived from the size of BAR2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

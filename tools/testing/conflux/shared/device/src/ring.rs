@@ -40,6 +40,79 @@ pub enum Op {
         /// Destination virtual address.
         dst: u64,
     },
+    /// Write `value`, a u64, at `dst` (8-byte aligned) in one access: a memory fence.
+    WriteValue {
+        /// Destination virtual address.
+        dst: u64,
+        /// The value.
+        value: u64,
+    },
+    /// Wait until the u64 at `va` (8-byte aligned), masked with `mask`, compares true with
+    /// `value`; user queues only.
+    WaitValue {
+        /// The virtual address of the u64.
+        va: u64,
+        /// The value it is compared with.
+        value: u64,
+        /// The mask applied to it first.
+        mask: u64,
+        /// The comparison.
+        compare: Compare,
+    },
+}
+
+/// The comparison of a `WAIT_VALUE`, of the masked memory value `m` with the command's value
+/// `v`, both unsigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// `m >= v` (0).
+    Gte,
+    /// `m == v` (1).
+    Eq,
+    /// `m != v` (2).
+    Neq,
+    /// `m > v` (3).
+    Gt,
+    /// `m < v` (4).
+    Lt,
+    /// `m <= v` (5).
+    Lte,
+}
+
+impl Compare {
+    /// Every comparison, in the order of its code.
+    pub const ALL: [Self; 6] = [
+        Self::Gte,
+        Self::Eq,
+        Self::Neq,
+        Self::Gt,
+        Self::Lt,
+        Self::Lte,
+    ];
+
+    /// The code of the comparison in the flags' comparison field.
+    pub const fn code(self) -> u32 {
+        match self {
+            Self::Gte => 0,
+            Self::Eq => 1,
+            Self::Neq => 2,
+            Self::Gt => 3,
+            Self::Lt => 4,
+            Self::Lte => 5,
+        }
+    }
+
+    /// Whether `m` compares true with `v`.
+    pub const fn holds(self, m: u64, v: u64) -> bool {
+        match self {
+            Self::Gte => m >= v,
+            Self::Eq => m == v,
+            Self::Neq => m != v,
+            Self::Gt => m > v,
+            Self::Lt => m < v,
+            Self::Lte => m <= v,
+        }
+    }
 }
 
 impl Op {
@@ -50,6 +123,8 @@ impl Op {
             Self::Fill { .. } => slot::OP_FILL,
             Self::Fence => slot::OP_FENCE,
             Self::Timestamp { .. } => slot::OP_TIMESTAMP,
+            Self::WriteValue { .. } => slot::OP_WRITE_VALUE,
+            Self::WaitValue { .. } => slot::OP_WAIT_VALUE,
         }
     }
 
@@ -59,6 +134,18 @@ impl Op {
             Self::Fill { dst, len, pattern } => [dst, len, pattern],
             Self::Fence => [0; 3],
             Self::Timestamp { dst } => [dst, 0, 0],
+            Self::WriteValue { dst, value } => [dst, value, 0],
+            Self::WaitValue {
+                va, value, mask, ..
+            } => [va, value, mask],
+        }
+    }
+
+    /// The flags bits of the operation besides `IRQ`.
+    const fn flags(&self) -> u32 {
+        match self {
+            Self::WaitValue { compare, .. } => compare.code() << slot::COMPARE_SHIFT,
+            _ => 0,
         }
     }
 }
@@ -70,6 +157,8 @@ fn opcode_info(opcode: u32) -> Option<(&'static str, u32, usize)> {
         slot::OP_FILL => ("FILL", ctrl::CAP_FILL, 3),
         slot::OP_FENCE => ("FENCE", ctrl::CAP_FENCE, 0),
         slot::OP_TIMESTAMP => ("TIMESTAMP", ctrl::CAP_TIMESTAMP, 1),
+        slot::OP_WRITE_VALUE => ("WRITE_VALUE", ctrl::CAP_QUEUES, 2),
+        slot::OP_WAIT_VALUE => ("WAIT_VALUE", ctrl::CAP_QUEUES, 3),
         _ => return None,
     })
 }
@@ -107,7 +196,7 @@ impl Command {
     pub fn encode(&self) -> Slot {
         let mut s = [0; slot::SIZE as usize];
         s[slot::OPCODE..][..4].copy_from_slice(&self.op.opcode().to_le_bytes());
-        let flags = if self.irq { slot::FLAG_IRQ } else { 0 };
+        let flags = if self.irq { slot::FLAG_IRQ } else { 0 } | self.op.flags();
         s[slot::FLAGS..][..4].copy_from_slice(&flags.to_le_bytes());
         s[slot::SEQNO..][..8].copy_from_slice(&self.seqno.to_le_bytes());
         for (i, v) in self.op.operands().iter().enumerate() {
@@ -128,7 +217,11 @@ impl Command {
             return bad(format!("{name} is not a capability of this device"));
         }
         let flags = le32(s, slot::FLAGS);
-        if flags & !slot::FLAG_IRQ != 0 {
+        let allowed = match opcode {
+            slot::OP_WAIT_VALUE => slot::FLAG_IRQ | slot::COMPARE_MASK,
+            _ => slot::FLAG_IRQ,
+        };
+        if flags & !allowed != 0 {
             return bad(format!("{name}: reserved flag bits {flags:#x}"));
         }
         if let Some(i) = (slot::RESERVED..s.len()).find(|&i| s[i] != 0) {
@@ -152,6 +245,22 @@ impl Command {
                 pattern: o[2],
             },
             slot::OP_FENCE => Op::Fence,
+            slot::OP_WRITE_VALUE => Op::WriteValue {
+                dst: o[0],
+                value: o[1],
+            },
+            slot::OP_WAIT_VALUE => {
+                let code = (flags & slot::COMPARE_MASK) >> slot::COMPARE_SHIFT;
+                let Some(&compare) = Compare::ALL.iter().find(|c| c.code() == code) else {
+                    return bad(format!("WAIT_VALUE: comparison {code} is not one of 0..=5"));
+                };
+                Op::WaitValue {
+                    va: o[0],
+                    value: o[1],
+                    mask: o[2],
+                    compare,
+                }
+            }
             _ => Op::Timestamp { dst: o[0] },
         };
         match op {
@@ -166,10 +275,10 @@ impl Command {
                     "COPY: source {src:#x} and destination {dst:#x} overlap"
                 ));
             }
-            Op::Timestamp { dst } if dst % 8 != 0 => {
-                return bad(format!(
-                    "TIMESTAMP: destination {dst:#x} is not 8-byte aligned"
-                ));
+            Op::Timestamp { dst } | Op::WriteValue { dst, .. } | Op::WaitValue { va: dst, .. }
+                if dst % 8 != 0 =>
+            {
+                return bad(format!("{name}: address {dst:#x} is not 8-byte aligned"));
             }
             _ => {}
         }
@@ -217,6 +326,31 @@ impl Ring {
             )
         })?;
         Ok(Self { offset, slots })
+    }
+
+    /// A user queue's ring of `size` bytes at virtual address `va`; a [`Cause::RingState`]
+    /// fault unless the size is a power of two from one slot to 2^31 slots and the ring is
+    /// slot-aligned and inside the 48-bit address space. `offset` is then the ring's virtual
+    /// address.
+    pub fn at_va(va: u64, size: u64) -> Result<Self, Fault> {
+        let fits = va
+            .checked_add(size)
+            .is_some_and(|e| e <= 1 << crate::regs::pte::VA_BITS);
+        if !size.is_power_of_two()
+            || !(slot::MIN_RING_SIZE..=slot::MAX_RING_SIZE).contains(&size)
+            || !va.is_multiple_of(slot::SIZE)
+            || !fits
+        {
+            return Err(Fault::new(
+                Cause::RingState,
+                format!("ring of {size:#x} bytes at VA {va:#x} is invalid"),
+            ));
+        }
+        Ok(Self {
+            offset: va,
+            // CAST: at most 2^31 slots, checked above.
+            slots: (size / slot::SIZE) as u32,
+        })
     }
 
     /// Number of commands between `tail` and `head`; a [`Cause::RingState`]
@@ -354,7 +488,18 @@ mod tests {
             },
             Op::Fence,
             Op::Timestamp { dst: 0xfff8 },
-        ] {
+            Op::WriteValue {
+                dst: 0x8,
+                value: u64::MAX,
+            },
+        ]
+        .into_iter()
+        .chain(Compare::ALL.map(|compare| Op::WaitValue {
+            va: 0xfff8,
+            value: 0x1234,
+            mask: u64::MAX >> 1,
+            compare,
+        })) {
             for irq in [false, true] {
                 let c = Command {
                     seqno: u64::MAX - 1,
@@ -388,7 +533,7 @@ mod tests {
 
     #[test]
     fn unknown_opcodes() {
-        for op in [0, 5, 0x100, u32::MAX] {
+        for op in [0, 7, 0x100, u32::MAX] {
             assert_malformed(
                 patched(|s| s[..4].copy_from_slice(&op.to_le_bytes())),
                 "unknown opcode",
@@ -425,7 +570,11 @@ mod tests {
 
     #[test]
     fn reserved_operands() {
-        let cases = [(Op::Fence, 0), (Op::Timestamp { dst: 8 }, 1)];
+        let cases = [
+            (Op::Fence, 0),
+            (Op::Timestamp { dst: 8 }, 1),
+            (Op::WriteValue { dst: 8, value: 1 }, 2),
+        ];
         for (op, first_unused) in cases {
             for i in first_unused..3 {
                 let mut s = cmd(op).encode();
@@ -467,10 +616,90 @@ mod tests {
             );
         }
         for dst in [1, 4, 7, 0xfffc] {
+            let wait = Op::WaitValue {
+                va: dst,
+                value: 1,
+                mask: 1,
+                compare: Compare::Eq,
+            };
+            for op in [
+                Op::Timestamp { dst },
+                Op::WriteValue { dst, value: 1 },
+                wait,
+            ] {
+                assert_malformed(Command::decode(&cmd(op).encode(), ctrl::CAP_ALL), "aligned");
+            }
+        }
+    }
+
+    #[test]
+    fn memory_fence_commands() {
+        let wait = cmd(Op::WaitValue {
+            va: 0x1000,
+            value: 7,
+            mask: 0xff,
+            compare: Compare::Lte,
+        });
+        let s = wait.encode();
+        assert_eq!(s[0..4], [6, 0, 0, 0]);
+        // IRQ, and comparison 5 in bits 6..4.
+        assert_eq!(s[4..8], [0x51, 0, 0, 0]);
+        assert_eq!((s[0x11], s[0x18], s[0x20]), (0x10, 7, 0xff));
+        for code in [6u32, 7] {
+            let mut bad = s;
+            bad[4..8].copy_from_slice(&(1 | code << slot::COMPARE_SHIFT).to_le_bytes());
+            assert_malformed(Command::decode(&bad, ctrl::CAP_ALL), "comparison");
+        }
+        let mut bad = s;
+        bad[5] = 1;
+        assert_malformed(Command::decode(&bad, ctrl::CAP_ALL), "reserved flag");
+        // The comparison field is WAIT_VALUE's only.
+        let mut write = cmd(Op::WriteValue { dst: 8, value: 1 }).encode();
+        write[4] |= 1 << slot::COMPARE_SHIFT;
+        assert_malformed(Command::decode(&write, ctrl::CAP_ALL), "reserved flag");
+        for op in [wait.op, Op::WriteValue { dst: 8, value: 1 }] {
             assert_malformed(
-                Command::decode(&cmd(Op::Timestamp { dst }).encode(), ctrl::CAP_ALL),
-                "aligned",
+                Command::decode(&cmd(op).encode(), ctrl::CAP_ALL & !ctrl::CAP_QUEUES),
+                "capability",
             );
+        }
+    }
+
+    #[test]
+    fn comparisons() {
+        let table = [
+            (Compare::Gte, [false, true, true]),
+            (Compare::Eq, [false, true, false]),
+            (Compare::Neq, [true, false, true]),
+            (Compare::Gt, [false, false, true]),
+            (Compare::Lt, [true, false, false]),
+            (Compare::Lte, [true, true, false]),
+        ];
+        for (c, expect) in table {
+            assert_eq!([4, 5, 6].map(|m| c.holds(m, 5)), expect, "{c:?}");
+        }
+        assert!(Compare::Gt.holds(u64::MAX, u64::MAX - 1));
+        for (i, c) in Compare::ALL.iter().enumerate() {
+            assert_eq!(c.code() as usize, i);
+        }
+    }
+
+    #[test]
+    fn ring_at_a_va() {
+        let r = Ring::at_va(0x7000_0000, 0x1000).unwrap();
+        assert_eq!((r.offset, r.slots), (0x7000_0000, 64));
+        assert_eq!(r.slot_offset(65), 0x7000_0040);
+        assert_eq!(Ring::at_va((1 << 48) - 64, 64).unwrap().slots, 1);
+        for (va, size) in [
+            (0x1000, 0),
+            (0x1000, 96),
+            (0x1020, 0x1000),
+            ((1 << 48) - 64, 128),
+            (u64::MAX - 63, 64),
+            (0, slot::MAX_RING_SIZE * 2),
+        ] {
+            let f = Ring::at_va(va, size).unwrap_err();
+            assert_eq!(f.cause, Cause::RingState, "{va:#x} {size:#x}");
         }
     }
 

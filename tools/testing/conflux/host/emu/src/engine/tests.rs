@@ -271,18 +271,22 @@ impl Dev {
     }
 }
 
+mod queues;
+
 #[test]
 fn power_on_writes_the_control_block() {
     let d = Dev::new("switch3+rp1", 2);
     assert_eq!(d.mem.bars[2][..8], *b"CNFXACCL");
-    assert_eq!(d.reg32(ctrl::VERSION), 0x0001_0002);
-    assert_eq!(d.reg32(ctrl::CAPS), 0x7f);
+    assert_eq!(d.reg32(ctrl::VERSION), 0x0001_0003);
+    assert_eq!(d.reg32(ctrl::CAPS), 0xff);
+    assert_eq!(d.reg32(ctrl::QUEUES), 15);
     let regs = [
         (ctrl::BAR_SIZE, BAR_SIZE),
         (ctrl::VRAM_OFFSET, 0x20_0000),
         (ctrl::VRAM_SIZE, BAR_SIZE - 0x20_0000),
-        (ctrl::PRIV_OFFSET, 0x1_1000),
-        (ctrl::PRIV_SIZE, 0x20_0000 - 0x1_1000),
+        (ctrl::DOORBELL_OFFSET, 0x1_1000),
+        (ctrl::PRIV_OFFSET, 0x2_1000),
+        (ctrl::PRIV_SIZE, 0x20_0000 - 0x2_1000),
         (ctrl::RING_OFFSET, 0x1000),
         (ctrl::RING_SIZE, 0x1_0000),
         (ctrl::FENCE_SEQNO, 0),
@@ -1234,20 +1238,32 @@ fn set_topology_keeps_the_state_and_changes_the_routes() {
     assert!(e.0.contains("no device 2"), "{e}");
 }
 
-/// Memory that runs `before` on the backing memory ahead of each fill: what a driver on
-/// another CPU does meanwhile.
-struct BeforeFill<'a, F: FnMut(&mut Buffers) -> Result<(), MemoryError>> {
+/// Memory that runs `before` on the backing memory ahead of each piece, fill or copy: what a
+/// driver on another CPU does meanwhile.
+struct BeforePiece<'a, F: FnMut(&mut Buffers) -> Result<(), MemoryError>> {
     inner: &'a mut Buffers,
     before: F,
 }
 
-impl<F: FnMut(&mut Buffers) -> Result<(), MemoryError>> Memory for BeforeFill<'_, F> {
+impl<F: FnMut(&mut Buffers) -> Result<(), MemoryError>> Memory for BeforePiece<'_, F> {
     fn read(&self, target: Target, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.inner.read(target, offset, buf)
     }
 
     fn write(&mut self, target: Target, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.inner.write(target, offset, data)
+    }
+
+    fn copy(
+        &mut self,
+        src: Target,
+        src_offset: u64,
+        dst: Target,
+        dst_offset: u64,
+        len: usize,
+    ) -> Result<(), MemoryError> {
+        (self.before)(self.inner)?;
+        self.inner.copy(src, src_offset, dst, dst_offset, len)
     }
 
     fn fill(
@@ -1272,7 +1288,7 @@ fn a_reset_requested_during_a_command_stops_it_before_its_next_piece() {
     d.set32(ctrl::RING_HEAD, d.head);
     let bar = d.bar();
     let mut after = 4_u32;
-    let out = d.eng.process(&mut BeforeFill {
+    let out = d.eng.process(&mut BeforePiece {
         inner: &mut d.mem,
         before: |mem| {
             if after == 0 {
@@ -1309,7 +1325,7 @@ fn fence_seqno_is_written_as_each_fence_executes() {
     let bar = d.bar();
     // FENCE_SEQNO as a driver on another CPU reads it whenever a fill starts.
     let mut seen = Vec::new();
-    d.eng.process(&mut BeforeFill {
+    d.eng.process(&mut BeforePiece {
         inner: &mut d.mem,
         before: |mem| {
             seen.push(mem.read_u64(bar, ctrl::FENCE_SEQNO)?);
