@@ -365,6 +365,8 @@ struct State<J> {
     stopped: bool,
     /// The queue is being dropped: the worker and the watchdog do nothing.
     dead: bool,
+    /// Slots that [`Reservation`]s hold: `len + reserved <= slots.len()`.
+    reserved: usize,
 }
 
 impl<J> State<J> {
@@ -462,6 +464,46 @@ where
 {
 }
 
+/// Room in a [`JobQueue`] for jobs queued without allocating, from [`JobQueue::reserve`].
+///
+/// # Invariants
+///
+/// `n` of the queue's `State::reserved` slots are this reservation's.
+pub struct Reservation<'a, T, J, L>
+where
+    T: QueueOps<Job = J, Timeline = L>,
+    J: Send,
+    L: FenceTimeline,
+{
+    queue: &'a JobQueue<T, J, L>,
+    n: usize,
+}
+
+impl<T, J, L> Reservation<'_, T, J, L>
+where
+    T: QueueOps<Job = J, Timeline = L>,
+    J: Send,
+    L: FenceTimeline,
+{
+    /// How many jobs the reservation still has room for.
+    pub fn room(&self) -> usize {
+        self.n
+    }
+}
+
+impl<T, J, L> Drop for Reservation<'_, T, J, L>
+where
+    T: QueueOps<Job = J, Timeline = L>,
+    J: Send,
+    L: FenceTimeline,
+{
+    fn drop(&mut self) {
+        // By the type invariants, the queue holds `n` slots for this reservation.
+        let mut state = self.queue.state.lock();
+        state.reserved = state.reserved.saturating_sub(self.n);
+    }
+}
+
 /// A ring of `n` empty slots.
 fn empty_slots<N>(n: usize, flags: Flags) -> Result<KVec<Option<N>>> {
     let mut slots = KVec::with_capacity(n, flags)?;
@@ -540,6 +582,7 @@ where
                 front_since: Instant::now(),
                 stopped: false,
                 dead: false,
+                reserved: 0,
             }),
             run <- Opaque::ffi_init(|work: *mut bindings::work_struct| {
                 // SAFETY: `work` is valid for writes; `run_work` takes a work item of a queue.
@@ -648,12 +691,63 @@ where
         Ok(fence)
     }
 
+    /// Sets aside room for `n` more jobs, which [`Self::enqueue_reserved`] queues without
+    /// allocating: for a caller that must not fail once it has started to change things. The
+    /// room goes back when the reservation is dropped.
+    pub fn reserve(&self, n: usize) -> Result<Reservation<'_, T, J, L>> {
+        loop {
+            let mut state = self.state.lock();
+            let need = state.len + state.reserved + n;
+            if need <= state.slots.len() {
+                state.reserved += n;
+                return Ok(Reservation { queue: self, n });
+            }
+            let more = need.max(2 * state.slots.len());
+            drop(state);
+            let bigger = empty_slots(more, GFP_KERNEL)?;
+            let mut state = self.state.lock();
+            if more > state.slots.len() {
+                state.grow(bigger);
+            }
+        }
+    }
+
+    /// As [`Self::enqueue`], in room that `reservation` holds: fails only with [`ESHUTDOWN`]
+    /// once the queue is stopped, or with [`ERESTARTSYS`] when `interruptible` (see
+    /// [`Self::push`]). [`EINVAL`] when the reservation is used up or of another queue.
+    pub fn enqueue_reserved(
+        &self,
+        job: PreparedJob<'_, T, J, L>,
+        reservation: &mut Reservation<'_, T, J, L>,
+        interruptible: bool,
+    ) -> Result<ARef<Fence>> {
+        if !core::ptr::eq(reservation.queue, self) || reservation.n == 0 {
+            return Err(EINVAL);
+        }
+        let (mut state, fence) = self.insert_in(job, interruptible, true)?;
+        state.reserved -= 1;
+        reservation.n -= 1;
+        drop(state);
+        Ok(fence)
+    }
+
     /// Puts `job` at the end of the queue and gives its finished fence, with the queue's lock
     /// still held. See [`Self::push`].
     fn insert(
         &self,
         job: PreparedJob<'_, T, J, L>,
         interruptible: bool,
+    ) -> Result<(SpinLockIrqGuard<'_, State<J>>, ARef<Fence>)> {
+        self.insert_in(job, interruptible, false)
+    }
+
+    /// As [`Self::insert`]; `reserved` when the caller holds a slot of `State::reserved`, which
+    /// it gives back once the job is in.
+    fn insert_in(
+        &self,
+        job: PreparedJob<'_, T, J, L>,
+        interruptible: bool,
+        reserved: bool,
     ) -> Result<(SpinLockIrqGuard<'_, State<J>>, ARef<Fence>)> {
         if !core::ptr::eq(job.queue, self) {
             return Err(EINVAL);
@@ -675,14 +769,17 @@ where
                 }
                 continue;
             }
-            if state.len == state.slots.len() {
+            // A reserved job takes a slot of its own reservation, which is there; others leave
+            // the reservations theirs.
+            let taken = state.len + if reserved { 0 } else { state.reserved };
+            if taken >= state.slots.len() {
                 // Finished jobs wait for the worker: more room, rather than a wait for the
                 // worker, which may need a lock the caller holds to drop them.
                 let more = state.slots.len() * 2;
                 drop(state);
                 let bigger = empty_slots(more, GFP_KERNEL)?;
                 let mut state = self.state.lock();
-                if state.len == state.slots.len() && more > state.slots.len() {
+                if more > state.slots.len() {
                     state.grow(bigger);
                 }
                 continue;
@@ -1838,6 +1935,64 @@ mod tests {
         end(&q, 2);
         end(&q, 3);
         assert_eq!(finishes(&three), Ok(true));
+        Ok(())
+    }
+
+    #[cfg(all(CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS))]
+    #[test]
+    fn reserved_jobs_are_queued_without_allocating() -> Result {
+        // A ring of 8 slots, 7 of them reserved: the second job of others needs more room.
+        let q = queue(64, 4, 10_000)?;
+        let mut room = q.reserve(7)?;
+        let (one, two) = (push(&q, 1, &[])?, push(&q, 2, &[])?);
+        end(&q, 1);
+        end(&q, 2);
+        assert_eq!((finishes(&one), finishes(&two)), (Ok(true), Ok(true)));
+        let mut jobs = KVec::with_capacity(4, GFP_KERNEL)?;
+        for id in 3..7 {
+            jobs.push(prepare(&q, id, 1)?, GFP_KERNEL)?;
+        }
+        let mut fences = KVec::with_capacity(3, GFP_KERNEL)?;
+        let mut last = None;
+        {
+            // Every allocation would fail: the reserved jobs need none.
+            let armed = crate::fault_inject::FailNth::arm(1)?;
+            for _ in 0..3 {
+                if let Some(job) = jobs.pop() {
+                    let fence = q.enqueue_reserved(job, &mut room, false)?;
+                    fences.push_within_capacity(fence).map_err(|_| ENOMEM)?;
+                }
+            }
+            assert!(!armed.fired());
+            assert_eq!(room.room(), 4);
+            if let Some(job) = jobs.pop() {
+                last = Some(q.enqueue_reserved(job, &mut room, false));
+            }
+        }
+        // The reservation had room for 7 jobs; the fourth takes a fourth.
+        assert!(last.is_some_and(|r| r.is_ok()));
+        drop(room);
+        q.start();
+        for id in 3..7 {
+            end(&q, id);
+        }
+        for f in fences.iter() {
+            assert_eq!(finishes(f), Ok(true));
+        }
+        // Used up or of another queue: refused.
+        let other = queue(64, 4, 10_000)?;
+        let mut theirs = other.reserve(1)?;
+        assert_eq!(
+            q.enqueue_reserved(prepare(&q, 9, 1)?, &mut theirs, false)
+                .err(),
+            Some(EINVAL)
+        );
+        let mut none = q.reserve(0)?;
+        assert_eq!(
+            q.enqueue_reserved(prepare(&q, 9, 1)?, &mut none, false)
+                .err(),
+            Some(EINVAL)
+        );
         Ok(())
     }
 
