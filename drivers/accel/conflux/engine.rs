@@ -35,6 +35,7 @@ use kernel::{
             JobQueue,
             PreparedJob,
             QueueOps,
+            Reservation,
             Run,
             Running, //
         },
@@ -328,6 +329,21 @@ impl<'bound> Engine<'bound> {
         interruptible: bool,
     ) -> Result<ARef<Fence>> {
         self.queue.enqueue(job, interruptible)
+    }
+
+    /// Room for `n` jobs that [`Self::enqueue_reserved`] queues without allocating.
+    pub(crate) fn reserve(&self, n: usize) -> Result<Reservation<'_, Hw<'bound>, EngineJob, Jobs>> {
+        self.queue.reserve(n)
+    }
+
+    /// As [`Self::enqueue`], not interruptibly, in room of `reservation`: fails only when the
+    /// queue is stopped, with [`ESHUTDOWN`], as it is when the device goes away.
+    pub(crate) fn enqueue_reserved(
+        &self,
+        job: PreparedJob<'_, Hw<'bound>, EngineJob, Jobs>,
+        reservation: &mut Reservation<'_, Hw<'bound>, EngineJob, Jobs>,
+    ) -> Result<ARef<Fence>> {
+        self.queue.enqueue_reserved(job, reservation, false)
     }
 
     /// Starts the queued jobs that nothing holds back.

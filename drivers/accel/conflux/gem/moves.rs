@@ -207,6 +207,8 @@ pub(crate) fn start(
                 first.add_implicit_dependency(f, GFP_KERNEL_ACCOUNT)
             })?;
     }
+    // Room in the engine's queue for every part, so that queueing them allocates nothing.
+    let mut room = data.engine.reserve(jobs.len())?;
     // Nothing fails from here on but a queue that refuses jobs, which a device going away does.
     obj.unmap_userspace();
     let old = core::mem::replace(&mut *memory, to);
@@ -232,7 +234,7 @@ pub(crate) fn start(
             // memory for the link, the engine still runs the parts in order.
             let _ = job.add_dependency(prev, GFP_KERNEL_ACCOUNT);
         }
-        fence = Some(data.engine.enqueue(job, false)?);
+        fence = Some(data.engine.enqueue_reserved(job, &mut room)?);
     }
     obj.count_move();
     data.moves.bytes.fetch_add(size, Ordering::Relaxed);
