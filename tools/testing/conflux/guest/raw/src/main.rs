@@ -7,7 +7,9 @@
 //! PCIe fabric: a peer-to-peer copy between two devices behind the switch
 //! succeeds, one towards the device on the other root port fails with "peer
 //! unreachable" (or succeeds on the AMD Zen rig, whose host bridge the kernel
-//! whitelists). It ends with the line `N passed, N failed`.
+//! whitelists). A user queue runs from its doorbell page alone, signals a
+//! memory fence in system memory, and is preempted and resumed. It ends with
+//! the line `N passed, N failed`.
 
 use std::{
     env, fs,
@@ -22,8 +24,8 @@ use std::{
 use conflux_device::{
     memory::{Memory, Target},
     mmu::{Aperture, Mapper},
-    regs::{bar0, ctrl, pte, slot, VRAM_OFFSET},
-    ring::{Command, Op},
+    regs::{bar0, ctrl, pte, queue, queue_reg, slot, VRAM_OFFSET},
+    ring::{Command, Compare, Op},
     shm::{Mapping, SharedMemory},
 };
 
@@ -450,6 +452,156 @@ impl Rig {
         Ok(())
     }
 
+    /// The u64 at `offset` of the system memory page, as the device left it.
+    fn page_u64(&self, offset: usize) -> u64 {
+        fence(Ordering::SeqCst);
+        // SAFETY: `page` is a locked 4 KiB page this program owns and `offset + 8` is inside
+        // it, 8-byte aligned; the device writes it behind the compiler's back, hence volatile.
+        unsafe { ptr::read_volatile(self.page.add(offset).cast::<u64>()) }
+    }
+
+    /// Writes the u64 at `offset` of the system memory page.
+    fn set_page_u64(&mut self, offset: usize, v: u64) {
+        // SAFETY: as in `page_u64`.
+        unsafe { ptr::write_volatile(self.page.add(offset).cast::<u64>(), v) };
+        fence(Ordering::SeqCst);
+    }
+
+    /// Polls until `f` holds, for `TIMEOUT` at most.
+    fn until(what: &str, mut f: impl FnMut() -> bool) -> Result<(), String> {
+        let start = Instant::now();
+        while !f() {
+            if start.elapsed() > TIMEOUT {
+                return Err(format!("{what}: not after {} s", TIMEOUT.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// User queue 1 of device `a`, with its ring in VRAM: enabled through `Q_CONTROL` and one
+    /// doorbell, then fed through its doorbell page alone. A peer-to-peer copy and a memory
+    /// fence in system memory; then a `WAIT_VALUE` that holds the queue while it is
+    /// preempted, and lets it go once resumed.
+    fn user_queue(&mut self) -> Result<(), String> {
+        const Q: u32 = 1;
+        let (ring_vram, flag_vram) = (60 * MIB, 61 * MIB);
+        self.set_page_u64(2048, 0);
+        self.set_page_u64(2056, 0);
+        let d = &mut self.devs[self.a];
+        if d.reg32(ctrl::CAPS) & ctrl::CAP_QUEUES == 0 || d.reg32(ctrl::QUEUES) < Q {
+            return Err(format!(
+                "{}: no user queues (CAPS {:#x})",
+                d.bdf,
+                d.reg32(ctrl::CAPS)
+            ));
+        }
+        let doorbell = d.reg64(ctrl::DOORBELL_OFFSET) + u64::from(Q) * queue::DOORBELL_PAGE;
+        let root = d.reg64(ctrl::MMU_ROOT);
+        d.vram_write(flag_vram, &0u64.to_le_bytes())?;
+        let w64 = |d: &mut Device, at, v| d.bar2.write_u64(T, queue_reg(Q, at), v);
+        let set = [
+            (queue::RING_VA, LOCAL + ring_vram),
+            (queue::RING_SIZE, 4096),
+            (queue::MMU_ROOT, root),
+            (queue::PROGRESS, 0),
+        ];
+        for (at, v) in set {
+            w64(d, at, v).map_err(|e| e.to_string())?;
+        }
+        d.set_reg32(queue_reg(Q, queue::TAIL), 0);
+        d.set_reg32(doorbell, 0);
+        d.set_reg32(queue_reg(Q, queue::CONTROL), queue::CONTROL_ENABLE);
+        d.doorbell();
+        Self::until("the queue runs", || {
+            d.reg32(queue_reg(Q, queue::STATUS)) == queue::STATUS_RUNNING
+        })?;
+        let mut head = 0u32;
+        let mut push = |d: &mut Device, ops: &[Op]| -> Result<(), String> {
+            for op in ops {
+                let cmd = Command {
+                    seqno: u64::from(head),
+                    irq: true,
+                    op: *op,
+                };
+                d.vram_write(ring_vram + u64::from(head % 64) * slot::SIZE, &cmd.encode())?;
+                head += 1;
+            }
+            fence(Ordering::SeqCst);
+            d.set_reg32(doorbell, head);
+            Ok(())
+        };
+        let data = pattern(MIB as usize + 77, 5);
+        d.vram_write(20 * MIB, &data)?;
+        push(
+            d,
+            &[
+                Op::Copy {
+                    src: LOCAL + 20 * MIB,
+                    dst: PEER + 44 * MIB,
+                    len: data.len() as u64,
+                },
+                Op::WriteValue {
+                    dst: SYSMEM + 2048,
+                    value: 0xc0ff_ee00_0001,
+                },
+            ],
+        )?;
+        let (a, b) = (self.a, self.b);
+        Self::until("the memory fence of the copy", || {
+            self.page_u64(2048) == 0xc0ff_ee00_0001
+        })?;
+        if self.devs[b].vram_read(44 * MIB, data.len())? != data {
+            return Err(format!("data copied to {} differs", self.devs[b].bdf));
+        }
+        let d = &mut self.devs[a];
+        push(
+            d,
+            &[
+                Op::WaitValue {
+                    va: LOCAL + flag_vram,
+                    value: 1,
+                    mask: u64::MAX,
+                    compare: Compare::Eq,
+                },
+                Op::WriteValue {
+                    dst: SYSMEM + 2056,
+                    value: 2,
+                },
+            ],
+        )?;
+        let preempt = queue::CONTROL_ENABLE | queue::CONTROL_PREEMPT;
+        d.set_reg32(queue_reg(Q, queue::CONTROL), preempt);
+        d.doorbell();
+        Self::until("the preemption", || {
+            d.reg32(queue_reg(Q, queue::STATUS)) == queue::STATUS_PREEMPTED
+        })?;
+        let tail = d.reg32(queue_reg(Q, queue::TAIL));
+        d.vram_write(flag_vram, &1u64.to_le_bytes())?;
+        std::thread::sleep(Duration::from_millis(50));
+        if self.page_u64(2056) != 0 || tail != 2 {
+            return Err(format!("preempted at tail {tail}, the queue went on"));
+        }
+        let d = &mut self.devs[a];
+        d.set_reg32(queue_reg(Q, queue::CONTROL), queue::CONTROL_ENABLE);
+        d.doorbell();
+        Self::until("the memory fence after the resume", || {
+            self.page_u64(2056) == 2
+        })?;
+        let d = &mut self.devs[a];
+        d.set_reg32(queue_reg(Q, queue::CONTROL), 0);
+        d.doorbell();
+        Self::until("the disable", || {
+            d.reg32(queue_reg(Q, queue::STATUS)) == queue::STATUS_IDLE
+        })?;
+        let events = d.reg32(queue_reg(Q, queue::EVENTS));
+        // Four commands with IRQ, the preemption and the disable.
+        if events != 6 {
+            return Err(format!("{events} events counted, 6 expected"));
+        }
+        Ok(())
+    }
+
     fn bus_error(&mut self) -> Result<(), String> {
         let d = &mut self.devs[self.a];
         let cause = d.submit(
@@ -613,7 +765,7 @@ fn main() -> ExitCode {
         rig.devs[rig.a].bdf, rig.devs[rig.b].bdf, rig.devs[rig.far].bdf
     );
     type Test = fn(&mut Rig) -> Result<(), String>;
-    let tests: [(&str, Test); 6] = [
+    let tests: [(&str, Test); 7] = [
         ("fill local VRAM", Rig::fill_local),
         ("copy within local VRAM", Rig::copy_local),
         ("peer-to-peer copy behind the switch", Rig::copy_p2p),
@@ -627,6 +779,10 @@ fn main() -> ExitCode {
         ),
         ("copy to system memory", Rig::copy_to_system_memory),
         ("bus error outside any memory", Rig::bus_error),
+        (
+            "user queue: doorbell page, memory fence, preemption",
+            Rig::user_queue,
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, t) in tests {
