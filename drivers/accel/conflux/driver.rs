@@ -263,6 +263,7 @@ impl drm::Driver for ConfluxDrm {
             vm::queue_create),
         (CONFLUX_BIND_QUEUE_DESTROY, drm_conflux_bind_queue_destroy, ioctl::RENDER_ALLOW,
             vm::queue_destroy),
+        (CONFLUX_VM_CREATE, drm_conflux_vm_create, ioctl::RENDER_ALLOW, vm::create),
     }
 }
 

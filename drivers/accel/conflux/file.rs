@@ -158,9 +158,28 @@ impl File {
         let mut slot = self.vm.lock();
         let shared = match &*slot {
             Some(shared) => shared.clone(),
-            None => slot.insert(SharedVm::new(self.id(), dev)?).clone(),
+            None => slot.insert(SharedVm::new(self.id(), dev, false)?).clone(),
         };
         f(&shared)
+    }
+
+    /// Creates the file's VM, in long-running mode if `long_running`; [`EEXIST`] when the file
+    /// has its VM already.
+    pub(crate) fn create_vm(&self, dev: &IoctlDevice, long_running: bool) -> Result {
+        let mut slot = self.vm.lock();
+        if slot.is_some() {
+            return Err(EEXIST);
+        }
+        *slot = Some(SharedVm::new(self.id(), dev, long_running)?);
+        Ok(())
+    }
+
+    /// Whether the file's VM is in long-running mode (a file without a VM is not).
+    pub(crate) fn is_long_running(&self) -> bool {
+        self.vm
+            .lock()
+            .as_ref()
+            .is_some_and(|vm| vm.is_long_running())
     }
 
     /// Runs `f` on the file's VM if it has one, as [`File::on_vm`] does; a file without a VM

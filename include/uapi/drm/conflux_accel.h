@@ -34,6 +34,8 @@ extern "C" {
  *	&struct drm_conflux_bind_queue_create
  * @DRM_CONFLUX_BIND_QUEUE_DESTROY: destroy a bind queue, see
  *	&struct drm_conflux_bind_queue_destroy
+ * @DRM_CONFLUX_VM_CREATE: create the file's VM in a mode, see
+ *	&struct drm_conflux_vm_create
  */
 enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_GET_INFO = 0,
@@ -49,6 +51,7 @@ enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_BO_P2PMEM,
 	DRM_CONFLUX_BIND_QUEUE_CREATE,
 	DRM_CONFLUX_BIND_QUEUE_DESTROY,
+	DRM_CONFLUX_VM_CREATE,
 };
 
 /* Capability bits of &struct drm_conflux_get_info.caps (the device's CAPS the driver uses). */
@@ -322,7 +325,8 @@ struct drm_conflux_vm_bind_op {
  * -EOPNOTSUPP when a member's device has no route to a MAP's buffer, which
  * may not move to system memory, -EBUSY when it may but another importer
  * pinned it in VRAM, -EIO when its table breaks the member's DMA segment
- * limits.
+ * limits, -EOPNOTSUPP for out-fences on a long-running VM (see
+ * &struct drm_conflux_vm_create).
  *
  * With a @queue, the call returns once the operations are checked and what
  * they need is allocated, with the same errors; the VM shows the new
@@ -498,7 +502,8 @@ struct drm_conflux_sync {
  * -EFAULT when @cmds, @in_syncs or @out_syncs cannot be read; -ENOENT for an
  * unknown @vm_id or syncobj; -ENODEV when the device is wedged; -EMFILE when
  * no descriptor is left for @out_fence_fd; -ENOMEM; -EINTR while waiting for
- * room in the engine's queue (nothing was queued).
+ * room in the engine's queue (nothing was queued); -EOPNOTSUPP for
+ * out-fences on a long-running VM (see &struct drm_conflux_vm_create).
  */
 struct drm_conflux_submit {
 	__u32 vm_id;
@@ -629,12 +634,15 @@ struct drm_conflux_bo_info {
  *
  * Join before binding: both VMs must be empty (nothing mapped), and the
  * caller must not share its VM already. Joining the VM the caller already
- * shares changes nothing.
+ * shares changes nothing. A caller that has a VM joins only a VM of the
+ * same mode (see &struct drm_conflux_vm_create); one without a VM takes the
+ * mode of the VM it joins.
  *
  * Errors: -EINVAL for a malformed call, or an @fd that is not a Conflux
- * accel file or is the caller's own; -EBADF for an @fd that is not open;
- * -EBUSY when either VM has mappings or the caller shares another VM;
- * -ENOMEM; -ENODEV when the other file's device is unbound.
+ * accel file or is the caller's own, or a VM of another mode; -EBADF for
+ * an @fd that is not open; -EBUSY when either VM has mappings or the
+ * caller shares another VM; -ENOMEM; -ENODEV when the other file's device
+ * is unbound.
  */
 struct drm_conflux_vm_join {
 	__s32 fd;
@@ -662,6 +670,38 @@ struct drm_conflux_vm_path {
 	__u32 flags;
 	__u32 path;
 	__u32 members;
+};
+
+/* &struct drm_conflux_vm_create.flags */
+/* The VM runs long-running work, whose jobs give userspace no dma-fence. */
+#define DRM_CONFLUX_VM_CREATE_LONG_RUNNING	(1 << 0)
+
+/**
+ * struct drm_conflux_vm_create - create the file's VM, in a mode
+ * @flags: in: 0, or DRM_CONFLUX_VM_CREATE_LONG_RUNNING
+ * @vm_id: in: must be 0; out: the VM's id, 0 (a file has one VM)
+ *
+ * A file's VM is created at its first use, in the default mode; this call
+ * creates it before that, and chooses its mode. In long-running mode, as
+ * Documentation/gpu/drm-vm-bind-async.rst asks of it, nothing the VM does
+ * hands userspace a dma-fence:
+ *
+ * - DRM_IOCTL_CONFLUX_SUBMIT refuses out_syncobj, out_syncs and
+ *   DRM_CONFLUX_SUBMIT_OUT_FENCE_FD with -EOPNOTSUPP; its jobs are waited
+ *   for with DRM_IOCTL_CONFLUX_WAIT;
+ * - DRM_IOCTL_CONFLUX_VM_BIND refuses out_syncs and
+ *   DRM_CONFLUX_VM_BIND_OUT_FENCE_FD with -EOPNOTSUPP; on a bind queue it
+ *   waits in the call for its in-fences and for the queue's earlier binds
+ *   (interruptibly: -EINTR or a restart, with nothing changed), then binds
+ *   as a synchronous call does;
+ * - DRM_IOCTL_CONFLUX_VM_JOIN joins only VMs of the same mode.
+ *
+ * Errors: -EINVAL for a malformed call; -EEXIST when the file has its VM
+ * already (it used it, joined another, or created it); -ENOMEM.
+ */
+struct drm_conflux_vm_create {
+	__u32 flags;
+	__u32 vm_id;
 };
 
 /*
@@ -708,6 +748,9 @@ enum {
 	DRM_IOCTL_CONFLUX_BIND_QUEUE_DESTROY =
 		DRM_IOW(DRM_COMMAND_BASE + DRM_CONFLUX_BIND_QUEUE_DESTROY,
 			struct drm_conflux_bind_queue_destroy),
+	DRM_IOCTL_CONFLUX_VM_CREATE =
+		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_VM_CREATE,
+			 struct drm_conflux_vm_create),
 };
 
 #if defined(__cplusplus)

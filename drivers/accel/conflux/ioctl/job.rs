@@ -306,6 +306,19 @@ pub(crate) fn submit(
     ])?;
     let count = call.count("num_cmds", args.num_cmds, uapi::DRM_CONFLUX_MAX_CMDS)?;
     call.vm_id(args.vm_id)?;
+    let gives_fence = args.out_syncobj != 0 || args.num_out_syncs != 0 || out_fd;
+    if gives_fence && file.inner().is_long_running() {
+        return Err(call.refuse(
+            EOPNOTSUPP,
+            fmt!(
+                "out_syncobj {}, num_out_syncs {}, out-fence fd {}: the VM is long-running, its \
+                 jobs give no fence (DRM_IOCTL_CONFLUX_WAIT waits for them)",
+                args.out_syncobj,
+                args.num_out_syncs,
+                out_fd
+            ),
+        ));
+    }
     let mut commands = KVec::with_capacity(count, GFP_KERNEL_ACCOUNT)?;
     call.read_each(args.cmds, count, |i, RawCmd(cmd)| {
         let Some(command) = check_command(&cmd) else {

@@ -120,6 +120,20 @@ pub(crate) fn bind(
     let count = call.count("num_ops", args.num_ops, uapi::DRM_CONFLUX_MAX_BIND_OPS)?;
     call.vm_id(args.vm_id)?;
     let inner = file.inner();
+    // A long-running VM hands out no fence: a call on a queue waits for its in-fences in the
+    // call and binds as a synchronous one does.
+    let long_running = inner.is_long_running();
+    if long_running && (args.num_out_syncs != 0 || out_fd) {
+        return Err(call.refuse(
+            EOPNOTSUPP,
+            fmt!(
+                "num_out_syncs {}, out-fence fd {}: the VM is long-running, its binds give no \
+                 fence",
+                args.num_out_syncs,
+                out_fd
+            ),
+        ));
+    }
     // A call of a few UNMAPs is read and applied without allocating memory: synchronous, or on
     // a queue when the kernel has no memory for its job.
     if count <= RESERVED_UNMAPS {
@@ -138,7 +152,10 @@ pub(crate) fn bind(
             Ok(())
         })?;
         let unmaps = unmaps.get(..count).ok_or(EINVAL)?;
-        if only_unmaps && args.queue == 0 {
+        if only_unmaps && (args.queue == 0 || long_running) {
+            if args.queue != 0 {
+                wait_in_call(&call, args, file, &*find_queue(&call, file, args.queue)?)?;
+            }
             inner.on_current_vm(|vm| vm.unmap(inner.id(), unmaps))?;
             return Ok(0);
         }
@@ -204,7 +221,10 @@ pub(crate) fn bind(
         };
         ops.push(checked, GFP_KERNEL_ACCOUNT)?;
     }
-    if args.queue == 0 {
+    if args.queue == 0 || long_running {
+        if args.queue != 0 {
+            wait_in_call(&call, args, file, &*find_queue(&call, file, args.queue)?)?;
+        }
         inner.on_vm(dev.as_ioctl(), |vm| {
             vm.bind(inner.id(), dev.as_ioctl(), data, ops, BindMode::Sync)
         })?;
@@ -256,6 +276,10 @@ fn bind_queued(
     };
     let fence = inner
         .on_vm(dev.as_ioctl(), |vm| {
+            // The file took a long-running VM by VM_JOIN since the call looked.
+            if vm.is_long_running() {
+                return Err(EOPNOTSUPP);
+            }
             vm.bind(inner.id(), dev.as_ioctl(), data, ops, mode)
         })?
         .ok_or(EINVAL)?;
@@ -264,6 +288,28 @@ fn bind_queued(
         args.out_fence_fd = fd;
     }
     Ok(0)
+}
+
+/// Waits on the CPU, interruptibly ([`ERESTARTSYS`]), for the in-fences of `args`, a call of
+/// `file` on `queue`, and for the queue's earlier binds.
+fn wait_in_call(
+    call: &Call<'_, '_>,
+    args: &uapi::drm_conflux_vm_bind,
+    file: &DrmFile,
+    queue: &BindQueue,
+) -> Result {
+    let sync_args = sync_args(args);
+    let (n_in, _) = sync_args.counts(call)?;
+    if let Some(fence) = sync_args.in_fence_fd(call)? {
+        fence.wait(true)?;
+    }
+    call.read_each(args.in_syncs, n_in, |i, RawSync(s)| {
+        in_sync(call, file, i, &s)?.wait(true)
+    })?;
+    if let Some(last) = queue.last() {
+        last.wait(true)?;
+    }
+    Ok(())
 }
 
 /// Applies `unmaps`, the UNMAPs of a call on `queue` that the kernel has no memory to queue, in
@@ -279,7 +325,7 @@ fn unmap_in_call(
 ) -> Result<u32> {
     let inner = file.inner();
     let sync_args = sync_args(args);
-    let (n_in, n_out) = sync_args.counts(call)?;
+    let (_, n_out) = sync_args.counts(call)?;
     // Held to the end: one such call at a time on the queue.
     let mut reserve = queue.reserve();
     let reserve = &mut *reserve;
@@ -302,15 +348,7 @@ fn unmap_in_call(
             false => OutFenceFd::reserve(args.flags & uapi::DRM_CONFLUX_VM_BIND_OUT_FENCE_FD != 0),
         })
         .and_then(|out_sync_file| {
-            if let Some(fence) = sync_args.in_fence_fd(call)? {
-                fence.wait(true)?;
-            }
-            call.read_each(args.in_syncs, n_in, |i, RawSync(s)| {
-                in_sync(call, file, i, &s)?.wait(true)
-            })?;
-            if let Some(last) = queue.last() {
-                last.wait(true)?;
-            }
+            wait_in_call(call, args, file, queue)?;
             inner.on_current_vm(|vm| vm.unmap(inner.id(), unmaps))?;
             Ok(out_sync_file)
         });
@@ -405,6 +443,20 @@ pub(crate) fn join(
     }
     let target = them.shared_vm(other.device())?;
     let mut slot = me.vm_slot();
+    if let Some(mine) = &*slot {
+        if mine.is_long_running() != target.is_long_running() {
+            let mode = |lr| if lr { "long-running" } else { "default" };
+            return Err(call.refuse(
+                EINVAL,
+                fmt!(
+                    "the caller's VM is in {} mode, fd {}'s in {} mode",
+                    mode(mine.is_long_running()),
+                    fd,
+                    mode(target.is_long_running())
+                ),
+            ));
+        }
+    }
     let joined = match &*slot {
         Some(current) if Arc::ptr_eq(current, &target) => target.membership(me.id())?,
         Some(current) if !current.is_unused_but_by(me.id()) => {
@@ -427,6 +479,33 @@ pub(crate) fn join(
     };
     args.members = u32::try_from(joined.members)?;
     args.member = u32::try_from(joined.index)?;
+    Ok(0)
+}
+
+/// `DRM_IOCTL_CONFLUX_VM_CREATE`.
+pub(crate) fn create(
+    dev: &ConfluxDevice<Registered>,
+    data: &DeviceData<'_>,
+    args: &mut uapi::drm_conflux_vm_create,
+    file: &DrmFile,
+) -> Result<u32> {
+    let call = Call::new(data, "VM_CREATE");
+    let known = uapi::DRM_CONFLUX_VM_CREATE_LONG_RUNNING;
+    call.zero(&[
+        ("unknown flags", (args.flags & !known).into()),
+        ("vm_id", args.vm_id.into()),
+    ])?;
+    let long_running = args.flags & uapi::DRM_CONFLUX_VM_CREATE_LONG_RUNNING != 0;
+    file.inner()
+        .create_vm(dev.as_ioctl(), long_running)
+        .map_err(|e| match e {
+            e if e == EEXIST => call.refuse(
+                e,
+                fmt!("the file has its VM already (it used it, joined one or created it)"),
+            ),
+            e => e,
+        })?;
+    args.vm_id = 0;
     Ok(0)
 }
 

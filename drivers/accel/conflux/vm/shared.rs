@@ -140,11 +140,14 @@ pub(crate) struct SharedVm {
     /// entries are written in order with the VM's other binds.
     #[pin]
     draining: Mutex<KVec<Arc<BindQueue>>>,
+    /// Long-running mode (`DRM_CONFLUX_VM_CREATE_LONG_RUNNING`): the VM hands userspace no
+    /// dma-fence. Set at creation, never changed.
+    long_running: bool,
 }
 
 impl SharedVm {
-    /// A VM of one member, for `file` on `dev`.
-    pub(crate) fn new(file: usize, dev: &IoctlDevice) -> Result<Arc<Self>> {
+    /// A VM of one member, for `file` on `dev`, in long-running mode if `long_running`.
+    pub(crate) fn new(file: usize, dev: &IoctlDevice, long_running: bool) -> Result<Arc<Self>> {
         let vm = DeviceData::with(dev, Vm::new)?;
         let mut members = KVec::new();
         members.push(
@@ -159,9 +162,15 @@ impl SharedVm {
             pin_init!(Self {
                 members <- new_mutex!(members),
                 draining <- new_mutex!(KVec::new()),
+                long_running,
             }),
             GFP_KERNEL_ACCOUNT,
         )
+    }
+
+    /// Whether the VM is in long-running mode.
+    pub(crate) fn is_long_running(&self) -> bool {
+        self.long_running
     }
 
     /// Runs `f` on the VM of `file`'s member.

@@ -836,6 +836,29 @@ impl Device {
         Ok((args.members, args.member))
     }
 
+    /// `DRM_IOCTL_CONFLUX_VM_CREATE` with `args` as given, for tests of the checks.
+    pub fn vm_create_raw(&self, args: &mut uapi::drm_conflux_vm_create) -> Result<(), Error> {
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_VM_CREATE",
+            uapi::DRM_IOCTL_CONFLUX_VM_CREATE as u64,
+            args,
+        )
+        .map_err(|mut e| {
+            e.call = format!("{} (flags {:#x})", e.call, args.flags);
+            e
+        })
+    }
+
+    /// Creates the file's VM, in long-running mode when `long_running`.
+    pub fn vm_create(&self, long_running: bool) -> Result<(), Error> {
+        let flags = if long_running {
+            uapi::DRM_CONFLUX_VM_CREATE_LONG_RUNNING
+        } else {
+            0
+        };
+        self.vm_create_raw(&mut uapi::drm_conflux_vm_create { flags, vm_id: 0 })
+    }
+
     /// `DRM_IOCTL_CONFLUX_VM_PATH` with `args` as given, for tests of the checks.
     pub fn vm_path_raw(&self, args: &mut uapi::drm_conflux_vm_path) -> Result<(), Error> {
         self.ioctl(
@@ -1124,6 +1147,11 @@ mod tests {
             uapi::DRM_IOCTL_CONFLUX_VM_JOIN as u64,
             iowr(8, std::mem::size_of::<uapi::drm_conflux_vm_join>())
         );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_VM_CREATE as u64,
+            iowr(13, std::mem::size_of::<uapi::drm_conflux_vm_create>())
+        );
+        assert_eq!(std::mem::size_of::<uapi::drm_conflux_vm_create>(), 8);
         assert_eq!(
             uapi::DRM_IOCTL_CONFLUX_VM_PATH as u64,
             iowr(9, std::mem::size_of::<uapi::drm_conflux_vm_path>())

@@ -524,6 +524,28 @@ pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Re
     report(t, &name, "PRIME import of a peer's buffer", w);
     drop(exported);
 
+    // VM_CREATE: a fresh file each time; a failed call leaves it without a VM, which a second
+    // VM_CREATE shows by succeeding.
+    let w = walk(
+        &fail,
+        || {
+            let args = uapi::drm_conflux_vm_create {
+                flags: uapi::DRM_CONFLUX_VM_CREATE_LONG_RUNNING,
+                vm_id: 0,
+            };
+            Ok((args, Device::open(dev.path())?))
+        },
+        |(a, f)| f.vm_create_raw(a),
+        |(_, f)| {
+            Ok(match f.vm_create(true) {
+                Ok(()) => None,
+                Err(e) => Some(format!("a second VM_CREATE failed: {e}")),
+            })
+        },
+        |_| Ok(()),
+    );
+    report(t, &name, "VM_CREATE in long-running mode", w);
+
     // VM_JOIN: a fresh pair of files each time; a failed join leaves each VM to itself.
     let w = walk(
         &fail,

@@ -138,6 +138,10 @@ enum Op {
     Info {
         file: u64,
     },
+    VmCreate {
+        file: u64,
+        flags: u32,
+    },
     Create {
         file: u64,
         size: Arg,
@@ -281,7 +285,15 @@ impl Op {
             };
         }
         match r.below(100) {
-            0..=3 => Self::Info { file },
+            0..=2 => Self::Info { file },
+            3 => Self::VmCreate {
+                file,
+                flags: match r.below(4) {
+                    0 => 0,
+                    1 | 2 => uapi::DRM_CONFLUX_VM_CREATE_LONG_RUNNING,
+                    _ => small(r),
+                },
+            },
             4..=17 => Self::Create {
                 file,
                 size: Arg::draw(r, &SIZES),
@@ -444,11 +456,12 @@ impl fmt::Display for Broken {
 
 /// The errnos that the uAPI documents (`conflux_accel.h`, `uapi.rst`), for Conflux's ioctls
 /// and the DRM core's PRIME and syncobj calls.
-const DOCUMENTED: [i32; 18] = [
+const DOCUMENTED: [i32; 19] = [
     libc::EAGAIN,
     libc::EBADF,
     libc::EBUSY,
     libc::ECANCELED,
+    libc::EEXIST,
     libc::EFAULT,
     libc::EINTR,
     libc::EINVAL,
@@ -531,6 +544,12 @@ impl State {
                 let f = self.idx(file);
                 let r = self.files[f].info();
                 self.check("GET_INFO", r)?;
+            }
+            Op::VmCreate { file, flags } => {
+                let f = self.idx(file);
+                let mut a = uapi::drm_conflux_vm_create { flags, vm_id: 0 };
+                let r = self.files[f].vm_create_raw(&mut a);
+                self.check("VM_CREATE", r)?;
             }
             Op::Create { file, size, flags } => {
                 let f = self.idx(file);

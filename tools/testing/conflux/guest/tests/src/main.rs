@@ -6,18 +6,18 @@
 //! `FAIL ...` line per check and ends with `N passed, N failed`.
 //!
 //! One module per subject, run in this order: [`device`] on every device; then on the first one
-//! [`bind`], [`jobs`], [`memory`], [`memcg`], [`udmabuf`] and [`static_import`], then [`interop`]
-//! (other drivers' importers, exporters and fences) and [`evict`]; with two devices or more
-//! [`shared_vm`]; with three or more [`migration`], [`vfio`], the revocation of [`unbind`] and the
-//! RDMA registrations of [`rdma`]; last, the unbind of the first device with a buffer. `--timeout`
-//! runs only the job timeout of [`jobs`] and the device's fault switches ([`faults`]), which end
-//! with the device wedged, for the driver loaded with `job_timeout_ms=500`; `--model-exit` kills
-//! the device model in the middle of a job ([`faults::test_model_exit`]), which stops every device.
-//! `--interop` runs only [`interop`] on the first device, `--heap-limits` its import of a system
-//! heap buffer beyond the device's segment limits (for the driver loaded with `max_segment=65536`).
-//! `--storage TOPOLOGY` runs [`storage`], for the driver loaded with `p2pmem_mib=16`.
-//! `--fuzz SEED CALLS` runs the ioctl fuzzer ([`fuzz`]), `--fuzz-one SEED N` one sequence of it.
-//! `--races SEED` runs the races on purpose ([`races`]), for the driver loaded with
+//! [`bind`], [`long_running`], [`jobs`], [`memory`], [`memcg`], [`udmabuf`] and [`static_import`],
+//! then [`interop`] (other drivers' importers, exporters and fences) and [`evict`]; with two
+//! devices or more [`shared_vm`]; with three or more [`migration`], [`vfio`], the revocation of
+//! [`unbind`] and the RDMA registrations of [`rdma`]; last, the unbind of the first device with a
+//! buffer. `--timeout` runs only the job timeout of [`jobs`] and the device's fault switches
+//! ([`faults`]), which end with the device wedged, for the driver loaded with `job_timeout_ms=500`;
+//! `--model-exit` kills the device model in the middle of a job ([`faults::test_model_exit`]),
+//! which stops every device. `--interop` runs only [`interop`] on the first device, `--heap-limits`
+//! its import of a system heap buffer beyond the device's segment limits (for the driver loaded
+//! with `max_segment=65536`). `--storage TOPOLOGY` runs [`storage`], for the driver loaded with
+//! `p2pmem_mib=16`. `--fuzz SEED CALLS` runs the ioctl fuzzer ([`fuzz`]), `--fuzz-one SEED N` one
+//! sequence of it. `--races SEED` runs the races on purpose ([`races`]), for the driver loaded with
 //! `job_timeout_ms=500`; they end with a device unbound and bound again.
 //! Helpers that several subjects use are in [`common`].
 
@@ -31,6 +31,7 @@ mod faults;
 mod fuzz;
 mod interop;
 mod jobs;
+mod long_running;
 mod memcg;
 mod memory;
 mod migration;
@@ -243,6 +244,9 @@ fn main() -> ExitCode {
                 }
                 if let Err(e) = bind_queue::test_bind_queues(&mut t, &dev) {
                     t.check(&format!("{}: bind queues", path.display()), false, e);
+                }
+                if let Err(e) = long_running::test_long_running(&mut t, path) {
+                    t.check(&format!("{}: long-running VMs", path.display()), false, e);
                 }
                 if let Err(e) = test_jobs(&mut t, &dev) {
                     t.check(&format!("{}: jobs", path.display()), false, e);
