@@ -17,6 +17,9 @@
 //! A [`queue::JobQueue`] runs a driver's jobs once their dependencies' fences have signalled,
 //! and signals a fence of its own for each job.
 //!
+//! A [`demand::DemandSource`] arms fences that signal on demand: the first waiter runs the
+//! driver's handler, which stops the work the fence guards and signals it (a preemption fence).
+//!
 //! # Examples
 //!
 //! ```
@@ -59,6 +62,7 @@ use crate::{
     time::Jiffies,
     types::Opaque, //
 };
+pub mod demand;
 pub mod queue;
 
 use core::{
@@ -286,6 +290,11 @@ impl<T: FenceTimeline> FenceContext<T> {
         self.id
     }
 
+    /// The next sequence number of the timeline.
+    fn next_seqno(&self) -> u64 {
+        self.last_seqno.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Creates the next fence of the timeline, not signalled, with the next sequence number.
     pub fn new_fence(&self, flags: Flags) -> Result<SignalFence> {
         Ok(self.init_fence(FenceMemory::new(flags)?))
@@ -296,7 +305,7 @@ impl<T: FenceTimeline> FenceContext<T> {
     /// Allocates nothing, so that a fence can take its place in the timeline under a lock (the
     /// order in which jobs reach the hardware) with its memory allocated before.
     pub fn init_fence(&self, memory: FenceMemory) -> SignalFence {
-        let seqno = self.last_seqno.fetch_add(1, Ordering::Relaxed) + 1;
+        let seqno = self.next_seqno();
         let raw = KBox::into_raw(memory.0).cast::<bindings::dma_fence>();
         // SAFETY: `raw` is a fresh `kmalloc()` allocation of a `struct dma_fence`, which the
         // fence's release frees with `kfree_rcu()` (see `Ops::OPS`); `Ops::<T>::OPS` is a
