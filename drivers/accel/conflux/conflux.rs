@@ -11,6 +11,7 @@ mod ioctl;
 mod mmu;
 mod prime;
 mod regs;
+mod userq;
 mod vm;
 mod vram;
 

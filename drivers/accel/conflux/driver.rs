@@ -47,6 +47,7 @@ use crate::{
         self as uapi_ioctl,
         bo,
         job,
+        userq,
         vm, //
     },
     prime,
@@ -224,6 +225,11 @@ impl pci::Driver for ConfluxDriver {
             },
         })
     }
+
+    fn unbind<'bound>(_pdev: &'bound pci::Device<Core<'_>>, this: Pin<&Probed<'bound>>) {
+        // The unbind waits for the calls in flight: the waits for user queues end now.
+        this.hw.engine.close_queues();
+    }
 }
 
 const INFO: drm::DriverInfo = drm::DriverInfo {
@@ -264,6 +270,11 @@ impl drm::Driver for ConfluxDrm {
         (CONFLUX_BIND_QUEUE_DESTROY, drm_conflux_bind_queue_destroy, ioctl::RENDER_ALLOW,
             vm::queue_destroy),
         (CONFLUX_VM_CREATE, drm_conflux_vm_create, ioctl::RENDER_ALLOW, vm::create),
+        (CONFLUX_USERQ_CREATE, drm_conflux_userq_create, ioctl::RENDER_ALLOW, userq::create),
+        (CONFLUX_USERQ_DESTROY, drm_conflux_userq_destroy, ioctl::RENDER_ALLOW,
+            userq::destroy),
+        (CONFLUX_WAIT_USER_FENCE, drm_conflux_wait_user_fence, ioctl::RENDER_ALLOW,
+            userq::wait_user_fence),
     }
 }
 
@@ -283,6 +294,9 @@ impl gem::DriverObject for Bo {
     fn fault(obj: &Object, dev: &IoctlDevice, fault: &gem::Fault<'_>) -> Result {
         // Once the device is unplugged, its mappings are emptied and stay empty.
         DeviceData::with(dev, |_, data| {
+            if obj.is_doorbell() {
+                return obj.fault_doorbell(fault);
+            }
             obj.fault_in(obj.size(), obj.dma_resv(), &data.vram, fault)
         })
     }

@@ -20,6 +20,7 @@
 //! [`ETIMEDOUT`] the same way, whether or not anybody waits for it.
 
 mod job;
+mod userq;
 
 use core::sync::atomic::{
     AtomicBool,
@@ -86,6 +87,11 @@ pub(crate) use job::Command;
 use job::{
     Job,
     Pending, //
+};
+use userq::UserQueues;
+pub(crate) use userq::{
+    QueueId,
+    Woken, //
 };
 
 /// How long a reset may take. The device model may run under an emulator without
@@ -183,6 +189,9 @@ pub(crate) struct Hw<'bound> {
     /// Taken by the completion handler.
     #[pin]
     pending: SpinLockIrq<Pending>,
+    /// The user queues.
+    #[pin]
+    queues: UserQueues,
 }
 
 /// The command engine of a bound device: its queue, and the ring behind it.
@@ -195,14 +204,17 @@ pub(crate) struct Engine<'bound> {
 impl<'bound> Engine<'bound> {
     /// Takes over the device's doorbell and control block, resets it and checks its ring
     /// registers: the ring lies between the control block and VRAM, which starts at BAR2
-    /// offset `vram_offset`, and holds the largest job.
+    /// offset `vram_offset`, and holds the largest job. A device with `CAP_QUEUES` in `caps`
+    /// has user queues too.
     pub(crate) fn new(
         pdev: &'bound pci::Device<Bound>,
         doorbell: Bar0<'bound>,
         bar2: Arc<Bar2<'bound>>,
         vram_offset: u64,
+        caps: u32,
     ) -> Result<Arc<Self>> {
         reset(pdev, &doorbell, &bar2)?;
+        let queues = UserQueues::new(&bar2, caps, vram_offset)?;
         let ring_offset = regs::read64::<regs::RING_OFFSET>(&bar2)?.offset().get();
         let ring_size = regs::read64::<regs::RING_SIZE>(&bar2)?.bytes().get();
         let bar_len = pdev.resource_len(CTL_BAR)?.min(vram_offset);
@@ -258,6 +270,7 @@ impl<'bound> Engine<'bound> {
                 held: false,
             }),
             pending <- new_spinlock_irq!(Pending::new(last)?),
+            queues <- queues,
         }? Error);
         Arc::pin_init(
             try_pin_init!(Self {
@@ -378,8 +391,10 @@ impl<'bound> Engine<'bound> {
         }
     }
 
-    /// Tells the queue which jobs completed.
+    /// Tells the queue which jobs completed, and wakes the waiters of user queues that counted
+    /// events.
     fn complete(&self) {
+        self.scan_queues();
         if let Some(through) = self.hw().complete() {
             self.queue.ended(Ended {
                 through,
@@ -569,9 +584,12 @@ impl Hw<'_> {
     /// and no job is reported ended before the device has confirmed that it stopped: if it does
     /// not, the device is wedged. The caller holds the ring lock.
     fn recover(&self, ring: &mut Ring, error: Error, culprit: u64) -> Ended {
+        self.queues_before_reset();
         if reset(self.pdev, &self.doorbell, &self.bar2).is_err() {
             return self.wedge(ring);
         }
+        self.queues_after_reset();
+        ring_doorbell(&self.doorbell);
         let mut ended = Ended {
             through: self.complete().unwrap_or(0),
             failed: None,

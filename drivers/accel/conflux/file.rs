@@ -3,7 +3,10 @@
 //! An open file of a Conflux accel device: its VM, and the jobs WAIT may ask about.
 
 use kernel::{
-    dma_fence::Fence,
+    dma_fence::{
+        demand::DemandSource,
+        Fence, //
+    },
     drm::{
         self,
         Registered, //
@@ -24,6 +27,12 @@ use crate::{
         ConfluxDrm,
         IoctlDevice, //
     },
+    hw::DeviceData,
+    userq::{
+        Preempt,
+        UserQueue,
+        MAX_USER_QUEUES, //
+    },
     vm::{
         queue::BindQueue,
         shared::SharedVm,
@@ -39,6 +48,15 @@ struct BindQueues {
     /// The number of the last queue created.
     last: u32,
     queues: KVec<(u32, Arc<BindQueue>)>,
+}
+
+/// The user queues of a file, by number.
+struct UserQueues {
+    /// The number of the last queue created.
+    last: u32,
+    queues: KVec<(u32, Arc<UserQueue>)>,
+    /// Their preemption, from the first queue on; the file's member of its VM holds it too.
+    preempt: Option<Arc<DemandSource<Preempt>>>,
 }
 
 /// The most failed jobs whose result a file keeps for WAIT.
@@ -90,6 +108,9 @@ pub(crate) struct File {
     jobs: Mutex<Jobs>,
     #[pin]
     queues: Mutex<BindQueues>,
+    /// Taken after the VM's slot when both are.
+    #[pin]
+    user_queues: Mutex<UserQueues>,
 }
 
 impl drm::file::DriverFile for File {
@@ -109,6 +130,11 @@ impl drm::file::DriverFile for File {
                     last: 0,
                     queues: KVec::new(),
                 }),
+                user_queues <- new_mutex!(UserQueues {
+                    last: 0,
+                    queues: KVec::new(),
+                    preempt: None,
+                }),
             }),
             GFP_KERNEL_ACCOUNT,
         )
@@ -119,6 +145,24 @@ impl drm::file::DriverFile for File {
 impl PinnedDrop for File {
     fn drop(self: Pin<&mut Self>) {
         let id = self.id();
+        // The user queues stop before the VM they run on goes, and their preemption with them.
+        let (queues, preempt) = {
+            let mut user = self.user_queues.lock();
+            (core::mem::take(&mut user.queues), user.preempt.take())
+        };
+        if let Some(source) = &preempt {
+            for (_, queue) in queues.iter() {
+                source.handler().remove(queue.hw());
+            }
+            source.flush();
+        }
+        for (_, queue) in queues {
+            queue.stop();
+        }
+        if let Some(shared) = self.vm.lock().as_ref() {
+            let _ = shared.set_preempt(id, None);
+        }
+        drop(preempt);
         let queues = core::mem::take(&mut self.queues.lock().queues);
         let shared = self.vm.lock().take();
         if let Some(shared) = shared {
@@ -246,6 +290,111 @@ impl File {
             None => drop(queue),
         }
         Ok(())
+    }
+
+    /// Creates a user queue on the file's VM, which must be long-running, with
+    /// `create(vm)` ([`UserQueue::new`]), and runs it once its buffers carry the preemption
+    /// fence of the file's queues; gives its number, with the queue. [`EINVAL`] for a VM that
+    /// is not long-running, [`EMFILE`] when the file has [`MAX_USER_QUEUES`].
+    pub(crate) fn create_user_queue(
+        &self,
+        dev: &IoctlDevice,
+        create: impl FnOnce(&Vm) -> Result<Arc<UserQueue>>,
+    ) -> Result<(u32, Arc<UserQueue>)> {
+        // The VM's slot is held: the file cannot join another VM meanwhile.
+        self.on_vm(dev, |shared| {
+            if !shared.is_long_running() {
+                return Err(EINVAL);
+            }
+            let mut queues = self.user_queues.lock();
+            if queues.queues.len() >= MAX_USER_QUEUES {
+                return Err(EMFILE);
+            }
+            let number = queues.last.checked_add(1).ok_or(EMFILE)?;
+            queues.queues.reserve(1, GFP_KERNEL_ACCOUNT)?;
+            let source = match &queues.preempt {
+                Some(source) => source.clone(),
+                None => Arc::pin_init(
+                    DemandSource::new(Preempt::new(dev, shared.clone(), self.id())),
+                    GFP_KERNEL_ACCOUNT,
+                )?,
+            };
+            // Enabled, but held preempted until its memory carries the fence.
+            let queue = shared.with_member(self.id(), |vm| create(vm))?;
+            let hw = queue.hw();
+            let started = (|| -> Result {
+                source.handler().add(hw)?;
+                if queues.preempt.is_none() {
+                    shared.set_preempt(self.id(), Some(source.clone()))?;
+                    queues.preempt = Some(source.clone());
+                }
+                DeviceData::with(dev, |_, data| {
+                    shared.rearm_member(self.id(), data, &source)?;
+                    data.engine.resume_queues(&[hw]);
+                    Ok(())
+                })
+            })();
+            if let Err(e) = started {
+                source.handler().remove(hw);
+                queue.stop();
+                return Err(e);
+            }
+            // Cannot fail: room was made.
+            let _ = queues.queues.push_within_capacity((number, queue.clone()));
+            queues.last = number;
+            Ok((number, queue))
+        })
+    }
+
+    /// User queue `number`.
+    pub(crate) fn user_queue(&self, number: u32) -> Option<Arc<UserQueue>> {
+        let queues = self.user_queues.lock();
+        queues
+            .queues
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|(_, q)| q.clone())
+    }
+
+    /// Destroys user queue `number`: it stops now, and the calls that wait on it return.
+    /// [`ENOENT`] for an unknown one.
+    pub(crate) fn destroy_user_queue(&self, number: u32) -> Result {
+        let (queue, source) = {
+            let mut queues = self.user_queues.lock();
+            let i = queues
+                .queues
+                .iter()
+                .position(|(n, _)| *n == number)
+                .ok_or(ENOENT)?;
+            let queue = queues.queues.remove(i)?.1;
+            // The last queue takes the preemption with it.
+            let source = match queues.queues.is_empty() {
+                true => queues.preempt.take(),
+                false => queues.preempt.clone(),
+            };
+            (queue, source)
+        };
+        if let Some(source) = &source {
+            source.handler().remove(queue.hw());
+            // A preemption that took the queue's number is over.
+            source.flush();
+        }
+        queue.stop();
+        if source
+            .as_ref()
+            .is_some_and(|s| s.handler().queues().get().is_empty())
+        {
+            if let Some(shared) = self.current_vm() {
+                let _ = shared.set_preempt(self.id(), None);
+            }
+        }
+        drop(source);
+        Ok(())
+    }
+
+    /// Whether the file has user queues, which run on its VM.
+    pub(crate) fn has_user_queues(&self) -> bool {
+        !self.user_queues.lock().queues.is_empty()
     }
 
     /// Makes room to record one more job, before it is submitted.

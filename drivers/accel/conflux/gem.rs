@@ -73,6 +73,7 @@ pub(crate) struct Contents {
     imported: Option<Imported>,
     lru: Option<Arc<Lru>>,
     spaces: Arc<AddressSpaces>,
+    doorbell: u64,
 }
 
 impl Contents {
@@ -84,6 +85,16 @@ impl Contents {
             imported: None,
             lru,
             spaces: AddressSpaces::new()?,
+            doorbell: 0,
+        })
+    }
+
+    /// The doorbell page of a user queue, at physical address `phys`: a page of the device's
+    /// registers that userspace maps, and nothing else.
+    pub(crate) fn doorbell(phys: u64) -> Result<Self> {
+        Ok(Contents {
+            doorbell: phys,
+            ..Self::local(Memory::None, None)?
         })
     }
 
@@ -95,6 +106,7 @@ impl Contents {
             imported: Some(imported),
             lru: None,
             spaces,
+            doorbell: 0,
         }
     }
 }
@@ -123,7 +135,8 @@ pub(crate) fn create_error(e: Error) -> Error {
 /// when the buffer is movable (it has an `lru`), under the lock of the object's reservation
 /// object, by a move whose fence is in the reservation object ([`moves`]), and every address
 /// space that maps the buffer meanwhile is in `spaces`. A movable buffer is in `lru` until it
-/// is dropped.
+/// is dropped. `doorbell` is 0, or the physical address of a user queue's doorbell page, the
+/// object's only page, that the queue holds until it revokes it.
 #[pin_data(PinnedDrop)]
 pub(crate) struct Bo {
     #[pin]
@@ -149,6 +162,9 @@ pub(crate) struct Bo {
     /// How many attached importers cannot reach VRAM: while there are any, the buffer is not
     /// brought back to VRAM.
     far: AtomicUsize,
+    /// For a doorbell object: the page's physical address, 0 once its queue is gone. Changed
+    /// with `memory` locked.
+    doorbell: AtomicU64,
 }
 
 impl Bo {
@@ -166,6 +182,7 @@ impl Bo {
             moves: AtomicU64::new(0),
             pins: AtomicUsize::new(0),
             far: AtomicUsize::new(0),
+            doorbell: AtomicU64::new(contents.doorbell),
         })
     }
 
@@ -351,6 +368,32 @@ impl Bo {
         self.memory.lock().cpu_copy(vram, offset, buf, write)
     }
 
+    /// Fills a userspace mapping of a doorbell object at a fault, uncached; [`ENODEV`] once its
+    /// queue is gone.
+    pub(crate) fn fault_doorbell(&self, fault: &gem::Fault<'_>) -> Result {
+        // Held while the page is inserted: `revoke_doorbell` empties the mappings after it.
+        let _memory = self.memory.lock();
+        let phys = self.doorbell.load(Ordering::Relaxed);
+        if phys == 0 {
+            return Err(ENODEV);
+        }
+        if fault.page() != 0 {
+            return Err(EINVAL);
+        }
+        let pfn = usize::try_from(phys >> PAGE_SHIFT)?;
+        // SAFETY: `pfn` is the doorbell page of the user queue that holds this object, in BAR2,
+        // which stays until the device is unbound; `drm_dev_unplug()` empties the mappings
+        // before that, and waits for this fault, which holds a registration guard. The queue
+        // gives the page up with `revoke_doorbell()`, which empties the mappings after it took
+        // the lock held here.
+        unsafe { fault.insert_pfn(0, pfn, gem::Caching::Uncached) }
+    }
+
+    /// Whether the object is a user queue's doorbell page.
+    pub(crate) fn is_doorbell(&self) -> bool {
+        self.doorbell.load(Ordering::Relaxed) != 0
+    }
+
     /// Fills a userspace mapping of the buffer, of `size` bytes and with reservation object
     /// `resv`, at a fault: the faulting page and up to [`FAULT_AROUND`] - 1 pages after it.
     pub(crate) fn fault_in(
@@ -438,6 +481,16 @@ impl PinnedDrop for Bo {
             }
         }
     }
+}
+
+/// Takes the doorbell page of `obj`, a doorbell object, away from it, and empties its userspace
+/// mappings: touching them raises `SIGBUS`.
+pub(crate) fn revoke_doorbell(obj: &Object) {
+    {
+        let _memory = obj.memory.lock();
+        obj.doorbell.store(0, Ordering::Relaxed);
+    }
+    obj.unmap_userspace();
 }
 
 /// System memory for `obj` to move to: the buffer's spare, else new pages.

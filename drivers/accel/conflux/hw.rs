@@ -187,7 +187,7 @@ pub(crate) fn identify<'bound>(pdev: &'bound pci::Device<Bound>) -> Result<Ident
     let doorbell =
         pdev.iomap_region_sized::<DOORBELL_BAR_SIZE>(DOORBELL_BAR, c"conflux/doorbell")?;
     let bar2 = Arc::new(bar2, GFP_KERNEL)?;
-    let engine = Engine::new(pdev, doorbell, bar2.clone(), info.vram_offset)?;
+    let engine = Engine::new(pdev, doorbell, bar2.clone(), info.vram_offset, info.caps)?;
     Ok(Identified { info, bar2, engine })
 }
 

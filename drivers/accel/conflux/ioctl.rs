@@ -9,6 +9,7 @@
 
 pub(crate) mod bo;
 pub(crate) mod job;
+pub(crate) mod userq;
 pub(crate) mod vm;
 
 use core::sync::atomic::Ordering;
@@ -45,7 +46,7 @@ use crate::{
 
 // The uAPI structures have the sizes the header documents, on both sides: userspace checks
 // the same numbers.
-const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_get_info>() == 136);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_get_info>() == 152);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_create>() == 16);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind_op>() == 40);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_bind>() == 64);
@@ -59,6 +60,10 @@ const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_path>() == 24);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bind_queue_create>() == 16);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bind_queue_destroy>() == 8);
 const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_bo_p2pmem>() == 24);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_vm_create>() == 8);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_userq_create>() == 32);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_userq_destroy>() == 8);
+const _: () = assert!(core::mem::size_of::<uapi::drm_conflux_wait_user_fence>() == 48);
 const _: () = assert!(uapi::DRM_CONFLUX_MAX_CMDS as usize == MAX_JOB_COMMANDS);
 
 /// Argument fields and their values, printed as `name 0x..., name 0x...`.
@@ -207,6 +212,8 @@ pub(crate) fn get_info(
         evictions: data.moves.evictions.load(Ordering::Relaxed),
         returns: data.moves.returns.load(Ordering::Relaxed),
         bytes_moved: data.moves.bytes.load(Ordering::Relaxed),
+        preemptions: data.engine.preemptions(),
+        queues_killed: data.engine.queues_killed(),
     };
     Ok(0)
 }

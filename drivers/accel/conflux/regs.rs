@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Registers, command slots and page-table entries of the Conflux device, version 1.0.
+//! Registers, command slots and page-table entries of the Conflux device, version 1.3.
 //!
 //! The layout is specified in `Documentation/accel/conflux/device.rst`. BAR0 is the
 //! ivshmem-doorbell function's register block, of which the driver only rings the doorbell;
@@ -123,6 +123,16 @@ register! {
         0:0 awake => bool;
     }
 
+    /// `QUEUES`: the number of user queues, numbered from 1 (version 1.3).
+    pub(crate) QUEUES(u32) @ 0x070 {
+        31:0 count;
+    }
+
+    /// `DOORBELL_OFFSET`: BAR2 offset of the doorbell pages, page `q` for user queue `q`.
+    pub(crate) DOORBELL_OFFSET(u64) @ 0x078 {
+        63:0 offset;
+    }
+
     /// `ERR_VA`: the virtual address of the failing access.
     pub(crate) ERR_VA(u64) @ 0x080 {
         63:0 va;
@@ -178,9 +188,85 @@ pub(crate) const CAPS_V1: u32 = 0x3f;
 /// The capability of version 1.2 to map NULL pages (aperture 2), which read as zeros and drop
 /// writes.
 pub(crate) const CAP_MMU_NULL: u32 = 1 << 6;
-/// The capabilities this driver uses, the ones `GET_INFO` reports: a later one (user queues,
-/// version 1.3) is left out until the driver offers what it stands for.
-pub(crate) const CAPS_DRIVER: u32 = CAPS_V1 | CAP_MMU_NULL;
+/// The capability of version 1.3 to run user queues, with `WRITE_VALUE`, `WAIT_VALUE` and
+/// preemption.
+pub(crate) const CAP_QUEUES: u32 = 1 << 7;
+/// The capabilities this driver uses, the ones `GET_INFO` reports.
+pub(crate) const CAPS_DRIVER: u32 = CAPS_V1 | CAP_MMU_NULL | CAP_QUEUES;
+
+/// The registers of user queue `q` (`device.rst`, "Queue registers"): at control block
+/// offset [`queue::BLOCKS`] + [`queue::BLOCK_SIZE`] * `q`, beyond the part of BAR2 that
+/// [`Bar2`] checks at build time, so accessed with run-time checks.
+pub(crate) mod queue {
+    /// The control block offset of queue 0's block, which does not exist.
+    const BLOCKS: usize = 0x400;
+    /// Size of a queue's register block.
+    const BLOCK_SIZE: usize = 0x40;
+    /// The most user queues a device has: 1 to 15.
+    pub(crate) const MAX: u32 = 15;
+    /// Size of a doorbell page.
+    pub(crate) const DOORBELL_PAGE: usize = 4096;
+
+    /// `Q_RING_VA` (u64, driver): the ring's virtual address.
+    pub(crate) const RING_VA: usize = 0x00;
+    /// `Q_RING_SIZE` (u64, driver): the ring's size in bytes.
+    pub(crate) const RING_SIZE: usize = 0x08;
+    /// `Q_MMU_ROOT` (u64, driver): VRAM offset of the queue's level-3 table.
+    pub(crate) const MMU_ROOT: usize = 0x10;
+    /// `Q_CONTROL` (u32, driver): [`ENABLE`] and [`PREEMPT`].
+    pub(crate) const CONTROL: usize = 0x18;
+    /// `Q_STATUS` (u32, device): a [`QueueState`](super::QueueState).
+    pub(crate) const STATUS: usize = 0x1c;
+    /// `Q_TAIL` (u32, driver, then device): slots consumed.
+    pub(crate) const TAIL: usize = 0x20;
+    /// `Q_EVENTS` (u32, device): the queue's events.
+    pub(crate) const EVENTS: usize = 0x24;
+    /// `Q_PROGRESS` (u64, driver, then device): bytes of the command at the tail done.
+    pub(crate) const PROGRESS: usize = 0x28;
+    /// `Q_ERR_VA` (u64, device): the failing access.
+    pub(crate) const ERR_VA: usize = 0x30;
+    /// `Q_ERR_CAUSE` (u32, device): a [`FaultCause`](super::FaultCause).
+    pub(crate) const ERR_CAUSE: usize = 0x38;
+    /// `Q_ERR_OPCODE` (u32, device): the failing command's opcode field.
+    pub(crate) const ERR_OPCODE: usize = 0x3c;
+
+    /// `Q_CONTROL` bit: run the queue.
+    pub(crate) const ENABLE: u32 = 1 << 0;
+    /// `Q_CONTROL` bit: stop it where it is, its state saved.
+    pub(crate) const PREEMPT: u32 = 1 << 1;
+
+    /// The BAR2 offset of register `reg` of queue `q`.
+    pub(crate) const fn at(q: u32, reg: usize) -> usize {
+        BLOCKS + BLOCK_SIZE * q as usize + reg
+    }
+}
+
+/// What `Q_STATUS` says of a user queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QueueState {
+    /// Not running; the driver owns its state.
+    Idle,
+    /// Running, or waiting for work.
+    Running,
+    /// Stopped on the driver's request, its state saved.
+    Preempted,
+    /// Stopped on an error, which its `Q_ERR_*` registers describe.
+    Error,
+    /// A value the specification does not define.
+    Unknown(u32),
+}
+
+impl From<u32> for QueueState {
+    fn from(v: u32) -> Self {
+        match v {
+            0 => Self::Idle,
+            1 => Self::Running,
+            2 => Self::Preempted,
+            3 => Self::Error,
+            n => Self::Unknown(n),
+        }
+    }
+}
 
 /// What `STATUS` says of the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,12 +17,20 @@ use core::{
 };
 
 use kernel::{
-    dma_fence::Fence,
+    dma_fence::{
+        demand::{
+            DemandHandler,
+            DemandSource, //
+        },
+        Fence,
+    },
     dma_resv::{
+        DmaResv,
         ResvSet,
         Usage, //
     },
     drm::{
+        gem::BaseObject,
         gpuvm::{
             GpuVaAlloc,
             GpuVm,
@@ -36,6 +44,7 @@ use kernel::{
         aref::ARef,
         Arc, //
     },
+    time::Jiffies,
     uapi,
 };
 
@@ -236,6 +245,47 @@ impl Vm {
                 mapped?;
                 r.valid = true;
             }
+        }
+        Ok(())
+    }
+
+    /// For the user queues of a long-running VM, stopped by a preemption that `source` holds:
+    /// waits for the moves of every buffer the VM maps, maps again the ranges whose memory
+    /// changed, and arms a new preemption fence of `source` in every buffer's reservation
+    /// object (bookkeeping usage), which a move waits for. All under the buffers' reservation
+    /// locks, so that nothing moves between the mapping and the fence.
+    pub(crate) fn rearm<T: DemandHandler>(
+        &mut self,
+        data: &DeviceData<'_>,
+        source: &DemandSource<T>,
+    ) -> Result {
+        let everything = Access {
+            range: self.gpuvm.va_range(),
+            write: false,
+        };
+        let buffers = self.buffers(core::iter::once(everything), 16)?;
+        let mut resvs = KVec::<&DmaResv>::with_capacity(buffers.len(), GFP_KERNEL_ACCOUNT)?;
+        for Used { bo, .. } in buffers.iter() {
+            let resv = match bo.imported() {
+                Some(imp) => imp.resv(),
+                None => bo.dma_resv(),
+            };
+            if !resvs.iter().any(|r| ptr::eq(*r, resv)) {
+                resvs.push(resv, GFP_KERNEL_ACCOUNT)?;
+            }
+        }
+        let locked = ResvSet::lock(resvs.iter().copied(), false, GFP_KERNEL_ACCOUNT)?;
+        for resv in resvs.iter() {
+            while !resv.wait_timeout(Usage::Kernel, false, Jiffies::MAX)? {}
+        }
+        self.revalidate(data, &buffers, &locked)?;
+        for resv in resvs.iter() {
+            resv.reserve_locked(&locked, 1)?;
+        }
+        let fence = source.arm()?;
+        for resv in resvs.iter() {
+            // Cannot fail: a slot is reserved.
+            resv.add_fence_locked(&locked, &fence, Usage::Bookkeep)?;
         }
         Ok(())
     }

@@ -36,6 +36,12 @@ extern "C" {
  *	&struct drm_conflux_bind_queue_destroy
  * @DRM_CONFLUX_VM_CREATE: create the file's VM in a mode, see
  *	&struct drm_conflux_vm_create
+ * @DRM_CONFLUX_USERQ_CREATE: create a user queue, see
+ *	&struct drm_conflux_userq_create
+ * @DRM_CONFLUX_USERQ_DESTROY: destroy a user queue, see
+ *	&struct drm_conflux_userq_destroy
+ * @DRM_CONFLUX_WAIT_USER_FENCE: wait for a memory fence, see
+ *	&struct drm_conflux_wait_user_fence
  */
 enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_GET_INFO = 0,
@@ -52,6 +58,9 @@ enum drm_conflux_ioctl_id {
 	DRM_CONFLUX_BIND_QUEUE_CREATE,
 	DRM_CONFLUX_BIND_QUEUE_DESTROY,
 	DRM_CONFLUX_VM_CREATE,
+	DRM_CONFLUX_USERQ_CREATE,
+	DRM_CONFLUX_USERQ_DESTROY,
+	DRM_CONFLUX_WAIT_USER_FENCE,
 };
 
 /* Capability bits of &struct drm_conflux_get_info.caps (the device's CAPS the driver uses). */
@@ -62,6 +71,7 @@ enum drm_conflux_ioctl_id {
 #define DRM_CONFLUX_CAP_MMU_2M		(1 << 4)
 #define DRM_CONFLUX_CAP_PEER_P2P	(1 << 5)
 #define DRM_CONFLUX_CAP_MMU_NULL	(1 << 6)
+#define DRM_CONFLUX_CAP_QUEUES		(1 << 7)
 
 /**
  * struct drm_conflux_get_info - describe the device
@@ -85,10 +95,14 @@ enum drm_conflux_ioctl_id {
  * @evictions: out: buffers moved out of VRAM to make room for others
  * @returns: out: buffers moved back to VRAM for a job that uses them
  * @bytes_moved: out: bytes the engine copied to move buffers, for any reason
+ * @preemptions: out: times a running user queue was stopped for memory its
+ *	VM uses (see &struct drm_conflux_userq_create)
+ * @queues_killed: out: user queues disabled for good because they did not
+ *	stop when preempted
  *
  * The engine's counters count from the device's power-on, are kept across
- * resets and wrap modulo 2^64; the move counters count from the driver's
- * binding. The VM fields are 0 until the file's VM exists.
+ * resets and wrap modulo 2^64; the move and queue counters count from the
+ * driver's binding. The VM fields are 0 until the file's VM exists.
  */
 struct drm_conflux_get_info {
 	__u32 flags;
@@ -110,6 +124,8 @@ struct drm_conflux_get_info {
 	__u64 evictions;
 	__u64 returns;
 	__u64 bytes_moved;
+	__u64 preemptions;
+	__u64 queues_killed;
 };
 
 /* Placement of a buffer: &struct drm_conflux_bo_create.flags. */
@@ -704,6 +720,123 @@ struct drm_conflux_vm_create {
 	__u32 vm_id;
 };
 
+/* Most user queues of a file. */
+#define DRM_CONFLUX_MAX_USER_QUEUES	4
+/* Smallest and largest ring of a user queue, in bytes. */
+#define DRM_CONFLUX_USERQ_MIN_RING	64
+#define DRM_CONFLUX_USERQ_MAX_RING	(1ULL << 24)
+
+/**
+ * struct drm_conflux_userq_create - create a user queue on a long-running VM
+ * @vm_id: in: must be 0, the file's VM, which must be long-running
+ * @flags: in: must be 0
+ * @ring_va: in: the virtual address of the queue's ring in the VM, a
+ *	multiple of 64
+ * @ring_size: in: the size of the ring in bytes, a power of two from
+ *	DRM_CONFLUX_USERQ_MIN_RING to DRM_CONFLUX_USERQ_MAX_RING; the ring
+ *	lies in the bindable range
+ * @queue_id: out: the queue's number in this file, from 1
+ * @doorbell_handle: out: a GEM handle of the queue's doorbell page, 4 KiB,
+ *	which userspace maps (mmap() at the offset DRM_IOCTL_CONFLUX_BO_INFO
+ *	gives) and nothing else: it cannot be bound, read, written or exported
+ *
+ * A user queue is one of the device's hardware queues, given to the file
+ * until it destroys the queue or closes. Userspace writes commands (64-byte
+ * slots, see Documentation/accel/conflux/device.rst, "Commands") to the ring
+ * through its own mappings of the buffers bound there, then the
+ * free-running count of slots written, a u32, to the first word of the
+ * doorbell page; the device runs them in order without a system call. The
+ * queue starts empty, its head and tail 0. The ring need not be bound yet:
+ * a slot the device cannot read stops the queue (see
+ * &struct drm_conflux_wait_user_fence).
+ *
+ * A queue signals with WRITE_VALUE commands (a memory fence: a u64 written
+ * to a virtual address) and waits with WAIT_VALUE; a command with the IRQ
+ * flag wakes DRM_IOCTL_CONFLUX_WAIT_USER_FENCE when it completes. A FENCE
+ * command is malformed in a user queue. While a queue exists, its file
+ * cannot join another VM. The memory the VM maps carries a preemption
+ * fence: when the kernel needs to move it, the queues stop, with their
+ * state saved, and resume once it has moved.
+ *
+ * Errors: -EINVAL for a malformed call, or a VM that is not long-running;
+ * -EOPNOTSUPP when the device has no user queues (DRM_CONFLUX_CAP_QUEUES
+ * clear); -EMFILE when the file has DRM_CONFLUX_MAX_USER_QUEUES; -EBUSY
+ * when every hardware queue of the device is taken; -ENODEV when the device
+ * is wedged; -ENOMEM.
+ */
+struct drm_conflux_userq_create {
+	__u32 vm_id;
+	__u32 flags;
+	__u64 ring_va;
+	__u64 ring_size;
+	__u32 queue_id;
+	__u32 doorbell_handle;
+};
+
+/**
+ * struct drm_conflux_userq_destroy - destroy a user queue
+ * @queue_id: the number DRM_IOCTL_CONFLUX_USERQ_CREATE gave
+ * @flags: must be 0
+ *
+ * Stops the queue where it is: the commands not yet run never run. The
+ * mappings of its doorbell page are emptied (touching them raises SIGBUS),
+ * and the doorbell handle stays until the file closes it.
+ *
+ * Errors: -EINVAL for a malformed call, -ENOENT for an unknown queue.
+ */
+struct drm_conflux_userq_destroy {
+	__u32 queue_id;
+	__u32 flags;
+};
+
+/* &struct drm_conflux_wait_user_fence.op: how (*addr & mask) compares with value */
+#define DRM_CONFLUX_WAIT_GTE		0
+#define DRM_CONFLUX_WAIT_EQ		1
+#define DRM_CONFLUX_WAIT_NEQ		2
+#define DRM_CONFLUX_WAIT_GT		3
+#define DRM_CONFLUX_WAIT_LT		4
+#define DRM_CONFLUX_WAIT_LTE		5
+
+/**
+ * struct drm_conflux_wait_user_fence - wait for a memory fence of a user queue
+ * @addr: user pointer to the u64, 8-byte aligned: a mapping of the buffer
+ *	the queue's WRITE_VALUE writes
+ * @value: the value compared with
+ * @mask: applied to the u64 first
+ * @timeout_ns: in: the longest wait in nanoseconds, 0 only tests, a
+ *	negative value waits without limit; out, when interrupted: what is
+ *	left of it, so that a restarted call waits no longer in all
+ * @queue_id: the user queue whose events wake the wait
+ * @op: a DRM_CONFLUX_WAIT_* comparison, unsigned
+ * @flags: must be 0
+ * @pad: must be 0
+ *
+ * Returns 0 once (*@addr & @mask) @op @value holds. The call reads the u64,
+ * then sleeps until the queue counts an event -- a command with the IRQ
+ * flag completed, or the queue stopped -- and reads it again; it does not
+ * poll. A WRITE_VALUE without IRQ wakes nobody: the wait then ends at its
+ * timeout, or at a later event.
+ *
+ * Errors: -EINVAL for a malformed call; -ENOENT for an unknown queue;
+ * -EFAULT when @addr cannot be read; -ETIME when the condition did not hold
+ * within @timeout_ns; -EINTR (or a restart) on a signal; -EIO when the queue
+ * stopped on an error (a fault of a command or of its ring, a bogus head)
+ * and the condition does not hold: the queue runs nothing more, destroy it;
+ * -ECANCELED when the queue was killed for not stopping when preempted (see
+ * Documentation/accel/conflux/uapi.rst, "Preemption"); -ENODEV when the
+ * device is being unbound.
+ */
+struct drm_conflux_wait_user_fence {
+	__u64 addr;
+	__u64 value;
+	__u64 mask;
+	__s64 timeout_ns;
+	__u32 queue_id;
+	__u32 op;
+	__u32 flags;
+	__u32 pad;
+};
+
 /*
  * The ioctl request codes, as enumerators rather than macros so that
  * bindings generators see their values.
@@ -751,6 +884,15 @@ enum {
 	DRM_IOCTL_CONFLUX_VM_CREATE =
 		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_VM_CREATE,
 			 struct drm_conflux_vm_create),
+	DRM_IOCTL_CONFLUX_USERQ_CREATE =
+		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_USERQ_CREATE,
+			 struct drm_conflux_userq_create),
+	DRM_IOCTL_CONFLUX_USERQ_DESTROY =
+		DRM_IOW(DRM_COMMAND_BASE + DRM_CONFLUX_USERQ_DESTROY,
+			struct drm_conflux_userq_destroy),
+	DRM_IOCTL_CONFLUX_WAIT_USER_FENCE =
+		DRM_IOWR(DRM_COMMAND_BASE + DRM_CONFLUX_WAIT_USER_FENCE,
+			 struct drm_conflux_wait_user_fence),
 };
 
 #if defined(__cplusplus)

@@ -192,6 +192,16 @@ pub(crate) fn bind(
             },
             _ => {
                 let bo = call.bo(file, fmt!("operation {i}: "), op.handle)?;
+                if bo.placement() == 0 {
+                    return Err(call.refuse(
+                        EINVAL,
+                        fmt!(
+                            "operation {}: buffer {} has no memory to map (a doorbell page)",
+                            i,
+                            op.handle
+                        ),
+                    ));
+                }
                 let fits = op
                     .bo_offset
                     .checked_add(op.range)
@@ -443,6 +453,15 @@ pub(crate) fn join(
     }
     let target = them.shared_vm(other.device())?;
     let mut slot = me.vm_slot();
+    let same = slot
+        .as_ref()
+        .is_some_and(|current| Arc::ptr_eq(current, &target));
+    if !same && me.has_user_queues() {
+        return Err(call.refuse(
+            EBUSY,
+            fmt!("the caller has user queues, which run on its VM"),
+        ));
+    }
     if let Some(mine) = &*slot {
         if mine.is_long_running() != target.is_long_running() {
             let mode = |lr| if lr { "long-running" } else { "default" };

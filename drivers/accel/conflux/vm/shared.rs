@@ -27,7 +27,17 @@ use crate::{
         IoctlDevice,
         Object, //
     },
-    hw::DeviceData, //
+    engine::{
+        job_timeout_ms,
+        QueueId, //
+    },
+    hw::DeviceData,
+    userq::Preempt, //
+};
+
+use kernel::{
+    dma_fence::demand::DemandSource,
+    time::Delta, //
 };
 
 use super::{
@@ -104,6 +114,8 @@ struct Member {
     file: usize,
     dev: ARef<IoctlDevice>,
     vm: KBox<Vm>,
+    /// The preemption of the file's user queues, while it has some.
+    preempt: Option<Arc<DemandSource<Preempt>>>,
 }
 
 /// Where a file stands in a [`SharedVm`].
@@ -155,6 +167,7 @@ impl SharedVm {
                 file,
                 dev: dev.into(),
                 vm: KBox::new(vm, GFP_KERNEL_ACCOUNT)?,
+                preempt: None,
             },
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -219,6 +232,7 @@ impl SharedVm {
                 file,
                 dev: dev.into(),
                 vm,
+                preempt: None,
             },
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -269,8 +283,89 @@ impl SharedVm {
         })
     }
 
+    /// Sets the preemption of `file`'s user queues, and returns the one it replaces.
+    pub(crate) fn set_preempt(
+        &self,
+        file: usize,
+        preempt: Option<Arc<DemandSource<Preempt>>>,
+    ) -> Result<Option<Arc<DemandSource<Preempt>>>> {
+        let mut members = self.members.lock();
+        let member = members.iter_mut().find(|m| m.file == file).ok_or(ENOENT)?;
+        Ok(core::mem::replace(&mut member.preempt, preempt))
+    }
+
+    /// After a preemption that holds the queues `qs` of `file`'s member, whose preemption is
+    /// `source`, on `data`'s device: brings the member's tables up to date with the buffers'
+    /// memory, arms a new preemption fence in every buffer the member maps, and resumes the
+    /// queues. Kills them when the tables or the fence cannot be made.
+    pub(crate) fn rearm(
+        &self,
+        file: usize,
+        data: &DeviceData<'_>,
+        source: &DemandSource<Preempt>,
+        qs: &[QueueId],
+    ) {
+        if let Err(e) = self.rearm_member(file, data, source) {
+            if e != ENOENT {
+                dev_err!(
+                    data.pdev,
+                    "user queues: their memory could not be mapped again after a preemption \
+                     ({:?}); killing them\n",
+                    e
+                );
+                data.engine.kill_queues(qs);
+            }
+        }
+        data.engine.resume_queues(qs);
+    }
+
+    /// Brings the tables of `file`'s member up to date and arms a new fence of `source` in every
+    /// buffer it maps ([`Vm::rearm`]).
+    pub(crate) fn rearm_member(
+        &self,
+        file: usize,
+        data: &DeviceData<'_>,
+        source: &DemandSource<Preempt>,
+    ) -> Result {
+        self.with_member(file, |vm| vm.rearm(data, source))
+    }
+
+    /// Runs `f`, a change of the VM, with the user queues of every member stopped: they run
+    /// again once every member's tables are up to date and armed with a new preemption fence.
+    fn preempted<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        if !self.long_running {
+            return f();
+        }
+        let mut held = KVec::new();
+        for m in self.members.lock().iter() {
+            if let Some(source) = &m.preempt {
+                held.push((m.file, source.clone()), GFP_KERNEL_ACCOUNT)?;
+            }
+        }
+        let timeout = Delta::from_millis(i64::from(job_timeout_ms()));
+        let mut sets = KVec::with_capacity(held.len(), GFP_KERNEL_ACCOUNT)?;
+        for (_, source) in held.iter() {
+            let set = source.handler().queues();
+            let _ = DeviceData::with(source.handler().dev(), |_, data| {
+                data.engine.preempt_queues(set.get(), timeout);
+                Ok(())
+            });
+            // Cannot fail: room was made.
+            let _ = sets.push_within_capacity(set);
+        }
+        let result = f();
+        for ((file, source), set) in held.iter().zip(sets.iter()) {
+            let _ = DeviceData::with(source.handler().dev(), |_, data| {
+                self.rearm(*file, data, source, set.get());
+                Ok(())
+            });
+        }
+        result
+    }
+
     /// Applies `ops`, operations of `file` on device `dev` (whose data is `data`), on every
-    /// member, all or nothing, as `mode` says. A bind of a queue returns its fence.
+    /// member, all or nothing, as `mode` says. A bind of a queue returns its fence. On a
+    /// long-running VM, the user queues of every member are stopped meanwhile.
     pub(crate) fn bind(
         &self,
         file: usize,
@@ -279,8 +374,22 @@ impl SharedVm {
         ops: KVec<BindOp>,
         mode: BindMode<'_>,
     ) -> Result<Option<ARef<Fence>>> {
+        self.preempted(|| self.bind_unpreempted(file, dev, data, ops, mode))
+    }
+
+    /// [`Self::bind`], with the user queues stopped.
+    fn bind_unpreempted(
+        &self,
+        file: usize,
+        dev: &IoctlDevice,
+        data: &DeviceData<'_>,
+        ops: KVec<BindOp>,
+        mode: BindMode<'_>,
+    ) -> Result<Option<ARef<Fence>>> {
         let queued = match mode {
-            BindMode::Sync if only_unmaps(&ops) => return self.unmap(file, &ops).map(|()| None),
+            BindMode::Sync if only_unmaps(&ops) => {
+                return self.unmap_unpreempted(file, &ops).map(|()| None)
+            }
             BindMode::Sync => None,
             BindMode::Queued { queue, wait } => Some((queue, wait)),
         };
@@ -577,8 +686,14 @@ impl SharedVm {
     }
 
     /// Applies `ops`, all UNMAPs of `file`, on every member, all or nothing, without
-    /// allocating memory while the members' reserves hold what they take ([`Prepared::unmaps`]).
+    /// allocating memory while the members' reserves hold what they take ([`Prepared::unmaps`]),
+    /// but to stop the user queues of a long-running VM meanwhile.
     pub(crate) fn unmap(&self, file: usize, ops: &[BindOp]) -> Result {
+        self.preempted(|| self.unmap_unpreempted(file, ops))
+    }
+
+    /// [`Self::unmap`], with the user queues stopped.
+    fn unmap_unpreempted(&self, file: usize, ops: &[BindOp]) -> Result {
         let mut members = self.members.lock();
         members.iter().position(|m| m.file == file).ok_or(ENOENT)?;
         // Members whose device is unbound run no job any more, and are skipped.

@@ -66,7 +66,7 @@ if ! [ -x /usr/bin/conflux ]; then
 	bad "conflux is not in the guest"
 else
 	out=$(conflux info 2>&1)
-	n=$(echo "$out" | grep -c ': Conflux 1\.3, capabilities 0x7f')
+	n=$(echo "$out" | grep -c ': Conflux 1\.3, capabilities 0xff')
 	expect "conflux info: devices described" "$n" "$want"
 	out=$(conflux --json info 2>&1)
 	n=$(echo "$out" | grep -o '"vram_size":132120576' | wc -l)

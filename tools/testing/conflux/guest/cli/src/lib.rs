@@ -26,7 +26,7 @@ pub mod uapi {
 }
 
 // The structure sizes the header documents; the driver checks the same numbers.
-const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_get_info>() == 136);
+const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_get_info>() == 152);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_bo_create>() == 16);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind_op>() == 40);
 const _: () = assert!(std::mem::size_of::<uapi::drm_conflux_vm_bind>() == 64);
@@ -884,6 +884,110 @@ impl Device {
     }
 }
 
+/// A user queue of a file: its number, and the GEM handle of its doorbell page.
+#[derive(Clone, Copy, Debug)]
+pub struct UserQueue {
+    /// The queue's number in its file.
+    pub id: u32,
+    /// The GEM handle of its doorbell page.
+    pub doorbell: u32,
+}
+
+impl Device {
+    /// `DRM_IOCTL_CONFLUX_USERQ_CREATE` with `args` as given, for tests of the checks.
+    pub fn userq_create_raw(&self, args: &mut uapi::drm_conflux_userq_create) -> Result<(), Error> {
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_USERQ_CREATE",
+            uapi::DRM_IOCTL_CONFLUX_USERQ_CREATE as u64,
+            args,
+        )
+        .map_err(|mut e| {
+            e.call = format!(
+                "{} (ring_va {:#x}, ring_size {:#x})",
+                e.call, args.ring_va, args.ring_size
+            );
+            e
+        })
+    }
+
+    /// Creates a user queue on the file's long-running VM, whose ring of `ring_size` bytes is
+    /// at `ring_va`.
+    pub fn userq_create(&self, ring_va: u64, ring_size: u64) -> Result<UserQueue, Error> {
+        let mut args = uapi::drm_conflux_userq_create {
+            ring_va,
+            ring_size,
+            ..Default::default()
+        };
+        self.userq_create_raw(&mut args)?;
+        Ok(UserQueue {
+            id: args.queue_id,
+            doorbell: args.doorbell_handle,
+        })
+    }
+
+    /// Destroys user queue `id`.
+    pub fn userq_destroy(&self, id: u32) -> Result<(), Error> {
+        let mut args = uapi::drm_conflux_userq_destroy {
+            queue_id: id,
+            flags: 0,
+        };
+        self.ioctl(
+            "DRM_IOCTL_CONFLUX_USERQ_DESTROY",
+            uapi::DRM_IOCTL_CONFLUX_USERQ_DESTROY as u64,
+            &mut args,
+        )
+        .map_err(|mut e| {
+            e.call = format!("{} (queue {id})", e.call);
+            e
+        })
+    }
+
+    /// `DRM_IOCTL_CONFLUX_WAIT_USER_FENCE` with `args` as given; with `retry`, again after a
+    /// signal, for what is left of the timeout.
+    pub fn wait_user_fence_raw(
+        &self,
+        args: &mut uapi::drm_conflux_wait_user_fence,
+        retry: bool,
+    ) -> Result<(), Error> {
+        self.ioctl_as(
+            "DRM_IOCTL_CONFLUX_WAIT_USER_FENCE",
+            uapi::DRM_IOCTL_CONFLUX_WAIT_USER_FENCE as u64,
+            args,
+            retry,
+        )
+        .map_err(|mut e| {
+            e.call = format!(
+                "{} (queue {}, addr {:#x}, value {:#x}, op {})",
+                e.call, args.queue_id, args.addr, args.value, args.op
+            );
+            e
+        })
+    }
+
+    /// Waits until the u64 at `addr` (a mapping of a buffer) is at least `value`, woken by the
+    /// events of user queue `queue`, for at most `timeout_ns` (negative: without limit).
+    pub fn wait_user_fence(
+        &self,
+        queue: u32,
+        addr: *const u64,
+        value: u64,
+        timeout_ns: i64,
+    ) -> Result<(), Error> {
+        self.wait_user_fence_raw(
+            &mut uapi::drm_conflux_wait_user_fence {
+                addr: addr as u64,
+                value,
+                mask: u64::MAX,
+                timeout_ns,
+                queue_id: queue,
+                op: uapi::DRM_CONFLUX_WAIT_GTE,
+                ..Default::default()
+            },
+            true,
+        )
+    }
+}
+
 impl Device {
     /// `DRM_IOCTL_CONFLUX_BO_INFO` with `args` as given, for tests of the checks.
     pub fn bo_info_raw(&self, args: &mut BoInfo) -> Result<(), Error> {
@@ -1160,6 +1264,20 @@ mod tests {
             uapi::DRM_IOCTL_CONFLUX_BO_P2PMEM as u64,
             iowr(10, std::mem::size_of::<uapi::drm_conflux_bo_p2pmem>())
         );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_USERQ_CREATE as u64,
+            iowr(14, std::mem::size_of::<uapi::drm_conflux_userq_create>())
+        );
+        assert_eq!(std::mem::size_of::<uapi::drm_conflux_userq_create>(), 32);
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_USERQ_DESTROY as u64,
+            iow(15, std::mem::size_of::<uapi::drm_conflux_userq_destroy>())
+        );
+        assert_eq!(
+            uapi::DRM_IOCTL_CONFLUX_WAIT_USER_FENCE as u64,
+            iowr(16, std::mem::size_of::<uapi::drm_conflux_wait_user_fence>())
+        );
+        assert_eq!(std::mem::size_of::<uapi::drm_conflux_wait_user_fence>(), 48);
         assert_eq!(DRM_IOCTL_GEM_CLOSE, 0x4008_6409);
         assert_eq!(DRM_IOCTL_SYNCOBJ_CREATE, 0xc008_64bf);
         assert_eq!(DRM_IOCTL_SYNCOBJ_DESTROY, 0xc008_64c0);

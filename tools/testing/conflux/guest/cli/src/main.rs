@@ -144,7 +144,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
-const CAPS: [&str; 7] = [
+const CAPS: [&str; 8] = [
     "copy",
     "fill",
     "fence",
@@ -152,6 +152,7 @@ const CAPS: [&str; 7] = [
     "mmu-2m",
     "peer-p2p",
     "mmu-null",
+    "queues",
 ];
 
 fn caps_names(caps: u32) -> Vec<&'static str> {
@@ -185,6 +186,10 @@ fn info_json(dev: &Device, i: &Info) -> Value {
             "returns": i.returns,
             "bytes_moved": i.bytes_moved,
         },
+        "user_queues": {
+            "preemptions": i.preemptions,
+            "killed": i.queues_killed,
+        },
     })
 }
 
@@ -194,7 +199,8 @@ fn info_text(dev: &Device, i: &Info) -> String {
          VRAM {} MiB, {} KiB available\n  \
          VA range {:#x}..{:#x}\n  \
          engine: {} commands, {} errors; local {} bytes, p2p {} bytes, system memory {} bytes\n  \
-         moves: {} evictions, {} returns, {} bytes moved",
+         moves: {} evictions, {} returns, {} bytes moved\n  \
+         user queues: {} preemptions, {} killed",
         dev.path().display(),
         dev.pci_address().unwrap_or_else(|| "?".into()),
         i.version >> 16,
@@ -212,7 +218,9 @@ fn info_text(dev: &Device, i: &Info) -> String {
         i.sysmem_bytes,
         i.evictions,
         i.returns,
-        i.bytes_moved
+        i.bytes_moved,
+        i.preemptions,
+        i.queues_killed
     )
 }
 

@@ -20,7 +20,7 @@ pub(crate) fn test_device(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     let info = dev.info()?;
     t.check(
         &format!("{name}: GET_INFO version and capabilities"),
-        info.version == 0x1_0003 && info.caps == 0x7f,
+        info.version == 0x1_0003 && info.caps == 0xff,
         format!("version {:#x}, caps {:#x}", info.version, info.caps),
     );
     t.check(
