@@ -546,6 +546,38 @@ pub(crate) fn test_alloc_walks(t: &mut Tally, dev: &Device, peer: &Device) -> Re
     );
     report(t, &name, "VM_CREATE in long-running mode", w);
 
+    // USERQ_CREATE: a fresh long-running file each time, with its VM mapping a buffer, which
+    // the queue's preemption fence goes in; a failed call leaves the file room for all its
+    // queues, and gives its hardware queue back (the walk would run out of them otherwise).
+    let w = walk(
+        &fail,
+        || {
+            let f = Device::open(dev.path())?;
+            f.vm_create(true)?;
+            let ring = f.bo_create(MIB2)?.into_handle();
+            f.vm_bind(&[map_op(ring, 0, AT, MIB2, false)])?;
+            let args = uapi::drm_conflux_userq_create {
+                ring_va: AT,
+                ring_size: 4096,
+                ..Default::default()
+            };
+            Ok((args, f))
+        },
+        |(a, f)| f.userq_create_raw(a),
+        |(_, f)| {
+            for k in 0..uapi::DRM_CONFLUX_MAX_USER_QUEUES {
+                if let Err(e) = f.userq_create(AT, 4096) {
+                    return Ok(Some(format!(
+                        "queue {k} of the file cannot be created: {e}"
+                    )));
+                }
+            }
+            Ok(None)
+        },
+        |_| Ok(()),
+    );
+    report(t, &name, "USERQ_CREATE", w);
+
     // VM_JOIN: a fresh pair of files each time; a failed join leaves each VM to itself.
     let w = walk(
         &fail,

@@ -29,7 +29,7 @@ const AT: u64 = 6 * VA;
 pub(crate) struct Switches(SharedMemory);
 
 impl Switches {
-    fn open(dev: &Device) -> Result<Self, Error> {
+    pub(crate) fn open(dev: &Device) -> Result<Self, Error> {
         let name = dev.path().display().to_string();
         let pci = dev.pci_address().ok_or_else(|| {
             io_err(&name, "PCI address")(std::io::Error::from(std::io::ErrorKind::NotFound))

@@ -138,6 +138,16 @@ enum Op {
     Info {
         file: u64,
     },
+    /// A user queue call: 0 USERQ_CREATE, 1 USERQ_DESTROY, 2 WAIT_USER_FENCE.
+    Userq {
+        file: u64,
+        kind: u32,
+        va: Arg,
+        size: u64,
+        queue: u32,
+        op: u32,
+        addr: u64,
+    },
     VmCreate {
         file: u64,
         flags: u32,
@@ -285,7 +295,16 @@ impl Op {
             };
         }
         match r.below(100) {
-            0..=2 => Self::Info { file },
+            0 => Self::Info { file },
+            1 | 2 => Self::Userq {
+                file,
+                kind: r.below(3) as u32,
+                va: Arg::draw(r, &VAS),
+                size: r.pick(&[64, 4096, 4096, 96, 1 << 24, 1 << 25]),
+                queue: r.pick(&[0, 1, 1, 2, 5]) as u32,
+                op: r.pick(&[0, 1, 5, 6]) as u32,
+                addr: r.pick(&[0, 8, 0x1000, u64::MAX - 7]),
+            },
             3 => Self::VmCreate {
                 file,
                 flags: match r.below(4) {
@@ -544,6 +563,48 @@ impl State {
                 let f = self.idx(file);
                 let r = self.files[f].info();
                 self.check("GET_INFO", r)?;
+            }
+            Op::Userq {
+                file,
+                kind,
+                va,
+                size,
+                queue,
+                op,
+                addr,
+            } => {
+                let f = self.idx(file);
+                match kind {
+                    0 => {
+                        let mut a = uapi::drm_conflux_userq_create {
+                            ring_va: va.value(&[], 1 << 32),
+                            ring_size: size,
+                            ..Default::default()
+                        };
+                        let r = self.files[f].userq_create_raw(&mut a);
+                        if self.check("USERQ_CREATE", r)?.is_some() {
+                            // The doorbell object joins the file's buffers: the other calls
+                            // get to refuse it.
+                            self.handles[f].push(u64::from(a.doorbell_handle));
+                        }
+                    }
+                    1 => {
+                        let r = self.files[f].userq_destroy(queue);
+                        self.check("USERQ_DESTROY", r)?;
+                    }
+                    _ => {
+                        let mut a = uapi::drm_conflux_wait_user_fence {
+                            addr,
+                            value: 1,
+                            mask: u64::MAX,
+                            queue_id: queue,
+                            op,
+                            ..Default::default()
+                        };
+                        let r = self.files[f].wait_user_fence_raw(&mut a, true);
+                        self.check("WAIT_USER_FENCE", r)?;
+                    }
+                }
             }
             Op::VmCreate { file, flags } => {
                 let f = self.idx(file);

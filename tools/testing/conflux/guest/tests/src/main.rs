@@ -6,12 +6,14 @@
 //! `FAIL ...` line per check and ends with `N passed, N failed`.
 //!
 //! One module per subject, run in this order: [`device`] on every device; then on the first one
-//! [`bind`], [`long_running`], [`jobs`], [`memory`], [`memcg`], [`udmabuf`] and [`static_import`],
-//! then [`interop`] (other drivers' importers, exporters and fences) and [`evict`]; with two
-//! devices or more [`shared_vm`]; with three or more [`migration`], [`vfio`], the revocation of
-//! [`unbind`] and the RDMA registrations of [`rdma`]; last, the unbind of the first device with a
-//! buffer. `--timeout` runs only the job timeout of [`jobs`] and the device's fault switches
-//! ([`faults`]), which end with the device wedged, for the driver loaded with `job_timeout_ms=500`;
+//! [`bind`], [`long_running`], [`user_queue`], [`jobs`], [`memory`], [`memcg`], [`udmabuf`] and
+//! [`static_import`], then [`interop`] (other drivers' importers, exporters and fences) and
+//! [`evict`]; with two devices or more [`shared_vm`]; with three or more [`migration`],
+//! [`vfio`], the revocation of [`unbind`] and the RDMA registrations of [`rdma`]; last, the
+//! unbind of the first device with a buffer. `--timeout` runs only the job timeout of [`jobs`],
+//! the kill of a user queue that does not stop ([`user_queue::test_kill`]) and the device's
+//! fault switches ([`faults`]), which end with the device wedged, for the driver loaded with
+//! `job_timeout_ms=500`;
 //! `--model-exit` kills the device model in the middle of a job ([`faults::test_model_exit`]),
 //! which stops every device. `--interop` runs only [`interop`] on the first device, `--heap-limits`
 //! its import of a system heap buffer beyond the device's segment limits (for the driver loaded
@@ -43,6 +45,7 @@ mod static_import;
 mod storage;
 mod udmabuf;
 mod unbind;
+mod user_queue;
 mod vfio;
 
 use std::process::ExitCode;
@@ -202,6 +205,13 @@ fn main() -> ExitCode {
                 if let Err(e) = test_timeout(&mut t, &dev) {
                     t.check(&format!("{}: job timeout", dev.path().display()), false, e);
                 }
+                if let Err(e) = user_queue::test_kill(&mut t, &dev) {
+                    t.check(
+                        &format!("{}: user queue kill", dev.path().display()),
+                        false,
+                        e,
+                    );
+                }
                 if let Err(e) = test_faults(&mut t, &dev) {
                     t.check(
                         &format!("{}: fault switches", dev.path().display()),
@@ -247,6 +257,12 @@ fn main() -> ExitCode {
                 }
                 if let Err(e) = long_running::test_long_running(&mut t, path) {
                     t.check(&format!("{}: long-running VMs", path.display()), false, e);
+                }
+                if let Err(e) = user_queue::test_user_queues(&mut t, path) {
+                    t.check(&format!("{}: user queues", path.display()), false, e);
+                }
+                if let Err(e) = user_queue::test_preemption(&mut t, path) {
+                    t.check(&format!("{}: preemption", path.display()), false, e);
                 }
                 if let Err(e) = test_jobs(&mut t, &dev) {
                     t.check(&format!("{}: jobs", path.display()), false, e);
@@ -324,6 +340,13 @@ fn main() -> ExitCode {
         if found.len() >= 2 {
             if let Err(e) = test_shared_vm(&mut t, &found) {
                 t.check(&format!("{}: shared VM", path.display()), false, e);
+            }
+            if let Err(e) = user_queue::test_import_preemption(&mut t, &found) {
+                t.check(
+                    &format!("{}: imported buffer preemption", path.display()),
+                    false,
+                    e,
+                );
             }
             for queued in [false, true] {
                 let pair = (Device::open(&found[0]), Device::open(&found[1]));
