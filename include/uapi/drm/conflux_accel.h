@@ -705,11 +705,11 @@ struct drm_conflux_vm_path {
  * - DRM_IOCTL_CONFLUX_SUBMIT refuses out_syncobj, out_syncs and
  *   DRM_CONFLUX_SUBMIT_OUT_FENCE_FD with -EOPNOTSUPP; its jobs are waited
  *   for with DRM_IOCTL_CONFLUX_WAIT;
- * - DRM_IOCTL_CONFLUX_VM_BIND refuses out_syncs and
- *   DRM_CONFLUX_VM_BIND_OUT_FENCE_FD with -EOPNOTSUPP; on a bind queue it
- *   waits in the call for its in-fences and for the queue's earlier binds
- *   (interruptibly: -EINTR or a restart, with nothing changed), then binds
- *   as a synchronous call does;
+ * - DRM_IOCTL_CONFLUX_VM_BIND refuses in_syncs, out_syncs,
+ *   DRM_CONFLUX_VM_BIND_IN_FENCE_FD and DRM_CONFLUX_VM_BIND_OUT_FENCE_FD
+ *   with -EOPNOTSUPP (its binds are not pipelined behind dma-fences, and
+ *   give none); on a bind queue it binds in the call, as a synchronous call
+ *   does, once the queue's earlier binds are done;
  * - DRM_IOCTL_CONFLUX_VM_JOIN joins only VMs of the same mode.
  *
  * Errors: -EINVAL for a malformed call; -EEXIST when the file has its VM

@@ -120,15 +120,20 @@ pub(crate) fn bind(
     let count = call.count("num_ops", args.num_ops, uapi::DRM_CONFLUX_MAX_BIND_OPS)?;
     call.vm_id(args.vm_id)?;
     let inner = file.inner();
-    // A long-running VM hands out no fence: a call on a queue waits for its in-fences in the
-    // call and binds as a synchronous one does.
+    // A long-running VM hands out no fence and is not pipelined behind dma-fences
+    // (drm-vm-bind-async.rst): a call on a queue binds in the call as a synchronous one does,
+    // once the queue's earlier binds are done.
     let long_running = inner.is_long_running();
-    if long_running && (args.num_out_syncs != 0 || out_fd) {
+    let in_fd = flags & uapi::DRM_CONFLUX_VM_BIND_IN_FENCE_FD != 0;
+    let fenced = args.num_out_syncs != 0 || out_fd || args.num_in_syncs != 0 || in_fd;
+    if long_running && fenced {
         return Err(call.refuse(
             EOPNOTSUPP,
             fmt!(
-                "num_out_syncs {}, out-fence fd {}: the VM is long-running, its binds give no \
-                 fence",
+                "num_in_syncs {}, in-fence fd {}, num_out_syncs {}, out-fence fd {}: the VM is \
+                 long-running, its binds take and give no dma-fence",
+                args.num_in_syncs,
+                in_fd,
                 args.num_out_syncs,
                 out_fd
             ),
@@ -301,7 +306,7 @@ fn bind_queued(
 }
 
 /// Waits on the CPU, interruptibly ([`ERESTARTSYS`]), for the in-fences of `args`, a call of
-/// `file` on `queue`, and for the queue's earlier binds.
+/// `file` on `queue` (a long-running VM's have none), and for the queue's earlier binds.
 fn wait_in_call(
     call: &Call<'_, '_>,
     args: &uapi::drm_conflux_vm_bind,
