@@ -348,6 +348,13 @@ fn main() -> ExitCode {
                     e,
                 );
             }
+            if let Err(e) = user_queue::test_export_preemption(&mut t, &found) {
+                t.check(
+                    &format!("{}: exported buffer preemption", path.display()),
+                    false,
+                    e,
+                );
+            }
             for queued in [false, true] {
                 let pair = (Device::open(&found[0]), Device::open(&found[1]));
                 let sparse = match &pair {

@@ -10,8 +10,9 @@
 //! queue only; the limits per file and per device; a wait that a signal interrupts; destroy.
 //! Preemption: a long chain of jobs on buffers larger than VRAM that another file evicts again
 //! and again ([`test_preemption`]), an imported buffer that its exporter evicts
-//! ([`test_import_preemption`]), and a queue that ignores a preemption and is killed
-//! ([`test_kill`]).
+//! ([`test_import_preemption`]), a buffer exported to a device that cannot reach VRAM, which
+//! moves it to system memory ([`test_export_preemption`]), and a queue that ignores a
+//! preemption and is killed ([`test_kill`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -26,7 +27,7 @@ use conflux_device::{
 };
 
 use crate::{
-    common::{KIB4, MIB, VA},
+    common::{io_err, KIB4, MIB, VA},
     shared_vm::alarms,
     Tally,
 };
@@ -698,7 +699,7 @@ fn chain_under_pressure(
 }
 
 /// A long chain of user-queue jobs on buffers that add up to more than VRAM while another
-/// file evicts them again and again: each eviction preempts the queue, the buffer moves, the
+/// process (`conflux alloc`) evicts them again and again: each eviction preempts the queue, the buffer moves, the
 /// VM maps it again and the queue resumes. Every result is checked, and the jobs' timestamps
 /// show that none ran twice or out of order.
 pub(crate) fn test_preemption(t: &mut Tally, path: &Path) -> Result<(), Error> {
@@ -729,13 +730,20 @@ pub(crate) fn test_preemption(t: &mut Tally, path: &Path) -> Result<(), Error> {
     let dst = |j: u64| {
         data_va((region(j) + 1) % PRE_BUFFERS) + 12 * MIB + (region(j) / PRE_BUFFERS) * PRE_CHUNK
     };
-    let g = Device::open(path)?;
     let press = || -> Result<(), Error> {
-        // A buffer that may only be in VRAM, larger than what is left: the movable buffers
-        // make room, the queue's among them.
-        let squeeze = crate::evict::squeeze(&g)?;
-        std::thread::sleep(Duration::from_millis(10));
-        drop(squeeze);
+        // Another process takes a buffer that may only be in VRAM, larger than what is left:
+        // the movable buffers make room, the queue's among them.
+        let size = (f.info()?.vram_avail + 2 * MIB) & !(2 * MIB - 1);
+        let alloc = std::process::Command::new("conflux")
+            .arg("--device")
+            .arg(path)
+            .args(["alloc", &size.to_string()])
+            .output()
+            .map_err(io_err(&name, "run conflux alloc"))?;
+        if !alloc.status.success() {
+            let why = String::from_utf8_lossy(&alloc.stderr).into_owned();
+            return Err(io_err(&name, "conflux alloc")(std::io::Error::other(why)));
+        }
         // Jobs of the queue's file that read each buffer bring them back to VRAM, preempting
         // the queue again, for the next eviction.
         for i in 0..PRE_BUFFERS {
@@ -797,7 +805,7 @@ pub(crate) fn test_preemption(t: &mut Tally, path: &Path) -> Result<(), Error> {
     t.check(
         &format!(
             "{name}: {jobs} user-queue jobs on {} MiB of buffers, evicted again and again by \
-             another file: every result right, each job once and in order, the queue \
+             another process: every result right, each job once and in order, the queue \
              preempted and resumed",
             PRE_BUFFERS * PRE_BUFFER_LEN / MIB
         ),
@@ -874,6 +882,35 @@ pub(crate) fn test_kill(t: &mut Tally, dev: &Device) -> Result<(), Error> {
     Ok(())
 }
 
+/// Pushes job `j` to `q`: a FILL of `len` bytes at `local` with `pattern`, a COPY of them to
+/// `shared`, and a WRITE_VALUE of `j` to the fence at `fence`.
+fn fill_copy_signal(
+    q: &mut Queue,
+    j: u64,
+    local: u64,
+    shared: u64,
+    len: u64,
+    pattern: u64,
+    fence: u64,
+) {
+    q.push(&[
+        Op::Fill {
+            dst: local,
+            len,
+            pattern,
+        },
+        Op::Copy {
+            src: local,
+            dst: shared,
+            len,
+        },
+        Op::WriteValue {
+            dst: fence,
+            value: j,
+        },
+    ]);
+}
+
 /// A buffer of another device, imported and bound in a long-running VM whose queue writes it
 /// job after job, while its exporter evicts it again and again: the exporter's eviction waits
 /// for the importer's preemption fence, which stops the queue; the buffer moves, the importer's
@@ -921,22 +958,15 @@ pub(crate) fn test_import_preemption(t: &mut Tally, paths: &[PathBuf]) -> Result
     };
     let job = |q: &mut Queue, j: u64| {
         let at = (j % slots) * chunk;
-        q.push(&[
-            Op::Fill {
-                dst: local_va + at,
-                len: chunk,
-                pattern: pattern(j),
-            },
-            Op::Copy {
-                src: local_va + at,
-                dst: shared_va + at,
-                len: chunk,
-            },
-            Op::WriteValue {
-                dst: fences_va,
-                value: j,
-            },
-        ])
+        fill_copy_signal(
+            q,
+            j,
+            local_va + at,
+            shared_va + at,
+            chunk,
+            pattern(j),
+            fences_va,
+        );
     };
     // Three slots a job: twenty-one jobs fill the ring.
     let (jobs, squeezes) = chain_under_pressure(&f, &mut q, &fences, 15, job, press)?;
@@ -965,6 +995,106 @@ pub(crate) fn test_import_preemption(t: &mut Tally, paths: &[PathBuf]) -> Result
         format!(
             "{wrong} wrong chunks, {squeezes} squeezes, {evictions} evictions on the exporter, \
              {preemptions} preemptions, {} queues killed",
+            after.queues_killed - before.queues_killed
+        ),
+    );
+    f.userq_destroy(q.q.id)
+}
+
+/// A buffer of a long-running VM, written by its user queue, exported to a device that cannot
+/// reach VRAM: the importer's map moves it to system memory, which stops the queue with jobs in
+/// flight; the VM maps it again and the queue resumes. Every result is checked.
+pub(crate) fn test_export_preemption(t: &mut Tally, paths: &[PathBuf]) -> Result<(), Error> {
+    let Some(a) = paths.first() else {
+        return Ok(());
+    };
+    let probe = Device::open(a)?;
+    let mut far = None;
+    for p in paths.iter().skip(1) {
+        let d = Device::open(p)?;
+        let reach = crate::common::prime_reach(&probe, &d)?;
+        if reach != Ok(uapi::DRM_CONFLUX_PATH_P2P)
+            && reach != Ok(uapi::DRM_CONFLUX_PATH_HOST_BRIDGE)
+        {
+            far = Some(d);
+            break;
+        }
+    }
+    let Some(far) = far else {
+        // Every device reaches the first one's VRAM: nothing moves for an importer.
+        return Ok(());
+    };
+    let name = format!("{} exporting to {}", a.display(), far.path().display());
+    let f = Device::open(a)?;
+    f.vm_create(true)?;
+    let movable = uapi::DRM_CONFLUX_BO_VRAM | uapi::DRM_CONFLUX_BO_SYSTEM;
+    let len = 4 * MIB;
+    let (ring_va, fences_va, local_va, shared_va) = (
+        PRE_BASE,
+        PRE_BASE + MIB,
+        PRE_BASE + 2 * MIB,
+        PRE_BASE + 8 * MIB,
+    );
+    let (_, ring) = mapped_bo(&f, ring_va, 16 * KIB4, uapi::DRM_CONFLUX_BO_VRAM)?;
+    let (_, fences) = mapped_bo(&f, fences_va, KIB4, uapi::DRM_CONFLUX_BO_SYSTEM)?;
+    mapped_bo(&f, local_va, len, uapi::DRM_CONFLUX_BO_VRAM)?;
+    let (shared, _) = mapped_bo(&f, shared_va, len, movable)?;
+    let mut q = Queue::new(&f, ring, ring_va, RING_SIZE)?;
+    let before = f.info()?;
+    let chunk = 32 * KIB4;
+    let slots = len / chunk;
+    let pattern = |j: u64| 0x0101_0101_0101_0101u64.wrapping_mul((j % 241) + 1);
+    let jobs = 4 * slots;
+    let mut imported = None;
+    for j in 1..=jobs {
+        if j > 15 {
+            f.wait_user_fence(q.q.id, fence_ptr(&fences, 0), j - 15, LONG)?;
+        }
+        let at = (j % slots) * chunk;
+        fill_copy_signal(
+            &mut q,
+            j,
+            local_va + at,
+            shared_va + at,
+            chunk,
+            pattern(j),
+            fences_va,
+        );
+        if j == jobs / 2 {
+            // With jobs in flight: the importer's bind maps the buffer, which moves.
+            let fd = f.export(shared)?;
+            let theirs = far.import(std::os::fd::AsFd::as_fd(&fd.0))?.into_handle();
+            far.vm_bind(&[map_op(theirs, 0, PRE_BASE, len, true)])?;
+            imported = Some(theirs);
+        }
+    }
+    f.wait_user_fence(q.q.id, fence_ptr(&fences, 0), jobs, LONG)?;
+    let after = f.info()?;
+    let placement = f.bo_info(shared)?.placement;
+    let mut wrong = 0;
+    let mut got = vec![0u8; chunk as usize];
+    for j in (jobs - slots + 1)..=jobs {
+        let at = (j % slots) * chunk;
+        f.read(shared, at, &mut got)?;
+        if got.iter().any(|&x| x != pattern(j).to_le_bytes()[0]) {
+            wrong += 1;
+        }
+    }
+    let preemptions = after.preemptions - before.preemptions;
+    t.check(
+        &format!(
+            "{name}: a buffer a user queue writes moves to system memory for an importer that \
+             cannot reach VRAM: the queue is preempted with jobs in flight and resumed, every \
+             result right"
+        ),
+        wrong == 0
+            && placement == uapi::DRM_CONFLUX_BO_SYSTEM
+            && imported.is_some()
+            && preemptions > 0
+            && after.queues_killed == before.queues_killed,
+        format!(
+            "{wrong} wrong chunks, placement {}, {preemptions} preemptions, {} queues killed",
+            conflux::placement_name(placement),
             after.queues_killed - before.queues_killed
         ),
     );
