@@ -86,6 +86,14 @@ else
 		ok "conflux alloc 0 names the device, the call and the error: $out" ;;
 	*) bad "conflux alloc 0: exit $rc: $out" ;;
 	esac
+	# The bench's long-running mode: copies through a user queue beside SUBMIT,
+	# both on one long-running VM (no figure is checked, only that both ran).
+	out=$(conflux --device /dev/accel/accel0 bench --long-running 1M 16 2>&1)
+	case $out in
+	*"long-running VM: user queue "*" MB/s ("*" jobs/s), SUBMIT "*" jobs/s)")
+		ok "conflux bench --long-running: $out" ;;
+	*) bad "conflux bench --long-running: $out" ;;
+	esac
 	out=$(conflux --device /dev/accel/accel99 info 2>&1)
 	rc=$?
 	case "$rc $out" in

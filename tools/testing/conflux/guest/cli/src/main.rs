@@ -12,11 +12,13 @@ use conflux::{
     copy_cmd, devices, fill_cmd, map_op, parse_size, placement_name, uapi, unmap_op, Bo, Cmd,
     Device, Info,
 };
+use conflux_device::ring::Op;
 use serde_json::{json, Value};
 
 mod matrix;
 mod png;
 mod suite;
+mod userq;
 
 const HELP: &str = "\
 usage: conflux [--device PATH] [--json] COMMAND [ARGS]
@@ -35,7 +37,8 @@ Commands:
   bench [SIZE [ITERATIONS]]
                 measure the engine's copy bandwidth (within VRAM unless
                 --src-in or --dst-in say otherwise) with
-                ITERATIONS (default 8) copies of SIZE bytes (default 32M)
+                ITERATIONS (default 8) copies of SIZE bytes (default 32M);
+                with --long-running, through a user queue and through SUBMIT
   matrix [SIZE]  copy SIZE bytes (default 16M) from each device's VRAM to
                 every device's VRAM, run by the source device: through its
                 own VRAM, peer to peer (switch or host bridge), or, where the
@@ -51,7 +54,9 @@ Commands:
                 document: 64 MiB copies (peer to peer, staged through system
                 memory, local), a bind of 1 GiB with 2 MiB and 4 KiB pages,
                 small jobs beside a no-op ioctl, the submit-to-signal
-                latency, and every device copying at once beside one alone
+                latency, small jobs through a user queue beside SUBMIT, the
+                preemption-to-resume latency, and every device copying at
+                once beside one alone
   render-bench FILE
                 print (and with --png, draw as a chart) the report of
                 `make bench` in FILE, without any device
@@ -80,6 +85,10 @@ Options:
   --host-memcpy MBPS
                  bench: the host's memcpy bandwidth, measured in the same run
                  (conflux-emu memcpy-bench), printed beside the device's
+  --long-running bench: run the copies through a user queue of a
+                 long-running VM (command slots in a ring, a doorbell page,
+                 a memory fence per copy; no system call per job), beside
+                 the same copies through SUBMIT on that VM
   --help         this text
 
 Errors name the device and the failing call; the exit status is 1 when a
@@ -92,6 +101,7 @@ struct Options {
     src_in: u32,
     dst_in: u32,
     mmap: bool,
+    long_running: bool,
     png: Option<PathBuf>,
     command: Vec<String>,
 }
@@ -114,6 +124,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         src_in: uapi::DRM_CONFLUX_BO_VRAM,
         dst_in: uapi::DRM_CONFLUX_BO_VRAM,
         mmap: false,
+        long_running: false,
         png: None,
         command: Vec::new(),
     };
@@ -126,6 +137,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--json" => o.json = true,
             "--mmap" => o.mmap = true,
+            "--long-running" => o.long_running = true,
             "--png" => o.png = Some(PathBuf::from(it.next().ok_or("--png needs a file")?)),
             "--src-in" => o.src_in = placement_arg(a, it.next())?,
             "--dst-in" => o.dst_in = placement_arg(a, it.next())?,
@@ -560,6 +572,9 @@ fn cmd_bench(o: &Options, rest: &[&str]) -> Result<(), String> {
             "bench: size {size} is not a non-zero multiple of 4 KiB"
         ));
     }
+    if o.long_running {
+        return bench_user_queue(o, size, iterations);
+    }
     let (path, dev) = first_device(o)?;
     let e = |e: conflux::Error| e.to_string();
     let src = dev.bo_create_in(size, o.src_in).map_err(e)?;
@@ -603,6 +618,76 @@ fn cmd_bench(o: &Options, rest: &[&str]) -> Result<(), String> {
              {host}",
             path.display(),
             human(size)
+        ),
+    );
+    Ok(())
+}
+
+/// `conflux bench --long-running`: `iterations` copies of `size` bytes through a user queue of a
+/// long-running VM, each a job that ends with a memory fence, beside the same jobs through
+/// SUBMIT on the same VM.
+fn bench_user_queue(o: &Options, size: u64, iterations: u64) -> Result<(), String> {
+    let (path, _) = first_device(o)?;
+    let e = |e: conflux::Error| e.to_string();
+    let mut q = userq::UserRing::new(&path)?;
+    let (src_va, dst_va) = (
+        userq::UQ_DATA,
+        userq::UQ_DATA + size.next_multiple_of(2 << 20),
+    );
+    // Closed with the queue's file.
+    let src = q.dev.bo_create_in(size, o.src_in).map_err(e)?.into_handle();
+    let dst = q.dev.bo_create_in(size, o.dst_in).map_err(e)?.into_handle();
+    q.dev
+        .vm_bind(&[
+            map_op(src, 0, src_va, size, true),
+            map_op(dst, 0, dst_va, size, false),
+        ])
+        .map_err(e)?;
+    let max = uapi::DRM_CONFLUX_MAX_CMD_LEN;
+    let ops: Vec<Op> = (0..size.div_ceil(max))
+        .map(|i| Op::Copy {
+            src: src_va + i * max,
+            dst: dst_va + i * max,
+            len: (size - i * max).min(max),
+        })
+        .collect();
+    let cmds = split(size, |at, n| copy_cmd(src_va + at, dst_va + at, n));
+    // One copy first, so that the measured ones find everything in place.
+    let first = q.run(&ops)?;
+    q.wait(first)?;
+    let start = Instant::now();
+    let mut last = first;
+    for _ in 0..iterations {
+        last = q.run(&ops)?;
+    }
+    q.wait(last)?;
+    let queued = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut job = 0;
+    for _ in 0..iterations {
+        job = q.dev.submit(&cmds, 0, 0).map_err(e)?;
+    }
+    q.dev.wait(job, -1).map_err(e)?;
+    let submitted = start.elapsed().as_secs_f64();
+    let (uq, sub) = (
+        mbps(size * iterations, queued),
+        mbps(size * iterations, submitted),
+    );
+    // CAST: iteration counts fit in an f64.
+    let rate = |secs: f64| iterations as f64 / secs;
+    report(
+        o,
+        json!({"device": path.display().to_string(), "command": "bench", "long_running": true,
+               "bytes": size, "iterations": iterations,
+               "user_queue": {"seconds": queued, "mb_per_s": uq, "jobs_per_s": rate(queued)},
+               "submit": {"seconds": submitted, "mb_per_s": sub, "jobs_per_s": rate(submitted)}}),
+        format!(
+            "{}: device copy {} x {iterations} on a long-running VM: user queue {uq:.0} MB/s \
+             ({:.0} jobs/s), SUBMIT {sub:.0} MB/s ({:.0} jobs/s)",
+            path.display(),
+            human(size),
+            rate(queued),
+            rate(submitted)
         ),
     );
     Ok(())

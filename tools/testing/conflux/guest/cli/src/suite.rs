@@ -17,14 +17,16 @@ use std::{
 };
 
 use conflux::{fill_cmd, map_op, null_op, uapi, unmap_op, BindOp, BindSyncs, Bo, Device};
-use conflux_device::ring::{Command, Op};
+use conflux_device::ring::Op;
 use serde_json::{json, Value};
 
 use crate::{
     matrix::{bind_copy, run_copy, time_copy, unbind_copy},
     mbps,
     png::Canvas,
-    random_bytes, verify,
+    random_bytes,
+    userq::{UserRing, UQ_DATA},
+    verify,
 };
 
 const MIB: u64 = 1 << 20;
@@ -381,77 +383,6 @@ fn small_jobs(dev: &Device, runs: u32) -> Result<[Value; 2], String> {
     ])
 }
 
-/// A user queue of a long-running file, its ring and its memory fence mapped.
-struct UserRing {
-    dev: Device,
-    id: u32,
-    ring: conflux::Mapping,
-    doorbell: conflux::Mapping,
-    fence: conflux::Mapping,
-    head: u32,
-    slots: u32,
-}
-
-/// Where [`UserRing`] binds its ring, its fence and the jobs' buffer.
-const UQ_RING: u64 = 40 * VA;
-const UQ_FENCE: u64 = 40 * VA + MIB;
-const UQ_DATA: u64 = 40 * VA + 2 * MIB;
-/// The ring: 1024 slots.
-const UQ_RING_SIZE: u64 = 64 * 1024;
-
-impl UserRing {
-    /// A new long-running file on `path` with a user queue.
-    fn new(path: &Path) -> Result<Self, String> {
-        let dev = Device::open(path).map_err(e)?;
-        dev.vm_create(true).map_err(e)?;
-        let map = |va: u64, len: u64, placement: u32| -> Result<conflux::Mapping, String> {
-            let bo = dev.bo_create_in(len, placement).map_err(e)?.into_handle();
-            dev.vm_bind(&[map_op(bo, 0, va, len, false)]).map_err(e)?;
-            dev.map(bo).map_err(e)
-        };
-        let ring = map(UQ_RING, UQ_RING_SIZE, uapi::DRM_CONFLUX_BO_VRAM)?;
-        let fence = map(UQ_FENCE, 4096, uapi::DRM_CONFLUX_BO_SYSTEM)?;
-        drop(map(UQ_DATA, 4096, uapi::DRM_CONFLUX_BO_VRAM)?);
-        let q = dev.userq_create(UQ_RING, UQ_RING_SIZE).map_err(e)?;
-        let doorbell = dev.map(q.doorbell).map_err(e)?;
-        Ok(Self {
-            dev,
-            id: q.id,
-            ring,
-            doorbell,
-            fence,
-            head: 0,
-            // CAST: 1024.
-            slots: (UQ_RING_SIZE / 64) as u32,
-        })
-    }
-
-    /// Writes `ops` to the ring, the last with IRQ, then the head to the doorbell page.
-    fn push(&mut self, ops: &[Op]) {
-        for (i, op) in ops.iter().enumerate() {
-            let slot = Command {
-                seqno: 0,
-                irq: i + 1 == ops.len(),
-                op: *op,
-            }
-            .encode();
-            self.ring
-                .write((self.head % self.slots) as usize * slot.len(), &slot);
-            self.head = self.head.wrapping_add(1);
-        }
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        // SAFETY: The doorbell page is mapped while `self` lives; its first u32 is the head.
-        unsafe { std::ptr::write_volatile(self.doorbell.as_ptr().cast::<u32>(), self.head) };
-    }
-
-    /// Waits until the memory fence is at least `value`.
-    fn wait(&self, value: u64) -> Result<(), String> {
-        self.dev
-            .wait_user_fence(self.id, self.fence.as_ptr().cast::<u64>(), value, -1)
-            .map_err(e)
-    }
-}
-
 /// User queues: small jobs through a queue's doorbell page beside the same jobs through SUBMIT,
 /// and the latency of a preemption (a VM_BIND on the queue's VM stops the queue, binds, maps the
 /// VM again with a new preemption fence, and resumes it) beside the same VM_BIND on a
@@ -460,6 +391,10 @@ fn user_queues(path: &Path, runs: u32) -> Result<[Value; 2], String> {
     const JOBS: u32 = 500;
     const BINDS: u32 = 32;
     let mut q = UserRing::new(path)?;
+    let data = q.dev.bo_create(4096).map_err(e)?.into_handle();
+    q.dev
+        .vm_bind(&[map_op(data, 0, UQ_DATA, 4096, false)])
+        .map_err(e)?;
     let plain = Device::open(path).map_err(e)?;
     plain.vm_create(true).map_err(e)?;
     let bo = plain.bo_create(4096).map_err(e)?;
@@ -468,22 +403,15 @@ fn user_queues(path: &Path, runs: u32) -> Result<[Value; 2], String> {
         .map_err(e)?;
     let cmd = [fill_cmd(UQ_DATA, 4096, 0x5a5a_5a5a_5a5a_5a5a)];
     let (mut queued, mut submitted) = (Vec::new(), Vec::new());
-    let mut done = 0u64;
     for _ in 0..runs {
         let start = Instant::now();
+        let mut done = 0;
         for _ in 0..JOBS {
-            done += 1;
-            q.push(&[
-                Op::Fill {
-                    dst: UQ_DATA,
-                    len: 4096,
-                    pattern: 0x5a5a_5a5a_5a5a_5a5a,
-                },
-                Op::WriteValue {
-                    dst: UQ_FENCE,
-                    value: done,
-                },
-            ]);
+            done = q.run(&[Op::Fill {
+                dst: UQ_DATA,
+                len: 4096,
+                pattern: 0x5a5a_5a5a_5a5a_5a5a,
+            }])?;
         }
         q.wait(done)?;
         queued.push(f64::from(JOBS) / start.elapsed().as_secs_f64());
