@@ -699,9 +699,9 @@ fn chain_under_pressure(
 }
 
 /// A long chain of user-queue jobs on buffers that add up to more than VRAM while another
-/// process (`conflux alloc`) evicts them again and again: each eviction preempts the queue, the buffer moves, the
-/// VM maps it again and the queue resumes. Every result is checked, and the jobs' timestamps
-/// show that none ran twice or out of order.
+/// process (`conflux alloc`) evicts them again and again: each eviction preempts the queue,
+/// the buffer moves, the VM maps it again and the queue resumes. Every result is checked, and
+/// the jobs' timestamps show that none ran twice or out of order.
 pub(crate) fn test_preemption(t: &mut Tally, path: &Path) -> Result<(), Error> {
     let name = path.display().to_string();
     let f = Device::open(path)?;
